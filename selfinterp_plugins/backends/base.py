@@ -1,0 +1,120 @@
+"""The backend contract: run a frozen model with soft tokens injected.
+
+Four verbs, so that an adapter trained on one backend runs on every other with the same
+outputs:
+- `logits`: differentiable in the soft tokens, computed only at the positions asked for;
+- `generate`: prefill-only injection, batched, greedy or sampled, stops rows as they finish;
+- `capture`: read the residual stream at sites and positions;
+- facts: `d_model`, `n_layers`, `tokenizer`, `embed_tokens`, `typical_embed_norm`, `fingerprint`.
+
+Inputs are always right-padded: in a causal model padding after the real tokens never
+influences them, so no attention mask (and no position-id bookkeeping) is needed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..sites import Site
+
+
+@dataclass
+class Sampling:
+    """How to pick each next token. `temperature=0` is greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 30
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def pick_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy argmax, or temperature + nucleus sampling with a seeded generator."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Backend(ABC):
+    """A frozen model that can take soft tokens. Subclass per ecosystem (hf, nnsight, TL)."""
+
+    name: str = ""
+    model: object
+    tokenizer: object
+
+    @property
+    @abstractmethod
+    def d_model(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def n_layers(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device: ...
+
+    @abstractmethod
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings as the model's embedding module outputs them (scaling included)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash of the embedding matrix: the identity of the model an adapter fits."""
+
+    @abstractmethod
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        soft: torch.Tensor,
+        inject_mask: torch.Tensor,
+        site: Site,
+        positions: torch.Tensor,
+        prefix_len: int = 0,
+    ) -> torch.Tensor:
+        """Logits (B, K, V) at `positions` (B, K) of right-padded `input_ids` (B, T).
+
+        `prefix_len` > 0 promises that the first `prefix_len` tokens are the same in every row
+        and carry no injection, so the backend may compute them once and reuse them.
+        """
+
+    @abstractmethod
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        soft: torch.Tensor,
+        inject_mask: torch.Tensor,
+        site: Site,
+        sampling: Sampling,
+        is_finished,
+        prefix_len: int = 0,
+    ) -> list[list[int]]:
+        """New token ids per row; injection happens during the prefill only.
+
+        All rows share one prompt length (one template). `is_finished(ids) -> bool` tells when a
+        row's label is complete; finished rows stop costing compute.
+        """
+
+    @abstractmethod
+    def capture(self, input_ids: list[list[int]], sites: list[Site], positions: list[list[int]]) -> torch.Tensor:
+        """Residual-stream values (N, n_sites, d) at one position per row (`positions[i]` as a list
+        of one index per row, negative counts from the end of that row's real tokens)."""
+
+    @property
+    def typical_embed_norm(self) -> float:
+        """Median L2 norm of the input embedding rows: the natural scale of a soft token."""
+        weight = self.embed_tokens(torch.arange(min(4096, len(self.tokenizer)), device=self.device))
+        return float(weight.float().norm(dim=-1).median())

@@ -1,0 +1,189 @@
+"""The `selfinterp` command line (click, as `llm` does); plugins add subcommands.
+
+User errors (`SelfInterpError`) print one line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SelfInterpError
+
+SHIPPED_EXPLAINER = "smollm2-topics"
+
+
+def shipped_explainer_dir(name: str = SHIPPED_EXPLAINER) -> Path:
+    """The explainer shipped inside the package (trained by scripts/topic_benchmark.py)."""
+    from importlib import resources
+
+    return Path(str(resources.files("selfinterp_plugins").joinpath(f"data/explainers/{name}")))
+
+
+def _explainer_dir(path: str) -> Path:
+    return shipped_explainer_dir() if path == "shipped" else Path(path)
+
+
+@click.group()
+@click.version_option(package_name="selfinterp-plugins")
+def cli():
+    """Teach a frozen language model to read its own vectors aloud."""
+
+
+@cli.command()
+def plugins():
+    """List loaded plugins, the hooks they implement, and any that failed to load."""
+    from .plugins import list_plugins, plugin_errors, registry
+
+    reg = registry()
+    report = {
+        "plugins": list_plugins(),
+        "backends": sorted(reg.backends),
+        "adapters": sorted(reg.adapters),
+        "vector_sources": sorted(reg.vector_sources),
+        "scorers": sorted(reg.scorers),
+        "tasks": sorted(reg.tasks),
+        "errors": [{k: v for k, v in e.items() if k != "traceback"} for e in plugin_errors()],
+    }
+    click.echo(json.dumps(report, indent=2))
+
+
+@cli.group()
+def vectors():
+    """Build vector-label datasets."""
+
+
+@vectors.command("topics")
+@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True, help="alias, hub id or local path")
+@click.option("--layer", "layers", type=int, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
+@click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
+@click.option("--limit", type=int, default=None, help="only the first N topics (quick tries)")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def vectors_topics(model_name, layers, out, limit, batch_size):
+    """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
+    from .backends import HFBackend
+    from .models import load_model
+    from .topics import load_topics, topic_vectors
+
+    model, tokenizer = load_model(model_name)
+    topics = load_topics()[:limit] if limit else load_topics()
+    for layer, data in topic_vectors(HFBackend(model, tokenizer), topics, list(layers), batch_size).items():
+        path = data.save(Path(out) / f"layer{layer}")
+        click.echo(f"wrote {len(data)} vectors (resid_post.{layer}) to {path}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path())
+@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@click.option("--adapter", default="full_rank", show_default=True, help="adapter kind (see `selfinterp plugins`)")
+@click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "echo"]))
+@click.option("--site", default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
+@click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-2, show_default=True)
+@click.option("--limit", type=int, default=None, help="train on the first N training rows only")
+@click.option("--seed", default=42, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
+def train(dataset, model_name, adapter, template, site, init, epochs, batch_size, lr, limit, seed, out):
+    """Train an adapter on DATASET's train split; validation loss on its validation split."""
+    from . import Explainer, TrainConfig, VectorLabelDataset
+    from .models import load_model
+
+    data = VectorLabelDataset.load(dataset)
+    model, tokenizer = load_model(model_name)
+    explainer = Explainer.create(model, tokenizer, adapter=adapter, template=template, site=site, model_id=model_name)
+    explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed)
+    validation = data.split("validation") if any(r.get("split") == "validation" for r in data.records) else None
+    history = explainer.train(data.split("train").head(limit), validation, config, output_dir=out)
+    explainer.save_pretrained(out)
+    click.echo(json.dumps({"validation_loss": history["validation_loss"], "steps": history["steps"], "saved": out}))
+
+
+@cli.command()
+@click.argument("explainer_dir", type=click.Path())
+@click.option("--vectors", "dataset", required=True, type=click.Path(), help="a VectorLabelDataset directory")
+@click.option("--split", default=None, help="only rows of this split")
+@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", default=0.9, show_default=True)
+@click.option("--samples", default=1, show_default=True)
+@click.option("--max-new-tokens", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
+def explain(explainer_dir, dataset, split, model_name, scales, temperature, top_p, samples, max_new_tokens, batch_size, output):
+    """Label every vector of a dataset (EXPLAINER_DIR may be `shipped`)."""
+    from . import Explainer, Sampling, VectorLabelDataset
+    from .models import load_model
+
+    data = VectorLabelDataset.load(dataset)
+    data = data.split(split) if split else data
+    model, tokenizer = load_model(model_name)
+    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=model, tokenizer=tokenizer)
+    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    records = explainer.explain(data.vectors, ids=data.ids, scales=scales, sampling=sampling, batch_size=batch_size,
+                                samples=samples, output=output)
+    click.echo(f"{len(records)} labels in {output}")
+
+
+@cli.command("eval")
+@click.argument("explainer_dir", type=click.Path())
+@click.option("--vectors", "dataset", required=True, type=click.Path())
+@click.option("--split", default="test", show_default=True)
+@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
+def evaluate(explainer_dir, dataset, split, model_name, limit, scales):
+    """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
+    from . import Explainer, VectorLabelDataset
+    from .evaluation import evaluate_explainer
+    from .models import load_model
+
+    data = VectorLabelDataset.load(dataset)
+    model, tokenizer = load_model(model_name)
+    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=model, tokenizer=tokenizer)
+    result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+
+
+@cli.command()
+@click.option("--n", "n_topics", default=200, show_default=True, help="held-out test topics to score")
+@click.option("--show", default=15, show_default=True, help="examples to print")
+@click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
+def demo(n_topics, show, explainer_dir):
+    """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
+    from .demo import run_demo
+
+    run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo)
+
+
+def _load_plugin_commands() -> None:
+    from .plugins import pm, registry
+
+    registry()
+    pm.hook.register_commands(cli=cli)
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    try:
+        _load_plugin_commands()
+        cli.main(args=argv, standalone_mode=False)
+    except SelfInterpError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

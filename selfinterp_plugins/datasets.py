@@ -1,0 +1,99 @@
+"""VectorLabelDataset: vectors with the labels an explainer should say for them.
+
+On disk, a directory with three plain files that any tool can read:
+`vectors.safetensors` (one tensor "vectors", N × d_model), `labels.jsonl` (one record per row:
+id, label, split and anything else) and `dataset.json` (model, site, source, d_model, count).
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ArtifactError, LabelError, VectorError
+
+VECTORS_FILE = "vectors.safetensors"
+LABELS_FILE = "labels.jsonl"
+META_FILE = "dataset.json"
+
+
+@dataclass
+class VectorLabelDataset:
+    """Rows of (vector, record); `record["label"]` is the text to say, `record["id"]` names the row."""
+
+    vectors: torch.Tensor
+    records: list[dict]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.vectors.dim() != 2:
+            raise VectorError(f"Dataset vectors must be a 2-D tensor (N, d_model), got shape {tuple(self.vectors.shape)}.")
+        if len(self.records) != self.vectors.shape[0]:
+            raise ArtifactError(
+                f"{self.vectors.shape[0]} vectors but {len(self.records)} label records; rebuild the dataset so they match."
+            )
+        for i, record in enumerate(self.records):
+            if "label" not in record or not isinstance(record["label"], str) or not record["label"].strip():
+                raise LabelError(f"Row {i} ({record.get('id', '?')}) has an empty or missing label; fix or drop that row.")
+            record.setdefault("id", str(i))
+        self.meta.setdefault("d_model", int(self.vectors.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[str]:
+        return [r["label"] for r in self.records]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.records]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def select(self, indices) -> "VectorLabelDataset":
+        indices = list(indices)
+        return VectorLabelDataset(self.vectors[indices].clone(), [dict(self.records[i]) for i in indices], dict(self.meta))
+
+    def split(self, name: str) -> "VectorLabelDataset":
+        """Rows whose record has `split == name` (train / validation / test)."""
+        chosen = [i for i, r in enumerate(self.records) if r.get("split") == name]
+        if not chosen:
+            raise ArtifactError(f"The dataset has no rows in split {name!r}; check the 'split' field of labels.jsonl.")
+        return self.select(chosen)
+
+    def head(self, n: int | None) -> "VectorLabelDataset":
+        return self if n is None or n >= len(self) else self.select(range(n))
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"vectors": self.vectors.contiguous().float()}, str(directory / VECTORS_FILE))
+        with open(directory / LABELS_FILE, "w", encoding="utf-8") as f:
+            for record in self.records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        meta = dict(self.meta, count=len(self), d_model=self.d_model)
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "VectorLabelDataset":
+        from .serialization import load_safetensors, read_json, read_jsonl
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ArtifactError(f"No dataset directory at {directory}; build one with `selfinterp vectors topics`.")
+        tensors = load_safetensors(directory / VECTORS_FILE)
+        if "vectors" not in tensors:
+            raise ArtifactError(f"{directory / VECTORS_FILE} has no tensor named 'vectors'; rebuild the dataset.")
+        records = read_jsonl(directory / LABELS_FILE)
+        meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
+        return cls(tensors["vectors"].float(), records, meta)

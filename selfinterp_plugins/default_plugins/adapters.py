@@ -1,0 +1,10 @@
+"""The six adapter kinds of ANCHORS.md §1 (plus bias_only), registered as a plugin would."""
+
+from ..adapters import BUILTIN_ADAPTERS
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_adapters(register):
+    for cls in BUILTIN_ADAPTERS.values():
+        register(cls)

@@ -1,0 +1,28 @@
+"""The `hf` backend as a plugin: it claims any transformers causal LM (asked last)."""
+
+from ..hookspecs import hookimpl
+
+
+def _make(model, tokenizer=None, **options):
+    from ..backends.hf import HFBackend
+    from ..errors import BackendError
+
+    if tokenizer is None:
+        raise BackendError("The hf backend needs the model's tokenizer; pass tokenizer=... next to model=....")
+    return HFBackend(model, tokenizer)
+
+
+@hookimpl
+def register_backends(register):
+    register("hf", _make)
+
+
+@hookimpl(trylast=True)
+def backend_for_model(model, options):
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        return None
+    if isinstance(model, PreTrainedModel) and hasattr(model, "get_output_embeddings"):
+        return "hf"
+    return None

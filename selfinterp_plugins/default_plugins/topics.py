@@ -1,0 +1,15 @@
+"""Vector source `topics`: WordNet topic vectors (ANCHORS.md §1 topic experiment)."""
+
+from ..hookspecs import hookimpl
+
+
+def build_topic_dataset(backend, layer: int, topics=None, batch_size: int = 32, progress: bool = True):
+    """Topic vectors of the shipped topic set at resid_post of `layer`."""
+    from ..topics import load_topics, topic_vectors
+
+    return topic_vectors(backend, topics or load_topics(), [layer], batch_size, progress)[layer]
+
+
+@hookimpl
+def register_vector_sources(register):
+    register("topics", build_topic_dataset)

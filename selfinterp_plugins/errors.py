@@ -1,0 +1,42 @@
+"""Exceptions a user can cause.
+
+Every error a user can trigger (bad vector, bad template, wrong model, corrupt file,
+unknown name) is a `SelfInterpError` whose message ends with the one-line fix, so the
+CLI can print it without a traceback and exit 2.
+"""
+
+
+class SelfInterpError(Exception):
+    """Base class for every error caused by user input, never by a bug in this library."""
+
+
+class VectorError(SelfInterpError):
+    """A vector has the wrong size or holds NaN / infinite values."""
+
+
+class LabelError(SelfInterpError):
+    """A training label is empty or cannot be written after the template."""
+
+
+class TemplateError(SelfInterpError):
+    """A prompt template lacks its placeholder, or the placeholder is not a single rare token."""
+
+
+class ArtifactError(SelfInterpError):
+    """An explainer, dataset or adapter file is missing, corrupt, or made for another model."""
+
+
+class ModelMismatchError(ArtifactError):
+    """An explainer was trained for a different model than the one it is being loaded onto."""
+
+
+class UnknownNameError(SelfInterpError):
+    """An adapter kind, backend, scorer, vector source or plugin name is not registered."""
+
+
+class ModelLoadError(SelfInterpError):
+    """A model or tokenizer could not be loaded (missing wheel, bad path, no network)."""
+
+
+class BackendError(SelfInterpError):
+    """No installed backend can run the given model object, or a site does not exist on it."""

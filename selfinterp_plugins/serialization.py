@@ -1,0 +1,110 @@
+"""Reading and writing artifact files safely: safetensors and JSON only, never pickle.
+
+Every reader turns a missing, truncated or malformed file into an `ArtifactError` that names
+the file and says how to fix it, so a corrupt download never surfaces as a raw traceback.
+JSONL writers flush each record, so a crash loses at most the record being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import ArtifactError
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for a bad header
+        raise ArtifactError(f"{path} is not a valid safetensors file ({err}); re-save or re-download it.") from None
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write atomically: a crash mid-write leaves the old file, never half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); re-save or re-download it.") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} should hold a JSON object; re-save or re-download it.")
+    return data
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]:
+    """Records of a JSONL file. A torn last line (crash mid-write) is dropped if tolerated."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if tolerate_torn_tail and n == len(lines):
+                break
+            raise ArtifactError(f"{path}:{n} is not valid JSON; fix or delete that line.") from None
+        if not isinstance(record, dict):
+            raise ArtifactError(f"{path}:{n} should be a JSON object; fix or delete that line.")
+        records.append(record)
+    return records
+
+
+class JsonlWriter:
+    """Append records to a JSONL file, one flushed line each, so results survive a crash."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _drop_torn_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,87 @@
+"""Sites: where in the model a soft token goes, and how it is combined with what is there.
+
+A site is the input embedding (`embed`), or the residual stream entering (`resid_pre`) or
+leaving (`resid_post`) decoder block k. The combination is `replace` (the paper's adapters,
+SelfIE, Patchscopes) or `add_normmatched` (Activation Oracles: h + c·‖h‖·v̂).
+
+The arithmetic lives here so every backend (torch hooks, nnsight, TransformerLens) injects
+the same way; each backend only decides *how to reach* the site.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .errors import BackendError
+
+KINDS = ("embed", "resid_pre", "resid_post")
+MODES = ("replace", "add_normmatched")
+
+_SHORT = re.compile(r"^(resid_pre|resid_post)[.:](\d+)$")
+_TL = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in the residual stream plus an injection mode."""
+
+    kind: str = "embed"
+    layer: int | None = None
+    mode: str = "replace"
+    coef: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise BackendError(f"Unknown site kind {self.kind!r}; use one of {KINDS}.")
+        if self.mode not in MODES:
+            raise BackendError(f"Unknown injection mode {self.mode!r}; use one of {MODES}.")
+        if self.kind != "embed" and (self.layer is None or self.layer < 0):
+            raise BackendError(f"Site {self.kind} needs a layer index >= 0, e.g. '{self.kind}.10'.")
+        if self.kind == "embed" and self.layer is not None:
+            object.__setattr__(self, "layer", None)
+
+    @classmethod
+    def parse(cls, spec: "str | Site", mode: str = "replace", coef: float = 1.0) -> "Site":
+        """Accept `embed`, `resid_pre.10`, `resid_post:10`, or TransformerLens names such as
+        `hook_embed` and `blocks.10.hook_resid_pre`."""
+        if isinstance(spec, Site):
+            return spec
+        text = spec.strip()
+        if text in ("embed", "hook_embed"):
+            return cls("embed", None, mode, coef)
+        match = _SHORT.match(text)
+        if match:
+            return cls(match.group(1), int(match.group(2)), mode, coef)
+        match = _TL.match(text)
+        if match:
+            return cls(match.group(2), int(match.group(1)), mode, coef)
+        raise BackendError(f"Cannot read site {spec!r}; write 'embed', 'resid_pre.K', 'resid_post.K' or 'blocks.K.hook_resid_pre'.")
+
+    @property
+    def name(self) -> str:
+        return "embed" if self.kind == "embed" else f"{self.kind}.{self.layer}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Site":
+        return cls(**{k: data[k] for k in ("kind", "layer", "mode", "coef") if k in data})
+
+
+def inject(hidden: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, site: Site) -> torch.Tensor:
+    """Combine soft tokens into `hidden` at the masked positions; differentiable in `soft`.
+
+    hidden: (B, T, d); soft: (B, d), one soft token per row, used at every masked position
+    of that row; mask: (B, T) bool.
+    """
+    soft = soft.to(hidden.dtype)[:, None, :].expand_as(hidden)
+    where = mask[:, :, None].to(hidden.device)
+    if site.mode == "replace":
+        return torch.where(where, soft, hidden)
+    direction = soft / (soft.norm(dim=-1, keepdim=True) + 1e-8)
+    added = hidden + site.coef * hidden.norm(dim=-1, keepdim=True) * direction
+    return torch.where(where, added, hidden)

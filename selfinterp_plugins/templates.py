@@ -1,0 +1,201 @@
+"""Prompt templates: where the soft token goes and how a label is written after it.
+
+A template is a prompt string holding a placeholder token one or more times; the soft token
+replaces the placeholder at every occurrence. The model's answer is the label followed by a
+closing string (a quote, or a newline) and the chat's end-of-turn token; training targets are
+written that way and generated text is parsed back the same way.
+
+The placeholder must be ONE token that ordinary text never produces (a special or added
+token), otherwise a label or prompt could contain it by accident and the injection would hit
+the wrong position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .errors import LabelError, TemplateError
+
+#: special tokens that chat models rarely see, tried in order for the default placeholder
+PLACEHOLDER_CANDIDATES = (
+    "<|reserved_special_token_0|>",  # Llama 3
+    "<|fim_pad|>",  # Qwen 2 / 2.5 / 3
+    "<unused0>",  # Gemma 3
+    "<empty_output>",  # SmolLM2 (StarCoder tokenizer)
+    "<|endoftext|>",
+)
+
+#: the default question/answer wording of Pepper et al. (ANCHORS.md §1)
+DEFAULT_USER = 'What is the meaning of "{placeholder}"?'
+DEFAULT_ANSWER = 'The meaning of "{placeholder}" is "'
+
+#: Patchscopes-style identity prompt: the model echoes what it reads after "->"
+ECHO_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n{placeholder} ->"
+
+
+@dataclass
+class PromptTemplate:
+    """A prompt with placeholder(s), plus how a label is written after it.
+
+    `prompt` is the full text fed to the model (chat markup included); the target for a label
+    is `label_prefix + label + closing + end`. Build one with `PromptTemplate.chat(tokenizer)`
+    (the paper's wording in the model's own chat format), `PromptTemplate.echo(tokenizer)` or
+    `PromptTemplate(prompt=..., placeholder=...)` for your own string.
+    """
+
+    prompt: str
+    placeholder: str
+    closing: str = '"'
+    end: str = ""
+    label_prefix: str = ""
+    name: str = "custom"
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def chat(
+        cls,
+        tokenizer,
+        user: str = DEFAULT_USER,
+        answer: str = DEFAULT_ANSWER,
+        placeholder: str | None = None,
+        closing: str = '"',
+        name: str = "chat",
+    ) -> "PromptTemplate":
+        """The question/answer template in the model's own chat format (ANCHORS.md §1)."""
+        placeholder = placeholder or default_placeholder(tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError(
+                "This tokenizer has no chat template; use PromptTemplate.echo(tokenizer) or pass your own prompt string."
+            )
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user.format(placeholder=placeholder)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return cls(
+            prompt=head + answer.format(placeholder=placeholder),
+            placeholder=placeholder,
+            closing=closing,
+            end=end_of_turn(tokenizer),
+            name=name,
+        )
+
+    @classmethod
+    def echo(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+        """Patchscopes-style identity prompt with no chat markup: `... <PH> -> label\\n`."""
+        placeholder = placeholder or default_placeholder(tokenizer)
+        return cls(
+            prompt=ECHO_PROMPT.format(placeholder=placeholder),
+            placeholder=placeholder,
+            closing="\n",
+            end="",
+            label_prefix=" ",
+            name="echo",
+        )
+
+    @classmethod
+    def named(cls, name: str, tokenizer) -> "PromptTemplate":
+        """Look a built-in template up by name (`chat`, `echo`)."""
+        builders = {"chat": cls.chat, "echo": cls.echo}
+        if name not in builders:
+            raise TemplateError(f"Unknown template {name!r}; use one of {sorted(builders)} or a PromptTemplate object.")
+        return builders[name](tokenizer)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptTemplate":
+        try:
+            return cls(**{k: data[k] for k in ("prompt", "placeholder", "closing", "end", "label_prefix", "name")})
+        except (KeyError, TypeError) as err:
+            raise TemplateError(f"Template config is incomplete ({err}); re-save the explainer.") from None
+
+    # ---- tokenisation -------------------------------------------------------------------
+
+    def placeholder_id(self, tokenizer) -> int:
+        """The placeholder's token id, after checking it is one rare token present in the prompt."""
+        return placeholder_token_id(tokenizer, self.placeholder, self.prompt)
+
+    def prompt_ids(self, tokenizer) -> torch.Tensor:
+        """Token ids of the prompt (1-D), tokenised with its markup and no extra BOS."""
+        self.placeholder_id(tokenizer)
+        ids = tokenizer(self.prompt, add_special_tokens=self._needs_bos(tokenizer))["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _needs_bos(self, tokenizer) -> bool:
+        """Chat prompts carry their own begin markup; raw prompts get the tokenizer's BOS, if any."""
+        bos = getattr(tokenizer, "bos_token", None)
+        return self.end == "" and bos is not None and not self.prompt.startswith(bos)
+
+    def target_text(self, label: str) -> str:
+        """What the model should write after the prompt for `label`."""
+        if not isinstance(label, str) or not label.strip():
+            raise LabelError("A label is empty; remove that example or give it a non-empty label.")
+        return f"{self.label_prefix}{label.strip()}{self.closing}{self.end}"
+
+    def target_ids(self, tokenizer, label: str) -> list[int]:
+        return tokenizer(self.target_text(label), add_special_tokens=False)["input_ids"]
+
+    def parse_label(self, generated: str) -> str:
+        """The label inside generated text: before the end-of-turn, then before the last closing."""
+        text = generated
+        if self.end and self.end in text:
+            text = text.split(self.end, 1)[0]
+        if self.closing.strip() and self.closing in text:
+            text = text.rsplit(self.closing, 1)[0]
+        elif self.closing and self.closing in text:
+            text = text.split(self.closing, 1)[0]
+        return text.strip()
+
+    def is_finished(self, generated: str) -> bool:
+        """True once generated text holds a complete label, so generation of that row can stop."""
+        if self.end:
+            return self.end in generated
+        return self.closing in generated
+
+
+def default_placeholder(tokenizer) -> str:
+    """First special token from `PLACEHOLDER_CANDIDATES` that this tokenizer has."""
+    vocab = tokenizer.get_vocab()
+    for candidate in PLACEHOLDER_CANDIDATES:
+        if candidate in vocab:
+            return candidate
+    raise TemplateError(
+        "No rare special token found for the placeholder; pass placeholder='<token>' naming a special token of this tokenizer."
+    )
+
+
+def placeholder_token_id(tokenizer, placeholder: str, prompt: str) -> int:
+    """Check the placeholder is one special token that appears in the prompt; return its id."""
+    if placeholder not in prompt:
+        raise TemplateError(f"The prompt does not contain the placeholder {placeholder!r}; put it where the vector should go.")
+    ids = tokenizer(placeholder, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise TemplateError(
+            f"Placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer; use one special token such as "
+            f"{default_placeholder(tokenizer)!r}."
+        )
+    special_ids = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
+    if ids[0] not in special_ids:
+        raise TemplateError(
+            f"Placeholder {placeholder!r} is an ordinary token that normal text can contain; use a special token such as "
+            f"{default_placeholder(tokenizer)!r}."
+        )
+    return ids[0]
+
+
+def end_of_turn(tokenizer) -> str:
+    """The chat format's end-of-turn marker, read off the chat template itself."""
+    marker = "XQZJ"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    after = text.split(marker, 1)[1]
+    end = after.strip().split()[0] if after.strip() else ""
+    if not end and tokenizer.eos_token:
+        end = tokenizer.eos_token
+    return end

@@ -1,0 +1,88 @@
+"""The topic benchmark's data: WordNet topics and their topic vectors.
+
+A topic vector is the paper's (ANCHORS.md §1): the residual stream after layer ℓ at the last
+prompt token of the chat prompt `Tell me about {title}.`, minus the mean over all topics.
+Topics ship as package data (`data/topics.jsonl`, built from WordNet 3.0 by
+`scripts/build_topics.py`; licence in `data/LICENSE-WordNet.txt`) with a fixed split.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import torch
+
+from .datasets import VectorLabelDataset
+from .errors import ArtifactError
+from .sites import Site
+
+TOPIC_PROMPT = "Tell me about {title}."
+
+
+def load_topics(limit_per_split: dict | None = None) -> list[dict]:
+    """The shipped topic set: records with id, title, description, category, split."""
+    text = resources.files("selfinterp_plugins").joinpath("data/topics.jsonl").read_text(encoding="utf-8")
+    topics = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if limit_per_split:
+        counts: dict[str, int] = {}
+        kept = []
+        for topic in topics:
+            split = topic["split"]
+            if counts.get(split, 0) < limit_per_split.get(split, len(topics)):
+                counts[split] = counts.get(split, 0) + 1
+                kept.append(topic)
+        topics = kept
+    return topics
+
+
+def topic_prompt_ids(tokenizer, title: str) -> list[int]:
+    """Token ids of the chat prompt asking about `title`, generation prompt included."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": TOPIC_PROMPT.format(title=title)}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def topic_vectors(
+    backend,
+    topics: list[dict],
+    layers: list[int],
+    batch_size: int = 32,
+    progress: bool = True,
+    subtract_mean: bool = True,
+    means: dict[int, torch.Tensor] | None = None,
+) -> dict[int, VectorLabelDataset]:
+    """One VectorLabelDataset per layer (resid_post of that layer), label = title.
+
+    All layers come from one forward pass per batch, stopped after the deepest layer read.
+    The mean is over the topics given, unless `means` (per layer, e.g. saved with an explainer
+    trained on the full set) is passed so a few topics can be turned into vectors consistently.
+    """
+    from tqdm.auto import tqdm
+
+    if not topics:
+        raise ArtifactError("No topics given; pass records with a 'title' field.")
+    sites = [Site("resid_post", layer) for layer in layers]
+    prompts = [topic_prompt_ids(backend.tokenizer, t["title"]) for t in topics]
+    # sort by length so batches hold similar lengths (less padding), then restore the order
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = torch.empty(len(prompts), len(layers), backend.d_model)
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="topic vectors"):
+        chunk = order[start : start + batch_size]
+        out[chunk] = backend.capture([prompts[i] for i in chunk], sites)
+    result = {}
+    for j, layer in enumerate(layers):
+        vectors = out[:, j]
+        mean = means[layer].float() if means is not None else vectors.mean(0)
+        if subtract_mean:
+            vectors = vectors - mean
+        records = [
+            {"id": t["id"], "label": t["title"], "description": t.get("description", ""),
+             "category": t.get("category", ""), "split": t.get("split", "train")}
+            for t in topics
+        ]
+        meta = {"source": "topics", "site": f"resid_post.{layer}", "layer": layer, "prompt": TOPIC_PROMPT,
+                "mean_subtracted": subtract_mean, "mean": mean.tolist(), "model_fingerprint": backend.fingerprint()}
+        result[layer] = VectorLabelDataset(vectors.contiguous(), records, meta)
+    return result

@@ -1,0 +1,171 @@
+"""Training an adapter against a frozen model.
+
+The loop of Pepper et al. (ANCHORS.md §1): AdamW, cosine schedule with warm-up, gradient
+clipping, per-token loss clamped at 100, validation loss each epoch, one seed for everything.
+Every adapter kind trains with the same loop. The data order is a function of (seed, epoch),
+so a run that resumes from a checkpoint takes exactly the steps an uninterrupted run would.
+Checkpoints are safetensors + JSON, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .serialization import load_safetensors, read_json, save_safetensors, write_json
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; defaults are the reference's except batch size (80 there)."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    grad_clip: float = 0.5
+    warmup_steps: int = 10
+    seed: int = 42
+    loss_clamp: float = 100.0
+    init: str = "paper"  # "paper": the adapter's own init; "ridge": closed-form fit first
+    ridge: float = 1.0
+    checkpoint_every: int = 25
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def first_token_embeddings(explainer, labels: list[str]) -> torch.Tensor:
+    """Input embedding of each label's first target token: the ridge init's regression target."""
+    tok = explainer.backend.tokenizer
+    first = torch.tensor([explainer.template.target_ids(tok, label)[0] for label in labels])
+    return explainer.backend.embed_tokens(first).float().cpu()
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _lr_lambda(total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _optimizer_state(optimizer, named) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, param in named:
+        state = optimizer.state.get(param, {})
+        for key, value in state.items():
+            tensors[f"{name}::{key}"] = torch.as_tensor(value).detach().clone()
+    return tensors
+
+
+def _restore_optimizer(optimizer, named, tensors) -> None:
+    for name, param in named:
+        state = {key.split("::", 1)[1]: value for key, value in tensors.items() if key.startswith(name + "::")}
+        if state:
+            optimizer.state[param] = state
+
+
+@torch.no_grad()
+def evaluate_loss(explainer, data, batch_size: int = 64, clamp: float = 100.0) -> float:
+    """Mean loss over a dataset (rows weighted equally)."""
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        rows = range(start, min(start + batch_size, len(data)))
+        loss = explainer.loss(data.vectors[list(rows)], [data.labels[i] for i in rows], clamp)
+        total += float(loss) * len(rows)
+    return total / len(data)
+
+
+def train(explainer, data, validation, config: TrainConfig, output_dir=None, progress: bool = True) -> dict:
+    """Train `explainer.adapter` on `data` (a VectorLabelDataset). Resumes from `output_dir` if a
+    checkpoint is there; writes `train_log.jsonl` there as it goes. Returns the history."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    adapter = explainer.adapter
+    named = [(n, p) for n, p in adapter.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    schedule = _lr_lambda(total, config.warmup_steps)
+
+    out = Path(output_dir) if output_dir else None
+    ckpt = out / CHECKPOINT_DIR if out else None
+    step, history = 0, {"train_loss": [], "validation_loss": [], "config": config.to_dict()}
+    if ckpt and (ckpt / "state.json").exists():
+        state = read_json(ckpt / "state.json")
+        adapter.load_state_dict(load_safetensors(ckpt / "adapter.safetensors"))
+        _restore_optimizer(optimizer, named, load_safetensors(ckpt / "optimizer.safetensors"))
+        step, history = state["step"], state["history"]
+    elif config.init == "ridge":
+        adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
+        if validation is not None:
+            history["validation_loss_at_init"] = evaluate_loss(explainer, validation, clamp=config.loss_clamp)
+
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train_log.jsonl", "a") if out else None
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
+    started = time.time()
+    try:
+        while step < total:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = _order(len(data), config.seed, epoch)
+            rows = order[index * config.batch_size : (index + 1) * config.batch_size]
+            adapter.train()
+            loss = explainer.loss(data.vectors[rows], [data.labels[i] for i in rows], config.loss_clamp)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip)
+            lr = config.lr * schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            step += 1
+            history["train_loss"].append(float(loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            end_of_epoch = step % steps_per_epoch == 0 or step == total
+            if end_of_epoch and validation is not None:
+                history["validation_loss"].append(evaluate_loss(explainer, validation, clamp=config.loss_clamp))
+            if log:
+                record = {"step": step, "loss": float(loss), "lr": lr}
+                if end_of_epoch and validation is not None:
+                    record["validation_loss"] = history["validation_loss"][-1]
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if ckpt and (step % config.checkpoint_every == 0 or end_of_epoch):
+                _save_checkpoint(ckpt, adapter, optimizer, named, step, history)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    history["seconds"] = history.get("seconds", 0.0) + time.time() - started
+    history["steps"] = step
+    adapter.eval()
+    return history
+
+
+def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_safetensors(dict(adapter.state_dict()), ckpt / "adapter.safetensors")
+    save_safetensors(_optimizer_state(optimizer, named), ckpt / "optimizer.safetensors")
+    write_json({"step": step, "history": history}, ckpt / "state.json")
