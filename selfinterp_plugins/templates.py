@@ -34,6 +34,16 @@ DEFAULT_ANSWER = 'The meaning of "{placeholder}" is "'
 #: Patchscopes-style identity prompt: the model echoes what it reads after "->"
 ECHO_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n{placeholder} ->"
 
+#: Patchscopes' few-shot entity-description prompt (ANCHORS.md §2), placeholder as the last entity
+PATCHSCOPES_PROMPT = (
+    "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean multinational "
+    "major appliance and consumer electronics corporation, {placeholder}:"
+)
+
+#: SelfIE's interpretation prompt: five placeholders, then "Sure, I'll summarize your message:"
+SELFIE_USER = "{placeholder}" * 5
+SELFIE_ANSWER = "Sure, I'll summarize your message:"
+
 
 @dataclass
 class PromptTemplate:
@@ -97,9 +107,22 @@ class PromptTemplate:
         )
 
     @classmethod
+    def patchscopes(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+        """Patchscopes' entity-description prompt; the label is the description up to the next comma."""
+        placeholder = placeholder or default_placeholder(tokenizer)
+        return cls(prompt=PATCHSCOPES_PROMPT.format(placeholder=placeholder), placeholder=placeholder,
+                   closing=",", end="", label_prefix=" ", name="patchscopes")
+
+    @classmethod
+    def selfie(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+        """SelfIE's summarisation prompt in the model's chat format (five placeholders)."""
+        return cls.chat(tokenizer, user=SELFIE_USER, answer=SELFIE_ANSWER, placeholder=placeholder, closing=".",
+                        name="selfie")
+
+    @classmethod
     def named(cls, name: str, tokenizer) -> "PromptTemplate":
-        """Look a built-in template up by name (`chat`, `echo`)."""
-        builders = {"chat": cls.chat, "echo": cls.echo}
+        """Look a built-in template up by name (`chat`, `echo`, `patchscopes`, `selfie`)."""
+        builders = {"chat": cls.chat, "echo": cls.echo, "patchscopes": cls.patchscopes, "selfie": cls.selfie}
         if name not in builders:
             raise TemplateError(f"Unknown template {name!r}; use one of {sorted(builders)} or a PromptTemplate object.")
         return builders[name](tokenizer)

