@@ -5,7 +5,8 @@ there, so a crash loses at most the stage in progress):
  1. topic vectors at several layers (one forward pass per batch, cached under <out>/vectors);
  2. the ridge-probe ceiling per layer;
  3. the untrained baseline (scale_only, s frozen) over the paper's scale grid, both templates;
- 4. every adapter kind (plus ridge-initialised ones) x both templates at one layer, small budget;
+ 4. every adapter kind (paper init) plus ridge-initialised full-rank, x both templates, at one layer,
+    on a small budget (1,000 training topics, 1 epoch);
  5. the best of (4) at every layer;
  6. the best of (5) at several training-set sizes;
  7. the best configuration trained on the full train split, evaluated on the held-out TEST split,
@@ -41,7 +42,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/topic_benchmark")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--layers", type=int, nargs="+", default=[5, 10, 15, 20])
+    parser.add_argument("--layers", type=int, nargs="+", default=[5, 10, 15])
     parser.add_argument("--grid-layer", type=int, default=10)
     parser.add_argument("--grid-train", type=int, default=1000, help="training topics for the grid stages")
     parser.add_argument("--grid-epochs", type=int, default=1)
@@ -133,11 +134,11 @@ def main():
 
     # 4. adapter kinds x templates x init at the grid layer
     grid = []
-    for template in ("chat", "echo"):
-        for kind in KINDS:
-            for init in ("paper", "ridge"):
-                name = f"grid/layer{args.grid_layer}/{template}/{kind}/{init}/n{args.grid_train}"
-                grid.append(record(name, lambda: run(args.grid_layer, kind, template, init, args.grid_train, args.grid_epochs)))
+    configs = [(kind, "paper") for kind in KINDS] + [("full_rank", "ridge")]
+    for template in ("echo", "chat"):
+        for kind, init in configs:
+            name = f"grid/layer{args.grid_layer}/{template}/{kind}/{init}/n{args.grid_train}"
+            grid.append(record(name, lambda: run(args.grid_layer, kind, template, init, args.grid_train, args.grid_epochs)))
     best = max(grid, key=lambda r: r["recall@1"])
     kind, template, init = best["kind"], best["template"], best["init"]
 

@@ -45,10 +45,11 @@ def ridge_probe_recall(train, test, candidates: list[str], ridges=(0.1, 1.0, 10.
         candidate_embeddings = embedder.encode(candidates)
     index = {c: i for i, c in enumerate(candidates)}
 
+    x = normalize(train.vectors.double())
+    y = embedder.encode(train.labels).double()
+    xm, ym = x.mean(0), y.mean(0)
+
     def fit(ridge):
-        x = normalize(train.vectors.double())
-        y = embedder.encode(train.labels).double()
-        xm, ym = x.mean(0), y.mean(0)
         gram = (x - xm).T @ (x - xm) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
         w = torch.linalg.solve(gram, (x - xm).T @ (y - ym))
         return lambda v: (normalize(v.double()) - xm) @ w + ym

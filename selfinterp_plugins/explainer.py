@@ -74,7 +74,7 @@ class Explainer:
             template = PromptTemplate.named(template, backend.tokenizer)
         if not isinstance(adapter, AdapterConfig):
             adapter = AdapterConfig(kind=adapter, d_model=backend.d_model, **adapter_options)
-        model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", None)
+        model_id = model_id or getattr(getattr(backend.model, "config", None), "_name_or_path", None)
         return cls(backend, make_adapter(adapter), template, Site.parse(site), model_id)
 
     # ---- the two computations -------------------------------------------------------------

@@ -177,14 +177,14 @@ class HFBackend(Backend):
         logits = self._head(hidden[:, -1])
         outputs: list[list[int]] = [[] for _ in range(batch)]
         alive = torch.arange(batch)
-        for _ in range(sampling.max_new_tokens):
+        for step in range(sampling.max_new_tokens):
             next_ids = pick_next(logits.float().cpu(), sampling, generator)
             keep = []
             for j, row in enumerate(alive.tolist()):
                 outputs[row].append(int(next_ids[j]))
                 if not is_finished(outputs[row]):
                     keep.append(j)
-            if not keep:
+            if not keep or step == sampling.max_new_tokens - 1:
                 break
             if len(keep) < len(alive):
                 index = torch.tensor(keep)
