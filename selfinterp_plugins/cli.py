@@ -84,7 +84,7 @@ def vectors_topics(model_name, layers, out, limit, batch_size):
 @click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-2, show_default=True)
+@click.option("--lr", type=float, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=int, default=None, help="train on the first N training rows only")
 @click.option("--seed", default=42, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")

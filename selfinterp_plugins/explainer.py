@@ -119,9 +119,9 @@ class Explainer:
     def _is_finished(self, ids: list[int]) -> bool:
         if ids[-1] in self._stop_ids:
             return True
-        if self.template.end:
+        if self.template.end and not self.template.stop_at_closing:
             return False
-        return self.template.closing in self.backend.tokenizer.decode(ids[-1:])
+        return self.template.is_finished(self.backend.tokenizer.decode(ids[-1:]))
 
     # ---- high-level verbs -----------------------------------------------------------------
 

@@ -49,19 +49,25 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     results: dict[tuple, dict] = dict(done)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), disable=not progress, desc="explain", unit="label")
     try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+        for start in range(0, len(jobs), batch_size):
+            # batches (and their seeds) follow the full job list, so a resumed sampled run draws
+            # exactly what an uninterrupted one would; a partly done batch is generated again whole
+            batch = jobs[start : start + batch_size]
+            missing = [(ids[row], s, k) not in done for row, s, k in batch]
+            if not any(missing):
+                continue
             rows = torch.tensor([job[0] for job in batch])
             scale = torch.tensor([job[1] for job in batch])
-            # one seed per batch position keeps sampled runs reproducible and resumable
             batch_sampling = replace(sampling, seed=sampling.seed + start)
             labels = explainer.generate_labels(vectors[rows], scale, batch_sampling)
-            for (row, s, k), (label, text) in zip(batch, labels):
+            for (row, s, k), (label, text), new in zip(batch, labels, missing):
+                if not new:
+                    continue
                 record = {"id": ids[row], "scale": s, "sample": k, "label": label, "text": text}
                 results[(ids[row], s, k)] = record
                 if writer:
                     writer.write(record)
-            bar.update(len(batch))
+            bar.update(sum(missing))
     finally:
         bar.close()
         if writer:

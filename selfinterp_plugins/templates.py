@@ -61,6 +61,9 @@ class PromptTemplate:
     end: str = ""
     label_prefix: str = ""
     name: str = "custom"
+    #: stop generating a row at the first closing string, not only at the end-of-turn: the label is
+    #: complete there, and an untrained model rarely ends its turn within the token budget
+    stop_at_closing: bool = True
 
     # ---- construction -------------------------------------------------------------------
 
@@ -133,7 +136,8 @@ class PromptTemplate:
     @classmethod
     def from_dict(cls, data: dict) -> "PromptTemplate":
         try:
-            return cls(**{k: data[k] for k in ("prompt", "placeholder", "closing", "end", "label_prefix", "name")})
+            fields = ("prompt", "placeholder", "closing", "end", "label_prefix", "name")
+            return cls(**{k: data[k] for k in fields}, stop_at_closing=data.get("stop_at_closing", True))
         except (KeyError, TypeError) as err:
             raise TemplateError(f"Template config is incomplete ({err}); re-save the explainer.") from None
 
@@ -176,9 +180,9 @@ class PromptTemplate:
 
     def is_finished(self, generated: str) -> bool:
         """True once generated text holds a complete label, so generation of that row can stop."""
-        if self.end:
-            return self.end in generated
-        return self.closing in generated
+        if self.end and self.end in generated:
+            return True
+        return (self.stop_at_closing or not self.end) and bool(self.closing) and self.closing in generated
 
 
 def default_placeholder(tokenizer) -> str:

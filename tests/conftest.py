@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny random models (one per architecture, built once per session) and the
+real SmolLM2 (built once, used only by tests marked ``real_model``).
+
+Tiny models are frozen and never modified by tests; tests that need a model with different
+weights build their own with ``tiny_model(arch, seed=...)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfinterp_plugins.models import TINY_ARCHS, tiny_model
+
+_TINY: dict[tuple[str, int], tuple] = {}
+
+
+def get_tiny(arch: str, seed: int = 0):
+    """(model, tokenizer) for a tiny architecture, cached for the whole session."""
+    key = (arch, seed)
+    if key not in _TINY:
+        _TINY[key] = tiny_model(arch, seed=seed)
+    return _TINY[key]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """`tiny(arch, seed=0)` -> cached (model, tokenizer); for tests that need several models."""
+    return get_tiny
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2 tokenizer (the one every tiny model shares)."""
+    return get_tiny("llama")[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """(model, tokenizer) of the tiny llama, seed 0."""
+    return get_tiny("llama")
+
+
+@pytest.fixture(scope="session", params=TINY_ARCHS)
+def tiny_arch(request):
+    """(arch, model, tokenizer) for every tiny architecture."""
+    model, tok = get_tiny(request.param)
+    return request.param, model, tok
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct; for ``real_model`` tests only."""
+    from selfinterp_plugins.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global RNG state."""
+    torch.manual_seed(0)
+    yield

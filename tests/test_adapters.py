@@ -1,0 +1,325 @@
+"""Adapters (ANCHORS.md §1): shapes, normalisation, evaluation-time scale, exact formulas,
+initialisation, parameter counts, ridge initialisation, safetensors round trip, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfinterp_plugins.adapters import (
+    BUILTIN_ADAPTERS,
+    AdapterConfig,
+    check_vectors,
+    make_adapter,
+    normalize,
+)
+from selfinterp_plugins.errors import ArtifactError, UnknownNameError, VectorError
+from selfinterp_plugins.serialization import load_safetensors, save_safetensors
+
+D = 32
+RANK = 4
+KINDS = sorted(BUILTIN_ADAPTERS)
+
+
+def build(kind: str, d: int = D, **options):
+    options.setdefault("rank", RANK)
+    return make_adapter(AdapterConfig(kind=kind, d_model=d, **options), registry=BUILTIN_ADAPTERS)
+
+
+def perturbed(adapter):
+    """Move every parameter away from its init so formulas are tested on generic values."""
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return adapter
+
+
+def test_all_six_kinds_are_builtin():
+    assert set(KINDS) == {"scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank",
+                          "full_rank"}
+    for kind, cls in BUILTIN_ADAPTERS.items():
+        assert cls.kind == kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_shape(kind):
+    adapter = perturbed(build(kind))
+    assert adapter(torch.randn(5, D)).shape == (5, D)
+    assert adapter(torch.randn(D)).shape == (D,)
+    assert adapter(torch.randn(2, 3, D)).shape == (2, 3, D)
+    assert adapter(torch.randn(5, D)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_input_is_normalised(kind):
+    adapter = perturbed(build(kind))
+    x = torch.randn(6, D)
+    torch.testing.assert_close(adapter(7 * x), adapter(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter(0.01 * x), adapter(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scale_applies_before_projection_without_renormalising(kind):
+    adapter = perturbed(build(kind))
+    x = torch.randn(4, D)
+    x_hat = x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+    for s in (0.5, 2.0, 8.0):
+        torch.testing.assert_close(adapter(x, scale=s), adapter.project(s * x_hat), rtol=1e-5, atol=1e-6)
+    # s = 1 is exactly the training-time map
+    torch.testing.assert_close(adapter(x, scale=1.0), adapter(x), rtol=0, atol=0)
+    # one scale per row
+    scales = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    torch.testing.assert_close(adapter(x, scale=scales), adapter.project(scales[:, None] * x_hat), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["scalar_affine", "full_rank", "scalar_affine_plus_low_rank"])
+def test_scale_changes_output_of_kinds_with_a_linear_term(kind):
+    adapter = perturbed(build(kind))
+    x = torch.randn(3, D)
+    assert not torch.allclose(adapter(x, scale=2.0), adapter(x))
+
+
+def test_normalize_matches_reference_eps():
+    x = torch.tensor([[3.0, 4.0]])
+    torch.testing.assert_close(normalize(x), x / (5.0 + 1e-8))
+    assert torch.isfinite(normalize(torch.zeros(1, 4))).all()
+
+
+# ---- exact formulas ------------------------------------------------------------------------
+
+
+def test_scale_only_formula_and_init():
+    adapter = build("scale_only", init_scale=5.0)
+    x = torch.randn(3, D)
+    x_hat = normalize(x)
+    assert adapter.log_scale.item() == pytest.approx(math.log(5.0))
+    torch.testing.assert_close(adapter(x), 5.0 * x_hat)
+    perturbed(adapter)
+    torch.testing.assert_close(adapter(x), adapter.log_scale.exp() * x_hat)
+    assert adapter.num_trainable() == 1
+
+
+def test_scalar_affine_formula_init_and_count():
+    adapter = build("scalar_affine", init_scale=30.0)
+    assert adapter.log_scale.item() == pytest.approx(math.log(30.0))
+    assert torch.equal(adapter.bias, torch.zeros(D))
+    perturbed(adapter)
+    x = torch.randn(3, D)
+    torch.testing.assert_close(adapter(x), adapter.log_scale.exp() * normalize(x) + adapter.bias)
+    assert adapter.num_trainable() == D + 1
+
+
+def test_bias_only_freezes_scale_and_trains_bias_only():
+    adapter = build("bias_only", init_scale=5.0)
+    assert adapter.log_scale.requires_grad is False
+    assert adapter.bias.requires_grad is True
+    assert torch.equal(adapter.bias, torch.zeros(D))
+    assert adapter.num_trainable() == D
+    trainable = [name for name, p in adapter.named_parameters() if p.requires_grad]
+    assert trainable == ["bias"]
+    x = torch.randn(3, D)
+    with torch.no_grad():
+        adapter.bias.add_(torch.randn(D))
+    torch.testing.assert_close(adapter(x), 5.0 * normalize(x) + adapter.bias)
+    adapter(x).sum().backward()
+    assert adapter.log_scale.grad is None
+    assert adapter.bias.grad is not None
+
+    # an optimiser step over the trainable parameters leaves the scale alone
+    before = adapter.log_scale.clone()
+    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=0.1)
+    opt.step()
+    assert torch.equal(adapter.log_scale, before)
+
+
+def test_low_rank_formula_init_and_count():
+    d, r, init = 256, 16, 5.0
+    adapter = build("low_rank", d=d, rank=r, init_scale=init)
+    assert adapter.U.shape == (d, r) and adapter.V.shape == (d, r)
+    assert torch.equal(adapter.bias, torch.zeros(d))
+    expected_std = 0.01 * init / math.sqrt(r)
+    for p in (adapter.U, adapter.V):
+        assert p.std().item() == pytest.approx(expected_std, rel=0.1)
+        assert abs(p.mean().item()) < expected_std * 0.1
+    assert adapter.num_trainable() == 2 * d * r + d
+    perturbed(adapter)
+    x = torch.randn(3, d)
+    x_hat = normalize(x)
+    torch.testing.assert_close(adapter(x), x_hat @ adapter.U @ adapter.V.T + adapter.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_scalar_affine_plus_low_rank_formula_and_count():
+    adapter = build("scalar_affine_plus_low_rank", init_scale=5.0)
+    assert adapter.log_scale.item() == pytest.approx(math.log(5.0))
+    assert torch.equal(adapter.bias, torch.zeros(D))
+    assert adapter.num_trainable() == 1 + 2 * D * RANK + D
+    perturbed(adapter)
+    x = torch.randn(3, D)
+    x_hat = normalize(x)
+    expected = adapter.log_scale.exp() * x_hat + x_hat @ adapter.U @ adapter.V.T + adapter.bias
+    torch.testing.assert_close(adapter(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_full_rank_init_is_scaled_identity_and_formula():
+    adapter = build("full_rank", init_scale=5.0)
+    torch.testing.assert_close(adapter.weight, 5.0 * torch.eye(D))
+    assert torch.equal(adapter.bias, torch.zeros(D))
+    assert adapter.num_trainable() == D * D + D
+    x = torch.randn(3, D)
+    torch.testing.assert_close(adapter(x), 5.0 * normalize(x))
+    perturbed(adapter)
+    torch.testing.assert_close(adapter(x), normalize(x) @ adapter.weight.T + adapter.bias, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_soft_token_has_norm_init_scale_for_scaled_kinds(kind):
+    """At init every kind is (about) init_scale·x̂: the paper's untrained SelfIE-style start."""
+    adapter = build(kind, init_scale=5.0)
+    x = torch.randn(4, D)
+    out = adapter(x)
+    if kind == "low_rank":
+        # x̂UVᵀ with tiny U, V: almost zero
+        assert out.norm(dim=-1).max() < 0.1
+    else:
+        torch.testing.assert_close(out, 5.0 * normalize(x), rtol=1e-2, atol=1e-2)
+
+
+# ---- ridge initialisation ------------------------------------------------------------------
+
+
+def _synthetic(n=400, d=D, noise=0.05, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * 3.0
+    x_hat = normalize(x)
+    w = 2.0 * torch.eye(d) + 0.5 * torch.randn(d, d, generator=g) / math.sqrt(d)
+    b = torch.randn(d, generator=g)
+    t = x_hat @ w.T + b + noise * torch.randn(n, d, generator=g)
+    return x, t
+
+
+def _sq_error(adapter, x, t) -> float:
+    with torch.no_grad():
+        return float(((adapter(x) - t) ** 2).sum())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ridge_init_reduces_error_to_targets(kind):
+    x, t = _synthetic()
+    adapter = build(kind)
+    before = _sq_error(adapter, x, t)
+    adapter.ridge_init(x, t, ridge=1.0)
+    after = _sq_error(adapter, x, t)
+    assert after < 0.8 * before, (kind, before, after)
+    assert all(torch.isfinite(p).all() for p in adapter.parameters())
+    if kind == "bias_only":
+        assert adapter.log_scale.item() == pytest.approx(math.log(5.0))  # still frozen at init
+
+
+def test_full_rank_ridge_recovers_a_known_linear_map():
+    g = torch.Generator().manual_seed(3)
+    d, n = 16, 500
+    w_true = torch.randn(d, d, generator=g)
+    b_true = torch.randn(d, generator=g)
+    x = torch.randn(n, d, generator=g) * 10
+    t = normalize(x) @ w_true.T + b_true
+    adapter = build("full_rank", d=d)
+    adapter.ridge_init(x, t, ridge=1e-8)
+    torch.testing.assert_close(adapter.weight, w_true, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(adapter.bias, b_true, rtol=1e-3, atol=1e-3)
+    x_new = torch.randn(7, d, generator=g)
+    torch.testing.assert_close(adapter(x_new), normalize(x_new) @ w_true.T + b_true, rtol=1e-3, atol=1e-3)
+
+
+def test_low_rank_ridge_recovers_a_rank_r_map():
+    g = torch.Generator().manual_seed(4)
+    d, r, n = 16, 3, 500
+    w_true = torch.randn(d, r, generator=g) @ torch.randn(r, d, generator=g)
+    b_true = torch.randn(d, generator=g)
+    x = torch.randn(n, d, generator=g)
+    t = normalize(x) @ w_true + b_true
+    adapter = build("low_rank", d=d, rank=r)
+    adapter.ridge_init(x, t, ridge=1e-8)
+    torch.testing.assert_close(adapter(x), t, rtol=1e-3, atol=1e-3)
+
+
+def test_scalar_affine_ridge_recovers_scale_and_bias():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, D, generator=g)
+    b = torch.randn(D, generator=g)
+    t = 3.0 * normalize(x) + b
+    adapter = build("scalar_affine")
+    adapter.ridge_init(x, t, ridge=1e-8)
+    assert adapter.log_scale.exp().item() == pytest.approx(3.0, rel=1e-3)
+    torch.testing.assert_close(adapter.bias, b, rtol=1e-3, atol=1e-3)
+
+
+# ---- serialisation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_safetensors_round_trip_gives_identical_outputs(kind, tmp_path):
+    adapter = perturbed(build(kind))
+    path = tmp_path / "adapter.safetensors"
+    save_safetensors(dict(adapter.state_dict()), path)
+    config = AdapterConfig.from_dict(adapter.config.to_dict())
+    torch.manual_seed(123)  # a different random init for low-rank kinds
+    fresh = make_adapter(config, registry=BUILTIN_ADAPTERS)
+    fresh.load_state_dict(load_safetensors(path))
+    x = torch.randn(5, D)
+    assert torch.equal(fresh(x), adapter(x))
+    assert torch.equal(fresh(x, scale=2.5), adapter(x, scale=2.5))
+    assert fresh.num_trainable() == adapter.num_trainable()
+    assert not path.with_suffix(".safetensors.tmp").exists()
+
+
+def test_adapter_config_from_dict():
+    config = AdapterConfig(kind="low_rank", d_model=8, init_scale=3.0, rank=2)
+    data = dict(config.to_dict(), unknown_future_field=1)
+    assert AdapterConfig.from_dict(data) == config
+    with pytest.raises(ArtifactError, match="d_model"):
+        AdapterConfig.from_dict({"kind": "low_rank"})
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def test_unknown_kind_names_the_known_kinds():
+    with pytest.raises(UnknownNameError) as info:
+        make_adapter(AdapterConfig(kind="no_such_kind", d_model=D))
+    message = str(info.value)
+    assert "no_such_kind" in message
+    for kind in KINDS:
+        assert kind in message
+
+
+def test_unknown_kind_with_explicit_registry():
+    with pytest.raises(UnknownNameError, match="scale_only"):
+        make_adapter(AdapterConfig(kind="nope", d_model=D), registry={"scale_only": BUILTIN_ADAPTERS["scale_only"]})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [torch.randn(3, D + 1), torch.randn(D - 1), torch.full((2, D), float("nan")),
+     torch.cat([torch.randn(1, D), torch.full((1, D), float("inf"))]), torch.full((D,), -float("inf"))],
+    ids=["too-wide", "too-narrow", "nan", "inf-row", "neg-inf"],
+)
+def test_check_vectors_refuses_bad_vectors(bad):
+    with pytest.raises(VectorError):
+        check_vectors(bad, D)
+    with pytest.raises(VectorError):
+        build("scalar_affine")(bad)
+
+
+def test_check_vectors_refuses_non_tensors_and_accepts_good_ones():
+    with pytest.raises(VectorError, match="torch.Tensor"):
+        check_vectors([[0.0] * D], D)
+    check_vectors(torch.randn(3, D), D)
+    check_vectors(torch.randn(D, dtype=torch.float64), D)
+
+
+def test_wrong_size_message_names_both_sizes():
+    with pytest.raises(VectorError) as info:
+        check_vectors(torch.randn(2, 10), D)
+    assert "10" in str(info.value) and str(D) in str(info.value)

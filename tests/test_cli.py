@@ -1,0 +1,140 @@
+"""The `selfinterp` command line: plugin listing, and user errors as one line with exit code 2.
+
+Every error case here is raised before a model would load (the dataset is read first), so these
+tests stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from selfinterp_plugins import VectorLabelDataset, plugins
+from selfinterp_plugins.cli import main
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def run(capsys, *argv):
+    """Run main() in-process; returns (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "selfinterp_plugins.cli", *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_plugins_subprocess_prints_json():
+    result = _cli("plugins")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "hf" in report["backends"]
+    assert "scalar_affine" in report["adapters"] and "full_rank" in report["adapters"]
+    assert {"recall_at_k", "exact_match"} <= set(report["scorers"])
+    assert "topics" in report["vector_sources"]
+    assert {p["name"] for p in report["plugins"]} >= {"hf_backend", "adapters", "scorers", "topics"}
+    assert isinstance(report["errors"], list)
+
+
+def test_user_error_subprocess_exits_2_without_traceback(tmp_path):
+    result = _cli("explain", "/nonexistent", "--vectors", "/nonexistent", "--output", str(tmp_path / "x.jsonl"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:")
+    assert "/nonexistent" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_plugins_in_process(capsys):
+    code, out, err = run(capsys, "plugins")
+    assert code == 0
+    report = json.loads(out)
+    assert "hf" in report["backends"]
+    assert all("traceback" not in e for e in report["errors"])
+
+
+def test_plugins_lists_broken_plugin_without_traceback(capsys, monkeypatch):
+    import importlib.metadata
+
+    class Broken:
+        name = "broken_plugin"
+
+        def load(self):
+            raise ImportError("needs nnsight")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [Broken()])
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    plugins.reset()
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    report = json.loads(out)
+    assert report["errors"] == [{"plugin": "broken_plugin", "error": "ImportError: needs nnsight"}]
+    assert "hf" in report["backends"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["explain", "/nonexistent", "--vectors", "/nonexistent", "--output", "x.jsonl"],
+        ["train", "/nonexistent", "--out", "out"],
+        ["eval", "/nonexistent", "--vectors", "/nonexistent"],
+    ],
+    ids=["explain", "train", "eval"],
+)
+def test_missing_dataset_is_a_one_line_error(capsys, argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("Error: ") and err.count("\n") == 1
+    assert "No dataset directory" in err
+    assert "Traceback" not in out + err
+
+
+def test_corrupt_dataset_is_a_one_line_error(capsys, tmp_path):
+    data = VectorLabelDataset(torch.zeros(2, 4), [{"label": "a", "split": "train"}, {"label": "b", "split": "train"}])
+    path = data.save(tmp_path / "ds")
+    (path / "vectors.safetensors").write_bytes(b"not safetensors")
+    code, _, err = run(capsys, "explain", "shipped", "--vectors", str(path), "--output", str(tmp_path / "x.jsonl"))
+    assert code == 2 and err.startswith("Error: ") and "not a valid safetensors" in err
+
+
+def test_missing_split_is_a_one_line_error(capsys, tmp_path):
+    data = VectorLabelDataset(torch.zeros(2, 4), [{"label": "a", "split": "train"}, {"label": "b", "split": "train"}])
+    path = data.save(tmp_path / "ds")
+    code, _, err = run(capsys, "explain", "shipped", "--vectors", str(path), "--split", "test", "--output",
+                       str(tmp_path / "x.jsonl"))
+    assert code == 2
+    assert err.startswith("Error: ") and "split 'test'" in err
+
+
+def test_usage_errors_exit_2(capsys):
+    code, _, err = run(capsys, "explain", "/nonexistent")  # --vectors and --output missing
+    assert code == 2 and "Error" in err and "Traceback" not in err
+    code, _, err = run(capsys, "no-such-command")
+    assert code == 2 and "No such command" in err
+    code, _, err = run(capsys, "train", "x", "--out", "y", "--template", "nonsense")
+    assert code == 2 and "nonsense" in err
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "explain" in out and "plugins" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "0.1.0" in out

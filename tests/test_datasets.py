@@ -1,0 +1,134 @@
+"""VectorLabelDataset: plain files on disk, splits, and refusing broken data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from selfinterp_plugins import VectorLabelDataset
+from selfinterp_plugins.datasets import LABELS_FILE, META_FILE, VECTORS_FILE
+from selfinterp_plugins.errors import ArtifactError, LabelError, VectorError
+
+
+def make(n=6, d=8):
+    vectors = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    splits = ["train", "train", "validation", "test", "train", "validation"]
+    records = [{"id": f"r{i}", "label": f"label {i} é", "split": splits[i % len(splits)], "extra": i} for i in range(n)]
+    return VectorLabelDataset(vectors, records, {"source": "unit", "layer": 3})
+
+
+def test_save_load_round_trip(tmp_path):
+    data = make()
+    path = data.save(tmp_path / "ds")
+    assert sorted(p.name for p in path.iterdir()) == sorted([VECTORS_FILE, LABELS_FILE, META_FILE])
+    again = VectorLabelDataset.load(path)
+    assert torch.equal(again.vectors, data.vectors)
+    assert again.records == data.records
+    assert again.labels == data.labels and again.ids == data.ids
+    assert again.meta == {"source": "unit", "layer": 3, "count": 6, "d_model": 8}
+    assert again.d_model == 8 and len(again) == 6
+    # plain files any tool can read
+    lines = (path / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0])["label"] == "label 0 é"
+    assert json.loads((path / META_FILE).read_text())["count"] == 6
+
+
+def test_load_without_meta_file(tmp_path):
+    path = make().save(tmp_path / "ds")
+    (path / META_FILE).unlink()
+    assert VectorLabelDataset.load(path).meta == {"d_model": 8}
+
+
+def test_ids_default_to_row_numbers():
+    data = VectorLabelDataset(torch.zeros(2, 3), [{"label": "a"}, {"label": "b", "id": "x"}])
+    assert data.ids == ["0", "x"]
+    assert data.meta["d_model"] == 3
+
+
+def test_split_select_and_head():
+    data = make()
+    train = data.split("train")
+    assert train.ids == ["r0", "r1", "r4"]
+    assert torch.equal(train.vectors, data.vectors[[0, 1, 4]])
+    assert train.meta == data.meta and train.meta is not data.meta
+    assert data.split("validation").ids == ["r2", "r5"]
+    assert data.split("test").ids == ["r3"]
+    with pytest.raises(ArtifactError, match="'holdout'"):
+        data.split("holdout")
+    # selections are copies: editing one leaves the original alone
+    train.records[0]["label"] = "changed"
+    train.vectors[0, 0] = 1e6
+    assert data.records[0]["label"] == "label 0 é" and data.vectors[0, 0] != 1e6
+    assert data.head(2).ids == ["r0", "r1"]
+    assert data.head(None) is data and data.head(100) is data
+
+
+def test_mismatched_counts():
+    with pytest.raises(ArtifactError, match="3 vectors but 2"):
+        VectorLabelDataset(torch.zeros(3, 4), [{"label": "a"}, {"label": "b"}])
+
+
+def test_mismatched_counts_on_disk(tmp_path):
+    path = make().save(tmp_path / "ds")
+    lines = (path / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+    (path / LABELS_FILE).write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    with pytest.raises(ArtifactError, match="6 vectors but 5"):
+        VectorLabelDataset.load(path)
+
+
+@pytest.mark.parametrize("record", [{"label": ""}, {"label": "   "}, {"label": None}, {"label": 5}, {"id": "x"}])
+def test_empty_or_missing_label(record):
+    with pytest.raises(LabelError):
+        VectorLabelDataset(torch.zeros(2, 4), [{"label": "ok"}, record])
+
+
+def test_vectors_must_be_2d():
+    with pytest.raises(VectorError):
+        VectorLabelDataset(torch.zeros(4), [{"label": "a"}] * 4)
+
+
+def test_truncated_labels_line(tmp_path):
+    path = make().save(tmp_path / "ds")
+    text = (path / LABELS_FILE).read_text(encoding="utf-8")
+    (path / LABELS_FILE).write_text(text[: len(text) - 15], encoding="utf-8")  # last line cut mid-record
+    with pytest.raises(ArtifactError, match=f"{LABELS_FILE}:6"):
+        VectorLabelDataset.load(path)
+
+
+def test_non_object_labels_line(tmp_path):
+    path = make().save(tmp_path / "ds")
+    with open(path / LABELS_FILE, "a", encoding="utf-8") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(ArtifactError, match="JSON object"):
+        VectorLabelDataset.load(path)
+
+
+@pytest.mark.parametrize("name", [VECTORS_FILE, LABELS_FILE])
+def test_missing_file(tmp_path, name):
+    path = make().save(tmp_path / "ds")
+    (path / name).unlink()
+    with pytest.raises(ArtifactError, match="Missing file"):
+        VectorLabelDataset.load(path)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="No dataset directory"):
+        VectorLabelDataset.load(tmp_path / "nope")
+
+
+def test_vectors_file_without_vectors_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    path = make().save(tmp_path / "ds")
+    save_file({"something_else": torch.zeros(6, 8)}, str(path / VECTORS_FILE))
+    with pytest.raises(ArtifactError, match="'vectors'"):
+        VectorLabelDataset.load(path)
+
+
+def test_corrupt_meta_file(tmp_path):
+    path = make().save(tmp_path / "ds")
+    (path / META_FILE).write_text("{oops")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        VectorLabelDataset.load(path)

@@ -1,0 +1,249 @@
+"""The plugin manager: built-in registrations, backend lookup, broken and duplicate plugins,
+and SELFINTERP_PLUGINS."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import types
+
+import pytest
+
+from selfinterp_plugins import plugins
+from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, Adapter, ScalarAffine
+from selfinterp_plugins.backends import Backend, HFBackend
+from selfinterp_plugins.errors import BackendError, UnknownNameError
+from selfinterp_plugins.hookspecs import hookimpl
+
+SIX_KINDS = {"scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    """Hermetic plugin state: no installed third-party entry points unless a test fakes some."""
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    install_entry_points(monkeypatch)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+class FakeEntryPoint:
+    def __init__(self, name, load):
+        self.name = name
+        self._load = load
+        self.loaded = 0
+
+    def load(self):
+        self.loaded += 1
+        return self._load()
+
+
+def install_entry_points(monkeypatch, *entry_points):
+    def fake(group=None, **kwargs):
+        assert group == plugins.ENTRY_POINT_GROUP
+        return list(entry_points)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+
+
+def module(name, **functions):
+    mod = types.ModuleType(name)
+    for key, fn in functions.items():
+        setattr(mod, key, hookimpl(fn) if not key.startswith("_") else fn)
+    return mod
+
+
+def _raise_import_error():
+    raise ImportError("No module named 'not_installed_dependency'")
+
+
+# ---- built-ins -----------------------------------------------------------------------------
+
+
+def test_builtin_registrations():
+    reg = plugins.registry()
+    assert "hf" in reg.backends
+    assert set(reg.adapters) == SIX_KINDS
+    assert {"recall_at_k", "exact_match"} <= set(reg.scorers)
+    assert "topics" in reg.vector_sources
+    assert plugins.plugin_errors() == []
+    assert plugins.get_adapter_classes() == BUILTIN_ADAPTERS
+    assert callable(plugins.get_scorer("exact_match"))
+    assert callable(plugins.get_vector_source("topics"))
+    names = {p["name"]: p["hooks"] for p in plugins.list_plugins()}
+    assert names["hf_backend"] == ["backend_for_model", "register_backends"]
+    assert names["adapters"] == ["register_adapters"]
+    assert "register_scorers" in names["scorers"] and "register_vector_sources" in names["topics"]
+
+
+def test_registry_is_built_once_until_reset():
+    reg = plugins.registry()
+    assert plugins.registry() is reg
+    plugins.reset()
+    assert plugins.registry() is not reg
+
+
+def test_unknown_names():
+    with pytest.raises(UnknownNameError, match="exact_match"):
+        plugins.get_scorer("bleu")
+    with pytest.raises(UnknownNameError, match="topics"):
+        plugins.get_vector_source("nope")
+    with pytest.raises(UnknownNameError, match="hf"):
+        plugins.get_backend_factory("tensorflow")
+
+
+def test_exact_match_scorer():
+    import torch
+
+    from selfinterp_plugins import VectorLabelDataset
+
+    data = VectorLabelDataset(torch.zeros(2, 4), [{"id": "a", "label": "Dog"}, {"id": "b", "label": "tree"}])
+    records = [{"id": "a", "scale": 1.0, "label": " dog "}, {"id": "b", "scale": 1.0, "label": "bush"},
+               {"id": "a", "scale": 2.0, "label": "cat"}, {"id": "b", "scale": 2.0, "label": "Tree"}]
+    assert plugins.get_scorer("exact_match")(records, data) == {"exact_match": {1.0: 0.5, 2.0: 0.5}}
+
+
+# ---- backend lookup ------------------------------------------------------------------------
+
+
+def test_backend_for_a_transformers_model(tiny_llama):
+    model, tok = tiny_llama
+    backend = plugins.backend_for(model, tok)
+    assert isinstance(backend, HFBackend)
+    assert backend.model is model and backend.tokenizer is tok
+    assert plugins.backend_for(backend) is backend  # an existing backend is passed through
+    assert isinstance(plugins.backend_for(model, tok, backend="hf"), HFBackend)
+
+
+def test_backend_for_unknown_objects():
+    with pytest.raises(BackendError, match="object"):
+        plugins.backend_for(object())
+    with pytest.raises(BackendError):
+        plugins.backend_for("gpt2")
+
+
+def test_hf_backend_needs_the_tokenizer(tiny_llama):
+    with pytest.raises(BackendError, match="tokenizer"):
+        plugins.backend_for(tiny_llama[0])
+
+
+def test_third_party_backend_is_asked_before_hf(tiny_llama, monkeypatch):
+    made = []
+
+    class FakeBackend(HFBackend):
+        name = "fake"
+
+    def factory(model, tokenizer=None, **options):
+        made.append(options)
+        return FakeBackend(model, tokenizer)
+
+    plugin = module("fake_plugin",
+                    register_backends=lambda register: register("fake", factory),
+                    backend_for_model=lambda model, options: "fake")
+    install_entry_points(monkeypatch, FakeEntryPoint("fake", lambda: plugin))
+    backend = plugins.backend_for(tiny_llama[0], tiny_llama[1], flavour="x")
+    assert isinstance(backend, FakeBackend)
+    assert made == [{"flavour": "x"}]
+    assert plugins.plugin_errors() == []
+
+
+# ---- broken and conflicting plugins --------------------------------------------------------
+
+
+class DuplicateScalarAffine(Adapter):
+    kind = "scalar_affine"
+
+
+class Extra(ScalarAffine):
+    kind = "extra_kind"
+
+
+def test_duplicate_adapter_kind_is_reported_and_first_wins(monkeypatch):
+    def register_adapters(register):
+        register(DuplicateScalarAffine)
+        register(Extra)
+
+    plugin = module("dup_plugin", register_adapters=register_adapters)
+    install_entry_points(monkeypatch, FakeEntryPoint("dup", lambda: plugin))
+    kinds = plugins.get_adapter_classes()
+    assert kinds["scalar_affine"] is ScalarAffine  # the built-in, registered first, wins
+    assert kinds["extra_kind"] is Extra  # the plugin's other registrations still count
+    assert SIX_KINDS <= set(kinds)
+    errors = plugins.plugin_errors()
+    assert len(errors) == 1
+    assert errors[0]["plugin"] == "dup"
+    assert "scalar_affine" in errors[0]["error"] and "already registered" in errors[0]["error"]
+    assert "hf" in plugins.registry().backends
+
+
+def test_register_hook_that_raises_is_reported_not_raised(monkeypatch):
+    def register_scorers(register):
+        register("good_before", lambda *a, **k: {})
+        raise RuntimeError("boom in plugin")
+
+    plugin = module("raising_plugin", register_scorers=register_scorers)
+    install_entry_points(monkeypatch, FakeEntryPoint("raiser", lambda: plugin))
+    reg = plugins.registry()
+    assert {"recall_at_k", "exact_match", "good_before"} <= set(reg.scorers)
+    errors = plugins.plugin_errors()
+    assert len(errors) == 1
+    assert errors[0]["plugin"] == "raiser"
+    assert "register_scorers failed" in errors[0]["error"] and "boom in plugin" in errors[0]["error"]
+    assert set(reg.adapters) == SIX_KINDS
+
+
+def test_plugin_registered_directly_on_the_manager(monkeypatch):
+    """`pm.register(module)` before the registry is built: its registrations are collected too."""
+    install_entry_points(monkeypatch)
+    plugin = module("direct", register_adapters=lambda register: register(Extra))
+    plugins.pm.register(plugin, name="direct")
+    assert plugins.get_adapter_classes()["extra_kind"] is Extra
+    plugins.reset()
+    assert "extra_kind" not in plugins.get_adapter_classes()  # reset unregistered it
+
+
+def test_entry_point_that_fails_to_import_is_reported(monkeypatch):
+    good = module("good_plugin", register_scorers=lambda register: register("good", lambda *a, **k: {}))
+    broken = FakeEntryPoint("broken", _raise_import_error)
+    install_entry_points(monkeypatch, broken, FakeEntryPoint("good", lambda: good))
+    errors = plugins.plugin_errors()
+    assert broken.loaded == 1
+    assert [e["plugin"] for e in errors] == ["broken"]
+    assert errors[0]["error"].startswith("ImportError") and "not_installed_dependency" in errors[0]["error"]
+    assert "Traceback" in errors[0]["traceback"]
+    assert "good" in plugins.registry().scorers  # the others still load
+    assert "hf" in plugins.registry().backends
+
+
+@pytest.mark.parametrize("allowed", ["", "  ", "good", "other, good"])
+def test_selfinterp_plugins_restricts_entry_points(monkeypatch, allowed):
+    good = module("good_plugin", register_scorers=lambda register: register("good", lambda *a, **k: {}))
+    broken = FakeEntryPoint("broken", _raise_import_error)
+    good_ep = FakeEntryPoint("good", lambda: good)
+    install_entry_points(monkeypatch, broken, good_ep)
+    monkeypatch.setenv("SELFINTERP_PLUGINS", allowed)
+    assert plugins.plugin_errors() == []
+    assert broken.loaded == 0  # never even imported
+    assert ("good" in plugins.registry().scorers) == ("good" in allowed)
+    assert good_ep.loaded == (1 if "good" in allowed else 0)
+    # built-ins load whatever SELFINTERP_PLUGINS says
+    assert set(plugins.registry().adapters) == SIX_KINDS and "hf" in plugins.registry().backends
+
+
+def test_selfinterp_plugins_naming_the_broken_plugin_reports_it(monkeypatch):
+    install_entry_points(monkeypatch, FakeEntryPoint("broken", _raise_import_error))
+    monkeypatch.setenv("SELFINTERP_PLUGINS", "broken")
+    assert [e["plugin"] for e in plugins.plugin_errors()] == ["broken"]
+
+
+def test_reset_clears_load_errors(monkeypatch):
+    install_entry_points(monkeypatch, FakeEntryPoint("broken", _raise_import_error))
+    assert plugins.plugin_errors()
+    plugins.reset()
+    install_entry_points(monkeypatch)
+    assert plugins.plugin_errors() == []
+
+
+def test_backend_base_class_is_abstract():
+    with pytest.raises(TypeError):
+        Backend()

@@ -1,0 +1,130 @@
+"""Sites: parsing site names, and the injection arithmetic shared by every backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfinterp_plugins.errors import BackendError
+from selfinterp_plugins.sites import Site, inject
+
+
+@pytest.mark.parametrize(
+    "spec, kind, layer",
+    [
+        ("embed", "embed", None),
+        ("hook_embed", "embed", None),
+        ("  embed ", "embed", None),
+        ("resid_pre.3", "resid_pre", 3),
+        ("resid_post:2", "resid_post", 2),
+        ("resid_post.0", "resid_post", 0),
+        ("resid_pre.12", "resid_pre", 12),
+        ("blocks.4.hook_resid_pre", "resid_pre", 4),
+        ("blocks.0.hook_resid_post", "resid_post", 0),
+    ],
+)
+def test_parse(spec, kind, layer):
+    site = Site.parse(spec)
+    assert (site.kind, site.layer, site.mode, site.coef) == (kind, layer, "replace", 1.0)
+    assert Site.parse(site.name) == site
+
+
+def test_parse_passes_mode_and_coef_and_sites_through():
+    site = Site.parse("resid_pre.1", mode="add_normmatched", coef=0.5)
+    assert (site.mode, site.coef) == ("add_normmatched", 0.5)
+    assert Site.parse(site) is site
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "embeds", "resid_pre", "resid_pre.", "resid_pre.-1", "resid_mid.3", "resid_post.3.1", "blocks.x.hook_resid_pre",
+     "blocks.3.hook_attn_out", "layer3", "resid_pre.3a"],
+)
+def test_parse_bad_strings(spec):
+    with pytest.raises(BackendError):
+        Site.parse(spec)
+
+
+def test_constructor_validation():
+    with pytest.raises(BackendError):
+        Site("attn_out", 1)
+    with pytest.raises(BackendError):
+        Site("resid_pre", None)
+    with pytest.raises(BackendError):
+        Site("resid_post", -1)
+    with pytest.raises(BackendError):
+        Site("embed", mode="multiply")
+    assert Site("embed", 5).layer is None  # embed has no layer
+
+
+def test_name_and_dict_round_trip():
+    for site in (Site(), Site("resid_pre", 3), Site("resid_post", 1, "add_normmatched", 2.0)):
+        assert Site.from_dict(site.to_dict()) == site
+    assert Site("resid_post", 2).name == "resid_post.2"
+    assert Site().name == "embed"
+    assert Site.from_dict({"kind": "resid_pre", "layer": 1}) == Site("resid_pre", 1)
+
+
+# ---- injection arithmetic ------------------------------------------------------------------
+
+
+def _case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 7, 8, generator=g)
+    soft = torch.randn(3, 8, generator=g)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, [1, 4]] = True
+    mask[1, 2] = True  # row 2: no injection at all
+    return hidden, soft, mask
+
+
+def test_replace_changes_exactly_the_masked_positions():
+    hidden, soft, mask = _case()
+    out = inject(hidden, soft, mask, Site())
+    assert out.shape == hidden.shape
+    assert torch.equal(out[~mask], hidden[~mask])
+    rows, cols = mask.nonzero(as_tuple=True)
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        assert torch.equal(out[r, c], soft[r])  # each row gets its own soft token
+    assert torch.equal(out[2], hidden[2])
+
+
+def test_add_normmatched_adds_coef_norm_direction_at_masked_positions_only():
+    hidden, soft, mask = _case(1)
+    coef = 0.7
+    out = inject(hidden, soft, mask, Site("resid_pre", 1, "add_normmatched", coef))
+    assert torch.equal(out[~mask], hidden[~mask])
+    rows, cols = mask.nonzero(as_tuple=True)
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        h = hidden[r, c]
+        expected = h + coef * h.norm() * soft[r] / soft[r].norm()
+        torch.testing.assert_close(out[r, c], expected)
+        # the added part has norm coef·‖h‖ whatever the soft token's norm
+        torch.testing.assert_close((out[r, c] - h).norm(), coef * h.norm())
+
+
+def test_add_normmatched_ignores_soft_norm():
+    hidden, soft, mask = _case(2)
+    site = Site("resid_post", 0, "add_normmatched", 1.0)
+    torch.testing.assert_close(inject(hidden, soft, mask, site), inject(hidden, 9.0 * soft, mask, site))
+
+
+@pytest.mark.parametrize("site", [Site(), Site("resid_pre", 0, "add_normmatched", 0.5)])
+def test_gradient_flows_to_soft_only_through_masked_positions(site):
+    hidden, soft, mask = _case(3)
+    soft = soft.clone().requires_grad_(True)
+    out = inject(hidden, soft, mask, site)
+    out.sum().backward()
+    assert soft.grad is not None
+    assert soft.grad[0].abs().sum() > 0 and soft.grad[1].abs().sum() > 0
+    assert torch.equal(soft.grad[2], torch.zeros(8))  # row 2 has no masked position
+    if site.mode == "replace":
+        # d(sum)/d(soft[r]) = number of masked positions of row r
+        torch.testing.assert_close(soft.grad[0], torch.full((8,), 2.0))
+        torch.testing.assert_close(soft.grad[1], torch.full((8,), 1.0))
+
+
+def test_inject_casts_soft_to_hidden_dtype():
+    hidden, soft, mask = _case(4)
+    out = inject(hidden.to(torch.bfloat16), soft, mask, Site())
+    assert out.dtype == torch.bfloat16
