@@ -9,12 +9,13 @@ there, so a crash loses at most the stage in progress):
     best in the measurements that preceded this library) trained on the full train split and
     evaluated on the held-out TEST split, next to the untrained baseline (template and scale
     chosen on validation) and the ceiling on the same rows; saved as the shipped explainer;
- 5. every adapter kind (paper init) plus ridge-initialised full-rank, x both templates x lr 1e-2 / 1e-3,
-    at one layer,
-    on a small budget (640 training topics, 1 epoch): does the grid agree with the choice in (4)?
+ 5. every adapter kind (paper init) plus ridge-initialised full-rank, x both templates, at one layer,
+    each at the library's default lr, on a small budget (640 training topics, 1 epoch): does the
+    grid agree with the choice in (4)?
  6. the best of (5) at every layer;
- 7. the best of (6) at several training-set sizes.
-Stages 3, 5-7 are scored on the validation split, so no choice is made on the test split.
+ 7. the best of (6) at several training-set sizes;
+ 8. the grid of (5) again at the other learning rate.
+Stages 3, 5-8 are scored on the validation split, so no choice is made on the test split.
 
     python scripts/topic_benchmark.py --out runs/topic_benchmark
 """
@@ -37,6 +38,11 @@ from selfinterp_plugins.scoring import sentence_embedder
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+def kind_lr(kind: str) -> float:
+    """The library's default learning rate for an adapter kind (training.default_lr)."""
+    return 1e-2 if kind in ("scale_only", "bias_only", "scalar_affine") else 1e-3
+
+
 KINDS = ("scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank")
 
 
@@ -156,13 +162,14 @@ def main():
                                  "untrained": {"template": base["template"], "scale": base["best_scale"]},
                                  "command": "python scripts/topic_benchmark.py " + " ".join(sys.argv[1:])}))
 
-    # 5. adapter kinds x templates x init at the grid layer
-    grid = []
+    # 5. adapter kinds x templates at the grid layer, each kind at the library's default lr
     configs = [(kind, "paper") for kind in KINDS] + [("full_rank", "ridge")]
-    for template, lr in (("echo", 1e-2), ("echo", 1e-3), ("chat", 1e-2), ("chat", 1e-3)):
-        for kind, init in configs:
-            name = f"grid/layer{args.grid_layer}/{template}/{kind}/{init}/lr{lr}/n{args.grid_train}"
-            grid.append(record(name, lambda: run(args.grid_layer, kind, template, init, args.grid_train, args.grid_epochs, lr)))
+
+    def grid_entry(template, kind, init, lr):
+        name = f"grid/layer{args.grid_layer}/{template}/{kind}/{init}/lr{lr}/n{args.grid_train}"
+        return record(name, lambda: run(args.grid_layer, kind, template, init, args.grid_train, args.grid_epochs, lr))
+
+    grid = [grid_entry(template, kind, init, kind_lr(kind)) for template in ("echo", "chat") for kind, init in configs]
     best = max(grid, key=lambda r: r["recall@1"])
     kind, template, init, lr = best["kind"], best["template"], best["init"], best["lr"]
 
@@ -178,6 +185,11 @@ def main():
     for size in args.sizes:
         record(f"sizes/layer{layer}/{template}/{kind}/{init}/lr{lr}/n{size}",
                lambda: run(layer, kind, template, init, size, args.final_epochs, lr))
+
+    # 8. the other learning rate for every grid entry (1e-3 for scalar adapters, 1e-2 for matrix ones)
+    for template in ("echo", "chat"):
+        for kind, init in configs:
+            grid_entry(template, kind, init, 1e-3 if kind_lr(kind) == 1e-2 else 1e-2)
 
 
 if __name__ == "__main__":

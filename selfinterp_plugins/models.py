@@ -327,6 +327,8 @@ def load_model(
                 f"The SmolLM2 cache at {model_dir} is unreadable ({type(exc).__name__}: {exc}); "
                 f"fix: delete {model_dir} and load again to rebuild it"
             ) from exc
+        # name it by its hub id, not the cache path, so saved explainers say which model they fit
+        model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         return _finish(model), tokenizer
 
     model = _load_hf(AutoModelForCausalLM, name_or_path, "model", dtype=dtype, cache_dir=cache_dir)
