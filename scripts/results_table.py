@@ -9,6 +9,9 @@ import json
 import sys
 
 
+KIND_ORDER = ("scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank")
+
+
 def pct(x):
     return "—" if x is None else f"{x:.3f}"
 
@@ -45,19 +48,21 @@ def main(path: str) -> None:
     for stage, title in (("grid/", "Adapter kinds × templates"), ("layers/", "Layers (best grid configuration)"),
                          ("sizes/", "Training-set size (best layer)")):
         chosen = [r for r in rows if r["name"].startswith(stage)]
+        if stage == "grid/":
+            chosen.sort(key=lambda r: (r["template"] != "echo", list(KIND_ORDER).index(r["kind"]), r["init"], r.get("lr", 0)))
         if stage == "layers/":
             chosen = [r for r in rows if r["name"].startswith("grid/") and r["recall@1"] == max(
                 x["recall@1"] for x in rows if x["name"].startswith("grid/"))][:1] + chosen
         if not chosen:
             continue
         print(f"\n### {title} (validation split)\n")
-        print("| layer | template | adapter | init | train topics | epochs | val loss at init → end | recall@1 | recall@5 | exact | train s |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| layer | template | adapter | init | lr | train topics | epochs | val loss at init → end | recall@1 | recall@5 | exact | train s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in chosen:
             losses = r.get("validation_loss") or []
             start = r.get("validation_loss_at_init")
             loss = (f"{start:.2f} → " if start else "") + (f"{losses[-1]:.2f}" if losses else "—")
-            print(f"| {r['layer']} | {r['template']} | {r['kind']} | {r['init']} | {r['n_train']} | {r['epochs']} | {loss} | "
+            print(f"| {r['layer']} | {r['template']} | {r['kind']} | {r['init']} | {r.get('lr', '—')} | {r['n_train']} | {r['epochs']} | {loss} | "
                   f"{pct(r['recall@1'])} | {pct(r['recall@5'])} | {pct(r['exact_match'])} | {r.get('train_seconds', '—')} |")
 
 
