@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
+from .adapters import Adapter, AdapterConfig, make_adapter
 from .backends.base import Backend, Sampling
 from .errors import ArtifactError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
@@ -202,4 +202,4 @@ def _single_id(tokenizer, text: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-__all__ = ["Explainer", "check_vectors"]
+__all__ = ["Explainer"]

@@ -50,6 +50,11 @@ def recall_at_k(records: list[dict], truth: dict[str, str], candidates: list[str
     if candidate_embeddings is None:
         candidate_embeddings = embedder.encode(candidates)
     index = {c: i for i, c in enumerate(candidates)}
+    missing = sorted({truth[r["id"]] for r in records} - set(index))
+    if missing:
+        from .errors import ArtifactError
+
+        raise ArtifactError(f"True titles missing from the candidates, e.g. {missing[0]!r}; include every true title in `candidates`.")
     labels = [r["label"] if r["label"].strip() else "(empty)" for r in records]
     sims = embedder.encode(labels) @ candidate_embeddings.T
     gold = torch.tensor([index[truth[r["id"]]] for r in records])

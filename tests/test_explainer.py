@@ -321,3 +321,17 @@ def test_sampled_explain_resumes_to_the_uninterrupted_result(explainer, tmp_path
         records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         assert len(records) == 10
         assert sorted(records, key=lambda r: (int(r["id"]), r["scale"])) == first
+
+
+def test_recall_refuses_a_truth_outside_the_candidates():
+    """A true title the retrieval cannot rank is a user error, not a KeyError."""
+    from selfinterp_plugins.errors import ArtifactError
+    from selfinterp_plugins.scoring import recall_at_k
+
+    class _Embedder:
+        def encode(self, texts):
+            return torch.eye(len(texts), 4)
+
+    records = [{"id": "0", "scale": 1.0, "label": "cat"}]
+    with pytest.raises(ArtifactError, match="missing from the candidates"):
+        recall_at_k(records, {"0": "dog"}, ["cat", "bird"], embedder=_Embedder())
