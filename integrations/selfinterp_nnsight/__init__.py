@@ -1,0 +1,1 @@
+"""selfinterp plugin for nnsight (see plugin.py)."""

@@ -1,0 +1,3 @@
+"""nnsight plugin (placeholder until its issue lands): importing it needs nnsight."""
+
+import nnsight  # noqa: F401

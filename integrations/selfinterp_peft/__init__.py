@@ -1,0 +1,1 @@
+"""selfinterp plugin for peft (see plugin.py)."""

@@ -1,0 +1,1 @@
+"""selfinterp plugin for sae_lens (see plugin.py)."""

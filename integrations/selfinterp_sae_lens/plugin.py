@@ -1,0 +1,3 @@
+"""sae_lens plugin (placeholder until its issue lands): importing it needs sae_lens."""
+
+import sae_lens  # noqa: F401

@@ -1,0 +1,1 @@
+"""selfinterp plugin for transformer_lens (see plugin.py)."""
