@@ -299,8 +299,13 @@ def load_model(
     name_or_path: str = SMOLLM2_ALIAS,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
+    device_map=None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode with all parameters frozen.
+
+    ``dtype`` is the frozen weights' dtype (bf16 on a GPU halves memory; adapters stay fp32) and
+    ``device_map`` is handed to transformers as is (``"auto"`` shards a model larger than one GPU;
+    soft tokens follow the hidden state to whichever device holds the injection site).
 
     ``name_or_path``:
       * ``"smollm2-135m-instruct"`` (or ``"HuggingFaceTB/SmolLM2-135M-Instruct"``): the
@@ -320,7 +325,7 @@ def load_model(
         if not _is_complete_checkpoint(model_dir):
             _convert_smollm2(model_dir)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, device_map=device_map)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(
@@ -331,7 +336,7 @@ def load_model(
         model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         return _finish(model), tokenizer
 
-    model = _load_hf(AutoModelForCausalLM, name_or_path, "model", dtype=dtype, cache_dir=cache_dir)
+    model = _load_hf(AutoModelForCausalLM, name_or_path, "model", dtype=dtype, cache_dir=cache_dir, device_map=device_map)
     tokenizer = _load_hf(AutoTokenizer, name_or_path, "tokenizer", cache_dir=cache_dir)
     return _finish(model), tokenizer
 

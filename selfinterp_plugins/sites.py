@@ -78,7 +78,9 @@ def inject(hidden: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, site: S
     hidden: (B, T, d); soft: (B, d), one soft token per row, used at every masked position
     of that row; mask: (B, T) bool.
     """
-    soft = soft.to(hidden.dtype)[:, None, :].expand_as(hidden)
+    # the soft token follows the hidden state: its dtype (bf16 models, fp32 adapters) and its device
+    # (a model sharded with device_map may hold layer k on another device than the adapter)
+    soft = soft.to(device=hidden.device, dtype=hidden.dtype)[:, None, :].expand_as(hidden)
     where = mask[:, :, None].to(hidden.device)
     if site.mode == "replace":
         return torch.where(where, soft, hidden)

@@ -9,7 +9,7 @@ import torch
 
 from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS
-from selfinterp_plugins.training import CHECKPOINT_DIR, evaluate_loss, first_token_embeddings
+from selfinterp_plugins.training import CHECKPOINT_DIR, epoch_batches, evaluate_loss, first_token_embeddings
 
 WORDS = ["dog", "tree", "house", "river"]
 
@@ -231,3 +231,45 @@ def test_default_lr_depends_on_adapter_size():
     for kind in ("scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"):
         adapter = make_adapter(AdapterConfig(kind=kind, d_model=64, rank=4))
         assert default_lr(adapter) == (1e-2 if kind in small else 1e-3)
+
+
+# ---- length bucketing ------------------------------------------------------------------------
+
+
+def _padding(batches, lengths):
+    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_epoch_batches_cover_every_row_once_and_are_seeded(bucket):
+    lengths = [int(x) for x in torch.randint(1, 9, (1000,), generator=torch.Generator().manual_seed(0))]
+    batches = epoch_batches(lengths, 32, seed=42, epoch=0, bucket=bucket)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    if not bucket:  # bucketed windows of 16 batches may each end in a short batch
+        assert all(len(b) == 32 for b in batches[:-1])
+    assert batches == epoch_batches(lengths, 32, seed=42, epoch=0, bucket=bucket)
+    assert batches != epoch_batches(lengths, 32, seed=42, epoch=1, bucket=bucket)
+
+
+def test_bucketed_batches_waste_less_padding():
+    lengths = [int(x) for x in torch.randint(1, 9, (1000,), generator=torch.Generator().manual_seed(0))]
+    plain = _padding(epoch_batches(lengths, 32, 42, 0, bucket=False), lengths)
+    bucketed = _padding(epoch_batches(lengths, 32, 42, 0, bucket=True), lengths)
+    assert bucketed < plain / 4
+
+
+def test_unbucketed_batches_are_the_shuffled_order_cut_in_slices():
+    """The default keeps the batches every documented run was trained with."""
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(42 * 1000 + 3)).tolist()
+    assert epoch_batches([0] * 100, 32, 42, 3, bucket=False) == [order[i : i + 32] for i in range(0, 100, 32)]
+
+
+def test_bucketed_training_resumes_to_the_uninterrupted_result(tiny_llama, data, tmp_path):
+    full = TrainConfig(epochs=2, batch_size=16, warmup_steps=4, lr=5e-2, bucket_by_length=True)
+    reference = make(tiny_llama)
+    reference.train(data, None, full, output_dir=tmp_path / "ref", progress=False)
+    first = make(tiny_llama)
+    first.train(data, None, TrainConfig(**dict(full.to_dict(), max_steps=3)), output_dir=tmp_path / "run", progress=False)
+    resumed = make(tiny_llama)
+    resumed.train(data, None, full, output_dir=tmp_path / "run", progress=False)
+    _assert_same_state(state(reference), state(resumed))

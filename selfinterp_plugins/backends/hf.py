@@ -5,6 +5,11 @@ Three habits keep it close to the cost of the bare model:
   values are computed once and reused (`prefix_len`);
 - the LM head runs only at the positions whose logits are needed;
 - `capture` stops the forward pass after the deepest layer it reads.
+
+For models whose activations do not fit in memory during training, `checkpointing=True`
+recomputes each block's activations in the backward pass instead of storing them (the
+prefix cache is then off for `logits` with gradients: recomputing attention would append
+the prefix's keys to the shared cache a second time).
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ class HFBackend(Backend):
 
     name = "hf"
 
-    def __init__(self, model: nn.Module, tokenizer):
+    def __init__(self, model: nn.Module, tokenizer, checkpointing: bool = False):
         self.model = model
+        self.checkpointing = checkpointing
         self.tokenizer = tokenizer
         self.blocks = find_blocks(model)
         self.body = model.base_model
@@ -139,14 +145,35 @@ class HFBackend(Backend):
         data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv[key]]
         return DynamicCache(data, config=self.model.config)
 
+    @contextlib.contextmanager
+    def _checkpointed_blocks(self):
+        """Every decoder block's forward wrapped in non-reentrant activation checkpointing."""
+        from torch.utils.checkpoint import checkpoint
+
+        def wrap(forward):
+            return lambda *args, **kwargs: checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+        originals = [block.forward for block in self.blocks]
+        for block, forward in zip(self.blocks, originals):
+            block.forward = wrap(forward)
+        try:
+            yield
+        finally:
+            for block in self.blocks:
+                del block.forward  # back to the class's forward
+
     def _run(self, input_ids, soft, mask, site, prefix_len, cache=None):
         """Forward the body over input_ids[:, prefix_len:], prefix from cache; returns hidden states and cache."""
         if prefix_len > 0:
             cache = self._cache_for(input_ids[0, :prefix_len], input_ids.shape[0])
         rest = input_ids[:, prefix_len:].to(self.device)
-        with self.injecting(soft, mask[:, prefix_len:], site):
+        checkpointed = self._checkpointed_blocks() if self._checkpoint_now() else contextlib.nullcontext()
+        with self.injecting(soft, mask[:, prefix_len:], site), checkpointed:
             out = self.body(input_ids=rest, past_key_values=cache, use_cache=cache is not None)
         return out.last_hidden_state, out.past_key_values
+
+    def _checkpoint_now(self) -> bool:
+        return self.checkpointing and torch.is_grad_enabled()
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.head(hidden)
@@ -158,6 +185,8 @@ class HFBackend(Backend):
 
     def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
         if prefix_len and not bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()):
+            prefix_len = 0
+        if self._checkpoint_now():
             prefix_len = 0
         hidden, _ = self._run(input_ids, soft, inject_mask, site, prefix_len)
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]

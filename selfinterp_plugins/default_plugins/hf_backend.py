@@ -9,7 +9,10 @@ def _make(model, tokenizer=None, **options):
 
     if tokenizer is None:
         raise BackendError("The hf backend needs the model's tokenizer; pass tokenizer=... next to model=....")
-    return HFBackend(model, tokenizer)
+    unknown = set(options) - {"checkpointing"}
+    if unknown:
+        raise BackendError(f"The hf backend has no option(s) {sorted(unknown)}; it takes checkpointing=True|False.")
+    return HFBackend(model, tokenizer, **options)
 
 
 @hookimpl

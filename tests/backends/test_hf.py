@@ -444,3 +444,83 @@ def test_capture_leaves_no_hooks(llama_backend):
     before = _hook_counts(llama_backend.model)
     llama_backend.capture([[1, 2, 3]], [Site("resid_pre", 1), Site("resid_post", 0), Site()])
     assert _hook_counts(llama_backend.model) == before
+
+
+# ---- memory options: activation checkpointing, bf16 weights with an fp32 adapter -------------
+
+
+@pytest.mark.parametrize("spec", SITES)
+def test_checkpointing_gives_the_same_logits_and_gradients(backends, spec):
+    arch, plain = backends
+    checkpointed = HFBackend(plain.model, plain.tokenizer, checkpointing=True)
+    site = Site.parse(spec)
+    ids, mask, positions, first = _training_batch(plain)
+    results = []
+    for backend in (plain, checkpointed):
+        soft = _soft(backend, ids.shape[0]).requires_grad_(True)
+        logits = backend.logits(ids, soft, mask, site, positions, prefix_len=first)
+        logits.logsumexp(-1).sum().backward()
+        results.append((logits.detach(), soft.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
+    assert all("forward" not in vars(block) for block in checkpointed.blocks)  # wrappers removed
+
+
+def test_checkpointing_is_a_backend_option(tiny_llama):
+    from selfinterp_plugins import Explainer
+
+    model, tok = tiny_llama
+    explainer = Explainer.create(model, tok, backend_options={"checkpointing": True})
+    assert explainer.backend.checkpointing
+    with pytest.raises(BackendError, match="checkpointing"):
+        Explainer.create(model, tok, backend_options={"gradient_ckpt": True})
+
+
+def test_bf16_model_trains_an_fp32_adapter():
+    from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
+    from selfinterp_plugins.models import tiny_model
+
+    model, tok = tiny_model("llama", seed=0, initializer_range=0.2)
+    model = model.to(torch.bfloat16)
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo")
+    vectors = torch.randn(8, explainer.backend.d_model, generator=torch.Generator().manual_seed(0))
+    data = VectorLabelDataset(vectors, [{"id": str(i), "label": w} for i, w in enumerate(["dog", "tree"] * 4)], {})
+    before = {k: v.clone() for k, v in explainer.adapter.state_dict().items()}
+    history = explainer.train(data, config=TrainConfig(epochs=1, batch_size=4), progress=False)
+    assert all(p.dtype == torch.float32 for p in explainer.adapter.parameters())
+    assert all(torch.isfinite(torch.tensor(history["train_loss"])))
+    assert any(not torch.equal(before[k], v) for k, v in explainer.adapter.state_dict().items())
+    assert len(explainer.explain(vectors[:2], progress=False)) == 2
+
+
+# ---- the cached path on the real model ------------------------------------------------------
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("spec", ["embed", "resid_pre.3", "resid_post.10"])
+def test_smollm2_cached_path_equals_uncached(smollm2, spec):
+    """Prefix cache on vs off on SmolLM2: logits within 1e-5 and the same greedy labels."""
+    from selfinterp_plugins import Explainer
+
+    model, tok = smollm2
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="chat", site=spec, init_scale=2.0)
+    explainer.adapter.bias.data = 0.05 * torch.randn(explainer.backend.d_model, generator=torch.Generator().manual_seed(1))
+    vectors = torch.randn(6, explainer.backend.d_model, generator=torch.Generator().manual_seed(0))
+    labels = ["golden retriever", "tree", "the French Revolution", "a", "Jupiter", "sourdough bread"]
+    with torch.no_grad():
+        cached_loss = explainer.loss(vectors, labels)
+        cached = explainer.explain(vectors, sampling=Sampling(max_new_tokens=12), progress=False)
+        prefix_len, explainer.prefix_len = explainer.prefix_len, 0
+        uncached_loss = explainer.loss(vectors, labels)
+        uncached = explainer.explain(vectors, sampling=Sampling(max_new_tokens=12), progress=False)
+    assert prefix_len > 0
+    torch.testing.assert_close(cached_loss, uncached_loss, rtol=0, atol=1e-5)
+    assert [r["text"] for r in cached] == [r["text"] for r in uncached]
+
+    ids, mask, positions, first = _training_batch(explainer.backend, labels=labels[:3])
+    soft = explainer.soft_tokens(vectors[:3]).detach()
+    site = Site.parse(spec)
+    full = explainer.backend.logits(ids, soft, mask, site, positions, prefix_len=0)
+    reused = explainer.backend.logits(ids, soft, mask, site, positions, prefix_len=first)
+    # fp32 sums in another order (other matmul shapes): differences of ~1e-4 on logits of ~25
+    assert (reused - full).abs().max() / full.abs().max() < 1e-5
