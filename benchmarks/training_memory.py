@@ -1,8 +1,11 @@
-"""Peak memory of a training step on SmolLM2 relative to the model's weights: ours, ours with
-activation checkpointing (which turns the prefix cache off, so ours without the
-prefix cache is shown too), and the naive way (benchmarks/training_step.py). Each variant runs in
-its own process; the peak is the resident-set high-water mark (VmHWM, reset through
-/proc/self/clear_refs after loading) minus the resident set before the step.
+"""Peak memory of a training step on SmolLM2 relative to the model's weights: ours, ours without
+the prefix cache, ours with activation checkpointing (which turns the prefix cache off) and the
+naive way (benchmarks/training_step.py).
+
+The peak is read from PyTorch's memory profiler (every allocation of the step, categorised):
+the largest total of everything that is not a model parameter, at any moment of forward +
+backward. Unlike the process's resident set it does not depend on the allocator returning
+memory to the OS. (It uses `torch.profiler._memory_profiler`, a private module of PyTorch.)
 
     python benchmarks/training_memory.py [--batch 32]
 """
@@ -10,64 +13,51 @@ its own process; the peak is the resident-set high-water mark (VmHWM, reset thro
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, Category, MemoryProfileTimeline
+
+from _common import machine, shipped_setup
+from training_step import naive_loss
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def child(variant: str, batch: int) -> None:
-    import torch
-
-    from _common import shipped_setup
-    from training_step import naive_loss
-
-    _model, _tok, explainer, data = shipped_setup(batch, split="train")
-    explainer.backend.checkpointing = variant == "checkpointing"
-    if variant == "no prefix cache":  # what checkpointing must compute too: its fair comparison
-        explainer.prefix_len = 0
-    loss_fn = naive_loss if variant == "naive" else (lambda e, v, l: e.loss(v, l))
-    vectors, labels = data.vectors, [r["label"] for r in data.records]
-    loss_fn(explainer, vectors, labels).backward()  # warm-up: allocator pools, lazy inits
-    explainer.adapter.zero_grad(set_to_none=True)
-    weights = sum(p.numel() * p.element_size() for p in explainer.backend.model.parameters())
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status("VmRSS")
-    for _ in range(2):
-        loss_fn(explainer, vectors, labels).backward()
-        explainer.adapter.zero_grad(set_to_none=True)
-    peak = _status("VmHWM") - before
-    print(json.dumps({"variant": variant, "weights": weights, "peak_extra": peak,
-                      "threads": torch.get_num_threads()}))
+def peak_non_parameter_bytes(step) -> int:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    _times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    parameter = _CATEGORY_TO_INDEX[Category.PARAMETER] + 1
+    return max(sum(row) - row[parameter] for row in sizes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        return child(args.child, args.batch)
-    from _common import machine
+
+    _model, _tok, explainer, data = shipped_setup(args.batch, split="train")
+    vectors, labels = data.vectors, [r["label"] for r in data.records]
+    weights = sum(p.numel() * p.element_size() for p in explainer.backend.model.parameters())
+    prefix_len = explainer.prefix_len
+
+    def variant(name):
+        explainer.backend.checkpointing = name == "checkpointing"
+        explainer.prefix_len = 0 if name == "no prefix cache" else prefix_len
+        loss_fn = naive_loss if name == "naive" else (lambda e, v, l: e.loss(v, l))
+
+        def step():
+            explainer.adapter.zero_grad(set_to_none=True)
+            loss_fn(explainer, vectors, labels).backward()
+
+        step()  # warm-up
+        return peak_non_parameter_bytes(step)
 
     print(f"machine: {machine()}")
-    rows = {}
-    for variant in ("ours", "no prefix cache", "checkpointing", "naive"):
-        out = subprocess.run([sys.executable, __file__, "--child", variant, "--batch", str(args.batch)],
-                             capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
-        rows[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    weights = rows["ours"]["weights"]
-    print(f"batch {args.batch}, weights {weights / 2**20:.0f} MiB (fp32)")
-    for variant, row in rows.items():
-        print(f"{variant:>16}: peak extra memory of a training step {row['peak_extra'] / 2**20:7.1f} MiB "
-              f"= {row['peak_extra'] / weights:.2f}x the weights")
+    print(f"batch {args.batch}, {explainer.adapter.config.kind} adapter, {explainer.template.name} template; "
+          f"weights {weights / 2**20:.0f} MiB (fp32)")
+    for name in ("ours", "no prefix cache", "checkpointing", "naive"):
+        peak = variant(name)
+        print(f"{name:>16}: peak memory of a training step beyond the weights {peak / 2**20:7.1f} MiB = {peak / weights:.3f}x the weights")
 
 
 if __name__ == "__main__":
