@@ -87,8 +87,10 @@ def vectors_topics(model_name, layers, out, limit, batch_size):
 @click.option("--lr", type=float, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=int, default=None, help="train on the first N training rows only")
 @click.option("--seed", default=42, show_default=True)
+@click.option("--checkpoint-every", default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
+@click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
-def train(dataset, model_name, adapter, template, site, init, epochs, batch_size, lr, limit, seed, out):
+def train(dataset, model_name, adapter, template, site, init, epochs, batch_size, lr, limit, seed, checkpoint_every, bucket, out):
     """Train an adapter on DATASET's train split; validation loss on its validation split."""
     from . import Explainer, TrainConfig, VectorLabelDataset
     from .models import load_model
@@ -97,7 +99,8 @@ def train(dataset, model_name, adapter, template, site, init, epochs, batch_size
     model, tokenizer = load_model(model_name)
     explainer = Explainer.create(model, tokenizer, adapter=adapter, template=template, site=site, model_id=model_name)
     explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed,
+                         checkpoint_every=checkpoint_every, bucket_by_length=bucket)
     validation = data.split("validation") if any(r.get("split") == "validation" for r in data.records) else None
     history = explainer.train(data.split("train").head(limit), validation, config, output_dir=out)
     explainer.save_pretrained(out)

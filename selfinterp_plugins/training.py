@@ -150,6 +150,8 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
         adapter.load_state_dict(load_safetensors(ckpt / "adapter.safetensors"))
         _restore_optimizer(optimizer, named, load_safetensors(ckpt / "optimizer.safetensors"))
         step, history = state["step"], state["history"]
+        if out and (out / "train_log.jsonl").exists():
+            _truncate_log(out / "train_log.jsonl", step)
     elif config.init == "ridge":
         adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
         if validation is not None:
@@ -202,6 +204,17 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     history["steps"] = step
     adapter.eval()
     return history
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log's records up to the checkpoint's step: the steps after it are replayed, and
+    logging them twice would make the log disagree with the run."""
+    from .serialization import read_jsonl
+
+    kept = [r for r in read_jsonl(path, tolerate_torn_tail=True) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
 
 
 def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict) -> None:
