@@ -150,8 +150,6 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
         adapter.load_state_dict(load_safetensors(ckpt / "adapter.safetensors"))
         _restore_optimizer(optimizer, named, load_safetensors(ckpt / "optimizer.safetensors"))
         step, history = state["step"], state["history"]
-        if out and (out / "train_log.jsonl").exists():
-            _truncate_log(out / "train_log.jsonl", step)
     elif config.init == "ridge":
         adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
         if validation is not None:
@@ -159,6 +157,8 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
 
     if out:
         out.mkdir(parents=True, exist_ok=True)
+        if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
+            _truncate_log(out / "train_log.jsonl", step)
     log = open(out / "train_log.jsonl", "a") if out else None
     lengths = [len(explainer.template.target_ids(explainer.backend.tokenizer, label)) for label in data.labels] \
         if config.bucket_by_length else [0] * len(data)
