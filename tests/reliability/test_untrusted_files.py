@@ -1,0 +1,114 @@
+"""Files other people published must not run code: every artifact the library reads is
+safetensors or JSON. A pickle whose unpickling would run a command (here: create a marker
+file) is put in place of each weight file the library reads; loading must fail with a clear
+ArtifactError and the command must never run. `trust_remote_code` is never turned on."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
+from selfinterp_plugins.errors import ArtifactError
+
+MARKER = "selfinterp-pickle-ran"
+
+
+class _Payload:
+    """Unpickling this calls Path.touch on the marker: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _plant(path: Path, marker: Path, how: str) -> None:
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    else:  # torch.save: a zip archive whose data.pkl carries the payload
+        torch.save({"weight": _Payload(marker)}, path)
+
+
+def _assert_refused(load, marker: Path) -> None:
+    with pytest.raises(ArtifactError, match="not a valid safetensors file"):
+        load()
+    assert not marker.exists(), "the payload ran"
+
+
+def _check_payload_is_live(path: Path, marker: Path) -> None:
+    """The planted file really would run code if someone unpickled it (so the test can fail)."""
+    probe = marker.with_name("probe")
+    path.with_name("probe.pkl").write_bytes(pickle.dumps(_Payload(probe)))
+    pickle.loads(path.with_name("probe.pkl").read_bytes())
+    assert probe.exists()
+
+
+@pytest.fixture()
+def explainer_dir(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    return Explainer.create(model, tok, adapter="scalar_affine").save_pretrained(tmp_path / "explainer")
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_pickle_in_place_of_adapter_weights_is_refused(tiny_llama, explainer_dir, tmp_path, how):
+    marker = tmp_path / MARKER
+    _plant(explainer_dir / "adapter.safetensors", marker, how)
+    _check_payload_is_live(explainer_dir / "adapter.safetensors", marker)
+    model, tok = tiny_llama
+    _assert_refused(lambda: Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tok), marker)
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_pickle_in_place_of_dataset_vectors_is_refused(tmp_path, how):
+    directory = VectorLabelDataset(torch.randn(3, 8), [{"id": str(i), "label": "x"} for i in range(3)], {}).save(tmp_path / "d")
+    marker = tmp_path / MARKER
+    _plant(directory / "vectors.safetensors", marker, how)
+    _assert_refused(lambda: VectorLabelDataset.load(directory), marker)
+
+
+def test_pickle_in_place_of_a_training_checkpoint_is_refused(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    data = VectorLabelDataset(torch.randn(8, model.config.hidden_size), [{"id": str(i), "label": "dog"} for i in range(8)], {})
+    config = TrainConfig(epochs=1, batch_size=4, checkpoint_every=1)
+    Explainer.create(model, tok).train(data, config=config, output_dir=tmp_path / "run", progress=False)
+    marker = tmp_path / MARKER
+    for name in ("adapter.safetensors", "optimizer.safetensors"):
+        _plant(tmp_path / "run" / "checkpoint" / name, marker, "pickle")
+    _assert_refused(lambda: Explainer.create(model, tok).train(data, config=config, output_dir=tmp_path / "run",
+                                                               progress=False), marker)
+
+
+def test_load_model_never_trusts_remote_code(monkeypatch, tmp_path):
+    import transformers
+
+    from selfinterp_plugins import models
+
+    seen = []
+
+    def fake_from_pretrained(name, **kwargs):
+        seen.append(kwargs)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake_from_pretrained)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(Exception):
+        models.load_model(str(tmp_path / "m"))
+    assert seen and all(not kwargs.get("trust_remote_code") for kwargs in seen)
+
+
+def test_no_module_of_the_package_unpickles():
+    """A guard against regressions: no torch.load / pickle.load anywhere in the shipped code."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in list((root / "selfinterp_plugins").rglob("*.py")) + list((root / "integrations").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("torch.load(", "pickle.load", "pickle.loads", "trust_remote_code=True", "weights_only=False"):
+            if needle in text:
+                offenders.append(f"{path.relative_to(root)}: {needle}")
+    assert not offenders, offenders
