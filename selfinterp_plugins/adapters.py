@@ -35,11 +35,29 @@ class AdapterConfig:
     rank: int = 64
     low_rank_init_factor: float = 0.01
 
+    #: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
+    #: in a config file is corruption, and a full-rank adapter of it would exhaust memory
+    MAX_D_MODEL = 65536
+
+    def __post_init__(self):
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ArtifactError(f"Adapter kind must be a name such as 'scalar_affine', got {self.kind!r}; fix the config.")
+        for name in ("d_model", "rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= self.MAX_D_MODEL:
+                raise ArtifactError(f"Adapter {name} must be an integer in 1..{self.MAX_D_MODEL}, got {value!r}; fix the config.")
+        for name in ("init_scale", "low_rank_init_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ArtifactError(f"Adapter {name} must be a positive number, got {value!r}; fix the config.")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AdapterConfig":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"Adapter config must be a JSON object, got {type(data).__name__}; re-save the explainer.")
         known = {f.name for f in fields(cls)}
         missing = {"kind", "d_model"} - set(data)
         if missing:
@@ -106,6 +124,10 @@ def check_vectors(x: torch.Tensor, d_model: int) -> None:
     """Refuse vectors an adapter cannot use, with the fix in the message."""
     if not isinstance(x, torch.Tensor):
         raise VectorError(f"Vectors must be a torch.Tensor, got {type(x).__name__}; wrap them with torch.as_tensor(...).")
+    if x.dim() == 0:
+        raise VectorError("Got a scalar where vectors were expected; pass shape (d_model,) or (N, d_model).")
+    if not x.is_floating_point():
+        raise VectorError(f"Vectors must be floating point, got {x.dtype}; convert them with .float().")
     if x.shape[-1] != d_model:
         raise VectorError(
             f"Vector size {x.shape[-1]} does not match the model's d_model {d_model}; "

@@ -85,6 +85,10 @@ class Explainer:
     def loss(self, vectors: torch.Tensor, labels: list[str], clamp: float = 100.0) -> torch.Tensor:
         """Cross-entropy of the labels' targets, per token clamped, mean over tokens then rows."""
         tok = self.backend.tokenizer
+        vectors = torch.as_tensor(vectors)
+        if vectors.dim() != 2 or vectors.shape[0] != len(labels) or not labels:
+            raise VectorError(f"loss() takes vectors of shape (N, d_model) and N labels, got {tuple(vectors.shape)} and "
+                              f"{len(labels)} labels; pass one label per vector row.")
         soft = self.soft_tokens(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
         batch, prompt_len, width = len(labels), len(self.prompt_ids), max(map(len, targets))
@@ -168,7 +172,7 @@ class Explainer:
         directory = Path(directory)
         if not directory.is_dir():
             raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained().")
-        config = read_json(directory / CONFIG_FILE)
+        config = _checked_config(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
         expected = config.get("embedding_fingerprint")
         if check_model and expected and expected != backend.fingerprint():
@@ -186,9 +190,25 @@ class Explainer:
             adapter.load_state_dict(state)
         except RuntimeError as err:
             raise ArtifactError(f"{directory / WEIGHTS_FILE} does not match its config ({err}); re-save the explainer.") from None
-        template = PromptTemplate.from_dict(config.get("template", {}))
-        site = Site.from_dict(config.get("site", {}))
+        try:
+            template = PromptTemplate.from_dict(config.get("template", {}))
+            site = Site.from_dict(config.get("site", {}))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ArtifactError(f"{directory / CONFIG_FILE} has a malformed template or site ({err}); re-save the explainer.") from None
         return cls(backend, adapter, template, site, config.get("model_id"), config.get("metadata"))
+
+
+def _checked_config(config: dict, path) -> dict:
+    """Refuse a config whose sections have the wrong JSON types, naming the field."""
+    for key in ("adapter", "template", "site", "metadata"):
+        if key in config and not isinstance(config[key], dict):
+            raise ArtifactError(f"{path}: '{key}' must be a JSON object, got {type(config[key]).__name__}; re-save the explainer.")
+    for key in ("model_id", "embedding_fingerprint"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise ArtifactError(f"{path}: '{key}' must be a string; re-save the explainer.")
+    if isinstance(config.get("d_model"), bool) or not isinstance(config.get("d_model"), int):
+        raise ArtifactError(f"{path}: 'd_model' must be an integer; re-save the explainer.")
+    return config
 
 
 def _pad_id(tokenizer) -> int:

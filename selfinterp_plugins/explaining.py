@@ -28,6 +28,9 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     vectors = torch.as_tensor(vectors)
     if vectors.dim() == 1:
         vectors = vectors[None]
+    if vectors.dim() != 2:
+        raise VectorError(f"Explain takes vectors of shape (d_model,) or (N, d_model), got {tuple(vectors.shape)}; "
+                          "reshape them to one row per vector.")
     check_vectors(vectors, explainer.backend.d_model)
     ids = [str(i) for i in (ids if ids is not None else range(len(vectors)))]
     if len(ids) != len(vectors) or len(set(ids)) != len(ids):

@@ -64,7 +64,10 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]
     if not path.is_file():
         raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
     records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path} is not UTF-8 text ({err}); re-save or re-download it.") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -1,0 +1,183 @@
+"""Bad input, fuzzed with hypothesis: vectors, labels, templates, adapter configs, explainer
+configs and dataset files. Every case must end in a result or a SelfInterpError (whose message
+carries the fix), never another exception type.
+
+EXAMPLES inputs per property (derandomised, so CI runs the same cases every time); the counts
+are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from selfinterp_plugins import Explainer, Sampling, VectorLabelDataset
+from selfinterp_plugins.adapters import AdapterConfig, make_adapter
+from selfinterp_plugins.errors import SelfInterpError
+
+EXAMPLES = 60
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SHORT = Sampling(max_new_tokens=2)
+
+
+def outcome(fn):
+    """Run fn; a SelfInterpError is an acceptable outcome, and its message must say something."""
+    try:
+        return fn()
+    except SelfInterpError as err:
+        assert len(str(err)) > 20, f"unhelpful message: {err!r}"
+        return err
+
+
+@pytest.fixture(scope="module")
+def explainer(tiny_llama):
+    model, tok = tiny_llama
+    return Explainer.create(model, tok, adapter="scalar_affine", template="echo")
+
+
+SPECIAL = [0.0, -0.0, math.nan, math.inf, -math.inf, 1e30, -1e30, 1e-30]
+floats = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from(SPECIAL))
+
+
+@st.composite
+def vector_inputs(draw, d_model=64):
+    dims = draw(st.integers(0, 3))
+    shape = tuple(draw(st.sampled_from([0, 1, 2, d_model - 1, d_model, d_model + 1])) for _ in range(dims))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool]))
+    n = math.prod(shape)
+    values = draw(st.lists(floats, min_size=min(n, 8), max_size=min(n, 8)))
+    flat = torch.tensor((values * (n // max(len(values), 1) + 1))[:n] if values else [0.0] * n, dtype=torch.float64)
+    return flat.reshape(shape).to(dtype) if dtype != torch.bool else (flat.reshape(shape) > 0)
+
+
+@FUZZ
+@given(vectors=vector_inputs())
+def test_explain_any_vector_input(explainer, vectors):
+    result = outcome(lambda: explainer.explain(vectors, sampling=SHORT, progress=False))
+    if not isinstance(result, SelfInterpError):
+        assert len(result) == (vectors.shape[0] if vectors.dim() == 2 else 1)
+
+
+@FUZZ
+@given(vectors=vector_inputs(), label=st.text(max_size=20))
+def test_loss_any_vector_input(explainer, vectors, label):
+    n = vectors.shape[0] if vectors.dim() >= 1 else 1
+    result = outcome(lambda: explainer.loss(vectors, [label] * max(n, 1)))
+    if isinstance(result, torch.Tensor):
+        assert torch.isfinite(result)
+
+
+labels = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=300),
+    st.sampled_from(['', ' ', '"', 'say "hi"', '\n', '"\n"', "<|im_end|>", "<empty_output>", "\x00", "🙂" * 50, "a" * 400]),
+)
+
+
+@FUZZ
+@given(batch=st.lists(labels, min_size=1, max_size=4))
+def test_loss_any_labels(explainer, batch):
+    vectors = torch.randn(len(batch), explainer.backend.d_model)
+    result = outcome(lambda: explainer.loss(vectors, batch))
+    if isinstance(result, torch.Tensor):
+        assert torch.isfinite(result)
+
+
+@FUZZ
+@given(label=labels)
+def test_dataset_rows_any_label(label):
+    outcome(lambda: VectorLabelDataset(torch.randn(1, 4), [{"id": "a", "label": label}]))
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=80), st.sampled_from(
+    ["<empty_output>", "<empty_output> <empty_output>", "x <empty_output> y", "chat", "echo", "selfie", "patchscopes",
+     "What is <empty_output>?\n", "{placeholder}", "<|im_start|>", "<|im_end|><empty_output>"])))
+def test_any_template_text(tiny_llama, text):
+    model, tok = tiny_llama
+    result = outcome(lambda: Explainer.create(model, tok, template=text))
+    if isinstance(result, Explainer):
+        assert len(result.explain(torch.randn(1, result.backend.d_model), sampling=SHORT, progress=False)) == 1
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True) | st.text(max_size=10),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=6)
+
+
+@FUZZ
+@given(config=st.dictionaries(st.sampled_from(["kind", "d_model", "init_scale", "rank", "low_rank_init_factor", "other"]),
+                              st.one_of(json_values, st.sampled_from(["scalar_affine", "full_rank", "low_rank", 64, -1, 0])),
+                              max_size=6))
+def test_any_adapter_config(config):
+    def build():
+        parsed = AdapterConfig.from_dict(config)
+        if parsed.d_model > 1024 or parsed.rank > 1024:  # valid, but too big to build in a test
+            return parsed
+        adapter = make_adapter(parsed)
+        adapter(torch.randn(2, adapter.d_model))
+        return adapter
+
+    outcome(build)
+
+
+@pytest.fixture(scope="module")
+def saved_explainer(explainer, tmp_path_factory):
+    return explainer.save_pretrained(tmp_path_factory.mktemp("fuzz") / "explainer")
+
+
+@FUZZ
+@given(field=st.sampled_from(["adapter", "template", "site", "d_model", "embedding_fingerprint", "metadata", "model_id"]),
+       value=json_values, drop=st.booleans())
+def test_any_explainer_config(tiny_llama, saved_explainer, tmp_path_factory, field, value, drop):
+    model, tok = tiny_llama
+    directory = tmp_path_factory.mktemp("cfg")
+    config = json.loads((saved_explainer / "explainer_config.json").read_text())
+    if drop:
+        config.pop(field, None)
+    else:
+        config[field] = value
+    (directory / "explainer_config.json").write_text(json.dumps(config))
+    (directory / "adapter.safetensors").write_bytes((saved_explainer / "adapter.safetensors").read_bytes())
+    result = outcome(lambda: Explainer.from_pretrained(directory, model=model, tokenizer=tok))
+    if isinstance(result, Explainer):
+        assert len(result.explain(torch.randn(1, result.backend.d_model), sampling=SHORT, progress=False)) == 1
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(tmp_path_factory):
+    records = [{"id": str(i), "label": w, "split": "train"} for i, w in enumerate(["dog", "tree", "house"])]
+    return VectorLabelDataset(torch.randn(3, 8), records, {"source": "fuzz"}).save(tmp_path_factory.mktemp("ds") / "d")
+
+
+@FUZZ
+@given(target=st.sampled_from(["vectors.safetensors", "labels.jsonl", "dataset.json"]),
+       cut=st.floats(0, 1), garbage=st.binary(max_size=40), mode=st.sampled_from(["truncate", "append", "replace", "delete"]),
+       row=json_values)
+def test_any_damaged_dataset_file(saved_dataset, tmp_path_factory, target, cut, garbage, mode, row):
+    directory = tmp_path_factory.mktemp("damaged")
+    for name in ("vectors.safetensors", "labels.jsonl", "dataset.json"):
+        (directory / name).write_bytes((saved_dataset / name).read_bytes())
+    path = directory / target
+    data = path.read_bytes()
+    if mode == "truncate":
+        path.write_bytes(data[: int(len(data) * cut)])
+    elif mode == "append":
+        path.write_bytes(data + garbage)
+    elif mode == "replace" and target == "labels.jsonl":
+        lines = data.decode().splitlines()
+        lines[int(cut * (len(lines) - 1))] = json.dumps(row)
+        path.write_text("\n".join(lines) + "\n")
+    elif mode == "replace":
+        path.write_bytes(json.dumps(row).encode() if target == "dataset.json" else garbage)
+    else:
+        path.unlink()
+    result = outcome(lambda: VectorLabelDataset.load(directory))
+    if isinstance(result, VectorLabelDataset):
+        assert len(result) == result.vectors.shape[0]
