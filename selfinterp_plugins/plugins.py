@@ -69,6 +69,16 @@ def _load_plugins() -> None:
                                  "traceback": traceback.format_exc()})
 
 
+def require(module: str, extra: str) -> None:
+    """For an integration plugin's first line: without its ecosystem installed, fail to load with
+    the install command (reported by `selfinterp plugins`), without importing anything heavy.
+    Integrations import their ecosystem only when a model of it is used."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{module} is not installed; pip install 'selfinterp-plugins[{extra}]'")
+
+
 def _collect(hook_name: str, registry: Registry, store: dict, key_of) -> None:
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
