@@ -1,3 +1,5 @@
-"""nnsight plugin (placeholder until its issue lands): importing it needs nnsight."""
+"""nnsight plugin (placeholder until its issue lands)."""
 
-import nnsight  # noqa: F401
+from selfinterp_plugins.plugins import require
+
+require("nnsight", "nnsight")

@@ -1,3 +1,5 @@
-"""PEFT bridge plugin (placeholder until issue 6 lands): importing it needs peft."""
+"""peft plugin (placeholder until its issue lands)."""
 
-import peft  # noqa: F401  - absent peft => plugin reported absent by `selfinterp plugins`
+from selfinterp_plugins.plugins import require
+
+require("peft", "peft")

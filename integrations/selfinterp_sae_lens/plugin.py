@@ -1,3 +1,5 @@
-"""sae_lens plugin (placeholder until its issue lands): importing it needs sae_lens."""
+"""sae_lens plugin (placeholder until its issue lands)."""
 
-import sae_lens  # noqa: F401
+from selfinterp_plugins.plugins import require
+
+require("sae_lens", "sae-lens")

@@ -1,3 +1,5 @@
-"""transformer_lens plugin (placeholder until its issue lands): importing it needs transformer_lens."""
+"""transformer_lens plugin (placeholder until its issue lands)."""
 
-import transformer_lens  # noqa: F401
+from selfinterp_plugins.plugins import require
+
+require("transformer_lens", "transformer-lens")
