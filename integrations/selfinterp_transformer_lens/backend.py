@@ -1,0 +1,195 @@
+"""The `transformer_lens` backend: HookedTransformer and TransformerBridge, soft tokens injected
+through TransformerLens hook points (`hook_embed`, `blocks.{k}.hook_resid_pre`,
+`blocks.{k}.hook_resid_post`), the names TL users already write.
+
+Same semantics as the core `hf` backend (selfinterp_plugins/backends/hf.py), so an adapter
+trained on one runs on the other with the same outputs:
+- `logits` runs the blocks, then the final norm and unembedding only at the positions asked for
+  (HookedTransformer); a TransformerBridge returns its logits and they are picked afterwards;
+- `generate` injects during the prefill only and decodes with TL's key-value cache
+  (HookedTransformer) or by re-running the sequence (TransformerBridge, which exposes no cache);
+- `capture` reads hook points and stops after the deepest layer it needs.
+The shared-prefix cache of the hf backend is not used here: `prefix_len` is accepted and ignored.
+TransformerLens would build an attention mask from the pad token on its own; the backend always
+passes an all-ones mask instead (see `_ones`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from selfinterp_plugins.backends.base import Backend, Sampling, pick_next
+from selfinterp_plugins.errors import BackendError
+from selfinterp_plugins.sites import Site, inject
+
+
+def hook_name(site: Site) -> str:
+    """The TransformerLens hook point of a core site."""
+    return "hook_embed" if site.kind == "embed" else f"blocks.{site.layer}.hook_{site.kind}"
+
+
+def is_bridge(model) -> bool:
+    return type(model).__name__ == "TransformerBridge"
+
+
+class TransformerLensBackend(Backend):
+    """Backend for `HookedTransformer` (TransformerLens 3.x; what SAE-Lens uses) and `TransformerBridge`."""
+
+    name = "transformer_lens"
+
+    def __init__(self, model, tokenizer=None):
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise BackendError("This TransformerLens model has no tokenizer; pass tokenizer=... next to model=....")
+        self.bridge = is_bridge(model)
+        self._fingerprint: str | None = None
+
+    # ---- facts ----------------------------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.cfg.d_model)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return self._embedding_weight().device
+
+    def _embedding_weight(self) -> torch.Tensor:
+        if self.bridge:
+            return self.model.original_model.get_input_embeddings().weight
+        return self.model.W_E
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """What `hook_embed` sees: the token embedding (with the model's own scaling, e.g. Gemma's)."""
+        with torch.no_grad():
+            if self.bridge:
+                return self.model.original_model.get_input_embeddings()(ids.to(self.device))
+            return self.model.embed(ids.to(self.device))
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from selfinterp_plugins.models import embedding_fingerprint
+
+            if self.bridge:
+                self._fingerprint = embedding_fingerprint(self.model.original_model)
+            else:
+                self._fingerprint = embedding_fingerprint(_WithEmbedding(self.model.W_E))
+        return self._fingerprint
+
+    # ---- injection ------------------------------------------------------------------------
+
+    def _check(self, site: Site) -> None:
+        if site.kind != "embed" and site.layer >= self.n_layers:
+            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
+
+    def _injection_hook(self, soft: torch.Tensor, mask: torch.Tensor, site: Site):
+        """A TL hook that injects once, into a call whose sequence length matches the mask."""
+        state = {"armed": True}
+
+        def hook(value, hook=None):
+            if not state["armed"] or value.shape[1] != mask.shape[1]:
+                return value
+            state["armed"] = False
+            return inject(value, soft, mask, site)
+
+        return hook_name(site), hook
+
+    def _final_logits(self, resid: torch.Tensor) -> torch.Tensor:
+        return self.model.unembed(self.model.ln_final(resid))
+
+    # ---- verbs ----------------------------------------------------------------------------
+
+    def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
+        self._check(site)
+        ids = input_ids.to(self.device)
+        rows = torch.arange(ids.shape[0], device=self.device)[:, None]
+        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
+            if self.bridge:
+                return self.model(ids, return_type="logits", attention_mask=_ones(ids))[rows, positions.to(self.device)]
+            resid = self.model(ids, stop_at_layer=self.n_layers, attention_mask=_ones(ids))
+        return self._final_logits(resid[rows, positions.to(self.device)])
+
+    @torch.no_grad()
+    def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
+        self._check(site)
+        batch = input_ids.shape[0]
+        generator = None if sampling.greedy else torch.Generator(device="cpu").manual_seed(sampling.seed)
+        ids = input_ids.to(self.device)
+        cache = None
+        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
+            if self.bridge:
+                logits = self.model(ids, return_type="logits", attention_mask=_ones(ids))[:, -1]
+            else:
+                from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+                cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
+                logits = self.model(ids, past_kv_cache=cache, attention_mask=_ones(ids))[:, -1]
+        outputs: list[list[int]] = [[] for _ in range(batch)]
+        alive = [True] * batch
+        sequence = ids
+        for step in range(sampling.max_new_tokens):
+            next_ids = pick_next(logits.float().cpu(), sampling, generator)
+            for row in range(batch):
+                if alive[row]:
+                    outputs[row].append(int(next_ids[row]))
+                    alive[row] = not is_finished(outputs[row])
+            if not any(alive) or step == sampling.max_new_tokens - 1:
+                break
+            # finished rows keep decoding (the TL cache has no row selection) but their tokens are dropped
+            step_ids = next_ids[:, None].to(self.device)
+            if self.bridge:
+                # the injection is part of the prompt's residual stream, so re-running the sequence
+                # needs it again; the hook matches the full sequence only at the prompt's length,
+                # hence the mask is widened to the new length
+                sequence = torch.cat([sequence, step_ids], dim=1)
+                wide = torch.zeros(batch, sequence.shape[1], dtype=torch.bool)
+                wide[:, : inject_mask.shape[1]] = inject_mask
+                with self.model.hooks(fwd_hooks=[self._injection_hook(soft, wide, site)]):
+                    logits = self.model(sequence, return_type="logits", attention_mask=_ones(sequence))[:, -1]
+            else:
+                logits = self.model(step_ids, past_kv_cache=cache, attention_mask=_ones(step_ids))[:, -1]
+        return outputs
+
+    @torch.no_grad()
+    def capture(self, input_ids, sites, positions=None):
+        positions = positions if positions is not None else [-1] * len(input_ids)
+        lengths = torch.tensor([len(ids) for ids in input_ids])
+        index = torch.tensor(positions)
+        index = torch.where(index < 0, lengths + index, index)
+        if ((index < 0) | (index >= lengths)).any():
+            raise BackendError("A capture position lies outside its prompt; use an index within each prompt's tokens.")
+        for site in sites:
+            self._check(site)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = torch.full((len(input_ids), int(lengths.max())), pad, dtype=torch.long)
+        for i, ids in enumerate(input_ids):
+            batch[i, : len(ids)] = torch.tensor(ids)
+        names = [hook_name(site) for site in sites]
+        deepest = max((s.layer + 1 for s in sites if s.kind != "embed"), default=0)
+        ids = batch.to(self.device)
+        _, cache = self.model.run_with_cache(ids, names_filter=lambda name: name in names, stop_at_layer=max(deepest, 1),
+                                             attention_mask=_ones(ids))
+        rows = torch.arange(len(input_ids))
+        return torch.stack([cache[name][rows, index.to(cache[name].device)].float().cpu() for name in names], dim=1)
+
+
+def _ones(ids: torch.Tensor) -> torch.Tensor:
+    """An all-ones attention mask. Inputs are right-padded, so padding never reaches a real token
+    in a causal model; left to itself TransformerLens would mask every token equal to the pad id,
+    and SmolLM2's pad token is its end-of-turn token, which chat templates contain."""
+    return torch.ones_like(ids)
+
+
+class _WithEmbedding:
+    """Adapts a bare embedding matrix to `embedding_fingerprint`'s model interface."""
+
+    def __init__(self, weight: torch.Tensor):
+        self._module = torch.nn.Embedding.from_pretrained(weight.detach(), freeze=True)
+
+    def get_input_embeddings(self):
+        return self._module

@@ -1,0 +1,161 @@
+"""The transformer_lens backend on tiny HookedTransformers built from configs (three
+architectures), checked against forward passes written independently of the backend
+(`start_at_layer` on a hand-built residual stream), plus explain / train / save-load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformer_lens")
+
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+
+from selfinterp_plugins import Explainer, Sampling, TrainConfig, VectorLabelDataset  # noqa: E402
+from selfinterp_plugins.errors import BackendError, VectorError  # noqa: E402
+from selfinterp_plugins.sites import Site  # noqa: E402
+from selfinterp_plugins.templates import PromptTemplate  # noqa: E402
+from selfinterp_transformer_lens.backend import TransformerLensBackend  # noqa: E402
+
+ARCHS = {
+    "gpt2-like": dict(normalization_type="LN", positional_embedding_type="standard", act_fn="gelu"),
+    "llama-like": dict(normalization_type="RMS", positional_embedding_type="rotary", act_fn="silu", gated_mlp=True,
+                       rotary_dim=16),
+    "attn-only": dict(normalization_type="LN", positional_embedding_type="standard", act_fn="gelu", attn_only=True),
+}
+SITES = ["embed", "blocks.1.hook_resid_pre", "resid_post.0"]
+
+
+def tiny_hooked(arch: str, tokenizer, seed: int = 0) -> HookedTransformer:
+    cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_ctx=128, d_head=16, n_heads=4, d_mlp=128,
+                                  d_vocab=len(tokenizer), seed=seed, device="cpu", initializer_range=0.2, **ARCHS[arch])
+    model = HookedTransformer(cfg, tokenizer=tokenizer, default_padding_side="right")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def backend(request, tokenizer):
+    return TransformerLensBackend(tiny_hooked(request.param, tokenizer))
+
+
+def _prompt(backend):
+    template = PromptTemplate.chat(backend.tokenizer)
+    ids = template.prompt_ids(backend.tokenizer)
+    return template, ids, ids == template.placeholder_id(backend.tokenizer)
+
+
+def _soft(backend, n):
+    v = torch.randn(n, backend.d_model, generator=torch.Generator().manual_seed(0))
+    return v / v.norm(dim=-1, keepdim=True) * backend.typical_embed_norm * 3
+
+
+def reference_logits(model, ids, soft, mask, site: Site):
+    """Logits with the soft token written into the residual stream by hand, then the model run
+    from that point with `start_at_layer`: no hooks involved."""
+    mask3 = mask[:, :, None]
+    if site.kind == "embed":
+        embed = torch.where(mask3, soft[:, None, :], model.embed(ids))
+        resid = embed + model.pos_embed(ids) if model.cfg.positional_embedding_type == "standard" else embed
+        return model(resid, start_at_layer=0, tokens=ids)
+    layer = site.layer if site.kind == "resid_pre" else site.layer + 1
+    clean = model(ids, stop_at_layer=layer)
+    resid = torch.where(mask3, soft[:, None, :], clean)
+    return model(resid, start_at_layer=layer, tokens=ids)
+
+
+@pytest.mark.parametrize("spec", SITES)
+def test_logits_equal_an_independent_forward(backend, spec):
+    site = Site.parse(spec)
+    _, prompt, pmask = _prompt(backend)
+    ids, mask = prompt.expand(3, -1), pmask.expand(3, -1)
+    soft = _soft(backend, 3)
+    positions = torch.tensor([[len(prompt) - 1, 2]] * 3)
+    got = backend.logits(ids, soft, mask, site, positions)
+    want = reference_logits(backend.model, ids, soft, mask, site)[torch.arange(3)[:, None], positions]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    clean = backend.model(ids)[torch.arange(3)[:, None], positions]
+    assert not torch.allclose(got, clean, atol=1e-3)  # the injection did something
+
+
+def test_logits_are_differentiable_in_soft(backend):
+    _, prompt, pmask = _prompt(backend)
+    soft = _soft(backend, 2).requires_grad_(True)
+    positions = torch.tensor([[len(prompt) - 1]] * 2)
+    backend.logits(prompt.expand(2, -1), soft, pmask.expand(2, -1), Site(), positions).sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("spec", ["embed", "resid_pre.1"])
+def test_greedy_generation_equals_recomputing_with_injection(backend, spec):
+    """The KV-cached, prefill-only generation equals re-running the whole sequence with the
+    injection at the prompt positions, token by token."""
+    site = Site.parse(spec)
+    _, prompt, pmask = _prompt(backend)
+    soft = _soft(backend, 2)
+    cached = backend.generate(prompt.expand(2, -1), soft, pmask.expand(2, -1), site, Sampling(max_new_tokens=5),
+                              lambda ids: False)
+    for row in range(2):
+        seq = prompt.clone()
+        for _ in range(5):
+            mask = torch.zeros(len(seq), dtype=torch.bool)
+            mask[: len(prompt)] = pmask
+            logits = reference_logits(backend.model, seq[None], soft[row : row + 1], mask[None], site)
+            seq = torch.cat([seq, logits[0, -1].argmax()[None]])
+        assert cached[row] == seq[len(prompt):].tolist()
+
+
+def test_rows_stop_when_finished(backend):
+    _, prompt, pmask = _prompt(backend)
+    out = backend.generate(prompt.expand(3, -1), _soft(backend, 3), pmask.expand(3, -1), Site(), Sampling(max_new_tokens=6),
+                           lambda ids: len(ids) >= 2)
+    assert [len(o) for o in out] == [2, 2, 2]
+
+
+def test_capture_equals_run_with_cache(backend):
+    ids = [[1, 5, 9, 200, 7], [3, 4, 8]]
+    sites = [Site.parse("embed"), Site.parse("resid_post.0"), Site.parse("resid_pre.1")]
+    got = backend.capture(ids, sites, [-1, 1])
+    for row, (seq, pos) in enumerate(zip(ids, [4, 1])):
+        _, cache = backend.model.run_with_cache(torch.tensor([seq]))
+        for j, name in enumerate(["hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]):
+            torch.testing.assert_close(got[row, j], cache[name][0, pos], rtol=1e-5, atol=1e-5)
+
+
+def test_site_past_last_layer_and_bad_vectors(backend, tokenizer):
+    explainer = Explainer.create(backend, adapter="scalar_affine", template="echo", site="resid_pre.5")
+    with pytest.raises(BackendError, match="past the last layer"):
+        explainer.explain(torch.randn(1, backend.d_model), progress=False)
+    explainer = Explainer.create(backend, adapter="scalar_affine", template="echo")
+    with pytest.raises(VectorError, match="d_model"):
+        explainer.explain(torch.randn(1, backend.d_model + 1), progress=False)
+    with pytest.raises(VectorError, match="NaN"):
+        explainer.explain(torch.full((1, backend.d_model), float("nan")), progress=False)
+
+
+def test_plugin_picks_the_backend_and_accepts_tl_hook_names(tokenizer):
+    model = tiny_hooked("gpt2-like", tokenizer)
+    explainer = Explainer.create(model, adapter="scalar_affine", template="echo", site="blocks.1.hook_resid_post")
+    assert explainer.backend.name == "transformer_lens"
+    assert explainer.site == Site("resid_post", 1)
+    assert len(explainer.explain(torch.randn(2, 64), sampling=Sampling(max_new_tokens=3), progress=False)) == 2
+
+
+def test_train_save_reload_gives_identical_outputs(tokenizer, tmp_path):
+    model = tiny_hooked("llama-like", tokenizer)
+    words = ["dog", "tree", "house", "river"]
+    vectors = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    data = VectorLabelDataset(vectors, [{"id": str(i), "label": words[i % 4]} for i in range(32)], {})
+    explainer = Explainer.create(model, adapter="scalar_affine", template="chat")
+    before = explainer.loss(vectors[:8], data.labels[:8]).item()
+    history = explainer.train(data, config=TrainConfig(epochs=3, batch_size=8, lr=5e-2), progress=False)
+    assert history["steps"] == 12 and explainer.loss(vectors[:8], data.labels[:8]).item() < before
+    labels = explainer.explain(vectors[:4], sampling=Sampling(max_new_tokens=6), progress=False)
+    explainer.save_pretrained(tmp_path / "ex")
+    again = Explainer.from_pretrained(tmp_path / "ex", model=model)
+    assert again.explain(vectors[:4], sampling=Sampling(max_new_tokens=6), progress=False) == labels
+    other = tiny_hooked("llama-like", tokenizer, seed=1)
+    with pytest.raises(Exception, match="does not fit"):
+        Explainer.from_pretrained(tmp_path / "ex", model=other)
