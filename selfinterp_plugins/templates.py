@@ -150,7 +150,8 @@ class PromptTemplate:
     def prompt_ids(self, tokenizer) -> torch.Tensor:
         """Token ids of the prompt (1-D), tokenised with its markup and no extra BOS."""
         self.placeholder_id(tokenizer)
-        ids = tokenizer(self.prompt, add_special_tokens=self._needs_bos(tokenizer))["input_ids"]
+        bos = self._needs_bos(tokenizer)
+        ids = _without_forced_bos(tokenizer, tokenizer(self.prompt, add_special_tokens=bos)["input_ids"], self.prompt, bos)
         return torch.tensor(ids, dtype=torch.long)
 
     def _needs_bos(self, tokenizer) -> bool:
@@ -165,7 +166,8 @@ class PromptTemplate:
         return f"{self.label_prefix}{label.strip()}{self.closing}{self.end}"
 
     def target_ids(self, tokenizer, label: str) -> list[int]:
-        return tokenizer(self.target_text(label), add_special_tokens=False)["input_ids"]
+        text = self.target_text(label)
+        return _without_forced_bos(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"], text, False)
 
     def parse_label(self, generated: str) -> str:
         """The label inside generated text: before the end-of-turn, then before the last closing."""
@@ -183,6 +185,16 @@ class PromptTemplate:
         if self.end and self.end in generated:
             return True
         return (self.stop_at_closing or not self.end) and bool(self.closing) and self.closing in generated
+
+
+def _without_forced_bos(tokenizer, ids: list[int], text: str, wanted: bool) -> list[int]:
+    """Drop a BOS the tokenizer added though it was not asked to. Some wrappers do (TransformerLens
+    sets its tokenizers to always prepend BOS), and the same explainer must see the same prompt
+    whichever library's tokenizer it is given."""
+    bos_id, bos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "bos_token", None)
+    if not wanted and ids and bos_id is not None and ids[0] == bos_id and not (bos and text.startswith(bos)):
+        return ids[1:]
+    return ids
 
 
 def default_placeholder(tokenizer) -> str:

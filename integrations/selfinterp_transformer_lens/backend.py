@@ -7,7 +7,7 @@ trained on one runs on the other with the same outputs:
 - `logits` runs the blocks, then the final norm and unembedding only at the positions asked for
   (HookedTransformer); a TransformerBridge returns its logits and they are picked afterwards;
 - `generate` injects during the prefill only and decodes with TL's key-value cache
-  (HookedTransformer) or by re-running the sequence (TransformerBridge, which exposes no cache);
+  (HookedTransformer) or the wrapped transformers model's cache (TransformerBridge);
 - `capture` reads hook points and stops after the deepest layer it needs.
 The shared-prefix cache of the hf backend is not used here: `prefix_len` is accepted and ignored.
 TransformerLens would build an attention mask from the pad token on its own; the backend always
@@ -123,7 +123,8 @@ class TransformerLensBackend(Backend):
         cache = None
         with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
             if self.bridge:
-                logits = self.model(ids, return_type="logits", attention_mask=_ones(ids))[:, -1]
+                logits, cache = self.model(ids, return_type="logits_and_cache", use_cache=True, attention_mask=_ones(ids))
+                logits = logits[:, -1]
             else:
                 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -131,7 +132,7 @@ class TransformerLensBackend(Backend):
                 logits = self.model(ids, past_kv_cache=cache, attention_mask=_ones(ids))[:, -1]
         outputs: list[list[int]] = [[] for _ in range(batch)]
         alive = [True] * batch
-        sequence = ids
+        length = ids.shape[1]
         for step in range(sampling.max_new_tokens):
             next_ids = pick_next(logits.float().cpu(), sampling, generator)
             for row in range(batch):
@@ -142,15 +143,11 @@ class TransformerLensBackend(Backend):
                 break
             # finished rows keep decoding (the TL cache has no row selection) but their tokens are dropped
             step_ids = next_ids[:, None].to(self.device)
-            if self.bridge:
-                # the injection is part of the prompt's residual stream, so re-running the sequence
-                # needs it again; the hook matches the full sequence only at the prompt's length,
-                # hence the mask is widened to the new length
-                sequence = torch.cat([sequence, step_ids], dim=1)
-                wide = torch.zeros(batch, sequence.shape[1], dtype=torch.bool)
-                wide[:, : inject_mask.shape[1]] = inject_mask
-                with self.model.hooks(fwd_hooks=[self._injection_hook(soft, wide, site)]):
-                    logits = self.model(sequence, return_type="logits", attention_mask=_ones(sequence))[:, -1]
+            length += 1
+            if self.bridge:  # the wrapped transformers model's own key-value cache
+                logits, cache = self.model(step_ids, return_type="logits_and_cache", use_cache=True, past_key_values=cache,
+                                           attention_mask=torch.ones(batch, length, dtype=torch.long, device=self.device))
+                logits = logits[:, -1]
             else:
                 logits = self.model(step_ids, past_kv_cache=cache, attention_mask=_ones(step_ids))[:, -1]
         return outputs
