@@ -15,6 +15,7 @@ import torch
 from .adapters import check_vectors
 from .backends.base import Sampling
 from .errors import VectorError
+from .results import ExplainResults
 from .serialization import JsonlWriter, read_jsonl
 
 
@@ -75,4 +76,4 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
         bar.close()
         if writer:
             writer.close()
-    return [results[(ids[i], s, k)] for i, s, k in jobs]
+    return ExplainResults(results[(ids[i], s, k)] for i, s, k in jobs)
