@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from selfinterp_plugins.backends.base import Backend, Sampling, pick_next
+from selfinterp_plugins.backends.base import Backend, Sampling, capture_batch, pick_next
 from selfinterp_plugins.errors import BackendError
 from selfinterp_plugins.sites import Site, inject
 
@@ -154,18 +154,9 @@ class TransformerLensBackend(Backend):
 
     @torch.no_grad()
     def capture(self, input_ids, sites, positions=None):
-        positions = positions if positions is not None else [-1] * len(input_ids)
-        lengths = torch.tensor([len(ids) for ids in input_ids])
-        index = torch.tensor(positions)
-        index = torch.where(index < 0, lengths + index, index)
-        if ((index < 0) | (index >= lengths)).any():
-            raise BackendError("A capture position lies outside its prompt; use an index within each prompt's tokens.")
         for site in sites:
             self._check(site)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = torch.full((len(input_ids), int(lengths.max())), pad, dtype=torch.long)
-        for i, ids in enumerate(input_ids):
-            batch[i, : len(ids)] = torch.tensor(ids)
+        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
         names = [hook_name(site) for site in sites]
         deepest = max((s.layer + 1 for s in sites if s.kind != "embed"), default=0)
         ids = batch.to(self.device)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import BackendError
 from ..sites import Site
 
 
@@ -46,6 +47,21 @@ def pick_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generat
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def capture_batch(input_ids: list[list[int]], positions: list[int] | None, pad_id: int | None):
+    """Right-padded ids (N, T) and one absolute position per row for `capture`: negative
+    positions count from the end of each row's real tokens; a position outside its row is refused."""
+    positions = positions if positions is not None else [-1] * len(input_ids)
+    lengths = torch.tensor([len(ids) for ids in input_ids])
+    index = torch.tensor(positions)
+    index = torch.where(index < 0, lengths + index, index)
+    if ((index < 0) | (index >= lengths)).any():
+        raise BackendError("A capture position lies outside its prompt; use an index within each prompt's tokens.")
+    batch = torch.full((len(input_ids), int(lengths.max())), pad_id if pad_id is not None else 0, dtype=torch.long)
+    for i, ids in enumerate(input_ids):
+        batch[i, : len(ids)] = torch.tensor(ids)
+    return batch, index
 
 
 class Backend(ABC):

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import BackendError
 from ..sites import Site, inject
-from .base import Backend, Sampling, pick_next
+from .base import Backend, Sampling, capture_batch, pick_next
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -226,16 +226,7 @@ class HFBackend(Backend):
 
     @torch.no_grad()
     def capture(self, input_ids, sites, positions=None):
-        positions = positions if positions is not None else [-1] * len(input_ids)
-        lengths = torch.tensor([len(ids) for ids in input_ids])
-        index = torch.tensor(positions)
-        index = torch.where(index < 0, lengths + index, index)
-        if ((index < 0) | (index >= lengths)).any():
-            raise BackendError("A capture position lies outside its prompt; use an index within each prompt's tokens.")
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = torch.full((len(input_ids), int(lengths.max())), pad, dtype=torch.long)
-        for i, ids in enumerate(input_ids):
-            batch[i, : len(ids)] = torch.tensor(ids)
+        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
 
         found: dict[int, torch.Tensor] = {}
         handles = []
