@@ -9,7 +9,10 @@ trained on one runs on the other with the same outputs:
 - `generate` injects during the prefill only and decodes with TL's key-value cache
   (HookedTransformer) or the wrapped transformers model's cache (TransformerBridge);
 - `capture` reads hook points and stops after the deepest layer it needs.
-The shared-prefix cache of the hf backend is not used here: `prefix_len` is accepted and ignored.
+On a HookedTransformer the template's shared prefix is computed once and its keys and values are
+reused (TL's own key-value cache), the head runs only where needed, and finished rows leave the
+batch, as in the hf backend; a TransformerBridge runs every prompt token and every position's
+logits (its `stop_at_layer` does not return the residual stream its final norm expects).
 TransformerLens would build an attention mask from the pad token on its own; the backend always
 passes an all-ones mask instead (see `_ones`).
 """
@@ -44,6 +47,8 @@ class TransformerLensBackend(Backend):
             raise BackendError("This TransformerLens model has no tokenizer; pass tokenizer=... next to model=....")
         self.bridge = is_bridge(model)
         self._fingerprint: str | None = None
+        self._prefix_key: tuple | None = None
+        self._prefix_cache = None
 
     # ---- facts ----------------------------------------------------------------------------
 
@@ -102,17 +107,49 @@ class TransformerLensBackend(Backend):
     def _final_logits(self, resid: torch.Tensor) -> torch.Tensor:
         return self.model.unembed(self.model.ln_final(resid))
 
+    # ---- prefix cache (HookedTransformer) ----------------------------------------------------
+
+    def _usable_prefix(self, input_ids: torch.Tensor, prefix_len: int) -> int:
+        """`prefix_len` if every row shares it and the model is a HookedTransformer, else 0."""
+        if self.bridge or not prefix_len:
+            return 0
+        return prefix_len if bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()) else 0
+
+    def _cache_for(self, prefix: torch.Tensor, batch: int):
+        """A fresh TL key-value cache holding the prefix's keys and values for `batch` rows; the
+        prefix runs once per distinct prefix (the last one is kept)."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        key = tuple(prefix.tolist())
+        if self._prefix_key != key:
+            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, 1)
+            with torch.no_grad():
+                ids = prefix[None].to(self.device)
+                self.model(ids, past_kv_cache=cache, attention_mask=_ones(ids), stop_at_layer=self.n_layers)
+            self._prefix_key, self._prefix_cache = key, cache
+        stored = self._prefix_cache
+        cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
+        for entry, kept in zip(cache.entries, stored.entries):
+            entry.past_keys = kept.past_keys.expand(batch, -1, -1, -1)
+            entry.past_values = kept.past_values.expand(batch, -1, -1, -1)
+        cache.previous_attention_mask = stored.previous_attention_mask.expand(batch, -1)
+        return cache
+
     # ---- verbs ----------------------------------------------------------------------------
 
     def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
         self._check(site)
         ids = input_ids.to(self.device)
         rows = torch.arange(ids.shape[0], device=self.device)[:, None]
-        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
-            if self.bridge:
+        if self.bridge:
+            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
                 return self.model(ids, return_type="logits", attention_mask=_ones(ids))[rows, positions.to(self.device)]
-            resid = self.model(ids, stop_at_layer=self.n_layers, attention_mask=_ones(ids))
-        return self._final_logits(resid[rows, positions.to(self.device)])
+        start = self._usable_prefix(ids, prefix_len)
+        cache = self._cache_for(ids[0, :start], ids.shape[0]) if start else None
+        rest = ids[:, start:]
+        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask[:, start:], site)]):
+            resid = self.model(rest, stop_at_layer=self.n_layers, attention_mask=_ones(rest), past_kv_cache=cache)
+        return self._final_logits(resid[rows, (positions - start).to(self.device)])
 
     @torch.no_grad()
     def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
@@ -120,36 +157,45 @@ class TransformerLensBackend(Backend):
         batch = input_ids.shape[0]
         generator = None if sampling.greedy else torch.Generator(device="cpu").manual_seed(sampling.seed)
         ids = input_ids.to(self.device)
-        cache = None
-        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
-            if self.bridge:
+        if self.bridge:
+            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
                 logits, cache = self.model(ids, return_type="logits_and_cache", use_cache=True, attention_mask=_ones(ids))
-                logits = logits[:, -1]
-            else:
-                from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+            logits = logits[:, -1]
+        else:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-                cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
-                logits = self.model(ids, past_kv_cache=cache, attention_mask=_ones(ids))[:, -1]
+            start = self._usable_prefix(ids, prefix_len)
+            cache = self._cache_for(ids[0, :start], batch) if start else \
+                TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
+            rest = ids[:, start:]
+            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask[:, start:], site)]):
+                resid = self.model(rest, past_kv_cache=cache, attention_mask=_ones(rest), stop_at_layer=self.n_layers)
+            logits = self._final_logits(resid[:, -1])
         outputs: list[list[int]] = [[] for _ in range(batch)]
-        alive = [True] * batch
+        alive = torch.arange(batch)
         length = ids.shape[1]
         for step in range(sampling.max_new_tokens):
             next_ids = pick_next(logits.float().cpu(), sampling, generator)
-            for row in range(batch):
-                if alive[row]:
-                    outputs[row].append(int(next_ids[row]))
-                    alive[row] = not is_finished(outputs[row])
-            if not any(alive) or step == sampling.max_new_tokens - 1:
+            keep = []
+            for j, row in enumerate(alive.tolist()):
+                outputs[row].append(int(next_ids[j]))
+                if not is_finished(outputs[row]):
+                    keep.append(j)
+            if not keep or step == sampling.max_new_tokens - 1:
                 break
-            # finished rows keep decoding (the TL cache has no row selection) but their tokens are dropped
+            if len(keep) < len(alive):
+                index = torch.tensor(keep)
+                alive, next_ids = alive[index], next_ids[index]
+                cache = _select_rows(cache, index.to(self.device), self.bridge)
             step_ids = next_ids[:, None].to(self.device)
             length += 1
             if self.bridge:  # the wrapped transformers model's own key-value cache
                 logits, cache = self.model(step_ids, return_type="logits_and_cache", use_cache=True, past_key_values=cache,
-                                           attention_mask=torch.ones(batch, length, dtype=torch.long, device=self.device))
+                                           attention_mask=torch.ones(len(alive), length, dtype=torch.long, device=self.device))
                 logits = logits[:, -1]
             else:
-                logits = self.model(step_ids, past_kv_cache=cache, attention_mask=_ones(step_ids))[:, -1]
+                resid = self.model(step_ids, past_kv_cache=cache, attention_mask=_ones(step_ids), stop_at_layer=self.n_layers)
+                logits = self._final_logits(resid[:, -1])
         return outputs
 
     @torch.no_grad()
@@ -164,6 +210,17 @@ class TransformerLensBackend(Backend):
                                              attention_mask=_ones(ids))
         rows = torch.arange(len(input_ids))
         return torch.stack([cache[name][rows, index.to(cache[name].device)].float().cpu() for name in names], dim=1)
+
+
+def _select_rows(cache, index: torch.Tensor, bridge: bool):
+    """Keep only the cache rows of unfinished generations."""
+    if bridge:
+        cache.batch_select_indices(index)
+        return cache
+    for entry in cache.entries:
+        entry.past_keys, entry.past_values = entry.past_keys[index], entry.past_values[index]
+    cache.previous_attention_mask = cache.previous_attention_mask[index]
+    return cache
 
 
 def _ones(ids: torch.Tensor) -> torch.Tensor:

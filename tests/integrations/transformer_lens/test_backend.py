@@ -159,3 +159,57 @@ def test_train_save_reload_gives_identical_outputs(tokenizer, tmp_path):
     other = tiny_hooked("llama-like", tokenizer, seed=1)
     with pytest.raises(Exception, match="does not fit"):
         Explainer.from_pretrained(tmp_path / "ex", model=other)
+
+
+# ---- the shared-prefix cache and row dropping (HookedTransformer) ----------------------------
+
+
+@pytest.mark.parametrize("spec", SITES)
+def test_prefix_cache_gives_the_same_logits_and_gradients(backend, spec):
+    site = Site.parse(spec)
+    template, prompt, pmask = _prompt(backend)
+    first = int(pmask.nonzero()[0])
+    tok = backend.tokenizer
+    targets = [template.target_ids(tok, label) for label in ("dog", "golden retriever", "a")]
+    width = max(map(len, targets))
+    ids = torch.full((3, len(prompt) + width), tok.pad_token_id, dtype=torch.long)
+    ids[:, : len(prompt)] = prompt
+    for i, t in enumerate(targets):
+        ids[i, len(prompt) : len(prompt) + len(t)] = torch.tensor(t)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, : len(prompt)] = pmask
+    positions = (len(prompt) - 1 + torch.arange(width)).expand(3, width)
+    results = []
+    for prefix in (0, first, first):  # the third call reuses the stored prefix
+        soft = _soft(backend, 3).requires_grad_(True)
+        out = backend.logits(ids, soft, mask, site, positions, prefix_len=prefix)
+        out.logsumexp(-1).sum().backward()
+        results.append((out.detach(), soft.grad))
+    for out, grad in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["embed", "resid_post.1"])
+def test_prefix_cached_batch_with_rows_finishing_early_equals_one_by_one(backend, spec):
+    """Rows stop at different steps and leave the batch; each row's output equals generating it
+    alone without the prefix cache."""
+    site = Site.parse(spec)
+    _, prompt, pmask = _prompt(backend)
+    first = int(pmask.nonzero()[0])
+    soft = _soft(backend, 4)
+    budgets = [2, 5, 3, 8]
+    seen: dict[int, int] = {}
+
+    def stop_batched(ids):  # the backend passes each row's growing list; rows first appear in order
+        budget = budgets[seen.setdefault(id(ids), len(seen))]
+        return len(ids) >= budget
+
+    sampling = Sampling(max_new_tokens=8)
+    batched = backend.generate(prompt.expand(4, -1), soft, pmask.expand(4, -1), site, sampling, stop_batched,
+                               prefix_len=first)
+    assert [len(o) for o in batched] == budgets
+    for i in range(4):
+        alone = backend.generate(prompt[None], soft[i : i + 1], pmask[None], site, sampling,
+                                 lambda ids, n=budgets[i]: len(ids) >= n)[0]
+        assert batched[i] == alone
