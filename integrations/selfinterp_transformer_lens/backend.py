@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from selfinterp_plugins.backends.base import Backend, Sampling, capture_batch, pick_next
+from selfinterp_plugins.backends.base import Backend, Sampling, capture_batch, decode
 from selfinterp_plugins.errors import BackendError
 from selfinterp_plugins.sites import Site, inject
 
@@ -155,7 +155,6 @@ class TransformerLensBackend(Backend):
     def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
         self._check(site)
         batch = input_ids.shape[0]
-        generator = None if sampling.greedy else torch.Generator(device="cpu").manual_seed(sampling.seed)
         ids = input_ids.to(self.device)
         if self.bridge:
             with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
@@ -171,32 +170,23 @@ class TransformerLensBackend(Backend):
             with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask[:, start:], site)]):
                 resid = self.model(rest, past_kv_cache=cache, attention_mask=_ones(rest), stop_at_layer=self.n_layers)
             logits = self._final_logits(resid[:, -1])
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        alive = torch.arange(batch)
-        length = ids.shape[1]
-        for step in range(sampling.max_new_tokens):
-            next_ids = pick_next(logits.float().cpu(), sampling, generator)
-            keep = []
-            for j, row in enumerate(alive.tolist()):
-                outputs[row].append(int(next_ids[j]))
-                if not is_finished(outputs[row]):
-                    keep.append(j)
-            if not keep or step == sampling.max_new_tokens - 1:
-                break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep)
-                alive, next_ids = alive[index], next_ids[index]
-                cache = _select_rows(cache, index.to(self.device), self.bridge)
+        state = {"cache": cache, "length": ids.shape[1]}
+
+        def advance(next_ids, keep):
+            if keep is not None:
+                state["cache"] = _select_rows(state["cache"], keep.to(self.device), self.bridge)
             step_ids = next_ids[:, None].to(self.device)
-            length += 1
+            state["length"] += 1
             if self.bridge:  # the wrapped transformers model's own key-value cache
-                logits, cache = self.model(step_ids, return_type="logits_and_cache", use_cache=True, past_key_values=cache,
-                                           attention_mask=torch.ones(len(alive), length, dtype=torch.long, device=self.device))
-                logits = logits[:, -1]
-            else:
-                resid = self.model(step_ids, past_kv_cache=cache, attention_mask=_ones(step_ids), stop_at_layer=self.n_layers)
-                logits = self._final_logits(resid[:, -1])
-        return outputs
+                mask = torch.ones(len(step_ids), state["length"], dtype=torch.long, device=self.device)
+                logits, state["cache"] = self.model(step_ids, return_type="logits_and_cache", use_cache=True,
+                                                    past_key_values=state["cache"], attention_mask=mask)
+                return logits[:, -1]
+            resid = self.model(step_ids, past_kv_cache=state["cache"], attention_mask=_ones(step_ids),
+                               stop_at_layer=self.n_layers)
+            return self._final_logits(resid[:, -1])
+
+        return decode(logits, sampling, is_finished, advance)
 
     @torch.no_grad()
     def capture(self, input_ids, sites, positions=None):

@@ -49,6 +49,32 @@ def pick_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generat
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def decode(logits: torch.Tensor, sampling: Sampling, is_finished, advance) -> list[list[int]]:
+    """The generation loop every backend shares: pick each row's next token, record it, drop rows
+    whose label is complete. `logits` (B, V) come from the prefill; `advance(next_ids, keep)` runs
+    the model one step for the surviving rows (`keep`: their indices among the previous step's
+    rows, or None if all survive) and returns their next logits. `is_finished` is called for the
+    alive rows in row order, each with that row's growing list of ids."""
+    generator = None if sampling.greedy else torch.Generator(device="cpu").manual_seed(sampling.seed)
+    outputs: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    alive = torch.arange(logits.shape[0])
+    for step in range(sampling.max_new_tokens):
+        next_ids = pick_next(logits.float().cpu(), sampling, generator)
+        keep = []
+        for j, row in enumerate(alive.tolist()):
+            outputs[row].append(int(next_ids[j]))
+            if not is_finished(outputs[row]):
+                keep.append(j)
+        if not keep or step == sampling.max_new_tokens - 1:
+            break
+        index = None
+        if len(keep) < len(alive):
+            index = torch.tensor(keep)
+            alive, next_ids = alive[index], next_ids[index]
+        logits = advance(next_ids, index)
+    return outputs
+
+
 def capture_batch(input_ids: list[list[int]], positions: list[int] | None, pad_id: int | None):
     """Right-padded ids (N, T) and one absolute position per row for `capture`: negative
     positions count from the end of each row's real tokens; a position outside its row is refused."""

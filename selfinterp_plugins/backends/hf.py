@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import BackendError
 from ..sites import Site, inject
-from .base import Backend, Sampling, capture_batch, pick_next
+from .base import Backend, Sampling, capture_batch, decode
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -197,32 +197,18 @@ class HFBackend(Backend):
     def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
         from transformers import DynamicCache
 
-        batch = input_ids.shape[0]
-        generator = None
-        if not sampling.greedy:
-            generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
         cache = None if prefix_len else DynamicCache(config=self.model.config)
         hidden, cache = self._run(input_ids, soft, inject_mask, site, prefix_len, cache)
-        logits = self._head(hidden[:, -1])
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        alive = torch.arange(batch)
-        for step in range(sampling.max_new_tokens):
-            next_ids = pick_next(logits.float().cpu(), sampling, generator)
-            keep = []
-            for j, row in enumerate(alive.tolist()):
-                outputs[row].append(int(next_ids[j]))
-                if not is_finished(outputs[row]):
-                    keep.append(j)
-            if not keep or step == sampling.max_new_tokens - 1:
-                break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep)
-                cache.batch_select_indices(index.to(self.device))
-                alive, next_ids = alive[index], next_ids[index]
+
+        def advance(next_ids, keep):
+            nonlocal cache
+            if keep is not None:
+                cache.batch_select_indices(keep.to(self.device))
             out = self.body(input_ids=next_ids[:, None].to(self.device), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            logits = self._head(out.last_hidden_state[:, -1])
-        return outputs
+            return self._head(out.last_hidden_state[:, -1])
+
+        return decode(self._head(hidden[:, -1]), sampling, is_finished, advance)
 
     @torch.no_grad()
     def capture(self, input_ids, sites, positions=None):
