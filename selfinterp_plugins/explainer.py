@@ -11,6 +11,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 
 from . import __version__
 from .adapters import Adapter, AdapterConfig, make_adapter
-from .backends.base import Backend, Sampling
-from .errors import ArtifactError, ModelMismatchError, VectorError
+from .adapters import check_vectors
+from .backends.base import AdapterInput, Backend, Sampling
+from .errors import ArtifactError, BackendError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 from .sites import Site
 from .templates import PromptTemplate
@@ -50,7 +52,7 @@ class Explainer:
         self.prompt_ids = template.prompt_ids(tok)
         self.inject_mask = self.prompt_ids == template.placeholder_id(tok)
         self.prefix_len = int(self.inject_mask.nonzero()[0])
-        self._stop_ids = {i for i in (tok.eos_token_id, _single_id(tok, template.end)) if i is not None}
+        self._is_finished = LabelEnd(tok, template)
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -82,6 +84,15 @@ class Explainer:
     def soft_tokens(self, vectors: torch.Tensor, scale=None) -> torch.Tensor:
         return self.adapter(torch.as_tensor(vectors).to(self.backend.device), scale=scale)
 
+    def _backend_input(self, vectors: torch.Tensor, scale=None):
+        """Soft tokens, or the vectors plus adapter for a backend that runs the adapter itself."""
+        if not self.backend.computes_adapter:
+            return self.soft_tokens(vectors, scale=scale)
+        vectors = torch.as_tensor(vectors)
+        check_vectors(vectors, self.adapter.d_model)
+        scales = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        return AdapterInput(vectors, self.adapter, scales)
+
     def loss(self, vectors: torch.Tensor, labels: list[str], clamp: float = 100.0) -> torch.Tensor:
         """Cross-entropy of the labels' targets, per token clamped, mean over tokens then rows."""
         tok = self.backend.tokenizer
@@ -89,7 +100,7 @@ class Explainer:
         if vectors.dim() != 2 or vectors.shape[0] != len(labels) or not labels:
             raise VectorError(f"loss() takes vectors of shape (N, d_model) and N labels, got {tuple(vectors.shape)} and "
                               f"{len(labels)} labels; pass one label per vector row.")
-        soft = self.soft_tokens(vectors)
+        soft = self._backend_input(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
         batch, prompt_len, width = len(labels), len(self.prompt_ids), max(map(len, targets))
         ids = torch.full((batch, prompt_len + width), _pad_id(tok), dtype=torch.long)
@@ -101,6 +112,8 @@ class Explainer:
         mask = torch.zeros_like(ids, dtype=torch.bool)
         mask[:, :prompt_len] = self.inject_mask
         positions = (prompt_len - 1 + torch.arange(width)).expand(batch, width)
+        if self.backend.computes_adapter:  # cross-entropy next to the model: only loss and gradients travel
+            return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
         logits = self.backend.logits(ids, soft, mask, self.site, positions, self.prefix_len)
         gold = gold.to(logits.device)
         per_token = F.cross_entropy(logits.float().transpose(1, 2), gold, ignore_index=IGNORE, reduction="none")
@@ -112,35 +125,43 @@ class Explainer:
     def generate_labels(self, vectors: torch.Tensor, scales, sampling: Sampling) -> list[tuple[str, str]]:
         """(label, raw text) for each (vector, scale) row, one batched generate call."""
         tok = self.backend.tokenizer
-        soft = self.soft_tokens(vectors, scale=scales)
-        batch = soft.shape[0]
+        soft = self._backend_input(vectors, scale=scales)
+        batch = len(vectors)
         ids = self.prompt_ids.expand(batch, -1)
         mask = self.inject_mask.expand(batch, -1)
         outputs = self.backend.generate(ids, soft, mask, self.site, sampling, self._is_finished, self.prefix_len)
         texts = [tok.decode(out, skip_special_tokens=False) for out in outputs]
         return [(self.template.parse_label(text), text) for text in texts]
 
-    def _is_finished(self, ids: list[int]) -> bool:
-        if ids[-1] in self._stop_ids:
-            return True
-        if self.template.end and not self.template.stop_at_closing:
-            return False
-        return self.template.is_finished(self.backend.tokenizer.decode(ids[-1:]))
 
     # ---- high-level verbs -----------------------------------------------------------------
 
-    def train(self, train_data, validation=None, config=None, output_dir=None, progress: bool = True):
-        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history."""
+    def train(self, train_data, validation=None, config=None, output_dir=None, progress: bool = True, remote=None):
+        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history.
+        `remote=True` (nnsight models) computes each step's loss and gradients on NDIF."""
         from .training import TrainConfig, train
 
-        return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
+        with self._remote(remote):
+            return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
     def explain(self, vectors, ids=None, scales=(1.0,), sampling: Sampling | None = None, batch_size: int = 64,
-                samples: int = 1, output=None, progress: bool = True) -> list[dict]:
-        """Labels for vectors: one record per (vector, scale, sample); streamed to `output` JSONL if given."""
+                samples: int = 1, output=None, progress: bool = True, remote=None) -> list[dict]:
+        """Labels for vectors: one record per (vector, scale, sample); streamed to `output` JSONL if given.
+        `remote=True` (nnsight models) runs each batch on NDIF; `remote="local"` rehearses that offline."""
         from .explaining import explain
 
-        return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+        with self._remote(remote):
+            return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+
+    def _remote(self, remote):
+        """The backend switched to `remote` for one call (None: leave it as it is)."""
+        if remote is None:
+            return contextlib.nullcontext()
+        switch = getattr(self.backend, "remote_mode", None)
+        if switch is None:
+            raise BackendError(f"remote= needs an nnsight model; the {self.backend.name} backend runs here only. "
+                               "Wrap the model with nnsight.LanguageModel(...) and pass that.")
+        return switch(remote)
 
     # ---- artifacts ------------------------------------------------------------------------
 
@@ -196,6 +217,35 @@ class Explainer:
         except (TypeError, ValueError, KeyError) as err:
             raise ArtifactError(f"{directory / CONFIG_FILE} has a malformed template or site ({err}); re-save the explainer.") from None
         return cls(backend, adapter, template, site, config.get("model_id"), config.get("metadata"))
+
+
+class LabelEnd:
+    """Whether a row's label is complete: an end-of-turn / EOS token, or (with `stop_at_closing`) a
+    token whose text holds the closing quote. It looks at the last token only, so the tokens that
+    end a label can be listed up front (`token_ids`), for backends that stop rows inside the
+    model's own `generate` (nnsight on NDIF)."""
+
+    def __init__(self, tokenizer, template: PromptTemplate):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.stop_ids = {i for i in (tokenizer.eos_token_id, _single_id(tokenizer, template.end)) if i is not None}
+        self._token_ids: frozenset[int] | None = None
+
+    def __call__(self, ids: list[int]) -> bool:
+        if ids[-1] in self.stop_ids:
+            return True
+        if self.template.end and not self.template.stop_at_closing:
+            return False
+        return self.template.is_finished(self.tokenizer.decode(ids[-1:]))
+
+    def token_ids(self) -> frozenset[int]:
+        """Every token id that ends a label on its own (one pass over the vocabulary, cached)."""
+        if self._token_ids is None:
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            closing = self.template.end and not self.template.stop_at_closing
+            found = {i for i, text in enumerate(texts) if not closing and self.template.is_finished(text)}
+            self._token_ids = frozenset(found | self.stop_ids)
+        return self._token_ids
 
 
 def _checked_config(config: dict, path) -> dict:

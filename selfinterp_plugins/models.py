@@ -496,10 +496,19 @@ def embedding_fingerprint(model: torch.nn.Module) -> str:
     genuinely different model differs far more than that rounding.
     """
     weight = model.get_input_embeddings().weight.detach()
-    rows, cols = weight.shape
-    index = torch.linspace(0, rows - 1, steps=min(rows, _FINGERPRINT_ROWS)).round().long()
-    sample = weight[index.to(weight.device)].to(torch.bfloat16).to(torch.float32).cpu().contiguous()
+    index = fingerprint_rows(weight.shape[0])
+    return fingerprint_digest(tuple(weight.shape), weight[index.to(weight.device)])
+
+
+def fingerprint_rows(vocab_size: int) -> torch.Tensor:
+    """The embedding rows the fingerprint hashes (a backend whose weights are remote reads these)."""
+    return torch.linspace(0, vocab_size - 1, steps=min(vocab_size, _FINGERPRINT_ROWS)).round().long()
+
+
+def fingerprint_digest(shape: tuple[int, int], sample: torch.Tensor) -> str:
+    """The fingerprint of an embedding matrix of `shape` from its rows at `fingerprint_rows`."""
+    sample = sample.detach().to(torch.bfloat16).to(torch.float32).cpu().contiguous()
     digest = hashlib.sha256()
-    digest.update(f"{rows}x{cols}".encode())
+    digest.update(f"{shape[0]}x{shape[1]}".encode())
     digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]

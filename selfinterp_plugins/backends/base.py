@@ -90,10 +90,28 @@ def capture_batch(input_ids: list[list[int]], positions: list[int] | None, pad_i
     return batch, index
 
 
+@dataclass
+class AdapterInput:
+    """Vectors and the adapter that maps them to soft tokens, handed to a backend that runs the
+    adapter itself (`Backend.computes_adapter`): nnsight computes it inside the intervention so
+    that a remote request carries the adapter's few tensors, not soft tokens computed here."""
+
+    vectors: torch.Tensor
+    adapter: object
+    scales: torch.Tensor | None = None
+
+    def soft(self) -> torch.Tensor:
+        """The soft tokens, computed here (what every other backend receives)."""
+        return self.adapter(self.vectors, scale=self.scales)
+
+
 class Backend(ABC):
     """A frozen model that can take soft tokens. Subclass per ecosystem (hf, nnsight, TL)."""
 
     name: str = ""
+    #: True if `logits`/`generate` accept an `AdapterInput` in place of soft tokens and the
+    #: backend offers `loss(...)` (the cross-entropy computed next to the model, see nnsight)
+    computes_adapter: bool = False
     model: object
     tokenizer: object
 

@@ -1,0 +1,402 @@
+"""The `nnsight` backend: explainers on nnsight models, here or on NDIF (`remote=True`).
+
+Every verb is one nnsight request (a `trace`, or a `generate` for labels), several vectors per
+request. The adapter itself runs inside the intervention: the request carries the vectors and the
+adapter's own tensors (d_model + 1 floats for scalar affine), never soft tokens or the model, and
+training computes the loss *and* the adapter's gradients next to the model, so only a scalar and
+the gradients come back (see `loss`). The code inside the `with` blocks therefore uses plain torch
+only, with no call into this package: NDIF runs it without selfinterp installed.
+
+`remote` is False (run here), True (NDIF; needs an API key), "local" (nnsight serialises the
+request exactly as for NDIF, deserialises it with this package hidden, and runs it here: the
+offline rehearsal) or a host URL. Remote failures that a retry can cure are retried with back-off
+(`remote.RetryPolicy`).
+
+Runs here also reuse the template's shared prefix (its keys and values computed once and passed
+as the cache); remote requests do not, so that they carry no key/value tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from selfinterp_plugins.adapters import BUILTIN_ADAPTERS
+from selfinterp_plugins.backends.base import AdapterInput, Backend, Sampling, capture_batch, decode
+from selfinterp_plugins.backends.hf import find_blocks
+from selfinterp_plugins.errors import BackendError
+
+from .remote import RetryPolicy, check_api_key, with_retries
+
+IGNORE = -100
+
+
+class NNsightBackend(Backend):
+    """Backend for nnsight's `LanguageModel` / `TransformersModel` (nnsight 0.8) over a causal LM."""
+
+    name = "nnsight"
+    computes_adapter = True
+
+    def __init__(self, model, tokenizer=None, remote=False, retry: RetryPolicy | None = None):
+        self.model = model
+        self.hf = model._module
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise BackendError("This nnsight model has no tokenizer; pass tokenizer=... next to model=....")
+        _check_remote(remote)
+        self.remote = remote
+        self.retry = retry or RetryPolicy()
+        self.blocks_path = _path_of(self.hf, find_blocks(self.hf))
+        self.embed_path = _path_of(self.hf, self.hf.get_input_embeddings())
+        self._fingerprint: str | None = None
+        self._prefix: tuple[tuple[int, ...], list] | None = None
+
+    # ---- remote switch --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def remote_mode(self, remote):
+        """Run the enclosed calls with `remote` (True, "local", a host URL, or False)."""
+        _check_remote(remote)
+        previous, self.remote = self.remote, remote
+        try:
+            yield self
+        finally:
+            self.remote = previous
+
+    def _call(self, what: str, request):
+        """One request: here directly, remote with the API key checked and transient failures retried."""
+        if not self.remote:
+            return request()
+        if self.remote is not True and self.remote != "local" and not isinstance(self.remote, str):
+            raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {self.remote!r}.")
+        if self.remote is True:
+            check_api_key()
+        return with_retries(request, self.retry, what)
+
+    # ---- facts ----------------------------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.get_input_embeddings().weight.shape[1])
+
+    @property
+    def n_layers(self) -> int:
+        return len(find_blocks(self.hf))
+
+    @property
+    def is_local(self) -> bool:
+        """False for a model whose weights live only on NDIF (loaded without dispatch: meta tensors)."""
+        return not self.hf.get_input_embeddings().weight.is_meta
+
+    @property
+    def device(self) -> torch.device:
+        weight = self.hf.get_input_embeddings().weight
+        return torch.device("cpu") if weight.is_meta else weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.get_input_embeddings().weight.dtype
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = torch.as_tensor(ids)
+        if self.is_local:
+            with torch.no_grad():
+                return self.hf.get_input_embeddings()(ids.to(self.device))
+        flat = ids.reshape(-1, 1)
+        embed = self._envoy(self.embed_path)
+
+        def request():
+            with self.model.trace(flat, remote=self.remote) as tracer:
+                rows = embed.output[:, 0].detach().cpu().save()
+                tracer.stop()
+            return rows
+
+        return self._call("embedding read", request).reshape(*ids.shape, -1)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            from selfinterp_plugins.models import embedding_fingerprint, fingerprint_digest, fingerprint_rows
+
+            if self.is_local:
+                self._fingerprint = embedding_fingerprint(self.hf)
+            else:
+                shape = tuple(self.hf.get_input_embeddings().weight.shape)
+                self._fingerprint = fingerprint_digest(shape, self.embedding_rows(fingerprint_rows(shape[0])))
+        return self._fingerprint
+
+    def embedding_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows of the input embedding matrix, read on the server for a remote-only model."""
+        embed = self._envoy(self.embed_path)
+
+        def request():
+            with self.model.session(remote=self.remote):
+                rows = embed.weight[index].detach().float().cpu().save()
+            return rows
+
+        return self._call("embedding read", request)
+
+    # ---- sites ----------------------------------------------------------------------------
+
+    def _envoy(self, path: str):
+        envoy = self.model
+        for part in path.split(".") if path else []:
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+        return envoy
+
+    def _site_envoy(self, site):
+        if site.kind == "embed":
+            return self._envoy(self.embed_path)
+        if site.layer >= self.n_layers:
+            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
+        return self._envoy(f"{self.blocks_path}.{site.layer}")
+
+    # ---- the request every verb shares ----------------------------------------------------
+
+    def _tensors(self, soft, want_grad: bool) -> tuple[dict, list[str], torch.Tensor | None]:
+        """What travels: vectors (+ scales) and the adapter's parameters, or soft tokens.
+
+        Returns the tensors, the names whose gradients to compute, and the local soft tokens to
+        chain gradients back through (only for adapter kinds the traced code does not know)."""
+        if isinstance(soft, AdapterInput) and type(soft.adapter) in BUILTIN_ADAPTERS.values():
+            adapter = soft.adapter
+            tensors = {name: p.detach().requires_grad_(want_grad and p.requires_grad)
+                       for name, p in adapter.named_parameters()}
+            tensors["vectors"] = soft.vectors.detach().to(adapter.param_dtype).cpu()
+            if soft.scales is not None:
+                tensors["scales"] = soft.scales.to(adapter.param_dtype).cpu()
+            names = [n for n, p in adapter.named_parameters() if want_grad and p.requires_grad]
+            return tensors, names, None
+        local = soft.soft() if isinstance(soft, AdapterInput) else soft
+        shipped = local.detach().requires_grad_(want_grad and local.requires_grad)
+        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), local
+
+    def _request(self, want: str, input_ids, tensors, mask, site, extra: dict):
+        """Inject at `site` and return what `want` asks for: "logits", "loss" (loss, gradients)
+        or "generate" (token ids). Everything inside the `with` block runs where the model is."""
+        lm = self.model
+        envoy = self._site_envoy(site)
+        kind, mode, coef = site.kind, site.mode, float(site.coef)
+        mask = mask.cpu()
+        grad_names = extra.pop("grad_names", [])
+        gather = extra.pop("gather", None)
+        gold = extra.pop("gold", None)
+        clamp = float(extra.pop("clamp", 100.0))
+        remote = self.remote
+        # nnsight finds the block from the line that opens the tracer, so both open here
+        with (lm.generate if want == "generate" else lm.trace)(input_ids, remote=remote, **extra) as tracer:
+            if "soft" in tensors:
+                soft = tensors["soft"]
+            else:
+                x = tensors["vectors"]
+                x = x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+                if "scales" in tensors:
+                    x = x * tensors["scales"][:, None]
+                soft = torch.zeros_like(x)
+                if "log_scale" in tensors:
+                    soft = soft + tensors["log_scale"].exp() * x
+                if "weight" in tensors:
+                    soft = soft + x @ tensors["weight"].T
+                if "U" in tensors:
+                    soft = soft + (x @ tensors["U"]) @ tensors["V"].T
+                if "bias" in tensors:
+                    soft = soft + tensors["bias"]
+            if kind == "resid_pre":
+                hidden = envoy.input
+            else:
+                out = envoy.output
+                hidden = out[0] if isinstance(out, tuple) else out
+            soft = soft.to(device=hidden.device, dtype=hidden.dtype)[:, None, :].expand_as(hidden)
+            if mode == "add_normmatched":
+                direction = soft / (soft.norm(dim=-1, keepdim=True) + 1e-8)
+                soft = hidden + coef * hidden.norm(dim=-1, keepdim=True) * direction
+            hidden = torch.where(mask[:, :, None].to(hidden.device), soft, hidden)
+            if kind == "resid_pre":
+                envoy.input = hidden
+            elif isinstance(out, tuple):
+                envoy.output = (hidden,) + tuple(out[1:])
+            else:
+                envoy.output = hidden
+            if want == "generate":
+                result = tracer.result.detach().cpu().save()
+            elif want == "prefill":
+                result = (lm.output.logits[:, -1].detach(), lm.output.past_key_values).save()
+            else:
+                logits = lm.output.logits
+                if gather is not None:
+                    logits = logits[gather[0].to(logits.device), gather[1].to(logits.device)]
+                if want == "logits":
+                    result = logits.save()
+                else:
+                    gold = gold.to(logits.device)
+                    per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), gold,
+                                                                  ignore_index=-100, reduction="none")
+                    valid = (gold != -100).float()
+                    loss = ((per_token.clamp(max=clamp) * valid).sum(1) / valid.sum(1)).mean()
+                    grads = torch.autograd.grad(loss, [tensors[n] for n in grad_names]) if grad_names else ()
+                    result = (loss.detach().cpu(), [g.detach().cpu() for g in grads]).save()
+        return result
+
+    def _shared_prefix(self, input_ids, prefix_len: int, batch: int):
+        """A cache holding the shared prefix's keys and values (runs here only; computed once)."""
+        from transformers import DynamicCache
+
+        key = tuple(input_ids[0, :prefix_len].tolist())
+        if self._prefix is None or self._prefix[0] != key:
+            with torch.no_grad():
+                out = self.hf.base_model(input_ids=input_ids[:1, :prefix_len].to(self.device), use_cache=True)
+            self._prefix = (key, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix[1]]
+        return DynamicCache(data, config=self.hf.config)
+
+    def _use_prefix(self, input_ids, prefix_len: int) -> bool:
+        return (not self.remote and prefix_len > 0 and self.is_local
+                and bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()))
+
+    def _scoring_request(self, want, input_ids, soft, inject_mask, site, positions, prefix_len, extra):
+        """Shared by `logits` and `loss`: prefix reuse here, logits only at `positions`."""
+        input_ids, positions = torch.as_tensor(input_ids), torch.as_tensor(positions)
+        if self._use_prefix(input_ids, prefix_len):
+            extra["past_key_values"] = self._shared_prefix(input_ids, prefix_len, input_ids.shape[0])
+            input_ids, inject_mask, positions = input_ids[:, prefix_len:], inject_mask[:, prefix_len:], positions - prefix_len
+        if bool((positions == positions[:1]).all()):
+            extra["logits_to_keep"] = positions[0].to(self.device)  # the head runs at these positions only
+        else:
+            extra["gather"] = (torch.arange(positions.shape[0])[:, None], positions)
+        return self._request(want, input_ids.to(self.device), soft, inject_mask, site, extra)
+
+    # ---- verbs ----------------------------------------------------------------------------
+
+    def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
+        """Logits at `positions`; differentiable in the soft tokens when run here (remote: use `loss`)."""
+        if isinstance(soft, AdapterInput):
+            local_graph = not self.remote and torch.is_grad_enabled()
+            tensors = {"soft": soft.soft()} if local_graph else self._tensors(soft, want_grad=False)[0]
+        else:
+            tensors = {"soft": soft.detach() if self.remote else soft}
+        return self._call("logits", lambda: self._scoring_request(
+            "logits", input_ids, tensors, inject_mask, site, positions, prefix_len, {}))
+
+    def loss(self, input_ids, soft, inject_mask, site, positions, gold, clamp=100.0, prefix_len=0):
+        """The explainer's training loss, computed next to the model with the adapter's gradients.
+
+        The returned scalar backpropagates into the adapter: its gradient with respect to each
+        parameter is the one computed in the request (value + <p, g> - <p, g>.detach())."""
+        want_grad = torch.is_grad_enabled()
+        tensors, names, local = self._tensors(soft, want_grad)
+        extra = {"grad_names": names, "gold": gold, "clamp": clamp}
+        value, grads = self._call("training step" if want_grad else "loss", lambda: self._scoring_request(
+            "loss", input_ids, tensors, inject_mask, site, positions, prefix_len, dict(extra)))
+        if not names:
+            return value.to(self.device)
+        targets = [local] if local is not None else [dict(soft.adapter.named_parameters())[n] for n in names]
+        link = sum((t * g.to(t.device, t.dtype)).sum() for t, g in zip(targets, grads))
+        return value.to(link.device) + (link - link.detach())
+
+    @torch.no_grad()
+    def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
+        """Labels with injection during the prefill only. Here: the prefill is an nnsight trace and
+        decoding continues from its cache in the shared loop (finished rows leave the batch).
+        Remote: one `generate` request, the tokens that end a label acting as end-of-sequence."""
+        tensors, _, _ = self._tensors(soft, want_grad=False)
+        input_ids = torch.as_tensor(input_ids)
+        if not self.remote and self.is_local:
+            return self._generate_here(input_ids, tensors, inject_mask, site, sampling, is_finished, prefix_len)
+        stop = sorted(_finishing_ids(is_finished, self.tokenizer))
+        extra = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy, "eos_token_id": stop,
+                 "pad_token_id": _pad(self.tokenizer), "attention_mask": torch.ones_like(input_ids)}
+        if sampling.greedy:
+            extra.update(temperature=None, top_p=None, top_k=None)
+        else:
+            extra.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+
+        def request():
+            return self._request("generate", input_ids.to(self.device), tensors, inject_mask, site, dict(extra))
+
+        sequences = self._call("generation", request)
+        outputs = []
+        for row in sequences[:, input_ids.shape[1]:].tolist():
+            ids: list[int] = []
+            for token in row:  # cut where the row's label ended, as the shared decode loop does
+                ids.append(token)
+                if is_finished(ids):
+                    break
+            outputs.append(ids)
+        return outputs
+
+    def _generate_here(self, input_ids, tensors, inject_mask, site, sampling, is_finished, prefix_len):
+        extra = {"use_cache": True}
+        if self._use_prefix(input_ids, prefix_len):
+            extra["past_key_values"] = self._shared_prefix(input_ids, prefix_len, input_ids.shape[0])
+            input_ids, inject_mask = input_ids[:, prefix_len:], inject_mask[:, prefix_len:]
+        # an index tensor, not the int 1: transformers' slice hands the head a strided 3-D view,
+        # which PyTorch's CPU matmul runs ~9x slower (0.32 s vs 0.035 s on SmolLM2, batch 64)
+        extra["logits_to_keep"] = torch.tensor([input_ids.shape[1] - 1])
+        logits, cache = self._request("prefill", input_ids.to(self.device), tensors, inject_mask, site, extra)
+
+        def advance(next_ids, keep):
+            if keep is not None:
+                cache.batch_select_indices(keep.to(self.device))
+            out = self.hf(input_ids=next_ids[:, None].to(self.device), past_key_values=cache, use_cache=True)
+            return out.logits[:, -1]
+
+        return decode(logits, sampling, is_finished, advance)
+
+    @torch.no_grad()
+    def capture(self, input_ids, sites, positions=None):
+        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
+        order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
+        reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
+        rows = torch.arange(len(input_ids))
+        lm = self.model
+
+        def request():
+            with lm.trace(batch.to(self.device), remote=self.remote) as tracer:
+                found = list().save()
+                for envoy, kind in reads:
+                    if kind == "resid_pre":
+                        value = envoy.input
+                    else:
+                        value = envoy.output
+                        value = value[0] if isinstance(value, tuple) else value
+                    found.append(value[rows.to(value.device), index.to(value.device)].detach().float().cpu())
+                tracer.stop()
+            return found
+
+        found = self._call("capture", request)
+        by_site = {i: found[k] for k, i in enumerate(order)}
+        return torch.stack([by_site[i] for i in range(len(sites))], dim=1)
+
+
+def _execution_order(site) -> tuple[int, int]:
+    """Sites in the order the forward pass reaches them (nnsight reads must follow it)."""
+    if site.kind == "embed":
+        return (-1, 0)
+    return (site.layer, 0 if site.kind == "resid_pre" else 1)
+
+
+def _finishing_ids(is_finished, tokenizer) -> frozenset[int]:
+    """Token ids that end a row: the explainer lists them; any other callable is asked per token."""
+    listed = getattr(is_finished, "token_ids", None)
+    if listed is not None:
+        return listed()
+    return frozenset(i for i in range(len(tokenizer)) if is_finished([i]))
+
+
+def _pad(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _path_of(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    for name, candidate in root.named_modules():
+        if candidate is module:
+            return name
+    raise BackendError(f"Cannot locate {type(module).__name__} in {type(root).__name__}; use a standard causal LM.")
+
+
+def _check_remote(remote) -> None:
+    if not (remote is False or remote is True or isinstance(remote, str)):
+        raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {remote!r}.")
+

@@ -1,0 +1,54 @@
+"""What a remote request carries: record the serialised requests nnsight builds.
+
+`recording_requests()` wraps nnsight's own request serialiser, so with `remote="local"` (or a real
+NDIF run) every request made inside the block is kept as the exact bytes that would be sent
+(uncompressed). Tests use it to prove a request carries the adapter's tensors and not the model;
+`request_sizes` reports the sizes the docs quote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def recording_requests():
+    """Yield a list that fills with the serialised (uncompressed) bytes of each request."""
+    from nnsight.schema.request import RequestModel
+
+    blobs: list[bytes] = []
+    original = RequestModel.serialize
+
+    def serialize(tracer, *args, **kwargs):
+        blob = original(tracer, *args, **kwargs)
+        blobs.append(blob if not kwargs.get("compress", True) else original(tracer, compress=False))
+        return blob
+
+    RequestModel.serialize = staticmethod(serialize)
+    try:
+        yield blobs
+    finally:
+        RequestModel.serialize = original
+
+
+def request_sizes(model, tokenizer, vectors, labels) -> dict:
+    """Bytes of one explain request and one training-step request for `len(vectors)` vectors, for a
+    scalar-affine and a full-rank adapter on `model` (a transformers model, wrapped here)."""
+    from nnsight import LanguageModel
+
+    from selfinterp_plugins import Explainer, Sampling
+
+    lm = LanguageModel(model, tokenizer=tokenizer)
+    sizes = {}
+    for kind in ("scalar_affine", "full_rank"):
+        explainer = Explainer.create(lm, adapter=kind, template="echo")
+        found = {}
+        with recording_requests() as blobs:
+            explainer.explain(vectors, sampling=Sampling(max_new_tokens=4), batch_size=len(vectors), progress=False,
+                              remote="local")
+        found["explain"] = len(blobs[-1])
+        with recording_requests() as blobs, explainer._remote("local"):
+            explainer.loss(vectors, labels).backward()
+        found["training step"] = len(blobs[-1])
+        sizes[kind] = {"adapter_floats": explainer.adapter.num_trainable(), "bytes": found}
+    return sizes
