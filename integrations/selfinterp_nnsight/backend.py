@@ -129,9 +129,14 @@ class NNsightBackend(Backend):
         """Rows of the input embedding matrix, read on the server for a remote-only model."""
         embed = self._envoy(self.embed_path)
 
+        one_token = torch.zeros(1, 1, dtype=torch.long)
+
         def request():
-            with self.model.session(remote=self.remote):
+            # a trace (stopped at once) rather than a bare session: it makes nnsight load weights it
+            # has only as meta tensors, as the server has them loaded
+            with self.model.trace(one_token, remote=self.remote) as tracer:
                 rows = embed.weight[index].detach().float().cpu().save()
+                tracer.stop()
             return rows
 
         return self._call("embedding read", request)

@@ -1,0 +1,190 @@
+"""The remote path, offline: what a request carries, a model whose weights are only "remote",
+retries on injected server faults, the API key check, and a long explain run that survives a
+failure and resumes. Faults are injected where NDIF's would surface: in the nnsight backend that
+ships the request (wrapping nnsight's own offline rehearsal, `remote="local"`)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("nnsight")
+
+from nnsight import LanguageModel  # noqa: E402
+from nnsight.intervention.backends.local import LocalSimulationBackend  # noqa: E402
+from nnsight.intervention.backends.remote import RemoteError  # noqa: E402
+from nnsight.modeling.mixins.remotable import Remotable  # noqa: E402
+
+from selfinterp_plugins import Explainer, Sampling  # noqa: E402
+from selfinterp_plugins.errors import BackendError  # noqa: E402
+from selfinterp_plugins.models import tiny_model  # noqa: E402
+from selfinterp_plugins.serialization import read_jsonl  # noqa: E402
+from selfinterp_nnsight.remote import RemoteRequestError, RetryPolicy, is_transient  # noqa: E402
+from selfinterp_nnsight.requests import recording_requests  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
+NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)
+SAMPLING = Sampling(max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model, tok = tiny_model("llama", seed=5)
+    return LanguageModel(model, tokenizer=tok)
+
+
+class _HTTPStatusError(Exception):
+    """Shaped like httpx's: the status is on .response."""
+
+    def __init__(self, status):
+        super().__init__(f"server answered {status}")
+        self.response = type("Response", (), {"status_code": status})()
+
+
+class FaultyServer:
+    """Stands in for NDIF: raises the queued faults, one per request, then serves (offline)."""
+
+    def __init__(self, faults):
+        self.faults = list(faults)
+        self.requests = 0
+
+    def install(self, monkeypatch):
+        def remote_backend(model, remote, blocking, job_id, verbose):
+            return self._backend(LocalSimulationBackend(model))
+
+        monkeypatch.setattr(Remotable, "_remote_backend", remote_backend)
+        return self
+
+    def _backend(self, inner):
+        def run(tracer):
+            self.requests += 1
+            if self.faults:
+                fault = self.faults.pop(0)
+                if fault is not None:
+                    raise fault
+            return inner(tracer)
+
+        return run
+
+
+def test_a_request_carries_the_adapter_and_vectors_not_the_model(lm):
+    sizes = {}
+    for kind in ("scalar_affine", "full_rank"):
+        explainer = Explainer.create(lm, adapter=kind, template="echo")
+        with torch.no_grad():
+            explainer.adapter.bias.copy_(torch.linspace(-3, 3, explainer.backend.d_model) + 0.123)
+        vectors = torch.randn(4, explainer.backend.d_model)
+        with recording_requests() as blobs:
+            explainer.explain(vectors, sampling=SAMPLING, progress=False, remote="local")
+            with explainer.backend.remote_mode("local"):
+                explainer.loss(vectors, ["a", "b", "c", "d"]).backward()
+        assert len(blobs) == 2
+        model = lm._module
+        for blob in blobs:
+            assert explainer.adapter.bias.detach().numpy().tobytes() in blob
+            assert vectors.numpy().tobytes() in blob
+            for weight in (model.get_input_embeddings().weight[:8], model.model.layers[0].mlp.down_proj.weight[0]):
+                assert weight.detach().numpy().tobytes() not in blob
+            assert len(blob) < 200_000  # the model's weights are 12.7 MB
+        sizes[kind] = len(blobs[1])
+    d = lm._module.config.hidden_size
+    assert sizes["full_rank"] - sizes["scalar_affine"] >= 4 * d * d  # the matrix travels, as floats
+
+
+def test_a_model_whose_weights_are_remote(lm, tmp_path):
+    """nnsight loads a model it will run on NDIF without its weights (meta tensors); facts come
+    from the config, the fingerprint and embeddings from the server."""
+    lm._module.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    remote_only = LanguageModel(str(tmp_path / "m"), tokenizer=lm.tokenizer)
+    local = Explainer.create(lm, template="echo")
+    explainer = Explainer.create(remote_only, template="echo", backend_options={"remote": "local"})
+    assert not explainer.backend.is_local
+    assert explainer.backend.fingerprint() == local.backend.fingerprint()
+    ids = torch.tensor([[5, 6], [7, 8]])
+    torch.testing.assert_close(explainer.backend.embed_tokens(ids), local.backend.embed_tokens(ids))
+    vectors = torch.randn(3, local.backend.d_model) * 5
+    assert ([r["text"] for r in explainer.explain(vectors, sampling=SAMPLING, progress=False)]
+            == [r["text"] for r in local.explain(vectors, sampling=SAMPLING, progress=False)])
+
+
+@pytest.mark.parametrize("fault", [ConnectionError("connection dropped"), TimeoutError("read timed out"),
+                                   RemoteError("503 Service Unavailable"), _HTTPStatusError(502)])
+def test_transient_faults_are_retried(lm, monkeypatch, fault):
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    vectors = torch.randn(2, explainer.backend.d_model)
+    expected = explainer.explain(vectors, sampling=SAMPLING, progress=False)
+    server = FaultyServer([fault, fault]).install(monkeypatch)
+    got = explainer.explain(vectors, sampling=SAMPLING, progress=False, remote="local")
+    assert [r["text"] for r in got] == [r["text"] for r in expected]
+    assert server.requests == 3
+
+
+def test_a_training_step_survives_a_dropped_connection(lm, monkeypatch):
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    vectors = torch.randn(2, explainer.backend.d_model)
+    explainer.loss(vectors, ["a", "b"]).backward()
+    expected = explainer.adapter.bias.grad.clone()
+    explainer.adapter.zero_grad()
+    FaultyServer([ConnectionError("dropped")]).install(monkeypatch)
+    with explainer.backend.remote_mode("local"):
+        explainer.loss(vectors, ["a", "b"]).backward()
+    torch.testing.assert_close(explainer.adapter.bias.grad, expected)
+
+
+def test_errors_that_retrying_cannot_cure_fail_at_once(lm, monkeypatch):
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    server = FaultyServer([RemoteError("RuntimeError: shape mismatch in intervention")]).install(monkeypatch)
+    with pytest.raises(RemoteRequestError, match="remote='local'"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote="local")
+    assert server.requests == 1
+    assert not is_transient(_HTTPStatusError(401)) and is_transient(_HTTPStatusError(429))
+
+
+def test_retries_give_up_with_a_clear_message(lm, monkeypatch):
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    server = FaultyServer([ConnectionError("down")] * 5).install(monkeypatch)
+    with pytest.raises(RemoteRequestError, match="failed 3 times"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote="local")
+    assert server.requests == 3
+
+
+def test_no_api_key_no_request_and_the_key_is_never_shown(lm, monkeypatch, caplog):
+    from nnsight import CONFIG
+
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    vectors = torch.randn(1, explainer.backend.d_model)
+    server = FaultyServer([]).install(monkeypatch)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    with pytest.raises(BackendError, match="NDIF_API_KEY"):
+        explainer.explain(vectors, progress=False, remote=True)
+    assert server.requests == 0
+
+    secret = "sk-ndif-0123456789abcdef"
+    monkeypatch.setattr(CONFIG.API, "APIKEY", secret)
+    FaultyServer([ConnectionError("dropped"), _HTTPStatusError(401)]).install(monkeypatch)
+    with caplog.at_level(logging.DEBUG), pytest.raises(RemoteRequestError, match="API key") as error:
+        explainer.explain(vectors, progress=False, remote=True)
+    assert secret not in str(error.value) and secret not in caplog.text
+    assert "retry 1/2" in caplog.text
+
+
+def test_a_long_remote_run_keeps_finished_batches_and_resumes(lm, monkeypatch, tmp_path):
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    vectors = torch.randn(10, explainer.backend.d_model) * 5
+    expected = explainer.explain(vectors, sampling=SAMPLING, batch_size=3, progress=False)
+    out = tmp_path / "labels.jsonl"
+    # batches 1 and 2 land, then the server fails for good
+    FaultyServer([None, None] + [ConnectionError("down")] * 3).install(monkeypatch)
+    with pytest.raises(RemoteRequestError):
+        explainer.explain(vectors, sampling=SAMPLING, batch_size=3, progress=False, remote="local", output=out)
+    assert len(list(read_jsonl(out))) == 6
+    server = FaultyServer([]).install(monkeypatch)
+    got = explainer.explain(vectors, sampling=SAMPLING, batch_size=3, progress=False, remote="local", output=out)
+    assert server.requests == 2  # only the two missing batches
+    assert [r["text"] for r in got] == [r["text"] for r in expected]
+    records = list(read_jsonl(out))
+    assert sorted(r["id"] for r in records) == sorted(str(i) for i in range(10))
