@@ -18,3 +18,28 @@ def test_quickstart_runs_and_training_helps(tmp_path, monkeypatch, capsys):
     assert after < at_init
     assert (tmp_path / "quickstart-explainer" / "adapter.safetensors").is_file()
     assert out.count(" -> ") == 8
+
+
+@pytest.mark.real_model
+def test_nnsight_example_labels_what_it_read(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nnsight")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "nnsight_explain.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    labels = dict(line.split(" -> ") for line in out.splitlines() if " -> " in line)
+    assert len(labels) == 6
+    # the shipped explainer names most of these common topics (4/6 seen when this test was written)
+    assert sum(topic.strip().lower() in label.lower() for topic, label in labels.items()) >= 3
+    assert "training loss, first and last step" in out
+
+
+@pytest.mark.real_model
+def test_ndif_example_runs_offline_through_the_remote_path(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("nnsight")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SELFINTERP_REMOTE", raising=False)
+    runpy.run_path(str(EXAMPLES / "ndif_remote.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "3 remote training steps" in out and "3 requests" in out
+    assert out.count(" -> ") == 8
+    assert len((tmp_path / "ndif_labels.jsonl").read_text().splitlines()) == 8
