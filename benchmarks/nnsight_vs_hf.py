@@ -52,7 +52,7 @@ def main() -> None:
         print(f"{name:>14}: hf {t_hf:6.2f} s, nnsight {t_nn:6.2f} s -> nnsight/hf = {t_nn / t_hf:.2f}x; "
               f"remote='local' {t_local:6.2f} s -> {t_local / t_hf:.2f}x")
     for kind, sizes in request_sizes(model, tokenizer, vectors[:32], labels[:32]).items():
-        print(f"serialised request, {kind:>13} adapter ({sizes['adapter_floats']:>7} floats): "
+        print(f"serialised request, {kind:>13} ({sizes['adapter_floats']:>7} floats): "
               + ", ".join(f"{verb} {size:,} bytes" for verb, size in sizes["bytes"].items()))
 
 

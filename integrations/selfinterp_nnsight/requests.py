@@ -51,4 +51,10 @@ def request_sizes(model, tokenizer, vectors, labels) -> dict:
             explainer.loss(vectors, labels).backward()
         found["training step"] = len(blobs[-1])
         sizes[kind] = {"adapter_floats": explainer.adapter.num_trainable(), "bytes": found}
+    # nnsight's own share: a request on the same prompts that injects nothing and reads one argmax
+    ids = explainer.prompt_ids.expand(len(vectors), -1)
+    with recording_requests() as blobs:
+        with lm.trace(ids, remote="local"):
+            lm.output.logits[:, -1].argmax(-1).save()
+    sizes["no adapter"] = {"adapter_floats": 0, "bytes": {"bare trace": len(blobs[-1])}}
     return sizes

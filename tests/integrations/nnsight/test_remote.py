@@ -188,3 +188,35 @@ def test_a_long_remote_run_keeps_finished_batches_and_resumes(lm, monkeypatch, t
     assert [r["text"] for r in got] == [r["text"] for r in expected]
     records = list(read_jsonl(out))
     assert sorted(r["id"] for r in records) == sorted(str(i) for i in range(10))
+
+
+def test_remote_training_through_faults_and_a_failure_equals_an_uninterrupted_run(lm, monkeypatch, tmp_path):
+    """Issue 10's remote fault injection: transient faults during a remote training run are retried,
+    a run that fails for good resumes from its checkpoint, and the adapter ends equal to an
+    uninterrupted run from the same seed with every step logged once."""
+    from selfinterp_plugins import TrainConfig, VectorLabelDataset
+    from selfinterp_plugins.serialization import read_jsonl
+
+    def fresh():
+        return Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+
+    d = lm._module.config.hidden_size
+    data = VectorLabelDataset(torch.randn(24, d, generator=torch.Generator().manual_seed(0)),
+                              [{"id": str(i), "label": ["cat", "a dog", "red house"][i % 3]} for i in range(24)])
+    config = TrainConfig(epochs=1, batch_size=4, seed=7, checkpoint_every=2)  # 6 steps
+    reference = fresh()
+    reference.train(data, config=config, progress=False)
+
+    # requests: step 1 ok, step 2 dropped then ok, step 3 timeout then ok, step 4 ok, then down for good
+    faults = [None, ConnectionError("dropped"), None, TimeoutError("timed out"), None, None] + [RemoteError("503")] * 3
+    server = FaultyServer(faults).install(monkeypatch)
+    with pytest.raises(RemoteRequestError, match="failed 3 times"):
+        fresh().train(data, config=config, output_dir=tmp_path / "run", progress=False, remote="local")
+    assert server.requests == 9
+    FaultyServer([]).install(monkeypatch)
+    resumed = fresh()
+    resumed.train(data, config=config, output_dir=tmp_path / "run", progress=False, remote="local")
+    for (name, got), expected in zip(resumed.adapter.state_dict().items(), reference.adapter.state_dict().values()):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
+    steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "step" in r]
+    assert steps == list(range(1, 7))
