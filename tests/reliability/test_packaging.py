@@ -84,6 +84,9 @@ def test_each_extra_makes_its_plugin_appear(core_venv, wheel, extra):
     names = {p["name"] for p in report["plugins"]}
     failed = {e["plugin"] for e in report["errors"]}
     assert EXTRAS[extra] in names and EXTRAS[extra] not in failed, report
+    if extra == "nnsight":  # a working integration, not only a loadable module
+        hooks = next(p["hooks"] for p in report["plugins"] if p["name"] == "nnsight")
+        assert {"register_backends", "backend_for_model"} <= set(hooks), report
 
 
 def test_broken_third_party_plugin_installed_through_an_entry_point(core_venv, tmp_path):

@@ -39,6 +39,10 @@ def setup():
     reference = topic_vectors(hf.backend, topics, [layer], progress=False,
                               means={layer: torch.tensor(hf.metadata["topic_mean"])})[layer]
     torch.testing.assert_close(data.vectors, reference.vectors, rtol=0, atol=1e-4)  # capture through nnsight
+    with nn.backend.remote_mode("local"):
+        remote = topic_vectors(nn.backend, topics[:6], [layer], progress=False,
+                               means={layer: torch.tensor(hf.metadata["topic_mean"])})[layer]
+    torch.testing.assert_close(remote.vectors, data.vectors[:6], rtol=0, atol=1e-5)  # and through the remote path
     return hf, nn, data
 
 
