@@ -296,6 +296,25 @@ class FullRank(Adapter):
         self.bias.copy_(b.float())
 
 
+class RawVector(Adapter):
+    """soft = scale·x, no normalisation and no parameters: the untrained baselines that inject the
+    vector as it is (SelfIE, Patchscopes; ANCHORS.md §2). `scale=1` is the raw vector."""
+
+    kind = "raw"
+
+    def forward(self, x: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
+        check_vectors(x, self.d_model)
+        x = x.float()
+        if scale is None:
+            return x
+        s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+        return x * (s.unsqueeze(-1) if s.dim() == 1 else s)
+
+    @torch.no_grad()
+    def ridge_init(self, vectors, targets, ridge=1.0):
+        raise ArtifactError("The raw adapter has no parameters to fit; use it untrained.")
+
+
 BUILTIN_ADAPTERS: dict[str, type[Adapter]] = {
     cls.kind: cls for cls in (ScaleOnly, BiasOnly, ScalarAffine, LowRank, ScalarAffinePlusLowRank, FullRank)
 }

@@ -50,6 +50,13 @@ def register_scorers(register):
 
 
 @hookspec
+def register_baselines(register):
+    """Provide untrained explainers to compare against: call `register(baseline)` with a
+    `selfinterp_plugins.baselines.Baseline` (prompt, site, adapter kind, scale and layer grid);
+    `selfinterp report` and the sensitivity sweep pick them up by `baseline.name`."""
+
+
+@hookspec
 def register_tasks(register):
     """Provide training tasks: call `register(name, task)` for task families beyond
     vector→label (diff interpretation, activation patching, input ablation)."""

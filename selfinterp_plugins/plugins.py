@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "selfinterp_plugins.default_plugins.adapters",
     "selfinterp_plugins.default_plugins.topics",
     "selfinterp_plugins.default_plugins.scorers",
+    "selfinterp_plugins.default_plugins.baselines",
 )
 
 
@@ -38,6 +39,7 @@ class Registry:
     vector_sources: dict = field(default_factory=dict)
     scorers: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
 
 
@@ -108,6 +110,7 @@ def registry() -> Registry:
         _collect("register_vector_sources", reg, reg.vector_sources, lambda name, fn: (name, fn))
         _collect("register_scorers", reg, reg.scorers, lambda name, fn: (name, fn))
         _collect("register_tasks", reg, reg.tasks, lambda name, task: (name, task))
+        _collect("register_baselines", reg, reg.baselines, lambda baseline: (baseline.name, baseline))
         _registry = reg
     return _registry
 

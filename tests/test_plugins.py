@@ -9,7 +9,7 @@ import types
 import pytest
 
 from selfinterp_plugins import plugins
-from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, Adapter, ScalarAffine
+from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, Adapter, RawVector, ScalarAffine
 from selfinterp_plugins.backends import Backend, HFBackend
 from selfinterp_plugins.errors import BackendError, UnknownNameError
 from selfinterp_plugins.hookspecs import hookimpl
@@ -63,11 +63,11 @@ def _raise_import_error():
 def test_builtin_registrations():
     reg = plugins.registry()
     assert "hf" in reg.backends
-    assert set(reg.adapters) == SIX_KINDS
+    assert set(reg.adapters) == SIX_KINDS | {"raw"}
     assert {"recall_at_k", "exact_match"} <= set(reg.scorers)
     assert "topics" in reg.vector_sources
     assert plugins.plugin_errors() == []
-    assert plugins.get_adapter_classes() == BUILTIN_ADAPTERS
+    assert plugins.get_adapter_classes() == {**BUILTIN_ADAPTERS, "raw": RawVector}
     assert callable(plugins.get_scorer("exact_match"))
     assert callable(plugins.get_vector_source("topics"))
     names = {p["name"]: p["hooks"] for p in plugins.list_plugins()}
@@ -189,7 +189,7 @@ def test_register_hook_that_raises_is_reported_not_raised(monkeypatch):
     assert len(errors) == 1
     assert errors[0]["plugin"] == "raiser"
     assert "register_scorers failed" in errors[0]["error"] and "boom in plugin" in errors[0]["error"]
-    assert set(reg.adapters) == SIX_KINDS
+    assert set(reg.adapters) == SIX_KINDS | {"raw"}
 
 
 def test_plugin_registered_directly_on_the_manager(monkeypatch):
@@ -227,7 +227,7 @@ def test_selfinterp_plugins_restricts_entry_points(monkeypatch, allowed):
     assert ("good" in plugins.registry().scorers) == ("good" in allowed)
     assert good_ep.loaded == (1 if "good" in allowed else 0)
     # built-ins load whatever SELFINTERP_PLUGINS says
-    assert set(plugins.registry().adapters) == SIX_KINDS and "hf" in plugins.registry().backends
+    assert set(plugins.registry().adapters) == SIX_KINDS | {"raw"} and "hf" in plugins.registry().backends
 
 
 def test_selfinterp_plugins_naming_the_broken_plugin_reports_it(monkeypatch):

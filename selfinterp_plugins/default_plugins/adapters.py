@@ -1,6 +1,7 @@
-"""The six adapter kinds of ANCHORS.md §1 (plus bias_only), registered as a plugin would."""
+"""The six adapter kinds of ANCHORS.md §1 (plus bias_only, and `raw` for untrained baselines),
+registered as a plugin would."""
 
-from ..adapters import BUILTIN_ADAPTERS
+from ..adapters import BUILTIN_ADAPTERS, RawVector
 from ..hookspecs import hookimpl
 
 
@@ -8,3 +9,4 @@ from ..hookspecs import hookimpl
 def register_adapters(register):
     for cls in BUILTIN_ADAPTERS.values():
         register(cls)
+    register(RawVector)
