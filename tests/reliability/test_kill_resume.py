@@ -60,7 +60,9 @@ def _train_cmd(work: Path, out: Path) -> list[str]:
 
 def _explain_cmd(work: Path, explainer: Path, output: Path) -> list[str]:
     return CLI + ["explain", str(explainer), "--vectors", str(work / "data"), "--model", str(work / "model"),
-                  "--split", "test", "--batch-size", "4", "--max-new-tokens", "12", "--scale", "1.0", "--scale", "2.0", "--output", str(output)]
+                  "--split", "test", "--batch-size", "4", "--max-new-tokens", "12", "--scale", "1.0", "--scale", "2.0",
+                  # four scales: 40 batches, enough left after two kills that the third always lands
+                  "--scale", "4.0", "--scale", "8.0", "--output", str(output)]
 
 
 def _lines(path: Path) -> int:
@@ -118,6 +120,6 @@ def test_killed_explain_run_has_every_record_exactly_once(work, tmp_path):
     reference = read_jsonl(tmp_path / "reference.jsonl")
     resumed = read_jsonl(output)  # strict: no torn or duplicated line may remain
     keys = [(r["id"], r["scale"], r["sample"]) for r in resumed]
-    assert len(keys) == len(set(keys)) == len(reference) == 2 * 40
+    assert len(keys) == len(set(keys)) == len(reference) == 4 * 40
     by_key = {(r["id"], r["scale"], r["sample"]): r for r in reference}
     assert all(r == by_key[k] for k, r in zip(keys, resumed))
