@@ -165,6 +165,35 @@ def demo(n_topics, show, explainer_dir):
     run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo)
 
 
+@cli.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="directory for report.html, results.json, plots")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="JSON file of report options")
+@click.option("--model", "model_name", default=None, help="alias, hub id or local path [default: smollm2-135m-instruct]")
+@click.option("--explainer", "explainers", multiple=True, help="trained explainer directory, or 'shipped' (repeatable)")
+@click.option("--no-explainer", is_flag=True, help="compare untrained baselines and the knowledge control only")
+@click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
+@click.option("--validation-topics", type=int, default=None, help="topics the sweeps run on [default: 48]")
+@click.option("--test-topics", type=int, default=None, help="held-out topics scored [default: 200]")
+@click.option("--layer", type=int, default=None, help="layer the topic vectors are read after")
+def report(out_dir, config_path, model_name, explainers, no_explainer, baselines, validation_topics, test_topics, layer):
+    """Trained explainers vs untrained baselines vs the knowledge control: one HTML report + JSON.
+    Resumable: rerun with the same options and finished sweeps are reused."""
+    from .report import ReportConfig, run_report
+    from .serialization import read_json
+
+    options = read_json(Path(config_path)) if config_path else {}
+    given = {"model": model_name, "explainers": list(explainers) or None, "baselines": list(baselines) or None,
+             "validation_topics": validation_topics, "test_topics": test_topics, "layer": layer}
+    options.update({k: v for k, v in given.items() if v is not None})
+    if no_explainer:
+        options["explainers"] = []
+    config = ReportConfig.from_dict(options)
+    results = run_report(config, out_dir)
+    for row in results["headline"]:
+        click.echo(f"{row['method']:>24}: recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}")
+    click.echo(f"report: {Path(out_dir) / 'report.html'}")
+
+
 def _load_plugin_commands() -> None:
     from .plugins import pm, registry
 

@@ -1,0 +1,61 @@
+"""Knowledge control: does the model already know the topic? (ANCHORS.md §1)
+
+Self-interpretation can only be credited with what goes beyond the model simply knowing a topic.
+The control asks the model, in plain text, to describe each topic without naming it, and scores
+the description exactly as labels are scored (recall@k of the true title among all titles). A
+trained adapter that beats this is reading something out of the vector, not reciting.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends.base import Sampling
+from .sites import Site
+
+DESCRIBE_PROMPT = ('Describe {title} without using the word "{title}", any part of it, or obvious synonyms. '
+                   "Be specific enough that someone could guess what you're describing.")
+
+
+def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None, max_new_tokens: int = 48,
+                          batch_size: int = 32, progress: bool = False) -> list[dict]:
+    """One record per title (id, scale 0.0, label = the description), greedy, in the model's
+    chat format; prompts of equal token length share a batch."""
+    from tqdm.auto import tqdm
+
+    tok = backend.tokenizer
+    ids = ids if ids is not None else [str(i) for i in range(len(titles))]
+    prompts = [_prompt_ids(tok, title) for title in titles]
+    stop = {i for i in (tok.eos_token_id, _end_of_turn_id(tok)) if i is not None}
+
+    def is_finished(out):
+        return out[-1] in stop
+
+    groups: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(len(prompt), []).append(i)
+    batches = [rows[k:k + batch_size] for rows in groups.values() for k in range(0, len(rows), batch_size)]
+    texts: dict[int, str] = {}
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    for rows in tqdm(batches, disable=not progress, desc="prompted descriptions"):
+        input_ids = torch.tensor([prompts[i] for i in rows])
+        soft = torch.zeros(len(rows), backend.d_model)
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)  # nothing injected
+        outputs = backend.generate(input_ids, soft, mask, Site(), sampling, is_finished)
+        for i, out in zip(rows, outputs):
+            texts[i] = tok.decode([t for t in out if t not in stop], skip_special_tokens=True).strip()
+    return [{"id": ids[i], "scale": 0.0, "label": texts[i], "text": texts[i]} for i in range(len(titles))]
+
+
+def _prompt_ids(tokenizer, title: str) -> list[int]:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": DESCRIBE_PROMPT.format(title=title)}],
+                                         tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
+    from .templates import end_of_turn
+
+    end = end_of_turn(tokenizer)
+    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    return ids[0] if len(ids) == 1 else None

@@ -1,0 +1,165 @@
+"""`selfinterp report`: trained explainers vs untrained baselines vs the knowledge control, on
+held-out topic vectors, as one self-contained HTML page plus JSON of every number.
+
+The protocol follows the reference paper (ANCHORS.md §1-2): each untrained baseline is swept over
+its scales and injection layers on *validation* topics, read at its best point on *test* topics;
+trained explainers are read at s = 1 (swept too, for the sensitivity picture); the prompted
+description (the model asked to describe the topic without naming it) is scored the same way.
+Every finished sweep is appended to `rows.jsonl` in the output directory, so an interrupted
+report resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .errors import ArtifactError
+
+
+@dataclass
+class ReportConfig:
+    """What to compare, on which model and how many topics (JSON file for `--config`)."""
+
+    model: str = "smollm2-135m-instruct"
+    explainers: list = field(default_factory=lambda: ["shipped"])
+    baselines: list = field(default_factory=lambda: ["selfie", "patchscopes", "self_explaining", "activation_oracle",
+                                                      "scale_only"])
+    layer: int | None = None  # where vectors are read (resid_post); default: the first explainer's, else 2/3 depth
+    validation_topics: int = 48
+    test_topics: int = 200
+    knowledge_control: bool = True
+    max_new_tokens: int = 16
+    seed: int = 0
+    sweep_layers: list | None = None  # injection layers for every baseline (default: each baseline's own grid)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReportConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ArtifactError(f"Unknown report option(s) {sorted(unknown)}; use {sorted(known)}.")
+        return cls(**data)
+
+
+def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True, backend=None) -> dict:
+    """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
+    from . import Explainer, Sampling
+    from .baselines import get_baseline
+    from .cli import shipped_explainer_dir
+    from .knowledge import prompted_descriptions
+    from .models import load_model
+    from .report_html import write_html
+    from .scoring import recall_at_k, sentence_embedder
+    from .sensitivity import best_point, plot_sensitivity, sweep
+    from .topics import load_topics, topic_vectors
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if backend is None:
+        from .backends import HFBackend
+
+        backend = HFBackend(*load_model(config.model))
+    explainers = [Explainer.from_pretrained(shipped_explainer_dir() if e == "shipped" else Path(e), model=backend)
+                  for e in config.explainers]
+    baselines = [get_baseline(name) for name in config.baselines]
+    layer = config.layer
+    if layer is None:
+        layer = explainers[0].metadata.get("layer") if explainers else None
+    if layer is None:
+        layer = backend.n_layers * 2 // 3
+
+    topics = load_topics()
+    rng = random.Random(config.seed)
+    validation = rng.sample([t for t in topics if t["split"] == "validation"], config.validation_topics)
+    test = rng.sample([t for t in topics if t["split"] == "test"], config.test_topics)
+    mean = _topic_mean(explainers, layer)
+    vectors = topic_vectors(backend, validation + test, [layer], progress=progress,
+                            means=None if mean is None else {layer: mean})[layer]
+    val_data = vectors.select(list(range(len(validation))))
+    test_data = vectors.select(list(range(len(validation), len(vectors))))
+    candidates = sorted({t["title"] for t in topics})
+    embeddings = sentence_embedder().encode(candidates)
+    sampling = Sampling(max_new_tokens=config.max_new_tokens)
+    common = dict(sampling=sampling, candidate_embeddings=embeddings)
+
+    done = _read_rows(out / "rows.jsonl", config)
+    rows, headline, examples = [], [], {}
+    methods = [(b.name, b) for b in baselines] + [(_name(e, i), e) for i, e in enumerate(explainers)]
+    for name, method in methods:
+        if name not in done:
+            kwargs = {"layers": config.sweep_layers} if config.sweep_layers and not isinstance(method, Explainer) else {}
+            found = sweep(method, backend, val_data, candidates, name=name, progress=progress, **kwargs, **common)
+            _append_rows(out / "rows.jsonl", config, name, found)
+            done[name] = found
+        rows += done[name]
+        if isinstance(method, Explainer):
+            point, explainer, scale = {"layer": method.site.layer, "scale": 1.0}, method, 1.0
+        else:
+            point = best_point(done[name])
+            coef = point["scale"] if method.mode == "add_normmatched" else 1.0
+            explainer = method.explainer(backend, point["layer"], coef=coef)
+            scale = 1.0 if method.mode == "add_normmatched" else point["scale"]
+        records = explainer.explain(test_data.vectors, ids=test_data.ids, scales=(scale,), sampling=sampling,
+                                    progress=False)
+        headline.append(_score(name, records, test_data, candidates, embeddings, point, recall_at_k))
+        examples[name] = [r["label"] for r in records[:12]]
+    if config.knowledge_control:
+        records = prompted_descriptions(backend, test_data.labels, ids=test_data.ids, progress=progress)
+        headline.append(_score("prompted description", records, test_data, candidates, embeddings, {}, recall_at_k))
+        examples["prompted description"] = [r["label"] for r in records[:12]]
+
+    plots = plot_sensitivity(rows, out / "sensitivity.png", out / "sensitivity.html",
+                             title=f"{config.model}: recall@1 on {len(val_data)} validation topics")
+    results = {"config": asdict(config), "model_fingerprint": backend.fingerprint(), "vector_layer": layer,
+               "n_validation": len(val_data), "n_test": len(test_data), "n_candidates": len(candidates),
+               "headline": headline, "sweep": rows,
+               "examples": {"truth": test_data.labels[:12], **examples}}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_html(results, plots, out / "report.html")
+    return results
+
+
+def _name(explainer, index: int) -> str:
+    return f"trained {explainer.adapter.config.kind}" + (f" #{index + 1}" if index else "")
+
+
+def _topic_mean(explainers, layer):
+    for explainer in explainers:
+        meta = explainer.metadata
+        if meta.get("layer") == layer and "topic_mean" in meta:
+            return torch.tensor(meta["topic_mean"])
+    return None  # the mean over the topics used
+
+
+def _score(name, records, data, candidates, embeddings, point, recall_at_k) -> dict:
+    truth = {r["id"]: r["label"] for r in data.records}
+    recall = next(iter(recall_at_k(records, truth, candidates, candidate_embeddings=embeddings).values()))
+    return {"method": name, "layer": point.get("layer"), "scale": point.get("scale"),
+            "validation_recall@1": point.get("recall@1"), "recall@1": recall[1], "recall@5": recall[5], "n": len(records)}
+
+
+def _read_rows(path: Path, config: ReportConfig) -> dict:
+    """Sweeps finished by an earlier run of the same configuration."""
+    if not path.exists():
+        return {}
+    done = {}
+    key = json.dumps(asdict(config), sort_keys=True)
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+        if record.get("config") == key:
+            done[record["method"]] = record["rows"]
+    return done
+
+
+def _append_rows(path: Path, config: ReportConfig, name: str, rows: list[dict]) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps({"config": json.dumps(asdict(config), sort_keys=True), "method": name, "rows": rows}) + "\n")
+        handle.flush()
