@@ -20,12 +20,20 @@ DESCRIBE_PROMPT = ('Describe {title} without using the word "{title}", any part 
 def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None, max_new_tokens: int = 48,
                           batch_size: int = 32, progress: bool = False) -> list[dict]:
     """One record per title (id, scale 0.0, label = the description), greedy, in the model's
-    chat format; prompts of equal token length share a batch."""
+    chat format."""
+    ids = ids if ids is not None else [str(i) for i in range(len(titles))]
+    prompts = [_prompt_ids(backend.tokenizer, title) for title in titles]
+    texts = generate_texts(backend, prompts, max_new_tokens, batch_size, progress, desc="prompted descriptions")
+    return [{"id": i, "scale": 0.0, "label": text, "text": text} for i, text in zip(ids, texts)]
+
+
+def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32,
+                   progress: bool = False, desc: str = "generate") -> list[str]:
+    """Greedy continuations of token-id prompts with nothing injected (stops at end of turn or
+    EOS); prompts of equal length share a batch, on any backend."""
     from tqdm.auto import tqdm
 
     tok = backend.tokenizer
-    ids = ids if ids is not None else [str(i) for i in range(len(titles))]
-    prompts = [_prompt_ids(tok, title) for title in titles]
     stop = {i for i in (tok.eos_token_id, _end_of_turn_id(tok)) if i is not None}
 
     def is_finished(out):
@@ -37,14 +45,14 @@ def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = No
     batches = [rows[k:k + batch_size] for rows in groups.values() for k in range(0, len(rows), batch_size)]
     texts: dict[int, str] = {}
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    for rows in tqdm(batches, disable=not progress, desc="prompted descriptions"):
+    for rows in tqdm(batches, disable=not progress, desc=desc):
         input_ids = torch.tensor([prompts[i] for i in rows])
         soft = torch.zeros(len(rows), backend.d_model)
         mask = torch.zeros_like(input_ids, dtype=torch.bool)  # nothing injected
         outputs = backend.generate(input_ids, soft, mask, Site(), sampling, is_finished)
         for i, out in zip(rows, outputs):
             texts[i] = tok.decode([t for t in out if t not in stop], skip_special_tokens=True).strip()
-    return [{"id": ids[i], "scale": 0.0, "label": texts[i], "text": texts[i]} for i in range(len(titles))]
+    return [texts[i] for i in range(len(prompts))]
 
 
 def _prompt_ids(tokenizer, title: str) -> list[int]:
