@@ -143,18 +143,28 @@ def _score(name, records, data, candidates, embeddings, point, recall_at_k) -> d
             "validation_recall@1": point.get("recall@1"), "recall@1": recall[1], "recall@5": recall[5], "n": len(records)}
 
 
+#: the options a sweep's result depends on (adding an explainer must not redo the baselines)
+SWEEP_KEYS = ("model", "layer", "validation_topics", "seed", "max_new_tokens", "sweep_layers")
+
+
+def _sweep_key(config) -> dict:
+    data = config if isinstance(config, dict) else asdict(config)
+    return {k: data.get(k) for k in SWEEP_KEYS}
+
+
 def _read_rows(path: Path, config: ReportConfig) -> dict:
-    """Sweeps finished by an earlier run of the same configuration."""
+    """Sweeps finished by an earlier run with the same sweep options."""
     if not path.exists():
         return {}
     done = {}
-    key = json.dumps(asdict(config), sort_keys=True)
+    key = _sweep_key(config)
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line from a killed run
+            stored = json.loads(record["config"])
+        except (json.JSONDecodeError, KeyError, TypeError):  # a torn last line from a killed run
             continue
-        if record.get("config") == key:
+        if _sweep_key(stored) == key:
             done[record["method"]] = record["rows"]
     return done
 
