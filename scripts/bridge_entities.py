@@ -20,7 +20,8 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--explainer", default="shipped")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--explainer", default="shipped", help="trained explainer directory, or 'shipped' (SmolLM2)")
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--samples", type=int, default=5)
     args = parser.parse_args()
@@ -34,9 +35,9 @@ def main() -> None:
     started = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    backend = HFBackend(*load_model("smollm2-135m-instruct"))
+    backend = HFBackend(*load_model(args.model))
     trained = Explainer.from_pretrained(_explainer_dir(args.explainer), model=backend)
-    untrained_cfg = trained.metadata.get("untrained", {"template": "chat", "scale": 4.0})
+    untrained_cfg = trained.metadata.get("untrained", {"template": "chat", "scale": 4.0})  # the paper's grid middle if unknown
     untrained = Explainer.create(backend, adapter="scale_only", template=untrained_cfg["template"], init_scale=1.0)
 
     built = build_two_hop(backend, progress=True)
@@ -64,7 +65,7 @@ def main() -> None:
     ax.set_xlabel("layer the vector is read after")
     ax.set_ylabel("bridge-entity hit rate")
     ax.set_ylim(0, 1)
-    ax.set_title(f"SmolLM2-135M: {len(statements)} two-hop statements, {args.samples} labels per vector", fontsize=9)
+    ax.set_title(f"{args.model}: {len(statements)} two-hop statements, {args.samples} labels per vector", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "bridge_by_layer.png", dpi=130)
