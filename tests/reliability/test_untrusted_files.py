@@ -112,3 +112,21 @@ def test_no_module_of_the_package_unpickles():
             if needle in text:
                 offenders.append(f"{path.relative_to(root)}: {needle}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_pickle_in_place_of_a_weight_diff_is_refused(tmp_path, how):
+    pytest.importorskip("peft")
+    from selfinterp_plugins.errors import SelfInterpError
+    from selfinterp_plugins.models import tiny_model
+    from selfinterp_peft.weight_diff import WeightDiff
+
+    base, tuned = tiny_model("llama", seed=0)[0], tiny_model("llama", seed=1)[0]
+    directory = tmp_path / "diff"
+    WeightDiff.from_models(base, tuned, rank=2).save_pretrained(directory, base)
+    marker = tmp_path / MARKER
+    _plant(directory / "adapter_model.safetensors", marker, how)
+    _check_payload_is_live(directory / "adapter_model.safetensors", marker)
+    with pytest.raises(SelfInterpError, match="safetensors"):
+        WeightDiff.from_pretrained(directory)
+    assert not marker.exists(), "the payload ran"
