@@ -20,7 +20,8 @@ def headline(results: dict) -> str:
     for row in results["headline"]:
         where = "—" if row["scale"] is None else f"{'embed' if row['layer'] is None else row['layer']}, {row['scale']:g}"
         val = "—" if row["validation_recall@1"] is None else f"{row['validation_recall@1']:.3f}"
-        lines.append(f"| {row['method']} | {where} | {val} | {row['recall@1']:.3f} | {row['recall@5']:.3f} |")
+        named = f" (the description names the topic in {row['title_named']:.0%})" if "title_named" in row else ""
+        lines.append(f"| {row['method']}{named} | {where} | {val} | {row['recall@1']:.3f} | {row['recall@5']:.3f} |")
     return "\n".join(lines)
 
 

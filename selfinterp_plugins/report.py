@@ -51,6 +51,7 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     from . import Explainer, Sampling
     from .baselines import get_baseline
     from .cli import shipped_explainer_dir
+    from .bridge import mentions
     from .knowledge import prompted_descriptions
     from .models import load_model
     from .report_html import write_html
@@ -111,6 +112,14 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     if config.knowledge_control:
         records = prompted_descriptions(backend, test_data.labels, ids=test_data.ids, progress=progress)
         headline.append(_score("prompted description", records, test_data, candidates, embeddings, {}, recall_at_k))
+        # a small model often names the topic though told not to: score the descriptions that do not
+        named = [mentions(r["label"], [title]) for r, title in zip(records, test_data.labels)]
+        headline[-1]["title_named"] = sum(named) / len(named)
+        kept = [i for i, hit in enumerate(named) if not hit]
+        if kept:
+            row = _score("prompted description, title not named", [records[i] for i in kept], test_data.select(kept),
+                         candidates, embeddings, {}, recall_at_k)
+            headline.append(row)
         examples["prompted description"] = [r["label"] for r in records[:12]]
 
     plots = plot_sensitivity(rows, out / "sensitivity.png", out / "sensitivity.html",

@@ -49,7 +49,7 @@ def write_html(results: dict, plots: dict, path: str | Path) -> Path:
 
 
 def _headline(rows: list[dict]) -> str:
-    columns = ["method", "layer", "scale", "validation_recall@1", "recall@1", "recall@5", "n"]
+    columns = ["method", "layer", "scale", "validation_recall@1", "recall@1", "recall@5", "n", "title_named"]
     return "<h2>Held-out test topics</h2>" + _table(columns, rows, caption="recall@1 and recall@5 on test topics")
 
 
