@@ -46,6 +46,7 @@ def plugins():
         "vector_sources": sorted(reg.vector_sources),
         "scorers": sorted(reg.scorers),
         "tasks": sorted(reg.tasks),
+        "baselines": sorted(reg.baselines),
         "errors": [{k: v for k, v in e.items() if k != "traceback"} for e in plugin_errors()],
     }
     click.echo(json.dumps(report, indent=2))
