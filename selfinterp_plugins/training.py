@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import ArtifactError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 
 CHECKPOINT_DIR = "checkpoint"
@@ -147,8 +148,9 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     step, history = 0, {"train_loss": [], "validation_loss": [], "config": dict(config.to_dict(), lr=base_lr)}
     if ckpt and (ckpt / "state.json").exists():
         state = read_json(ckpt / "state.json")
-        adapter.load_state_dict(load_safetensors(ckpt / "adapter.safetensors"))
-        _restore_optimizer(optimizer, named, load_safetensors(ckpt / "optimizer.safetensors"))
+        files = _checkpoint_files(ckpt, state)
+        adapter.load_state_dict(load_safetensors(files["adapter"]))
+        _restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
         step, history = state["step"], state["history"]
     elif config.init == "ridge":
         adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
@@ -218,7 +220,25 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict) -> None:
+    """Weights go to files named by their step; `state.json`, replaced atomically last, commits them.
+    A kill at any moment leaves a state.json naming a complete adapter + optimizer pair of one step
+    (writing fixed names in place let a kill between files pair step N's adapter with step N-k's
+    state; a CI run under load caught it)."""
     ckpt.mkdir(parents=True, exist_ok=True)
-    save_safetensors(dict(adapter.state_dict()), ckpt / "adapter.safetensors")
-    save_safetensors(_optimizer_state(optimizer, named), ckpt / "optimizer.safetensors")
-    write_json({"step": step, "history": history}, ckpt / "state.json")
+    files = {"adapter": f"adapter-{step}.safetensors", "optimizer": f"optimizer-{step}.safetensors"}
+    save_safetensors(dict(adapter.state_dict()), ckpt / files["adapter"])
+    save_safetensors(_optimizer_state(optimizer, named), ckpt / files["optimizer"])
+    write_json({"step": step, "history": history, "files": files}, ckpt / "state.json")
+    for stale in ckpt.glob("*.safetensors"):
+        if stale.name not in files.values():
+            stale.unlink()
+
+
+def _checkpoint_files(ckpt: Path, state: dict) -> dict[str, Path]:
+    """The weight files state.json commits (plain names inside the checkpoint directory only)."""
+    files = state.get("files") or {"adapter": "adapter.safetensors", "optimizer": "optimizer.safetensors"}
+    if not isinstance(files, dict) or set(files) != {"adapter", "optimizer"} or not all(
+            isinstance(name, str) and name and Path(name).name == name and name not in (".", "..")
+            for name in files.values()):
+        raise ArtifactError(f"{ckpt / 'state.json'} names bad checkpoint files; delete {ckpt} to restart training.")
+    return {key: ckpt / name for key, name in files.items()}

@@ -9,6 +9,7 @@ import torch
 
 from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS
+from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.training import CHECKPOINT_DIR, epoch_batches, evaluate_loss, first_token_embeddings
 
 WORDS = ["dog", "tree", "house", "river"]
@@ -154,16 +155,51 @@ def test_resume_after_a_crash_equals_uninterrupted(tiny_llama, data, tmp_path, m
     _assert_same_state(state(reference), state(resumed))
 
 
+def test_a_crash_between_checkpoint_files_resumes_exactly(tiny_llama, data, tmp_path, monkeypatch):
+    """Killed after the step-6 weights are written but before state.json commits them: the resume
+    must start from the last committed step, not pair new weights with an old state."""
+    import selfinterp_plugins.training as training
+
+    full = TrainConfig(epochs=2, batch_size=16, warmup_steps=2, checkpoint_every=3)  # 8 steps
+    reference = make(tiny_llama)
+    reference.train(data, None, full, progress=False)
+    original = training.write_json
+
+    def crash_at_step_6(data_, path):
+        if data_.get("step") == 6:
+            raise KeyboardInterrupt
+        original(data_, path)
+
+    monkeypatch.setattr(training, "write_json", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
+    monkeypatch.setattr(training, "write_json", original)
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "state.json").read_text())["step"] == 4
+    resumed = make(tiny_llama)
+    assert resumed.train(data, None, full, output_dir=tmp_path, progress=False)["steps"] == 8
+    _assert_same_state(state(reference), state(resumed))
+
+
+def test_a_checkpoint_naming_files_outside_its_directory_is_refused(tiny_llama, data, tmp_path):
+    make(tiny_llama).train(data, None, TrainConfig(epochs=1, batch_size=16), output_dir=tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT_DIR / "state.json"
+    saved = json.loads(path.read_text())
+    saved["files"]["adapter"] = "../../elsewhere.safetensors"
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError, match="bad checkpoint files"):
+        make(tiny_llama).train(data, None, TrainConfig(epochs=2, batch_size=16), output_dir=tmp_path, progress=False)
+
+
 def test_checkpoint_files_are_safetensors_and_json_only(tiny_llama, data, validation, tmp_path):
     ex = make(tiny_llama)
     ex.train(data, validation, TrainConfig(epochs=1, batch_size=16, checkpoint_every=2), output_dir=tmp_path,
              progress=False)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert files == [f"{CHECKPOINT_DIR}/adapter.safetensors", f"{CHECKPOINT_DIR}/optimizer.safetensors",
-                     f"{CHECKPOINT_DIR}/state.json", "train_log.jsonl"]
+    assert files == [f"{CHECKPOINT_DIR}/adapter-4.safetensors", f"{CHECKPOINT_DIR}/optimizer-4.safetensors",
+                     f"{CHECKPOINT_DIR}/state.json", "train_log.jsonl"]  # older steps' files removed
     from safetensors.torch import load_file
 
-    optimizer = load_file(str(tmp_path / CHECKPOINT_DIR / "optimizer.safetensors"))
+    optimizer = load_file(str(tmp_path / CHECKPOINT_DIR / "optimizer-4.safetensors"))
     assert {k.split("::")[1] for k in optimizer} == {"step", "exp_avg", "exp_avg_sq"}
     assert {k.split("::")[0] for k in optimizer} == {"log_scale", "bias"}
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]

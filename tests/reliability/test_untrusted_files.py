@@ -5,6 +5,7 @@ ArtifactError and the command must never run. `trust_remote_code` is never turne
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_pickle_in_place_of_a_training_checkpoint_is_refused(tiny_llama, tmp_pat
     config = TrainConfig(epochs=1, batch_size=4, checkpoint_every=1)
     Explainer.create(model, tok).train(data, config=config, output_dir=tmp_path / "run", progress=False)
     marker = tmp_path / MARKER
-    for name in ("adapter.safetensors", "optimizer.safetensors"):
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    for name in state["files"].values():  # the weight files the checkpoint commits
         _plant(tmp_path / "run" / "checkpoint" / name, marker, "pickle")
     _assert_refused(lambda: Explainer.create(model, tok).train(data, config=config, output_dir=tmp_path / "run",
                                                                progress=False), marker)
