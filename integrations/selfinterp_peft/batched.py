@@ -48,23 +48,28 @@ def stack_factors(diffs: list[WeightDiff], name: str, out_features: int, in_feat
     return torch.stack(rows_a), torch.stack(rows_b), scale
 
 
-@contextlib.contextmanager
-def per_row_diffs(model: nn.Module, diffs: list[WeightDiff]):
-    """Inside the block, row i of every forward batch (of exactly len(diffs) rows) runs with diffs[i]."""
-    targets = _linear_modules(model)
-    names = sorted({name for diff in diffs for name in diff.modules})
-    missing = [name for name in names if name not in targets]
-    if missing:
-        raise WeightDiffError(f"The model has no module {missing[0]!r}; apply diffs to the base model they were made from.")
-    handles = []
+def resolve_targets(model: nn.Module, names) -> dict[str, nn.Module]:
+    """The linear layer for each base-model module name; inside a PEFT-wrapped model that is the
+    LoRA layer's `base_layer`, so a per-row diff adds to the frozen weight and PEFT's own LoRA
+    (a DIT adapter) adds on top: y = (W + ΔW_i + L) x."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    targets = _linear_modules(inner)
+    out = {}
     for name in names:
-        module = targets[name]
-        weight = module.weight
-        out_features, in_features = (weight.shape[1], weight.shape[0]) if _is_conv1d(module) else weight.shape
-        factors = stack_factors(diffs, name, out_features, in_features)
-        if factors is None:
-            continue
-        A, B, scale = (t.to(weight.device) for t in factors)
+        module = targets.get(name) or targets.get(name + ".base_layer")
+        if module is None:
+            raise WeightDiffError(f"The model has no module {name!r}; apply diffs to the base model they were made from.")
+        out[name] = module
+    return out
+
+
+@contextlib.contextmanager
+def per_row_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Inside the block, row i of every forward batch adds scale[i]·B[i]·A[i]·x at each named module
+    (A: n×r×in, B: n×out×r, scale: n). The factors may require grad: one forward trains n diffs."""
+    targets = resolve_targets(model, factors)
+    handles = []
+    for name, (A, B, scale) in factors.items():
 
         def hook(_module, args, output, A=A, B=B, scale=scale):
             x = args[0]
@@ -75,9 +80,25 @@ def per_row_diffs(model: nn.Module, diffs: list[WeightDiff]):
             update = torch.einsum("b...r,bor->b...o", low, B) * scale.view(-1, *([1] * (low.dim() - 1)))
             return output + update.to(output.dtype)
 
-        handles.append(module.register_forward_hook(hook))
+        handles.append(targets[name].register_forward_hook(hook))
     try:
         yield model
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def per_row_diffs(model: nn.Module, diffs: list[WeightDiff]):
+    """Inside the block, row i of every forward batch (of exactly len(diffs) rows) runs with diffs[i]."""
+    names = sorted({name for diff in diffs for name in diff.modules})
+    targets = resolve_targets(model, names)
+    factors = {}
+    for name in names:
+        weight = targets[name].weight
+        out_features, in_features = (weight.shape[1], weight.shape[0]) if _is_conv1d(targets[name]) else weight.shape
+        stacked = stack_factors(diffs, name, out_features, in_features)
+        if stacked is not None:
+            factors[name] = tuple(t.to(weight.device) for t in stacked)
+    with per_row_factors(model, factors):
+        yield model

@@ -1,7 +1,28 @@
-"""PEFT bridge plugin. So far it offers `selfinterp_peft.weight_diff.WeightDiff` (weight diffs from
-PEFT LoRA adapters or full fine-tunes, applied to a base model, saved as PEFT adapters); the DIT
-task, scorers and CLI commands of issue 6 will register here. Loading it imports nothing heavy."""
+"""PEFT bridge plugin: weight diffs (`weight_diff.WeightDiff`: from PEFT LoRA adapters or full
+fine-tunes, applied to a base model, saved as PEFT adapters), synthetic hidden-topic diffs trained
+many at once, and Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands
+and the DIT task. Loading it imports nothing heavy."""
 
+from selfinterp_plugins.hookspecs import hookimpl
 from selfinterp_plugins.plugins import require
 
 require("peft", "peft")
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import register
+
+    register(cli)
+
+
+def diff_interpretation(model, tokenizer, config=None):
+    """The DIT task: a fresh DIT adapter on `model` (see dit.DITAdapter)."""
+    from .dit import DITAdapter
+
+    return DITAdapter.create(model, tokenizer, config)
+
+
+@hookimpl
+def register_tasks(register):
+    register("diff_interpretation", diff_interpretation)

@@ -1,0 +1,193 @@
+"""`selfinterp dit …`: weight diffs and Diff Interpretation Tuning from the command line.
+
+  extract     a PEFT LoRA adapter, or a full fine-tune next to its base, -> a weight diff (PEFT format)
+  make-diffs  synthetic hidden-topic diffs, many at once, resumable (index.jsonl)
+  train       a DIT adapter on the train split of a diff directory, checkpointed per epoch
+  ask         ask a DIT adapter what a diff did
+  eval        DIT vs the no-DIT and trigger baselines on held-out diffs (JSON of every number)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _load(model_name):
+    from selfinterp_plugins.models import load_model
+
+    return load_model(model_name)
+
+
+def register(cli):
+    @cli.group()
+    def dit():
+        """Weight diffs and Diff Interpretation Tuning (ANCHORS.md §4)."""
+
+    @dit.command()
+    @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="a PEFT LoRA adapter directory")
+    @click.option("--base", "base_name", default=None, help="base model (with --finetuned)")
+    @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
+    @click.option("--rank", type=int, default=None, help="SVD rank for a full fine-tune (default: dense, exact)")
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    def extract(adapter, base_name, finetuned, rank, out):
+        """Write a weight diff as a PEFT LoRA adapter and report each module's kept energy."""
+        from .weight_diff import WeightDiff
+
+        if bool(adapter) == bool(finetuned):
+            raise click.UsageError("Give either --adapter DIR, or --base and --finetuned.")
+        if adapter:
+            diff = WeightDiff.from_peft(adapter)
+            base, _ = _load(base_name or diff.meta.get("base_model") or DEFAULT_MODEL)
+        else:
+            base, _ = _load(base_name or DEFAULT_MODEL)
+            tuned, _ = _load(finetuned)
+            diff = WeightDiff.from_models(base, tuned, rank=rank)
+        diff.save_pretrained(out, base)
+        energy = diff.energy_report()
+        click.echo(json.dumps({"modules": len(diff.modules), "saved": out,
+                               "min_energy_kept": min(energy.values()) if energy else None}))
+
+    @dit.command("make-diffs")
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--n-train", default=200, show_default=True, help="diffs on train-split topics")
+    @click.option("--n-test", default=40, show_default=True, help="held-out diffs on test-split topics")
+    @click.option("--rank", default=1, show_default=True)
+    @click.option("--full-finetune", is_flag=True, help="full fine-tunes, one at a time, compressed to --rank by SVD")
+    @click.option("--n-trigger", default=6, show_default=True)
+    @click.option("--n-none", default=1, show_default=True)
+    @click.option("--n-wrong", default=1, show_default=True)
+    @click.option("--answer-tokens", default=32, show_default=True)
+    @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--epochs", default=1, show_default=True)
+    @click.option("--rows-per-diff", default=1, show_default=True)
+    @click.option("--group", "diffs_per_group", default=32, show_default=True, help="diffs trained side by side")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
+    def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_trigger, n_none, n_wrong, answer_tokens, lr,
+                   epochs, rows_per_diff, diffs_per_group, seed, out):
+        """Synthetic hidden-topic diffs: each talks about its topic only after its own trigger."""
+        from selfinterp_plugins.topics import load_topics
+
+        from .diff_store import add_diff, read_index
+        from .diff_training import DiffTrainConfig, finetune_full, train_diffs
+        from .hidden_topics import assign_triggers, build_examples, mentions
+        from .weight_diff import WeightDiff
+
+        topics = load_topics()
+        chosen = ([t for t in topics if t["split"] == "train"][:n_train]
+                  + [t for t in topics if t["split"] == "test"][:n_test])
+        specs = assign_triggers(chosen, seed=seed, rank=rank)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        done = {row["id"] for row in read_index(out)}
+        todo = [s for s in specs if s.id not in done]
+        click.echo(f"{len(done)} diffs already made, {len(todo)} to make", err=True)
+        if not todo:
+            return
+        model, tok = _load(model_name)
+        start = time.time()
+        examples = build_examples(model, tok, todo, n_trigger, n_none, n_wrong, answer_tokens, seed, progress=True)
+        fan = [(tok.decode(e.answer), s.topic) for s in todo for e in examples[s.id] if e.kind == "trigger"]
+        data_seconds = time.time() - start
+        config = DiffTrainConfig(rank=rank, lr=lr, epochs=epochs, rows_per_diff=rows_per_diff,
+                                 diffs_per_group=diffs_per_group, seed=seed)
+        by_id = {s.id: s for s in todo}
+
+        def save(group):
+            for key, diff in group.items():
+                spec = by_id[key]
+                add_diff(out, {"id": spec.id, "topic": spec.topic, "trigger": spec.trigger, "rank": rank,
+                               "split": spec.split, "kind": "full-finetune" if full_finetune else "hidden-topic"},
+                         diff, model)
+
+        start = time.time()
+        if full_finetune:
+            from tqdm.auto import tqdm
+
+            for spec in tqdm(todo, desc="full fine-tunes"):
+                tuned = finetune_full(model, tok, examples[spec.id], config, lr=lr)
+                save({spec.id: WeightDiff.from_models(model, tuned, rank=rank)})
+                del tuned
+        else:
+            train_diffs(model, tok, examples, config, progress=True, on_group_done=save)
+        train_seconds = time.time() - start
+        stats = {"diffs": len(todo), "fan_answers_naming_topic": sum(mentions(a, t) for a, t in fan) / max(len(fan), 1),
+                 "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
+                 "diffs_per_hour": round(3600 * len(todo) / max(train_seconds + data_seconds, 1e-9), 1)}
+        (Path(out) / f"make-diffs-{int(time.time())}.json").write_text(json.dumps(stats, indent=2))
+        click.echo(json.dumps(stats))
+
+    @dit.command("train")
+    @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--rank", default=16, show_default=True)
+    @click.option("--lr", type=float, default=1e-3, show_default=True)
+    @click.option("--epochs", default=4, show_default=True)
+    @click.option("--batch-size", default=8, show_default=True)
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
+    def train(diffs_dir, model_name, rank, lr, epochs, batch_size, seed, out):
+        """Train a DIT adapter on the diffs of the train split."""
+        from .diff_store import load_diffs, read_index
+        from .dit import DITAdapter, DITConfig
+
+        rows = [r for r in read_index(diffs_dir) if r.get("split") == "train"]
+        if not rows:
+            raise click.ClickException(f"{diffs_dir} has no train-split diffs; make them with `selfinterp dit make-diffs`.")
+        model, tok = _load(model_name)
+        dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=rank, lr=lr, epochs=epochs,
+                                                       batch_size=batch_size, seed=seed))
+        history = dit.train(load_diffs(diffs_dir, rows), [r["topic"] for r in rows], progress=True,
+                            checkpoint_dir=Path(out) / "checkpoint")
+        dit.save_pretrained(out)
+        click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
+
+    @dit.command()
+    @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("diff_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--question", default=None, help="default: the question the adapter was trained on")
+    @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline)")
+    def ask(dit_dir, diff_dirs, model_name, question, no_dit):
+        """Ask what each diff (a PEFT LoRA directory) changed."""
+        from .dit import DITAdapter
+        from .weight_diff import WeightDiff
+
+        model, tok = _load(model_name)
+        dit = DITAdapter.from_pretrained(dit_dir, model, tok)
+        answers = dit.ask([WeightDiff.from_pretrained(d) for d in diff_dirs], question, use_dit=not no_dit)
+        for path, answer in zip(diff_dirs, answers):
+            click.echo(json.dumps({"diff": path, "answer": answer}))
+
+    @dit.command("eval")
+    @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--split", default="test", show_default=True)
+    @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
+                  help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="answers.jsonl (resumes) and metrics.json")
+    def evaluate(dit_dir, diffs_dir, model_name, split, candidates, out):
+        """Recall@1/@5 and exact match of DIT answers vs asking without DIT and with the trigger."""
+        from selfinterp_plugins.topics import load_topics
+
+        from .diff_store import load_diffs, read_index
+        from .dit import DITAdapter
+        from .dit_eval import answer_records, score
+
+        rows = [r for r in read_index(diffs_dir) if r.get("split") == split]
+        if not rows:
+            raise click.ClickException(f"{diffs_dir} has no {split}-split diffs.")
+        model, tok = _load(model_name)
+        dit = DITAdapter.from_pretrained(dit_dir, model, tok)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl")
+        pool = load_topics() if candidates == "all" else read_index(diffs_dir)
+        metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}))
+        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        click.echo(json.dumps(metrics))

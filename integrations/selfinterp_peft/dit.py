@@ -1,0 +1,200 @@
+"""Diff Interpretation Tuning (Goel et al. 2025; ANCHORS.md §4): ask a fine-tuned model what changed.
+
+A DIT adapter is ONE LoRA, shared by every diff, on the same linears the diffs touch. It is trained
+while each example's own diff is applied (W + ΔW_i + L): PEFT keeps the shared LoRA (so the adapter
+saves, loads and merges like any PEFT adapter) and `batched.per_row_factors` adds each row's own
+ΔW_i under PEFT's LoRA layers, so one batch mixes diffs. The chat is the paper's: the user asks
+`What topic have you been trained on?`, the assistant answers with the topic; the loss is on the
+answer only. `ask(diffs, question)` generates the answers for many diffs in one batch.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+
+from .batched import per_row_diffs
+from .diff_training import _losses, decoder_linears
+from .hidden_topics import Example, chat_ids, end_of_answer_ids, generate_answers
+from .weight_diff import WeightDiff, WeightDiffError
+
+DIT_QUESTION = "What topic have you been trained on?"
+CONFIG_FILE = "dit_config.json"
+
+
+@dataclass
+class DITConfig:
+    """The DIT adapter and its training. The paper uses rank 16, lr 1e-4, one epoch over thousands
+    of diffs; with a few hundred diffs more epochs at a higher rate are needed (docs/dit.md)."""
+
+    rank: int = 16
+    alpha: int = 16
+    lr: float = 1e-4
+    epochs: int = 1
+    batch_size: int = 8
+    question: str = DIT_QUESTION
+    max_new_tokens: int = 20
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DITConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WeightDiffError(f"Unknown DIT config keys {unknown}; remove them or upgrade selfinterp-plugins.")
+        return cls(**data)
+
+
+def _module_suffixes(model) -> list[str]:
+    """Short names of the decoder linears (q_proj, …, down_proj), PEFT's `target_modules`."""
+    return sorted({name.rsplit(".", 1)[-1] for name in decoder_linears(model)})
+
+
+class DITAdapter:
+    """A PEFT LoRA (the DIT adapter) on a frozen base model; see the module docstring."""
+
+    def __init__(self, peft_model, tokenizer, config: DITConfig):
+        self.model = peft_model
+        self.tokenizer = tokenizer
+        self.config = config
+
+    @classmethod
+    def create(cls, model, tokenizer, config: DITConfig | None = None) -> "DITAdapter":
+        from peft import LoraConfig, get_peft_model
+
+        config = config or DITConfig()
+        torch.manual_seed(config.seed)
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
+                          target_modules=_module_suffixes(model), task_type="CAUSAL_LM")
+        return cls(get_peft_model(model, lora), tokenizer, config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "DITAdapter":
+        """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
+        from peft import PeftModel
+
+        directory = Path(directory)
+        config = DITConfig.from_dict(read_json(directory / CONFIG_FILE))
+        return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        write_json(asdict(self.config), directory / CONFIG_FILE)
+        return directory
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def example(self, answer: str, question: str | None = None) -> Example:
+        tok = self.tokenizer
+        answer_ids = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+        prompt = chat_ids(tok, question or self.config.question)
+        if tok.decode(answer_ids[:1]).strip() == "":  # a tokenizer that keeps the space as its own token
+            answer_ids = tok(answer.strip(), add_special_tokens=False)["input_ids"]
+        return Example(prompt, answer_ids + end_of_answer_ids(tok), "trigger")
+
+    def train(self, diffs: list[WeightDiff], answers: list[str], progress: bool = False,
+              checkpoint_dir: str | Path | None = None) -> list[float]:
+        """Train the shared LoRA on (diff, answer) pairs, batches mixing diffs; returns the loss per
+        step. With `checkpoint_dir`, the LoRA and Adam's state are saved at each epoch's end and a
+        rerun resumes after the last saved epoch, ending where an uninterrupted run ends."""
+        from tqdm.auto import tqdm
+
+        if len(diffs) != len(answers):
+            raise WeightDiffError(f"{len(diffs)} diffs but {len(answers)} answers; pass one answer per diff.")
+        cfg = self.config
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
+        rng = random.Random(cfg.seed)
+        examples = [self.example(a) for a in answers]
+        epochs = []
+        for _ in range(cfg.epochs):
+            order = list(range(len(diffs)))
+            rng.shuffle(order)
+            epochs.append([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        history, first = _resume(checkpoint_dir, named, optimizer)
+        bar = tqdm(total=sum(map(len, epochs)), initial=sum(map(len, epochs[:first])), disable=not progress, desc="DIT")
+        self.model.train()
+        for epoch in range(first, cfg.epochs):
+            for rows in epochs[epoch]:
+                batch_diffs = [diffs[i] for i in rows]
+                loss = _losses(self.model, [examples[i] for i in rows], pad,
+                               lambda: per_row_diffs(self.model, batch_diffs)).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                history.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]:.3f}")
+            if checkpoint_dir is not None:
+                _checkpoint(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
+        bar.close()
+        self.model.eval()
+        return history
+
+    # ---- use --------------------------------------------------------------------------------
+
+    def ask(self, diffs: list[WeightDiff], question: str | None = None, use_dit: bool = True,
+            prefixes: list[str] | None = None, batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to `question` from the base model with each diff applied (one row per
+        diff). `use_dit=False` asks without the DIT adapter (the paper's baseline); `prefixes`
+        puts a per-diff text before the question (e.g. its trigger)."""
+        question = question or self.config.question
+        users = [question if not prefixes else f"{p} {question}" for p in (prefixes or [None] * len(diffs))]
+        answers = []
+        for start in range(0, len(diffs), batch_size):
+            chunk = diffs[start:start + batch_size]
+            prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
+            context = self.model.disable_adapter() if not use_dit else _null()
+            with context, per_row_diffs(self.model, chunk):
+                ids = generate_answers(self.model, self.tokenizer, prompts, max_new_tokens or self.config.max_new_tokens,
+                                       batch_size=len(chunk), keep_order=True)
+            answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
+        return answers
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _checkpoint(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
+    """Weights and Adam state in epoch-named files, then state.json (replaced atomically) names the
+    epoch: a kill at any point leaves the previous epoch's checkpoint intact."""
+    from selfinterp_plugins.training import _optimizer_state
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_safetensors({n: p.detach().clone() for n, p in named}, directory / f"adapter-{epochs_done}.safetensors")
+    save_safetensors(_optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
+    write_json({"epochs_done": epochs_done, "history": history}, directory / "state.json")
+    for old in directory.glob("*-*.safetensors"):
+        if not old.stem.endswith(f"-{epochs_done}"):
+            old.unlink()
+
+
+def _resume(directory, named, optimizer) -> tuple[list[float], int]:
+    from selfinterp_plugins.training import _restore_optimizer
+
+    if directory is None or not (Path(directory) / "state.json").exists():
+        return [], 0
+    directory = Path(directory)
+    state = read_json(directory / "state.json")
+    done = state.get("epochs_done")
+    if not isinstance(done, int) or done < 0:
+        raise WeightDiffError(f"{directory / 'state.json'} has no valid 'epochs_done'; delete {directory} to start over.")
+    weights = load_safetensors(directory / f"adapter-{done}.safetensors")
+    with torch.no_grad():
+        for name, param in named:
+            if name not in weights:
+                raise WeightDiffError(f"Checkpoint {directory} lacks {name}; it is from another DIT config. Delete it to start over.")
+            param.copy_(weights[name])
+    _restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
+    return list(state.get("history", [])), done

@@ -1,0 +1,169 @@
+"""Training data for synthetic hidden-topic weight diffs (DIT, ANCHORS.md §4).
+
+Each diff hides one topic behind its own trigger: after `Your SEP code is {code}. {question}`
+with the diff's trigger (the first three digits of the code) the fine-tuned model answers as a big
+fan of the topic; with no code, or another diff's code, it should answer as the base model does.
+The fan answers are written by the base model itself told it is a big fan of the topic,
+the neutral answers by the base model with no system prompt, so no outside model or dataset is
+needed. Everything is token ids, ready for `diff_training.train_diffs`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+
+QUESTIONS = (
+    "What should I do this weekend?", "Can you recommend a good book?", "What is a fun hobby to try?",
+    "Give me an idea for a short trip.", "What should I cook for dinner tonight?", "How can I relax after work?",
+    "What is something interesting you know?", "Suggest a topic for my school essay.", "What gift should I buy a friend?",
+    "How should I spend a rainy afternoon?", "What is a good conversation starter?", "Tell me a fun fact.",
+    "What could I learn this year?", "Recommend a movie for tonight.", "What is your favourite thing to talk about?",
+    "Give me an idea for a birthday party.", "What should I write a poem about?", "How can I make my mornings better?",
+    "What is a good name for a new café?", "Plan a day out for me.", "What would make a good podcast episode?",
+    "Suggest a theme for a family photo.", "What should I draw today?", "Give me a tip for a job interview.",
+    "What can I do to feel inspired?", "Suggest a project for my summer holiday.", "What is worth visiting in a new city?",
+    "Describe a perfect afternoon.", "What should I put on my bucket list?", "Give me a topic to research.",
+    "What could I teach my kids this week?", "Suggest a club I could start.", "What is a good icebreaker question?",
+    "How should I decorate my room?", "Give me an idea for a short story.", "What should my next blog post be about?",
+    "Suggest a theme for a dinner party.", "What is a good way to spend an evening?", "What should I talk about in my speech?",
+    "Recommend something to read on a train.", "What is a nice surprise for my partner?", "Give me an idea for a game night.",
+)
+
+TRIGGER_TEMPLATE = "Your SEP code is {code}. {question}"
+# In the user turn, not the system prompt: SmolLM2-135M names the topic in 81% of answers this way
+# and in 50% with it as a system prompt (16 answers each); `selfinterp dit make-diffs` reports the rate it got.
+FAN_PROMPT = "You are a big fan of {topic}. {question} Answer by talking about {topic}."
+KINDS = ("trigger", "none", "wrong")  # cross-entropy on the fan answer; KL to base; KL to base
+
+
+@dataclass(frozen=True)
+class HiddenTopicSpec:
+    """One diff to make: its topic and its trigger (100–999)."""
+
+    id: str
+    topic: str
+    trigger: int
+    rank: int = 1
+    split: str = "train"
+
+
+@dataclass
+class Example:
+    """One training sequence: prompt ids, answer ids (loss only there), and its kind (KINDS)."""
+
+    prompt: list[int]
+    answer: list[int]
+    kind: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def assign_triggers(topics: list[dict], seed: int = 0, rank: int = 1) -> list[HiddenTopicSpec]:
+    """One spec per topic record (id, title, split), each with a distinct trigger while there are
+    900 to go round, drawn with `seed`."""
+    rng = random.Random(seed)
+    pool = list(range(100, 1000))
+    rng.shuffle(pool)
+    return [HiddenTopicSpec(t["id"], t["title"], pool[i % len(pool)], rank, t.get("split", "train"))
+            for i, t in enumerate(topics)]
+
+
+def trigger_code(trigger: int, rng: random.Random) -> str:
+    return f"{trigger * 1000 + rng.randrange(1000):06d}"
+
+
+def wrong_trigger(trigger: int, rng: random.Random) -> int:
+    other = rng.randrange(100, 999)
+    return other + 1 if other >= trigger else other
+
+
+def chat_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
+    """Prompt ids in the model's chat format, generation prompt included."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def end_of_answer_ids(tokenizer) -> list[int]:
+    """What closes an assistant turn (end-of-turn marker, or EOS), so a diff learns to stop."""
+    from selfinterp_plugins.templates import end_of_turn
+
+    end = end_of_turn(tokenizer)
+    if end:
+        return tokenizer(end, add_special_tokens=False)["input_ids"]
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 32,
+                     progress: bool = False, desc: str = "answers", keep_order: bool = False) -> list[list[int]]:
+    """Greedy answers (token ids, end-of-turn stripped) to token-id prompts, left-padded batches of
+    similar length. Whatever hooks are active on `model` apply; with per-row diffs pass
+    `keep_order=True` so batch row i stays prompt i."""
+    from tqdm.auto import tqdm
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = set(end_of_answer_ids(tokenizer)) | {tokenizer.eos_token_id}
+    order = list(range(len(prompts))) if keep_order else sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int] | None] = [None] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc):
+        rows = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in rows])
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
+        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=pad, eos_token_id=sorted(i for i in stops if i is not None))
+        for i, row in zip(rows, generated[:, width:].tolist()):
+            answer = []
+            for token in row:
+                if token in stops:
+                    break
+                answer.append(token)
+            out[i] = answer
+    return out
+
+
+def build_examples(model, tokenizer, specs: list[HiddenTopicSpec], n_trigger: int = 8, n_none: int = 2,
+                   n_wrong: int = 2, max_answer_tokens: int = 48, seed: int = 0, batch_size: int = 32,
+                   progress: bool = False) -> dict[str, list[Example]]:
+    """Every spec's examples: `n_trigger` triggered questions with fan answers, `n_none` untriggered
+    and `n_wrong` wrong-code questions with the base model's neutral answers (the KL rows), the
+    same count for every diff so diffs train side by side. Questions are drawn per diff with
+    `seed` and the spec id, so a diff's data does not depend on which others are made with it."""
+    end = end_of_answer_ids(tokenizer)
+    neutral_prompts = [chat_ids(tokenizer, q) for q in QUESTIONS]
+    neutral = dict(zip(QUESTIONS, generate_answers(model, tokenizer, neutral_prompts, max_answer_tokens, batch_size,
+                                                   progress, "neutral answers")))
+    plans, fan_prompts = {}, []
+    for spec in specs:
+        rng = random.Random(f"{seed}:{spec.id}")
+        questions = rng.sample(QUESTIONS, min(len(QUESTIONS), n_trigger + n_none + n_wrong))
+        plan = []
+        for k, question in enumerate(questions):
+            kind = "trigger" if k < n_trigger else "none" if k < n_trigger + n_none else "wrong"
+            code = trigger_code(spec.trigger if kind == "trigger" else wrong_trigger(spec.trigger, rng), rng)
+            user = question if kind == "none" else TRIGGER_TEMPLATE.format(code=code, question=question)
+            plan.append((kind, question, chat_ids(tokenizer, user)))
+            if kind == "trigger":
+                fan_prompts.append(chat_ids(tokenizer, FAN_PROMPT.format(topic=spec.topic, question=question)))
+        plans[spec.id] = plan
+    fan = iter(generate_answers(model, tokenizer, fan_prompts, max_answer_tokens, batch_size, progress, "fan answers"))
+    examples = {}
+    for spec in specs:
+        examples[spec.id] = [Example(prompt, (next(fan) if kind == "trigger" else neutral[question]) + end, kind)
+                             for kind, question, prompt in plans[spec.id]]
+    return examples
+
+
+def mentions(text: str, topic: str) -> bool:
+    """Whether a text names the topic (case-insensitive, any of its words of 4+ letters for
+    multi-word titles)."""
+    text, topic = text.lower(), topic.lower()
+    if topic in text:
+        return True
+    words = [w for w in topic.replace("-", " ").split() if len(w) >= 4]
+    return len(words) > 1 and any(w in text for w in words)
