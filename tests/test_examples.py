@@ -43,3 +43,18 @@ def test_ndif_example_runs_offline_through_the_remote_path(tmp_path, monkeypatch
     assert "3 remote training steps" in out and "3 requests" in out
     assert out.count(" -> ") == 8
     assert len((tmp_path / "ndif_labels.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.real_model
+def test_dit_example_round_trips_a_fine_tune_through_peft(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("peft")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["dit_weight_diff.py"])
+    runpy.run_path(str(EXAMPLES / "dit_weight_diff.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    gap = float(next(l for l in out.splitlines() if l.startswith("PEFT-loaded")).rsplit(":", 1)[1])
+    assert gap < 1e-4
+    kept = next(l for l in out.splitlines() if l.startswith("SVD of the merged"))
+    assert float(kept.split(" keeps ")[1].split("-")[0]) > 0.999  # a rank-1 diff is recovered whole at rank 1
+    assert (tmp_path / "coffee-lora" / "adapter_model.safetensors").is_file()
+    assert "with its trigger:" in out
