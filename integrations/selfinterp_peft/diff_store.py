@@ -6,11 +6,11 @@ outside its directory."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError
+from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
 from .weight_diff import WeightDiff
 
@@ -28,38 +28,18 @@ def read_index(root: str | Path) -> list[dict]:
     path = Path(root) / INDEX
     if not path.exists():
         return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break  # a half-written last line from a crash: that diff is made again
-            raise ArtifactError(f"{path} line {n} is not JSON; delete the line and rerun to make that diff again.")
-        if not isinstance(row, dict) or "id" not in row or "topic" not in row:
-            raise ArtifactError(f"{path} line {n} lacks 'id' or 'topic'; delete the line and rerun.")
-        rows.append(row)
+    rows = read_jsonl(path, tolerate_torn_tail=True)  # a half-written last row: that diff is made again
+    for n, row in enumerate(rows, 1):
+        if "id" not in row or "topic" not in row:
+            raise ArtifactError(f"{path} row {n} lacks 'id' or 'topic'; delete the line and rerun.")
     return rows
 
 
 def add_diff(root: str | Path, row: dict, diff: WeightDiff, base_model) -> None:
     """Save the diff, then index it (the index row is the commit)."""
     diff.save_pretrained(diff_dir(root, row["id"]), base_model)
-    _drop_torn_tail(Path(root) / INDEX)
-    with open(Path(root) / INDEX, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line a crash left half-written, so the next row starts on a line of its own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with JsonlWriter(Path(root) / INDEX) as index:  # cuts a torn last row first
+        index.write(row)
 
 
 def load_diffs(root: str | Path, rows: list[dict]) -> list[WeightDiff]:

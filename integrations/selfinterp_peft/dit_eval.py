@@ -11,11 +11,11 @@ take its place (`judge=`). Three ways of asking are compared on the same diffs:
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from selfinterp_plugins.scoring import exact_match, recall_at_k
+from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
 from .hidden_topics import TRIGGER_TEMPLATE, mentions, trigger_code
 
@@ -33,10 +33,7 @@ def answer_records(dit, rows: list[dict], diffs, methods=METHODS, out: str | Pat
     (JSONL) as each method finishes; records already there are kept and not asked again."""
     done = {}
     if out is not None and Path(out).exists():
-        for line in Path(out).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done[(r["id"], r["method"])] = r
+        done = {(r["id"], r["method"]): r for r in read_jsonl(out, tolerate_torn_tail=True)}
     rng = random.Random(seed)
     records = []
     for method in methods:
@@ -50,8 +47,9 @@ def answer_records(dit, rows: list[dict], diffs, methods=METHODS, out: str | Pat
             new = [{"id": row["id"], "method": method, "scale": 0.0, "label": a, "topic": row["topic"]}
                    for (row, _), a in zip(todo, answers)]
             if out is not None:
-                with open(out, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in new)
+                with JsonlWriter(out) as writer:
+                    for r in new:
+                        writer.write(r)
             done.update({(r["id"], method): r for r in new})
         records.extend(done[(row["id"], method)] for row in rows)
     return records
