@@ -171,8 +171,9 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
                   help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")
+    @click.option("--limit", type=int, default=None, help="only the first N diffs of the split")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="answers.jsonl (resumes) and metrics.json")
-    def evaluate(dit_dir, diffs_dir, model_name, split, candidates, out):
+    def evaluate(dit_dir, diffs_dir, model_name, split, candidates, limit, out):
         """Recall@1/@5 and exact match of DIT answers vs asking without DIT and with the trigger."""
         from selfinterp_plugins.topics import load_topics
 
@@ -180,7 +181,7 @@ def register(cli):
         from .dit import DITAdapter
         from .dit_eval import answer_records, score
 
-        rows = [r for r in read_index(diffs_dir) if r.get("split") == split]
+        rows = [r for r in read_index(diffs_dir) if r.get("split") == split][:limit]
         if not rows:
             raise click.ClickException(f"{diffs_dir} has no {split}-split diffs.")
         model, tok = _load(model_name)
