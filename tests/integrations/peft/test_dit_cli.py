@@ -50,3 +50,12 @@ def test_dit_commands(tmp_path, capsys):
     extracted = json.loads(run(["dit", "extract", "--adapter", f"{diffs}/diffs/{held_out}", "--base", str(tmp_path / "tiny"),
                                 "--out", str(tmp_path / "x")], capsys))
     assert extracted["modules"] == 14 and (tmp_path / "x" / "adapter_config.json").is_file()
+
+
+def test_the_peft_plugin_registers_the_dit_task_and_commands(capsys):
+    from selfinterp_plugins import plugins
+
+    assert "diff_interpretation" in plugins.registry().tasks
+    names = {p["name"]: p["hooks"] for p in plugins.list_plugins()}
+    assert names["peft"] == ["register_commands", "register_tasks"]
+    assert "make-diffs" in run(["dit", "--help"], capsys)
