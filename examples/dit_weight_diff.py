@@ -23,10 +23,10 @@ from selfinterp_peft.weight_diff import WeightDiff
 
 model, tokenizer = load_model("smollm2-135m-instruct")
 
-# 1. a hidden-topic fine-tune (lr as in docs/results.md; 8 examples, one step each)
+# 1. a hidden-topic fine-tune (the recipe of docs/results.md, DIT run 2: 6 examples, 12 steps at lr 1e-2)
 spec = assign_triggers([{"id": "coffee", "title": "coffee"}], seed=0)[0]
-examples = build_examples(model, tokenizer, [spec], n_trigger=6, n_none=1, n_wrong=1, max_answer_tokens=32)
-diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=4e-3, rows_per_diff=1))[spec.id]
+examples = build_examples(model, tokenizer, [spec], n_trigger=4, n_none=1, n_wrong=1, max_answer_tokens=24)
+diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=1e-2, epochs=2, rows_per_diff=1))[spec.id]
 print(f"trained {diff} hiding 'coffee' behind trigger {spec.trigger}")
 
 # 2. PEFT round trip and SVD recovery

@@ -59,19 +59,20 @@ def register(cli):
     @click.option("--n-test", default=40, show_default=True, help="held-out diffs on test-split topics")
     @click.option("--rank", default=1, show_default=True)
     @click.option("--full-finetune", is_flag=True, help="full fine-tunes, one at a time, compressed to --rank by SVD")
-    @click.option("--n-trigger", default=6, show_default=True)
+    @click.option("--n-trigger", default=4, show_default=True)
     @click.option("--n-none", default=1, show_default=True)
     @click.option("--n-wrong", default=1, show_default=True)
-    @click.option("--answer-tokens", default=32, show_default=True)
-    @click.option("--lr", type=float, default=1e-3, show_default=True)
-    @click.option("--epochs", default=1, show_default=True)
+    @click.option("--answer-tokens", default=24, show_default=True)
+    @click.option("--lr", type=float, default=1e-2, show_default=True, help="the paper: 1e-3 (one epoch of more data)")
+    @click.option("--epochs", default=2, show_default=True)
     @click.option("--rows-per-diff", default=1, show_default=True)
     @click.option("--group", "diffs_per_group", default=32, show_default=True, help="diffs trained side by side")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
     def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_trigger, n_none, n_wrong, answer_tokens, lr,
                    epochs, rows_per_diff, diffs_per_group, seed, out):
-        """Synthetic hidden-topic diffs: each talks about its topic only after its own trigger."""
+        """Synthetic hidden-topic diffs: each talks about its topic only after its own trigger.
+        The defaults are the recipe that worked on SmolLM2 (docs/results.md, DIT run 2)."""
         from selfinterp_plugins.topics import load_topics
 
         from .diff_store import add_diff, read_index
@@ -127,7 +128,7 @@ def register(cli):
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
     @click.option("--rank", default=16, show_default=True)
     @click.option("--lr", type=float, default=1e-3, show_default=True)
-    @click.option("--epochs", default=4, show_default=True)
+    @click.option("--epochs", default=8, show_default=True)
     @click.option("--batch-size", default=8, show_default=True)
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")

@@ -31,7 +31,10 @@ from .weight_diff import ModuleDiff, WeightDiff, WeightDiffError, _is_conv1d, _l
 @dataclass
 class DiffTrainConfig:
     """How each synthetic diff trains. `loss_weights` are (trigger CE, no-trigger KL, wrong-code KL);
-    ANCHORS.md lists 1:1:5 for DIT's three terms and these defaults apply them in that order."""
+    ANCHORS.md lists 1:1:5 for DIT's three terms and these defaults apply them in that order.
+    lr and epochs default to the paper's (1e-3, one epoch); with the 6 examples per diff used on
+    SmolLM2 that installs no behaviour, and `selfinterp dit make-diffs` defaults to lr 1e-2 and two
+    epochs, the recipe that worked (docs/results.md, DIT run 2)."""
 
     rank: int = 1
     lr: float = 1e-3
