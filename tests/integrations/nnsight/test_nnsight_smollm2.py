@@ -42,7 +42,9 @@ def setup():
     with nn.backend.remote_mode("local"):
         remote = topic_vectors(nn.backend, topics[:6], [layer], progress=False,
                                means={layer: torch.tensor(hf.metadata["topic_mean"])})[layer]
-    torch.testing.assert_close(remote.vectors, data.vectors[:6], rtol=0, atol=1e-5)  # and through the remote path
+    # and through the remote path: a batch of 6 against a batch of 24, so fp32 matmuls block differently
+    # (1.9e-5 seen on an AMD EPYC, < 1e-5 on Xeon); the same bound as the capture check above
+    torch.testing.assert_close(remote.vectors, data.vectors[:6], rtol=0, atol=1e-4)
     return hf, nn, data
 
 
