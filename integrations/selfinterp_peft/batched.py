@@ -15,7 +15,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .weight_diff import WeightDiff, WeightDiffError, _is_conv1d, _linear_modules
+from .weight_diff import WeightDiff, WeightDiffError, _linear_modules, _weight_out_in
 
 
 def stack_factors(diffs: list[WeightDiff], name: str, out_features: int, in_features: int):
@@ -96,7 +96,7 @@ def per_row_diffs(model: nn.Module, diffs: list[WeightDiff]):
     factors = {}
     for name in names:
         weight = targets[name].weight
-        out_features, in_features = (weight.shape[1], weight.shape[0]) if _is_conv1d(targets[name]) else weight.shape
+        out_features, in_features = _weight_out_in(targets[name]).shape
         stacked = stack_factors(diffs, name, out_features, in_features)
         if stacked is not None:
             factors[name] = tuple(t.to(weight.device) for t in stacked)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .batched import per_row_factors
 from .hidden_topics import Example
-from .weight_diff import ModuleDiff, WeightDiff, WeightDiffError, _is_conv1d, _linear_modules
+from .weight_diff import ModuleDiff, WeightDiff, WeightDiffError, _linear_modules, _weight_out_in
 
 
 @dataclass
@@ -49,11 +49,6 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
     """Every linear of the decoder (q, k, v, o, gate, up, down, …), not the LM head."""
     head = model.get_output_embeddings()
     return {name: m for name, m in _linear_modules(model).items() if m is not head}
-
-
-def _shape(module: nn.Module) -> tuple[int, int]:
-    w = module.weight
-    return (w.shape[1], w.shape[0]) if _is_conv1d(module) else tuple(w.shape)
 
 
 def answer_logits(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -90,18 +85,16 @@ def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None)
     with hooks():
         logits = answer_logits(model, ids, positions)
     logp = F.log_softmax(logits, -1)
-    is_ce = torch.tensor([examples[r].kind == "trigger" for r in rows.tolist()])
-    ce = -logp.gather(1, targets[:, None])[:, 0]
-    per_pos = ce * is_ce
-    if (~is_ce).any():
-        kl_rows = sorted({int(r) for r, c in zip(rows, is_ce) if not c})
-        sub = torch.tensor(kl_rows)
+    row_is_ce = torch.tensor([e.kind == "trigger" for e in examples])
+    is_ce = row_is_ce[rows]
+    per_pos = -logp.gather(1, targets[:, None])[:, 0] * is_ce
+    if not row_is_ce.all():
+        kl_rows = (~row_is_ce).nonzero()[:, 0]
+        new_index = torch.full((len(examples),), -1).index_copy(0, kl_rows, torch.arange(len(kl_rows)))
         keep = ~is_ce
-        with torch.no_grad():
-            base = base_model or model
-            remap = {r: i for i, r in enumerate(kl_rows)}
-            sub_pos = torch.stack([torch.tensor([remap[int(r)] for r in positions[keep, 0]]), positions[keep, 1]], 1)
-            base_logp = F.log_softmax(answer_logits(base, ids[sub], sub_pos), -1)
+        with torch.no_grad():  # base logits at the KL positions only, on the KL rows only
+            base_pos = torch.stack([new_index[positions[keep, 0]], positions[keep, 1]], 1)
+            base_logp = F.log_softmax(answer_logits(base_model or model, ids[kl_rows], base_pos), -1)
         kl = (base_logp.exp() * (base_logp - logp[keep])).sum(-1)
         per_pos = per_pos.masked_scatter(keep, kl)
     sums = torch.zeros(len(examples)).index_add(0, rows, per_pos)
@@ -147,7 +140,7 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
                               "build them with one build_examples call.")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     targets = decoder_linears(model)
-    shapes = {n: _shape(m) for n, m in targets.items()}
+    shapes = {n: tuple(_weight_out_in(m).shape) for n, m in targets.items()}
     for p in model.parameters():
         p.requires_grad_(False)
     keys = list(examples)

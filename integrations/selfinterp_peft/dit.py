@@ -10,6 +10,7 @@ answer only. `ask(diffs, question)` generates the answers for many diffs in one 
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -153,18 +154,12 @@ class DITAdapter:
         for start in range(0, len(diffs), batch_size):
             chunk = diffs[start:start + batch_size]
             prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
-            context = self.model.disable_adapter() if not use_dit else _null()
+            context = self.model.disable_adapter() if not use_dit else contextlib.nullcontext()
             with context, per_row_diffs(self.model, chunk):
                 ids = generate_answers(self.model, self.tokenizer, prompts, max_new_tokens or self.config.max_new_tokens,
                                        batch_size=len(chunk), keep_order=True)
             answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
         return answers
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _checkpoint(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
