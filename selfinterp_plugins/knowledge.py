@@ -28,9 +28,10 @@ def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = No
 
 
 def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32,
-                   progress: bool = False, desc: str = "generate") -> list[str]:
-    """Greedy continuations of token-id prompts with nothing injected (stops at end of turn or
-    EOS); prompts of equal length share a batch, on any backend."""
+                   progress: bool = False, desc: str = "generate", sampling: Sampling | None = None) -> list[str]:
+    """Continuations of token-id prompts with nothing injected (stops at end of turn or EOS);
+    prompts of equal length share a batch, on any backend. Greedy unless `sampling` says otherwise
+    (batch k draws with seed `sampling.seed + k`, so a rerun draws the same texts)."""
     from tqdm.auto import tqdm
 
     tok = backend.tokenizer
@@ -44,8 +45,9 @@ def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch
         groups.setdefault(len(prompt), []).append(i)
     batches = [rows[k:k + batch_size] for rows in groups.values() for k in range(0, len(rows), batch_size)]
     texts: dict[int, str] = {}
-    sampling = Sampling(max_new_tokens=max_new_tokens)
-    for rows in tqdm(batches, disable=not progress, desc=desc):
+    base = sampling or Sampling()
+    for k, rows in enumerate(tqdm(batches, disable=not progress, desc=desc)):
+        sampling = Sampling(base.temperature, base.top_p, max_new_tokens, base.seed + k)
         input_ids = torch.tensor([prompts[i] for i in rows])
         soft = torch.zeros(len(rows), backend.d_model)
         mask = torch.zeros_like(input_ids, dtype=torch.bool)  # nothing injected

@@ -1,5 +1,51 @@
-"""sae_lens plugin (placeholder until its issue lands)."""
+"""SAE-Lens plugin: SAE features as vectors (`sae` vector source), Neuronpedia explanations in and
+out, `selfinterp sae …` commands, and the SAE-based scorers `generation` (ANCHORS.md §1) and
+`detection` (delphi-style). Loading it imports nothing heavy."""
 
+from selfinterp_plugins.hookspecs import hookimpl
 from selfinterp_plugins.plugins import require
 
 require("sae_lens", "sae-lens")
+
+
+def generation_scorer(records, dataset=None, *, sae, backend, writer=None, n_samples: int = 10, output=None, **options):
+    """Mean-max hit rate: conversations written to exhibit each label, does the latent fire?"""
+    from .generation_scoring import generation_score
+
+    return {"generation": generation_score(records, sae, backend, writer=writer, n_samples=n_samples, dataset=dataset,
+                                           output=output, **options)}
+
+
+def detection_scorer(records, dataset=None, *, sae, backend, windows, judge=None, **options):
+    """Accuracy / F1 / AUC of a judge telling activating from non-activating corpus contexts."""
+    from .detection_scoring import ContextPool, ModelJudge, detection_score
+    from .generation_scoring import _feature_of
+
+    features = sorted({_feature_of(r, dataset) for r in records})
+    pool = ContextPool.build(backend, sae, windows, features)
+    rows = [dict(r, feature=_feature_of(r, dataset)) for r in records]
+    return {"detection": detection_score(rows, pool, judge or ModelJudge(backend), backend.tokenizer, **options)}
+
+
+def sae_source(**options):
+    from .source import build_sae_dataset
+
+    return build_sae_dataset(**options)
+
+
+@hookimpl
+def register_vector_sources(register):
+    register("sae", sae_source)
+
+
+@hookimpl
+def register_scorers(register):
+    register("generation", generation_scorer)
+    register("detection", detection_scorer)
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import register
+
+    register(cli)

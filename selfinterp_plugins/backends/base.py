@@ -173,6 +173,14 @@ class Backend(ABC):
         """Residual-stream values (N, n_sites, d) at one position per row (`positions[i]` as a list
         of one index per row, negative counts from the end of that row's real tokens)."""
 
+    def capture_all(self, input_ids: torch.Tensor, site: Site) -> torch.Tensor:
+        """Residual-stream values (B, T, d) at every position of right-padded `input_ids` (B, T):
+        what SAE latents are computed from. This fallback reads one position per `capture` call;
+        backends override it with one forward pass."""
+        rows = [row.tolist() for row in input_ids]
+        columns = [self.capture(rows, [site], [t] * len(rows))[:, 0] for t in range(input_ids.shape[1])]
+        return torch.stack(columns, dim=1)
+
     @property
     def typical_embed_norm(self) -> float:
         """Median L2 norm of the input embedding rows: the natural scale of a soft token."""

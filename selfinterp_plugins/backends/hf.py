@@ -244,3 +244,28 @@ class HFBackend(Backend):
             for handle in handles:
                 handle.remove()
         return torch.stack([found[i] for i in range(len(sites))], dim=1)
+
+    def capture_all(self, input_ids, site):
+        """One forward pass, stopped right after `site`: (B, T, d) in float32 on the CPU."""
+        found = []
+
+        def hook(_module, args, kwargs_or_output, *rest):
+            if site.kind == "resid_pre":
+                hidden = args[0] if args else kwargs_or_output["hidden_states"]
+            else:
+                hidden = _hidden_of(kwargs_or_output if not rest else rest[0])
+            found.append(hidden.float().cpu())
+            raise _StopForward
+
+        module = self._site_module(site)
+        if site.kind == "resid_pre":
+            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        else:
+            handle = module.register_forward_hook(hook)
+        try:
+            self.body(input_ids=input_ids.to(self.device), use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return found[0]

@@ -1,0 +1,200 @@
+"""`selfinterp sae …`: SAE features from the command line.
+
+  train-sae           train a TopK SAE with SAE-Lens's trainer on a local corpus (offline)
+  weak-labels         label latents by their dominant top-activating token -> a dataset with splits
+  import-neuronpedia  Neuronpedia explanations (JSON / JSONL / CSV) -> a dataset with splits
+  label               label every latent (or a range) with a trained explainer; resumable JSONL
+                      plus a Neuronpedia-format copy
+  score               generation or detection scoring of a labels file
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from selfinterp_plugins.errors import VectorError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def parse_features(spec: str | None) -> list[int] | None:
+    """'all' / None, '0:100' (a range), or '3,17,42'."""
+    if spec in (None, "", "all"):
+        return None
+    try:
+        if ":" in spec:
+            start, stop = spec.split(":")
+            return list(range(int(start or 0), int(stop)))
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise VectorError(f"Cannot read features {spec!r}; write 'all', a range like '0:100' or a list like '3,17,42'.") from None
+
+
+def _backend(model_name):
+    from selfinterp_plugins import HFBackend
+    from selfinterp_plugins.models import load_model
+
+    model, tokenizer = load_model(model_name)
+    return HFBackend(model, tokenizer)
+
+
+def _sae(path, release=None, sae_id=None):
+    from .source import load_sae
+
+    return load_sae(path, release, sae_id)
+
+
+def read_label_records(path) -> list[dict]:
+    """Label records from explain / `sae label` JSONL, or from a Neuronpedia explanations file."""
+    from selfinterp_plugins.serialization import read_jsonl
+
+    path = Path(path)
+    rows = read_jsonl(path) if path.suffix == ".jsonl" else []
+    if rows and all("label" in r and "id" in r for r in rows):
+        return rows
+    from .neuronpedia import read_explanations
+
+    return [{"id": str(e.index), "feature": e.index, "scale": 1.0, "label": e.description} for e in read_explanations(path)]
+
+
+def _save_with_splits(sae, labels: dict[int, str], out, seed: int, extra=None, report=None):
+    from .neuronpedia import split_features
+    from .source import sae_dataset
+
+    data = sae_dataset(sae, labels, split_features(labels, seed=seed), extra)
+    if report:
+        data.meta["weak_labels"] = report
+    data.save(out)
+    counts = {s: sum(r.get("split") == s for r in data.records) for s in ("train", "validation", "test")}
+    return {"features": len(data), **counts, "saved": str(out)}
+
+
+def register(cli):
+    @cli.group()
+    def sae():
+        """SAE-Lens features: datasets, labels in Neuronpedia's format, generation and detection scoring."""
+
+    @sae.command("train-sae")
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--site", default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
+    @click.option("--corpus", default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
+    @click.option("--context", default=64, show_default=True, help="tokens per window")
+    @click.option("--d-sae", default=4608, show_default=True)
+    @click.option("--k", default=32, show_default=True, help="active latents per token (TopK)")
+    @click.option("--tokens", default=400_000, show_default=True, help="training tokens")
+    @click.option("--lr", default=3e-4, show_default=True)
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    def train_sae_cmd(model_name, site, corpus, context, d_sae, k, tokens, lr, seed, out):
+        """Train an SAE on the model's activations with SAE-Lens's SAETrainer; saved with save_inference_model."""
+        from .corpus import read_texts, token_windows
+        from .sae_training import SAETrainConfig, train_sae
+
+        backend = _backend(model_name)
+        windows = token_windows(backend.tokenizer, read_texts(corpus), context, seed=seed)
+        config = SAETrainConfig(d_sae=d_sae, k=k, total_tokens=tokens, lr=lr, seed=seed)
+        sae = train_sae(backend, windows, site, config, out=out, model_name=model_name)
+        click.echo(json.dumps({"saved": out, "hook_name": sae.cfg.metadata.hook_name, "d_sae": sae.cfg.d_sae}))
+
+    @sae.command("weak-labels")
+    @click.argument("sae_dir", type=click.Path())
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--corpus", default="shakespeare", show_default=True)
+    @click.option("--context", default=64, show_default=True)
+    @click.option("--windows", "n_windows", default=2000, show_default=True, help="corpus windows streamed")
+    @click.option("--min-share", default=0.5, show_default=True, help="share of top activations the dominant word needs")
+    @click.option("--seed", default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    def weak_labels_cmd(sae_dir, model_name, corpus, context, n_windows, min_share, seed, out):
+        """Label latents by their dominant top-activating word; write a dataset split by latent."""
+        from .corpus import read_texts, token_windows
+        from .weak_labels import top_activations, weak_labels
+
+        backend = _backend(model_name)
+        sae_obj = _sae(sae_dir)
+        windows = token_windows(backend.tokenizer, read_texts(corpus), context, limit=n_windows, seed=seed)
+        top = top_activations(backend, sae_obj, windows)
+        labels, report = weak_labels(top, backend.tokenizer, min_share)
+        extra = {i: {"frequency": float(top.frequency[i])} for i in labels}
+        click.echo(json.dumps({**_save_with_splits(sae_obj, labels, out, seed, extra, report), "report": report}))
+
+    @sae.command("import-neuronpedia")
+    @click.argument("explanations", type=click.Path())
+    @click.option("--sae", "sae_dir", default=None, help="SAE directory (save_model); or --release/--sae-id")
+    @click.option("--release", default=None)
+    @click.option("--sae-id", default=None)
+    @click.option("--model-id", default=None, help="keep only rows of this Neuronpedia modelId")
+    @click.option("--np-sae-id", default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    def import_neuronpedia(explanations, sae_dir, release, sae_id, model_id, np_sae_id, seed, out):
+        """A Neuronpedia export -> a VectorLabelDataset (train / validation / test by latent)."""
+        from .neuronpedia import labelled_dataset, read_explanations, split_features
+
+        sae_obj = _sae(sae_dir, release, sae_id)
+        rows = read_explanations(explanations)
+        splits = split_features([e.index for e in rows], seed=seed)
+        data = labelled_dataset(sae_obj, rows, model_id, np_sae_id, splits)
+        data.save(out)
+        click.echo(json.dumps({"rows": len(data), "latents": len({r["feature"] for r in data.records}),
+                               "skipped_other_sae": data.meta["skipped_other_sae"], "saved": out}))
+
+    @sae.command("label")
+    @click.argument("explainer_dir", type=click.Path())
+    @click.option("--sae", "sae_dir", required=True, type=click.Path())
+    @click.option("--features", default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
+    @click.option("--batch-size", default=64, show_default=True)
+    @click.option("--max-new-tokens", default=30, show_default=True)
+    @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
+    @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
+                  help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
+    def label(explainer_dir, sae_dir, features, model_name, scales, batch_size, max_new_tokens, output, np_output):
+        """Label an SAE's latents with a trained explainer (EXPLAINER_DIR)."""
+        from selfinterp_plugins import Explainer, Sampling
+        from selfinterp_plugins.models import load_model
+
+        from .labelling import label_features
+
+        model, tokenizer = load_model(model_name)
+        explainer = Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tokenizer)
+        records = label_features(explainer, _sae(sae_dir), parse_features(features), output, scales,
+                                 Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
+        click.echo(json.dumps({"labels": len(records), "output": output, "neuronpedia": np_output}))
+
+    @sae.command("score")
+    @click.argument("labels", type=click.Path())
+    @click.option("--sae", "sae_dir", required=True, type=click.Path())
+    @click.option("--scorer", type=click.Choice(["generation", "detection"]), default="generation", show_default=True)
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="subject model (and default writer / judge)")
+    @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
+    @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
+    @click.option("--samples", default=10, show_default=True, help="conversations per label (generation)")
+    @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
+    @click.option("--windows", "n_windows", default=2000, show_default=True)
+    @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")
+    def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, corpus, n_windows, output):
+        """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
+        backend = _backend(model_name)
+        sae_obj = _sae(sae_dir)
+        records = read_label_records(labels)
+        if scorer == "generation":
+            from .generation_scoring import ConversationWriter, generation_score
+
+            writer = ConversationWriter(_backend(writer_model)) if writer_model else None
+            result = generation_score(records, sae_obj, backend, writer, samples, output=output)
+        else:
+            from .corpus import read_texts, token_windows
+            from .detection_scoring import ContextPool, ModelJudge, detection_score
+
+            windows = token_windows(backend.tokenizer, read_texts(corpus), 32, limit=n_windows, seed=2)
+            pool = ContextPool.build(backend, sae_obj, windows, [int(r.get("feature", r["id"])) for r in records])
+            judge = ModelJudge(_backend(judge_model) if judge_model else backend)
+            result = detection_score(records, pool, judge, backend.tokenizer)
+            if output:
+                Path(output).write_text("".join(json.dumps(r) + "\n" for r in result["per_label"]))
+        click.echo(json.dumps({k: v for k, v in result.items() if k not in ("per_feature", "per_label")}, indent=2))

@@ -1,0 +1,155 @@
+"""Generation scoring of SAE labels (ANCHORS.md §1, Pepper et al. 2026).
+
+A label is good if text written to exhibit it makes the latent fire. For each label a writer model
+(the subject model by default, any other via `ConversationWriter(backend)`) writes a VERY SHORT
+conversation in `[USER] ... [ASSISTANT] ...` form (T=0.7, top-p 0.9, <= 100 new tokens), 10 times;
+each conversation is re-tokenised with the subject model's chat template and run forward; a sample
+hits if the latent is > 0 on any token after the first. A label's score is its hit rate; a latent's
+score is the max over its labels (one per scale); the reported number is the mean over latents
+("mean-max hit rate"). Per-label results stream to a JSONL file, so a long run resumes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from selfinterp_plugins.backends.base import Sampling
+from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
+
+from .latents import latent_acts, max_acts
+
+WRITER_SYSTEM = ("You write example conversations. Write ONE VERY SHORT conversation between a user and an "
+                 "assistant, in exactly this format:\n[USER] <one sentence>\n[ASSISTANT] <one or two sentences>")
+WRITER_PROMPT = "Write a very short conversation that exhibits '{label}'."
+_TURN = re.compile(r"\[(USER|ASSISTANT)\]\s*:?", re.IGNORECASE)
+
+
+def parse_conversation(text: str) -> list[dict]:
+    """`[USER] ... [ASSISTANT] ...` text as chat messages. Text before the first marker is dropped;
+    text with no marker at all becomes one user message (the writer ignored the format, but what
+    it wrote is still evidence about the label)."""
+    parts = _TURN.split(text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        content = content.strip()
+        if content:
+            messages.append({"role": role.lower(), "content": content})
+    return messages or [{"role": "user", "content": text.strip() or "(empty)"}]
+
+
+def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """A conversation in the subject model's chat format, as token ids (no generation prompt)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+    return tokenizer(text)["input_ids"]
+
+
+class ConversationWriter:
+    """Writes example conversations with a model behind any backend (nothing injected)."""
+
+    def __init__(self, backend, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 100,
+                 batch_size: int = 40, seed: int = 0):
+        self.backend = backend
+        self.sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        self.batch_size = batch_size
+
+    def _prompt(self, label: str) -> list[int]:
+        tok = self.backend.tokenizer
+        messages = [{"role": "system", "content": WRITER_SYSTEM}, {"role": "user", "content": WRITER_PROMPT.format(label=label)}]
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        return tok(f"{WRITER_SYSTEM}\n{WRITER_PROMPT.format(label=label)}\n")["input_ids"]
+
+    def __call__(self, labels: list[str], n_samples: int, progress: bool = False) -> list[list[str]]:
+        """`n_samples` conversations per label (sampled; identical prompts share batches)."""
+        from selfinterp_plugins.knowledge import generate_texts
+
+        prompts = [self._prompt(label) for label in labels for _ in range(n_samples)]
+        texts = generate_texts(self.backend, prompts, self.sampling.max_new_tokens, self.batch_size, progress,
+                               desc="write conversations", sampling=self.sampling)
+        return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(labels))]
+
+
+def hit_rates(backend, sae, features: list[int], conversations: list[list[str]], batch_size: int = 16) -> list[float]:
+    """For each (feature, its conversations): the fraction whose latent fires after the first token."""
+    tok = backend.tokenizer
+    sequences, owner = [], []
+    for k, (feature, texts) in enumerate(zip(features, conversations)):
+        for text in texts:
+            sequences.append(conversation_ids(tok, parse_conversation(text)))
+            owner.append(k)
+    wanted = sorted(set(features))
+    column = {f: j for j, f in enumerate(wanted)}
+    peaks = max_acts(latent_acts(backend, sae, sequences, wanted, batch_size))
+    hits = defaultdict(list)
+    for row, k in enumerate(owner):
+        hits[k].append(bool(peaks[row, column[features[k]]] > 0))
+    return [sum(hits[k]) / len(hits[k]) if hits[k] else 0.0 for k in range(len(features))]
+
+
+def _feature_of(record: dict, dataset) -> int:
+    if "feature" in record:
+        return int(record["feature"])
+    if dataset is not None:
+        for r in dataset.records:
+            if r["id"] == record["id"] and "feature" in r:
+                return int(r["feature"])
+    return int(str(record["id"]).split(".")[0])
+
+
+def generation_score(records, sae, backend, writer=None, n_samples: int = 10, dataset=None, output=None,
+                     chunk: int = 8, batch_size: int = 16, progress: bool = True) -> dict:
+    """Mean-max hit rate of label records (id, scale, label) for an SAE's latents.
+
+    `writer(labels, n_samples) -> list of lists of texts` writes the conversations (default: the
+    subject model). With `output`, each scored label is appended to that JSONL and a rerun skips it.
+    """
+    from tqdm.auto import tqdm
+
+    writer = writer or ConversationWriter(backend)
+    keyed = [(str(r["id"]), float(r.get("scale", 1.0)), r["label"], _feature_of(r, dataset)) for r in records]
+    done = {}
+    writer_out = None
+    if output is not None:
+        path = Path(output)
+        if path.exists():
+            done = {(d["id"], float(d["scale"]), d["label"]): d for d in read_jsonl(path, tolerate_torn_tail=True)}
+        writer_out = JsonlWriter(path)
+    todo = [k for k in keyed if k[:3] not in done]
+    results = dict(done)
+    bar = tqdm(total=len(keyed), initial=len(keyed) - len(todo), disable=not progress, desc="generation scoring", unit="label")
+    try:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            texts = writer([label for _, _, label, _ in part], n_samples)
+            rates = hit_rates(backend, sae, [f for *_, f in part], texts, batch_size)
+            for (rid, scale, label, feature), rate, samples in zip(part, rates, texts):
+                row = {"id": rid, "scale": scale, "label": label, "feature": feature, "hit_rate": rate, "samples": samples}
+                results[(rid, scale, label)] = row
+                if writer_out:
+                    writer_out.write(row)
+            bar.update(len(part))
+    finally:
+        bar.close()
+        if writer_out:
+            writer_out.close()
+    rows = [results[k[:3]] for k in keyed]
+    return summarise(rows)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean-max hit rate over latents, plus the mean hit rate per scale."""
+    per_feature: dict[int, float] = defaultdict(float)
+    per_scale: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        per_feature[r["feature"]] = max(per_feature[r["feature"]], r["hit_rate"])
+        per_scale[r["scale"]].append(r["hit_rate"])
+    mean_max = sum(per_feature.values()) / len(per_feature) if per_feature else 0.0
+    return {"mean_max_hit_rate": mean_max, "features": len(per_feature), "labels": len(rows),
+            "per_scale": {s: sum(v) / len(v) for s, v in sorted(per_scale.items())},
+            "per_feature": dict(sorted(per_feature.items()))}

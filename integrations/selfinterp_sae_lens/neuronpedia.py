@@ -1,0 +1,219 @@
+"""Neuronpedia explanations in and out.
+
+Neuronpedia publishes feature explanations as JSON (its `/api/explanation/export` endpoint: a list
+of objects), JSONL (the bulk dataset exports, `explanations/batch-N.jsonl.gz`) and CSV, one row per
+explanation with `modelId`, `layer` (the SAE id, e.g. `6-res-jb`), `index` (the latent, often a
+string) and `description`, plus `explanationModelName`, `typeName` and bookkeeping. `read_explanations`
+reads any of these (gzipped too); `labelled_dataset` matches them to an SAE's latents, refusing
+rows it cannot use instead of dropping them; `write_explanations` writes our labels back in the
+same shape, so they can be uploaded or compared with the published ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfinterp_plugins.errors import ArtifactError, LabelError
+
+EXPORT_URL = "https://www.neuronpedia.org/api/explanation/export?modelId={model}&saeId={sae}"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One Neuronpedia explanation row, normalised."""
+
+    model_id: str
+    sae_id: str
+    index: int
+    description: str
+    explainer: str = ""
+    row: int = 0  # 1-based position in the file, for error messages
+
+
+def _open_text(path: Path) -> str:
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-export it as UTF-8.") from None
+
+
+def _rows(path: Path) -> list[dict]:
+    text = _open_text(path)
+    kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
+    if kind == "csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if kind == "jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ArtifactError(f"{path} line {n} is not JSON ({err.msg}); fix or delete that line.") from None
+        return rows
+    if kind == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); re-export it.") from None
+        if isinstance(data, dict):
+            data = data.get("explanations", data.get("results"))
+        if not isinstance(data, list):
+            raise ArtifactError(f"{path} holds no list of explanations; expected a JSON list (Neuronpedia's export format).")
+        return data
+    raise ArtifactError(f"Cannot read {path.name}: Neuronpedia explanations come as .json, .jsonl or .csv (optionally .gz).")
+
+
+def _field(row: dict, *names):
+    for name in names:
+        if row.get(name) not in (None, ""):
+            return row[name]
+    return None
+
+
+def parse_row(row, n: int, path) -> Explanation:
+    """One file row as an `Explanation`, or a `LabelError` naming the row and what is wrong."""
+    where = f"{path} row {n}"
+    if not isinstance(row, dict):
+        raise LabelError(f"{where} is not an object but {type(row).__name__}; each row needs index and description.")
+    index = _field(row, "index", "feature", "featureIndex")
+    description = _field(row, "description", "explanation", "label")
+    if index is None:
+        raise LabelError(f"{where} has no 'index'; every explanation must name its latent.")
+    try:
+        index = int(str(index).strip())
+    except ValueError:
+        raise LabelError(f"{where} has index {index!r}, not an integer; fix that row.") from None
+    if index < 0:
+        raise LabelError(f"{where} has a negative index {index}; fix that row.")
+    if not isinstance(description, str) or not description.strip():
+        raise LabelError(f"{where} (index {index}) has an empty or missing 'description'; fix or delete that row.")
+    return Explanation(model_id=str(_field(row, "modelId", "model_id") or ""), sae_id=str(_field(row, "layer", "saeId", "sae_id") or ""),
+                       index=index, description=description.strip(), explainer=str(_field(row, "explanationModelName") or ""), row=n)
+
+
+def read_explanations(path) -> list[Explanation]:
+    """Every explanation in a Neuronpedia export file; a malformed row is an error, never skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"No explanations file at {path}; download Neuronpedia's export for your SAE first.")
+    return [parse_row(row, n, path) for n, row in enumerate(_rows(path), 1)]
+
+
+def labelled_dataset(sae, explanations: list[Explanation], model_id: str | None = None, sae_id: str | None = None,
+                     splits: dict[int, str] | None = None):
+    """The SAE's features with their explanations as a `VectorLabelDataset`.
+
+    Rows for another model / SAE are left out only when `model_id` / `sae_id` ask for that, and
+    counted in `meta["skipped_other_sae"]`; a file mixing SAEs without them is refused. A feature
+    with several explanations gives several rows (ids `17`, `17.1`, ...), all kept.
+    """
+    from .source import sae_metadata
+
+    if not explanations:
+        raise ArtifactError("The explanations file is empty; export at least one explanation.")
+    chosen = [e for e in explanations if (model_id is None or e.model_id == model_id) and (sae_id is None or e.sae_id == sae_id)]
+    skipped = len(explanations) - len(chosen)
+    if not chosen:
+        raise ArtifactError(f"No explanation matches model {model_id!r} / SAE {sae_id!r}; "
+                            f"the file has {sorted({(e.model_id, e.sae_id) for e in explanations})[:3]}.")
+    sources = sorted({(e.model_id, e.sae_id) for e in chosen})
+    if len(sources) > 1:
+        raise ArtifactError(f"The file mixes explanations of {len(sources)} SAEs, e.g. {sources[:2]}; pick one with "
+                            "model_id= and sae_id= (CLI: --model-id, --sae-id).")
+    d_sae = int(sae.cfg.d_sae)
+    outside = [e for e in chosen if e.index >= d_sae]
+    if outside:
+        e = outside[0]
+        raise LabelError(f"Row {e.row} explains latent {e.index}, but this SAE has {d_sae} latents "
+                         f"({len(outside)} such rows); is this the export of another SAE?")
+    seen: dict[int, int] = {}
+    records, rows = [], []
+    for e in chosen:
+        k = seen.get(e.index, 0)
+        seen[e.index] = k + 1
+        record = {"id": str(e.index) if k == 0 else f"{e.index}.{k}", "feature": e.index, "label": e.description,
+                  "explainer": e.explainer}
+        if splits and e.index in splits:
+            record["split"] = splits[e.index]
+        records.append(record)
+        rows.append(e.index)
+    from selfinterp_plugins.datasets import VectorLabelDataset
+
+    meta = dict(sae_metadata(sae), neuronpedia_model=sources[0][0], neuronpedia_sae=sources[0][1], skipped_other_sae=skipped)
+    return VectorLabelDataset(sae.W_dec.detach()[rows].float().cpu(), records, meta)
+
+
+def split_features(indices, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[int, str]:
+    """Features (not rows: all explanations of a latent stay together) assigned to train /
+    validation / test, seeded."""
+    import random
+
+    indices = sorted(set(int(i) for i in indices))
+    random.Random(seed).shuffle(indices)
+    n_train = round(fractions[0] * len(indices))
+    n_val = round(fractions[1] * len(indices))
+    names = ["train"] * n_train + ["validation"] * n_val + ["test"] * (len(indices) - n_train - n_val)
+    return dict(zip(indices, names))
+
+
+def neuronpedia_ids(sae) -> tuple[str, str]:
+    """(modelId, saeId) of an SAE from its `neuronpedia_id` (`gpt2-small/0-res-jb`), else from its
+    model name and hook name."""
+    meta = sae.cfg.metadata
+    if meta.get("neuronpedia_id"):
+        model, _, sae_id = str(meta.get("neuronpedia_id")).partition("/")
+        return model, sae_id
+    return str(meta.get("model_name") or "unknown-model"), str(meta.get("hook_name") or "unknown-sae")
+
+
+def to_neuronpedia(records, model_id: str, sae_id: str, explanation_model: str) -> list[dict]:
+    """Label records (id = latent index, label) as Neuronpedia explanation rows."""
+    rows = []
+    for r in records:
+        index = int(r.get("feature", str(r["id"]).split(".")[0]))
+        row = {"modelId": model_id, "layer": sae_id, "index": str(index), "description": r["label"],
+               "explanationModelName": explanation_model, "typeName": "selfinterp"}
+        if "scale" in r:
+            row["scale"] = r["scale"]
+        rows.append(row)
+    return rows
+
+
+def write_explanations(records, path, model_id: str, sae_id: str, explanation_model: str) -> Path:
+    """Write labels as a Neuronpedia explanations file (.json list, or .jsonl)."""
+    path = Path(path)
+    rows = to_neuronpedia(records, model_id, sae_id, explanation_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def fetch_explanations(neuronpedia_id: str, out, timeout: float = 60.0) -> Path:
+    """Download an SAE's explanations from Neuronpedia (online users only) into `out` (.json)."""
+    import urllib.error
+    import urllib.request
+
+    model, _, sae_id = neuronpedia_id.partition("/")
+    if not sae_id:
+        raise ArtifactError(f"A Neuronpedia id looks like 'gpt2-small/0-res-jb', not {neuronpedia_id!r}.")
+    try:
+        with urllib.request.urlopen(EXPORT_URL.format(model=model, sae=sae_id), timeout=timeout) as response:
+            data = response.read()
+    except (urllib.error.URLError, TimeoutError) as err:
+        raise ArtifactError(f"Could not reach Neuronpedia ({err}); download the export on a machine online and pass the file.") from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return out

@@ -1,0 +1,96 @@
+"""Train an SAE with SAE-Lens's own trainer on residual activations captured by any backend.
+
+SAE-Lens's `SAETrainer` takes an iterator of activation batches. Its usual source, the
+`ActivationsStore`, expects a HookedTransformer and a Hugging Face dataset; here the activations
+come from a selfinterp backend (so SmolLM2 loaded offline works) over token windows of a local
+corpus, with the first token of each window left out (BOS or an attention sink whose outlier norm
+would dominate the reconstruction loss). The trained SAE is saved with `save_inference_model`
+and loaded back as a plain SAE-Lens `SAE`, hook name and model name in its metadata.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from selfinterp_plugins.sites import Site
+
+
+@dataclass
+class SAETrainConfig:
+    """A TopK SAE (simple to train without tuning an L1 coefficient) and its schedule."""
+
+    d_sae: int = 4608
+    k: int = 32
+    total_tokens: int = 400_000
+    batch_tokens: int = 1024
+    lr: float = 3e-4
+    windows_per_chunk: int = 32
+    seed: int = 0
+
+
+def site_hook_name(site: Site) -> str:
+    """The TransformerLens hook name of a residual site (what SAE-Lens records)."""
+    return "hook_embed" if site.kind == "embed" else f"blocks.{site.layer}.hook_{site.kind}"
+
+
+def activation_batches(backend, windows: list[list[int]], site: Site, batch_tokens: int, windows_per_chunk: int = 32,
+                       seed: int = 0):
+    """An endless iterator of (batch_tokens, d_model) activation batches, shuffled within chunks
+    of windows, windows reshuffled each pass."""
+    from .latents import pad_batch
+
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    pad = backend.tokenizer.pad_token_id or 0
+    carry = None
+    while True:
+        order = list(range(len(windows)))
+        rng.shuffle(order)
+        for start in range(0, len(order), windows_per_chunk):
+            chunk = [windows[i] for i in order[start : start + windows_per_chunk]]
+            ids, mask = pad_batch(chunk, pad)
+            with torch.no_grad():
+                acts = backend.capture_all(ids, site)
+            mask[:, 0] = False
+            acts = acts[mask]
+            acts = acts[torch.randperm(len(acts), generator=generator)]
+            if carry is not None:
+                acts = torch.cat([carry, acts])
+            n = len(acts) // batch_tokens * batch_tokens
+            for b in range(0, n, batch_tokens):
+                yield acts[b : b + batch_tokens]
+            carry = acts[n:]
+
+
+def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | None = None, out=None,
+              model_name: str = "") -> "object":
+    """A TopK SAE trained on `windows` at `site`; saved to `out` (if given) and returned as an
+    inference `sae_lens.SAE`."""
+    import tempfile
+
+    from sae_lens import SAE
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    config = config or SAETrainConfig()
+    site = Site.parse(site)
+    torch.manual_seed(config.seed)
+    sae_config = TopKTrainingSAEConfig(d_in=backend.d_model, d_sae=config.d_sae, k=config.k, dtype="float32", device="cpu",
+                                       normalize_activations="expected_average_only_in")
+    sae_config.metadata.hook_name = site_hook_name(site)
+    sae_config.metadata.model_name = model_name
+    sae = TopKTrainingSAE(sae_config)
+    trainer_config = SAETrainerConfig(total_training_samples=config.total_tokens, train_batch_size_samples=config.batch_tokens,
+                                      lr=config.lr, lr_end=config.lr, lr_warm_up_steps=0, device="cpu", n_batches_for_norm_estimate=20,
+                                      dead_feature_window=200, feature_sampling_window=500)
+    provider = activation_batches(backend, windows, site, config.batch_tokens, config.windows_per_chunk, config.seed)
+    trained = SAETrainer(trainer_config, sae, provider).fit()
+    target = Path(out) if out else Path(tempfile.mkdtemp(prefix="sae-"))
+    trained.save_inference_model(target)
+    (target / "selfinterp_sae_train.json").write_text(__import__("json").dumps(asdict(config), indent=2) + "\n")
+    return SAE.load_from_disk(target)

@@ -1,0 +1,109 @@
+"""SAE features as vectors: the decoder rows `W_dec[i]` of an SAE-Lens `SAE`.
+
+An SAE arrives as an object, a directory written by `SAE.save_model` (or
+`save_inference_model`), or a `(release, sae_id)` pair from SAE-Lens's registry on a machine with
+hub access. Its hook name (`blocks.10.hook_resid_post`) decides the site its features live at,
+recorded in the dataset metadata so an explainer trained on them knows where they came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from selfinterp_plugins.datasets import VectorLabelDataset
+from selfinterp_plugins.errors import ArtifactError, BackendError, VectorError
+from selfinterp_plugins.sites import Site
+
+
+def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, device: str = "cpu"):
+    """An SAE-Lens `SAE` from an object, a saved directory, or `release` + `sae_id`."""
+    from sae_lens import SAE
+
+    if sae is not None and not isinstance(sae, (str, Path)):
+        return sae
+    if sae is not None:
+        path = Path(sae)
+        if not (path / "cfg.json").is_file():
+            raise ArtifactError(f"No SAE at {path} (no cfg.json); save one with `sae.save_model(path)`.")
+        return SAE.load_from_disk(path, device=device)
+    if release and sae_id:
+        return SAE.from_pretrained(release, sae_id, device=device)
+    raise ArtifactError("Give an SAE object, a directory saved with `sae.save_model`, or both release and sae_id.")
+
+
+def hook_name(sae) -> str:
+    name = sae.cfg.metadata.hook_name
+    if not name:
+        raise ArtifactError("The SAE's config has no metadata.hook_name; set it to e.g. 'blocks.10.hook_resid_post'.")
+    return name
+
+
+def sae_site(sae) -> Site:
+    """The residual-stream site an SAE reads, from its TransformerLens hook name."""
+    name = hook_name(sae)
+    try:
+        return Site.parse(name)
+    except BackendError:
+        raise BackendError(f"SAE hook {name!r} is not a residual-stream site; this integration reads "
+                           "hook_embed, blocks.K.hook_resid_pre and blocks.K.hook_resid_post SAEs.") from None
+
+
+def feature_indices(sae, features=None) -> list[int]:
+    """`features` as a checked list of latent indices (None: every latent; `range`s are fine)."""
+    d_sae = int(sae.cfg.d_sae)
+    indices = list(range(d_sae)) if features is None else [int(i) for i in features]
+    bad = [i for i in indices if not 0 <= i < d_sae]
+    if bad:
+        raise VectorError(f"Feature index {bad[0]} is outside this SAE's {d_sae} latents; use 0..{d_sae - 1}.")
+    if len(set(indices)) != len(indices):
+        raise VectorError("Feature indices repeat; give each feature once.")
+    return indices
+
+
+def feature_vectors(sae, features=None) -> torch.Tensor:
+    """Decoder rows (N, d_in) of the chosen features, float32, detached."""
+    indices = feature_indices(sae, features)
+    return sae.W_dec.detach()[indices].float().cpu()
+
+
+def sae_metadata(sae) -> dict:
+    """What a dataset built from this SAE records about it."""
+    meta = sae.cfg.metadata
+    site = sae_site(sae)
+    out = {"source": "sae_lens", "hook_name": hook_name(sae), "site": site.name, "layer": site.layer,
+           "d_sae": int(sae.cfg.d_sae), "architecture": sae.cfg.architecture()}
+    for key in ("model_name", "release", "sae_id", "neuronpedia_id"):
+        if meta.get(key):
+            out[key] = meta.get(key)
+    return out
+
+
+def sae_dataset(sae, labels: dict[int, str], splits: dict[int, str] | None = None, extra: dict[int, dict] | None = None) -> VectorLabelDataset:
+    """A `VectorLabelDataset` of the labelled features: id = feature index, label = its text.
+
+    `labels` maps feature index -> label; `splits` optionally feature index -> split name.
+    """
+    indices = feature_indices(sae, sorted(labels))
+    records = []
+    for i in indices:
+        record = {"id": str(i), "feature": i, "label": labels[i]}
+        if splits and i in splits:
+            record["split"] = splits[i]
+        if extra and i in extra:
+            record.update(extra[i])
+        records.append(record)
+    return VectorLabelDataset(feature_vectors(sae, indices), records, sae_metadata(sae))
+
+
+def build_sae_dataset(sae=None, release=None, sae_id=None, labels=None, explanations=None, **options):
+    """Vector source `sae`: features of an SAE with labels from a dict or a Neuronpedia export file."""
+    sae = load_sae(sae, release, sae_id)
+    if explanations is not None:
+        from .neuronpedia import labelled_dataset, read_explanations
+
+        return labelled_dataset(sae, read_explanations(explanations), **options)
+    if not labels:
+        raise ArtifactError("The `sae` vector source needs labels: a {feature: label} dict or a Neuronpedia export file.")
+    return sae_dataset(sae, {int(k): v for k, v in labels.items()})

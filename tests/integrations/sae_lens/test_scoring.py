@@ -1,0 +1,127 @@
+"""Scorers on a planted SAE (latents that fire on known tokens): a label naming the trigger token
+must beat an unrelated one; metrics, resume and the model judge's plumbing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from sae_fixtures import planted_sae
+
+from selfinterp_plugins.plugins import get_scorer
+from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, auc, binary_metrics, detection_score
+from selfinterp_sae_lens.generation_scoring import conversation_ids, generation_score, parse_conversation
+from selfinterp_sae_lens.latents import latent_acts, max_acts
+
+
+class EchoWriter:
+    """Writes conversations that contain the label's words; counts how many labels it was asked."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, labels, n_samples):
+        self.calls += len(labels)
+        return [[f"[USER] Tell me about {label}. [ASSISTANT] Here is one{'' if k % 2 else ' more'}: {label}."
+                 for k in range(n_samples)] for label in labels]
+
+
+def keyword_judge(label, texts):
+    """Says yes when a word of the label appears in the text: a perfect judge for token latents."""
+    words = [w for w in label.lower().split() if len(w) > 2]
+    return [float(any(w in t.lower() for w in words)) for t in texts]
+
+
+def test_planted_latents_fire_only_on_their_token(tiny_backend):
+    sae = planted_sae(tiny_backend)
+    tok = tiny_backend.tokenizer
+    ids = tok("The cat and the dog sat by the river, not the cats.", add_special_tokens=False)["input_ids"]
+    acts = latent_acts(tiny_backend, sae, [ids, ids[:4]], features=[0, 1, 2, 3])
+    assert acts[0].shape == (len(ids), 4) and acts[1].shape == (4, 4)
+    firing = {tok.decode([ids[t]]): [j for j in range(4) if acts[0][t, j] > 0] for t in range(len(ids)) if (acts[0][t] > 0).any()}
+    assert firing == {" cat": [0], " dog": [1], " river": [2]}
+    # the first token never counts: a window starting with " cat" peaks at 0 for latent 0
+    assert max_acts(latent_acts(tiny_backend, sae, [ids[1:3]], [0]))[0, 0] == 0
+
+
+def test_parse_conversation():
+    assert parse_conversation("Sure!\n[USER]: Hi\n[ASSISTANT] Hello [USER] Bye") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+    assert parse_conversation("no markers at all") == [{"role": "user", "content": "no markers at all"}]
+
+
+def test_generation_score_names_the_token(tiny_backend, tmp_path):
+    sae = planted_sae(tiny_backend)
+    records = [{"id": "0", "scale": 1.0, "label": "the cat"}, {"id": "0", "scale": 2.0, "label": "tax law"},
+               {"id": "1", "scale": 1.0, "label": "tax law"}, {"id": "2", "scale": 1.0, "label": "a river bank"}]
+    writer = EchoWriter()
+    out = tmp_path / "gen.jsonl"
+    result = generation_score(records, sae, tiny_backend, writer, n_samples=3, output=out, chunk=2, progress=False)
+    assert result["per_scale"] == {1.0: pytest.approx(2 / 3), 2.0: 0.0}
+    assert result["per_feature"] == {0: 1.0, 1: 0.0, 2: 1.0}  # max over a latent's labels
+    assert result["mean_max_hit_rate"] == pytest.approx(2 / 3)
+    assert writer.calls == 4
+    # resume: a crash after the first chunk loses nothing and redoes nothing that was written
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    again = EchoWriter()
+    assert generation_score(records, sae, tiny_backend, again, n_samples=3, output=out, chunk=2, progress=False) == result
+    assert again.calls == 2
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_conversation_is_retokenised_with_the_chat_template(tiny_backend):
+    tok = tiny_backend.tokenizer
+    ids = conversation_ids(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the cat"}])
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>") and "<|im_start|>assistant\nthe cat<|im_end|>" in text
+
+
+def test_detection_score_with_a_perfect_judge(tiny_backend):
+    sae = planted_sae(tiny_backend)
+    tok = tiny_backend.tokenizer
+    sentences = ["I fed the cat today.", "The cat sleeps.", "Taxes are due soon.", "We walked to the river.",
+                 "My dog barks.", "Rain fell all day.", "The old cat purrs.", "Numbers add up."]
+    windows = [[tok.bos_token_id or 0] + tok(s, add_special_tokens=False)["input_ids"] for s in sentences * 3]
+    pool = ContextPool.build(tiny_backend, sae, windows, [0, 1, 2])
+    active, inactive = pool.examples(0, n_active=5, n_inactive=5)
+    assert all(" cat" in tok.decode(windows[i]) for i in active) and len(active) == 5
+    assert not any(" cat" in tok.decode(windows[i]) for i in inactive) and len(inactive) == 5
+    good = detection_score([{"id": "0", "label": "the cat"}], pool, keyword_judge, tok, 5, 5, progress=False)
+    bad = detection_score([{"id": "0", "label": "taxes"}], pool, keyword_judge, tok, 5, 5, progress=False)
+    assert good["auc"] == 1.0 and good["accuracy"] == 1.0 and good["f1"] == 1.0
+    assert bad["auc"] < good["auc"] and bad["f1"] == 0.0
+    # a latent that never fires in the pool is reported, not averaged in
+    none = detection_score([{"id": "3", "label": "x"}], ContextPool.build(tiny_backend, sae, windows, [3]), keyword_judge, tok,
+                           progress=False)
+    assert none["labels"] == 0 and none["no_activations"] == [3]
+
+
+def test_metrics():
+    assert auc([3, 2], [1, 0]) == 1.0 and auc([1], [1]) == 0.5 and auc([0], [1]) == 0.0
+    assert math.isnan(auc([], [1]))
+    m = binary_metrics([1.0, -1.0, 2.0], [-1.0, 0.5])  # tp 2, fn 1, fp 1, tn 1
+    assert m["accuracy"] == pytest.approx(3 / 5) and m["f1"] == pytest.approx(2 / 3)
+
+
+def test_model_judge_scores_in_batches(tiny_backend):
+    judge = ModelJudge(tiny_backend, batch_size=2)
+    texts = ["a cat", "a much longer text about taxes and rivers", "x"]
+    scores = judge("cats", texts)
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+    # batching and padding do not change a row's score
+    alone = [judge("cats", [t])[0] for t in texts]
+    assert scores == pytest.approx(alone, abs=1e-4)
+
+
+def test_scorers_are_registered(tiny_backend):
+    sae = planted_sae(tiny_backend)
+    result = get_scorer("generation")([{"id": "0", "scale": 1.0, "label": "cat"}], None, sae=sae, backend=tiny_backend,
+                                      writer=EchoWriter(), n_samples=2, progress=False)
+    assert result["generation"]["mean_max_hit_rate"] == 1.0
+    tok = tiny_backend.tokenizer
+    windows = [[1] + tok(s, add_special_tokens=False)["input_ids"] for s in ["the cat", "the sea", "a cat", "a sea"]]
+    result = get_scorer("detection")([{"id": "0", "label": "cat"}], None, sae=sae, backend=tiny_backend, windows=windows,
+                                     judge=keyword_judge, progress=False)
+    assert result["detection"]["auc"] == 1.0
