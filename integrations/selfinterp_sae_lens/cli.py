@@ -160,9 +160,10 @@ def register(cli):
 
         from .labelling import label_features
 
+        indices, sae_obj = parse_features(features), _sae(sae_dir)  # user errors before the model loads
         model, tokenizer = load_model(model_name)
         explainer = Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tokenizer)
-        records = label_features(explainer, _sae(sae_dir), parse_features(features), output, scales,
+        records = label_features(explainer, sae_obj, indices, output, scales,
                                  Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
         click.echo(json.dumps({"labels": len(records), "output": output, "neuronpedia": np_output}))
 
@@ -174,10 +175,12 @@ def register(cli):
     @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
     @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
     @click.option("--samples", default=10, show_default=True, help="conversations per label (generation)")
+    @click.option("--max-new-tokens", default=100, show_default=True, help="length limit of each conversation (generation)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
     @click.option("--windows", "n_windows", default=2000, show_default=True)
     @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")
-    def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, corpus, n_windows, output):
+    def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, max_new_tokens, corpus, n_windows,
+              output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
         backend = _backend(model_name)
         sae_obj = _sae(sae_dir)
@@ -185,14 +188,16 @@ def register(cli):
         if scorer == "generation":
             from .generation_scoring import ConversationWriter, generation_score
 
-            writer = ConversationWriter(_backend(writer_model)) if writer_model else None
+            writer = ConversationWriter(_backend(writer_model) if writer_model else backend, max_new_tokens=max_new_tokens)
             result = generation_score(records, sae_obj, backend, writer, samples, output=output)
         else:
             from .corpus import read_texts, token_windows
             from .detection_scoring import ContextPool, ModelJudge, detection_score
 
             windows = token_windows(backend.tokenizer, read_texts(corpus), 32, limit=n_windows, seed=2)
-            pool = ContextPool.build(backend, sae_obj, windows, [int(r.get("feature", r["id"])) for r in records])
+            from .generation_scoring import _feature_of
+
+            pool = ContextPool.build(backend, sae_obj, windows, [_feature_of(r, None) for r in records])
             judge = ModelJudge(_backend(judge_model) if judge_model else backend)
             result = detection_score(records, pool, judge, backend.tokenizer)
             if output:

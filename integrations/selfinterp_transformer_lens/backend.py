@@ -201,6 +201,15 @@ class TransformerLensBackend(Backend):
         rows = torch.arange(len(input_ids))
         return torch.stack([cache[name][rows, index.to(cache[name].device)].float().cpu() for name in names], dim=1)
 
+    def capture_all(self, input_ids, site):
+        self._check(site)
+        name = hook_name(site)
+        ids = input_ids.to(self.device)
+        _, cache = self.model.run_with_cache(ids, names_filter=lambda n: n == name,
+                                             stop_at_layer=max(site.layer + 1 if site.kind != "embed" else 0, 1),
+                                             attention_mask=_ones(ids))
+        return cache[name].float().cpu()
+
 
 def _select_rows(cache, index: torch.Tensor, bridge: bool):
     """Keep only the cache rows of unfinished generations."""
