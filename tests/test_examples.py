@@ -1,5 +1,6 @@
 """The examples run top to bottom, so they never rot."""
 
+import json
 import runpy
 from pathlib import Path
 
@@ -58,3 +59,22 @@ def test_dit_example_round_trips_a_fine_tune_through_peft(tmp_path, monkeypatch,
     assert float(kept.split(" keeps ")[1].split("-")[0]) > 0.999  # a rank-1 diff is recovered whole at rank 1
     assert (tmp_path / "coffee-lora" / "adapter_model.safetensors").is_file()
     assert "with its trigger:" in out
+
+
+@pytest.mark.real_model
+def test_sae_lens_example_trains_labels_and_scores(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sae_lens")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["sae_lens_features.py"])
+    runpy.run_path(str(EXAMPLES / "sae_lens_features.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "latents at blocks.6.hook_resid_post" in out
+    labelled = int(out.split("weak labels for ")[1].split()[0])
+    assert labelled >= 20  # a 60k-token SAE already has this many single-word latents
+    assert out.count("-> adapter") == 4
+    scores = next(l for l in out.splitlines() if l.startswith("generation scoring"))
+    for part in scores.split(": ")[1].split(", "):
+        assert 0.0 <= float(part.split()[-1]) <= 1.0
+    assert (tmp_path / "example-sae" / "cfg.json").is_file()
+    assert len((tmp_path / "example-sae-labels.jsonl").read_text().splitlines()) == 4
+    assert len(json.loads((tmp_path / "example-sae-labels.json").read_text())) == 4

@@ -124,6 +124,17 @@ def test_capture_equals_run_with_cache(backend):
             torch.testing.assert_close(got[row, j], cache[name][0, pos], rtol=1e-5, atol=1e-5)
 
 
+def test_capture_all_equals_run_with_cache(backend):
+    """Every position at once (what SAE latents are computed from), right-padded rows."""
+    ids = torch.tensor([[1, 5, 9, 200, 7], [3, 4, 8, 0, 0]])
+    for site, name in [("embed", "hook_embed"), ("resid_post.0", "blocks.0.hook_resid_post"), ("resid_pre.1", "blocks.1.hook_resid_pre")]:
+        got = backend.capture_all(ids, Site.parse(site))
+        assert got.shape == (2, 5, backend.d_model)
+        for row, length in enumerate([5, 3]):
+            _, cache = backend.model.run_with_cache(ids[row : row + 1, :length])
+            torch.testing.assert_close(got[row, :length], cache[name][0], rtol=1e-5, atol=1e-5)
+
+
 def test_site_past_last_layer_and_bad_vectors(backend, tokenizer):
     explainer = Explainer.create(backend, adapter="scalar_affine", template="echo", site="resid_pre.5")
     with pytest.raises(BackendError, match="past the last layer"):
