@@ -1,0 +1,88 @@
+"""The answer format of the causal explainer tasks (ANCHORS.md §3, Transluce) and its metrics.
+
+Both activation patching and input ablation ask "what happens to the model's next token if ...?";
+the explainer answers `The output would remain unchanged from <<<X>>>.` or
+`The most likely output would change to <<<Y>>>.` Scored by exact match of the whole sentence, and
+by F1 of the changed / unchanged decision ("changed" is the positive class).
+"""
+
+from __future__ import annotations
+
+import re
+
+UNCHANGED = "The output would remain unchanged from <<<{token}>>>."
+CHANGED = "The most likely output would change to <<<{token}>>>."
+_PARSE = re.compile(r"(unchanged from|change to) <<<(.*?)>>>", re.DOTALL)
+
+
+def causal_target(original: str, new: str) -> str:
+    """The sentence the explainer should say, given the next token without and with the change."""
+    return UNCHANGED.format(token=original) if original == new else CHANGED.format(token=new)
+
+
+def parse_causal(text: str) -> tuple[bool | None, str | None]:
+    """(changed?, token) read back from an answer; (None, None) if it has neither form."""
+    match = _PARSE.search(text)
+    if not match:
+        return None, None
+    return match.group(1) == "change to", match.group(2)
+
+
+def causal_metrics(predictions: list[str], targets: list[str]) -> dict:
+    """Exact match, changed/unchanged F1 and accuracy, and how many answers were unparseable."""
+    if len(predictions) != len(targets):
+        raise ValueError("predictions and targets differ in length")
+    exact = sum(p.strip() == t.strip() for p, t in zip(predictions, targets))
+    tp = fp = fn = tn = unreadable = 0
+    for p, t in zip(predictions, targets):
+        changed, _ = parse_causal(p)
+        truth, _ = parse_causal(t)
+        if changed is None:
+            unreadable += 1
+            changed = not truth  # an unreadable answer counts as wrong
+        tp += changed and truth
+        fp += changed and not truth
+        fn += (not changed) and truth
+        tn += (not changed) and not truth
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    n = max(1, len(targets))
+    return {"exact_match": exact / n, "changed_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "decision_accuracy": (tp + tn) / n, "unreadable": unreadable, "n": len(targets),
+            "changed_fraction": sum(parse_causal(t)[0] is True for t in targets) / n}
+
+
+def read_task_rows(path, check) -> list[dict]:
+    """Rows of a causal-task dataset (ours or the published Transluce one exported from the hub):
+    .jsonl, .json (a list) or .parquet; every row passes `check(row, n)` or the load fails naming it."""
+    import json
+    from pathlib import Path
+
+    from selfinterp_plugins.errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"No task data at {path}; build it with `selfinterp lora-explainer make-data` or export the hub dataset.")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        rows = pd.read_parquet(path).to_dict("records")
+        rows = [_plain(r) for r in rows]
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        from selfinterp_plugins.serialization import read_jsonl
+
+        rows = read_jsonl(path)
+    return [check(row, n) for n, row in enumerate(rows, 1)]
+
+
+def _plain(value):
+    """numpy arrays and scalars (what parquet gives back) as plain Python values, nested dicts too."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,121 @@
+"""Data of the causal explainer tasks (issue 7): the target is what the model really does with and
+without the patch / hint (checked against an independent forward pass), rows in the published
+schema load back, and the metrics count what they claim."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from selfinterp_plugins import HFBackend
+from selfinterp_plugins.errors import ArtifactError
+from selfinterp_plugins.models import tiny_model
+from selfinterp_plugins.topics import load_topics
+from selfinterp_peft import act_patch_task, input_ablation_task
+from selfinterp_peft.causal_targets import causal_metrics, causal_target, parse_causal, read_task_rows
+
+
+@pytest.fixture(scope="module")
+def backend():
+    # 4 layers so hidden_states[L + 1] is a plain layer output for every patched L (the last one is normed);
+    # larger weights so that patches change outputs
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
+    return HFBackend(model, tok)
+
+
+def next_token_with_patch(model, ids, layer, pos, vector):
+    """Greedy next token with layer `layer`'s output at `pos` replaced by `vector` (plain torch hook)."""
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden.clone()
+        hidden[0, pos] = vector
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = model.model.layers[layer].register_forward_hook(hook) if vector is not None else None
+    try:
+        with torch.no_grad():
+            return int(model(torch.tensor([ids])).logits[0, -1].argmax())
+    finally:
+        if handle:
+            handle.remove()
+
+
+def test_patching_rows_are_what_the_model_does(backend):
+    model, tok = backend.model, backend.tokenizer
+    pairs = act_patch_task.counterfactual_pairs(load_topics(), 12, seed=1)
+    assert all(a["category"] != b["category"] for a, b in pairs)
+    rows = act_patch_task.patching_rows(backend, pairs, layers=[0, 1, 2], batch_size=5)
+    assert len(rows) == 12 and {r["layer"] for r in rows} == {0, 1, 2}
+    for row, (first, other) in zip(rows, pairs):
+        ids = tok(act_patch_task.PATCH_PROMPT.format(title=first["title"]), add_special_tokens=False)["input_ids"]
+        cf = tok(row["counterfactual_text"], add_special_tokens=False)["input_ids"]
+        patch = row["patch_position"]
+        with torch.no_grad():
+            hidden = model(torch.tensor([cf]), output_hidden_states=True).hidden_states[row["layer"] + 1][0, patch["counterfact_pos"]]
+        torch.testing.assert_close(torch.tensor(patch["intervention_vector"]), hidden, atol=1e-4, rtol=1e-4)
+        assert tok.convert_ids_to_tokens([ids[patch["orig_pos"]]])[0] == patch["orig_text_token"]
+        assert row["original_continuation"] == [tok.decode([next_token_with_patch(model, ids, row["layer"], 0, None)])]
+        patched = next_token_with_patch(model, ids, row["layer"], patch["orig_pos"], hidden)
+        assert row["ablated_continuation"] == [tok.decode([patched])]
+        assert row["is_different"] == (row["original_continuation"] != row["ablated_continuation"])
+    assert any(r["is_different"] for r in rows) and not all(r["is_different"] for r in rows)
+
+
+def test_ablation_rows_are_what_the_model_does(backend):
+    model, tok = backend.model, backend.tokenizer
+    questions = input_ablation_task.build_questions(load_topics(), 10, seed=0)
+    assert all(q["question"].count("\n(") == 4 and q["correct"] in "ABCD" for q in questions)
+    rows = input_ablation_task.ablation_rows(backend, questions, batch_size=4)
+    letters = [tok(x, add_special_tokens=False)["input_ids"][0] for x in "ABCD"]
+    for row in rows:
+        assert "Hint: I think the answer is (" in row["hint_user_prompt"] and "Hint:" not in row["original_user_prompt"]
+        for full, key in ((row["hint_prompt_full"], "random_hint_prediction"), (row["original_prompt_full"], "zeroshot_prediction")):
+            with torch.no_grad():
+                logits = model(torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+            assert row[key] == "ABCD"[int(logits[letters].argmax())]
+        assert row["changed_pred_bc_hint"] == (row["random_hint_prediction"] != row["zeroshot_prediction"])
+        assert input_ablation_task.target_text(row).endswith(f"<<<Answer: {row['zeroshot_prediction']}>>>.")
+
+
+def test_targets_and_metrics():
+    assert causal_target(" Paris", " Paris") == "The output would remain unchanged from <<< Paris>>>."
+    assert causal_target(" Paris", " Rome") == "The most likely output would change to <<< Rome>>>."
+    assert parse_causal("Sure. The most likely output would change to <<<x>>>.") == (True, "x")
+    assert parse_causal("no idea") == (None, None)
+    truth = [causal_target("a", "a"), causal_target("a", "b"), causal_target("a", "c"), causal_target("a", "a")]
+    preds = [truth[0], causal_target("a", "z"), "rubbish", causal_target("a", "q")]
+    m = causal_metrics(preds, truth)
+    # decisions: unchanged ok, changed ok (token wrong), unreadable (wrong), changed for an unchanged one
+    assert m["exact_match"] == 0.25 and m["decision_accuracy"] == 0.5 and m["unreadable"] == 1
+    assert m["changed_f1"] == pytest.approx(0.5)  # tp 1, fp 1, fn 1
+    assert causal_metrics([causal_target("a", "a")] * 4, truth)["changed_f1"] == 0.0  # always "unchanged"
+
+
+def test_published_schema_rows_load(tmp_path):
+    patch_row = {"layer": 3, "input_tokens": ["The", "ĠEiffel", "ĠTower", "Ġis", "Ġin"], "original_continuation": [" Paris"],
+                 "ablated_continuation": [" Rome"], "is_different": True,
+                 "patch_position": {"orig_pos": 2, "counterfact_pos": 2, "orig_text_token": "ĠTower",
+                                    "counterfact_text_token": "ĠColosseum", "intervention_vector": [0.1] * 8},
+                 "counterfactual_text": "The Colosseum is in", "gt_original_target": " Paris", "gt_counterfactual_target": " Rome"}
+    path = tmp_path / "patch.jsonl"
+    path.write_text(json.dumps(patch_row) + "\n")
+    rows = read_task_rows(path, act_patch_task.check_row)
+    assert act_patch_task.target_text(rows[0]) == "The most likely output would change to <<< Rome>>>."
+    prompt = act_patch_task.explainer_prompt(rows[0], "<f>", __import__("random").Random(0))
+    assert "<<<TheĠEiffelĠTowerĠisĠin>>>" in prompt and "layer 3" in prompt and "<ĠTower>" in prompt
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame([patch_row]).to_parquet(tmp_path / "patch.parquet")
+    back = read_task_rows(tmp_path / "patch.parquet", act_patch_task.check_row)[0]
+    assert back["patch_position"]["intervention_vector"] == [0.1] * 8 and back["input_tokens"] == patch_row["input_tokens"]
+    del patch_row["patch_position"]
+    path.write_text(json.dumps(patch_row) + "\n")
+    with pytest.raises(ArtifactError, match=r"row 1 lacks \['patch_position'\]"):
+        read_task_rows(path, act_patch_task.check_row)
+    hint = {"system_prompt": "s", "hint_user_prompt": "Q?\nHint: I think the answer is (B) but I'm curious to hear what you think.",
+            "original_user_prompt": "Q?", "random_hint_prediction": "B", "zeroshot_prediction": "C", "changed_pred_bc_hint": True}
+    (tmp_path / "hint.json").write_text(json.dumps([hint]))
+    row = read_task_rows(tmp_path / "hint.json", input_ablation_task.check_row)[0]
+    assert input_ablation_task.target_text(row) == "The most likely output would change to <<<Answer: C>>>."
+    assert input_ablation_task.explainer_messages(row)[1]["content"].endswith("If the hint were removed how would the assistant answer change?")
