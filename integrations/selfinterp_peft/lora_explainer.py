@@ -1,0 +1,287 @@
+"""A LoRA-tuned explainer: the model itself fine-tuned to explain its own computations (ANCHORS.md §3).
+
+Unlike the frozen-model adapters, the explainer's weights change (PEFT LoRA on q, k, v, o, gate,
+up, down; r 128, alpha 16, dropout 0.1, AdamW lr 5e-5 constant, weight decay 0.01: Transluce's
+values, the `LoRAExplainerConfig` defaults). A vector enters as ONE soft token replacing the input
+embedding between begin / end marker tokens, `{begin}{feature}{end}`, unscaled when its size is
+the explainer's d_model, else through a bias-free linear projection, one per subject layer, trained
+with the LoRA. Loss on the answer tokens only (the soft position never has a label); greedy decoding.
+
+Three tasks feed it (`TaskExample`s): feature descriptions (a `VectorLabelDataset`, one of the
+paraphrased prompts per example), activation patching and input ablation (rows of
+`act_patch_task` / `input_ablation_task`, ours or the published ones).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
+from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+
+CONFIG_FILE = "lora_explainer_config.json"
+PROJECTIONS_FILE = "projections.safetensors"
+#: Transluce's feature-description prompts (one per example, at random)
+FEATURE_PROMPTS = (
+    "Generate a description of this feature at layer {layer}: {feature}",
+    "What does {feature} encode at layer {layer}?",
+    "{feature} activates at layer {layer} for inputs with the following features:",
+)
+#: rare single tokens tried, in order, for begin / feature / end markers (SmolLM2's StarCoder
+#: vocabulary first, then Llama 3 reserved tokens, Qwen's vision markers, Gemma's unused tokens)
+MARKER_CANDIDATES = (
+    ("<jupyter_start>", "<empty_output>", "<jupyter_output>"),
+    ("<|reserved_special_token_10|>", "<|reserved_special_token_12|>", "<|reserved_special_token_11|>"),
+    ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+    ("<unused1>", "<unused0>", "<unused2>"),
+)
+
+
+@dataclass
+class LoRAExplainerConfig:
+    rank: int = 128
+    alpha: int = 16
+    dropout: float = 0.1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    epochs: int = 1
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    seed: int = 0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    markers: list[str] | None = None  # [begin, feature, end]; None: the first MARKER_CANDIDATES the tokenizer has
+    subject_d_model: int | None = None  # None: vectors come from the explainer model itself
+    subject_layers: list[int] = field(default_factory=list)  # layers that get a projection when sizes differ
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoRAExplainerConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TaskExample:
+    """One training / evaluation example: a chat prompt (token ids, the soft position if any) and
+    the answer the explainer should give."""
+
+    prompt_ids: list[int]
+    answer: str
+    vector: torch.Tensor | None = None
+    feature_pos: int | None = None
+    subject_layer: int | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def pick_markers(tokenizer) -> list[str]:
+    vocab = tokenizer.get_vocab()
+    for triple in MARKER_CANDIDATES:
+        if all(t in vocab for t in triple):
+            return list(triple)
+    raise TemplateError("No begin/feature/end marker tokens found; pass LoRAExplainerConfig(markers=[begin, feature, end]) "
+                        "naming three special tokens of this tokenizer.")
+
+
+class LoRAExplainer:
+    """A PEFT LoRA explainer plus the projections of foreign-sized vectors; see the module docstring."""
+
+    def __init__(self, peft_model, tokenizer, config: LoRAExplainerConfig, projections: torch.nn.ModuleDict):
+        self.model = peft_model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.projections = projections
+        ids = [tokenizer(m, add_special_tokens=False)["input_ids"] for m in config.markers]
+        if any(len(i) != 1 for i in ids):
+            raise TemplateError(f"Markers {config.markers} must each be one token for this tokenizer.")
+        self.begin_id, self.feature_id, self.end_id = (i[0] for i in ids)
+
+    # ---- construction and artifacts ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, model, tokenizer, config: LoRAExplainerConfig | None = None) -> "LoRAExplainer":
+        from peft import LoraConfig, get_peft_model
+
+        config = config or LoRAExplainerConfig()
+        config.markers = config.markers or pick_markers(tokenizer)
+        torch.manual_seed(config.seed)
+        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        targets = [t for t in config.target_modules if t in present]
+        if not targets:
+            raise ArtifactError(f"None of {config.target_modules} is a module of this model; set target_modules.")
+        config.target_modules = targets
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                          task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, lora)
+        return cls(peft_model, tokenizer, config, cls._projections(config, model.config.hidden_size))
+
+    @staticmethod
+    def _projections(config: LoRAExplainerConfig, d_model: int) -> torch.nn.ModuleDict:
+        if config.subject_d_model in (None, d_model):
+            return torch.nn.ModuleDict()
+        if not config.subject_layers:
+            raise ArtifactError("Vectors of another size need projections: set subject_layers (the layers they come from).")
+        return torch.nn.ModuleDict({str(layer): torch.nn.Linear(config.subject_d_model, d_model, bias=False)
+                                    for layer in config.subject_layers})
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+        write_json(asdict(self.config), directory / CONFIG_FILE)
+        if len(self.projections):
+            save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()}, directory / PROJECTIONS_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "LoRAExplainer":
+        from peft import PeftModel
+
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
+        config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE))
+        projections = cls._projections(config, model.config.hidden_size)
+        if len(projections):
+            projections.load_state_dict(load_safetensors(directory / PROJECTIONS_FILE))
+        peft_model = PeftModel.from_pretrained(model, str(directory))
+        peft_model.eval()
+        return cls(peft_model, tokenizer, config, projections)
+
+    # ---- examples -----------------------------------------------------------------------------
+
+    @property
+    def feature_text(self) -> str:
+        begin, feature, end = self.config.markers
+        return f"{begin}{feature}{end}"
+
+    def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
+        from .hidden_topics import chat_ids
+
+        return chat_ids(self.tokenizer, user, system)
+
+    def vector_example(self, user: str, vector, answer: str, layer: int | None, system: str | None = None, **meta) -> TaskExample:
+        """An example whose prompt holds `{feature}` once: the soft token goes there."""
+        if user.count("{feature}") != 1:
+            raise TemplateError("A vector prompt needs exactly one {feature} slot.")
+        ids = self.chat_prompt(user.format(feature=self.feature_text), system)
+        positions = [i for i, t in enumerate(ids) if t == self.feature_id]
+        vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
+        if not torch.isfinite(vector).all():
+            raise VectorError("The vector holds NaN or infinite values; fix it before explaining it.")
+        return TaskExample(ids, answer, vector, positions[0], layer, meta)
+
+    def feature_example(self, vector, label: str, layer: int, rng: random.Random, **meta) -> TaskExample:
+        """Task 1: a feature description, with one of the paraphrased prompts at random."""
+        prompt = rng.choice(FEATURE_PROMPTS).replace("{layer}", str(layer))
+        return self.vector_example(prompt, vector, label, layer, **meta)
+
+    def text_example(self, user: str, answer: str, system: str | None = None, **meta) -> TaskExample:
+        """An example with no soft token (input ablation)."""
+        return TaskExample(self.chat_prompt(user, system), answer, meta=meta)
+
+    # ---- the computation ----------------------------------------------------------------------
+
+    def _soft(self, example: TaskExample) -> torch.Tensor:
+        vector = example.vector
+        d_model = self.model.config.hidden_size
+        if vector.shape[-1] == d_model and not len(self.projections):
+            return vector
+        key = str(example.subject_layer)
+        if key not in self.projections:
+            raise VectorError(f"A vector of size {vector.shape[-1]} from layer {example.subject_layer} has no projection "
+                              f"(this explainer projects layers {sorted(self.projections)} of size {self.config.subject_d_model}).")
+        return self.projections[key](vector)
+
+    def _embeds(self, sequences: list[list[int]], examples: list[TaskExample], left_pad: bool):
+        """Padded input embeddings with each example's soft token in place, and the attention mask."""
+        embed = self.model.get_input_embeddings()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        offsets = []
+        for i, seq in enumerate(sequences):
+            start = width - len(seq) if left_pad else 0
+            ids[i, start : start + len(seq)] = torch.tensor(seq)
+            mask[i, start : start + len(seq)] = 1
+            offsets.append(start)
+        embeds = embed(ids.to(embed.weight.device))
+        rows, cols, values = [], [], []
+        for i, ex in enumerate(examples):
+            if ex.vector is not None:
+                rows.append(i)
+                cols.append(offsets[i] + ex.feature_pos)
+                values.append(self._soft(ex).to(embeds.dtype))
+        if rows:
+            embeds = embeds.index_put((torch.tensor(rows), torch.tensor(cols)), torch.stack(values).to(embeds.device))
+        return embeds, mask, offsets
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        from .hidden_topics import end_of_answer_ids
+
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(self.tokenizer)
+
+    def loss(self, examples: list[TaskExample]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of a batch (prompt and soft position unlabelled)."""
+        sequences, labels = [], []
+        for ex in examples:
+            answer = self._answer_ids(ex.answer)
+            sequences.append(ex.prompt_ids + answer)
+            labels.append([-100] * len(ex.prompt_ids) + answer)
+        embeds, mask, _ = self._embeds(sequences, examples, left_pad=False)
+        target = torch.full(mask.shape, -100, dtype=torch.long)
+        for i, lab in enumerate(labels):
+            target[i, : len(lab)] = torch.tensor(lab)
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask.to(embeds.device)).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 target[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad] + list(self.projections.parameters())
+
+    def train(self, examples: list[TaskExample], progress: bool = False) -> list[float]:
+        """AdamW at a constant learning rate over shuffled batches; returns the loss per step."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        rng = random.Random(cfg.seed)
+        batches = []
+        for _ in range(cfg.epochs):
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            batches.extend(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
+        history = []
+        self.model.train()
+        for rows in tqdm(batches, disable=not progress, desc="lora explainer"):
+            loss = self.loss([examples[i] for i in rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+        self.model.eval()
+        return history
+
+    @torch.no_grad()
+    def generate(self, examples: list[TaskExample], batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers, batched (left-padded prompts, the soft token at its place)."""
+        self.model.eval()
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        from .hidden_topics import end_of_answer_ids
+
+        stop = end_of_answer_ids(tok)
+        answers = []
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            embeds, mask, _ = self._embeds([ex.prompt_ids for ex in chunk], chunk, left_pad=True)
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.to(embeds.device), do_sample=False,
+                                      max_new_tokens=max_new_tokens or self.config.max_new_tokens, pad_token_id=pad,
+                                      eos_token_id=stop or None)
+            for row in out.tolist():
+                if stop and stop[0] in row:
+                    row = row[: row.index(stop[0])]
+                answers.append(tok.decode(row, skip_special_tokens=True).strip())
+        return answers

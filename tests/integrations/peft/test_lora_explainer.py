@@ -1,0 +1,83 @@
+"""The LoRA-tuned explainer on tiny models: the soft token sits between its markers unscaled (or
+projected when sizes differ), only answer tokens are trained, training teaches it, save/load
+reproduces its answers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
+from selfinterp_plugins.models import tiny_model  # noqa: E402
+from selfinterp_peft.lora_explainer import LoRAExplainer, LoRAExplainerConfig  # noqa: E402
+
+
+def tiny():
+    # initializer_range 0.2: with the default 0.02 a tiny model's logits are nearly uniform and the
+    # end-of-turn token shares the zero embedding row of padding, so a LoRA has too little to work with
+    return tiny_model("llama", seed=1, initializer_range=0.2)
+
+
+def make(**overrides):
+    model, tok = tiny()
+    config = LoRAExplainerConfig(rank=8, alpha=16, dropout=0.0, lr=1e-2, epochs=100, batch_size=4, max_new_tokens=2, **overrides)
+    return LoRAExplainer.create(model, tok, config), model, tok
+
+
+def test_soft_token_between_markers_unscaled_and_only_answers_labelled():
+    explainer, model, tok = make()
+    vector = torch.randn(model.config.hidden_size) * 7
+    ex = explainer.feature_example(vector, "cats", layer=3, rng=random.Random(0))
+    ids = ex.prompt_ids
+    assert ids[ex.feature_pos - 1] == explainer.begin_id and ids[ex.feature_pos] == explainer.feature_id
+    assert ids[ex.feature_pos + 1] == explainer.end_id and "layer 3" in tok.decode(ids)
+    embeds, mask, _ = explainer._embeds([ids], [ex], left_pad=True)
+    torch.testing.assert_close(embeds[0, ex.feature_pos], vector)  # unscaled, exactly the vector
+    plain = model.get_input_embeddings()(torch.tensor(ids))
+    others = [i for i in range(len(ids)) if i != ex.feature_pos]
+    torch.testing.assert_close(embeds[0, others], plain[others])
+    with pytest.raises(VectorError, match="NaN"):
+        explainer.feature_example(torch.full((model.config.hidden_size,), float("nan")), "x", 3, random.Random(0))
+    with pytest.raises(TemplateError, match="exactly one"):
+        explainer.vector_example("no slot", vector, "x", 3)
+
+
+def test_training_teaches_answers_and_save_load_reproduces_them(tmp_path):
+    explainer, model, tok = make()
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    vectors = torch.randn(4, model.config.hidden_size) * 3
+    labels = ["red apples", "blue sea", "green grass", "yellow sun"]
+    examples = [explainer.feature_example(v, label, 5, rng) for v, label in zip(vectors, labels)]
+    before = explainer.loss(examples).item()
+    history = explainer.train(examples)
+    assert history[-1] < 0.5 * before  # the end-of-turn token stays hard: a tiny model ties it to padding
+    answers = explainer.generate(examples, batch_size=3)  # two new tokens: each label is two tokens
+    assert answers == labels  # the vector decides the answer: each of four says its own label
+    explainer.save_pretrained(tmp_path / "lx")
+    fresh, _ = tiny()
+    loaded = LoRAExplainer.from_pretrained(tmp_path / "lx", fresh, tok)
+    assert loaded.generate(examples) == answers
+
+
+def test_foreign_vectors_go_through_a_projection_per_layer(tmp_path):
+    explainer, model, tok = make(subject_d_model=24, subject_layers=[2, 7])
+    assert set(explainer.projections) == {"2", "7"}
+    v = torch.randn(24)
+    ex = explainer.feature_example(v, "x", 7, random.Random(0))
+    embeds, _, _ = explainer._embeds([ex.prompt_ids], [ex], left_pad=False)
+    torch.testing.assert_close(embeds[0, ex.feature_pos], explainer.projections["7"](v))
+    with pytest.raises(VectorError, match="no projection"):
+        explainer._embeds([ex.prompt_ids], [explainer.feature_example(v, "x", 4, random.Random(0))], left_pad=False)
+    examples = [explainer.feature_example(torch.randn(24), w, 2, random.Random(i)) for i, w in enumerate(["one", "two"])]
+    explainer.config.epochs = 2
+    explainer.train(examples)
+    assert explainer.projections["2"].weight.grad is not None  # the projection trains with the LoRA
+    explainer.save_pretrained(tmp_path / "p")
+    loaded = LoRAExplainer.from_pretrained(tmp_path / "p", tiny()[0], tok)
+    torch.testing.assert_close(loaded.projections["2"].weight, explainer.projections["2"].weight)
+    assert loaded.generate(examples) == explainer.generate(examples)
