@@ -153,6 +153,11 @@ def get_scorer(name: str):
     return _lookup(registry().scorers, "scorer", name)
 
 
+def get_task(name: str):
+    """A registered training task (e.g. "diff_interpretation", "activation_patching")."""
+    return _lookup(registry().tasks, "task", name)
+
+
 def get_vector_source(name: str):
     return _lookup(registry().vector_sources, "vector source", name)
 

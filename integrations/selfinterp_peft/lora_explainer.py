@@ -165,7 +165,7 @@ class LoRAExplainer:
         """An example whose prompt holds `{feature}` once: the soft token goes there."""
         if user.count("{feature}") != 1:
             raise TemplateError("A vector prompt needs exactly one {feature} slot.")
-        ids = self.chat_prompt(user.format(feature=self.feature_text), system)
+        ids = self.chat_prompt(user.replace("{feature}", self.feature_text), system)  # replace: the text may hold braces
         positions = [i for i, t in enumerate(ids) if t == self.feature_id]
         vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
         if not torch.isfinite(vector).all():

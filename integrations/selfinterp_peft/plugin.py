@@ -25,4 +25,8 @@ def diff_interpretation(model, tokenizer, config=None):
 
 @hookimpl
 def register_tasks(register):
+    from .lora_tasks import TASKS, LoRATask
+
     register("diff_interpretation", diff_interpretation)
+    for name in TASKS:  # the LoRA-tuned explainer's families (ANCHORS.md §3)
+        register(name, LoRATask(name))

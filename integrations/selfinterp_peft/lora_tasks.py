@@ -1,0 +1,92 @@
+"""The three task families of the LoRA-tuned explainer, as examples and metrics.
+
+- `feature_descriptions`: a `VectorLabelDataset` (topic vectors, SAE features with labels); scored
+  like the adapters (recall@k by embedding retrieval over all labels, exact match), so the two can
+  be compared on the same vectors.
+- `activation_patching` / `input_ablation`: rows of `act_patch_task` / `input_ablation_task` (ours
+  or the published Transluce ones); scored by exact match and changed/unchanged F1, next to the
+  trivial baselines (always "unchanged", the majority answer).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from . import act_patch_task, input_ablation_task
+from .causal_targets import UNCHANGED, causal_metrics
+
+TASKS = ("feature_descriptions", "activation_patching", "input_ablation")
+
+
+def feature_examples(explainer, dataset, seed: int = 0):
+    """One example per row; the layer from the record, else the dataset's metadata."""
+    rng = random.Random(seed)
+    layer = dataset.meta.get("layer")
+    return [explainer.feature_example(v, r["label"], r.get("layer", layer if layer is not None else 0), rng, id=r["id"])
+            for v, r in zip(dataset.vectors, dataset.records)]
+
+
+def patching_examples(explainer, rows: list[dict], seed: int = 0):
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        prompt = act_patch_task.explainer_prompt(row, "{feature}", rng, explainer.tokenizer)
+        layer = row["layer"] if not isinstance(row["layer"], (list, tuple)) else row["layer"][0]
+        out.append(explainer.vector_example(prompt, row["patch_position"]["intervention_vector"],
+                                            act_patch_task.target_text(row), layer))
+    return out
+
+
+def ablation_examples(explainer, rows: list[dict]):
+    out = []
+    for row in rows:
+        system, user = (m["content"] for m in input_ablation_task.explainer_messages(row))
+        out.append(explainer.text_example(user, input_ablation_task.target_text(row), system))
+    return out
+
+
+def causal_baselines(examples, rows: list[dict], task: str) -> dict:
+    """What the trivial answers score: always "unchanged" (with the true original output), and the
+    majority answer of the training rows is computed by the caller; here the majority of `rows`."""
+    targets = [ex.answer for ex in examples]
+    if task == "activation_patching":
+        originals = [act_patch_task.target_text(dict(r, ablated_continuation=r["original_continuation"])) for r in rows]
+    else:
+        originals = [UNCHANGED.format(token="Answer: " + str(r["random_hint_prediction"]).strip()) for r in rows]
+    majority = Counter(targets).most_common(1)[0][0]
+    return {"always_unchanged": causal_metrics(originals, targets), "majority_answer": causal_metrics([majority] * len(targets), targets)}
+
+
+def feature_metrics(predictions: list[str], dataset, candidates: list[str] | None = None) -> dict:
+    from selfinterp_plugins.scoring import exact_match, recall_at_k
+
+    records = [{"id": r["id"], "scale": 1.0, "label": p} for r, p in zip(dataset.records, predictions)]
+    truth = {r["id"]: r["label"] for r in dataset.records}
+    recall = recall_at_k(records, truth, candidates or sorted(set(truth.values())))[1.0]
+    return {"recall@1": recall[1], "recall@5": recall[5], "exact_match": exact_match(records, truth)[1.0], "n": len(records)}
+
+
+class LoRATask:
+    """What `register_tasks` publishes for each family: a fresh explainer and the examples of a task."""
+
+    def __init__(self, name: str):
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"LoRATask({self.name!r})"
+
+    def create(self, model, tokenizer, config=None):
+        from .lora_explainer import LoRAExplainer
+
+        return LoRAExplainer.create(model, tokenizer, config)
+
+    def examples(self, explainer, data, seed: int = 0):
+        """`data`: a VectorLabelDataset (feature descriptions) or schema rows (the causal tasks)."""
+        if self.name == "feature_descriptions":
+            return feature_examples(explainer, data, seed)
+        if self.name == "activation_patching":
+            return patching_examples(explainer, data, seed)
+        return ablation_examples(explainer, data)

@@ -1,0 +1,52 @@
+"""The LoRA explainer's task families: examples from real rows, baselines, registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from selfinterp_plugins import HFBackend  # noqa: E402
+from selfinterp_plugins.datasets import VectorLabelDataset  # noqa: E402
+from selfinterp_plugins.models import tiny_model  # noqa: E402
+from selfinterp_plugins.plugins import get_task  # noqa: E402
+from selfinterp_plugins.topics import load_topics  # noqa: E402
+from selfinterp_peft import act_patch_task, input_ablation_task  # noqa: E402
+from selfinterp_peft.lora_explainer import LoRAExplainerConfig  # noqa: E402
+from selfinterp_peft.lora_tasks import causal_baselines  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
+    backend = HFBackend(model, tok)
+    patch_rows = act_patch_task.patching_rows(backend, act_patch_task.counterfactual_pairs(load_topics(), 8, seed=2), [0, 1])
+    hint_rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(load_topics(), 8, seed=2))
+    explainer = get_task("activation_patching").create(tiny_model("llama", seed=1)[0], tok,
+                                                               LoRAExplainerConfig(rank=4, dropout=0.0))
+    return explainer, patch_rows, hint_rows
+
+
+def test_examples_of_each_task(setup):
+    explainer, patch_rows, hint_rows = setup
+    patch = get_task("activation_patching").examples(explainer, patch_rows)
+    assert len(patch) == 8 and all(ex.vector is not None and ex.prompt_ids[ex.feature_pos] == explainer.feature_id for ex in patch)
+    assert all(ex.answer == act_patch_task.target_text(r) for ex, r in zip(patch, patch_rows))
+    torch.testing.assert_close(patch[0].vector, torch.tensor(patch_rows[0]["patch_position"]["intervention_vector"]))
+    hint = get_task("input_ablation").examples(explainer, hint_rows)
+    assert all(ex.vector is None for ex in hint)
+    assert "If the hint were removed" in explainer.tokenizer.decode(hint[0].prompt_ids)
+    data = VectorLabelDataset(torch.randn(3, 64), [{"label": w} for w in ("a", "b", "c")], {"layer": 6})
+    feats = get_task("feature_descriptions").examples(explainer, data)
+    assert "layer 6" in explainer.tokenizer.decode(feats[0].prompt_ids) and [f.answer for f in feats] == ["a", "b", "c"]
+    assert explainer.loss(patch[:3] + hint[:2] + feats[:1]).isfinite()  # mixed tasks share a batch
+
+
+def test_trivial_baselines(setup):
+    explainer, patch_rows, _ = setup
+    examples = get_task("activation_patching").examples(explainer, patch_rows)
+    base = causal_baselines(examples, patch_rows, "activation_patching")
+    changed = sum(r["is_different"] for r in patch_rows) / len(patch_rows)
+    assert base["always_unchanged"]["exact_match"] == pytest.approx(1 - changed)
+    assert base["always_unchanged"]["changed_f1"] == 0.0
