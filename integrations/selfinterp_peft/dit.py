@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
 from .diff_training import _losses, decoder_linears
+from .epoch_checkpoints import resume_epochs, save_epoch
 from .hidden_topics import Example, chat_ids, end_of_answer_ids, generate_answers
 from .weight_diff import WeightDiff, WeightDiffError
 
@@ -121,7 +122,7 @@ class DITAdapter:
             order = list(range(len(diffs)))
             rng.shuffle(order)
             epochs.append([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
-        history, first = _resume(checkpoint_dir, named, optimizer)
+        history, first = resume_epochs(checkpoint_dir, named, optimizer)
         bar = tqdm(total=sum(map(len, epochs)), initial=sum(map(len, epochs[:first])), disable=not progress, desc="DIT")
         self.model.train()
         for epoch in range(first, cfg.epochs):
@@ -136,7 +137,7 @@ class DITAdapter:
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1]:.3f}")
             if checkpoint_dir is not None:
-                _checkpoint(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
+                save_epoch(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
         bar.close()
         self.model.eval()
         return history
@@ -160,37 +161,3 @@ class DITAdapter:
                                        batch_size=len(chunk), keep_order=True)
             answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
         return answers
-
-
-def _checkpoint(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
-    """Weights and Adam state in epoch-named files, then state.json (replaced atomically) names the
-    epoch: a kill at any point leaves the previous epoch's checkpoint intact."""
-    from selfinterp_plugins.training import _optimizer_state
-
-    directory.mkdir(parents=True, exist_ok=True)
-    save_safetensors({n: p.detach().clone() for n, p in named}, directory / f"adapter-{epochs_done}.safetensors")
-    save_safetensors(_optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
-    write_json({"epochs_done": epochs_done, "history": history}, directory / "state.json")
-    for old in directory.glob("*-*.safetensors"):
-        if not old.stem.endswith(f"-{epochs_done}"):
-            old.unlink()
-
-
-def _resume(directory, named, optimizer) -> tuple[list[float], int]:
-    from selfinterp_plugins.training import _restore_optimizer
-
-    if directory is None or not (Path(directory) / "state.json").exists():
-        return [], 0
-    directory = Path(directory)
-    state = read_json(directory / "state.json")
-    done = state.get("epochs_done")
-    if not isinstance(done, int) or done < 0:
-        raise WeightDiffError(f"{directory / 'state.json'} has no valid 'epochs_done'; delete {directory} to start over.")
-    weights = load_safetensors(directory / f"adapter-{done}.safetensors")
-    with torch.no_grad():
-        for name, param in named:
-            if name not in weights:
-                raise WeightDiffError(f"Checkpoint {directory} lacks {name}; it is from another DIT config. Delete it to start over.")
-            param.copy_(weights[name])
-    _restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
-    return list(state.get("history", [])), done

@@ -241,26 +241,40 @@ class LoRAExplainer:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.projections.parameters())
 
-    def train(self, examples: list[TaskExample], progress: bool = False) -> list[float]:
-        """AdamW at a constant learning rate over shuffled batches; returns the loss per step."""
+    def train(self, examples: list[TaskExample], progress: bool = False, checkpoint_dir=None) -> list[float]:
+        """AdamW at a constant learning rate over shuffled batches (tasks may mix in a batch);
+        returns the loss per step. With `checkpoint_dir`, the LoRA, projections and AdamW state are
+        saved after every epoch and a rerun resumes after the last saved one."""
         from tqdm.auto import tqdm
 
+        from .epoch_checkpoints import resume_epochs, save_epoch
+
         cfg = self.config
-        optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        named = [(f"lora.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
+        optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
-        batches = []
+        epochs = []
         for _ in range(cfg.epochs):
             order = list(range(len(examples)))
             rng.shuffle(order)
-            batches.extend(order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size))
-        history = []
+            epochs.append([order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        history, first = resume_epochs(checkpoint_dir, named, optimizer)
+        bar = tqdm(total=sum(map(len, epochs)), initial=sum(map(len, epochs[:first])), disable=not progress, desc="lora explainer")
         self.model.train()
-        for rows in tqdm(batches, disable=not progress, desc="lora explainer"):
-            loss = self.loss([examples[i] for i in rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            history.append(loss.item())
+        for epoch in range(first, cfg.epochs):
+            torch.manual_seed(cfg.seed + epoch)  # dropout draws per epoch: a resumed run draws the same
+            for rows in epochs[epoch]:
+                loss = self.loss([examples[i] for i in rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                history.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]:.3f}")
+            if checkpoint_dir is not None:
+                save_epoch(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
+        bar.close()
         self.model.eval()
         return history
 

@@ -24,7 +24,8 @@ def tiny():
 
 def make(**overrides):
     model, tok = tiny()
-    config = LoRAExplainerConfig(rank=8, alpha=16, dropout=0.0, lr=1e-2, epochs=100, batch_size=4, max_new_tokens=2, **overrides)
+    settings = dict(rank=8, alpha=16, dropout=0.0, lr=1e-2, epochs=100, batch_size=4, max_new_tokens=2)
+    config = LoRAExplainerConfig(**{**settings, **overrides})
     return LoRAExplainer.create(model, tok, config), model, tok
 
 
@@ -81,3 +82,21 @@ def test_foreign_vectors_go_through_a_projection_per_layer(tmp_path):
     loaded = LoRAExplainer.from_pretrained(tmp_path / "p", tiny()[0], tok)
     torch.testing.assert_close(loaded.projections["2"].weight, explainer.projections["2"].weight)
     assert loaded.generate(examples) == explainer.generate(examples)
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path):
+    """Dropout on (0.1, the paper's): the resumed run must also replay the same random draws."""
+    def run(epochs, checkpoint):
+        explainer, model, tok = make(dropout=0.1)
+        explainer.config.epochs = epochs
+        examples = [explainer.feature_example(torch.ones(model.config.hidden_size) * i, w, 1, random.Random(i))
+                    for i, w in enumerate(["one", "two", "three", "four", "five"])]
+        history = explainer.train(examples, checkpoint_dir=checkpoint)
+        return history, {n: p.detach().clone() for n, p in explainer.model.named_parameters() if p.requires_grad}
+
+    full_history, full = run(3, tmp_path / "a")
+    run(1, tmp_path / "b")  # "killed" after its first epoch's checkpoint
+    resumed_history, resumed = run(3, tmp_path / "b")
+    assert resumed_history == pytest.approx(full_history, abs=1e-6)
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=0)
