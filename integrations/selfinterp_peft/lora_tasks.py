@@ -46,16 +46,21 @@ def ablation_examples(explainer, rows: list[dict]):
     return out
 
 
-def causal_baselines(examples, rows: list[dict], task: str) -> dict:
-    """What the trivial answers score: always "unchanged" (with the true original output), and the
-    majority answer of the training rows is computed by the caller; here the majority of `rows`."""
+def causal_baselines(examples, rows: list[dict], task: str, train_targets: list[str] | None = None) -> dict:
+    """What the trivial answers score on held-out `examples` (built from `rows`): always
+    "unchanged" (with the true original output, so its exact match is the unchanged fraction), and
+    the most frequent answer of the training targets (of the held-out ones if none are given)."""
+    from .causal_targets import causal_target
+
     targets = [ex.answer for ex in examples]
     if task == "activation_patching":
-        originals = [act_patch_task.target_text(dict(r, ablated_continuation=r["original_continuation"])) for r in rows]
+        originals = [causal_target(*(2 * [r["original_continuation"][0] if isinstance(r["original_continuation"], list)
+                                          else str(r["original_continuation"])])) for r in rows]
     else:
         originals = [UNCHANGED.format(token="Answer: " + str(r["random_hint_prediction"]).strip()) for r in rows]
-    majority = Counter(targets).most_common(1)[0][0]
-    return {"always_unchanged": causal_metrics(originals, targets), "majority_answer": causal_metrics([majority] * len(targets), targets)}
+    majority = Counter(train_targets or targets).most_common(1)[0][0]
+    return {"always_unchanged": causal_metrics(originals, targets), "majority_answer": causal_metrics([majority] * len(targets), targets),
+            "majority_answer_text": majority}
 
 
 def feature_metrics(predictions: list[str], dataset, candidates: list[str] | None = None) -> dict:

@@ -12,8 +12,10 @@ require("peft", "peft")
 @hookimpl
 def register_commands(cli):
     from .cli import register
+    from .lora_cli import register as register_lora
 
     register(cli)
+    register_lora(cli)
 
 
 def diff_interpretation(model, tokenizer, config=None):

@@ -1,0 +1,167 @@
+"""`selfinterp lora-explainer …`: the LoRA-tuned explainer (ANCHORS.md §3) from the command line.
+
+  make-data  activation-patching or input-ablation rows run on the subject model (train / test by
+             topic split), in the published Transluce schema, resumable per split file
+  train      a LoRA explainer on one task's train rows (or a VectorLabelDataset's train split),
+             checkpointed per epoch, resumable
+  eval       answers on held-out rows, the task's metrics next to its trivial baselines (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .lora_tasks import TASKS
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _load(model_name):
+    from selfinterp_plugins.models import load_model
+
+    return load_model(model_name)
+
+
+def _rows(task: str, path):
+    from . import act_patch_task, input_ablation_task
+    from .causal_targets import read_task_rows
+
+    check = act_patch_task.check_row if task == "activation_patching" else input_ablation_task.check_row
+    return read_task_rows(path, check)
+
+
+def _data(task: str, path, split: str):
+    """Task data of one split: a VectorLabelDataset split, or the rows of `<path>/<split>.jsonl`
+    (or of a single file holding every split)."""
+    if task == "feature_descriptions":
+        from selfinterp_plugins.datasets import VectorLabelDataset
+
+        return VectorLabelDataset.load(path).split(split)
+    path = Path(path)
+    if path.is_dir():
+        return _rows(task, path / f"{split}.jsonl")
+    rows = _rows(task, path)
+    chosen = [r for r in rows if r.get("split", split) == split]
+    if not chosen:
+        from selfinterp_plugins.errors import ArtifactError
+
+        raise ArtifactError(f"No rows of split {split!r} in {path}; its rows need a 'split' field.")
+    return chosen
+
+
+def register(cli):
+    @cli.group("lora-explainer")
+    def lora_explainer():
+        """LoRA-tuned explainers: feature descriptions, activation patching, input ablation."""
+
+    @lora_explainer.command("make-data")
+    @click.option("--task", type=click.Choice(["activation_patching", "input_ablation"]), required=True)
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="the subject model")
+    @click.option("--n-train", default=600, show_default=True)
+    @click.option("--n-test", default=150, show_default=True)
+    @click.option("--layers", default="0:30:3", show_default=True, help="patched layers, start:stop:step (activation patching)")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
+    def make_data(task, model_name, n_train, n_test, layers, seed, out):
+        """Run the real patches / hinted questions on the subject model; targets are what it does."""
+        from selfinterp_plugins import HFBackend
+        from selfinterp_plugins.serialization import JsonlWriter
+        from selfinterp_plugins.topics import load_topics
+
+        from . import act_patch_task, input_ablation_task
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        model, tok = _load(model_name)
+        backend = HFBackend(model, tok)
+        start, stop, step = (int(x) for x in layers.split(":"))
+        for split, n in (("train", n_train), ("test", n_test)):
+            path = out / f"{split}.jsonl"
+            if path.exists():
+                click.echo(f"{path} exists; skipped", err=True)
+                continue
+            topics = [t for t in load_topics() if t["split"] == split]
+            if task == "activation_patching":
+                pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
+                rows = act_patch_task.patching_rows(backend, pairs, list(range(start, stop, step)), seed=seed, progress=True)
+            else:
+                rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(topics, n, seed), progress=True)
+            partial = path.with_suffix(".partial")
+            with JsonlWriter(partial) as writer:
+                for row in rows:
+                    writer.write(row)
+            partial.replace(path)  # a split file exists only when complete
+            changed = sum(bool(r.get("is_different", r.get("changed_pred_bc_hint"))) for r in rows)
+            click.echo(json.dumps({"split": split, "rows": len(rows), "changed": changed, "file": str(path)}))
+
+    @lora_explainer.command()
+    @click.option("--task", type=click.Choice(TASKS), required=True)
+    @click.option("--data", required=True, type=click.Path(exists=True), help="make-data directory, rows file, or dataset")
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="the explainer model")
+    @click.option("--rank", default=16, show_default=True, help="the paper: 128")
+    @click.option("--lr", type=float, default=1e-4, show_default=True, help="the paper: 5e-5")
+    @click.option("--epochs", default=2, show_default=True)
+    @click.option("--batch-size", default=8, show_default=True)
+    @click.option("--limit", type=int, default=None, help="first N training examples only")
+    @click.option("--seed", default=0, show_default=True)
+    @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
+    def train(task, data, model_name, rank, lr, epochs, batch_size, limit, seed, out):
+        """Fine-tune a LoRA explainer on one task's training data."""
+        from selfinterp_plugins.plugins import get_task
+
+        from .lora_explainer import LoRAExplainerConfig
+
+        model, tok = _load(model_name)
+        family = get_task(task)
+        config = LoRAExplainerConfig(rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+        explainer = family.create(model, tok, config)
+        examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
+        history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")
+        explainer.save_pretrained(out)
+        click.echo(json.dumps({"examples": len(examples), "steps": len(history), "first_loss": history[0] if history else None,
+                               "last_loss": history[-1] if history else None, "saved": out}))
+
+    @lora_explainer.command("eval")
+    @click.argument("explainer_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--task", type=click.Choice(TASKS), required=True)
+    @click.option("--data", required=True, type=click.Path(exists=True))
+    @click.option("--split", default="test", show_default=True)
+    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @click.option("--limit", type=int, default=None)
+    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
+    def evaluate(explainer_dir, task, data, split, model_name, limit, out):
+        """Held-out answers and metrics, next to the task's trivial baselines."""
+        from selfinterp_plugins.plugins import get_task
+
+        from .lora_explainer import LoRAExplainer
+        from .lora_tasks import causal_baselines, feature_metrics
+
+        model, tok = _load(model_name)
+        explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)
+        held_out = _data(task, data, split)
+        if task == "feature_descriptions":
+            held_out = held_out.head(limit)
+            candidates = sorted(set(__import__("selfinterp_plugins").VectorLabelDataset.load(data).labels))
+        else:
+            held_out = held_out[:limit]
+        examples = get_task(task).examples(explainer, held_out)
+        answers = explainer.generate(examples)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{out}.answers.jsonl").write_text("".join(json.dumps({"target": ex.answer, "answer": a}) + "\n"
+                                                        for ex, a in zip(examples, answers)))
+        if task == "feature_descriptions":
+            result = {"lora_explainer": feature_metrics(answers, held_out, candidates)}
+        else:
+            from .causal_targets import causal_metrics
+
+            from . import act_patch_task, input_ablation_task
+
+            module = act_patch_task if task == "activation_patching" else input_ablation_task
+            train_targets = [module.target_text(r) for r in _data(task, data, "train")]
+            result = {"lora_explainer": causal_metrics(answers, [ex.answer for ex in examples]),
+                      **causal_baselines(examples, held_out, task, train_targets)}
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(json.dumps(result, indent=2))
