@@ -1,7 +1,8 @@
 """PEFT bridge plugin: weight diffs (`weight_diff.WeightDiff`: from PEFT LoRA adapters or full
 fine-tunes, applied to a base model, saved as PEFT adapters), synthetic hidden-topic diffs trained
-many at once, and Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands
-and the DIT task. Loading it imports nothing heavy."""
+many at once, Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands and
+the DIT task; and the LoRA-tuned explainer (`lora_explainer.LoRAExplainer`) with its three task
+families and `selfinterp lora-explainer …`. Loading it imports nothing heavy."""
 
 from selfinterp_plugins.hookspecs import hookimpl
 from selfinterp_plugins.plugins import require

@@ -28,7 +28,7 @@ class SAETrainConfig:
     total_tokens: int = 400_000
     batch_tokens: int = 1024
     lr: float = 3e-4
-    windows_per_chunk: int = 32
+    windows_per_chunk: int = 128  # windows whose activations are shuffled together (~8k tokens at 64 per window)
     seed: int = 0
 
 
@@ -37,7 +37,7 @@ def site_hook_name(site: Site) -> str:
     return "hook_embed" if site.kind == "embed" else f"blocks.{site.layer}.hook_{site.kind}"
 
 
-def activation_batches(backend, windows: list[list[int]], site: Site, batch_tokens: int, windows_per_chunk: int = 32,
+def activation_batches(backend, windows: list[list[int]], site: Site, batch_tokens: int, windows_per_chunk: int = 128,
                        seed: int = 0):
     """An endless iterator of (batch_tokens, d_model) activation batches, shuffled within chunks
     of windows, windows reshuffled each pass."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from sae_fixtures import planted_sae
 
 from selfinterp_plugins.plugins import get_scorer

@@ -1,0 +1,44 @@
+"""The scorers on the real SmolLM2 with a planted latent (fires on " cat" at the input embedding):
+the model itself writes the conversations and judges the contexts, so a label naming the token
+must beat an unrelated one end to end."""
+
+from __future__ import annotations
+
+import pytest
+from sae_fixtures import planted_sae
+
+from selfinterp_plugins import HFBackend
+from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, detection_score
+from selfinterp_sae_lens.generation_scoring import ConversationWriter, generation_score
+
+pytestmark = pytest.mark.real_model
+
+CAT = ["My cat sleeps on the sofa all day.", "The cat chased a mouse.", "She fed the cat some fish.",
+       "A black cat crossed the road.", "Our cat likes warm milk.", "The cat purred on my lap."]
+OTHER = ["The bank raised interest rates.", "He paid his taxes in April.", "The train left at noon.",
+         "Rain fell over the hills.", "She wrote a letter to her aunt.", "The market opened early."]
+
+
+@pytest.fixture(scope="module")
+def setup(smollm2):
+    model, tok = smollm2
+    backend = HFBackend(model, tok)
+    return backend, planted_sae(backend)
+
+
+def test_generation_scoring_prefers_the_label_naming_the_token(setup):
+    backend, sae = setup
+    writer = ConversationWriter(backend, max_new_tokens=60)
+    records = [{"id": "0", "feature": 0, "scale": 1.0, "label": "cats"}, {"id": "0", "feature": 0, "scale": 2.0, "label": "tax law"}]
+    result = generation_score(records, sae, backend, writer, n_samples=6, progress=False)
+    assert result["per_scale"][1.0] >= 0.5 and result["per_scale"][1.0] > result["per_scale"][2.0]
+
+
+def test_detection_scoring_with_the_model_as_judge(setup):
+    backend, sae = setup
+    tok = backend.tokenizer
+    windows = [[tok.bos_token_id] + tok(s, add_special_tokens=False)["input_ids"] for s in CAT + OTHER]
+    pool = ContextPool.build(backend, sae, windows, [0])
+    good = detection_score([{"id": "0", "label": "cats"}], pool, ModelJudge(backend), tok, 6, 6, progress=False)
+    bad = detection_score([{"id": "0", "label": "tax law"}], pool, ModelJudge(backend), tok, 6, 6, progress=False)
+    assert good["auc"] > bad["auc"] and good["auc"] >= 0.75
