@@ -11,7 +11,6 @@ answer only. `ask(diffs, question)` generates the answers for many diffs in one 
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
 from .diff_training import _losses, decoder_linears
-from .epoch_checkpoints import resume_epochs, save_epoch
+from .epoch_checkpoints import epoch_batches, run_epochs
 from .hidden_topics import Example, chat_ids, end_of_answer_ids, generate_answers
 from .weight_diff import WeightDiff, WeightDiffError
 
@@ -106,8 +105,6 @@ class DITAdapter:
         """Train the shared LoRA on (diff, answer) pairs, batches mixing diffs; returns the loss per
         step. With `checkpoint_dir`, the LoRA and Adam's state are saved at each epoch's end and a
         rerun resumes after the last saved epoch, ending where an uninterrupted run ends."""
-        from tqdm.auto import tqdm
-
         if len(diffs) != len(answers):
             raise WeightDiffError(f"{len(diffs)} diffs but {len(answers)} answers; pass one answer per diff.")
         cfg = self.config
@@ -115,30 +112,15 @@ class DITAdapter:
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
-        rng = random.Random(cfg.seed)
         examples = [self.example(a) for a in answers]
-        epochs = []
-        for _ in range(cfg.epochs):
-            order = list(range(len(diffs)))
-            rng.shuffle(order)
-            epochs.append([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
-        history, first = resume_epochs(checkpoint_dir, named, optimizer)
-        bar = tqdm(total=sum(map(len, epochs)), initial=sum(map(len, epochs[:first])), disable=not progress, desc="DIT")
+
+        def loss_of(rows):
+            batch_diffs = [diffs[i] for i in rows]
+            return _losses(self.model, [examples[i] for i in rows], pad, lambda: per_row_diffs(self.model, batch_diffs)).mean()
+
         self.model.train()
-        for epoch in range(first, cfg.epochs):
-            for rows in epochs[epoch]:
-                batch_diffs = [diffs[i] for i in rows]
-                loss = _losses(self.model, [examples[i] for i in rows], pad,
-                               lambda: per_row_diffs(self.model, batch_diffs)).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                history.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]:.3f}")
-            if checkpoint_dir is not None:
-                save_epoch(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
-        bar.close()
+        history = run_epochs(epoch_batches(len(diffs), cfg.epochs, cfg.batch_size, cfg.seed), loss_of, named, optimizer,
+                             checkpoint_dir, progress, "DIT")
         self.model.eval()
         return history
 

@@ -1,4 +1,4 @@
-"""Epoch checkpoints of a training loop over named parameters (DIT, the LoRA explainer).
+"""Epoch checkpoints, and the training loop that writes them (DIT, the LoRA explainer).
 
 After each epoch the trainable weights and Adam's state go to epoch-named safetensors files, then
 `state.json` (written last, atomically) names the epoch and holds the loss history; a kill at any
@@ -8,6 +8,7 @@ where an uninterrupted run ends (the caller replays its seeded batch order).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -48,3 +49,42 @@ def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:
             param.copy_(weights[name])
     _restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
     return list(state.get("history", [])), done
+
+
+def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[list[int]]]:
+    """Per epoch, the shuffled batches of row indices; drawn all at once from `seed`, so a resumed
+    run sees exactly the batches an uninterrupted one would."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        out.append([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
+    return out
+
+
+def run_epochs(batches: list[list[list[int]]], loss_of, named, optimizer, checkpoint_dir=None, progress: bool = False,
+               desc: str = "train", reseed: int | None = None) -> list[float]:
+    """Optimise `loss_of(rows)` over `batches` (from `epoch_batches`), resuming after the last
+    saved epoch in `checkpoint_dir` and saving after each one; returns the loss per step.
+    `reseed`: seed torch with `reseed + epoch` at each epoch's start (dropout draws that a resumed
+    run repeats)."""
+    from tqdm.auto import tqdm
+
+    history, first = resume_epochs(checkpoint_dir, named, optimizer)
+    bar = tqdm(total=sum(map(len, batches)), initial=sum(map(len, batches[:first])), disable=not progress, desc=desc)
+    for epoch in range(first, len(batches)):
+        if reseed is not None:
+            torch.manual_seed(reseed + epoch)
+        for rows in batches[epoch]:
+            loss = loss_of(rows)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        if checkpoint_dir is not None:
+            save_epoch(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
+    bar.close()
+    return history

@@ -245,36 +245,16 @@ class LoRAExplainer:
         """AdamW at a constant learning rate over shuffled batches (tasks may mix in a batch);
         returns the loss per step. With `checkpoint_dir`, the LoRA, projections and AdamW state are
         saved after every epoch and a rerun resumes after the last saved one."""
-        from tqdm.auto import tqdm
-
-        from .epoch_checkpoints import resume_epochs, save_epoch
+        from .epoch_checkpoints import epoch_batches, run_epochs
 
         cfg = self.config
         named = [(f"lora.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        rng = random.Random(cfg.seed)
-        epochs = []
-        for _ in range(cfg.epochs):
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-            epochs.append([order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
-        history, first = resume_epochs(checkpoint_dir, named, optimizer)
-        bar = tqdm(total=sum(map(len, epochs)), initial=sum(map(len, epochs[:first])), disable=not progress, desc="lora explainer")
         self.model.train()
-        for epoch in range(first, cfg.epochs):
-            torch.manual_seed(cfg.seed + epoch)  # dropout draws per epoch: a resumed run draws the same
-            for rows in epochs[epoch]:
-                loss = self.loss([examples[i] for i in rows])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                history.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]:.3f}")
-            if checkpoint_dir is not None:
-                save_epoch(Path(checkpoint_dir), epoch + 1, named, optimizer, history)
-        bar.close()
+        history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed),
+                             lambda rows: self.loss([examples[i] for i in rows]), named, optimizer, checkpoint_dir,
+                             progress, "lora explainer", reseed=cfg.seed)
         self.model.eval()
         return history
 
