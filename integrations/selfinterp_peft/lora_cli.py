@@ -131,8 +131,9 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
     @click.option("--limit", type=int, default=None)
+    @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's, 32)")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
-    def evaluate(explainer_dir, task, data, split, model_name, limit, out):
+    def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, out):
         """Held-out answers and metrics, next to the task's trivial baselines."""
         from selfinterp_plugins.plugins import get_task
 
@@ -148,7 +149,7 @@ def register(cli):
         else:
             held_out = held_out[:limit]
         examples = get_task(task).examples(explainer, held_out)
-        answers = explainer.generate(examples)
+        answers = explainer.generate(examples, max_new_tokens=max_new_tokens)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.answers.jsonl").write_text("".join(json.dumps({"target": ex.answer, "answer": a}) + "\n"
                                                         for ex, a in zip(examples, answers)))

@@ -39,7 +39,7 @@ def test_lora_explainer_commands(tmp_path, capsys, task):
                "--batch-size", "4", "--lr", "1e-3", "--out", str(tmp_path / "lx")], capsys)
     assert json.loads(out)["steps"] == 4 and (tmp_path / "lx" / "checkpoint" / "state.json").exists()
     out = run(["lora-explainer", "eval", str(tmp_path / "lx"), "--task", task, "--data", str(data), *m,
-               "--out", str(tmp_path / "eval.json")], capsys)
+               "--max-new-tokens", "8", "--out", str(tmp_path / "eval.json")], capsys)
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["lora_explainer"]["n"] == 4 and set(result) >= {"always_unchanged", "majority_answer"}
     assert len((tmp_path / "eval.json.answers.jsonl").read_text().splitlines()) == 4
