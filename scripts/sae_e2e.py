@@ -41,7 +41,7 @@ def main(argv=None):
     p.add_argument("--n-sae-windows", type=int, default=20000)
     p.add_argument("--n-label-windows", type=int, default=3000)
     p.add_argument("--n-detect-windows", type=int, default=1400)
-    p.add_argument("--n-test", type=int, default=60, help="held-out latents scored")
+    p.add_argument("--n-test", type=int, default=40, help="held-out latents scored")
     p.add_argument("--samples", type=int, default=10, help="conversations per label (generation scoring)")
     p.add_argument("--adapter-epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

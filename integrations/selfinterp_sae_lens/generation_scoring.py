@@ -15,6 +15,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from selfinterp_plugins.backends.base import Sampling
 from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
@@ -66,13 +68,46 @@ class ConversationWriter:
         return tok(f"{WRITER_SYSTEM}\n{WRITER_PROMPT.format(label=label)}\n")["input_ids"]
 
     def __call__(self, labels: list[str], n_samples: int, progress: bool = False) -> list[list[str]]:
-        """`n_samples` conversations per label (sampled; identical prompts share batches)."""
-        from selfinterp_plugins.knowledge import generate_texts
-
+        """`n_samples` conversations per label. A transformers model generates every label's prompts
+        in one left-padded batch (prompts differ in length); other backends batch equal lengths."""
         prompts = [self._prompt(label) for label in labels for _ in range(n_samples)]
-        texts = generate_texts(self.backend, prompts, self.sampling.max_new_tokens, self.batch_size, progress,
-                               desc="write conversations", sampling=self.sampling)
+        model = getattr(self.backend, "model", None)
+        if hasattr(model, "generate") and hasattr(model, "config"):
+            texts = self._generate_hf(model, prompts)
+        else:
+            from selfinterp_plugins.knowledge import generate_texts
+
+            texts = generate_texts(self.backend, prompts, self.sampling.max_new_tokens, self.batch_size, progress,
+                                   desc="write conversations", sampling=self.sampling)
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(labels))]
+
+    @torch.no_grad()
+    def _generate_hf(self, model, prompts: list[list[int]]) -> list[str]:
+        tok = self.backend.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        from selfinterp_plugins.knowledge import _end_of_turn_id
+
+        stop = [i for i in (tok.eos_token_id, _end_of_turn_id(tok)) if i is not None]
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.sampling.seed)
+        texts = []
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start : start + self.batch_size]
+                width = max(len(p) for p in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for i, p in enumerate(chunk):
+                    ids[i, width - len(p) :] = torch.tensor(p)
+                    mask[i, width - len(p) :] = 1
+                out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=True,
+                                     temperature=self.sampling.temperature, top_p=self.sampling.top_p, top_k=0,
+                                     max_new_tokens=self.sampling.max_new_tokens, pad_token_id=pad, eos_token_id=stop)
+                for row in out[:, width:].tolist():
+                    texts.append(tok.decode([t for t in row if t not in stop and t != pad], skip_special_tokens=True).strip())
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return texts
 
 
 def hit_rates(backend, sae, features: list[int], conversations: list[list[str]], batch_size: int = 16) -> list[float]:
@@ -124,9 +159,17 @@ def generation_score(records, sae, backend, writer=None, n_samples: int = 10, da
     results = dict(done)
     bar = tqdm(total=len(keyed), initial=len(keyed) - len(todo), disable=not progress, desc="generation scoring", unit="label")
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            texts = writer([label for _, _, label, _ in part], n_samples)
+        # conversations depend on the label text only: a label shared by several latents (or scales)
+        # is written about once, and each latent checks its own firing on those conversations
+        by_label: dict[str, list[tuple]] = defaultdict(list)
+        for key in todo:
+            by_label[key[2]].append(key)
+        distinct = list(by_label)
+        for start in range(0, len(distinct), chunk):
+            labels = distinct[start : start + chunk]
+            written = dict(zip(labels, writer(labels, n_samples)))
+            part = [key for label in labels for key in by_label[label]]
+            texts = [written[label] for _, _, label, _ in part]
             rates = hit_rates(backend, sae, [f for *_, f in part], texts, batch_size)
             for (rid, scale, label, feature), rate, samples in zip(part, rates, texts):
                 row = {"id": rid, "scale": scale, "label": label, "feature": feature, "hit_rate": rate, "samples": samples}
