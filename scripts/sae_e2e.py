@@ -8,12 +8,12 @@
    scalar_affine + chat template for comparison).
 4. Label held-out test latents with: the trained adapters, the untrained self-explaining-SAE-features
    baseline (6 scales), and score them next to the weak labels and a shuffled-weak-labels floor with
-   generation scoring (ANCHORS.md §1) and detection scoring (delphi-style).
+   generation scoring (ANCHORS.md §1) and, with --detection, detection scoring (delphi-style).
 
 Every stage writes its output under --out and is skipped when that output exists, so a crash
 resumes at the stage it was in (generation scoring also resumes inside a stage).
 
-    python scripts/sae_e2e.py --out runs/sae-e2e
+    python scripts/sae_e2e.py --out runs/sae-e2e --n-test 30 --samples 5     # what docs/results.md reports
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=40, help="held-out latents scored")
     p.add_argument("--samples", type=int, default=10, help="conversations per label (generation scoring)")
     p.add_argument("--adapter-epochs", type=int, default=2)
+    p.add_argument("--detection", action="store_true", help="also detection scoring (delphi-style) of every label set")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -140,20 +141,23 @@ def main(argv=None):
     # 5. scoring
     results = {"config": vars(args), "n_labelled": len(data), "n_test": len(test), "weak_label_report": data.meta.get("weak_labels"),
                "alive": data.meta.get("alive"), "exact_match_vs_weak": exact, "generation": {}, "detection": {}}
-    pool = ContextPool.build(backend, sae, detect_windows, [int(r["feature"]) for r in test.records])
+    pool = ContextPool.build(backend, sae, detect_windows, [int(r["feature"]) for r in test.records]) if args.detection else None
     judge = ModelJudge(backend)
     for name, rows in label_sets.items():
         t = time.time()
-        gen = generation_score(rows, sae, backend, n_samples=args.samples, output=out / "scores" / f"generation-{name}.jsonl")
+        gen = generation_score(rows, sae, backend, n_samples=args.samples,
+                               output=out / "scores" / f"generation-{name}-{args.samples}samples.jsonl")
         results["generation"][name] = {k: v for k, v in gen.items() if k != "per_feature"}
         results["generation"][name]["seconds"] = round(time.time() - t, 1)
-        t = time.time()
-        det = detection_score(rows, pool, judge, tok)
-        results["detection"][name] = {k: v for k, v in det.items() if k != "per_label"}
-        results["detection"][name]["seconds"] = round(time.time() - t, 1)
-        (out / "scores" / f"detection-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in det["per_label"]))
-        log(f"{name}: generation mean-max {gen['mean_max_hit_rate']:.3f}; detection auc {det['auc']:.3f} "
-            f"acc {det['accuracy']:.3f} f1 {det['f1']:.3f}; exact {exact[name]:.3f}")
+        line = f"{name}: generation mean-max {gen['mean_max_hit_rate']:.3f}; exact {exact[name]:.3f}"
+        if args.detection:
+            t = time.time()
+            det = detection_score(rows, pool, judge, tok)
+            results["detection"][name] = {k: v for k, v in det.items() if k != "per_label"}
+            results["detection"][name]["seconds"] = round(time.time() - t, 1)
+            (out / "scores" / f"detection-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in det["per_label"]))
+            line += f"; detection auc {det['auc']:.3f} acc {det['accuracy']:.3f} f1 {det['f1']:.3f}"
+        log(line)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     examples = []
     by_method = {name: {r["id"]: r["label"] for r in rows if r.get("scale", 1.0) in (1.0,)} for name, rows in label_sets.items()}
