@@ -234,9 +234,13 @@ class LoRAExplainer:
         target = torch.full(mask.shape, -100, dtype=torch.long)
         for i, lab in enumerate(labels):
             target[i, : len(lab)] = torch.tensor(lab)
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask.to(embeds.device)).logits[:, :-1]
+        # the head runs only from the shortest prompt's last token on: prompt positions carry no label
+        # and the vocabulary projection over them was most of a step's work
+        keep = torch.arange(min(len(ex.prompt_ids) for ex in examples) - 1, mask.shape[1] - 1)
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask.to(embeds.device),
+                            logits_to_keep=keep.to(embeds.device)).logits
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 target[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+                                                 target[:, keep + 1].reshape(-1).to(logits.device), ignore_index=-100)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.projections.parameters())

@@ -50,12 +50,10 @@ def causal_baselines(examples, rows: list[dict], task: str, train_targets: list[
     """What the trivial answers score on held-out `examples` (built from `rows`): always
     "unchanged" (with the true original output, so its exact match is the unchanged fraction), and
     the most frequent answer of the training targets (of the held-out ones if none are given)."""
-    from .causal_targets import causal_target
-
     targets = [ex.answer for ex in examples]
     if task == "activation_patching":
-        originals = [causal_target(*(2 * [r["original_continuation"][0] if isinstance(r["original_continuation"], list)
-                                          else str(r["original_continuation"])])) for r in rows]
+        # the row with its patch undone: target_text then gives "unchanged from <<<original>>>"
+        originals = [act_patch_task.target_text(dict(r, ablated_continuation=r["original_continuation"])) for r in rows]
     else:
         originals = [UNCHANGED.format(token="Answer: " + str(r["random_hint_prediction"]).strip()) for r in rows]
     majority = Counter(train_targets or targets).most_common(1)[0][0]

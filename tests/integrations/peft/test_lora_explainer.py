@@ -100,3 +100,24 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path):
     assert resumed_history == pytest.approx(full_history, abs=1e-6)
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=0)
+
+
+def test_loss_on_answer_positions_equals_the_full_sequence_loss():
+    """The head runs only from the shortest prompt on; the loss must equal the one over all positions."""
+    explainer, model, tok = make(rank=4)
+    examples = [explainer.feature_example(torch.randn(model.config.hidden_size), label, 5, random.Random(i))
+                for i, label in enumerate(["a b c", "a longer label here", "x"])]
+    examples.append(explainer.text_example("a much longer prompt than the others, " * 4, "answer"))
+    sequences, labels = [], []
+    for ex in examples:
+        answer = explainer._answer_ids(ex.answer)
+        sequences.append(ex.prompt_ids + answer)
+        labels.append([-100] * len(ex.prompt_ids) + answer)
+    embeds, mask, _ = explainer._embeds(sequences, examples, left_pad=False)
+    target = torch.full(mask.shape, -100)
+    for i, lab in enumerate(labels):
+        target[i, : len(lab)] = torch.tensor(lab)
+    with torch.no_grad():
+        logits = explainer.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
+        full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=-100)
+        torch.testing.assert_close(explainer.loss(examples), full, atol=1e-5, rtol=1e-5)
