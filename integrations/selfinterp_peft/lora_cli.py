@@ -132,13 +132,15 @@ def register(cli):
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
     @click.option("--limit", type=int, default=None)
     @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's, 32)")
+    @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
+                  help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
-    def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, out):
+    def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, control, out):
         """Held-out answers and metrics, next to the task's trivial baselines."""
         from selfinterp_plugins.plugins import get_task
 
         from .lora_explainer import LoRAExplainer
-        from .lora_tasks import causal_baselines, feature_metrics
+        from .lora_tasks import causal_baselines, feature_metrics, metrics_by_layer, shuffled_vectors
 
         model, tok = _load(model_name)
         explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)
@@ -149,6 +151,10 @@ def register(cli):
         else:
             held_out = held_out[:limit]
         examples = get_task(task).examples(explainer, held_out)
+        if control == "shuffled-vectors":
+            if task == "input_ablation":
+                raise click.UsageError("input_ablation examples hold no vector; --control shuffled-vectors does not apply.")
+            examples = shuffled_vectors(examples)
         answers = explainer.generate(examples, max_new_tokens=max_new_tokens)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{out}.answers.jsonl").write_text("".join(json.dumps({"target": ex.answer, "answer": a}) + "\n"
@@ -164,5 +170,8 @@ def register(cli):
             train_targets = [module.target_text(r) for r in _data(task, data, "train")]
             result = {"lora_explainer": causal_metrics(answers, [ex.answer for ex in examples]),
                       **causal_baselines(examples, held_out, task, train_targets)}
+            if task == "activation_patching":
+                result["lora_explainer_by_layer"] = metrics_by_layer(answers, examples)
+        result["control"] = control
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
         click.echo(json.dumps(result, indent=2))

@@ -61,6 +61,40 @@ def causal_baselines(examples, rows: list[dict], task: str, train_targets: list[
             "majority_answer_text": majority}
 
 
+def shuffled_vectors(examples, seed: int = 0):
+    """The vector-ablation control: the same examples with each vector swapped for another
+    example's vector of the same subject layer (a derangement within each layer wherever the layer
+    has two or more distinct examples). What survives this swap is what the explainer gets from the
+    prompt and the layer, not from the vector."""
+    from dataclasses import replace
+
+    rng = random.Random(seed)
+    by_layer: dict = {}
+    for i, ex in enumerate(examples):
+        if ex.vector is not None:
+            by_layer.setdefault(ex.subject_layer, []).append(i)
+    out = list(examples)
+    for indices in by_layer.values():
+        if len(indices) < 2:
+            continue
+        shift = rng.randrange(1, len(indices))  # a rotation of a shuffled order moves every vector
+        order = indices[:]
+        rng.shuffle(order)
+        for source, target in zip(order, order[shift:] + order[:shift]):
+            out[target] = replace(examples[target], vector=examples[source].vector)
+    return out
+
+
+def metrics_by_layer(answers: list[str], examples) -> dict:
+    """The causal metrics per subject layer: where the task is easy from the layer alone, it shows."""
+    groups: dict = {}
+    for answer, ex in zip(answers, examples):
+        groups.setdefault(ex.subject_layer, ([], []))
+        groups[ex.subject_layer][0].append(answer)
+        groups[ex.subject_layer][1].append(ex.answer)
+    return {str(layer): causal_metrics(*groups[layer]) for layer in sorted(groups, key=lambda x: (x is None, x))}
+
+
 def feature_metrics(predictions: list[str], dataset, candidates: list[str] | None = None) -> dict:
     from selfinterp_plugins.scoring import exact_match, recall_at_k
 

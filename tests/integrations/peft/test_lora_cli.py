@@ -43,3 +43,8 @@ def test_lora_explainer_commands(tmp_path, capsys, task):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["lora_explainer"]["n"] == 4 and set(result) >= {"always_unchanged", "majority_answer"}
     assert len((tmp_path / "eval.json.answers.jsonl").read_text().splitlines()) == 4
+    if task == "activation_patching":
+        assert set(result["lora_explainer_by_layer"]) <= {"0", "1", "2"}
+        run(["lora-explainer", "eval", str(tmp_path / "lx"), "--task", task, "--data", str(data), *m, "--max-new-tokens", "8",
+             "--control", "shuffled-vectors", "--out", str(tmp_path / "control.json")], capsys)
+        assert json.loads((tmp_path / "control.json").read_text())["control"] == "shuffled-vectors"

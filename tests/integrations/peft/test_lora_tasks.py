@@ -14,7 +14,7 @@ from selfinterp_plugins.plugins import get_task  # noqa: E402
 from selfinterp_plugins.topics import load_topics  # noqa: E402
 from selfinterp_peft import act_patch_task, input_ablation_task  # noqa: E402
 from selfinterp_peft.lora_explainer import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.lora_tasks import causal_baselines  # noqa: E402
+from selfinterp_peft.lora_tasks import causal_baselines, metrics_by_layer, shuffled_vectors  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,27 @@ def test_trivial_baselines(setup):
     changed = sum(r["is_different"] for r in patch_rows) / len(patch_rows)
     assert base["always_unchanged"]["exact_match"] == pytest.approx(1 - changed)
     assert base["always_unchanged"]["changed_f1"] == 0.0
+
+
+def test_shuffled_vectors_moves_every_vector_within_its_layer(setup):
+    explainer, patch_rows, _ = setup
+    examples = get_task("activation_patching").examples(explainer, patch_rows)
+    shuffled = shuffled_vectors(examples, seed=4)
+    assert [ex.answer for ex in shuffled] == [ex.answer for ex in examples]  # targets untouched
+    for layer in {ex.subject_layer for ex in examples}:
+        before = [ex.vector for ex in examples if ex.subject_layer == layer]
+        after = [ex.vector for ex in shuffled if ex.subject_layer == layer]
+        assert sorted(v.sum().item() for v in before) == pytest.approx(sorted(v.sum().item() for v in after))
+        distinct = {tuple(v.tolist()) for v in before}
+        if len(distinct) == len(before) > 1:  # every vector moved to another example
+            assert all(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_metrics_by_layer(setup):
+    explainer, patch_rows, _ = setup
+    examples = get_task("activation_patching").examples(explainer, patch_rows)
+    answers = [ex.answer if ex.subject_layer == 0 else "nonsense" for ex in examples]
+    by_layer = metrics_by_layer(answers, examples)
+    assert set(by_layer) == {"0", "1"}
+    assert by_layer["0"]["exact_match"] == 1.0 and by_layer["1"]["exact_match"] == 0.0
+    assert by_layer["1"]["unreadable"] == by_layer["1"]["n"]
