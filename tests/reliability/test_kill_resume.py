@@ -9,27 +9,18 @@ kill would not count; the test then fails rather than pass vacuously).
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 from selfinterp_plugins import VectorLabelDataset
 from selfinterp_plugins.serialization import load_safetensors, read_jsonl
 
 pytestmark = pytest.mark.slow
 
-KILLS_PER_RUN = 3
-ENV = dict(os.environ, SELFINTERP_PLUGINS="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-           TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-CLI = [sys.executable, "-c", "from selfinterp_plugins.cli import main; main()"]
 WORDS = ["dog", "tree", "house", "river", "golden retriever", "Jupiter"]
 
 
@@ -65,39 +56,12 @@ def _explain_cmd(work: Path, explainer: Path, output: Path) -> list[str]:
                   "--scale", "4.0", "--scale", "8.0", "--output", str(output)]
 
 
-def _lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def _run_with_kills(cmd: list[str], progress_file: Path, rng: random.Random) -> int:
-    """Start `cmd`, wait for it to make progress, SIGKILL it at a random moment; KILLS_PER_RUN times."""
-    delivered = 0
-    for _ in range(KILLS_PER_RUN):
-        before = _lines(progress_file)
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
-        while _lines(progress_file) <= before and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            delivered += 1
-        proc.wait()
-        proc.stderr.close()
-    return delivered
-
-
-def _run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-
-
 def test_killed_training_resumes_to_the_uninterrupted_adapter(work, tmp_path):
-    _run(_train_cmd(work, tmp_path / "reference"))
+    run(_train_cmd(work, tmp_path / "reference"))
     killed = tmp_path / "killed"
-    delivered = _run_with_kills(_train_cmd(work, killed), killed / "train_log.jsonl", random.Random(1))
+    delivered = run_with_kills(_train_cmd(work, killed), lines(killed / "train_log.jsonl"), random.Random(1))
     assert delivered == KILLS_PER_RUN
-    _run(_train_cmd(work, killed))
+    run(_train_cmd(work, killed))
 
     reference = load_safetensors(tmp_path / "reference" / "adapter.safetensors")
     resumed = load_safetensors(killed / "adapter.safetensors")
@@ -110,12 +74,12 @@ def test_killed_training_resumes_to_the_uninterrupted_adapter(work, tmp_path):
 
 def test_killed_explain_run_has_every_record_exactly_once(work, tmp_path):
     explainer = tmp_path / "explainer"
-    _run(_train_cmd(work, explainer) + ["--epochs", "1"])
-    _run(_explain_cmd(work, explainer, tmp_path / "reference.jsonl"))
+    run(_train_cmd(work, explainer) + ["--epochs", "1"])
+    run(_explain_cmd(work, explainer, tmp_path / "reference.jsonl"))
     output = tmp_path / "killed.jsonl"
-    delivered = _run_with_kills(_explain_cmd(work, explainer, output), output, random.Random(2))
+    delivered = run_with_kills(_explain_cmd(work, explainer, output), lines(output), random.Random(2))
     assert delivered == KILLS_PER_RUN
-    _run(_explain_cmd(work, explainer, output))
+    run(_explain_cmd(work, explainer, output))
 
     reference = read_jsonl(tmp_path / "reference.jsonl")
     resumed = read_jsonl(output)  # strict: no torn or duplicated line may remain

@@ -1,0 +1,111 @@
+"""Crash safety of the ecosystem plugins' long jobs, with real SIGKILLs (see kill_harness.py):
+
+- `selfinterp lora-explainer train` (the epoch-checkpoint loop it shares with `selfinterp dit train`):
+  killed three times mid-run, then resumed; the LoRA weights equal an uninterrupted run's
+  (dropout 0.1, so the replayed dropout draws are checked too).
+- `selfinterp sae label` (every latent of an SAE, streamed to JSONL): killed three times, then
+  resumed; every latent is labelled exactly once, equal to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from kill_harness import CLI, KILLS_PER_RUN, run, run_with_kills
+
+from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _epochs_done(checkpoint: Path):
+    def progress() -> int:
+        try:
+            return json.loads((checkpoint / "state.json").read_text())["epochs_done"]
+        except (OSError, ValueError, KeyError):
+            return 0  # not written yet (state.json is replaced atomically, never seen torn)
+    return progress
+
+
+def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp_path):
+    pytest.importorskip("peft")
+    from selfinterp_plugins import HFBackend
+    from selfinterp_plugins.models import tiny_model
+    from selfinterp_plugins.serialization import JsonlWriter
+    from selfinterp_plugins.topics import load_topics
+    from selfinterp_peft import act_patch_task
+
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    pairs = act_patch_task.counterfactual_pairs(load_topics(), 16, seed=1)
+    (tmp_path / "data").mkdir()
+    with JsonlWriter(tmp_path / "data" / "train.jsonl") as writer:
+        for row in act_patch_task.patching_rows(HFBackend(model, tok), pairs, [0, 2]):
+            writer.write(row)
+
+    def cmd(out: Path) -> list[str]:
+        return CLI + ["lora-explainer", "train", "--task", "activation_patching", "--data", str(tmp_path / "data"),
+                      "--model", str(tmp_path / "model"), "--rank", "4", "--epochs", "24", "--batch-size", "4",
+                      "--lr", "1e-3", "--out", str(out)]
+
+    run(cmd(tmp_path / "reference"), plugins="peft")
+    killed = tmp_path / "killed"
+    delivered = run_with_kills(cmd(killed), _epochs_done(killed / "checkpoint"), random.Random(3), plugins="peft")
+    assert delivered == KILLS_PER_RUN
+    assert 0 < _epochs_done(killed / "checkpoint")() < 24  # the kills left a part-trained run behind
+    run(cmd(killed), plugins="peft")
+
+    reference = load_safetensors(tmp_path / "reference" / "adapter_model.safetensors")
+    resumed = load_safetensors(killed / "adapter_model.safetensors")
+    assert reference.keys() == resumed.keys() and len(reference) > 0
+    import torch
+
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6)
+    history = json.loads((killed / "checkpoint" / "state.json").read_text())["history"]
+    assert len(history) == 24 * 4  # 16 rows / 4 per batch x 24 epochs: every step once
+
+
+def test_killed_sae_labelling_has_every_latent_exactly_once(tmp_path):
+    pytest.importorskip("sae_lens")
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    import torch
+
+    from selfinterp_plugins import Explainer
+    from selfinterp_plugins.models import tiny_model
+
+    model, tok = tiny_model("llama", seed=0, initializer_range=0.2)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    sae = StandardSAE(StandardSAEConfig(d_in=model.config.hidden_size, d_sae=160, dtype="float32", device="cpu"))
+    sae.cfg.metadata.hook_name = "hook_embed"
+    sae.cfg.metadata.model_name = "tiny"
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    sae.save_model(tmp_path / "sae")
+    Explainer.create(model, tok, adapter="scalar_affine", template="echo", site="embed").save_pretrained(tmp_path / "explainer")
+
+    def cmd(output: Path) -> list[str]:
+        return CLI + ["sae", "label", str(tmp_path / "explainer"), "--sae", str(tmp_path / "sae"), "--model", str(tmp_path / "model"),
+                      "--batch-size", "4", "--max-new-tokens", "12", "--output", str(output)]
+
+    run(cmd(tmp_path / "reference.jsonl"), plugins="sae_lens")
+    output = tmp_path / "killed.jsonl"
+    from kill_harness import lines
+
+    delivered = run_with_kills(cmd(output), lines(output), random.Random(4), plugins="sae_lens")
+    assert delivered == KILLS_PER_RUN
+    assert 0 < lines(output)() < 160
+    run(cmd(output), plugins="sae_lens")
+
+    reference = read_jsonl(tmp_path / "reference.jsonl")
+    resumed = read_jsonl(output)  # strict: a torn or duplicated line would fail here
+    assert len(reference) == 160
+    assert sorted(map(json.dumps, resumed)) == sorted(map(json.dumps, reference))
