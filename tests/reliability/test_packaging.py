@@ -1,6 +1,7 @@
 """Packaging, for real: the wheel builds, installs into a fresh virtualenv with only the core
 dependencies, imports, and `selfinterp plugins` runs there and reports each ecosystem plugin as
-absent (with the install line), never crashing; installing an extra makes its plugin appear.
+absent (with the install line), never crashing; installing an extra alone (each into its own copy of
+that venv) makes its plugin appear and leaves the others reported as absent.
 Also a throwaway third-party plugin, installed through a real entry point (a .dist-info on the
 path), that fails to import, is reported and leaves the others working.
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTRAS = {"peft": "peft", "nnsight": "nnsight"}  # extra -> plugin; the heavy TL/SAE-Lens extras are checked in the dev venv
+EXTRAS = {"peft": "peft", "nnsight": "nnsight", "transformer-lens": "transformer_lens", "sae-lens": "sae_lens"}  # extra -> plugin
+PLUGINS = set(EXTRAS.values())
 ENV = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 ENV.pop("SELFINTERP_PLUGINS", None)
 
@@ -78,15 +81,25 @@ def test_core_only_install_runs_and_reports_absent_plugins(core_venv):
 
 
 @pytest.mark.parametrize("extra", list(EXTRAS))
-def test_each_extra_makes_its_plugin_appear(core_venv, wheel, extra):
-    _run(core_venv / "bin" / "pip", "install", "-q", f"{wheel}[{extra}]")
-    report = _plugins(core_venv)
+def test_each_extra_alone_makes_its_plugin_appear(core_venv, wheel, extra, tmp_path):
+    """Each extra into its own copy of the core venv (the copy saves re-installing torch; pip and
+    the CLI run through the copy's own python, so nothing reaches the original)."""
+    venv = tmp_path / "venv"
+    shutil.copytree(core_venv, venv, symlinks=True)
+    python = venv / "bin" / "python"
+    _run(python, "-m", "pip", "install", "-q", f"{wheel}[{extra}]")
+    report = json.loads(_run(python, "-c", "from selfinterp_plugins.cli import main; main()", "plugins"))
     names = {p["name"] for p in report["plugins"]}
-    failed = {e["plugin"] for e in report["errors"]}
-    assert EXTRAS[extra] in names and EXTRAS[extra] not in failed, report
-    if extra == "nnsight":  # a working integration, not only a loadable module
-        hooks = next(p["hooks"] for p in report["plugins"] if p["name"] == "nnsight")
-        assert {"register_backends", "backend_for_model"} <= set(hooks), report
+    errors = {e["plugin"]: e["error"] for e in report["errors"]}
+    assert EXTRAS[extra] in names and EXTRAS[extra] not in errors, report
+    for other in PLUGINS - names:  # every other plugin: absent with its install line, never broken
+        assert "not installed" in errors[other] and "pip install" in errors[other], report
+    if extra != "sae-lens":  # SAE-Lens depends on TransformerLens; the other extras pull no other plugin in
+        assert names & PLUGINS == {EXTRAS[extra]}, report
+    hooks = set(next(p["hooks"] for p in report["plugins"] if p["name"] == EXTRAS[extra]))
+    expected = {"nnsight": {"register_backends", "backend_for_model"}, "transformer_lens": {"register_backends"},
+                "sae_lens": {"register_vector_sources", "register_scorers"}, "peft": {"register_tasks"}}
+    assert expected[EXTRAS[extra]] <= hooks, report
 
 
 def test_broken_third_party_plugin_installed_through_an_entry_point(core_venv, tmp_path):
