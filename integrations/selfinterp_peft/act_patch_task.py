@@ -19,7 +19,7 @@ import torch
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.sites import Site
 
-from .causal_targets import causal_target
+from .causal_targets import BOOL, INT_OR_INTS, TEXT_OR_TOKENS, TOKENS, VECTOR, causal_target, check_fields
 
 PATCH_PROMPT = "A {title} is a kind of"
 #: the explainer's question, one paraphrase per example at random (Transluce's act-patch prompts)
@@ -129,6 +129,11 @@ def check_row(row, n: int) -> dict:
     patch = row["patch_position"]
     if not isinstance(patch, dict) or "intervention_vector" not in patch or "orig_pos" not in patch:
         raise ArtifactError(f"Activation-patching row {n}: patch_position needs orig_pos and intervention_vector.")
+    check_fields(row, n, "Activation-patching", {
+        "layer": INT_OR_INTS, "input_tokens": TOKENS, "original_continuation": TEXT_OR_TOKENS,
+        "ablated_continuation": TEXT_OR_TOKENS, "is_different": BOOL, "patch_position.orig_pos": INT_OR_INTS,
+        "patch_position.intervention_vector": VECTOR,
+        "patch_position.orig_text_token": (lambda v: isinstance(v, str), "a token string")})
     return row
 
 

@@ -52,6 +52,43 @@ def causal_metrics(predictions: list[str], targets: list[str]) -> dict:
             "changed_fraction": sum(parse_causal(t)[0] is True for t in targets) / n}
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite_number(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: what the columns of the causal-task schemas hold, as (test, description)
+INT_OR_INTS = (lambda v: _is_int(v) or (isinstance(v, list) and bool(v) and all(map(_is_int, v))), "an integer or a list of integers")
+TOKENS = (lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) for t in v), "a non-empty list of token strings")
+TEXT_OR_TOKENS = (lambda v: (isinstance(v, str) and bool(v)) or TOKENS[0](v), "a token string or a non-empty list of them")
+TEXT = (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+BOOL = (lambda v: isinstance(v, bool), "true or false")
+VECTOR = (lambda v: isinstance(v, list) and bool(v) and all(map(_is_finite_number, v)), "a non-empty list of finite numbers")
+ANSWER = (lambda v: (isinstance(v, str) and bool(v.strip())) or _is_int(v), "an answer letter (a string)")
+
+
+def check_fields(row: dict, n: int, what: str, spec: dict) -> None:
+    """Each column named in `spec` (dotted for nested ones, e.g. `patch_position.orig_pos`) holds what
+    its test expects, else an ArtifactError naming the row, the column and what it should hold.
+    Columns missing from `row` are not checked here (the callers decide which are required)."""
+    from selfinterp_plugins.errors import ArtifactError
+
+    for key, (test, expected) in spec.items():
+        value, present = row, True
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                present = False
+                break
+            value = value[part]
+        if present and not test(value):
+            raise ArtifactError(f"{what} row {n}: {key} should be {expected}, not {str(value)[:60]!r}; fix or drop that row.")
+
+
 def read_task_rows(path, check) -> list[dict]:
     """Rows of a causal-task dataset (ours or the published Transluce one exported from the hub):
     .jsonl, .json (a list) or .parquet; every row passes `check(row, n)` or the load fails naming it."""

@@ -14,6 +14,7 @@ paraphrased prompts per example), activation patching and input ablation (rows o
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,8 +60,42 @@ class LoRAExplainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoRAExplainerConfig":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"A LoRA-explainer config is a JSON object, not {type(data).__name__}; re-save the explainer.")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Every field of the right type and range, so a damaged config file fails here, by name."""
+        def bad(name, expected):
+            raise ArtifactError(f"LoRA-explainer config: {name} should be {expected}, not {getattr(self, name)!r}; "
+                                "fix it in lora_explainer_config.json or re-save the explainer.")
+
+        def is_int(v, low):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        def is_number(v, low, high=math.inf):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+
+        def strings(v, n=None):
+            return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v) and (n is None or len(v) == n)
+
+        for name, low in (("rank", 1), ("epochs", 0), ("batch_size", 1), ("max_new_tokens", 1), ("seed", 0)):
+            if not is_int(getattr(self, name), low):
+                bad(name, f"an integer >= {low}")
+        for name, low, high in (("alpha", 1e-12, math.inf), ("lr", 0, math.inf), ("weight_decay", 0, math.inf), ("dropout", 0, 0.999)):
+            if not is_number(getattr(self, name), low, high):
+                bad(name, f"a number in [{low}, {high}]")
+        if not strings(self.target_modules):
+            bad("target_modules", "a non-empty list of module names")
+        if self.markers is not None and not strings(self.markers, 3):
+            bad("markers", "null or three token strings [begin, feature, end]")
+        if self.subject_d_model is not None and not is_int(self.subject_d_model, 1):
+            bad("subject_d_model", "null or a positive integer")
+        if not (isinstance(self.subject_layers, list) and all(is_int(x, 0) for x in self.subject_layers)):
+            bad("subject_layers", "a list of layer numbers")
 
 
 @dataclass
@@ -105,6 +140,7 @@ class LoRAExplainer:
         from peft import LoraConfig, get_peft_model
 
         config = config or LoRAExplainerConfig()
+        config.validate()
         config.markers = config.markers or pick_markers(tokenizer)
         torch.manual_seed(config.seed)
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -142,6 +178,7 @@ class LoRAExplainer:
         if not (directory / CONFIG_FILE).is_file():
             raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
         config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE))
+        config.markers = config.markers or pick_markers(tokenizer)  # what create() picks for this tokenizer
         projections = cls._projections(config, model.config.hidden_size)
         if len(projections):
             projections.load_state_dict(load_safetensors(directory / PROJECTIONS_FILE))
