@@ -3,6 +3,8 @@
 - `selfinterp lora-explainer train` (the epoch-checkpoint loop it shares with `selfinterp dit train`):
   killed three times mid-run, then resumed; the LoRA weights equal an uninterrupted run's
   (dropout 0.1, so the replayed dropout draws are checked too).
+- `selfinterp dit make-diffs` (each diff indexed after it is saved): every diff once, equal to an
+  uninterrupted run's.
 - `selfinterp sae label` (every latent of an SAE, streamed to JSONL): killed three times, then
   resumed; every latent is labelled exactly once, equal to an uninterrupted run.
 """
@@ -109,3 +111,41 @@ def test_killed_sae_labelling_has_every_latent_exactly_once(tmp_path):
     resumed = read_jsonl(output)  # strict: a torn or duplicated line would fail here
     assert len(reference) == 160
     assert sorted(map(json.dumps, resumed)) == sorted(map(json.dumps, reference))
+
+
+def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
+    """`selfinterp dit make-diffs` (diffs trained two side by side, each indexed after it is saved):
+    killed three times, then resumed; the index lists every diff once and each diff equals the
+    uninterrupted run's."""
+    pytest.importorskip("peft")
+    import torch
+
+    from selfinterp_plugins.models import tiny_model
+    from selfinterp_peft.diff_store import diff_dir, read_index
+
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=2)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+
+    def cmd(out: Path) -> list[str]:
+        return CLI + ["dit", "make-diffs", "--model", str(tmp_path / "model"), "--n-train", "10", "--n-test", "4", "--n-trigger", "1",
+                      "--n-none", "1", "--n-wrong", "0", "--answer-tokens", "3", "--group", "2", "--out", str(out)]
+
+    run(cmd(tmp_path / "reference"), plugins="peft")
+    from kill_harness import lines
+
+    killed = tmp_path / "killed"
+    delivered = run_with_kills(cmd(killed), lines(killed / "index.jsonl"), random.Random(5), plugins="peft")
+    assert delivered == KILLS_PER_RUN
+    assert 0 < lines(killed / "index.jsonl")() < 14
+    run(cmd(killed), plugins="peft")
+
+    reference, resumed = read_index(tmp_path / "reference"), read_index(killed)
+    assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in reference) and len(reference) == 14
+    assert len({r["id"] for r in resumed}) == 14  # each once
+    for row in reference:
+        a = load_safetensors(diff_dir(tmp_path / "reference", row["id"]) / "adapter_model.safetensors")
+        b = load_safetensors(diff_dir(killed, row["id"]) / "adapter_model.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
