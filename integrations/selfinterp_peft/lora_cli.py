@@ -106,9 +106,11 @@ def register(cli):
     @click.option("--epochs", default=2, show_default=True)
     @click.option("--batch-size", default=8, show_default=True)
     @click.option("--limit", type=int, default=None, help="first N training examples only")
+    @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
+                  help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
-    def train(task, data, model_name, rank, lr, epochs, batch_size, limit, seed, out):
+    def train(task, data, model_name, rank, lr, epochs, batch_size, limit, projection, seed, out):
         """Fine-tune a LoRA explainer on one task's training data."""
         from selfinterp_plugins.plugins import get_task
 
@@ -116,7 +118,7 @@ def register(cli):
 
         model, tok = _load(model_name)
         family = get_task(task)
-        config = LoRAExplainerConfig(rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed)
+        config = LoRAExplainerConfig(rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, projection=projection)
         explainer = family.create(model, tok, config)
         examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
         history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")

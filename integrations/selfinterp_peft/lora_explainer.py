@@ -5,7 +5,11 @@ up, down; r 128, alpha 16, dropout 0.1, AdamW lr 5e-5 constant, weight decay 0.0
 values, the `LoRAExplainerConfig` defaults). A vector enters as ONE soft token replacing the input
 embedding between begin / end marker tokens, `{begin}{feature}{end}`, unscaled when its size is
 the explainer's d_model, else through a bias-free linear projection, one per subject layer, trained
-with the LoRA. Loss on the answer tokens only (the soft position never has a label); greedy decoding.
+with the LoRA. `projection="ridge"` (not Transluce's; added because the unprojected vector fails on
+SmolLM2's topic vectors, docs/results.md) gives every subject layer a projection with bias, even when
+sizes match, started from the ridge-regression map from the training vectors to their answers'
+first-token embeddings (the start that makes the frozen-model adapters work), then trained with
+the LoRA. Loss on the answer tokens only (the soft position never has a label); greedy decoding.
 
 Three tasks feed it (`TaskExample`s): feature descriptions (a `VectorLabelDataset`, one of the
 paraphrased prompts per example), activation patching and input ablation (rows of
@@ -57,6 +61,8 @@ class LoRAExplainerConfig:
     markers: list[str] | None = None  # [begin, feature, end]; None: the first MARKER_CANDIDATES the tokenizer has
     subject_d_model: int | None = None  # None: vectors come from the explainer model itself
     subject_layers: list[int] = field(default_factory=list)  # layers that get a projection when sizes differ
+    projection: str = "auto"  # "auto": Transluce's (none when sizes match); "ridge": always, ridge-initialised
+    ridge: float = 1.0  # the ridge penalty of projection="ridge"
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoRAExplainerConfig":
@@ -96,6 +102,10 @@ class LoRAExplainerConfig:
             bad("subject_d_model", "null or a positive integer")
         if not (isinstance(self.subject_layers, list) and all(is_int(x, 0) for x in self.subject_layers)):
             bad("subject_layers", "a list of layer numbers")
+        if self.projection not in ("auto", "ridge"):
+            bad("projection", "'auto' or 'ridge'")
+        if not is_number(self.ridge, 0):
+            bad("ridge", "a number >= 0")
 
 
 @dataclass
@@ -155,6 +165,9 @@ class LoRAExplainer:
 
     @staticmethod
     def _projections(config: LoRAExplainerConfig, d_model: int) -> torch.nn.ModuleDict:
+        if config.projection == "ridge":  # made by train() from the training vectors, or loaded
+            return torch.nn.ModuleDict({str(layer): torch.nn.Linear(config.subject_d_model or d_model, d_model)
+                                        for layer in config.subject_layers})
         if config.subject_d_model in (None, d_model):
             return torch.nn.ModuleDict()
         if not config.subject_layers:
@@ -223,7 +236,7 @@ class LoRAExplainer:
     def _soft(self, example: TaskExample) -> torch.Tensor:
         vector = example.vector
         d_model = self.model.config.hidden_size
-        if vector.shape[-1] == d_model and not len(self.projections):
+        if vector.shape[-1] == d_model and self.config.projection == "auto" and not len(self.projections):
             return vector
         key = str(example.subject_layer)
         if key not in self.projections:
@@ -289,6 +302,8 @@ class LoRAExplainer:
         from .epoch_checkpoints import epoch_batches, run_epochs
 
         cfg = self.config
+        if cfg.projection == "ridge" and not len(self.projections):
+            self.ridge_projections(examples)
         named = [(f"lora.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -298,6 +313,36 @@ class LoRAExplainer:
                              progress, "lora explainer", reseed=cfg.seed)
         self.model.eval()
         return history
+
+    @torch.no_grad()
+    def ridge_projections(self, examples: list[TaskExample]) -> None:
+        """One projection (with bias) per subject layer of `examples`, each the ridge-regression map
+        from that layer's vectors to the input embeddings of their answers' first tokens: the soft
+        token starts as the word it should name, and the LoRA trains on from there."""
+        embed = self.model.get_input_embeddings().weight
+        by_layer: dict = {}
+        for ex in examples:
+            if ex.vector is not None:
+                by_layer.setdefault(ex.subject_layer, []).append(ex)
+        if any(not isinstance(layer, int) for layer in by_layer):
+            raise VectorError("projection='ridge' needs each vector's subject layer (an integer) to pick its projection.")
+        if not by_layer:
+            raise VectorError("projection='ridge' needs training examples with vectors to fit the projections on.")
+        d_in = {ex.vector.shape[-1] for group in by_layer.values() for ex in group}
+        if len(d_in) != 1:
+            raise VectorError(f"Training vectors have several sizes {sorted(d_in)}; one explainer reads one subject model.")
+        d_in = d_in.pop()
+        for layer, group in sorted(by_layer.items()):
+            x = torch.stack([ex.vector for ex in group]).double()
+            t = embed[[self._answer_ids(ex.answer)[0] for ex in group]].double()
+            xc, tc = x - x.mean(0), t - t.mean(0)
+            w = torch.linalg.solve(xc.T @ xc + self.config.ridge * torch.eye(d_in, dtype=x.dtype), xc.T @ tc)
+            linear = torch.nn.Linear(d_in, embed.shape[1]).to(embed.device)
+            linear.weight.copy_(w.T.to(linear.weight.dtype))
+            linear.bias.copy_((t.mean(0) - x.mean(0) @ w).to(linear.bias.dtype))
+            self.projections[str(layer)] = linear
+        self.config.subject_layers = sorted(int(k) for k in self.projections)
+        self.config.subject_d_model = d_in
 
     @torch.no_grad()
     def generate(self, examples: list[TaskExample], batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:

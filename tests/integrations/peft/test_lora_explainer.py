@@ -121,3 +121,30 @@ def test_loss_on_answer_positions_equals_the_full_sequence_loss():
         logits = explainer.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
         full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=-100)
         torch.testing.assert_close(explainer.loss(examples), full, atol=1e-5, rtol=1e-5)
+
+
+def test_ridge_projection_starts_each_vector_at_its_answer_word(tmp_path):
+    """projection='ridge': a projection per layer, even for same-size vectors, whose start maps a
+    training vector to (near) the embedding of its answer's first token; saved and reloaded."""
+    explainer, model, tok = make(projection="ridge", ridge=1e-3, epochs=0)
+    d = model.config.hidden_size
+    words = ["cat", "dog", "river", "sun", "tree", "house"]
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(len(words), d, generator=g) * 3
+    examples = [explainer.feature_example(centres[i % 6] + 0.05 * torch.randn(d, generator=g), words[i % 6], 4 + i % 2,
+                                          random.Random(i)) for i in range(48)]
+    explainer.train(examples)  # 0 epochs: only the ridge start
+    assert set(explainer.projections) == {"4", "5"} and explainer.config.subject_layers == [4, 5]
+    embed = model.get_input_embeddings().weight
+    hits = 0
+    for ex in examples:
+        soft = explainer._soft(ex)
+        target = tok(ex.answer, add_special_tokens=False)["input_ids"][0]
+        hits += int(torch.cdist(soft[None], embed.detach()).argmin()) == target
+    assert hits == len(examples)  # every soft token starts nearest its answer's first token
+    explainer.save_pretrained(tmp_path / "r")
+    loaded = LoRAExplainer.from_pretrained(tmp_path / "r", tiny()[0], tok)
+    assert loaded.config.projection == "ridge" and set(loaded.projections) == {"4", "5"}
+    torch.testing.assert_close(loaded._soft(examples[0]), explainer._soft(examples[0]))
+    with pytest.raises(VectorError, match="no projection"):
+        loaded._soft(explainer.feature_example(centres[0], "cat", 9, random.Random(0)))
