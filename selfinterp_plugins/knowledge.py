@@ -35,7 +35,7 @@ def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch
     from tqdm.auto import tqdm
 
     tok = backend.tokenizer
-    stop = {i for i in (tok.eos_token_id, _end_of_turn_id(tok)) if i is not None}
+    stop = {i for i in (tok.eos_token_id, end_of_turn_id(tok)) if i is not None}
 
     def is_finished(out):
         return out[-1] in stop
@@ -63,7 +63,8 @@ def _prompt_ids(tokenizer, title: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _end_of_turn_id(tokenizer) -> int | None:
+def end_of_turn_id(tokenizer) -> int | None:
+    """The chat template's end-of-turn token (`<|im_end|>`, `<end_of_turn>`), where generation stops."""
     from .templates import end_of_turn
 
     end = end_of_turn(tokenizer)

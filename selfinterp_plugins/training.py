@@ -100,7 +100,9 @@ def _lr_lambda(total: int, warmup: int):
     return factor
 
 
-def _optimizer_state(optimizer, named) -> dict[str, torch.Tensor]:
+def optimizer_state(optimizer, named) -> dict[str, torch.Tensor]:
+    """The optimiser's per-parameter state as flat named tensors (`{param}::{key}`), so checkpoints
+    are safetensors, never pickles; used by the core's and the plugins' training loops."""
     tensors = {}
     for name, param in named:
         state = optimizer.state.get(param, {})
@@ -109,7 +111,8 @@ def _optimizer_state(optimizer, named) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _restore_optimizer(optimizer, named, tensors) -> None:
+def restore_optimizer(optimizer, named, tensors) -> None:
+    """The inverse of `optimizer_state`."""
     for name, param in named:
         state = {key.split("::", 1)[1]: value for key, value in tensors.items() if key.startswith(name + "::")}
         if state:
@@ -150,7 +153,7 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
         state = read_json(ckpt / "state.json")
         files = _checkpoint_files(ckpt, state)
         adapter.load_state_dict(load_safetensors(files["adapter"]))
-        _restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
+        restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
         step, history = state["step"], state["history"]
     elif config.init == "ridge":
         adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
@@ -227,7 +230,7 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
     ckpt.mkdir(parents=True, exist_ok=True)
     files = {"adapter": f"adapter-{step}.safetensors", "optimizer": f"optimizer-{step}.safetensors"}
     save_safetensors(dict(adapter.state_dict()), ckpt / files["adapter"])
-    save_safetensors(_optimizer_state(optimizer, named), ckpt / files["optimizer"])
+    save_safetensors(optimizer_state(optimizer, named), ckpt / files["optimizer"])
     write_json({"step": step, "history": history, "files": files}, ckpt / "state.json")
     for stale in ckpt.glob("*.safetensors"):
         if stale.name not in files.values():

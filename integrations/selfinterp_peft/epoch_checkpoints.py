@@ -20,11 +20,11 @@ from selfinterp_plugins.serialization import load_safetensors, read_json, save_s
 def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
     """Weights and Adam state in epoch-named files, then state.json (replaced atomically) names the
     epoch: a kill at any point leaves the previous epoch's checkpoint intact."""
-    from selfinterp_plugins.training import _optimizer_state
+    from selfinterp_plugins.training import optimizer_state
 
     directory.mkdir(parents=True, exist_ok=True)
     save_safetensors({n: p.detach().clone() for n, p in named}, directory / f"adapter-{epochs_done}.safetensors")
-    save_safetensors(_optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
+    save_safetensors(optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
     write_json({"epochs_done": epochs_done, "history": history}, directory / "state.json")
     for old in directory.glob("*-*.safetensors"):
         if not old.stem.endswith(f"-{epochs_done}"):
@@ -32,7 +32,7 @@ def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: lis
 
 
 def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:
-    from selfinterp_plugins.training import _restore_optimizer
+    from selfinterp_plugins.training import restore_optimizer
 
     if directory is None or not (Path(directory) / "state.json").exists():
         return [], 0
@@ -47,7 +47,7 @@ def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:
             if name not in weights:
                 raise ArtifactError(f"Checkpoint {directory} lacks {name}; it is from another configuration. Delete it to start over.")
             param.copy_(weights[name])
-    _restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
+    restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
     return list(state.get("history", [])), done
 
 
