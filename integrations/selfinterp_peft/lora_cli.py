@@ -166,12 +166,8 @@ def register(cli):
         else:
             from .causal_targets import causal_metrics
 
-            from . import act_patch_task, input_ablation_task
-
-            module = act_patch_task if task == "activation_patching" else input_ablation_task
-            train_targets = [module.target_text(r) for r in _data(task, data, "train")]
             result = {"lora_explainer": causal_metrics(answers, [ex.answer for ex in examples]),
-                      **causal_baselines(examples, held_out, task, train_targets)}
+                      **causal_baselines(examples, held_out, task, _data(task, data, "train"))}
             if task == "activation_patching":
                 result["lora_explainer_by_layer"] = metrics_by_layer(answers, examples)
         result["control"] = control

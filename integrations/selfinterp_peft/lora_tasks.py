@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 from . import act_patch_task, input_ablation_task
-from .causal_targets import UNCHANGED, causal_metrics
+from .causal_targets import UNCHANGED, causal_metrics, parse_causal
 
 TASKS = ("feature_descriptions", "activation_patching", "input_ablation")
 
@@ -46,19 +47,53 @@ def ablation_examples(explainer, rows: list[dict]):
     return out
 
 
-def causal_baselines(examples, rows: list[dict], task: str, train_targets: list[str] | None = None) -> dict:
-    """What the trivial answers score on held-out `examples` (built from `rows`): always
-    "unchanged" (with the true original output, so its exact match is the unchanged fraction), and
-    the most frequent answer of the training targets (of the held-out ones if none are given)."""
-    targets = [ex.answer for ex in examples]
+def _module(task: str):
+    return act_patch_task if task == "activation_patching" else input_ablation_task
+
+
+def _unchanged_answer(task: str, row: dict) -> str:
+    """"Unchanged", with the model's true original output (what a rule could at best say)."""
+    if task == "activation_patching":  # the row with its patch undone
+        return act_patch_task.target_text(dict(row, ablated_continuation=row["original_continuation"]))
+    return UNCHANGED.format(token="Answer: " + str(row["random_hint_prediction"]).strip())
+
+
+def rule_group(task: str, row: dict):
+    """The covariate a rule can read off the explainer's prompt without any vector or model run:
+    the patched layer (activation patching), the hinted letter (input ablation)."""
     if task == "activation_patching":
-        # the row with its patch undone: target_text then gives "unchanged from <<<original>>>"
-        originals = [act_patch_task.target_text(dict(r, ablated_continuation=r["original_continuation"])) for r in rows]
-    else:
-        originals = [UNCHANGED.format(token="Answer: " + str(r["random_hint_prediction"]).strip()) for r in rows]
-    majority = Counter(train_targets or targets).most_common(1)[0][0]
-    return {"always_unchanged": causal_metrics(originals, targets), "majority_answer": causal_metrics([majority] * len(targets), targets),
-            "majority_answer_text": majority}
+        return str(row["layer"])
+    if row.get("hint"):
+        return str(row["hint"])
+    letters = re.findall(r"\(([A-Z])\)", row["hint_user_prompt"].rsplit("\n", 1)[-1])
+    return letters[-1] if letters else None
+
+
+def causal_baselines(examples, rows: list[dict], task: str, train_rows: list[dict] | None = None) -> dict:
+    """What trivial answers score on held-out `examples` (built from `rows`), each fitted on
+    `train_rows` (on the held-out rows themselves if none are given):
+    - always "unchanged", with the true original output (its exact match is the unchanged fraction);
+    - the most frequent training answer;
+    - a rule per group (`rule_group`: layer / hinted letter): "changed" to the group's most frequent
+      new output if most of the group's training rows change, else "unchanged" with the true
+      original. When this rule matches the explainer, the explainer has not shown it reads more
+      than the layer or the hint letter."""
+    module = _module(task)
+    targets = [ex.answer for ex in examples]
+    train_rows = train_rows or rows
+    train_targets = [module.target_text(r) for r in train_rows]
+    majority = Counter(train_targets).most_common(1)[0][0]
+    groups: dict = {}
+    for row, target in zip(train_rows, train_targets):
+        groups.setdefault(rule_group(task, row), []).append(target)
+    rule = []
+    for row in rows:
+        group = groups.get(rule_group(task, row), train_targets)
+        changed = [t for t in group if parse_causal(t)[0]]
+        rule.append(Counter(changed).most_common(1)[0][0] if 2 * len(changed) > len(group) else _unchanged_answer(task, row))
+    return {"always_unchanged": causal_metrics([_unchanged_answer(task, r) for r in rows], targets),
+            "majority_answer": causal_metrics([majority] * len(targets), targets), "majority_answer_text": majority,
+            "rule_by_group": causal_metrics(rule, targets)}
 
 
 def shuffled_vectors(examples, seed: int = 0):

@@ -14,7 +14,7 @@ from selfinterp_plugins.plugins import get_task  # noqa: E402
 from selfinterp_plugins.topics import load_topics  # noqa: E402
 from selfinterp_peft import act_patch_task, input_ablation_task  # noqa: E402
 from selfinterp_peft.lora_explainer import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.lora_tasks import causal_baselines, metrics_by_layer, shuffled_vectors  # noqa: E402
+from selfinterp_peft.lora_tasks import causal_baselines, metrics_by_layer, rule_group, shuffled_vectors  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,17 @@ def test_metrics_by_layer(setup):
     assert set(by_layer) == {"0", "1"}
     assert by_layer["0"]["exact_match"] == 1.0 and by_layer["1"]["exact_match"] == 0.0
     assert by_layer["1"]["unreadable"] == by_layer["1"]["n"]
+
+
+def test_rule_by_group_baseline(setup):
+    """The layer / hint-letter rule: on rows where each group always changes or never does, the
+    rule fitted on those rows gets every decision right."""
+    explainer, patch_rows, hint_rows = setup
+    rows = [dict(r, is_different=r["layer"] == 0, ablated_continuation=(["Ġzz"] if r["layer"] == 0 else r["original_continuation"]))
+            for r in patch_rows]
+    examples = get_task("activation_patching").examples(explainer, rows)
+    base = causal_baselines(examples, rows, "activation_patching")
+    assert base["rule_by_group"]["decision_accuracy"] == 1.0 and base["rule_by_group"]["exact_match"] == 1.0
+    assert rule_group("input_ablation", {k: v for k, v in hint_rows[0].items() if k != "hint"}) == hint_rows[0]["hint"]
+    hint_examples = get_task("input_ablation").examples(explainer, hint_rows)
+    assert 0.0 <= causal_baselines(hint_examples, hint_rows, "input_ablation")["rule_by_group"]["decision_accuracy"] <= 1.0
