@@ -372,6 +372,24 @@ class NNsightBackend(Backend):
         by_site = {i: found[k] for k, i in enumerate(order)}
         return torch.stack([by_site[i] for i in range(len(sites))], dim=1)
 
+    @torch.no_grad()
+    def capture_all(self, input_ids, site):
+        """Every position at `site` in one traced pass, stopped there (remote too: one request)."""
+        envoy, kind = self._site_envoy(site), site.kind
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        lm = self.model
+
+        def request():
+            with lm.trace(ids.to(self.device), remote=self.remote) as tracer:
+                found = list().save()
+                value = envoy.input if kind == "resid_pre" else envoy.output
+                value = value[0] if isinstance(value, tuple) else value
+                found.append(value.detach().float().cpu())
+                tracer.stop()
+            return found[0]
+
+        return self._call("capture", request)
+
 
 def _execution_order(site) -> tuple[int, int]:
     """Sites in the order the forward pass reaches them (nnsight reads must follow it)."""

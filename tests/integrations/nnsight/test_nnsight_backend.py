@@ -214,3 +214,16 @@ def test_remote_needs_an_nnsight_model(tiny_llama):
     explainer = Explainer.create(*tiny_llama)
     with pytest.raises(BackendError, match="nnsight"):
         explainer.explain(torch.randn(1, explainer.backend.d_model), remote=True, progress=False)
+
+
+def test_capture_all_equals_hf_at_every_site(pair):
+    lm, hf = pair
+    ours = NNsightBackend(lm)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 0, 0]])
+    for name in ("embed", "resid_pre.1", "resid_post.0", "resid_post.1"):
+        site = Site.parse(name)
+        expected = hf.capture_all(ids, site)
+        assert expected.shape == (2, 5, hf.d_model)
+        torch.testing.assert_close(ours.capture_all(ids, site), expected, rtol=0, atol=1e-6)
+        with ours.remote_mode("local"):
+            torch.testing.assert_close(ours.capture_all(ids, site), expected, rtol=0, atol=1e-6)
