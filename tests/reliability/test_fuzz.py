@@ -2,7 +2,7 @@
 configs and dataset files. Every case must end in a result or a SelfInterpError (whose message
 carries the fix), never another exception type.
 
-EXAMPLES inputs per property (derandomised, so CI runs the same cases every time); the counts
+fuzzing.EXAMPLES inputs per property (derandomised, so CI runs the same cases every time); the counts
 are in docs/reliability.md.
 """
 
@@ -13,26 +13,15 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ, outcome
+from hypothesis import given
 from hypothesis import strategies as st
 
 from selfinterp_plugins import Explainer, Sampling, VectorLabelDataset
 from selfinterp_plugins.adapters import AdapterConfig, make_adapter
 from selfinterp_plugins.errors import SelfInterpError
 
-EXAMPLES = 60
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 SHORT = Sampling(max_new_tokens=2)
-
-
-def outcome(fn):
-    """Run fn; a SelfInterpError is an acceptable outcome, and its message must say something."""
-    try:
-        return fn()
-    except SelfInterpError as err:
-        assert len(str(err)) > 20, f"unhelpful message: {err!r}"
-        return err
 
 
 @pytest.fixture(scope="module")

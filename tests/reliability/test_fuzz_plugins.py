@@ -12,26 +12,15 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ, outcome
+from hypothesis import given
 from hypothesis import strategies as st
 
 from selfinterp_plugins.errors import SelfInterpError
 
-EXAMPLES = 60
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
                  st.text(max_size=30), st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=5), st.floats()), max_size=6),
                  st.dictionaries(st.text(max_size=8), st.integers(), max_size=3))
-
-
-def outcome(fn):
-    try:
-        return fn()
-    except SelfInterpError as err:
-        assert len(str(err)) > 20, f"unhelpful message: {err!r}"
-        return err
 
 
 def mutated(row: dict, draw_key, draw_value, drop: bool) -> dict:
