@@ -5,7 +5,8 @@
   be compared on the same vectors.
 - `activation_patching` / `input_ablation`: rows of `act_patch_task` / `input_ablation_task` (ours
   or the published Transluce ones); scored by exact match and changed/unchanged F1, next to the
-  trivial baselines (always "unchanged", the majority answer).
+  trivial baselines (always "unchanged", the majority answer, a rule per layer / hinted letter).
+- `shuffled_vectors`: the control that tells reading the vector from reading the prompt.
 """
 
 from __future__ import annotations
