@@ -128,8 +128,9 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
     tok.save_pretrained(tmp_path / "model")
 
     def cmd(out: Path) -> list[str]:
-        return CLI + ["dit", "make-diffs", "--model", str(tmp_path / "model"), "--n-train", "10", "--n-test", "4", "--n-trigger", "1",
-                      "--n-none", "1", "--n-wrong", "0", "--answer-tokens", "3", "--group", "2", "--out", str(out)]
+        return CLI + ["dit", "make-diffs", "--model", str(tmp_path / "model"), "--n-train", "16", "--n-test", "4", "--n-trigger", "1",
+                      "--n-none", "1", "--n-wrong", "0", "--answer-tokens", "3", "--group", "2", "--epochs", "40",
+                      "--out", str(out)]  # 40 epochs: a group takes long enough that kills land mid-run
 
     run(cmd(tmp_path / "reference"), plugins="peft")
     from kill_harness import lines
@@ -137,12 +138,12 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
     killed = tmp_path / "killed"
     delivered = run_with_kills(cmd(killed), lines(killed / "index.jsonl"), random.Random(5), plugins="peft")
     assert delivered == KILLS_PER_RUN
-    assert 0 < lines(killed / "index.jsonl")() < 14
+    assert 0 < lines(killed / "index.jsonl")() < 20  # the kills interrupted the run
     run(cmd(killed), plugins="peft")
 
     reference, resumed = read_index(tmp_path / "reference"), read_index(killed)
-    assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in reference) and len(reference) == 14
-    assert len({r["id"] for r in resumed}) == 14  # each once
+    assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in reference) and len(reference) == 20
+    assert len({r["id"] for r in resumed}) == 20  # each once
     for row in reference:
         a = load_safetensors(diff_dir(tmp_path / "reference", row["id"]) / "adapter_model.safetensors")
         b = load_safetensors(diff_dir(killed, row["id"]) / "adapter_model.safetensors")
