@@ -206,16 +206,20 @@ class ScalarAffine(Adapter):
         self.bias.copy_(t.mean(0) - s * x_hat.mean(0))
 
 
-def _ridge_solution(vectors: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve min ‖X̂W + b − T‖² + ridge‖W‖² (bias unpenalised); returns W (d×d, x̂·W) and b."""
-    x_hat = normalize(vectors.double())
-    t = targets.double()
-    x_mean, t_mean = x_hat.mean(0), t.mean(0)
-    xc, tc = x_hat - x_mean, t - t_mean
+def ridge_fit(x: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve min ‖XW + b − T‖² + ridge‖W‖² (bias unpenalised) in float64; returns W (d_in×d_out,
+    x·W) and b. The closed-form start of the adapters here and of the PEFT plugin's projections."""
+    x, t = x.double(), targets.double()
+    x_mean, t_mean = x.mean(0), t.mean(0)
+    xc, tc = x - x_mean, t - t_mean
     gram = xc.T @ xc + ridge * torch.eye(xc.shape[1], dtype=xc.dtype)
     w = torch.linalg.solve(gram, xc.T @ tc)
-    b = t_mean - x_mean @ w
-    return w, b
+    return w, t_mean - x_mean @ w
+
+
+def _ridge_solution(vectors: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ridge_fit` on the normalised vectors x̂ the adapters read."""
+    return ridge_fit(normalize(vectors.double()), targets, ridge)
 
 
 class LowRank(Adapter):

@@ -62,7 +62,7 @@ class LoRAExplainerConfig:
     subject_d_model: int | None = None  # None: vectors come from the explainer model itself
     subject_layers: list[int] = field(default_factory=list)  # layers that get a projection when sizes differ
     projection: str = "auto"  # "auto": Transluce's (none when sizes match); "ridge": always, ridge-initialised
-    ridge: float = 1.0  # the ridge penalty of projection="ridge"
+    ridge: float = 1.0  # the ridge penalty of projection="ridge" (> 0)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoRAExplainerConfig":
@@ -104,8 +104,8 @@ class LoRAExplainerConfig:
             bad("subject_layers", "a list of layer numbers")
         if self.projection not in ("auto", "ridge"):
             bad("projection", "'auto' or 'ridge'")
-        if not is_number(self.ridge, 0):
-            bad("ridge", "a number >= 0")
+        if not is_number(self.ridge, 1e-12):
+            bad("ridge", "a positive number")  # 0 makes the solve singular with fewer vectors than dimensions
 
 
 @dataclass
@@ -273,17 +273,19 @@ class LoRAExplainer:
 
         return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(self.tokenizer)
 
-    def loss(self, examples: list[TaskExample]) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens of a batch (prompt and soft position unlabelled)."""
-        sequences, labels = [], []
-        for ex in examples:
-            answer = self._answer_ids(ex.answer)
-            sequences.append(ex.prompt_ids + answer)
-            labels.append([-100] * len(ex.prompt_ids) + answer)
+    def training_batch(self, examples: list[TaskExample]):
+        """Prompt + answer, right-padded: input embeddings (soft tokens in place), attention mask and
+        next-token targets (-100 on prompt, soft and padding positions)."""
+        sequences = [ex.prompt_ids + self._answer_ids(ex.answer) for ex in examples]
         embeds, mask, _ = self._embeds(sequences, examples, left_pad=False)
         target = torch.full(mask.shape, -100, dtype=torch.long)
-        for i, lab in enumerate(labels):
-            target[i, : len(lab)] = torch.tensor(lab)
+        for i, (ex, seq) in enumerate(zip(examples, sequences)):
+            target[i, len(ex.prompt_ids) : len(seq)] = torch.tensor(seq[len(ex.prompt_ids) :])
+        return embeds, mask, target
+
+    def loss(self, examples: list[TaskExample]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of a batch (prompt and soft position unlabelled)."""
+        embeds, mask, target = self.training_batch(examples)
         # the head runs only from the shortest prompt's last token on: prompt positions carry no label
         # and the vocabulary projection over them was most of a step's work
         keep = torch.arange(min(len(ex.prompt_ids) for ex in examples) - 1, mask.shape[1] - 1)
@@ -332,14 +334,14 @@ class LoRAExplainer:
         if len(d_in) != 1:
             raise VectorError(f"Training vectors have several sizes {sorted(d_in)}; one explainer reads one subject model.")
         d_in = d_in.pop()
+        from selfinterp_plugins.adapters import ridge_fit
+
         for layer, group in sorted(by_layer.items()):
-            x = torch.stack([ex.vector for ex in group]).double()
-            t = embed[[self._answer_ids(ex.answer)[0] for ex in group]].double()
-            xc, tc = x - x.mean(0), t - t.mean(0)
-            w = torch.linalg.solve(xc.T @ xc + self.config.ridge * torch.eye(d_in, dtype=x.dtype), xc.T @ tc)
+            w, b = ridge_fit(torch.stack([ex.vector for ex in group]),
+                             embed[[self._answer_ids(ex.answer)[0] for ex in group]], self.config.ridge)
             linear = torch.nn.Linear(d_in, embed.shape[1]).to(embed.device)
             linear.weight.copy_(w.T.to(linear.weight.dtype))
-            linear.bias.copy_((t.mean(0) - x.mean(0) @ w).to(linear.bias.dtype))
+            linear.bias.copy_(b.to(linear.bias.dtype))
             self.projections[str(layer)] = linear
         self.config.subject_layers = sorted(int(k) for k in self.projections)
         self.config.subject_d_model = d_in

@@ -16,7 +16,8 @@ import random
 from pathlib import Path
 
 import pytest
-from kill_harness import CLI, KILLS_PER_RUN, run, run_with_kills
+import torch
+from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 from selfinterp_plugins.serialization import load_safetensors, read_jsonl
 
@@ -64,8 +65,6 @@ def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp
     reference = load_safetensors(tmp_path / "reference" / "adapter_model.safetensors")
     resumed = load_safetensors(killed / "adapter_model.safetensors")
     assert reference.keys() == resumed.keys() and len(reference) > 0
-    import torch
-
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6)
     history = json.loads((killed / "checkpoint" / "state.json").read_text())["history"]
@@ -75,8 +74,6 @@ def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp
 def test_killed_sae_labelling_has_every_latent_exactly_once(tmp_path):
     pytest.importorskip("sae_lens")
     from sae_lens import StandardSAE, StandardSAEConfig
-
-    import torch
 
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.models import tiny_model
@@ -100,8 +97,6 @@ def test_killed_sae_labelling_has_every_latent_exactly_once(tmp_path):
 
     run(cmd(tmp_path / "reference.jsonl"), plugins="sae_lens")
     output = tmp_path / "killed.jsonl"
-    from kill_harness import lines
-
     delivered = run_with_kills(cmd(output), lines(output), random.Random(4), plugins="sae_lens")
     assert delivered == KILLS_PER_RUN
     assert 0 < lines(output)() < 160
@@ -118,8 +113,6 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
     killed three times, then resumed; the index lists every diff once and each diff equals the
     uninterrupted run's."""
     pytest.importorskip("peft")
-    import torch
-
     from selfinterp_plugins.models import tiny_model
     from selfinterp_peft.diff_store import diff_dir, read_index
 
@@ -133,8 +126,6 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
                       "--out", str(out)]  # 40 epochs: a group takes long enough that kills land mid-run
 
     run(cmd(tmp_path / "reference"), plugins="peft")
-    from kill_harness import lines
-
     killed = tmp_path / "killed"
     delivered = run_with_kills(cmd(killed), lines(killed / "index.jsonl"), random.Random(5), plugins="peft")
     assert delivered == KILLS_PER_RUN

@@ -108,15 +108,11 @@ def test_loss_on_answer_positions_equals_the_full_sequence_loss():
     examples = [explainer.feature_example(torch.randn(model.config.hidden_size), label, 5, random.Random(i))
                 for i, label in enumerate(["a b c", "a longer label here", "x"])]
     examples.append(explainer.text_example("a much longer prompt than the others, " * 4, "answer"))
-    sequences, labels = [], []
-    for ex in examples:
+    embeds, mask, target = explainer.training_batch(examples)
+    for ex, row in zip(examples, target):  # labels exactly on the answer tokens
         answer = explainer._answer_ids(ex.answer)
-        sequences.append(ex.prompt_ids + answer)
-        labels.append([-100] * len(ex.prompt_ids) + answer)
-    embeds, mask, _ = explainer._embeds(sequences, examples, left_pad=False)
-    target = torch.full(mask.shape, -100)
-    for i, lab in enumerate(labels):
-        target[i, : len(lab)] = torch.tensor(lab)
+        assert row[len(ex.prompt_ids) : len(ex.prompt_ids) + len(answer)].tolist() == answer
+        assert (row[: len(ex.prompt_ids)] == -100).all() and (row[len(ex.prompt_ids) + len(answer) :] == -100).all()
     with torch.no_grad():
         logits = explainer.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
         full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=-100)
