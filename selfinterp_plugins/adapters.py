@@ -281,13 +281,15 @@ class ScalarAffinePlusLowRank(LowRank):
 
 
 class FullRank(Adapter):
-    """soft = W·x̂ + b; initialised to init_scale·I (identity map at the paper's scale)."""
+    """soft = W·x̂ + b; the paper's init draws W ~ N(0, (init_scale·√(1/d))²) (a random matrix, no
+    identity term; `projection.py`), b = 0, so the soft token starts at about init_scale in norm."""
 
     kind = "full_rank"
 
     def __init__(self, config: AdapterConfig):
         super().__init__(config)
-        self.weight = nn.Parameter(torch.eye(config.d_model) * config.init_scale)
+        std = config.init_scale * math.sqrt(2.0 / (config.d_model + config.d_model))
+        self.weight = nn.Parameter(torch.randn(config.d_model, config.d_model) * std)
         self.bias = nn.Parameter(torch.zeros(config.d_model))
 
     def project(self, x_hat):

@@ -1,12 +1,16 @@
-"""Knowledge control: does the model already know the topic? (ANCHORS.md §1)
+"""Knowledge control: does the model already know the topic? (Pepper et al. 2026, the "taboo" baseline)
 
 Self-interpretation can only be credited with what goes beyond the model simply knowing a topic.
-The control asks the model, in plain text, to describe each topic without naming it, and scores
-the description exactly as labels are scored (recall@k of the true title among all titles). A
+The control asks the model, in plain text, to describe each topic without naming it (greedy, up to
+150 new tokens), redacts the topic's name where it slipped in, and scores the description exactly
+as labels are scored (recall@k of the true title among all titles), as the reference does. A
 trained adapter that beats this is reading something out of the vector, not reciting.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import replace
 
 import torch
 
@@ -17,14 +21,27 @@ DESCRIBE_PROMPT = ('Describe {title} without using the word "{title}", any part 
                    "Be specific enough that someone could guess what you're describing.")
 
 
-def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None, max_new_tokens: int = 48,
-                          batch_size: int = 32, progress: bool = False) -> list[dict]:
-    """One record per title (id, scale 0.0, label = the description), greedy, in the model's
-    chat format."""
+#: the reference's budget for a description (`taboo_generator.py`: max_tokens 150)
+DESCRIPTION_TOKENS = 150
+
+
+def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None,
+                          max_new_tokens: int = DESCRIPTION_TOKENS, batch_size: int = 32, progress: bool = False) -> list[dict]:
+    """One record per title (id, scale 0.0, label = the description), greedy, in the model's chat
+    format as the reference's chat-completions call applies it (no system message of our own)."""
     ids = ids if ids is not None else [str(i) for i in range(len(titles))]
     prompts = [_prompt_ids(backend.tokenizer, title) for title in titles]
     texts = generate_texts(backend, prompts, max_new_tokens, batch_size, progress, desc="prompted descriptions")
-    return [{"id": i, "scale": 0.0, "label": text, "text": text} for i, text in zip(ids, texts)]
+    return [{"id": i, "scale": 0.0, "label": redact(text, title), "text": text} for i, title, text in zip(ids, titles, texts)]
+
+
+def redact(description: str, topic: str) -> str:
+    """Every case-insensitive occurrence of the topic replaced by `[REDACTED]`, as the reference
+    filters descriptions before scoring them (`filter_obvious_mentions`): a description that names
+    its topic gets no credit for the name."""
+    if not description or not topic:
+        return description
+    return re.sub(re.escape(topic), "[REDACTED]", description, flags=re.IGNORECASE)
 
 
 def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32,
@@ -47,7 +64,7 @@ def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch
     texts: dict[int, str] = {}
     base = sampling or Sampling()
     for k, rows in enumerate(tqdm(batches, disable=not progress, desc=desc)):
-        sampling = Sampling(base.temperature, base.top_p, max_new_tokens, base.seed + k)
+        sampling = replace(base, max_new_tokens=max_new_tokens, seed=base.seed + k)
         input_ids = torch.tensor([prompts[i] for i in rows])
         soft = torch.zeros(len(rows), backend.d_model)
         mask = torch.zeros_like(input_ids, dtype=torch.bool)  # nothing injected

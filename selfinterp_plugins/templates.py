@@ -77,17 +77,12 @@ class PromptTemplate:
         closing: str = '"',
         name: str = "chat",
     ) -> "PromptTemplate":
-        """The question/answer template in the model's own chat format (ANCHORS.md §1)."""
+        """The paper's question/answer prompt (Pepper et al. 2026), written out for the model's chat
+        family with NO system turn, as the reference writes it by hand per family: a tokenizer's
+        chat template may add a default system prompt (SmolLM2's and Qwen2.5's do), which is not
+        the paper's prompt (`tokenizer_chat` is that variant)."""
         placeholder = placeholder or default_placeholder(tokenizer)
-        if not getattr(tokenizer, "chat_template", None):
-            raise TemplateError(
-                "This tokenizer has no chat template; use PromptTemplate.echo(tokenizer) or pass your own prompt string."
-            )
-        head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user.format(placeholder=placeholder)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        head = user_turn(tokenizer, user.format(placeholder=placeholder))
         return cls(
             prompt=head + answer.format(placeholder=placeholder),
             placeholder=placeholder,
@@ -95,6 +90,22 @@ class PromptTemplate:
             end=end_of_turn(tokenizer),
             name=name,
         )
+
+    @classmethod
+    def tokenizer_chat(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+        """The same question/answer built with the tokenizer's own chat template, so with whatever
+        system prompt it adds by default: NOT the paper's prompt for such models (SmolLM2's template
+        adds "You are a helpful AI assistant named SmolLM…"). Kept as a named variant: the results
+        labelled `tokenizer_chat` in docs/results.md used it."""
+        placeholder = placeholder or default_placeholder(tokenizer)
+        _require_chat_template(tokenizer)
+        head = tokenizer.apply_chat_template(
+            [{"role": "user", "content": DEFAULT_USER.format(placeholder=placeholder)}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return cls(prompt=head + DEFAULT_ANSWER.format(placeholder=placeholder), placeholder=placeholder, closing='"',
+                   end=end_of_turn(tokenizer), name="tokenizer_chat")
 
     @classmethod
     def echo(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
@@ -124,8 +135,9 @@ class PromptTemplate:
 
     @classmethod
     def named(cls, name: str, tokenizer) -> "PromptTemplate":
-        """Look a built-in template up by name (`chat`, `echo`, `patchscopes`, `selfie`)."""
-        builders = {"chat": cls.chat, "echo": cls.echo, "patchscopes": cls.patchscopes, "selfie": cls.selfie}
+        """Look a built-in template up by name (`chat`, `tokenizer_chat`, `echo`, `patchscopes`, `selfie`)."""
+        builders = {"chat": cls.chat, "tokenizer_chat": cls.tokenizer_chat, "echo": cls.echo,
+                    "patchscopes": cls.patchscopes, "selfie": cls.selfie}
         if name not in builders:
             raise TemplateError(f"Unknown template {name!r}; use one of {sorted(builders)} or a PromptTemplate object.")
         return builders[name](tokenizer)
@@ -225,6 +237,42 @@ def placeholder_token_id(tokenizer, placeholder: str, prompt: str) -> int:
             f"{default_placeholder(tokenizer)!r}."
         )
     return ids[0]
+
+
+def _require_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise TemplateError(
+            "This tokenizer has no chat template; use PromptTemplate.echo(tokenizer) or pass your own prompt string."
+        )
+
+
+#: a user turn and the start of the assistant's, per chat family, with no system turn, as the
+#: reference writes its prompts out by hand (its Llama-3 and Qwen strings; Gemma's has no default
+#: system prompt to leave out). Detected by the markup in the tokenizer's chat template.
+CHAT_FAMILIES = (
+    ("<|start_header_id|>", "{bos}<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+                            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("<|im_start|>", "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"),
+    ("<start_of_turn>", "{bos}<start_of_turn>user\n{user}<end_of_turn>\n<start_of_turn>model\n"),
+)
+
+
+def user_turn(tokenizer, user: str) -> str:
+    """`user` as the only turn of a chat, followed by the assistant's header: written out for the
+    known chat families (Llama 3, ChatML: Qwen / SmolLM2, Gemma) with no system turn; for any other
+    template, the template's own rendering, refused if it adds a system turn of its own."""
+    _require_chat_template(tokenizer)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
+    for marker, text in CHAT_FAMILIES:
+        if marker in template:
+            return text.format(bos=tokenizer.bos_token or "", user=user)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    if "system" in rendered.split(user, 1)[0].lower():
+        raise TemplateError(
+            "This tokenizer's chat template adds a system turn, which the paper's prompt does not have; write the prompt "
+            "out: PromptTemplate(prompt='<your chat markup with {placeholder}>', placeholder=...)."
+        )
+    return rendered
 
 
 def end_of_turn(tokenizer) -> str:

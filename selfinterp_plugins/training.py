@@ -1,7 +1,8 @@
 """Training an adapter against a frozen model.
 
-The loop of Pepper et al. (ANCHORS.md §1): AdamW, cosine schedule with warm-up, gradient
-clipping, per-token loss clamped at 100, validation loss each epoch, one seed for everything.
+The loop of Pepper et al. 2026 (`trainer.py` of the reference; docs/fidelity.md): AdamW with no
+weight decay on the log-scale, a linear warm-up from 1e-6 then a cosine schedule, gradient
+clipping at 0.5, per-token loss clamped at 100, validation loss each epoch, one seed for everything.
 Every adapter kind trains with the same loop. The data order is a function of (seed, epoch),
 so a run that resumes from a checkpoint takes exactly the steps an uninterrupted run would.
 Checkpoints are safetensors + JSON, written atomically.
@@ -90,14 +91,35 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, bu
     return [batches[i] for i in shuffle]
 
 
+#: the warm-up's starting factor: the reference's LinearLR(start_factor=1e-6, end_factor=1, total_iters=warmup)
+WARMUP_START = 1e-6
+
+
 def _lr_lambda(total: int, warmup: int):
+    """The reference's schedule (`trainer.py`), as the factor applied at optimiser step k (from 0):
+    a linear warm-up from 1e-6 reaching 1 at step `warmup`, then a cosine to 0 with
+    T_max = total − warmup (torch's LinearLR then CosineAnnealingLR, each stepped after the
+    optimiser; tests/reference checks it against them)."""
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return WARMUP_START + (1 - WARMUP_START) * step / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+#: parameters the reference never decays (`trainer.py`: the log-scale group has weight_decay 0)
+NO_DECAY = ("log_scale",)
+
+
+def param_groups(named, weight_decay: float) -> list[dict]:
+    """AdamW groups as the reference builds them: weight decay on every parameter except the
+    scale, stored as a log (decaying log s would pull s towards 1, not 0)."""
+    decay = [p for n, p in named if n.rsplit(".", 1)[-1] not in NO_DECAY]
+    no_decay = [p for n, p in named if n.rsplit(".", 1)[-1] in NO_DECAY]
+    return [g for g in ({"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay})
+            if g["params"]]
 
 
 def optimizer_state(optimizer, named) -> dict[str, torch.Tensor]:
@@ -139,7 +161,7 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     adapter = explainer.adapter
     named = [(n, p) for n, p in adapter.named_parameters() if p.requires_grad]
     base_lr = config.lr if config.lr is not None else default_lr(adapter)
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=base_lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(named, config.weight_decay), lr=base_lr)
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = steps_per_epoch * config.epochs
     if config.max_steps is not None:

@@ -24,12 +24,16 @@ from ..sites import Site
 
 @dataclass
 class Sampling:
-    """How to pick each next token. `temperature=0` is greedy."""
+    """How to pick each next token. `temperature=0` is greedy; `top_k=0` keeps every token. The
+    filters apply in transformers' order (temperature, top-k, top-p), so `Sampling(0.7, 0.9,
+    top_k=50)` draws as the reference's `generate(temperature=0.7, top_p=0.9)` does, whose unset
+    top_k is transformers' default 50."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 30
     seed: int = 0
+    top_k: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -37,10 +41,14 @@ class Sampling:
 
 
 def pick_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy argmax, or temperature + nucleus sampling with a seeded generator."""
+    """Greedy argmax, or temperature + top-k + nucleus sampling with a seeded generator."""
     if sampling.greedy:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    logits = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
     if sampling.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p
