@@ -1,10 +1,12 @@
-"""Bridge entities by layer: trained explainer vs untrained injection (ANCHORS.md §1).
+"""Bridge entities by layer: trained explainer vs untrained injection, the reference's protocol.
 
 Builds the two-hop statements the model answers right from its own single hops (no bridge in its
-answer), reads vectors after every `--every`-th layer past the subject, labels each 5 times
-(T = 0.7, <= 20 tokens) and reports the fraction of statements whose labels name the bridge, per
-layer, for the shipped explainer and for untrained scale_only injection at the shipped scale.
-Writes results.json and bridge_by_layer.png to --out.
+answer), reads RAW hidden states after every `--every`-th layer at every position from the
+statement's first token to the end of the chat prompt, reads each vector `--samples` times
+(T 0.7, top-p 0.9, top-k 50, <= 20 tokens) and scores each (layer, position) cell by the fraction of
+its samples naming the bridge. Trained: the explainer at scale 1; untrained: the unit vector x 10 in
+the chat-template prompt, as the reference's untrained config. Writes results.json and
+bridge_by_layer.png to --out.
 
     python scripts/bridge_entities.py --out runs/bridge-smollm2
 """
@@ -22,13 +24,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--explainer", default="shipped", help="trained explainer directory, or 'shipped' (SmolLM2)")
-    parser.add_argument("--every", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--every", type=int, default=1, help="read every k-th layer (reference: every layer)")
+    parser.add_argument("--samples", type=int, default=10, help="samples per vector (reference: 10)")
     args = parser.parse_args()
 
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.backends import HFBackend
-    from selfinterp_plugins.bridge import bridge_hit_rates, bridge_vectors, build_two_hop
+    from selfinterp_plugins.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.cli import _explainer_dir
     from selfinterp_plugins.models import load_model
 
@@ -37,8 +39,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     backend = HFBackend(*load_model(args.model))
     trained = Explainer.from_pretrained(_explainer_dir(args.explainer), model=backend)
-    untrained_cfg = trained.metadata.get("untrained", {"template": "chat", "scale": 4.0})  # the paper's grid middle if unknown
-    untrained = Explainer.create(backend, adapter="scale_only", template=untrained_cfg["template"], init_scale=1.0)
+    untrained = Explainer.create(backend, adapter="scale_only", template="tokenizer_chat", init_scale=1.0)
 
     built = build_two_hop(backend, progress=True)
     statements = [s for s in built["statements"] if s["two_hop_correct"] and not s["bridge_in_answer"]]
@@ -48,9 +49,11 @@ def main() -> None:
                "n_composed": len(built["statements"]), "n_two_hop_correct": built["n_two_hop_correct"],
                "n_evaluated": len(statements), "n_vectors_per_layer": len(rows), "layers": layers,
                "samples": args.samples, "statements": statements}
-    for name, explainer, scale in (("trained", trained, 1.0), ("untrained", untrained, untrained_cfg["scale"])):
-        results[name] = bridge_hit_rates(explainer, statements, vectors, rows, layers, samples=args.samples, scale=scale)
-        print(name, {k: round(v, 3) for k, v in results[name]["hit_rate"].items()})
+    for name, explainer, scale in (("trained", trained, 1.0), ("untrained", untrained, UNTRAINED_SCALE)):
+        results[name] = bridge_cell_scores(explainer, statements, vectors, rows, layers, samples=args.samples, scale=scale)
+        print(name, "hit rate", {k: round(v, 3) for k, v in results[name]["hit_rate"].items()})
+        print(name, "best cell", {k: round(v, 3) for k, v in results[name]["best_cell"].items()})
+        (out / "results.json").write_text(json.dumps(results, indent=2))
     results["seconds"] = round(time.time() - started)
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -61,9 +64,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name in ("trained", "untrained"):
-        ax.plot(layers, [results[name]["hit_rate"][layer] for layer in layers], marker="o", label=name)
+        ax.plot(layers, [results[name]["hit_rate"][layer] for layer in layers], marker="o", label=f"{name}: any hit")
+        ax.plot(layers, [results[name]["best_cell"][layer] for layer in layers], marker=".", linestyle="--",
+                label=f"{name}: best cell")
     ax.set_xlabel("layer the vector is read after")
-    ax.set_ylabel("bridge-entity hit rate")
+    ax.set_ylabel("fraction of statements / of samples")
     ax.set_ylim(0, 1)
     ax.set_title(f"{args.model}: {len(statements)} two-hop statements, {args.samples} labels per vector", fontsize=9)
     ax.legend()

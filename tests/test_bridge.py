@@ -1,6 +1,8 @@
-"""The two-hop builder: statements are composed only from single hops the model answers right,
-the answer's correctness and a leaked bridge are recorded, positions start at the subject's last
-token, and hit rates count a statement once per layer."""
+"""The two-hop builder and the reference's protocol: statements are composed only from single hops
+the model answers right, the answer's correctness and a leaked bridge are recorded, prompts are in
+the chat template, positions run from the statement's first token to the end of the prompt,
+vectors are raw, aliases match with the reference's regex, and a cell scores the fraction of its
+samples that name the bridge."""
 
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ def planted(monkeypatch, tiny):
     tok = backend.tokenizer
 
     def fake_generate(_backend, prompts, max_new_tokens, batch_size=32, progress=False, desc=""):
-        texts = [tok.decode(p, skip_special_tokens=True).replace("Complete the statement: ", "") for p in prompts]
-        return [ANSWERS[t] for t in texts]
+        texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
+        assert all("user\nComplete the statement: " in t for t in texts)  # the chat template wraps it
+        return [ANSWERS[t.split("Complete the statement: ", 1)[1].split("\n", 1)[0]] for t in texts]
 
     monkeypatch.setattr(bridge, "generate_texts", fake_generate)
     return backend
@@ -63,31 +66,67 @@ def test_statements_come_only_from_hops_the_model_gets_right(planted):
     assert built["n_two_hop_correct"] == 2
 
 
-def test_positions_start_at_the_subjects_last_token(tokenizer):
+def test_positions_run_from_the_statements_first_token_to_the_end_of_the_chat_prompt(tokenizer):
     statement = {"prompt": "Complete the statement: The capital of the country where the Eiffel Tower is located is",
                  "subject": "the Eiffel Tower"}
-    positions = bridge.positions_after_subject(tokenizer, statement)
-    ids = tokenizer(statement["prompt"])["input_ids"]
-    assert positions[-1] == len(ids) - 1
-    assert tokenizer.decode(ids[: positions[0] + 1]).endswith("Eiffel Tower")
-    assert tokenizer.decode(ids[positions[0] + 1:]).strip() == "is located is"
+    positions = bridge.statement_positions(tokenizer, statement)
+    ids = tokenizer(bridge.prompt_text(tokenizer, statement["prompt"]), add_special_tokens=False)["input_ids"]
+    assert positions == list(range(positions[0], len(ids)))  # through the generation prompt
+    assert tokenizer.decode(ids[: positions[0]]).endswith("Complete the statement:")
+    assert tokenizer.decode(ids[positions[0]:]).strip().startswith("The capital of the country")
 
 
-def test_alias_matching_respects_word_boundaries():
+def test_alias_matching_is_the_references_regex():
     assert bridge.mentions("It is in the UK.", ["United Kingdom", "UK"])
     assert not bridge.mentions("a Ukrainian city", ["UK"])
     assert bridge.mentions("FRANCE!", ["France"])
+    assert bridge.mentions("written by J. D. Salinger", ["J.D. Salinger"])  # a period may take a space after it
+    assert not bridge.mentions("the U.S.", ["U.S."])  # the reference's trailing \b after a period misses this
 
 
-def test_hit_rate_counts_each_statement_once_per_layer(planted):
+def test_cell_scores_are_the_fraction_of_samples_naming_the_bridge(planted):
     statements = [{"prompt": "a", "subject": "x", "aliases": ["France"]}, {"prompt": "b", "subject": "y", "aliases": ["Italy"]}]
     rows = [{"statement": 0, "position": 1}, {"statement": 0, "position": 2}, {"statement": 1, "position": 1}]
+    calls = []
 
-    class Labeller:
+    class Reader:
+        backend = planted
+
         def explain(self, vectors, scales, sampling, samples, progress):
-            labels = ["France", "France again", "Spain"] if vectors[0, 0] > 0 else ["no", "no", "no"]
-            return [{"id": str(i), "label": labels[i], "sample": k} for i in range(len(vectors)) for k in range(samples)]
+            calls.append((scales, sampling))
+            positive = vectors[0, 0] > 0
+            texts = {0: ["France", "no"], 1: ["France again", "Paris, France"], 2: ["Spain", "Italy"]}
+            return [{"id": str(i), "label": "", "text": texts[i][k] if positive else "nothing", "sample": k}
+                    for i in range(len(vectors)) for k in range(samples)]
 
     vectors = torch.stack([torch.ones(3, 4), -torch.ones(3, 4)], dim=1)  # layer 3 positive, layer 7 negative
-    result = bridge.bridge_hit_rates(Labeller(), statements, vectors, rows, [3, 7], samples=2)
-    assert result["hit_rate"] == {3: 0.5, 7: 0.0}
+    monkeypatched = bridge.whole_generation
+    bridge.whole_generation = lambda explainer: explainer
+    try:
+        result = bridge.bridge_cell_scores(Reader(), statements, vectors, rows, [3, 7], samples=2)
+    finally:
+        bridge.whole_generation = monkeypatched
+    assert result["by_layer"][3]["cells"] == [0.5, 1.0, 0.5]
+    assert result["hit_rate"] == {3: 1.0, 7: 0.0}
+    assert result["best_cell"] == {3: 0.75, 7: 0.0}  # statement 0's best position 1.0, statement 1's 0.5
+    assert calls[0][0] == (1.0,) and calls[0][1] == bridge.BRIDGE_SAMPLING
+
+
+def test_whole_generation_keeps_reading_past_the_closing_quote(tiny):
+    from selfinterp_plugins import Explainer
+
+    explainer = Explainer.create(HFBackend(*tiny("llama")), adapter="scale_only", template="chat")
+    reader = bridge.whole_generation(explainer)
+    assert reader.adapter is explainer.adapter and reader.template.closing == "" and not reader.template.stop_at_closing
+    assert reader.template.parse_label('France" is the answer') == 'France" is the answer'
+
+
+def test_vectors_are_raw_hidden_states(planted):
+    statements = [{"prompt": "Complete the statement: The capital of the country where the Eiffel Tower is located is",
+                   "subject": "the Eiffel Tower"}]
+    raw, rows = bridge.bridge_vectors(planted, statements, [0, 1])
+    centred, _ = bridge.bridge_vectors(planted, statements, [0, 1], center=True)
+    ids = bridge._ids(planted.tokenizer, statements[0]["prompt"])
+    direct = planted.capture([ids], [bridge.Site("resid_post", 1)], [rows[0]["position"]])[0, 0]
+    torch.testing.assert_close(raw[0, 1], direct)
+    torch.testing.assert_close(centred, raw - raw.mean(0, keepdim=True))
