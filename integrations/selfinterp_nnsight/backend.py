@@ -313,7 +313,8 @@ class NNsightBackend(Backend):
         if sampling.greedy:
             extra.update(temperature=None, top_p=None, top_k=None)
         else:
-            extra.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            # top_k=None would be transformers' default 50, not what the local path draws
+            extra.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
 
         def request():
             return self._request("generate", input_ids.to(self.device), tensors, inject_mask, site, dict(extra))

@@ -1,12 +1,15 @@
-"""Generation scoring of SAE labels (ANCHORS.md §1, Pepper et al. 2026).
+"""Generation scoring of SAE labels (Pepper et al. 2026; the reference's `reward_system.py`).
 
 A label is good if text written to exhibit it makes the latent fire. For each label a writer model
-(the subject model by default, any other via `ConversationWriter(backend)`) writes a VERY SHORT
-conversation in `[USER] ... [ASSISTANT] ...` form (T=0.7, top-p 0.9, <= 100 new tokens), 10 times;
-each conversation is re-tokenised with the subject model's chat template and run forward; a sample
-hits if the latent is > 0 on any token after the first. A label's score is its hit rate; a latent's
-score is the max over its labels (one per scale); the reported number is the mean over latents
-("mean-max hit rate"). Per-label results stream to a JSONL file, so a long run resumes.
+(the subject model by default, any other via `ConversationWriter(backend)`) is asked, with the
+reference's system and user prompts word for word, for a VERY SHORT conversation in `[USER] ...
+[ASSISTANT] ...` form, 10 times, sampled as the reference samples (T = 0.7, top-p 0.9 and
+transformers' default top-k 50, which the reference leaves unset; <= 100 new tokens); each
+conversation is parsed as the reference parses it, re-tokenised with the subject model's chat
+template and run forward; a sample hits if the latent is > 0 on any token after the first. A
+label's score is its hit rate; a latent's score is the max over its labels (one per scale); the
+reported number is the mean over latents ("mean-max hit rate"). Per-label results stream to a
+JSONL file, so a long run resumes.
 """
 
 from __future__ import annotations
@@ -22,23 +25,50 @@ from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
 from .latents import latent_acts, max_acts
 
-WRITER_SYSTEM = ("You write example conversations. Write ONE VERY SHORT conversation between a user and an "
-                 "assistant, in exactly this format:\n[USER] <one sentence>\n[ASSISTANT] <one or two sentences>")
-WRITER_PROMPT = "Write a very short conversation that exhibits '{label}'."
-_TURN = re.compile(r"\[(USER|ASSISTANT)\]\s*:?", re.IGNORECASE)
+WRITER_SYSTEM = ("You are a helpful AI assistant who generates EXTREMELY SHORT example conversations. The conversations "
+                 "are between a user and an assistant, and have the following format:\n[USER] I'm a user.\n"
+                 "[ASSISTANT] I'm the assistant.")
+#: the label replaces the underscore (`template.replace("_", label)` in the reference)
+WRITER_PROMPT = ("Produce a VERY SHORT conversation which exhibits '_'\nDo not include any other text in your response. "
+                 "Start immediately with the conversation.")
+#: transformers' default top-k, in force in the reference's `generate` call, which does not set it
+REFERENCE_TOP_K = 50
+_TAG = re.compile(r"(\[(?:USER|ASSISTANT)\])")
+
+
+def writer_prompt(label: str) -> str:
+    return WRITER_PROMPT.replace("_", label)
 
 
 def parse_conversation(text: str) -> list[dict]:
-    """`[USER] ... [ASSISTANT] ...` text as chat messages. Text before the first marker is dropped;
-    text with no marker at all becomes one user message (the writer ignored the format, but what
-    it wrote is still evidence about the label)."""
-    parts = _TURN.split(text)
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2]):
-        content = content.strip()
-        if content:
-            messages.append({"role": role.lower(), "content": content})
-    return messages or [{"role": "user", "content": text.strip() or "(empty)"}]
+    """`[USER] ... [ASSISTANT] ...` text as chat messages, parsed as the reference's
+    `_parse_meta_conversation` does: lines split at the (upper-case) tags, parts of one turn joined
+    by spaces, text before the first tag taken as the user's, and text with no usable turn kept
+    whole as one assistant message."""
+    parts = [part for line in text.split("\n") for part in _TAG.split(line)]
+    messages: list[dict] = []
+    role, content = None, []
+
+    def flush():
+        joined = " ".join(content).strip()
+        if role is not None and joined:
+            messages.append({"role": "user" if role == "USER" else "assistant", "content": joined})
+
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        tag = re.match(r"\[(USER|ASSISTANT)\]", part)
+        if tag:
+            flush()
+            role, content = tag.group(1), []
+        elif role is not None:
+            content.append(part)
+        else:
+            role, content = "USER", [part]
+    flush()
+    if not messages and text.strip():
+        return [{"role": "assistant", "content": text}]
+    return messages
 
 
 def conversation_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -54,18 +84,18 @@ class ConversationWriter:
     """Writes example conversations with a model behind any backend (nothing injected)."""
 
     def __init__(self, backend, temperature: float = 0.7, top_p: float = 0.9, max_new_tokens: int = 100,
-                 batch_size: int = 40, seed: int = 0):
+                 batch_size: int = 40, seed: int = 0, top_k: int = REFERENCE_TOP_K):
         self.backend = backend
-        self.sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        self.sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, top_k=top_k)
         self.batch_size = batch_size
 
     def _prompt(self, label: str) -> list[int]:
         tok = self.backend.tokenizer
-        messages = [{"role": "system", "content": WRITER_SYSTEM}, {"role": "user", "content": WRITER_PROMPT.format(label=label)}]
+        messages = [{"role": "system", "content": WRITER_SYSTEM}, {"role": "user", "content": writer_prompt(label)}]
         if getattr(tok, "chat_template", None):
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return tok(text, add_special_tokens=False)["input_ids"]
-        return tok(f"{WRITER_SYSTEM}\n{WRITER_PROMPT.format(label=label)}\n")["input_ids"]
+        return tok(f"{WRITER_SYSTEM}\n{writer_prompt(label)}\n")["input_ids"]
 
     def __call__(self, labels: list[str], n_samples: int, progress: bool = False) -> list[list[str]]:
         """`n_samples` conversations per label. A transformers model generates every label's prompts
@@ -101,10 +131,11 @@ class ConversationWriter:
                     ids[i, width - len(p) :] = torch.tensor(p)
                     mask[i, width - len(p) :] = 1
                 out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=True,
-                                     temperature=self.sampling.temperature, top_p=self.sampling.top_p, top_k=0,
+                                     temperature=self.sampling.temperature, top_p=self.sampling.top_p, top_k=self.sampling.top_k,
                                      max_new_tokens=self.sampling.max_new_tokens, pad_token_id=pad, eos_token_id=stop)
                 for row in out[:, width:].tolist():
-                    texts.append(tok.decode([t for t in row if t not in stop and t != pad], skip_special_tokens=True).strip())
+                    texts.append(tok.decode([t for t in row if t not in stop and t != pad], skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False).strip())
         finally:
             torch.random.set_rng_state(generator_state)
         return texts

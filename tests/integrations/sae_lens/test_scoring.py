@@ -44,10 +44,16 @@ def test_planted_latents_fire_only_on_their_token(tiny_backend):
     assert max_acts(latent_acts(tiny_backend, sae, [ids[1:3]], [0]))[0, 0] == 0
 
 
-def test_parse_conversation():
-    assert parse_conversation("Sure!\n[USER]: Hi\n[ASSISTANT] Hello [USER] Bye") == [
-        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+def test_parse_conversation_as_the_reference_does():
+    # text before the first tag is the user's; a tag starts a turn; parts of one turn join with spaces
+    assert parse_conversation("Sure!\n[USER]: Hi\n[ASSISTANT] Hello\nthere [USER] Bye") == [
+        {"role": "user", "content": "Sure!"}, {"role": "user", "content": ": Hi"},
+        {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "Bye"}]
     assert parse_conversation("no markers at all") == [{"role": "user", "content": "no markers at all"}]
+    assert parse_conversation("[user] lower-case tags are text") == [
+        {"role": "user", "content": "[user] lower-case tags are text"}]
+    assert parse_conversation("[USER]") == [{"role": "assistant", "content": "[USER]"}]  # nothing usable: kept whole
+    assert parse_conversation("  ") == []
 
 
 def test_generation_score_names_the_token(tiny_backend, tmp_path):
