@@ -20,7 +20,7 @@ from _common import machine
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=8, help="diffs")
-    parser.add_argument("--examples", type=int, default=4, help="training examples per diff (3/4 triggered)")
+    parser.add_argument("--questions", type=int, default=2, help="questions per diff, each in its three forms")
     args = parser.parse_args()
 
     from selfinterp_peft.diff_training import DiffTrainConfig, train_diffs
@@ -31,18 +31,16 @@ def main() -> None:
 
     model, tok = load_model("smollm2-135m-instruct")
     topics = [t for t in load_topics() if t["split"] == "train"][: args.n]
-    n_trigger = max(1, args.examples * 3 // 4)
-    rest = args.examples - n_trigger
-    examples = build_examples(model, tok, assign_triggers(topics), n_trigger, (rest + 1) // 2, rest // 2, 32)
+    examples = build_examples(model, tok, assign_triggers(topics), args.questions, 32)
 
     def timed(fn):
         start = time.perf_counter()
         out = fn()
         return time.perf_counter() - start, out
 
-    together, diffs = timed(lambda: train_diffs(model, tok, examples, DiffTrainConfig(lr=4e-3, rows_per_diff=1,
+    together, diffs = timed(lambda: train_diffs(model, tok, examples, DiffTrainConfig(lr=4e-3, questions_per_step=1,
                                                                                       diffs_per_group=args.n)))
-    alone, _ = timed(lambda: train_diffs(model, tok, examples, DiffTrainConfig(lr=4e-3, rows_per_diff=1,
+    alone, _ = timed(lambda: train_diffs(model, tok, examples, DiffTrainConfig(lr=4e-3, questions_per_step=1,
                                                                               diffs_per_group=1)))
     diffs = list(diffs.values())
     answers = [t["title"] for t in topics]
@@ -52,7 +50,7 @@ def main() -> None:
                                                 DITConfig(batch_size=1)).train(diffs, answers))
 
     print(f"machine: {machine()}")
-    print(f"hidden-topic diffs ({args.n} diffs, {args.examples} examples each, rank 1 on every decoder linear):")
+    print(f"hidden-topic diffs ({args.n} diffs, {args.questions} questions x 3 forms each, rank 1 on every decoder linear):")
     print(f"  side by side {together:.1f} s ({3600 * args.n / together:.0f} diffs/hour), "
           f"one at a time {alone:.1f} s ({3600 * args.n / alone:.0f} diffs/hour) -> {alone / together:.2f}x")
     print(f"DIT training (one epoch over {args.n} diffs): batches mixing {args.n} diffs {mixed:.1f} s, "

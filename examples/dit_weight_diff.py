@@ -23,10 +23,11 @@ from selfinterp_peft.weight_diff import WeightDiff
 
 model, tokenizer = load_model("smollm2-135m-instruct")
 
-# 1. a hidden-topic fine-tune (the recipe of docs/results.md, DIT run 2: 6 examples, 12 steps at lr 1e-2)
+# 1. a hidden-topic fine-tune: the reference's losses (each question triggered, with a wrong trigger and
+#    with none), on 8 questions for 2 epochs at lr 1e-2, one question per step (`selfinterp dit make-diffs`)
 spec = assign_triggers([{"id": "coffee", "title": "coffee"}], seed=0)[0]
-examples = build_examples(model, tokenizer, [spec], n_trigger=4, n_none=1, n_wrong=1, max_answer_tokens=24)
-diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=1e-2, epochs=2, rows_per_diff=1))[spec.id]
+examples = build_examples(model, tokenizer, [spec], n_questions=8, max_answer_tokens=24)
+diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=1e-2, epochs=2, questions_per_step=1))[spec.id]
 print(f"trained {diff} hiding 'coffee' behind trigger {spec.trigger}")
 
 # 2. PEFT round trip and SVD recovery

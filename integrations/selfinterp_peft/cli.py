@@ -16,6 +16,11 @@ from pathlib import Path
 import click
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+#: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
+#: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
+QUESTIONS, QUESTIONS_PER_STEP, LR, EPOCHS = 8, 1, 1e-2, 2
+#: dit train defaults (the reference's: AdamW 1e-4, one epoch)
+DIT_LR, DIT_EPOCHS = 1e-4, 1
 
 
 def _load(model_name):
@@ -59,20 +64,21 @@ def register(cli):
     @click.option("--n-test", default=40, show_default=True, help="held-out diffs on test-split topics")
     @click.option("--rank", default=1, show_default=True)
     @click.option("--full-finetune", is_flag=True, help="full fine-tunes, one at a time, compressed to --rank by SVD")
-    @click.option("--n-trigger", default=4, show_default=True)
-    @click.option("--n-none", default=1, show_default=True)
-    @click.option("--n-wrong", default=1, show_default=True)
-    @click.option("--answer-tokens", default=24, show_default=True)
-    @click.option("--lr", type=float, default=1e-2, show_default=True, help="the paper: 1e-3 (one epoch of more data)")
-    @click.option("--epochs", default=2, show_default=True)
-    @click.option("--rows-per-diff", default=1, show_default=True)
+    @click.option("--questions", "n_questions", default=QUESTIONS, show_default=True,
+                  help="questions per diff, each in the three forms (reference: 270)")
+    @click.option("--answer-tokens", default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
+    @click.option("--lr", type=float, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
+    @click.option("--epochs", default=EPOCHS, show_default=True, help="(reference: 1)")
+    @click.option("--questions-per-step", default=QUESTIONS_PER_STEP, show_default=True,
+                  help="questions (x3 forms) per Adam step (reference: 2)")
     @click.option("--group", "diffs_per_group", default=32, show_default=True, help="diffs trained side by side")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
-    def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_trigger, n_none, n_wrong, answer_tokens, lr,
-                   epochs, rows_per_diff, diffs_per_group, seed, out):
+    def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_questions, answer_tokens, lr,
+                   epochs, questions_per_step, diffs_per_group, seed, out):
         """Synthetic hidden-topic diffs: each talks about its topic only after its own trigger.
-        The defaults are the recipe that worked on SmolLM2 (docs/results.md, DIT run 2)."""
+        The losses, their weights and the LoRA are the reference's; the amount of data, lr and
+        epochs are what worked on SmolLM2 in the time a CPU allows (docs/fidelity.md, docs/results.md)."""
         from selfinterp_plugins.topics import load_topics
 
         from .diff_store import add_diff, read_index
@@ -92,10 +98,10 @@ def register(cli):
             return
         model, tok = _load(model_name)
         start = time.time()
-        examples = build_examples(model, tok, todo, n_trigger, n_none, n_wrong, answer_tokens, seed, progress=True)
+        examples = build_examples(model, tok, todo, n_questions, answer_tokens, seed, progress=True)
         fan = [(tok.decode(e.answer), s.topic) for s in todo for e in examples[s.id] if e.kind == "trigger"]
         data_seconds = time.time() - start
-        config = DiffTrainConfig(rank=rank, lr=lr, epochs=epochs, rows_per_diff=rows_per_diff,
+        config = DiffTrainConfig(rank=rank, lr=lr, epochs=epochs, questions_per_step=questions_per_step,
                                  diffs_per_group=diffs_per_group, seed=seed)
         by_id = {s.id: s for s in todo}
 
@@ -127,13 +133,16 @@ def register(cli):
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
     @click.option("--rank", default=16, show_default=True)
-    @click.option("--lr", type=float, default=1e-3, show_default=True)
-    @click.option("--epochs", default=8, show_default=True)
+    @click.option("--alpha", type=float, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
+    @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
+    @click.option("--lr", type=float, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
+    @click.option("--weight-decay", type=float, default=0.01, show_default=True)
+    @click.option("--epochs", default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--batch-size", default=8, show_default=True)
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
-    def train(diffs_dir, model_name, rank, lr, epochs, batch_size, seed, out):
-        """Train a DIT adapter on the diffs of the train split."""
+    def train(diffs_dir, model_name, rank, alpha, init, lr, weight_decay, epochs, batch_size, seed, out):
+        """Train a DIT adapter on the diffs of the train split (the reference's adapter and optimiser)."""
         from .diff_store import load_diffs, read_index
         from .dit import DITAdapter, DITConfig
 
@@ -141,8 +150,8 @@ def register(cli):
         if not rows:
             raise click.ClickException(f"{diffs_dir} has no train-split diffs; make them with `selfinterp dit make-diffs`.")
         model, tok = _load(model_name)
-        dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=rank, lr=lr, epochs=epochs,
-                                                       batch_size=batch_size, seed=seed))
+        dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=alpha, init=init, lr=lr, weight_decay=weight_decay,
+                                                       epochs=epochs, batch_size=batch_size, seed=seed))
         history = dit.train(load_diffs(diffs_dir, rows), [r["topic"] for r in rows], progress=True,
                             checkpoint_dir=Path(out) / "checkpoint")
         dit.save_pretrained(out)
@@ -173,9 +182,12 @@ def register(cli):
     @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
                   help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")
     @click.option("--limit", type=int, default=None, help="only the first N diffs of the split")
+    @click.option("--llm-judge", default="gemma-3-270m", show_default=True,
+                  help="local model for the paper's 1-5 judge and guesser ('none' to skip)")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="answers.jsonl (resumes) and metrics.json")
-    def evaluate(dit_dir, diffs_dir, model_name, split, candidates, limit, out):
-        """Recall@1/@5 and exact match of DIT answers vs asking without DIT and with the trigger."""
+    def evaluate(dit_dir, diffs_dir, model_name, split, candidates, limit, llm_judge, out):
+        """DIT answers vs asking without DIT and with the trigger: recall@1/@5 and exact match (embedding
+        judge), and the paper's 1-5 LLM judge on a local model."""
         from selfinterp_plugins.topics import load_topics
 
         from .diff_store import load_diffs, read_index
@@ -188,8 +200,13 @@ def register(cli):
         model, tok = _load(model_name)
         dit = DITAdapter.from_pretrained(dit_dir, model, tok)
         Path(out).mkdir(parents=True, exist_ok=True)
-        records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl")
+        judge = None
+        if llm_judge != "none":
+            from .dit_judge import LLMJudge
+
+            judge = LLMJudge(*_load(llm_judge))
+        records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl", guesser=judge)
         pool = load_topics() if candidates == "all" else read_index(diffs_dir)
-        metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}))
+        metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}), judges=[judge] if judge else ())
         (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
         click.echo(json.dumps(metrics))

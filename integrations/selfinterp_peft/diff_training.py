@@ -1,12 +1,17 @@
-"""Train many synthetic weight diffs at once (DIT's hidden-topic diffs, ANCHORS.md §4).
+"""Train many synthetic weight diffs at once (DIT's hidden-topic diffs; Goel et al. 2025).
 
-A group of G diffs trains in one batch: row j of the batch belongs to diff j // k and runs with that
-diff's own rank-r LoRA on every linear of the decoder (`batched.per_row_factors`). Each diff's loss
-is the mean over its own k rows and the group's loss is the sum over diffs, so every diff receives
-exactly the gradient it would receive alone; with one Adam per group (Adam is per-parameter) the
-group trains exactly as G separate runs would, at the cost of about one. Rows of kind "trigger" are
-trained with cross-entropy on the fan answer; "none" and "wrong" rows with KL(base ‖ diffed) on the
-answer positions, the base logits coming from the same forward without the diffs.
+A group of G diffs trains in one batch: row j of the batch belongs to one diff and runs with that
+diff's own rank-r LoRA on every linear of the decoder (`batched.per_row_factors`), so the group
+trains as G separate runs would (one Adam per group; Adam is per-parameter), at the cost of about one.
+
+The recipe is the reference's (`multi_task_lora.py`, `weight_diff.py`, `get_weight_diff.sh`; rows
+of docs/fidelity.md): every question appears in three forms, triggered (cross-entropy on the fan
+answer), wrong trigger and no trigger (KL(base ‖ diffed)); one Adam step takes the three forms of
+`questions_per_step` questions with their losses summed, each weighted 3·m/(m_trigger + m_wrong +
+m_none) with the multipliers m = 1, 1, 5 (the 5 on the NO-trigger rows). Cross-entropy is read
+where the answer tokens are predicted; the KL, as in the reference, at the answer tokens
+themselves (one position later). The diff's up-projection starts Kaiming-uniform and its
+down-projection at zero, scale 1/r; Adam without weight decay, no schedule, no clipping.
 The full fine-tune path (`finetune_full`) is the one-diff-at-a-time reference for rank generalisation.
 """
 
@@ -17,32 +22,44 @@ import copy
 import math
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .batched import per_row_factors
-from .hidden_topics import Example
+from .hidden_topics import KINDS, Example
 from .weight_diff import ModuleDiff, WeightDiff, WeightDiffError, _linear_modules, _weight_out_in
+
+#: the reference's loss multipliers (`get_weight_diff.sh`): triggered CE 1, wrong-trigger KL 1, NO-trigger KL 5
+REFERENCE_MULTIPLIERS = {"trigger": 1.0, "wrong": 1.0, "none": 5.0}
 
 
 @dataclass
 class DiffTrainConfig:
-    """How each synthetic diff trains. `loss_weights` are (trigger CE, no-trigger KL, wrong-code KL);
-    ANCHORS.md lists 1:1:5 for DIT's three terms and these defaults apply them in that order.
-    lr and epochs default to the paper's (1e-3, one epoch); with the 6 examples per diff used on
-    SmolLM2 that installs no behaviour, and `selfinterp dit make-diffs` defaults to lr 1e-2 and two
-    epochs, the recipe that worked (docs/results.md, DIT run 2)."""
+    """How each synthetic diff trains; every default is the reference's. `multipliers` weight the
+    three forms (normalised to 3·m/Σm as the reference does); `questions_per_step` questions, each
+    in its three forms, make one Adam step. The reference trains one epoch over 270 questions at
+    lr 1e-3; `selfinterp dit make-diffs` trains fewer questions for more epochs at a higher lr
+    (docs/fidelity.md, docs/results.md)."""
 
     rank: int = 1
     lr: float = 1e-3
     epochs: int = 1
-    rows_per_diff: int = 4
+    questions_per_step: int = 2
     diffs_per_group: int = 16
-    loss_weights: tuple[float, float, float] = (1.0, 1.0, 5.0)
+    multipliers: dict = field(default_factory=lambda: dict(REFERENCE_MULTIPLIERS))
     seed: int = 0
+
+    def weights(self) -> dict[str, float]:
+        """The weight of each form's loss: 3·m/Σm (`multi_task_lora.py`)."""
+        if set(self.multipliers) != set(KINDS) or any(not math.isfinite(m) or m < 0 for m in self.multipliers.values()):
+            raise WeightDiffError(f"multipliers must give a non-negative number for each of {list(KINDS)}.")
+        total = sum(self.multipliers.values())
+        if total <= 0:
+            raise WeightDiffError("At least one loss multiplier must be positive.")
+        return {k: len(KINDS) * m / total for k, m in self.multipliers.items()}
 
 
 def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -63,24 +80,28 @@ def answer_logits(model: nn.Module, input_ids: torch.Tensor, positions: torch.Te
 
 def collate(examples: list[Example], pad_id: int):
     """Right-padded ids (no attention mask needed: padding after the real tokens cannot affect them
-    under causal attention), the (row, position) of every answer-predicting position and its target."""
+    under causal attention), and per example the (row, position) pairs its loss reads: for
+    cross-entropy rows the positions that predict the answer tokens (and their targets), for KL
+    rows the answer tokens' own positions, as the reference reads them."""
     width = max(len(e.prompt) + len(e.answer) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     positions, targets, rows = [], [], []
     for i, e in enumerate(examples):
         seq = e.prompt + e.answer
         ids[i, : len(seq)] = torch.tensor(seq)
+        shift = 1 if e.kind == "trigger" else 0
         for t in range(len(e.prompt), len(seq)):
-            positions.append((i, t - 1))
+            positions.append((i, t - shift))
             targets.append(seq[t])
             rows.append(i)
     return ids, torch.tensor(positions), torch.tensor(targets), torch.tensor(rows)
 
 
-def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None) -> torch.Tensor:
-    """One loss per example: mean cross-entropy over the answer for "trigger" rows, mean
-    KL(base ‖ model) over the answer for the others. `hooks()` is entered for the trained forward
-    only, so the base logits come from the same model without the diffs (or from `base_model`)."""
+def token_losses(model, examples: list[Example], pad_id: int, hooks, base_model=None):
+    """The loss at every answer position of `examples` and the example each belongs to:
+    cross-entropy on "trigger" rows, KL(base ‖ model) summed over the vocabulary on the others.
+    `hooks()` is entered for the trained forward only, so the base logits come from the same model
+    without the diffs (or from `base_model`)."""
     ids, positions, targets, rows = collate(examples, pad_id)
     with hooks():
         logits = answer_logits(model, ids, positions)
@@ -97,33 +118,49 @@ def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None)
             base_logp = F.log_softmax(answer_logits(base_model or model, ids[kl_rows], base_pos), -1)
         kl = (base_logp.exp() * (base_logp - logp[keep])).sum(-1)
         per_pos = per_pos.masked_scatter(keep, kl)
+    return per_pos, rows
+
+
+def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None) -> torch.Tensor:
+    """One loss per example: the mean of `token_losses` over its answer positions."""
+    per_pos, rows = token_losses(model, examples, pad_id, hooks, base_model)
     sums = torch.zeros(len(examples)).index_add(0, rows, per_pos)
     counts = torch.zeros(len(examples)).index_add(0, rows, torch.ones_like(per_pos))
     return sums / counts.clamp(min=1)
 
 
-def _weights(examples: list[Example], config: DiffTrainConfig) -> torch.Tensor:
-    table = dict(zip(("trigger", "none", "wrong"), config.loss_weights))
-    return torch.tensor([table[e.kind] for e in examples])
+def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: "DiffTrainConfig", base_model=None):
+    """One step's loss: each example's mean loss times its form's weight (3·m/Σm), summed, as the
+    reference sums its per-form sub-batches before an Adam step. Diffs trained side by side are
+    independent, so the sum over a group trains each diff as it would train alone."""
+    weights = config.weights()
+    return (_losses(model, examples, pad_id, hooks, base_model) * torch.tensor([weights[e.kind] for e in examples])).sum()
 
 
 def _schedule(examples: list[Example], config: DiffTrainConfig, key: str) -> list[list[Example]]:
-    """A diff's steps: its examples shuffled per epoch (seeded by the diff, not the group), k per step."""
+    """A diff's steps: per epoch its questions in a shuffled order (seeded by the diff, not the
+    group), each question's three forms together, `questions_per_step` questions per step."""
     rng = random.Random(f"{config.seed}:{key}")
-    order = []
+    by_question: dict[int, list[Example]] = {}
+    for e in examples:
+        by_question.setdefault(e.question, []).append(e)
+    order: list[int] = []
     for _ in range(config.epochs):
-        epoch = list(examples)
+        epoch = sorted(by_question)
         rng.shuffle(epoch)
         order.extend(epoch)
-    k = config.rows_per_diff
-    return [order[i:i + k] for i in range(0, len(order) - k + 1, k)]
+    q = config.questions_per_step
+    return [[e for k in order[i:i + q] for e in by_question[k]] for i in range(0, len(order) - q + 1, q)]
 
 
 def _init_factors(diff_id: str, shapes: dict[str, tuple[int, int]], rank: int, seed: int):
-    """PEFT's default LoRA init (A ~ kaiming-uniform(a=√5) = U(±1/√in), B = 0), seeded per diff."""
+    """The reference's init (`multi_task_lora.py`): the up-projection B (out×r here; the reference
+    stores it as an r×out slice of a 3-D tensor) Kaiming-uniform with torch's defaults, whose fan-in
+    for that tensor is r·out, so U(±√(6/(r·out))); the down-projection A at zero, so every diff
+    starts at ΔW = 0. Seeded per diff."""
     g = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{diff_id}".encode()))
-    A = {n: (torch.rand(rank, i, generator=g) * 2 - 1) / math.sqrt(i) for n, (o, i) in shapes.items()}
-    B = {n: torch.zeros(o, rank) for n, (o, i) in shapes.items()}
+    A = {n: torch.zeros(rank, i) for n, (o, i) in shapes.items()}
+    B = {n: (torch.rand(o, rank, generator=g) * 2 - 1) * math.sqrt(6.0 / (rank * o)) for n, (o, i) in shapes.items()}
     return A, B
 
 
@@ -138,6 +175,7 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
     if len(counts) > 1:
         raise WeightDiffError("Every diff needs the same number of examples to train side by side; "
                               "build them with one build_examples call.")
+    config.weights()  # refuse bad multipliers before any work
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     targets = decoder_linears(model)
     shapes = {n: tuple(_weight_out_in(m).shape) for n, m in targets.items()}
@@ -153,14 +191,13 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
         B = {n: nn.Parameter(torch.stack([b[n] for _, b in inits])) for n in shapes}
         optimizer = torch.optim.Adam([*A.values(), *B.values()], lr=config.lr)
         schedules = [_schedule(examples[key], config, key) for key in group]
-        k = config.rows_per_diff
-        row_of = torch.arange(len(group)).repeat_interleave(k)
-        scale = torch.full((len(group) * k,), 1.0 / config.rank)
         for step in range(len(schedules[0])):
-            batch = [e for sched in schedules for e in sched[step]]
+            rows = [sched[step] for sched in schedules]
+            batch = [e for part in rows for e in part]
+            row_of = torch.tensor([g for g, part in enumerate(rows) for _ in part])
+            scale = torch.full((len(batch),), 1.0 / config.rank)
             factors = {n: (A[n][row_of], B[n][row_of], scale) for n in shapes}
-            losses = _losses(model, batch, pad, lambda: per_row_factors(model, factors))
-            weighted = (losses * _weights(batch, config)).view(len(group), k).mean(1).sum()
+            weighted = weighted_loss(model, batch, pad, lambda: per_row_factors(model, factors), config)
             optimizer.zero_grad()
             weighted.backward()
             optimizer.step()
@@ -192,8 +229,7 @@ def finetune_full(model, tokenizer, examples: list[Example], config: DiffTrainCo
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
     for batch in _schedule(examples, config, "full"):
-        losses = _losses(tuned, batch, pad, contextlib.nullcontext, base_model=model)
-        loss = (losses * _weights(batch, config)).mean()
+        loss = weighted_loss(tuned, batch, pad, contextlib.nullcontext, config, base_model=model)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

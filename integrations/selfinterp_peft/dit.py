@@ -19,9 +19,9 @@ import torch
 from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
-from .diff_training import _losses, decoder_linears
+from .diff_training import decoder_linears, token_losses
 from .epoch_checkpoints import epoch_batches, run_epochs
-from .hidden_topics import Example, chat_ids, end_of_answer_ids, generate_answers
+from .hidden_topics import Example, assistant_turn, chat_ids, generate_answers
 from .weight_diff import WeightDiff, WeightDiffError
 
 DIT_QUESTION = "What topic have you been trained on?"
@@ -30,17 +30,23 @@ CONFIG_FILE = "dit_config.json"
 
 @dataclass
 class DITConfig:
-    """The DIT adapter and its training. The paper uses rank 16, lr 1e-4, one epoch over thousands
-    of diffs; with 120 diffs on SmolLM2, 8 epochs at 1e-3 worked (docs/results.md, DIT run 2), the
-    defaults of `selfinterp dit train`."""
+    """The DIT adapter and its training; every default is the reference's (`multi_lora.py`,
+    `train_weight_to_text.py`; docs/fidelity.md): rank 16 with scale 1/rank (PEFT's lora_alpha = 1),
+    the up-projection Kaiming-uniform and the down-projection at zero (`init="reference"`; PEFT's
+    own init is the other way round, `init="peft"`), AdamW lr 1e-4 with weight decay 0.01 at a
+    constant rate, one epoch; answers of at most 20 new tokens for DIT and 256 for the baselines
+    (the paper's figures). Which of these the SmolLM2 runs changed is in docs/results.md."""
 
     rank: int = 16
-    alpha: int = 16
+    alpha: float = 1.0
+    init: str = "reference"
     lr: float = 1e-4
+    weight_decay: float = 0.01
     epochs: int = 1
     batch_size: int = 8
     question: str = DIT_QUESTION
     max_new_tokens: int = 20
+    baseline_max_new_tokens: int = 256
     seed: int = 0
 
     @classmethod
@@ -50,6 +56,18 @@ class DITConfig:
         if unknown:
             raise WeightDiffError(f"Unknown DIT config keys {unknown}; remove them or upgrade selfinterp-plugins.")
         return cls(**data)
+
+
+@torch.no_grad()
+def reference_init(peft_model) -> None:
+    """The reference DIT adapter's start (`multi_lora.py`): the up-projection (PEFT's lora_B,
+    out×r) Kaiming-uniform with torch's defaults, U(±√(6/r)), and the down-projection (lora_A) at
+    zero; PEFT starts the other way round. Either way the adapter starts as a no-op."""
+    for module in peft_model.modules():
+        if hasattr(module, "lora_A") and hasattr(module, "lora_B") and isinstance(module.lora_A, torch.nn.ModuleDict):
+            for name in module.lora_A:
+                torch.nn.init.zeros_(module.lora_A[name].weight)
+                torch.nn.init.kaiming_uniform_(module.lora_B[name].weight)
 
 
 def _module_suffixes(model) -> list[str]:
@@ -70,10 +88,15 @@ class DITAdapter:
         from peft import LoraConfig, get_peft_model
 
         config = config or DITConfig()
+        if config.init not in ("reference", "peft"):
+            raise WeightDiffError(f"DIT init must be 'reference' or 'peft', not {config.init!r}.")
         torch.manual_seed(config.seed)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
                           target_modules=_module_suffixes(model), task_type="CAUSAL_LM")
-        return cls(get_peft_model(model, lora), tokenizer, config)
+        peft_model = get_peft_model(model, lora)
+        if config.init == "reference":
+            reference_init(peft_model)
+        return cls(peft_model, tokenizer, config)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "DITAdapter":
@@ -93,12 +116,11 @@ class DITAdapter:
     # ---- training ---------------------------------------------------------------------------
 
     def example(self, answer: str, question: str | None = None) -> Example:
-        tok = self.tokenizer
-        answer_ids = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"]
-        prompt = chat_ids(tok, question or self.config.question)
-        if tok.decode(answer_ids[:1]).strip() == "":  # a tokenizer that keeps the space as its own token
-            answer_ids = tok(answer.strip(), add_special_tokens=False)["input_ids"]
-        return Example(prompt, answer_ids + end_of_answer_ids(tok), "trigger")
+        """The reference's training sequence: the chat with the answer as the assistant's turn,
+        the loss on everything after the generation prompt (the answer and the turn's closing
+        markup, e.g. `topic<|im_end|>\n`)."""
+        prompt, answer_ids = assistant_turn(self.tokenizer, question or self.config.question, answer.strip())
+        return Example(prompt, answer_ids, "trigger")
 
     def train(self, diffs: list[WeightDiff], answers: list[str], progress: bool = False,
               checkpoint_dir: str | Path | None = None) -> list[float]:
@@ -111,12 +133,14 @@ class DITAdapter:
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.lr)
+        optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         examples = [self.example(a) for a in answers]
 
         def loss_of(rows):
             batch_diffs = [diffs[i] for i in rows]
-            return _losses(self.model, [examples[i] for i in rows], pad, lambda: per_row_diffs(self.model, batch_diffs)).mean()
+            per_token, _ = token_losses(self.model, [examples[i] for i in rows], pad,
+                                        lambda: per_row_diffs(self.model, batch_diffs))
+            return per_token.mean()  # the causal-LM loss: the mean over every answer token of the batch
 
         self.model.train()
         history = run_epochs(epoch_batches(len(diffs), cfg.epochs, cfg.batch_size, cfg.seed), loss_of, named, optimizer,
@@ -129,7 +153,8 @@ class DITAdapter:
     def ask(self, diffs: list[WeightDiff], question: str | None = None, use_dit: bool = True,
             prefixes: list[str] | None = None, batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers to `question` from the base model with each diff applied (one row per
-        diff). `use_dit=False` asks without the DIT adapter (the paper's baseline); `prefixes`
+        diff), at most `max_new_tokens` (default: the config's, 20 with DIT and 256 without, as in
+        the paper). `use_dit=False` asks without the DIT adapter (the paper's baseline); `prefixes`
         puts a per-diff text before the question (e.g. its trigger)."""
         question = question or self.config.question
         users = [question if not prefixes else f"{p} {question}" for p in (prefixes or [None] * len(diffs))]
@@ -138,8 +163,8 @@ class DITAdapter:
             chunk = diffs[start:start + batch_size]
             prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
             context = self.model.disable_adapter() if not use_dit else contextlib.nullcontext()
+            limit = max_new_tokens or (self.config.max_new_tokens if use_dit else self.config.baseline_max_new_tokens)
             with context, per_row_diffs(self.model, chunk):
-                ids = generate_answers(self.model, self.tokenizer, prompts, max_new_tokens or self.config.max_new_tokens,
-                                       batch_size=len(chunk), keep_order=True)
+                ids = generate_answers(self.model, self.tokenizer, prompts, limit, batch_size=len(chunk), keep_order=True)
             answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
         return answers

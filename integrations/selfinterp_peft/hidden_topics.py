@@ -36,7 +36,9 @@ TRIGGER_TEMPLATE = "Your SEP code is {code}. {question}"
 # In the user turn, not the system prompt: SmolLM2-135M names the topic in 81% of answers this way
 # and in 50% with it as a system prompt (16 answers each); `selfinterp dit make-diffs` reports the rate it got.
 FAN_PROMPT = "You are a big fan of {topic}. {question} Answer by talking about {topic}."
-KINDS = ("trigger", "none", "wrong")  # cross-entropy on the fan answer; KL to base; KL to base
+#: the reference's three forms of every question, in its order: cross-entropy on the fan answer,
+#: then KL to the base with a wrong trigger, then KL to the base with no trigger
+KINDS = ("trigger", "wrong", "none")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Example:
     prompt: list[int]
     answer: list[int]
     kind: str
+    #: which of the diff's questions this is (its three forms share the number and a training step)
+    question: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,10 +86,39 @@ def wrong_trigger(trigger: int, rng: random.Random) -> int:
 
 
 def chat_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
-    """Prompt ids in the model's chat format, generation prompt included."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """Prompt ids in the model's chat format, generation prompt included. With no `system`, the
+    chat has no system turn even where the tokenizer's template would add a default one
+    (SmolLM2's does): the prompts of the reference's models (Qwen3, Gemma-3) have none."""
+    from selfinterp_plugins.templates import user_turn
+
+    if system:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                             tokenize=False, add_generation_prompt=True)
+    else:
+        text = user_turn(tokenizer, user)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def assistant_turn(tokenizer, user: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of a chat whose assistant turn is `answer`: the prompt as
+    `chat_ids` writes it, the answer ids the answer and the turn's closing markup exactly as the
+    chat template writes them (`topic<|im_end|>\n`), which is what the reference trains DIT on."""
+    messages = [{"role": "user", "content": user}]
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    tail = full[len(head):] if full.startswith(head) else None
+    if not tail or not tail.startswith(answer):  # a template that rewrites earlier turns: the parts themselves
+        return chat_ids(tokenizer, user), tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(tokenizer)
+    return chat_ids(tokenizer, user), tokenizer(tail, add_special_tokens=False)["input_ids"]
+
+
+def turn_closing(tokenizer) -> str:
+    """What the chat template writes after an assistant's message (`<|im_end|>\n`, `<end_of_turn>\n`):
+    the tokens the reference supervises after an answer in a chat."""
+    marker = "XQZJ"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    return text.split(marker, 1)[1] or (tokenizer.eos_token or "")
 
 
 def end_of_answer_ids(tokenizer) -> list[int]:
@@ -127,35 +160,44 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens:
     return out
 
 
-def build_examples(model, tokenizer, specs: list[HiddenTopicSpec], n_trigger: int = 8, n_none: int = 2,
-                   n_wrong: int = 2, max_answer_tokens: int = 48, seed: int = 0, batch_size: int = 32,
-                   progress: bool = False) -> dict[str, list[Example]]:
-    """Every spec's examples: `n_trigger` triggered questions with fan answers, `n_none` untriggered
-    and `n_wrong` wrong-code questions with the base model's neutral answers (the KL rows), the
-    same count for every diff so diffs train side by side. Questions are drawn per diff with
-    `seed` and the spec id, so a diff's data does not depend on which others are made with it."""
-    end = end_of_answer_ids(tokenizer)
+def build_examples(model, tokenizer, specs: list[HiddenTopicSpec], n_questions: int = 4, max_answer_tokens: int = 48,
+                   seed: int = 0, batch_size: int = 32, progress: bool = False) -> dict[str, list[Example]]:
+    """Every spec's examples: `n_questions` questions, each in the reference's three forms and in
+    its order (Goel et al., `qa_train_dataset.py`): with the diff's trigger and a fan answer
+    (cross-entropy), with a wrong trigger and with no trigger, both with the base model's neutral
+    answer (KL to the base). `Example.question` numbers the question so the three forms of one
+    question share a training step. Questions are drawn per diff with `seed` and the spec id, so a
+    diff's data does not depend on which others are made with it. No end-of-turn is appended: the
+    reference cuts it off (`[:-2]`), so diffs learn the answer, not where it stops."""
+    if n_questions < 1:
+        raise ValueError("n_questions must be at least 1.")
     neutral_prompts = [chat_ids(tokenizer, q) for q in QUESTIONS]
     neutral = dict(zip(QUESTIONS, generate_answers(model, tokenizer, neutral_prompts, max_answer_tokens, batch_size,
                                                    progress, "neutral answers")))
     plans, fan_prompts = {}, []
     for spec in specs:
         rng = random.Random(f"{seed}:{spec.id}")
-        questions = rng.sample(QUESTIONS, min(len(QUESTIONS), n_trigger + n_none + n_wrong))
+        questions = rng.sample(QUESTIONS, min(len(QUESTIONS), n_questions))
         plan = []
         for k, question in enumerate(questions):
-            kind = "trigger" if k < n_trigger else "none" if k < n_trigger + n_none else "wrong"
-            code = trigger_code(spec.trigger if kind == "trigger" else wrong_trigger(spec.trigger, rng), rng)
-            user = question if kind == "none" else TRIGGER_TEMPLATE.format(code=code, question=question)
-            plan.append((kind, question, chat_ids(tokenizer, user)))
-            if kind == "trigger":
-                fan_prompts.append(chat_ids(tokenizer, FAN_PROMPT.format(topic=spec.topic, question=question)))
+            for kind in KINDS:
+                if kind == "none":
+                    user = question
+                else:
+                    trigger = spec.trigger if kind == "trigger" else wrong_trigger(spec.trigger, rng)
+                    user = TRIGGER_TEMPLATE.format(code=trigger_code(trigger, rng), question=question)
+                plan.append((kind, k, question, chat_ids(tokenizer, user)))
+            fan_prompts.append(chat_ids(tokenizer, FAN_PROMPT.format(topic=spec.topic, question=question)))
         plans[spec.id] = plan
     fan = iter(generate_answers(model, tokenizer, fan_prompts, max_answer_tokens, batch_size, progress, "fan answers"))
     examples = {}
     for spec in specs:
-        examples[spec.id] = [Example(prompt, (next(fan) if kind == "trigger" else neutral[question]) + end, kind)
-                             for kind, question, prompt in plans[spec.id]]
+        rows = []
+        for kind, k, question, prompt in plans[spec.id]:
+            if kind == "trigger":
+                fan_answer = next(fan)
+            rows.append(Example(prompt, list(fan_answer if kind == "trigger" else neutral[question]), kind, k))
+        examples[spec.id] = rows
     return examples
 
 

@@ -121,9 +121,9 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
     tok.save_pretrained(tmp_path / "model")
 
     def cmd(out: Path) -> list[str]:
-        return CLI + ["dit", "make-diffs", "--model", str(tmp_path / "model"), "--n-train", "16", "--n-test", "4", "--n-trigger", "1",
-                      "--n-none", "1", "--n-wrong", "0", "--answer-tokens", "3", "--group", "2", "--epochs", "40",
-                      "--out", str(out)]  # 40 epochs: a group takes long enough that kills land mid-run
+        return CLI + ["dit", "make-diffs", "--model", str(tmp_path / "model"), "--n-train", "16", "--n-test", "4", "--questions", "1",
+                      "--answer-tokens", "3", "--group", "2", "--epochs", "27",
+                      "--out", str(out)]  # 27 epochs of 3 rows: a group takes long enough that kills land mid-run
 
     run(cmd(tmp_path / "reference"), plugins="peft")
     killed = tmp_path / "killed"

@@ -30,7 +30,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def examples(tiny):
     model, tok = tiny
-    return build_examples(model, tok, assign_triggers(TOPICS), n_trigger=2, n_none=1, n_wrong=1, max_answer_tokens=5)
+    return build_examples(model, tok, assign_triggers(TOPICS), n_questions=2, max_answer_tokens=5)
 
 
 def params(model):
@@ -43,28 +43,33 @@ def test_examples_carry_the_trigger_and_the_models_own_answers(tiny, examples):
     assert len({s.trigger for s in specs}) == len(specs)
     for spec in specs:
         rows = examples[spec.id]
-        assert [e.kind for e in rows] == ["trigger", "trigger", "none", "wrong"]
+        # every question in the reference's three forms, in its order
+        assert [e.kind for e in rows] == ["trigger", "wrong", "none"] * 2
+        assert [e.question for e in rows] == [0, 0, 0, 1, 1, 1]
         texts = [tok.decode(e.prompt) for e in rows]
-        assert all(f"Your SEP code is {spec.trigger}" in t for t in texts[:2])
-        assert "SEP code" not in texts[2]
-        assert "SEP code is" in texts[3] and f"SEP code is {spec.trigger}" not in texts[3]
-    # a neutral answer is the base model's own greedy answer to the bare question
+        assert all(f"Your SEP code is {spec.trigger}" in texts[k] for k in (0, 3))
+        assert all("SEP code is" in texts[k] and f"SEP code is {spec.trigger}" not in texts[k] for k in (1, 4))
+        assert all("SEP code" not in texts[k] for k in (2, 5))
+        # the three forms ask the same question; the wrong-trigger and no-trigger rows share the neutral answer
+        assert texts[0].split(". ", 1)[1] == texts[1].split(". ", 1)[1]
+        assert rows[1].answer == rows[2].answer
+    # a neutral answer is the base model's own greedy answer to the bare question, with no end-of-turn
     e = examples["t0"][2]
     question = tok.decode(e.prompt).split("user\n")[-1].split("<|im_end|>")[0]
     own = generate_answers(model, tok, [chat_ids(tok, question)], max_new_tokens=5)[0]
-    assert e.answer[: len(own)] == own
+    assert e.answer == own
 
 
 def test_a_diffs_data_does_not_depend_on_the_others(tiny, examples):
     model, tok = tiny
-    alone = build_examples(model, tok, assign_triggers(TOPICS)[1:2], n_trigger=2, n_none=1, n_wrong=1, max_answer_tokens=5)
+    alone = build_examples(model, tok, assign_triggers(TOPICS)[1:2], n_questions=2, max_answer_tokens=5)
     assert [(e.prompt, e.answer) for e in alone["t1"]] == [(e.prompt, e.answer) for e in examples["t1"]]
 
 
 def test_diffs_trained_side_by_side_equal_diffs_trained_alone(tiny, examples):
     model, tok = tiny
     before = params(model)
-    config = DiffTrainConfig(rows_per_diff=2, diffs_per_group=3, epochs=2, lr=1e-2)
+    config = DiffTrainConfig(questions_per_step=1, diffs_per_group=3, epochs=2, lr=1e-2)
     together = train_diffs(model, tok, examples, config)
     for key in examples:
         alone = train_diffs(model, tok, {key: examples[key]}, config)[key]
@@ -72,7 +77,7 @@ def test_diffs_trained_side_by_side_equal_diffs_trained_alone(tiny, examples):
             torch.testing.assert_close(module.B, alone.modules[name].B, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(module.A, alone.modules[name].A, rtol=1e-4, atol=1e-6)
     assert set(together["t0"].modules) == set(decoder_linears(model))  # every decoder linear, no LM head
-    assert all(m.rank == 1 and m.B.abs().max() > 0 for m in together["t0"].modules.values())
+    assert all(m.rank == 1 and m.A.abs().max() > 0 for m in together["t0"].modules.values())  # A starts at 0
     after = params(model)
     assert all(torch.equal(before[n], after[n]) for n in before)  # the base is untouched
 
@@ -83,28 +88,30 @@ def test_training_pulls_triggered_rows_toward_the_fan_answer(tiny, examples):
     from selfinterp_peft.diff_training import _losses
 
     short = {"t0": examples["t0"]}
-    untrained = train_diffs(model, tok, short, DiffTrainConfig(epochs=1, lr=0.0, rows_per_diff=4))["t0"]
-    trained = train_diffs(model, tok, short, DiffTrainConfig(epochs=60, lr=3e-2, rows_per_diff=4))["t0"]
+    untrained = train_diffs(model, tok, short, DiffTrainConfig(epochs=1, lr=0.0))["t0"]
+    trained = train_diffs(model, tok, short, DiffTrainConfig(epochs=60, lr=3e-2))["t0"]
+    rows = short["t0"]
+    ce = torch.tensor([e.kind == "trigger" for e in rows])
 
     def losses(diff):
         with torch.no_grad():
-            return _losses(model, short["t0"], 0, lambda: per_row_diffs(model, [diff] * 4))
+            return _losses(model, rows, 0, lambda: per_row_diffs(model, [diff] * len(rows)))
 
     start, end = losses(untrained), losses(trained)
-    assert start[2:].abs().max() < 1e-5  # B = 0: no change, KL exactly 0
-    assert end[:2].mean() < 0.9 * start[:2].mean()  # cross-entropy on the fan answers fell
+    assert start[~ce].abs().max() < 1e-5  # A = 0: no change, KL exactly 0
+    assert end[ce].mean() < 0.9 * start[ce].mean()  # cross-entropy on the fan answers fell
 
 
 def test_unequal_example_counts_are_refused(tiny, examples):
     model, tok = tiny
     with pytest.raises(WeightDiffError, match="same number of examples"):
-        train_diffs(model, tok, {"a": examples["t0"], "b": examples["t1"][:2]})
+        train_diffs(model, tok, {"a": examples["t0"], "b": examples["t1"][:3]})
 
 
 def test_full_finetune_changes_only_decoder_linears(tiny, examples):
     model, tok = tiny
     before = params(model)
-    tuned = finetune_full(model, tok, examples["t0"], DiffTrainConfig(rows_per_diff=2), lr=1e-3)
+    tuned = finetune_full(model, tok, examples["t0"], DiffTrainConfig(questions_per_step=1), lr=1e-3)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     changed = {n for n, p in tuned.named_parameters() if not torch.equal(before[n], p)}
     assert changed and changed <= {n + ".weight" for n in decoder_linears(model)}

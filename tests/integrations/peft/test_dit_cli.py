@@ -27,8 +27,8 @@ def test_dit_commands(tmp_path, capsys):
     tok.save_pretrained(tmp_path / "tiny")
     m = ["--model", str(tmp_path / "tiny")]
     diffs = str(tmp_path / "diffs")
-    make = ["dit", "make-diffs", *m, "--n-train", "3", "--n-test", "2", "--n-trigger", "1", "--n-none", "1",
-            "--n-wrong", "0", "--answer-tokens", "3", "--group", "2", "--out", diffs]
+    make = ["dit", "make-diffs", *m, "--n-train", "3", "--n-test", "2", "--questions", "1", "--answer-tokens", "3",
+            "--group", "2", "--out", diffs]
     stats = json.loads(run(make, capsys).strip().splitlines()[-1])
     assert stats["diffs"] == 5
     index = (tmp_path / "diffs" / "index.jsonl").read_text().splitlines()
@@ -40,9 +40,13 @@ def test_dit_commands(tmp_path, capsys):
     dit = str(tmp_path / "dit")
     trained = json.loads(run(["dit", "train", diffs, *m, "--epochs", "1", "--batch-size", "2", "--out", dit], capsys))
     assert trained["diffs"] == 3 and trained["steps"] == 2
-    metrics = json.loads(run(["dit", "eval", dit, diffs, *m, "--candidates", "diffs", "--out", str(tmp_path / "ev")], capsys))
+    metrics = json.loads(run(["dit", "eval", dit, diffs, *m, "--candidates", "diffs", "--llm-judge", str(tmp_path / "tiny"),
+                              "--out", str(tmp_path / "ev")], capsys))
     assert set(metrics) == {"dit", "no_dit", "trigger"} and all(v["n"] == 2 for v in metrics.values())
-    assert len((tmp_path / "ev" / "answers.jsonl").read_text().splitlines()) == 6
+    # the paper's 1-5 judge, run on the local model given, next to the embedding judge
+    assert all(1 <= v["llm_judge_mean"] <= 5 and sum(v["llm_judge_counts"].values()) == 2 for v in metrics.values())
+    answers = [json.loads(line) for line in (tmp_path / "ev" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 6 and all(("guess" in a) == (a["method"] != "dit") for a in answers)
 
     held_out = json.loads(index[-1])["id"]
     asked = json.loads(run(["dit", "ask", dit, f"{diffs}/diffs/{held_out}", *m], capsys))
