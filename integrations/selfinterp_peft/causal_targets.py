@@ -1,9 +1,14 @@
-"""The answer format of the causal explainer tasks (ANCHORS.md §3, Transluce) and its metrics.
+"""The answer format of the causal explainer tasks (Li et al. 2025, Transluce) and their metrics.
 
 Both activation patching and input ablation ask "what happens to the model's next token if ...?";
 the explainer answers `The output would remain unchanged from <<<X>>>.` or
-`The most likely output would change to <<<Y>>>.` Scored by exact match of the whole sentence, and
-by F1 of the changed / unchanged decision ("changed" is the positive class).
+`The most likely output would change to <<<Y>>>.` The metrics are the reference's
+(`causal_exact_match_eval.py`; docs/fidelity.md): both texts are stripped, lower-cased and
+stripped of dots; an answer is valid when it and the target both parse (the "unchanged" form is
+tried first); exact match needs the whole normalised strings equal and the same decision, content
+match only the same X; both count over ALL answers (an unparseable one is a miss), while the
+changed/unchanged F1 ("changed" positive) counts the valid answers only. `decision_accuracy`
+(every answer, an unparseable one counted wrong) is this project's addition.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import re
 
 UNCHANGED = "The output would remain unchanged from <<<{token}>>>."
 CHANGED = "The most likely output would change to <<<{token}>>>."
-_PARSE = re.compile(r"(unchanged from|change to) <<<(.*?)>>>", re.DOTALL)
+_UNCHANGED_RE = re.compile(r".*remain\s+unchanged\s+from\s+<<<([^>]*(?:>[^>]*)*?)>>>", re.IGNORECASE)
+_CHANGED_RE = re.compile(r".*change\s+to\s+<<<([^>]*(?:>[^>]*)*?)>>>", re.IGNORECASE)
 
 
 def causal_target(original: str, new: str) -> str:
@@ -21,34 +27,48 @@ def causal_target(original: str, new: str) -> str:
 
 
 def parse_causal(text: str) -> tuple[bool | None, str | None]:
-    """(changed?, token) read back from an answer; (None, None) if it has neither form."""
-    match = _PARSE.search(text)
-    if not match:
-        return None, None
-    return match.group(1) == "change to", match.group(2)
+    """(changed?, X stripped) read back from an answer as the reference reads it (the unchanged
+    form first); (None, None) if it has neither form."""
+    for pattern, changed in ((_UNCHANGED_RE, False), (_CHANGED_RE, True)):
+        match = pattern.search(text)
+        if match:
+            return changed, match.group(1).strip()
+    return None, None
+
+
+def normalise(text: str) -> str:
+    """The reference's normalisation before comparing: strip, lower-case, strip dots."""
+    return text.strip().lower().strip(".")
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def causal_metrics(predictions: list[str], targets: list[str]) -> dict:
-    """Exact match, changed/unchanged F1 and accuracy, and how many answers were unparseable."""
+    """The reference's exact match, content match, valid fraction and changed / unchanged F1, plus
+    this project's decision accuracy and the fraction of targets that say "changed"."""
     if len(predictions) != len(targets):
         raise ValueError("predictions and targets differ in length")
-    exact = sum(p.strip() == t.strip() for p, t in zip(predictions, targets))
-    tp = fp = fn = tn = unreadable = 0
+    exact = content = valid = right = tp = fp = fn = tn = 0
     for p, t in zip(predictions, targets):
-        changed, _ = parse_causal(p)
-        truth, _ = parse_causal(t)
-        if changed is None:
-            unreadable += 1
-            changed = not truth  # an unreadable answer counts as wrong
+        p, t = normalise(p), normalise(t)
+        changed, said = parse_causal(p)
+        truth, meant = parse_causal(t)
+        if changed is None or truth is None:
+            continue
+        valid += 1
+        exact += p == t and changed == truth
+        content += said == meant
+        right += changed == truth
         tp += changed and truth
         fp += changed and not truth
         fn += (not changed) and truth
         tn += (not changed) and not truth
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
     n = max(1, len(targets))
-    return {"exact_match": exact / n, "changed_f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "decision_accuracy": (tp + tn) / n, "unreadable": unreadable, "n": len(targets),
+    return {"exact_match": exact / n, "content_match": content / n, "valid": valid / n,
+            "changed_f1": _f1(tp, fp, fn), "unchanged_f1": _f1(tn, fn, fp), "decision_accuracy": right / n,
+            "unreadable": len(targets) - valid, "n": len(targets),
             "changed_fraction": sum(parse_causal(t)[0] is True for t in targets) / n}
 
 

@@ -51,24 +51,25 @@ def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:
     return list(state.get("history", [])), done
 
 
-def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[list[int]]]:
-    """Per epoch, the shuffled batches of row indices; drawn all at once from `seed`, so a resumed
-    run sees exactly the batches an uninterrupted one would."""
+def epoch_batches(n: int, epochs: int, batch_size: int, seed: int, shuffle: bool = True) -> list[list[list[int]]]:
+    """Per epoch, the batches of row indices, shuffled (drawn all at once from `seed`, so a resumed
+    run sees exactly the batches an uninterrupted one would) or in data order."""
     rng = random.Random(seed)
     out = []
     for _ in range(epochs):
         order = list(range(n))
-        rng.shuffle(order)
+        if shuffle:
+            rng.shuffle(order)
         out.append([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
     return out
 
 
 def run_epochs(batches: list[list[list[int]]], loss_of, named, optimizer, checkpoint_dir=None, progress: bool = False,
-               desc: str = "train", reseed: int | None = None) -> list[float]:
+               desc: str = "train", reseed: int | None = None, grad_clip: float | None = None) -> list[float]:
     """Optimise `loss_of(rows)` over `batches` (from `epoch_batches`), resuming after the last
     saved epoch in `checkpoint_dir` and saving after each one; returns the loss per step.
     `reseed`: seed torch with `reseed + epoch` at each epoch's start (dropout draws that a resumed
-    run repeats)."""
+    run repeats). `grad_clip`: the global gradient norm is clipped to it before each step."""
     from tqdm.auto import tqdm
 
     history, first = resume_epochs(checkpoint_dir, named, optimizer)
@@ -80,6 +81,8 @@ def run_epochs(batches: list[list[list[int]]], loss_of, named, optimizer, checkp
             loss = loss_of(rows)
             optimizer.zero_grad()
             loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], grad_clip)
             optimizer.step()
             history.append(loss.item())
             bar.update(1)

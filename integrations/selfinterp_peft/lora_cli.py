@@ -1,9 +1,9 @@
-"""`selfinterp lora-explainer …`: the LoRA-tuned explainer (ANCHORS.md §3) from the command line.
+"""`selfinterp lora-explainer …`: explainers fine-tuned on their own computations (Li et al. 2025).
 
   make-data  activation-patching or input-ablation rows run on the subject model (train / test by
              topic split), in the published Transluce schema, resumable per split file
-  train      a LoRA explainer on one task's train rows (or a VectorLabelDataset's train split),
-             checkpointed per epoch, resumable
+  train      an explainer (LoRA or full fine-tune, the reference's choice per task) on one task's
+             train rows (or a VectorLabelDataset's train split), checkpointed per epoch, resumable
   eval       answers on held-out rows, the task's metrics next to its trivial baselines (JSON)
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .lora_tasks import TASKS
+from .lora_tasks import TASK_DEFAULTS, TASKS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -101,30 +101,43 @@ def register(cli):
     @click.option("--task", type=click.Choice(TASKS), required=True)
     @click.option("--data", required=True, type=click.Path(exists=True), help="make-data directory, rows file, or dataset")
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="the explainer model")
-    @click.option("--rank", default=16, show_default=True, help="the paper: 128")
-    @click.option("--lr", type=float, default=1e-4, show_default=True, help="the paper: 5e-5")
-    @click.option("--epochs", default=2, show_default=True)
-    @click.option("--batch-size", default=8, show_default=True)
+    @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
+                  help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
+    @click.option("--rank", type=int, default=None, help="LoRA rank (reference: 128)")
+    @click.option("--lr", type=float, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
+    @click.option("--epochs", type=int, default=None, help="default: the reference's (10 / 20 / 30)")
+    @click.option("--batch-size", type=int, default=None, help="default: the reference's (64 / 32 / 8)")
+    @click.option("--prompt-format", type=click.Choice(["chat", "raw"]), default=None,
+                  help="default: the reference's (raw base-model strings for activation patching, chat otherwise)")
+    @click.option("--loss-reduction", type=click.Choice(["padded", "token"]), default="padded", show_default=True,
+                  help="padded: the reference's (Σ answer CE / padded length); token: mean per answer token")
+    @click.option("--shuffle/--no-shuffle", default=False, show_default=True, help="the reference keeps data order")
     @click.option("--limit", type=int, default=None, help="first N training examples only")
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
-    def train(task, data, model_name, rank, lr, epochs, batch_size, limit, projection, seed, out):
-        """Fine-tune a LoRA explainer on one task's training data."""
+    def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
+              projection, seed, out):
+        """Fine-tune an explainer on one task's training data; unset options take the reference's
+        value for the task."""
         from selfinterp_plugins.plugins import get_task
 
         from .lora_explainer import LoRAExplainerConfig
 
         model, tok = _load(model_name)
         family = get_task(task)
-        config = LoRAExplainerConfig(rank=rank, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, projection=projection)
+        given = {"finetune": finetune, "rank": rank, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+                 "prompt_format": prompt_format}
+        settings = {**TASK_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None}}
+        config = LoRAExplainerConfig(**settings, seed=seed, projection=projection, loss_reduction=loss_reduction,
+                                     shuffle=shuffle)
         explainer = family.create(model, tok, config)
         examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
         history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")
         explainer.save_pretrained(out)
         click.echo(json.dumps({"examples": len(examples), "steps": len(history), "first_loss": history[0] if history else None,
-                               "last_loss": history[-1] if history else None, "saved": out}))
+                               "last_loss": history[-1] if history else None, "finetune": config.finetune, "saved": out}))
 
     @lora_explainer.command("eval")
     @click.argument("explainer_dir", type=click.Path(exists=True, file_okay=False))
@@ -133,7 +146,7 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
     @click.option("--limit", type=int, default=None)
-    @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's, 32)")
+    @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")

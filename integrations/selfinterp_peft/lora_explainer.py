@@ -1,11 +1,17 @@
-"""A LoRA-tuned explainer: the model itself fine-tuned to explain its own computations (ANCHORS.md §3).
+"""An explainer fine-tuned to explain its own computations (Li et al. 2025, Transluce).
 
-Unlike the frozen-model adapters, the explainer's weights change (PEFT LoRA on q, k, v, o, gate,
-up, down; r 128, alpha 16, dropout 0.1, AdamW lr 5e-5 constant, weight decay 0.01: Transluce's
-values, the `LoRAExplainerConfig` defaults). A vector enters as ONE soft token replacing the input
+Unlike the frozen-model adapters, the explainer's weights change: a PEFT LoRA on q, k, v, o, gate,
+up, down (r 128, alpha 16, dropout 0.1) or, with `finetune="full"`, every weight, as the
+reference's configs choose per task (full for feature descriptions and input ablation, LoRA for
+activation patching; `lora_tasks.TASK_DEFAULTS`); AdamW at a constant rate with weight decay 0.01,
+gradients clipped at 1.0 (the Hugging Face Trainer's defaults the reference runs with), each row's
+loss the sum of its answer tokens' cross-entropy over the padded length (the reference's
+`fixed_cross_entropy_batchwise`). A vector enters as ONE soft token replacing the input
 embedding between begin / end marker tokens, `{begin}{feature}{end}`, unscaled when its size is
 the explainer's d_model, else through a bias-free linear projection, one per subject layer, trained
-with the LoRA. `projection="ridge"` (not Transluce's; added because the unprojected vector fails on
+with the explainer. Prompts are chat turns, or raw strings ending in a newline with the answer
+written straight after them and no end-of-turn (`prompt_format="raw"`, the reference's form for
+base-model explainers); generation is greedy and stops at the reference's stop strings. `projection="ridge"` (not Transluce's; added because the unprojected vector fails on
 SmolLM2's topic vectors, docs/results.md) gives every subject layer a projection with bias, even when
 sizes match, started from the ridge-regression map from the training vectors to their answers'
 first-token embeddings (the start that makes the frozen-model adapters work), then trained with
@@ -30,32 +36,54 @@ from selfinterp_plugins.serialization import load_safetensors, read_json, save_s
 
 CONFIG_FILE = "lora_explainer_config.json"
 PROJECTIONS_FILE = "projections.safetensors"
-#: Transluce's feature-description prompts (one per example, at random)
+#: the reference's feature-description prompts for chat explainers (one per example, at random)
 FEATURE_PROMPTS = (
     "Generate a description of this feature at layer {layer}: {feature}",
     "What does {feature} encode at layer {layer}?",
     "{feature} activates at layer {layer} for inputs with the following features:",
 )
-#: rare single tokens tried, in order, for begin / feature / end markers (SmolLM2's StarCoder
-#: vocabulary first, then Llama 3 reserved tokens, Qwen's vision markers, Gemma's unused tokens)
+#: ... and for base-model explainers: raw strings, the answer written straight after the space
+FEATURE_PROMPTS_RAW = (
+    "At layer {layer}, {feature} encodes ",
+    "{feature} activates at layer {layer} for ",
+    "We can describe {feature} at layer {layer} as encoding ",
+    "Generate a description of this feature at layer {layer}: {feature}. ",
+    "What does {feature} encode at layer {layer}? ",
+    "{feature} activates at layer {layer} for inputs with the following features: ",
+)
+#: rare single tokens tried, in order, for begin / feature / end markers: the reference's for Llama 3
+#: and Qwen, then SmolLM2's StarCoder vocabulary and Gemma's unused tokens (the reference has none)
 MARKER_CANDIDATES = (
-    ("<jupyter_start>", "<empty_output>", "<jupyter_output>"),
     ("<|reserved_special_token_10|>", "<|reserved_special_token_12|>", "<|reserved_special_token_11|>"),
-    ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"),
+    ("<|vision_start|>", "<|vision_pad|>", "<|vision_end|>"),
+    ("<jupyter_start>", "<empty_output>", "<jupyter_output>"),
     ("<unused1>", "<unused0>", "<unused2>"),
 )
+#: where the reference's evaluator stops a generation (`base_evaluator.py`)
+STOP_STRINGS = (" [END]", "\n", ">>>.")
+FINETUNES = ("lora", "full")
+PROMPT_FORMATS = ("chat", "raw")
+LOSS_REDUCTIONS = ("padded", "token")
 
 
 @dataclass
 class LoRAExplainerConfig:
+    """The explainer and its training; defaults are the reference's (see the module docstring and
+    docs/fidelity.md), the per-task choices in `lora_tasks.TASK_DEFAULTS`."""
+
+    finetune: str = "lora"  # "lora" or "full" (the reference's peft_lora false)
     rank: int = 128
     alpha: int = 16
     dropout: float = 0.1
     lr: float = 5e-5
     weight_decay: float = 0.01
+    grad_clip: float = 1.0
     epochs: int = 1
     batch_size: int = 8
-    max_new_tokens: int = 32
+    shuffle: bool = False  # the reference streams its data in order (an IterableDataset: the Trainer never shuffles)
+    loss_reduction: str = "padded"  # "padded": Σ answer CE / padded length per row (the reference); "token": mean per token
+    prompt_format: str = "chat"  # "chat" or "raw" (the reference's base-model strings ending in a newline)
+    max_new_tokens: int = 50
     seed: int = 0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     markers: list[str] | None = None  # [begin, feature, end]; None: the first MARKER_CANDIDATES the tokenizer has
@@ -91,9 +119,15 @@ class LoRAExplainerConfig:
         for name, low in (("rank", 1), ("epochs", 0), ("batch_size", 1), ("max_new_tokens", 1), ("seed", 0)):
             if not is_int(getattr(self, name), low):
                 bad(name, f"an integer >= {low}")
-        for name, low, high in (("alpha", 1e-12, math.inf), ("lr", 0, math.inf), ("weight_decay", 0, math.inf), ("dropout", 0, 0.999)):
+        for name, low, high in (("alpha", 1e-12, math.inf), ("lr", 0, math.inf), ("weight_decay", 0, math.inf),
+                                ("dropout", 0, 0.999), ("grad_clip", 0, math.inf)):
             if not is_number(getattr(self, name), low, high):
                 bad(name, f"a number in [{low}, {high}]")
+        for name, choices in (("finetune", FINETUNES), ("prompt_format", PROMPT_FORMATS), ("loss_reduction", LOSS_REDUCTIONS)):
+            if getattr(self, name) not in choices:
+                bad(name, " or ".join(repr(c) for c in choices))
+        if not isinstance(self.shuffle, bool):
+            bad("shuffle", "true or false")
         if not strings(self.target_modules):
             bad("target_modules", "a non-empty list of module names")
         if self.markers is not None and not strings(self.markers, 3):
@@ -121,6 +155,23 @@ class TaskExample:
     meta: dict = field(default_factory=dict)
 
 
+def _load_full(directory: Path, model):
+    """The fully fine-tuned weights in `directory` loaded into `model` (same architecture): only the
+    safetensors file save_pretrained wrote is read, and tied weights stay tied."""
+    files = sorted(directory.glob("model*.safetensors"))
+    if not files:
+        raise ArtifactError(f"No fine-tuned weights (model*.safetensors) in {directory}; save the explainer again.")
+    state = {}
+    for path in files:
+        state.update(load_safetensors(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - {name for name, _ in model.named_parameters()}
+    if unexpected or set(missing) - tied:
+        raise ArtifactError(f"{directory} does not hold weights of this model (missing {sorted(set(missing) - tied)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]}); load it onto the model it was fine-tuned from.")
+    return model
+
+
 def pick_markers(tokenizer) -> list[str]:
     vocab = tokenizer.get_vocab()
     for triple in MARKER_CANDIDATES:
@@ -128,6 +179,13 @@ def pick_markers(tokenizer) -> list[str]:
             return list(triple)
     raise TemplateError("No begin/feature/end marker tokens found; pass LoRAExplainerConfig(markers=[begin, feature, end]) "
                         "naming three special tokens of this tokenizer.")
+
+
+def cut_at_stop(text: str) -> str:
+    """The text up to and including the first stop string, as a generation that stops there reads
+    (a batched generation runs on for rows that have already stopped)."""
+    ends = [text.index(s) + len(s) for s in STOP_STRINGS if s in text]
+    return text[: min(ends)] if ends else text
 
 
 class LoRAExplainer:
@@ -142,6 +200,7 @@ class LoRAExplainer:
         if any(len(i) != 1 for i in ids):
             raise TemplateError(f"Markers {config.markers} must each be one token for this tokenizer.")
         self.begin_id, self.feature_id, self.end_id = (i[0] for i in ids)
+        self._closing: str | None = None
 
     # ---- construction and artifacts ------------------------------------------------------------
 
@@ -153,6 +212,10 @@ class LoRAExplainer:
         config.validate()
         config.markers = config.markers or pick_markers(tokenizer)
         torch.manual_seed(config.seed)
+        if config.finetune == "full":  # every weight trains, embeddings included, as the reference's full fine-tunes
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return cls(model, tokenizer, config, cls._projections(config, model.config.hidden_size))
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         targets = [t for t in config.target_modules if t in present]
         if not targets:
@@ -176,6 +239,7 @@ class LoRAExplainer:
                                     for layer in config.subject_layers})
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config."""
         directory = Path(directory)
         self.model.save_pretrained(str(directory), safe_serialization=True)
         write_json(asdict(self.config), directory / CONFIG_FILE)
@@ -195,6 +259,10 @@ class LoRAExplainer:
         projections = cls._projections(config, model.config.hidden_size)
         if len(projections):
             projections.load_state_dict(load_safetensors(directory / PROJECTIONS_FILE))
+        if config.finetune == "full":
+            tuned = _load_full(directory, model)
+            tuned.eval()
+            return cls(tuned, tokenizer, config, projections)
         peft_model = PeftModel.from_pretrained(model, str(directory))
         peft_model.eval()
         return cls(peft_model, tokenizer, config, projections)
@@ -207,6 +275,11 @@ class LoRAExplainer:
         return f"{begin}{feature}{end}"
 
     def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
+        """The prompt ids: a chat turn (generation prompt included), or with `prompt_format="raw"`
+        the text exactly as given (the caller writes the reference's ending), tokenised as the
+        reference tokenises its strings."""
+        if self.config.prompt_format == "raw":
+            return self.tokenizer((f"{system}\n\n" if system else "") + user)["input_ids"]
         from .hidden_topics import chat_ids
 
         return chat_ids(self.tokenizer, user, system)
@@ -223,13 +296,16 @@ class LoRAExplainer:
         return TaskExample(ids, answer, vector, positions[0], layer, meta)
 
     def feature_example(self, vector, label: str, layer: int, rng: random.Random, **meta) -> TaskExample:
-        """Task 1: a feature description, with one of the paraphrased prompts at random."""
-        prompt = rng.choice(FEATURE_PROMPTS).replace("{layer}", str(layer))
+        """Task 1: a feature description, with one of the paraphrased prompts at random (the
+        reference's chat prompts, or its base-model ones for `prompt_format="raw"`)."""
+        prompts = FEATURE_PROMPTS_RAW if self.config.prompt_format == "raw" else FEATURE_PROMPTS
+        prompt = rng.choice(prompts).replace("{layer}", str(layer))
         return self.vector_example(prompt, vector, label, layer, **meta)
 
     def text_example(self, user: str, answer: str, system: str | None = None, **meta) -> TaskExample:
-        """An example with no soft token (input ablation)."""
-        return TaskExample(self.chat_prompt(user, system), answer, meta=meta)
+        """An example with no soft token (input ablation; a raw prompt ends in a newline, not the reference's)."""
+        return TaskExample(self.chat_prompt(user + ("\n" if self.config.prompt_format == "raw" else ""), system), answer,
+                           meta=meta)
 
     # ---- the computation ----------------------------------------------------------------------
 
@@ -269,9 +345,15 @@ class LoRAExplainer:
         return embeds, mask, offsets
 
     def _answer_ids(self, answer: str) -> list[int]:
-        from .hidden_topics import end_of_answer_ids
+        """The answer's ids: followed by the turn's closing markup as the chat template writes it
+        (`<|im_end|>\n`) in a chat, alone after a raw prompt (the reference trains no end there)."""
+        if self.config.prompt_format == "raw":
+            return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if self._closing is None:
+            from .hidden_topics import turn_closing
 
-        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(self.tokenizer)
+            self._closing = turn_closing(self.tokenizer)
+        return self.tokenizer(answer + self._closing, add_special_tokens=False)["input_ids"]
 
     def training_batch(self, examples: list[TaskExample]):
         """Prompt + answer, right-padded: input embeddings (soft tokens in place), attention mask and
@@ -284,35 +366,42 @@ class LoRAExplainer:
         return embeds, mask, target
 
     def loss(self, examples: list[TaskExample]) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens of a batch (prompt and soft position unlabelled)."""
+        """The batch's loss over the answer tokens (prompt and soft position unlabelled): by default
+        the reference's, each row's summed cross-entropy divided by the padded length, averaged
+        over rows; with `loss_reduction="token"`, the mean over every answer token of the batch."""
         embeds, mask, target = self.training_batch(examples)
         # the head runs only from the shortest prompt's last token on: prompt positions carry no label
         # and the vocabulary projection over them was most of a step's work
         keep = torch.arange(min(len(ex.prompt_ids) for ex in examples) - 1, mask.shape[1] - 1)
         logits = self.model(inputs_embeds=embeds, attention_mask=mask.to(embeds.device),
                             logits_to_keep=keep.to(embeds.device)).logits
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 target[:, keep + 1].reshape(-1).to(logits.device), ignore_index=-100)
+        gold = target[:, keep + 1].to(logits.device)
+        per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), gold, ignore_index=-100,
+                                                      reduction="none")
+        if self.config.loss_reduction == "token":
+            return per_token.sum() / (gold != -100).sum().clamp(min=1)
+        return (per_token.sum(1) / mask.shape[1]).mean()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.projections.parameters())
 
     def train(self, examples: list[TaskExample], progress: bool = False, checkpoint_dir=None) -> list[float]:
-        """AdamW at a constant learning rate over shuffled batches (tasks may mix in a batch);
-        returns the loss per step. With `checkpoint_dir`, the LoRA, projections and AdamW state are
-        saved after every epoch and a rerun resumes after the last saved one."""
+        """AdamW at a constant learning rate, gradients clipped, over batches in data order (or
+        shuffled with `shuffle=True`); returns the loss per step. With `checkpoint_dir`, the trained
+        weights, projections and AdamW state are saved after every epoch and a rerun resumes after
+        the last saved one."""
         from .epoch_checkpoints import epoch_batches, run_epochs
 
         cfg = self.config
         if cfg.projection == "ridge" and not len(self.projections):
             self.ridge_projections(examples)
-        named = [(f"lora.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named = [(f"{cfg.finetune}.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model.train()
-        history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed),
+        history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle),
                              lambda rows: self.loss([examples[i] for i in rows]), named, optimizer, checkpoint_dir,
-                             progress, "lora explainer", reseed=cfg.seed)
+                             progress, f"{cfg.finetune} explainer", reseed=cfg.seed, grad_clip=cfg.grad_clip)
         self.model.eval()
         return history
 
@@ -348,7 +437,8 @@ class LoRAExplainer:
 
     @torch.no_grad()
     def generate(self, examples: list[TaskExample], batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy answers, batched (left-padded prompts, the soft token at its place)."""
+        """Greedy answers, batched (left-padded prompts, the soft token at its place), ending at the
+        end of turn, the end of sequence or one of the reference's stop strings."""
         self.model.eval()
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -361,9 +451,11 @@ class LoRAExplainer:
             embeds, mask, _ = self._embeds([ex.prompt_ids for ex in chunk], chunk, left_pad=True)
             out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.to(embeds.device), do_sample=False,
                                       max_new_tokens=max_new_tokens or self.config.max_new_tokens, pad_token_id=pad,
-                                      eos_token_id=stop or None)
+                                      eos_token_id=(stop + [tok.eos_token_id]) if tok.eos_token_id is not None else stop or None,
+                                      stop_strings=list(STOP_STRINGS), tokenizer=tok)
             for row in out.tolist():
-                if stop and stop[0] in row:
-                    row = row[: row.index(stop[0])]
-                answers.append(tok.decode(row, skip_special_tokens=True).strip())
+                ends = [row.index(t) for t in stop if t in row]
+                if ends:
+                    row = row[: min(ends)]
+                answers.append(cut_at_stop(tok.decode(row, skip_special_tokens=True)).strip())
         return answers

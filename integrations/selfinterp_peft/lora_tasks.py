@@ -19,6 +19,19 @@ from . import act_patch_task, input_ablation_task
 from .causal_targets import UNCHANGED, causal_metrics, parse_causal
 
 TASKS = ("feature_descriptions", "activation_patching", "input_ablation")
+#: the reference's published choices per task (Transluce's configs; docs/fidelity.md): feature
+#: descriptions and input ablation are FULL fine-tunes, activation patching a LoRA (r 128); learning
+#: rate, batch size and epochs as configured; prompts in the form its explainers got (chat for the
+#: instruct explainer of features and hints, raw base-model strings for activation patching); the
+#: evaluators' answer budgets (20 tokens for descriptions, 50 for exact match)
+TASK_DEFAULTS = {
+    "feature_descriptions": {"finetune": "full", "lr": 5e-5, "batch_size": 64, "epochs": 10, "prompt_format": "chat",
+                             "max_new_tokens": 20},
+    "activation_patching": {"finetune": "lora", "rank": 128, "lr": 5e-5, "batch_size": 32, "epochs": 20,
+                            "prompt_format": "raw", "max_new_tokens": 50},
+    "input_ablation": {"finetune": "full", "lr": 1e-5, "batch_size": 8, "epochs": 30, "prompt_format": "chat",
+                       "max_new_tokens": 50},
+}
 
 
 def feature_examples(explainer, dataset, seed: int = 0):
@@ -32,8 +45,9 @@ def feature_examples(explainer, dataset, seed: int = 0):
 def patching_examples(explainer, rows: list[dict], seed: int = 0):
     rng = random.Random(seed)
     out = []
+    ending = "\n" if explainer.config.prompt_format == "raw" else ""  # the reference's base-model strings end in a newline
     for row in rows:
-        prompt = act_patch_task.explainer_prompt(row, "{feature}", rng, explainer.tokenizer)
+        prompt = act_patch_task.explainer_prompt(row, "{feature}", rng, explainer.tokenizer) + ending
         layer = row["layer"] if not isinstance(row["layer"], (list, tuple)) else row["layer"][0]
         out.append(explainer.vector_example(prompt, row["patch_position"]["intervention_vector"],
                                             act_patch_task.target_text(row), layer))
@@ -152,9 +166,10 @@ class LoRATask:
         return f"LoRATask({self.name!r})"
 
     def create(self, model, tokenizer, config=None):
-        from .lora_explainer import LoRAExplainer
+        """A fresh explainer; with no config, the reference's settings for this task (`TASK_DEFAULTS`)."""
+        from .lora_explainer import LoRAExplainer, LoRAExplainerConfig
 
-        return LoRAExplainer.create(model, tokenizer, config)
+        return LoRAExplainer.create(model, tokenizer, config or LoRAExplainerConfig(**TASK_DEFAULTS[self.name]))
 
     def examples(self, explainer, data, seed: int = 0):
         """`data`: a VectorLabelDataset (feature descriptions) or schema rows (the causal tasks)."""

@@ -87,10 +87,14 @@ def test_targets_and_metrics():
     truth = [causal_target("a", "a"), causal_target("a", "b"), causal_target("a", "c"), causal_target("a", "a")]
     preds = [truth[0], causal_target("a", "z"), "rubbish", causal_target("a", "q")]
     m = causal_metrics(preds, truth)
-    # decisions: unchanged ok, changed ok (token wrong), unreadable (wrong), changed for an unchanged one
-    assert m["exact_match"] == 0.25 and m["decision_accuracy"] == 0.5 and m["unreadable"] == 1
-    assert m["changed_f1"] == pytest.approx(0.5)  # tp 1, fp 1, fn 1
+    # decisions: unchanged ok, changed ok (token wrong), unreadable (a miss, not in the F1), changed for an unchanged one
+    assert m["exact_match"] == 0.25 and m["content_match"] == 0.25 and m["valid"] == 0.75
+    assert m["decision_accuracy"] == 0.5 and m["unreadable"] == 1
+    assert m["changed_f1"] == pytest.approx(2 / 3)  # the reference's F1 over valid answers: tp 1, fp 1, fn 0
     assert causal_metrics([causal_target("a", "a")] * 4, truth)["changed_f1"] == 0.0  # always "unchanged"
+    # the reference compares lower-cased texts stripped of dots, and reads "unchanged" before "change to"
+    assert causal_metrics(["  the output would REMAIN unchanged from <<<A>>>"], [truth[0]])["exact_match"] == 1.0
+    assert parse_causal("would change to <<<x>>> or remain unchanged from <<<y>>>") == (False, "y")
 
 
 def test_published_schema_rows_load(tmp_path):

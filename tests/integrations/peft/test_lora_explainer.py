@@ -102,9 +102,12 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=0)
 
 
-def test_loss_on_answer_positions_equals_the_full_sequence_loss():
-    """The head runs only from the shortest prompt on; the loss must equal the one over all positions."""
-    explainer, model, tok = make(rank=4)
+@pytest.mark.parametrize("reduction", ["padded", "token"])
+def test_loss_on_answer_positions_equals_the_full_sequence_loss(reduction):
+    """The head runs only from the shortest prompt on; the loss must equal the one over all positions:
+    the reference's (each row's summed cross-entropy over the padded length, then the mean over rows)
+    or the mean over every answer token."""
+    explainer, model, tok = make(rank=4, loss_reduction=reduction)
     examples = [explainer.feature_example(torch.randn(model.config.hidden_size), label, 5, random.Random(i))
                 for i, label in enumerate(["a b c", "a longer label here", "x"])]
     examples.append(explainer.text_example("a much longer prompt than the others, " * 4, "answer"))
@@ -115,7 +118,13 @@ def test_loss_on_answer_positions_equals_the_full_sequence_loss():
         assert (row[: len(ex.prompt_ids)] == -100).all() and (row[len(ex.prompt_ids) + len(answer) :] == -100).all()
     with torch.no_grad():
         logits = explainer.model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
-        full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=-100)
+        if reduction == "token":
+            full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1),
+                                                     ignore_index=-100)
+        else:
+            per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target[:, 1:], ignore_index=-100,
+                                                          reduction="none")
+            full = (per_token.sum(1) / mask.shape[1]).mean()
         torch.testing.assert_close(explainer.loss(examples), full, atol=1e-5, rtol=1e-5)
 
 
