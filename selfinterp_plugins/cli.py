@@ -80,7 +80,8 @@ def vectors_topics(model_name, layers, out, limit, batch_size):
 @click.argument("dataset", type=click.Path())
 @click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
 @click.option("--adapter", default="full_rank", show_default=True, help="adapter kind (see `selfinterp plugins`)")
-@click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "echo", "patchscopes", "selfie"]))
+@click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "tokenizer_chat", "echo", "patchscopes", "selfie"]),
+              help="chat: the paper's prompt, no system turn; tokenizer_chat: built with the tokenizer's chat template")
 @click.option("--site", default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
 @click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
 @click.option("--epochs", default=2, show_default=True)
