@@ -81,6 +81,11 @@ def require(module: str, extra: str) -> None:
         raise ImportError(f"{module} is not installed; pip install 'selfinterp-plugins[{extra}]'")
 
 
+def is_builtin(name: str) -> bool:
+    """Whether the loaded plugin called `name` is one of `DEFAULT_PLUGINS` (marked so by `selfinterp plugins`)."""
+    return getattr(pm.get_plugin(name), "__name__", None) in DEFAULT_PLUGINS
+
+
 def _collect(hook_name: str, registry: Registry, store: dict, key_of) -> None:
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():
