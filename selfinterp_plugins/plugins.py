@@ -110,6 +110,12 @@ def _plain_impls(hook_name: str) -> list:
     return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
 
 
+def impls_in_call_order(hook_name: str) -> list:
+    """The order a pluggy call would use (tryfirst first, then the last registered first,
+    trylast last), for hooks where a plugin may legitimately choose to be asked first."""
+    return list(reversed(_plain_impls(hook_name)))
+
+
 # ---- loading -------------------------------------------------------------------------------
 
 
@@ -230,6 +236,17 @@ def get_backend_factory(name: str):
     return _lookup(registry().backends, "backend", name)
 
 
+def _backend_name_for(model, options: dict):
+    """The first non-None answer to `backend_for_model`, asking plugins one by one in pluggy's
+    order (third-party before the trylast `hf`); one that raises is recorded and skipped, so a
+    plugin's bug cannot hide the backends the others offer."""
+    for impl in impls_in_call_order("backend_for_model"):
+        name = call_hook("backend_for_model", impl, model=model, options=options)
+        if name is not FAILED and name is not None:
+            return name
+    return None
+
+
 def backend_for(model, tokenizer=None, backend: str | None = None, **options):
     """The backend that runs `model`: the one named, or the first plugin that recognises it.
 
@@ -240,7 +257,7 @@ def backend_for(model, tokenizer=None, backend: str | None = None, **options):
     if isinstance(model, Backend):
         return model
     registry()
-    name = backend or pm.hook.backend_for_model(model=model, options=options)
+    name = backend or _backend_name_for(model, options)
     if name is None:
         raise BackendError(
             f"No installed backend can run a {type(model).__name__}; pass a transformers causal LM, or install the "

@@ -13,6 +13,8 @@ import pytest
 from plugin_fakes import FakeEntryPoint, install_entry_points, module, run_cli
 
 from selfinterp_plugins import plugins
+from selfinterp_plugins.backends import HFBackend
+from selfinterp_plugins.errors import BackendError
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +33,10 @@ def entry_point(name, **hooks):
 
 def good_scorers(register):
     register("good", lambda *a, **k: {})
+
+
+def errors_of(plugin):
+    return [e["error"] for e in plugins.plugin_errors() if e["plugin"] == plugin]
 
 
 # ---- an exception of any kind at import ----------------------------------------------------
@@ -65,3 +71,62 @@ def test_keyboard_interrupt_at_import_still_stops_the_host(monkeypatch):
     install_entry_points(monkeypatch, FakeEntryPoint("interrupted", load))
     with pytest.raises(KeyboardInterrupt):
         plugins.registry()
+
+
+# ---- backend_for_model that raises ---------------------------------------------------------
+
+
+def _raise_in_lookup(model, options):
+    raise RuntimeError("lookup is broken")
+
+
+def test_backend_for_model_that_raises_is_reported_and_skipped(tiny_llama, monkeypatch, capsys):
+    install_entry_points(monkeypatch, entry_point("crashy", backend_for_model=(_raise_in_lookup, {"tryfirst": True})))
+    model, tok = tiny_llama
+    assert isinstance(plugins.backend_for(model, tok), HFBackend)  # the next plugin (hf) answered
+    assert isinstance(plugins.backend_for(model, tok), HFBackend)
+    assert errors_of("crashy") == ["backend_for_model failed: RuntimeError: lookup is broken"]  # once, not per call
+    code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0 and "crashy: backend_for_model failed: RuntimeError: lookup is broken" in out
+
+
+def _factory(name):
+    return lambda model, tokenizer=None, **options: (name, model)
+
+
+def _answers(name):
+    return lambda model, options: name
+
+
+def _backend_plugin(plugin_name, answer, marks=None):
+    """A plugin that registers backend `plugin_name` and answers `answer` (a value or a function)."""
+    lookup = answer if callable(answer) else _answers(answer)
+    return entry_point(plugin_name, register_backends=lambda register: register(plugin_name, _factory(plugin_name)),
+                       backend_for_model=(lookup, marks or {}))
+
+
+@pytest.mark.parametrize("marks", [({}, {}, {}), ({"tryfirst": True}, {}, {}), ({}, {"trylast": True}, {}),
+                                   ({}, {}, {"tryfirst": True})], ids=["plain", "a-first", "b-last", "none-first"])
+def test_backend_lookup_follows_pluggys_order_and_first_non_none_wins(monkeypatch, marks):
+    """With no plugin raising, the answer is the one a single pluggy call gives."""
+    install_entry_points(monkeypatch, _backend_plugin("a", "a", marks[0]), _backend_plugin("b", "b", marks[1]),
+                         _backend_plugin("silent", None, marks[2]))
+    model = object()
+    plugins.registry()
+    expected = plugins.pm.hook.backend_for_model(model=model, options={})
+    assert plugins.backend_for(model) == (expected, model)
+    assert plugins.plugin_errors() == []
+
+
+def test_a_raising_plugin_does_not_hide_the_next_answer(monkeypatch):
+    install_entry_points(monkeypatch, _backend_plugin("a", "a"), _backend_plugin("b", _raise_in_lookup))
+    model = object()
+    assert plugins.backend_for(model) == ("a", model)  # b is asked first (registered last), raises, a answers
+    assert errors_of("b") == ["backend_for_model failed: RuntimeError: lookup is broken"]
+
+
+def test_when_every_plugin_fails_the_backend_error_stays(monkeypatch):
+    install_entry_points(monkeypatch, _backend_plugin("a", _raise_in_lookup), _backend_plugin("b", None))
+    with pytest.raises(BackendError, match="No installed backend can run a object; pass a transformers causal LM"):
+        plugins.backend_for(object())
+    assert errors_of("a") == ["backend_for_model failed: RuntimeError: lookup is broken"]
