@@ -110,6 +110,14 @@ def _plain_impls(hook_name: str) -> list:
     return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
 
 
+def impls_in_registration_order(hook_name: str) -> list:
+    """For hooks that claim names (register_*, register_commands): built-ins first, then the
+    other plugins in the order they were registered, ignoring tryfirst/trylast, so a plugin can
+    never take a name from a built-in, and between two plugins the first registered keeps it."""
+    position = {name: i for i, (name, _plugin) in enumerate(pm.list_name_plugin())}
+    return sorted(_plain_impls(hook_name), key=lambda impl: (not _is_builtin(impl.plugin), position[impl.plugin_name]))
+
+
 def impls_in_call_order(hook_name: str) -> list:
     """The order a pluggy call would use (tryfirst first, then the last registered first,
     trylast last), for hooks where a plugin may legitimately choose to be asked first."""
@@ -153,7 +161,7 @@ def require(module: str, extra: str) -> None:
 def _collect(hook_name: str, store: dict, key_of) -> None:
     """Call each plugin's `hook_name(register)`; what it registers goes in `store` as (plugin, value).
     A name already in `store` stays with its first owner and the later plugin is reported."""
-    for impl in _plain_impls(hook_name):
+    for impl in impls_in_registration_order(hook_name):
 
         def register(*args, _plugin=impl.plugin_name):
             name, value = key_of(*args)

@@ -8,13 +8,19 @@ Each test installs throwaway plugins, through faked entry points or directly on 
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 from plugin_fakes import FakeEntryPoint, install_entry_points, module, run_cli
 
 from selfinterp_plugins import plugins
+from selfinterp_plugins.adapters import Adapter, ScalarAffine
 from selfinterp_plugins.backends import HFBackend
 from selfinterp_plugins.errors import BackendError
+
+MARKS = [{}, {"tryfirst": True}, {"trylast": True}]
+MARK_IDS = ["plain", "tryfirst", "trylast"]
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +136,79 @@ def test_when_every_plugin_fails_the_backend_error_stays(monkeypatch):
     with pytest.raises(BackendError, match="No installed backend can run a object; pass a transformers causal LM"):
         plugins.backend_for(object())
     assert errors_of("a") == ["backend_for_model failed: RuntimeError: lookup is broken"]
+
+
+# ---- names a built-in (or an earlier plugin) already uses ----------------------------------
+
+
+class ClashingScalarAffine(Adapter):
+    kind = "scalar_affine"
+
+
+def _clashing_hooks(marks):
+    """One hook per kind, each registering a name the built-ins use (`builtin_task`: see below)."""
+    def hook(*values):
+        return lambda register: register(*values), marks
+
+    return {"register_adapters": hook(ClashingScalarAffine),
+            "register_backends": hook("hf", _factory("impostor")),
+            "register_vector_sources": hook("topics", lambda **o: None),
+            "register_scorers": hook("exact_match", lambda *a, **k: {}),
+            "register_tasks": hook("builtin_task", "impostor task"),
+            "register_baselines": hook(types.SimpleNamespace(name="selfie"))}
+
+
+@pytest.fixture
+def builtin_task(monkeypatch):
+    """The built-ins register no task; a fake extra built-in does, so tasks are covered too."""
+    fake = module("fake_builtins.tasks", register_tasks=lambda register: register("builtin_task", "the built-in task"))
+    monkeypatch.setitem(sys.modules, "fake_builtins.tasks", fake)
+    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", plugins.DEFAULT_PLUGINS + ("fake_builtins.tasks",))
+
+
+@pytest.mark.parametrize("route", ["entry_point", "registered_first"])
+@pytest.mark.parametrize("marks", MARKS, ids=MARK_IDS)
+def test_a_plugin_never_takes_a_builtin_name(monkeypatch, builtin_task, marks, route):
+    clasher = module("clasher", **_clashing_hooks(marks))
+    if route == "entry_point":
+        install_entry_points(monkeypatch, FakeEntryPoint("clasher", lambda: clasher))
+    else:  # on the manager before the built-ins load: registered earlier than they are
+        plugins.pm.register(clasher, name="clasher")
+    reg = plugins.registry()
+    assert reg.adapters["scalar_affine"] == ("adapters", ScalarAffine)
+    assert reg.backends["hf"][0] == "hf_backend"
+    assert reg.vector_sources["topics"][0] == "topics"
+    assert reg.scorers["exact_match"][0] == "scorers"
+    assert reg.tasks["builtin_task"] == ("tasks", "the built-in task")
+    assert reg.baselines["selfie"][0] == "baselines"
+    errors = plugins.plugin_errors()
+    assert len(errors) == 6 and {e["plugin"] for e in errors} == {"clasher"}
+    for name, owner in [("scalar_affine", "adapters"), ("hf", "hf_backend"), ("topics", "topics"),
+                        ("exact_match", "scorers"), ("builtin_task", "tasks"), ("selfie", "baselines")]:
+        assert any(f"{name!r} is already registered by {owner}" in e["error"] for e in errors), name
+
+
+class Extra(ScalarAffine):
+    kind = "extra_kind"
+
+
+class OtherExtra(ScalarAffine):
+    kind = "extra_kind"
+
+
+@pytest.mark.parametrize("marks", [({}, {}), ({"trylast": True}, {"tryfirst": True}),
+                                   ({"tryfirst": True}, {"trylast": True})], ids=["plain", "first-trylast",
+                                                                                  "first-tryfirst"])
+def test_between_two_plugins_the_first_registered_keeps_the_name(monkeypatch, marks):
+    def hooks(cls, scorer, mark):
+        return {"register_adapters": (lambda register: register(cls), mark),
+                "register_scorers": (lambda register: register("shared", scorer), mark)}
+
+    first_scorer, second_scorer = (lambda *a, **k: {"first": 1}), (lambda *a, **k: {"second": 1})
+    install_entry_points(monkeypatch, entry_point("first", **hooks(Extra, first_scorer, marks[0])),
+                         entry_point("second", **hooks(OtherExtra, second_scorer, marks[1])))
+    assert plugins.get_adapter_classes()["extra_kind"] is Extra
+    assert plugins.get_scorer("shared") is first_scorer
+    assert errors_of("first") == []
+    assert len(errors_of("second")) == 2
+    assert all("already registered by first" in e for e in errors_of("second"))
