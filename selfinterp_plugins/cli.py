@@ -218,11 +218,33 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
 
 
+BUILTIN_COMMANDS = dict(cli.commands)  # the commands defined above, before any plugin's
+
+
 def _load_plugin_commands() -> None:
-    from .plugins import pm, registry
+    """Add each plugin's commands, one plugin at a time, starting from the built-in commands alone
+    (commands of plugins since unloaded go). A plugin whose `register_commands` raises adds
+    nothing; one that replaces or removes a command the host or an earlier plugin owns has that
+    undone. Both are reported, so one bad plugin never takes the CLI, `plugins` included, down."""
+    from .plugins import FAILED, call_hook, impls_in_registration_order, record_error, registry
 
     registry()
-    pm.hook.register_commands(cli=cli)
+    cli.commands.clear()
+    cli.commands.update(BUILTIN_COMMANDS)
+    owners = dict.fromkeys(BUILTIN_COMMANDS, "selfinterp (built-in)")
+    for impl in impls_in_registration_order("register_commands"):
+        before = dict(cli.commands)
+        if call_hook("register_commands", impl, cli=cli) is FAILED:
+            cli.commands.clear()
+            cli.commands.update(before)
+            continue
+        for name, command in before.items():
+            if cli.commands.get(name) is not command:
+                cli.commands[name] = command
+                record_error(impl.plugin_name, f"register_commands: command {name!r} belongs to {owners[name]}; "
+                                               "kept that one")
+        for name in cli.commands.keys() - before.keys():
+            owners[name] = impl.plugin_name
 
 
 def main(argv=None):

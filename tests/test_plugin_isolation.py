@@ -11,12 +11,15 @@ import json
 import sys
 import types
 
+import click
 import pytest
 from plugin_fakes import FakeEntryPoint, install_entry_points, module, run_cli
 
 from selfinterp_plugins import plugins
 from selfinterp_plugins.adapters import Adapter, ScalarAffine
 from selfinterp_plugins.backends import HFBackend
+from selfinterp_plugins.cli import BUILTIN_COMMANDS
+from selfinterp_plugins.cli import cli as selfinterp_cli  # plugin hooks call theirs `cli`
 from selfinterp_plugins.errors import BackendError
 
 MARKS = [{}, {"tryfirst": True}, {"trylast": True}]
@@ -25,12 +28,14 @@ MARK_IDS = ["plain", "tryfirst", "trylast"]
 
 @pytest.fixture(autouse=True)
 def fresh_plugins(monkeypatch):
-    """No installed third-party plugins unless a test fakes some."""
+    """No installed third-party plugins unless a test fakes some; the CLI back to its built-ins."""
     monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
     install_entry_points(monkeypatch)
     plugins.reset()
     yield
     plugins.reset()
+    selfinterp_cli.commands.clear()
+    selfinterp_cli.commands.update(BUILTIN_COMMANDS)
 
 
 def entry_point(name, **hooks):
@@ -212,3 +217,100 @@ def test_between_two_plugins_the_first_registered_keeps_the_name(monkeypatch, ma
     assert errors_of("first") == []
     assert len(errors_of("second")) == 2
     assert all("already registered by first" in e for e in errors_of("second"))
+
+
+# ---- register_commands that raises ---------------------------------------------------------
+
+
+def _hello_command(cli):
+    @cli.command()
+    def hello():
+        """A plugin's command."""
+        click.echo("hello from a plugin")
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("commands are broken"), SystemExit(1)], ids=["exception", "exit"])
+def test_register_commands_that_raises_is_reported_and_the_cli_still_works(monkeypatch, capsys, tmp_path, exc):
+    def broken_commands(cli):
+        @cli.command()
+        def half():
+            """Added before the plugin raised: undone with the rest of it."""
+
+        raise exc
+
+    install_entry_points(monkeypatch, entry_point("broken", register_commands=broken_commands),
+                         entry_point("good", register_commands=_hello_command))
+    code, out, _ = run_cli(capsys, "hello")
+    assert (code, out) == (0, "hello from a plugin\n")
+    assert errors_of("broken") == [f"register_commands failed: {type(exc).__name__}: {exc}"]
+    assert "half" not in selfinterp_cli.commands and set(BUILTIN_COMMANDS) <= set(selfinterp_cli.commands)
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert code == 0 and [e["plugin"] for e in json.loads(out)["errors"]] == ["broken"]
+    code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0 and f"  broken: register_commands failed: {type(exc).__name__}: {exc}\n" in out
+    code, _, err = run_cli(capsys, "explain", "/nonexistent", "--vectors", "/nonexistent", "--output",
+                           str(tmp_path / "x.jsonl"))
+    assert code == 2 and "No dataset directory" in err
+
+
+# ---- commands named like a built-in (or an earlier plugin's) -------------------------------
+
+
+def _clashing_commands(cli):
+    @cli.command("explain")
+    def fake_explain():
+        click.echo("the plugin's explain")
+
+    @cli.group("plugins")
+    def fake_plugins():
+        """A group under a built-in's name."""
+
+    del cli.commands["train"]
+
+    @cli.command()
+    def fine():
+        click.echo("fine")
+
+
+@pytest.mark.parametrize("marks", MARKS, ids=MARK_IDS)
+def test_a_plugin_command_never_replaces_a_builtin(monkeypatch, capsys, tmp_path, marks):
+    install_entry_points(monkeypatch, entry_point("clash", register_commands=(_clashing_commands, marks)))
+    code, out, _ = run_cli(capsys, "fine")
+    assert (code, out) == (0, "fine\n")  # its other command is kept
+    for name in ("explain", "plugins", "train"):
+        assert selfinterp_cli.commands[name] is BUILTIN_COMMANDS[name]
+    errors = errors_of("clash")
+    assert len(errors) == 3
+    for name in ("explain", "plugins", "train"):
+        assert f"command {name!r} belongs to selfinterp (built-in)" in " ".join(errors)
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert code == 0 and len(json.loads(out)["errors"]) == 3
+    code, _, err = run_cli(capsys, "explain", "/nonexistent", "--vectors", "/nonexistent", "--output",
+                           str(tmp_path / "x.jsonl"))
+    assert code == 2 and "No dataset directory" in err
+
+
+def test_between_two_plugins_the_first_keeps_a_command(monkeypatch, capsys):
+    def other_hello(cli):
+        @cli.command("hello")
+        def hello():
+            click.echo("the second plugin's hello")
+
+    install_entry_points(monkeypatch, entry_point("first", register_commands=_hello_command),
+                         entry_point("second", register_commands=(other_hello, {"tryfirst": True})))
+    code, out, _ = run_cli(capsys, "hello")
+    assert (code, out) == (0, "hello from a plugin\n")
+    assert errors_of("second") == ["register_commands: command 'hello' belongs to first; kept that one"]
+
+
+def test_running_the_cli_again_reports_nothing_new(monkeypatch, capsys):
+    """Each run registers the plugins' commands afresh; a plugin's own command from the previous
+    run is not a clash, and a plugin no longer loaded leaves no command behind."""
+    install_entry_points(monkeypatch, entry_point("good", register_commands=_hello_command))
+    assert run_cli(capsys, "hello")[:2] == (0, "hello from a plugin\n")
+    assert run_cli(capsys, "hello")[:2] == (0, "hello from a plugin\n")
+    assert plugins.plugin_errors() == []
+    install_entry_points(monkeypatch)
+    plugins.reset()
+    code, _, err = run_cli(capsys, "hello")
+    assert code == 2 and "No such command" in err
