@@ -33,23 +33,44 @@ def cli():
     """Teach a frozen language model to read its own vectors aloud."""
 
 
-@cli.command()
-def plugins():
-    """List loaded plugins, the hooks they implement, and any that failed to load."""
+KINDS = (("backends", "backends"), ("adapters", "adapter kinds"), ("vector_sources", "vector sources"),
+         ("scorers", "scorers"), ("tasks", "tasks"), ("baselines", "baselines"))
+
+
+def _plugins_report() -> dict:
+    """What `selfinterp plugins --json` prints: plugins and their hooks, names per kind, failures
+    (without tracebacks: one line per failure is what a user needs to act)."""
     from .plugins import list_plugins, plugin_errors, registry
 
     reg = registry()
-    report = {
-        "plugins": list_plugins(),
-        "backends": sorted(reg.backends),
-        "adapters": sorted(reg.adapters),
-        "vector_sources": sorted(reg.vector_sources),
-        "scorers": sorted(reg.scorers),
-        "tasks": sorted(reg.tasks),
-        "baselines": sorted(reg.baselines),
-        "errors": [{k: v for k, v in e.items() if k != "traceback"} for e in plugin_errors()],
-    }
-    click.echo(json.dumps(report, indent=2))
+    report = {"plugins": list_plugins()}
+    report.update({key: sorted(getattr(reg, key)) for key, _title in KINDS})
+    report["errors"] = [{k: v for k, v in e.items() if k != "traceback"} for e in plugin_errors()]
+    return report
+
+
+def _plugins_table(report: dict) -> str:
+    """The same report for reading: one row per plugin with its hooks, one row per kind with the
+    names registered, then one line per failure (plugin: error)."""
+    from .plugins import is_builtin
+
+    rows = [(p["name"] + (" (built-in)" if is_builtin(p["name"]) else ""), ", ".join(p["hooks"]) or "-")
+            for p in report["plugins"]]
+    width = max(len(name) for name, _hooks in rows)
+    lines = ["Plugins and their hooks:"] + [f"  {name:<{width}}  {hooks}" for name, hooks in rows]
+    width = max(len(title) for _key, title in KINDS)
+    lines += ["", "Registered:"] + [f"  {title:<{width}}  {', '.join(report[key]) or '-'}" for key, title in KINDS]
+    lines += ["", f"Failures ({len(report['errors'])}):"]
+    lines += [f"  {e['plugin']}: {' '.join(e['error'].split())}" for e in report["errors"]] or ["  none"]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def plugins(as_json):
+    """List loaded plugins, the hooks they implement, what they registered, and any that failed."""
+    report = _plugins_report()
+    click.echo(json.dumps(report, indent=2) if as_json else _plugins_table(report))
 
 
 @cli.group()
@@ -198,11 +219,33 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
 
 
+BUILTIN_COMMANDS = dict(cli.commands)  # the commands defined above, before any plugin's
+
+
 def _load_plugin_commands() -> None:
-    from .plugins import pm, registry
+    """Add each plugin's commands, one plugin at a time, starting from the built-in commands alone
+    (commands of plugins since unloaded go). A plugin whose `register_commands` raises adds
+    nothing; one that replaces or removes a command the host or an earlier plugin owns has that
+    undone. Both are reported, so one bad plugin never takes the CLI, `plugins` included, down."""
+    from .plugins import FAILED, call_hook, impls_in_registration_order, record_error, registry
 
     registry()
-    pm.hook.register_commands(cli=cli)
+    cli.commands.clear()
+    cli.commands.update(BUILTIN_COMMANDS)
+    owners = dict.fromkeys(BUILTIN_COMMANDS, "selfinterp (built-in)")
+    for impl in impls_in_registration_order("register_commands"):
+        before = dict(cli.commands)
+        if call_hook("register_commands", impl, cli=cli) is FAILED:
+            cli.commands.clear()
+            cli.commands.update(before)
+            continue
+        for name, command in before.items():
+            if cli.commands.get(name) is not command:
+                cli.commands[name] = command
+                record_error(impl.plugin_name, f"register_commands: command {name!r} belongs to {owners[name]}; "
+                                               "kept that one")
+        for name in cli.commands.keys() - before.keys():
+            owners[name] = impl.plugin_name
 
 
 def main(argv=None):

@@ -7,8 +7,16 @@ and registered through the `selfinterp` entry-point group:
     my_plugin = "my_package.plugin"
 
 Registration is by callback, as in `llm`: the host calls `register_x(register)` and the
-plugin calls `register(...)` once per thing it provides. A name registered twice is reported
-by `selfinterp plugins`; the first registration wins.
+plugin calls `register(...)` once per thing it provides. The host calls the `register_*` hooks
+(and `register_commands`) of the built-in plugins first, then of the others in the order the
+plugins were registered; tryfirst and trylast do not change this. So a name keeps its first
+owner: registering it again is refused and reported against the later plugin by
+`selfinterp plugins`.
+
+Every hook is called for one plugin at a time: an exception raised in it (anything except
+KeyboardInterrupt) is reported against that plugin and skips it for that hook; what a `register_*`
+hook registered before raising is kept (`register_commands`: see there). Hook wrappers are not
+called.
 """
 
 import pluggy
@@ -27,8 +35,9 @@ def register_backends(register):
 def backend_for_model(model, options):
     """Return the name of a registered backend that can run `model` (any object: a transformers
     model, an nnsight LanguageModel, a HookedTransformer ...), or None if this plugin does not
-    recognise it. `options` is the dict of backend options the user passed. The first plugin
-    to answer wins; third-party plugins are asked before the built-in `hf` backend."""
+    recognise it. `options` is the dict of backend options the user passed. Plugins are asked in
+    pluggy's order (tryfirst first, then the last registered first, the built-in `hf` last) and
+    the first answer that is not None wins; a plugin that raises is reported and the next one asked."""
 
 
 @hookspec
@@ -64,4 +73,8 @@ def register_tasks(register):
 
 @hookspec
 def register_commands(cli):
-    """Add subcommands to the `selfinterp` click group `cli` (use `@cli.command()` / `@cli.group()`)."""
+    """Add subcommands to the `selfinterp` click group `cli` (use `@cli.command()` / `@cli.group()`).
+
+    A command named like a built-in one (`explain`, `train`, `plugins` ...) or like one an earlier
+    plugin added is refused (the first one stays) and reported; if this hook raises, none of the
+    commands it added are kept."""

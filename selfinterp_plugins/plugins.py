@@ -2,9 +2,13 @@
 
 Built-in plugins (`default_plugins/`) and third-party ones go through the same hooks.
 Third-party plugins come from the `selfinterp` entry-point group; `SELFINTERP_PLUGINS`
-(comma-separated entry-point names, or empty for none) restricts which load. A plugin that
-fails to import or to register is recorded in `plugin_errors()` and shown by
-`selfinterp plugins`; it never stops the others from loading.
+(comma-separated entry-point names, or empty for none) restricts which load.
+
+A plugin's import and each of its hooks are called by the host one plugin at a time (never one
+pluggy call over all plugins): whatever that code raises, except KeyboardInterrupt, is recorded
+in `plugin_errors()` (shown by `selfinterp plugins`) and the plugin is skipped for that step; the
+others, and the host, carry on. What a plugin registers (a backend factory, an adapter, a
+command ...) runs later unguarded, like any library code the user chose to call.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ DEFAULT_PLUGINS = (
     "selfinterp_plugins.default_plugins.scorers",
     "selfinterp_plugins.default_plugins.baselines",
 )
+FAILED = object()  # what `call_hook` returns when the plugin raised (None is a legitimate answer)
 
 
 @dataclass
@@ -40,14 +45,86 @@ class Registry:
     scorers: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
-    errors: list = field(default_factory=list)
 
 
 pm = pluggy.PluginManager("selfinterp")
 pm.add_hookspecs(hookspecs)
 _loaded = False
 _registry: Registry | None = None
-_load_errors: list[dict] = []
+_errors: list[dict] = []
+
+
+# ---- failures ------------------------------------------------------------------------------
+
+
+def record_error(plugin: str, error: str, tb: str = "") -> None:
+    """Remember that `plugin` failed, for `plugin_errors()` and `selfinterp plugins`. Recorded once:
+    a hook that fails on every call (a backend lookup, the commands of each CLI run) is one failure."""
+    if any(e["plugin"] == plugin and e["error"] == error for e in _errors):
+        return
+    _errors.append({"plugin": plugin, "error": error, "traceback": tb})
+
+
+def _run_plugin_code(plugin: str, prefix: str, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, or FAILED after recording what it raised against `plugin`.
+
+    BaseException, not Exception: a plugin calling `sys.exit()` at import or in a hook must not
+    end the host. KeyboardInterrupt is the user's, so it still stops everything."""
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # a broken plugin must not break the host
+        record_error(plugin, f"{prefix}{type(err).__name__}: {err}", traceback.format_exc())
+        return FAILED
+
+
+def _call_impl(impl, hook_kwargs: dict):
+    """One hookimpl called as pluggy would: its declared arguments, picked from the hook's."""
+    args = [hook_kwargs[name] for name in impl.argnames]
+    kwargs = {name: hook_kwargs[name] for name in impl.kwargnames if name in hook_kwargs}
+    return impl.function(*args, **kwargs)
+
+
+def call_hook(hook_name: str, impl, **hook_kwargs):
+    """Call one plugin's implementation of a hook; its result, or FAILED (recorded) if it raised."""
+    return _run_plugin_code(impl.plugin_name, f"{hook_name} failed: ", _call_impl, impl, hook_kwargs)
+
+
+# ---- the order plugins are called in -------------------------------------------------------
+
+
+def _is_builtin(plugin) -> bool:
+    return getattr(plugin, "__name__", None) in DEFAULT_PLUGINS
+
+
+def is_builtin(name: str) -> bool:
+    """Whether the loaded plugin called `name` is one of `DEFAULT_PLUGINS`."""
+    return _is_builtin(pm.get_plugin(name))
+
+
+def _plain_impls(hook_name: str) -> list:
+    """The hook's implementations in pluggy's stored order, without hook wrappers: the host never
+    makes a pluggy hook call, so there is nothing for a wrapper to wrap."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]
+
+
+def impls_in_registration_order(hook_name: str) -> list:
+    """For hooks that claim names (register_*, register_commands): built-ins first, then the
+    other plugins in the order they were registered, ignoring tryfirst/trylast, so a plugin can
+    never take a name from a built-in, and between two plugins the first registered keeps it."""
+    position = {name: i for i, (name, _plugin) in enumerate(pm.list_name_plugin())}
+    return sorted(_plain_impls(hook_name), key=lambda impl: (not _is_builtin(impl.plugin), position[impl.plugin_name]))
+
+
+def impls_in_call_order(hook_name: str) -> list:
+    """The order a pluggy call would use (tryfirst first, then the last registered first,
+    trylast last), for hooks where a plugin may legitimately choose to be asked first."""
+    return list(reversed(_plain_impls(hook_name)))
+
+
+# ---- loading -------------------------------------------------------------------------------
 
 
 def _load_plugins() -> None:
@@ -64,11 +141,11 @@ def _load_plugins() -> None:
             continue
         if pm.get_plugin(entry_point.name) is not None:
             continue
-        try:
-            pm.register(entry_point.load(), name=entry_point.name)
-        except Exception as err:  # a broken plugin must not break the host
-            _load_errors.append({"plugin": entry_point.name, "error": f"{type(err).__name__}: {err}",
-                                 "traceback": traceback.format_exc()})
+        _run_plugin_code(entry_point.name, "", _load_entry_point, entry_point)
+
+
+def _load_entry_point(entry_point) -> None:
+    pm.register(entry_point.load(), name=entry_point.name)
 
 
 def require(module: str, extra: str) -> None:
@@ -81,22 +158,19 @@ def require(module: str, extra: str) -> None:
         raise ImportError(f"{module} is not installed; pip install 'selfinterp-plugins[{extra}]'")
 
 
-def _collect(hook_name: str, registry: Registry, store: dict, key_of) -> None:
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():
-        plugin_name = impl.plugin_name
+def _collect(hook_name: str, store: dict, key_of) -> None:
+    """Call each plugin's `hook_name(register)`; what it registers goes in `store` as (plugin, value).
+    A name already in `store` stays with its first owner and the later plugin is reported."""
+    for impl in impls_in_registration_order(hook_name):
 
-        def register(*args, _plugin=plugin_name):
+        def register(*args, _plugin=impl.plugin_name):
             name, value = key_of(*args)
             if name in store:
-                registry.errors.append({"plugin": _plugin, "error": f"{hook_name}: {name!r} is already registered by {store[name][0]}"})
+                record_error(_plugin, f"{hook_name}: {name!r} is already registered by {store[name][0]}; kept that one")
                 return
             store[name] = (_plugin, value)
 
-        try:
-            impl.function(register)
-        except Exception as err:
-            registry.errors.append({"plugin": plugin_name, "error": f"{hook_name} failed: {type(err).__name__}: {err}"})
+        call_hook(hook_name, impl, register=register)
 
 
 def registry() -> Registry:
@@ -105,12 +179,12 @@ def registry() -> Registry:
     if _registry is None:
         _load_plugins()
         reg = Registry()
-        _collect("register_backends", reg, reg.backends, lambda name, factory: (name, factory))
-        _collect("register_adapters", reg, reg.adapters, lambda cls: (cls.kind, cls))
-        _collect("register_vector_sources", reg, reg.vector_sources, lambda name, fn: (name, fn))
-        _collect("register_scorers", reg, reg.scorers, lambda name, fn: (name, fn))
-        _collect("register_tasks", reg, reg.tasks, lambda name, task: (name, task))
-        _collect("register_baselines", reg, reg.baselines, lambda baseline: (baseline.name, baseline))
+        _collect("register_backends", reg.backends, lambda name, factory: (name, factory))
+        _collect("register_adapters", reg.adapters, lambda cls: (cls.kind, cls))
+        _collect("register_vector_sources", reg.vector_sources, lambda name, fn: (name, fn))
+        _collect("register_scorers", reg.scorers, lambda name, fn: (name, fn))
+        _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
+        _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
         _registry = reg
     return _registry
 
@@ -120,13 +194,14 @@ def reset() -> None:
     global _loaded, _registry
     for name, _plugin in list(pm.list_name_plugin()):
         pm.unregister(name=name)
-    _load_errors.clear()
+    _errors.clear()
     _loaded, _registry = False, None
 
 
 def plugin_errors() -> list[dict]:
+    """Every plugin failure so far: {"plugin", "error", "traceback"}, in the order they happened."""
     registry()
-    return list(_load_errors) + list(_registry.errors)
+    return list(_errors)
 
 
 def list_plugins() -> list[dict]:
@@ -137,6 +212,9 @@ def list_plugins() -> list[dict]:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         out.append({"name": name, "hooks": hooks})
     return out
+
+
+# ---- lookups -------------------------------------------------------------------------------
 
 
 def _lookup(store: dict, kind: str, name: str):
@@ -166,6 +244,17 @@ def get_backend_factory(name: str):
     return _lookup(registry().backends, "backend", name)
 
 
+def _backend_name_for(model, options: dict):
+    """The first non-None answer to `backend_for_model`, asking plugins one by one in pluggy's
+    order (third-party before the trylast `hf`); one that raises is recorded and skipped, so a
+    plugin's bug cannot hide the backends the others offer."""
+    for impl in impls_in_call_order("backend_for_model"):
+        name = call_hook("backend_for_model", impl, model=model, options=options)
+        if name is not FAILED and name is not None:
+            return name
+    return None
+
+
 def backend_for(model, tokenizer=None, backend: str | None = None, **options):
     """The backend that runs `model`: the one named, or the first plugin that recognises it.
 
@@ -176,7 +265,7 @@ def backend_for(model, tokenizer=None, backend: str | None = None, **options):
     if isinstance(model, Backend):
         return model
     registry()
-    name = backend or pm.hook.backend_for_model(model=model, options=options)
+    name = backend or _backend_name_for(model, options)
     if name is None:
         raise BackendError(
             f"No installed backend can run a {type(model).__name__}; pass a transformers causal LM, or install the "

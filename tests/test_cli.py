@@ -41,7 +41,7 @@ def _cli(*argv):
 
 
 def test_plugins_subprocess_prints_json():
-    result = _cli("plugins")
+    result = _cli("plugins", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert "hf" in report["backends"]
@@ -63,7 +63,7 @@ def test_user_error_subprocess_exits_2_without_traceback(tmp_path):
 
 
 def test_plugins_in_process(capsys):
-    code, out, err = run(capsys, "plugins")
+    code, out, err = run(capsys, "plugins", "--json")
     assert code == 0
     report = json.loads(out)
     assert "hf" in report["backends"]
@@ -82,11 +82,50 @@ def test_plugins_lists_broken_plugin_without_traceback(capsys, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [Broken()])
     monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
     plugins.reset()
-    code, out, _ = run(capsys, "plugins")
+    code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     report = json.loads(out)
     assert report["errors"] == [{"plugin": "broken_plugin", "error": "ImportError: needs nnsight"}]
     assert "hf" in report["backends"]
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert out.endswith("Failures (1):\n  broken_plugin: ImportError: needs nnsight\n")
+    assert "Traceback" not in out
+
+
+def test_plugins_json_keeps_its_keys(capsys):
+    code, out, _ = run(capsys, "plugins", "--json")
+    assert code == 0
+    assert list(json.loads(out)) == ["plugins", "backends", "adapters", "vector_sources", "scorers", "tasks",
+                                     "baselines", "errors"]
+
+
+def test_plugins_prints_a_table(capsys, monkeypatch):
+    """Plugins with their hooks, then the names per kind, then the failures, one line each."""
+    import importlib.metadata
+
+    class Broken:
+        name = "broken_plugin"
+
+        def load(self):
+            raise RuntimeError("first line\n  second line")
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [Broken()])
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    plugins.reset()
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    blocks = out.rstrip("\n").split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == ["Plugins and their hooks:", "Registered:", "Failures (1):"]
+    rows = {line.split()[0]: line for line in blocks[0].splitlines()[1:]}
+    assert rows["hf_backend"].endswith("(built-in)  backend_for_model, register_backends")
+    assert rows["adapters"].endswith("register_adapters")
+    kinds = dict(line.strip().split("  ", 1) for line in blocks[1].splitlines()[1:])
+    kinds = {title: names.strip().split(", ") for title, names in kinds.items()}
+    assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines"]
+    assert "hf" in kinds["backends"] and "scalar_affine" in kinds["adapter kinds"]
+    assert {"exact_match", "recall_at_k"} <= set(kinds["scorers"]) and kinds["tasks"] == ["-"]
+    assert blocks[2].splitlines()[1:] == ["  broken_plugin: RuntimeError: first line second line"]
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,13 @@ and SELFINTERP_PLUGINS."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import types
-
 import pytest
+from plugin_fakes import FakeEntryPoint, install_entry_points, module
 
 from selfinterp_plugins import plugins
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, Adapter, RawVector, ScalarAffine
 from selfinterp_plugins.backends import Backend, HFBackend
 from selfinterp_plugins.errors import BackendError, UnknownNameError
-from selfinterp_plugins.hookspecs import hookimpl
 
 SIX_KINDS = {"scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"}
 
@@ -25,32 +22,6 @@ def fresh_plugins(monkeypatch):
     plugins.reset()
     yield
     plugins.reset()
-
-
-class FakeEntryPoint:
-    def __init__(self, name, load):
-        self.name = name
-        self._load = load
-        self.loaded = 0
-
-    def load(self):
-        self.loaded += 1
-        return self._load()
-
-
-def install_entry_points(monkeypatch, *entry_points):
-    def fake(group=None, **kwargs):
-        assert group == plugins.ENTRY_POINT_GROUP
-        return list(entry_points)
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
-
-
-def module(name, **functions):
-    mod = types.ModuleType(name)
-    for key, fn in functions.items():
-        setattr(mod, key, hookimpl(fn) if not key.startswith("_") else fn)
-    return mod
 
 
 def _raise_import_error():

@@ -35,7 +35,7 @@ def _run(*cmd, cwd=None) -> str:
 
 
 def _plugins(venv: Path) -> dict:
-    return json.loads(_run(venv / "bin" / "selfinterp", "plugins"))
+    return json.loads(_run(venv / "bin" / "selfinterp", "plugins", "--json"))
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_each_extra_alone_makes_its_plugin_appear(core_venv, wheel, extra, tmp_p
     shutil.copytree(core_venv, venv, symlinks=True)
     python = venv / "bin" / "python"
     _run(python, "-m", "pip", "install", "-q", f"{wheel}[{extra}]")
-    report = json.loads(_run(python, "-c", "from selfinterp_plugins.cli import main; main()", "plugins"))
+    report = json.loads(_run(python, "-c", "from selfinterp_plugins.cli import main; main()", "plugins", "--json"))
     names = {p["name"] for p in report["plugins"]}
     errors = {e["plugin"]: e["error"] for e in report["errors"]}
     assert EXTRAS[extra] in names and EXTRAS[extra] not in errors, report
@@ -120,8 +120,8 @@ def test_broken_third_party_plugin_installed_through_an_entry_point(core_venv, t
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.0.1\n")
         (info / "entry_points.txt").write_text(f"[selfinterp]\n{name} = {module}\n")
     env_path = str(site)
-    result = subprocess.run([core_venv / "bin" / "selfinterp", "plugins"], capture_output=True, text=True, timeout=300,
-                            env=dict(ENV, PYTHONPATH=env_path))
+    result = subprocess.run([core_venv / "bin" / "selfinterp", "plugins", "--json"], capture_output=True, text=True,
+                            timeout=300, env=dict(ENV, PYTHONPATH=env_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     errors = {e["plugin"]: e["error"] for e in report["errors"]}
