@@ -55,6 +55,13 @@ class Adapter(nn.Module):
         super().__init__()
         self.config = config
 
+    def __init_subclass__(cls, **kwargs):
+        """Refuse, where the kind is written, a `math` that is not a staticmethod: as a method it
+        would receive the adapter itself, which cannot travel with a remote request."""
+        super().__init_subclass__(**kwargs)
+        if "math" in cls.__dict__ and not isinstance(cls.__dict__["math"], staticmethod):
+            raise TypeError(f"{cls.__name__}.math must be a @staticmethod math(params, x, scale=None).")
+
     @staticmethod
     def math(params: dict[str, torch.Tensor], x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Soft tokens (..., d_model) from vectors x (..., d_model): the kind's whole computation.

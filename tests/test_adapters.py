@@ -108,12 +108,18 @@ def test_forward_is_the_kinds_pure_math(kind):
         assert all(p.grad is not None for p in adapter.parameters() if p.requires_grad)
 
 
-def test_a_kind_without_math_says_how_to_write_it():
+def test_a_kind_without_math_or_with_a_method_says_how_to_write_it():
     class NoMath(Adapter):
         kind = "no_math"
 
     with pytest.raises(NotImplementedError, match="staticmethod"):
         NoMath(AdapterConfig("no_math", D))(torch.randn(2, D))
+    with pytest.raises(TypeError, match=r"MethodMath.math must be a @staticmethod"):
+        class MethodMath(Adapter):
+            kind = "method_math"
+
+            def math(self, params, x, scale=None):
+                return x
 
 
 @pytest.mark.parametrize("kind", ["scalar_affine", "full_rank", "scalar_affine_plus_low_rank"])
