@@ -5,7 +5,7 @@ Public API; everything not listed here may change.
 
 __version__ = "0.1.0"
 
-from .adapters import Adapter, AdapterConfig, make_adapter  # noqa: E402
+from .adapters import Adapter, AdapterConfig, LowRankConfig, make_adapter  # noqa: E402
 from .backends import Backend, HFBackend, Sampling  # noqa: E402
 from .datasets import VectorLabelDataset  # noqa: E402
 from .errors import (  # noqa: E402
@@ -17,6 +17,7 @@ from .errors import (  # noqa: E402
     SelfInterpError,
     TemplateError,
     UnknownNameError,
+    UnsupportedInitError,
     VectorError,
 )
 from .explainer import Explainer  # noqa: E402
@@ -27,7 +28,7 @@ from .training import TrainConfig  # noqa: E402
 
 __all__ = [
     "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
-    "LabelError", "ModelLoadError", "ModelMismatchError", "PromptTemplate", "Sampling", "SelfInterpError",
-    "Site", "TemplateError", "TrainConfig", "UnknownNameError", "VectorError", "VectorLabelDataset",
-    "hookimpl", "make_adapter",
+    "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "PromptTemplate", "Sampling",
+    "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
+    "VectorError", "VectorLabelDataset", "hookimpl", "make_adapter",
 ]

@@ -6,82 +6,76 @@ logs, biases start at zero. At evaluation time a scale s is applied *before* the
 with the adapter's own normalisation off: soft = adapter_without_norm(s · x̂). With s = 1
 this is exactly the training-time map, so `adapter(x)` and `adapter(x, scale=1.0)` agree.
 
-Adapters are saved as safetensors + a JSON config (`AdapterConfig`), never pickled.
-`ridge_init` gives the linear adapters a closed-form start from training data: the map
-from vectors to the input embeddings of their labels' first tokens. On a 135M model that
-start is what makes training succeed (see docs/results.md).
+Each kind owns its math as one pure function, `Kind.math(params, x, scale)`: the adapter's
+tensors by name, the vectors and the optional scales in, soft tokens out. `Adapter.forward` calls
+it, and so does every backend that runs the adapter itself (nnsight runs it inside its traced
+request, on NDIF too), so a kind is computed the same everywhere and no backend knows any kind.
+
+Each kind also names its config dataclass (`config_class`, see adapter_configs.py), as PEFT
+does. Adapters are saved as safetensors + that config as JSON, never pickled. `ridge_init` gives
+the linear adapters a closed-form start from training data: the map from vectors to the input
+embeddings of their labels' first tokens. On a 135M model that start is what makes training
+succeed (see docs/results.md); a kind without one says so (`UnsupportedInitError`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-from .errors import ArtifactError, UnknownNameError, VectorError
+from .adapter_configs import AdapterConfig, LowRankConfig, adapter_class
+from .errors import UnsupportedInitError, VectorError
 
 EPS = 1e-8
 
 
-@dataclass
-class AdapterConfig:
-    """Shape and initialisation of an adapter; saved next to its weights as JSON."""
-
-    kind: str
-    d_model: int
-    init_scale: float = 5.0
-    rank: int = 64
-    low_rank_init_factor: float = 0.01
-
-    #: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
-    #: in a config file is corruption, and a full-rank adapter of it would exhaust memory
-    MAX_D_MODEL = 65536
-
-    def __post_init__(self):
-        if not isinstance(self.kind, str) or not self.kind:
-            raise ArtifactError(f"Adapter kind must be a name such as 'scalar_affine', got {self.kind!r}; fix the config.")
-        for name in ("d_model", "rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= self.MAX_D_MODEL:
-                raise ArtifactError(f"Adapter {name} must be an integer in 1..{self.MAX_D_MODEL}, got {value!r}; fix the config.")
-        for name in ("init_scale", "low_rank_init_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ArtifactError(f"Adapter {name} must be a positive number, got {value!r}; fix the config.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "AdapterConfig":
-        if not isinstance(data, dict):
-            raise ArtifactError(f"Adapter config must be a JSON object, got {type(data).__name__}; re-save the explainer.")
-        known = {f.name for f in fields(cls)}
-        missing = {"kind", "d_model"} - set(data)
-        if missing:
-            raise ArtifactError(
-                f"Adapter config lacks {sorted(missing)}; re-save the explainer with save_pretrained()."
-            )
-        return cls(**{k: v for k, v in data.items() if k in known})
+def normalize(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x / (‖x‖ + 1e-8) along the last dimension, as the reference code does; then times `scale`
+    if given (a 0-d tensor, or one value per row). The first step of every normalising kind's math."""
+    return scaled(x / (x.norm(dim=-1, keepdim=True) + EPS), scale)
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """x / (‖x‖ + 1e-8) along the last dimension, as the reference code does."""
-    return x / (x.norm(dim=-1, keepdim=True) + EPS)
+def scaled(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """x times the evaluation-time scale: one number, or one per row (a 1-d tensor)."""
+    if scale is None:
+        return x
+    return x * (scale.unsqueeze(-1) if scale.dim() == 1 else scale)
 
 
 class Adapter(nn.Module):
-    """Base class. Subclasses implement `project(x̂)` on already normalised (and scaled) input."""
+    """Base class. A kind sets `kind`, builds its parameters in `__init__`, and defines `math`."""
 
     kind: str = ""
-    #: parameter names `ridge_init` may set (subclasses list what their closed form fits)
-    trainable: tuple[str, ...] = ()
+    #: the dataclass this kind's config is (a subclass of AdapterConfig for kinds with options)
+    config_class: type[AdapterConfig] = AdapterConfig
 
     def __init__(self, config: AdapterConfig):
         super().__init__()
         self.config = config
+
+    def __init_subclass__(cls, **kwargs):
+        """Refuse, where the kind is written, a `math` that is not a staticmethod: as a method it
+        would receive the adapter itself, which cannot travel with a remote request."""
+        super().__init_subclass__(**kwargs)
+        if "math" in cls.__dict__ and not isinstance(cls.__dict__["math"], staticmethod):
+            raise TypeError(f"{cls.__name__}.math must be a @staticmethod math(params, x, scale=None).")
+
+    @staticmethod
+    def math(params: dict[str, torch.Tensor], x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Soft tokens (..., d_model) from vectors x (..., d_model): the kind's whole computation.
+
+        `params` are the adapter's tensors by name (`tensors()`), `scale` the evaluation-time s
+        (None, a 0-d tensor or one per row). A pure function of torch only, defined as a
+        staticmethod: backends ship it to where the model runs (nnsight sends it by value to NDIF),
+        so it may call torch and functions of its own module or of this one (`normalize`), nothing
+        else. Normalising kinds start with `normalize(x, scale)`."""
+        raise NotImplementedError("An adapter kind must define math(params, x, scale) as a staticmethod.")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's parameters and buffers by name: what `math` reads."""
+        return {**dict(self.named_buffers()), **dict(self.named_parameters())}
 
     @property
     def d_model(self) -> int:
@@ -90,22 +84,16 @@ class Adapter(nn.Module):
     def forward(self, x: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """Map vectors (..., d_model) to soft tokens; `scale` is the evaluation-time s of §1."""
         check_vectors(x, self.d_model)
-        x_hat = normalize(x.to(self.param_dtype))
+        x = x.to(self.param_dtype)
         if scale is not None:
-            s = torch.as_tensor(scale, dtype=x_hat.dtype, device=x_hat.device)
-            if s.dim() == 1:
-                s = s.unsqueeze(-1)
-            x_hat = x_hat * s
-        return self.project(x_hat)
+            scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+        return self.math(self.tensors(), x, scale)
 
     @property
     def param_dtype(self) -> torch.dtype:
         for p in self.parameters():
             return p.dtype
         return torch.float32
-
-    def project(self, x_hat: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -115,9 +103,10 @@ class Adapter(nn.Module):
         """Set the adapter to the least-squares map from normalised vectors to `targets`.
 
         `targets` are usually the input embeddings of each label's first token. Each kind fits
-        what it can express (a scalar and a bias, a rank-r map, a full matrix).
-        """
-        raise NotImplementedError(f"{self.kind} has no closed-form initialisation")
+        what it can express (a scalar and a bias, a rank-r map, a full matrix); a kind without a
+        closed form keeps this default, which tells the user to start from the kind's own init."""
+        raise UnsupportedInitError(f"Adapter kind {self.kind!r} has no ridge initialisation; train it with "
+                                   "init='paper' (selfinterp train --init paper).")
 
 
 def check_vectors(x: torch.Tensor, d_model: int) -> None:
@@ -150,33 +139,15 @@ class ScaleOnly(Adapter):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def project(self, x_hat):
-        return self.scale * x_hat
+    @staticmethod
+    def math(params, x, scale=None):
+        return params["log_scale"].exp() * normalize(x, scale)
 
     @torch.no_grad()
     def ridge_init(self, vectors, targets, ridge=1.0):
         x_hat = normalize(vectors.float())
         s = (x_hat * targets.float()).sum() / ((x_hat * x_hat).sum() + ridge)
         self.log_scale.copy_(s.clamp_min(1e-3).log())
-
-
-class BiasOnly(ScaleOnly):
-    """soft = s·x̂ + b with s frozen: the paper's observation that the bias alone gives most of the gain."""
-
-    kind = "bias_only"
-
-    def __init__(self, config: AdapterConfig):
-        super().__init__(config)
-        self.log_scale.requires_grad_(False)
-        self.bias = nn.Parameter(torch.zeros(config.d_model))
-
-    def project(self, x_hat):
-        return self.scale * x_hat + self.bias
-
-    @torch.no_grad()
-    def ridge_init(self, vectors, targets, ridge=1.0):
-        x_hat = normalize(vectors.float())
-        self.bias.copy_((targets.float() - self.scale * x_hat).mean(0))
 
 
 class ScalarAffine(Adapter):
@@ -193,8 +164,9 @@ class ScalarAffine(Adapter):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def project(self, x_hat):
-        return self.scale * x_hat + self.bias
+    @staticmethod
+    def math(params, x, scale=None):
+        return params["log_scale"].exp() * normalize(x, scale) + params["bias"]
 
     @torch.no_grad()
     def ridge_init(self, vectors, targets, ridge=1.0):
@@ -204,6 +176,21 @@ class ScalarAffine(Adapter):
         s = ((xc * tc).sum() / ((xc * xc).sum() + ridge)).clamp_min(1e-3)
         self.log_scale.copy_(s.log())
         self.bias.copy_(t.mean(0) - s * x_hat.mean(0))
+
+
+class BiasOnly(ScalarAffine):
+    """soft = s·x̂ + b with s frozen: the paper's observation that the bias alone gives most of the gain."""
+
+    kind = "bias_only"
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__(config)
+        self.log_scale.requires_grad_(False)
+
+    @torch.no_grad()
+    def ridge_init(self, vectors, targets, ridge=1.0):
+        x_hat = normalize(vectors.float())
+        self.bias.copy_((targets.float() - self.scale * x_hat).mean(0))
 
 
 def ridge_fit(x: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,19 +213,18 @@ class LowRank(Adapter):
     """soft = x̂·U·Vᵀ + b (the reference's `low_rank_only`)."""
 
     kind = "low_rank"
+    config_class = LowRankConfig
 
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, config: LowRankConfig):
         super().__init__(config)
         std = config.low_rank_init_factor * config.init_scale / math.sqrt(config.rank)
         self.U = nn.Parameter(torch.randn(config.d_model, config.rank) * std)
         self.V = nn.Parameter(torch.randn(config.d_model, config.rank) * std)
         self.bias = nn.Parameter(torch.zeros(config.d_model))
 
-    def low_rank_term(self, x_hat):
-        return (x_hat @ self.U) @ self.V.T
-
-    def project(self, x_hat):
-        return self.low_rank_term(x_hat) + self.bias
+    @staticmethod
+    def math(params, x, scale=None):
+        return (normalize(x, scale) @ params["U"]) @ params["V"].T + params["bias"]
 
     @torch.no_grad()
     def _set_low_rank(self, w: torch.Tensor) -> None:
@@ -260,7 +246,7 @@ class ScalarAffinePlusLowRank(LowRank):
 
     kind = "scalar_affine_plus_low_rank"
 
-    def __init__(self, config: AdapterConfig):
+    def __init__(self, config: LowRankConfig):
         super().__init__(config)
         self.log_scale = nn.Parameter(torch.tensor(math.log(config.init_scale)))
 
@@ -268,8 +254,10 @@ class ScalarAffinePlusLowRank(LowRank):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
-    def project(self, x_hat):
-        return self.scale * x_hat + self.low_rank_term(x_hat) + self.bias
+    @staticmethod
+    def math(params, x, scale=None):
+        x_hat = normalize(x, scale)
+        return params["log_scale"].exp() * x_hat + (x_hat @ params["U"]) @ params["V"].T + params["bias"]
 
     @torch.no_grad()
     def ridge_init(self, vectors, targets, ridge=1.0):
@@ -292,8 +280,9 @@ class FullRank(Adapter):
         self.weight = nn.Parameter(torch.randn(config.d_model, config.d_model) * std)
         self.bias = nn.Parameter(torch.zeros(config.d_model))
 
-    def project(self, x_hat):
-        return x_hat @ self.weight.T + self.bias
+    @staticmethod
+    def math(params, x, scale=None):
+        return normalize(x, scale) @ params["weight"].T + params["bias"]
 
     @torch.no_grad()
     def ridge_init(self, vectors, targets, ridge=1.0):
@@ -308,17 +297,9 @@ class RawVector(Adapter):
 
     kind = "raw"
 
-    def forward(self, x: torch.Tensor, scale: float | torch.Tensor | None = None) -> torch.Tensor:
-        check_vectors(x, self.d_model)
-        x = x.float()
-        if scale is None:
-            return x
-        s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-        return x * (s.unsqueeze(-1) if s.dim() == 1 else s)
-
-    @torch.no_grad()
-    def ridge_init(self, vectors, targets, ridge=1.0):
-        raise ArtifactError("The raw adapter has no parameters to fit; use it untrained.")
+    @staticmethod
+    def math(params, x, scale=None):
+        return scaled(x, scale)
 
 
 BUILTIN_ADAPTERS: dict[str, type[Adapter]] = {
@@ -327,15 +308,9 @@ BUILTIN_ADAPTERS: dict[str, type[Adapter]] = {
 
 
 def make_adapter(config: AdapterConfig, registry: dict[str, type[Adapter]] | None = None) -> Adapter:
-    """Build an adapter from its config, looking its kind up in the plugin registry."""
-    if registry is None:
-        from .plugins import get_adapter_classes
-
-        registry = get_adapter_classes()
-    try:
-        cls = registry[config.kind]
-    except KeyError:
-        raise UnknownNameError(
-            f"Unknown adapter kind {config.kind!r}; choose one of: {', '.join(sorted(registry))}."
-        ) from None
+    """Build an adapter from its config, looking its kind up in the plugin registry. A config of
+    another class (say a plain AdapterConfig for a low-rank kind) is read into the kind's own."""
+    cls = adapter_class(config.kind, registry)
+    if not isinstance(config, cls.config_class):
+        config = cls.config_class.from_dict(config.to_dict())
     return cls(config)

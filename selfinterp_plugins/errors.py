@@ -30,6 +30,10 @@ class ModelMismatchError(ArtifactError):
     """An explainer was trained for a different model than the one it is being loaded onto."""
 
 
+class UnsupportedInitError(SelfInterpError):
+    """An adapter kind cannot start the way training asked (it has no closed-form ridge fit)."""
+
+
 class UnknownNameError(SelfInterpError):
     """An adapter kind, backend, scorer, vector source or plugin name is not registered."""
 

@@ -68,14 +68,15 @@ class Explainer:
         backend_options: dict | None = None,
         **adapter_options,
     ) -> "Explainer":
-        """A fresh explainer for `model`; `adapter_options` go to `AdapterConfig` (init_scale, rank)."""
+        """A fresh explainer for `model`; `adapter_options` go to the adapter kind's own config class
+        (init_scale for every kind, rank for the low-rank kinds, a plugin kind's own fields)."""
         from .plugins import backend_for
 
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
         if isinstance(template, str):
             template = PromptTemplate.named(template, backend.tokenizer)
         if not isinstance(adapter, AdapterConfig):
-            adapter = AdapterConfig(kind=adapter, d_model=backend.d_model, **adapter_options)
+            adapter = AdapterConfig.for_kind(adapter, backend.d_model, **adapter_options)
         model_id = model_id or getattr(getattr(backend.model, "config", None), "_name_or_path", None)
         return cls(backend, make_adapter(adapter), template, Site.parse(site), model_id)
 

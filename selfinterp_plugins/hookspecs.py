@@ -43,7 +43,10 @@ def backend_for_model(model, options):
 @hookspec
 def register_adapters(register):
     """Provide adapter kinds: call `register(adapter_class)` with a subclass of
-    `selfinterp_plugins.Adapter` whose `kind` attribute names it (e.g. "scalar_affine")."""
+    `selfinterp_plugins.Adapter` whose `kind` attribute names it (e.g. "scalar_affine"), whose
+    `math(params, x, scale)` staticmethod is its whole computation (every backend calls it, nnsight
+    inside its remote request), with an optional `config_class` (a subclass of `AdapterConfig`
+    holding the kind's options) and an optional `ridge_init`. docs/plugins.md has an example."""
 
 
 @hookspec

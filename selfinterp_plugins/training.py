@@ -42,7 +42,8 @@ class TrainConfig:
     warmup_steps: int = 10
     seed: int = 42
     loss_clamp: float = 100.0
-    init: str = "paper"  # "paper": the adapter's own init; "ridge": closed-form fit first
+    # "paper": the adapter's own init; "ridge": closed-form fit first (UnsupportedInitError for a kind without one)
+    init: str = "paper"
     ridge: float = 1.0
     checkpoint_every: int = 25
     max_steps: int | None = None

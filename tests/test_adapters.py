@@ -1,21 +1,27 @@
-"""Adapters (ANCHORS.md §1): shapes, normalisation, evaluation-time scale, exact formulas,
-initialisation, parameter counts, ridge initialisation, safetensors round trip, errors."""
+"""Adapters (ANCHORS.md §1): shapes, normalisation, evaluation-time scale, exact formulas, each
+kind's math as one pure function, initialisation, parameter counts, ridge initialisation, per-kind
+configs, safetensors round trip, errors."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 
 import pytest
 import torch
 
 from selfinterp_plugins.adapters import (
     BUILTIN_ADAPTERS,
+    Adapter,
     AdapterConfig,
+    LowRankConfig,
+    RawVector,
     check_vectors,
     make_adapter,
     normalize,
 )
-from selfinterp_plugins.errors import ArtifactError, UnknownNameError, VectorError
+from selfinterp_plugins.errors import ArtifactError, UnknownNameError, UnsupportedInitError, VectorError
 from selfinterp_plugins.serialization import load_safetensors, save_safetensors
 
 D = 32
@@ -24,8 +30,8 @@ KINDS = sorted(BUILTIN_ADAPTERS)
 
 
 def build(kind: str, d: int = D, **options):
-    options.setdefault("rank", RANK)
-    return make_adapter(AdapterConfig(kind=kind, d_model=d, **options), registry=BUILTIN_ADAPTERS)
+    options.setdefault("rank", RANK)  # ignored by the kinds without a rank
+    return make_adapter(AdapterConfig.for_kind(kind, d, registry=BUILTIN_ADAPTERS, **options), registry=BUILTIN_ADAPTERS)
 
 
 def perturbed(adapter):
@@ -60,18 +66,60 @@ def test_input_is_normalised(kind):
     torch.testing.assert_close(adapter(0.01 * x), adapter(x), rtol=1e-5, atol=1e-5)
 
 
+#: each kind's projection of already normalised (and scaled) input, written out independently
+PROJECTIONS = {
+    "scale_only": lambda p, z: p["log_scale"].exp() * z,
+    "bias_only": lambda p, z: p["log_scale"].exp() * z + p["bias"],
+    "scalar_affine": lambda p, z: p["log_scale"].exp() * z + p["bias"],
+    "low_rank": lambda p, z: z @ p["U"] @ p["V"].T + p["bias"],
+    "scalar_affine_plus_low_rank": lambda p, z: p["log_scale"].exp() * z + z @ p["U"] @ p["V"].T + p["bias"],
+    "full_rank": lambda p, z: z @ p["weight"].T + p["bias"],
+}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_scale_applies_before_projection_without_renormalising(kind):
     adapter = perturbed(build(kind))
+    project = PROJECTIONS[kind]
+    params = dict(adapter.named_parameters())
     x = torch.randn(4, D)
     x_hat = x / (x.norm(dim=-1, keepdim=True) + 1e-8)
     for s in (0.5, 2.0, 8.0):
-        torch.testing.assert_close(adapter(x, scale=s), adapter.project(s * x_hat), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(adapter(x, scale=s), project(params, s * x_hat), rtol=1e-5, atol=1e-6)
     # s = 1 is exactly the training-time map
     torch.testing.assert_close(adapter(x, scale=1.0), adapter(x), rtol=0, atol=0)
     # one scale per row
     scales = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    torch.testing.assert_close(adapter(x, scale=scales), adapter.project(scales[:, None] * x_hat), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(adapter(x, scale=scales), project(params, scales[:, None] * x_hat), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS + ["raw"])
+def test_forward_is_the_kinds_pure_math(kind):
+    """`Kind.math(params, x, scale)` is a staticmethod (a plain function a backend can ship) that
+    forward calls: the same numbers, and gradients flow to the parameters through it."""
+    cls = BUILTIN_ADAPTERS.get(kind, RawVector)
+    assert isinstance(inspect.getattr_static(cls, "math"), staticmethod)
+    adapter = perturbed(build(kind)) if kind != "raw" else RawVector(AdapterConfig("raw", D))
+    x = torch.randn(3, D) * 4
+    for scale in (None, torch.tensor(2.5), torch.tensor([0.5, 1.0, 3.0])):
+        assert torch.equal(adapter(x, scale=scale), cls.math(adapter.tensors(), x, scale))
+    if kind != "raw":
+        cls.math(adapter.tensors(), x).sum().backward()
+        assert all(p.grad is not None for p in adapter.parameters() if p.requires_grad)
+
+
+def test_a_kind_without_math_or_with_a_method_says_how_to_write_it():
+    class NoMath(Adapter):
+        kind = "no_math"
+
+    with pytest.raises(NotImplementedError, match="staticmethod"):
+        NoMath(AdapterConfig("no_math", D))(torch.randn(2, D))
+    with pytest.raises(TypeError, match=r"MethodMath.math must be a @staticmethod"):
+        class MethodMath(Adapter):
+            kind = "method_math"
+
+            def math(self, params, x, scale=None):
+                return x
 
 
 @pytest.mark.parametrize("kind", ["scalar_affine", "full_rank", "scalar_affine_plus_low_rank"])
@@ -279,11 +327,60 @@ def test_safetensors_round_trip_gives_identical_outputs(kind, tmp_path):
 
 
 def test_adapter_config_from_dict():
-    config = AdapterConfig(kind="low_rank", d_model=8, init_scale=3.0, rank=2)
-    data = dict(config.to_dict(), unknown_future_field=1)
-    assert AdapterConfig.from_dict(data) == config
+    config = AdapterConfig.for_kind("low_rank", 8, init_scale=3.0, rank=2)
+    assert type(config) is LowRankConfig and config == LowRankConfig("low_rank", 8, 3.0, rank=2)
+    assert AdapterConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ArtifactError, match="d_model"):
         AdapterConfig.from_dict({"kind": "low_rank"})
+    with pytest.raises(UnknownNameError, match="no_such_kind"):
+        AdapterConfig.from_dict({"kind": "no_such_kind", "d_model": 8})
+
+
+# ---- per-kind configs ----------------------------------------------------------------------
+
+
+def test_only_the_low_rank_kinds_carry_a_rank():
+    for kind in KINDS + ["raw"]:
+        config = AdapterConfig.for_kind(kind, D)
+        low_rank = kind in ("low_rank", "scalar_affine_plus_low_rank")
+        assert type(config) is (LowRankConfig if low_rank else AdapterConfig)
+        assert ("rank" in config.to_dict()) == low_rank
+        assert ("low_rank_init_factor" in config.to_dict()) == low_rank
+
+
+def test_a_config_file_of_the_single_config_class_still_loads_without_a_warning():
+    """Before per-kind configs every file held rank and low_rank_init_factor, whatever the kind."""
+    old = {"kind": "scalar_affine", "d_model": D, "init_scale": 3.0, "rank": 64, "low_rank_init_factor": 0.01}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = AdapterConfig.from_dict(old)
+        low = AdapterConfig.from_dict(dict(old, kind="low_rank", rank=4))
+    assert config == AdapterConfig("scalar_affine", D, 3.0) and type(config) is AdapterConfig
+    assert low == LowRankConfig("low_rank", D, 3.0, rank=4)
+
+
+def test_an_unknown_key_is_ignored_with_a_warning_naming_it_and_the_kind():
+    data = dict(AdapterConfig("full_rank", D).to_dict(), hidden=64)
+    with pytest.warns(UserWarning, match="'hidden'") as caught:
+        config = AdapterConfig.from_dict(data)
+    assert "'full_rank'" in str(caught[0].message)
+    assert config == AdapterConfig("full_rank", D)
+
+
+def test_an_unknown_option_in_code_is_refused_with_the_kinds_options():
+    with pytest.raises(UnknownNameError, match=r"'full_rank' has no option\(s\) \['hidden'\].*init_scale"):
+        AdapterConfig.for_kind("full_rank", D, hidden=64)
+    assert AdapterConfig.for_kind("scalar_affine", D, rank=4) == AdapterConfig("scalar_affine", D)  # as before
+
+
+def test_a_plain_config_for_a_low_rank_kind_becomes_its_own():
+    adapter = make_adapter(AdapterConfig("low_rank", D), registry=BUILTIN_ADAPTERS)
+    assert type(adapter.config) is LowRankConfig and adapter.U.shape == (D, 64)
+
+
+def test_a_kind_without_a_ridge_start_says_to_use_the_paper_init():
+    with pytest.raises(UnsupportedInitError, match="'raw' has no ridge initialisation; train it with init='paper'"):
+        RawVector(AdapterConfig("raw", D)).ridge_init(torch.randn(4, D), torch.randn(4, D))
 
 
 # ---- errors --------------------------------------------------------------------------------

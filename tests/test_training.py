@@ -265,7 +265,7 @@ def test_default_lr_depends_on_adapter_size():
 
     small = {"scale_only", "bias_only", "scalar_affine"}
     for kind in ("scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"):
-        adapter = make_adapter(AdapterConfig(kind=kind, d_model=64, rank=4))
+        adapter = make_adapter(AdapterConfig.for_kind(kind, 64, rank=4))
         assert default_lr(adapter) == (1e-2 if kind in small else 1e-3)
 
 

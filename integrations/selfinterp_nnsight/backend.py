@@ -1,11 +1,13 @@
 """The `nnsight` backend: explainers on nnsight models, here or on NDIF (`remote=True`).
 
 Every verb is one nnsight request (a `trace`, or a `generate` for labels), several vectors per
-request. The adapter itself runs inside the intervention: the request carries the vectors and the
-adapter's own tensors (d_model + 1 floats for scalar affine), never soft tokens or the model, and
-training computes the loss *and* the adapter's gradients next to the model, so only a scalar and
-the gradients come back (see `loss`). The code inside the `with` blocks therefore uses plain torch
-only, with no call into this package: NDIF runs it without selfinterp installed.
+request. The adapter itself runs inside the intervention: the request carries the vectors, the
+adapter's own tensors (d_model + 1 floats for scalar affine) and its kind's `math` function, never
+soft tokens or the model, and training computes the loss *and* the adapter's gradients next to the
+model, so only a scalar and the gradients come back (see `loss`). This backend knows no adapter
+kind: it calls whatever `math` the adapter's class defines, the function `Adapter.forward` calls.
+Otherwise the code inside the `with` blocks is plain torch; the kind's function travels by value
+(its source, `remote.code_by_value`), so NDIF runs it all without selfinterp installed.
 
 `remote` is False (run here), True (NDIF; needs an API key), "local" (nnsight serialises the
 request exactly as for NDIF, deserialises it with this package hidden, and runs it here: the
@@ -22,12 +24,11 @@ import contextlib
 
 import torch
 
-from selfinterp_plugins.adapters import BUILTIN_ADAPTERS
 from selfinterp_plugins.backends.base import AdapterInput, Backend, Sampling, capture_batch, decode
 from selfinterp_plugins.backends.hf import find_blocks
 from selfinterp_plugins.errors import BackendError
 
-from .remote import RetryPolicy, check_api_key, with_retries
+from .remote import RetryPolicy, check_api_key, code_by_value, with_retries
 
 IGNORE = -100
 
@@ -159,22 +160,21 @@ class NNsightBackend(Backend):
     # ---- the request every verb shares ----------------------------------------------------
 
     def _tensors(self, soft, want_grad: bool) -> tuple[dict, list[str], torch.Tensor | None]:
-        """What travels: vectors (+ scales) and the adapter's parameters, or soft tokens.
+        """What travels: the vectors (+ scales), the adapter's tensors and its kind's `math`, or soft
+        tokens when the caller passed soft tokens.
 
-        Returns the tensors, the names whose gradients to compute, and the local soft tokens to
-        chain gradients back through (only for adapter kinds the traced code does not know)."""
-        if isinstance(soft, AdapterInput) and type(soft.adapter) in BUILTIN_ADAPTERS.values():
+        Returns the request's inputs, the names of the adapter tensors whose gradients to compute,
+        and the local soft tokens to chain gradients back through (when soft tokens travel)."""
+        if isinstance(soft, AdapterInput):
             adapter = soft.adapter
-            tensors = {name: p.detach().requires_grad_(want_grad and p.requires_grad)
-                       for name, p in adapter.named_parameters()}
-            tensors["vectors"] = soft.vectors.detach().to(adapter.param_dtype).cpu()
-            if soft.scales is not None:
-                tensors["scales"] = soft.scales.to(adapter.param_dtype).cpu()
-            names = [n for n, p in adapter.named_parameters() if want_grad and p.requires_grad]
-            return tensors, names, None
-        local = soft.soft() if isinstance(soft, AdapterInput) else soft
-        shipped = local.detach().requires_grad_(want_grad and local.requires_grad)
-        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), local
+            params = {name: t.detach().requires_grad_(want_grad and t.requires_grad)
+                      for name, t in adapter.tensors().items()}
+            scales = None if soft.scales is None else soft.scales.to(adapter.param_dtype).cpu()
+            inputs = {"math": type(adapter).math, "params": params, "scales": scales,
+                      "vectors": soft.vectors.detach().to(adapter.param_dtype).cpu()}
+            return inputs, [n for n, t in params.items() if t.requires_grad], None
+        shipped = soft.detach().requires_grad_(want_grad and soft.requires_grad)
+        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), soft
 
     def _request(self, want: str, input_ids, tensors, mask, site, extra: dict):
         """Inject at `site` and return what `want` asks for: "logits", "loss" (loss, gradients)
@@ -188,24 +188,16 @@ class NNsightBackend(Backend):
         gold = extra.pop("gold", None)
         clamp = float(extra.pop("clamp", 100.0))
         remote = self.remote
-        # nnsight finds the block from the line that opens the tracer, so both open here
-        with (lm.generate if want == "generate" else lm.trace)(input_ids, remote=remote, **extra) as tracer:
-            if "soft" in tensors:
+        adapter_math = tensors.get("math")
+        params = tensors.get("params", {})
+        # remote: nnsight ships the kind's math by value, with the helpers it calls (see remote.py)
+        shipping = code_by_value(adapter_math) if remote and adapter_math is not None else contextlib.nullcontext()
+        # nnsight finds the block from the line that opens the tracer, so everything opens there
+        with shipping, (lm.generate if want == "generate" else lm.trace)(input_ids, remote=remote, **extra) as tracer:
+            if adapter_math is None:
                 soft = tensors["soft"]
-            else:
-                x = tensors["vectors"]
-                x = x / (x.norm(dim=-1, keepdim=True) + 1e-8)
-                if "scales" in tensors:
-                    x = x * tensors["scales"][:, None]
-                soft = torch.zeros_like(x)
-                if "log_scale" in tensors:
-                    soft = soft + tensors["log_scale"].exp() * x
-                if "weight" in tensors:
-                    soft = soft + x @ tensors["weight"].T
-                if "U" in tensors:
-                    soft = soft + (x @ tensors["U"]) @ tensors["V"].T
-                if "bias" in tensors:
-                    soft = soft + tensors["bias"]
+            else:  # the kind's own function, the one Adapter.forward calls
+                soft = adapter_math(params, tensors["vectors"], tensors["scales"])
             if kind == "resid_pre":
                 hidden = envoy.input
             else:
@@ -238,7 +230,8 @@ class NNsightBackend(Backend):
                                                                   ignore_index=-100, reduction="none")
                     valid = (gold != -100).float()
                     loss = ((per_token.clamp(max=clamp) * valid).sum(1) / valid.sum(1)).mean()
-                    grads = torch.autograd.grad(loss, [tensors[n] for n in grad_names]) if grad_names else ()
+                    wrt = [tensors["soft"]] if adapter_math is None else [params[n] for n in grad_names]
+                    grads = torch.autograd.grad(loss, wrt) if grad_names else ()
                     result = (loss.detach().cpu(), [g.detach().cpu() for g in grads]).save()
         return result
 
@@ -294,7 +287,7 @@ class NNsightBackend(Backend):
             "loss", input_ids, tensors, inject_mask, site, positions, prefix_len, dict(extra)))
         if not names:
             return value.to(self.device)
-        targets = [local] if local is not None else [dict(soft.adapter.named_parameters())[n] for n in names]
+        targets = [local] if local is not None else [soft.adapter.tensors()[n] for n in names]
         link = sum((t * g.to(t.device, t.dtype)).sum() for t, g in zip(targets, grads))
         return value.to(link.device) + (link - link.detach())
 

@@ -1,4 +1,5 @@
-"""Talking to NDIF: which failures are worth retrying, back-off, and the API key check.
+"""Talking to NDIF: which failures are worth retrying, back-off, the API key check, and shipping an
+adapter kind's math with a request (`code_by_value`).
 
 A remote request can fail because the network or the server hiccuped (a dropped connection, a
 timeout, a 5xx or 429 answer) or because the request itself is wrong (a bad API key, an error in
@@ -9,8 +10,10 @@ config file or `NDIF_API_KEY`); this module only checks that one exists and neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import sys
 import re
 import time
 from dataclasses import dataclass
@@ -107,3 +110,39 @@ def check_api_key() -> None:
             "No NDIF API key; set NDIF_API_KEY or call nnsight.CONFIG.set_default_api_key('<key>') "
             "(or rehearse offline with remote='local')."
         )
+
+
+#: where `normalize` and `scaled` live, the helpers a kind's math calls
+ADAPTERS_MODULE = "selfinterp_plugins.adapters"
+
+
+@contextlib.contextmanager
+def code_by_value(fn):
+    """Make the requests sent inside the block carry `fn` (an adapter kind's `math`) as code.
+
+    Why this is needed: nnsight pickles a request with cloudpickle, which writes a function of an
+    importable module as a reference (module and name) to be imported where the request runs.
+    NDIF has neither this package nor a plugin's, so a reference to `FullRank.math` fails there
+    with ModuleNotFoundError. cloudpickle writes the functions of modules registered "by value" as
+    code instead (nnsight's pickler sends their source and the globals they read), which is what
+    `nnsight.register(module)` is for. So, for one request, the module defining `fn` and this
+    package's adapters module (the helpers kinds call) are registered, then unregistered, leaving
+    cloudpickle as it was. Only what `fn` reads is sent: a few hundred bytes of source.
+
+    The kind's function is passed to the traced code as a value, rather than the traced code
+    knowing the kinds, so the math has one source, `Adapter.math`, here and on the server.
+    nnsight's own registrations (`pull_env`) are made first, so none of them is undone here.
+    """
+    import cloudpickle
+    from nnsight.ndif import pull_env
+
+    pull_env()
+    names = {fn.__module__, ADAPTERS_MODULE} - {"__main__"} - set(cloudpickle.list_registry_pickle_by_value())
+    added = [sys.modules[name] for name in sorted(names) if name in sys.modules]
+    for module in added:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in added:
+            cloudpickle.unregister_pickle_by_value(module)

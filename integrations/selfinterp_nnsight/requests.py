@@ -3,6 +3,7 @@
 `recording_requests()` wraps nnsight's own request serialiser, so with `remote="local"` (or a real
 NDIF run) every request made inside the block is kept as the exact bytes that would be sent
 (uncompressed). Tests use it to prove a request carries the adapter's tensors and not the model;
+`modules_needed` lists the modules a server must have to load one (none of this package's);
 `request_sizes` reports the sizes the docs quote.
 """
 
@@ -29,6 +30,42 @@ def recording_requests():
         yield blobs
     finally:
         RequestModel.serialize = original
+
+
+def modules_needed(blob: bytes, model) -> set[str]:
+    """The modules a server must import to load `blob` (a request from `recording_requests`, for
+    the nnsight `model`): those its classes and functions are referenced from, and those imported
+    by name. NDIF has neither this package nor a plugin's, so a request naming one fails there.
+
+    Needed because the `remote="local"` rehearsal cannot tell: it hides sys.path entries and
+    modules, but an editable install's finder (in sys.meta_path) imports the package again."""
+    import linecache
+
+    from nnsight.intervention.serialization import CustomCloudUnpickler
+    from nnsight.schema.request import RequestModel
+
+    needed: set[str] = set()
+
+    class Recording(CustomCloudUnpickler):
+        def find_class(self, module, name):
+            needed.add(module)
+            found = super().find_class(module, name)
+            if (module, name) != ("cloudpickle.cloudpickle", "subimport"):
+                return found
+
+            def subimport(module_name):  # cloudpickle's import of a module object by its name
+                needed.add(module_name)
+                return found(module_name)
+
+            return subimport
+
+    lines = dict(linecache.cache)  # deserialising puts the block's source in place of its file's
+    try:
+        RequestModel.deserialize(blob, model._remoteable_persistent_objects(), unpickler=Recording)
+    finally:
+        linecache.cache.clear()
+        linecache.cache.update(lines)
+    return needed
 
 
 def request_sizes(model, tokenizer, vectors, labels) -> dict:

@@ -101,8 +101,10 @@ def capture_batch(input_ids: list[list[int]], positions: list[int] | None, pad_i
 @dataclass
 class AdapterInput:
     """Vectors and the adapter that maps them to soft tokens, handed to a backend that runs the
-    adapter itself (`Backend.computes_adapter`): nnsight computes it inside the intervention so
-    that a remote request carries the adapter's few tensors, not soft tokens computed here."""
+    adapter itself (`Backend.computes_adapter`). Such a backend calls the kind's own function,
+    `type(adapter).math(adapter.tensors(), vectors, scales)` (what `Adapter.forward` calls), where
+    the model runs: nnsight does so inside the intervention, so that a remote request carries the
+    adapter's few tensors, not soft tokens computed here. No backend knows any adapter kind."""
 
     vectors: torch.Tensor
     adapter: object

@@ -50,7 +50,7 @@ def reference_project(kind, params, x, normalize=True):
 
 def randomised(kind, seed=0):
     """An adapter with every parameter set to random values (so no term can hide behind a zero)."""
-    adapter = make_adapter(AdapterConfig(kind=kind, d_model=D, rank=8))
+    adapter = make_adapter(AdapterConfig.for_kind(kind, D, rank=8))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapter.parameters():
@@ -75,7 +75,7 @@ def test_adapter_forward_and_eval_scale_equal_the_references(kind):
                                         ("scalar_affine_plus_low_rank", 1 + 2 * D * 8 + D), ("full_rank", D * D + D)])
 def test_parameter_counts_equal_the_references(kind, count):
     """`projection.py::num_parameters`."""
-    assert make_adapter(AdapterConfig(kind=kind, d_model=D, rank=8)).num_trainable() == count
+    assert make_adapter(AdapterConfig.for_kind(kind, D, rank=8)).num_trainable() == count
 
 
 def test_paper_init_is_the_references():
@@ -88,7 +88,7 @@ def test_paper_init_is_the_references():
     assert w.std().item() == pytest.approx(init * math.sqrt(2 / (2 * d)), rel=0.02)
     assert abs(w.mean().item()) < 0.01 and abs(torch.diagonal(w).mean().item()) < 0.1  # 5·I has diagonal mean 5
     assert torch.equal(full.bias.detach(), torch.zeros(d))
-    low = make_adapter(AdapterConfig(kind="scalar_affine_plus_low_rank", d_model=d, init_scale=init, rank=64))
+    low = make_adapter(AdapterConfig.for_kind("scalar_affine_plus_low_rank", d, init_scale=init, rank=64))
     assert low.U.detach().std().item() == pytest.approx(init * 0.01 / math.sqrt(64), rel=0.05)
     assert low.log_scale.item() == pytest.approx(math.log(init))
 

@@ -107,7 +107,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**6) |
 def test_any_adapter_config(config):
     def build():
         parsed = AdapterConfig.from_dict(config)
-        if parsed.d_model > 1024 or parsed.rank > 1024:  # valid, but too big to build in a test
+        if parsed.d_model > 1024 or getattr(parsed, "rank", 0) > 1024:  # valid, but too big to build in a test
             return parsed
         adapter = make_adapter(parsed)
         adapter(torch.randn(2, adapter.d_model))

@@ -15,13 +15,14 @@ pytest.importorskip("nnsight")
 from nnsight import LanguageModel  # noqa: E402
 
 from selfinterp_plugins import Explainer, Sampling, TrainConfig, VectorLabelDataset  # noqa: E402
-from selfinterp_plugins.adapters import AdapterConfig, ScalarAffine  # noqa: E402
+from selfinterp_plugins.adapters import AdapterConfig, ScalarAffine, normalize  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
 from selfinterp_plugins.backends.base import AdapterInput  # noqa: E402
 from selfinterp_plugins.errors import BackendError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
+from selfinterp_nnsight.requests import recording_requests  # noqa: E402
 
 ARCHS = ["llama", "gpt2", "gemma3"]
 SITES = ["embed", "resid_pre.1", "resid_post.0"]
@@ -101,25 +102,32 @@ def test_loss_and_adapter_gradients_equal_hf(pair, adapter, site):
         torch.testing.assert_close(g_ours[name], g_theirs[name], rtol=1e-4, atol=1e-6)
 
 
-def test_unknown_adapter_kinds_still_train_through_soft_tokens(pair):
-    """An adapter kind from a plugin is not known to the traced code: its soft tokens travel and
-    the gradient comes back through them."""
+class Doubled(ScalarAffine):
+    """A plugin kind changing a built-in's math only: no backend may compute it as scalar_affine."""
 
-    class Doubled(ScalarAffine):
-        kind = "doubled"
+    kind = "doubled"
 
-        def project(self, x_hat):
-            return 2 * super().project(x_hat)
+    @staticmethod
+    def math(params, x, scale=None):
+        return 2 * (params["log_scale"].exp() * normalize(x, scale) + params["bias"])
 
+
+def test_a_plugin_kind_is_computed_with_its_own_math_in_the_request(pair):
     ours, theirs = twins(pair)
-    config = AdapterConfig(kind="scalar_affine", d_model=ours.backend.d_model)
+    config = AdapterConfig(kind="doubled", d_model=ours.backend.d_model)
     ours.adapter, theirs.adapter = Doubled(config), Doubled(config)
+    with torch.no_grad():
+        ours.adapter.bias.add_(torch.randn_like(ours.adapter.bias))
     theirs.adapter.load_state_dict(ours.adapter.state_dict())
     vectors = torch.randn(4, ours.backend.d_model)
-    ours.loss(vectors, LABELS).backward()
     theirs.loss(vectors, LABELS).backward()
-    for name, g in grads(theirs).items():
-        torch.testing.assert_close(grads(ours)[name], g, rtol=1e-4, atol=1e-6)
+    for remote in (False, "local"):
+        ours.adapter.zero_grad()
+        with ours.backend.remote_mode(remote), recording_requests() as blobs:
+            ours.loss(vectors, LABELS).backward()
+        for name, g in grads(theirs).items():
+            torch.testing.assert_close(grads(ours)[name], g, rtol=1e-4, atol=1e-6)
+    assert ours.adapter.bias.detach().numpy().tobytes() in blobs[0]  # its tensors travelled, not soft tokens
 
 
 def test_generation_equals_hf_row_by_row_with_rows_stopping_early(pair):

@@ -19,11 +19,12 @@ from nnsight.intervention.backends.remote import RemoteError  # noqa: E402
 from nnsight.modeling.mixins.remotable import Remotable  # noqa: E402
 
 from selfinterp_plugins import Explainer, Sampling  # noqa: E402
+from selfinterp_plugins.adapters import BUILTIN_ADAPTERS  # noqa: E402
 from selfinterp_plugins.errors import BackendError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.serialization import read_jsonl  # noqa: E402
 from selfinterp_nnsight.remote import RemoteRequestError, RetryPolicy, is_transient  # noqa: E402
-from selfinterp_nnsight.requests import recording_requests  # noqa: E402
+from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)
@@ -92,6 +93,51 @@ def test_a_request_carries_the_adapter_and_vectors_not_the_model(lm):
         sizes[kind] = len(blobs[1])
     d = lm._module.config.hidden_size
     assert sizes["full_rank"] - sizes["scalar_affine"] >= 4 * d * d  # the matrix travels, as floats
+
+
+def _requests_of(explainer, vectors, train=True):
+    with recording_requests() as blobs:
+        explainer.explain(vectors, sampling=SAMPLING, progress=False, remote="local")
+        if train:
+            with explainer.backend.remote_mode("local"):
+                explainer.loss(vectors, ["a", "b"][: len(vectors)]).backward()
+    return blobs
+
+
+def _ours(modules):
+    return {m for m in modules if m.split(".")[0].startswith("selfinterp")}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILTIN_ADAPTERS) + ["raw"])
+def test_a_request_needs_nothing_of_this_package_on_the_server(lm, kind):
+    """Each kind's math runs inside the request and travels by value (its source): NDIF, without
+    selfinterp installed, can load every request. The registrations that make it so are undone."""
+    import cloudpickle
+
+    explainer = Explainer.create(lm, adapter=kind, template="echo")
+    blobs = _requests_of(explainer, torch.randn(2, explainer.backend.d_model), train=kind != "raw")
+    assert len(blobs) == (1 if kind == "raw" else 2)
+    for blob in blobs:
+        needed = modules_needed(blob, lm)
+        assert "torch" in needed and not _ours(needed), needed
+    assert not _ours(cloudpickle.list_registry_pickle_by_value())
+
+
+def test_without_shipping_the_math_a_request_would_name_this_package(lm, monkeypatch):
+    """Why `code_by_value` exists: cloudpickle writes a function of an installed module as a
+    reference, which NDIF cannot import (the `remote="local"` rehearsal, whose hiding an editable
+    install's import finder gets round, would not notice)."""
+    import contextlib
+
+    import selfinterp_nnsight.backend
+
+    monkeypatch.setattr(selfinterp_nnsight.backend, "code_by_value", lambda fn: contextlib.nullcontext())
+    explainer = Explainer.create(lm, adapter="scalar_affine", template="echo")
+    # the rehearsal itself passes or fails by where that finder points (another checkout's copy
+    # of the package may lack `math`); the request's bytes are what NDIF would get either way
+    with recording_requests() as blobs, contextlib.suppress(RemoteRequestError):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), sampling=SAMPLING, progress=False, remote="local")
+    assert "selfinterp_plugins.adapters" in modules_needed(blobs[0], lm)
 
 
 def test_a_model_whose_weights_are_remote(lm, tmp_path):
