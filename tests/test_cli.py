@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
+from plugin_fakes import run_cli
 
 from selfinterp_plugins import VectorLabelDataset, plugins
-from selfinterp_plugins.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +24,7 @@ def fresh_plugins():
     plugins.reset()
 
 
-def run(capsys, *argv):
-    """Run main() in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli  # main() in-process: (exit code, stdout, stderr)
 
 
 def _cli(*argv):
