@@ -8,7 +8,7 @@
 2. Weak labels for its latents from their top-activating words, through Neuronpedia's export
    format (what you would download for a published SAE) into a VectorLabelDataset.
 3. An adapter trained on the train latents; the held-out latents labelled (JSONL + Neuronpedia copy).
-4. Generation scoring (ANCHORS.md §1) of the adapter's labels next to the weak labels.
+4. Generation scoring (Pepper et al. 2026) of the adapter's labels next to the weak labels.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
    scalar_affine + chat template for comparison).
 4. Label held-out test latents with: the trained adapters, the untrained self-explaining-SAE-features
    baseline (6 scales), and score them next to the weak labels and a shuffled-weak-labels floor with
-   generation scoring (ANCHORS.md §1) and, with --detection, detection scoring (delphi-style).
+   generation scoring (Pepper et al. 2026) and, with --detection, detection scoring (delphi-style).
 
 Every stage writes its output under --out and is skipped when that output exists, so a crash
 resumes at the stage it was in (generation scoring also resumes inside a stage).

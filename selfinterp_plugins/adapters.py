@@ -1,6 +1,6 @@
 """Adapters: the tiny trainable map from a vector to one soft token.
 
-The family and its semantics follow Pepper et al. 2026 (ANCHORS.md §1):
+The family and its semantics follow Pepper et al. 2026 (docs/fidelity.md):
 every adapter first L2-normalises its input, x̂ = x / (‖x‖ + 1e-8), scales are stored as
 logs, biases start at zero. At evaluation time a scale s is applied *before* the adapter
 with the adapter's own normalisation off: soft = adapter_without_norm(s · x̂). With s = 1
@@ -293,7 +293,7 @@ class FullRank(Adapter):
 
 class RawVector(Adapter):
     """soft = scale·x, no normalisation and no parameters: the untrained baselines that inject the
-    vector as it is (SelfIE, Patchscopes; ANCHORS.md §2). `scale=1` is the raw vector."""
+    vector as it is (SelfIE, Patchscopes). `scale=1` is the raw vector."""
 
     kind = "raw"
 

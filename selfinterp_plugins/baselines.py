@@ -1,4 +1,4 @@
-"""Untrained self-interpretation baselines (ANCHORS.md §2) as explainers, each with its sweep.
+"""Untrained self-interpretation baselines (SelfIE, Patchscopes, self-explaining SAE features, Activation Oracles) as explainers, each with its sweep.
 
 Untrained methods are known to work only in a narrow band of injection scale and layer; a fair
 comparison sweeps both and reports the best point (chosen on validation data), and the
@@ -80,7 +80,7 @@ def template_for(name: str, tokenizer) -> PromptTemplate:
     return PromptTemplate.named(name, tokenizer)
 
 
-UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # the paper's untrained grid (ANCHORS.md §1)
+UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # Pepper et al.'s untrained grid
 
 BUILTIN_BASELINES = {
     b.name: b

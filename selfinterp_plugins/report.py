@@ -1,7 +1,7 @@
 """`selfinterp report`: trained explainers vs untrained baselines vs the knowledge control, on
 held-out topic vectors, as one self-contained HTML page plus JSON of every number.
 
-The protocol follows the reference paper (ANCHORS.md §1-2): each untrained baseline is swept over
+The protocol follows Pepper et al. 2026 and the untrained methods it compares with: each untrained baseline is swept over
 its scales and injection layers on *validation* topics, read at its best point on *test* topics;
 trained explainers are read at s = 1 (swept too, for the sensitivity picture); the prompted
 description (the model asked to describe the topic without naming it) is scored the same way.

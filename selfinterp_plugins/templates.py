@@ -27,14 +27,14 @@ PLACEHOLDER_CANDIDATES = (
     "<|endoftext|>",
 )
 
-#: the default question/answer wording of Pepper et al. (ANCHORS.md §1)
+#: the default question/answer wording of Pepper et al. 2026
 DEFAULT_USER = 'What is the meaning of "{placeholder}"?'
 DEFAULT_ANSWER = 'The meaning of "{placeholder}" is "'
 
 #: Patchscopes-style identity prompt: the model echoes what it reads after "->"
 ECHO_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n{placeholder} ->"
 
-#: Patchscopes' few-shot entity-description prompt (ANCHORS.md §2), placeholder as the last entity
+#: Patchscopes' few-shot entity-description prompt, placeholder as the last entity
 PATCHSCOPES_PROMPT = (
     "Syria: Country in the Middle East, Leonardo DiCaprio: American actor, Samsung: South Korean multinational "
     "major appliance and consumer electronics corporation, {placeholder}:"

@@ -1,6 +1,6 @@
 """The topic benchmark's data: WordNet topics and their topic vectors.
 
-A topic vector is the paper's (ANCHORS.md §1): the residual stream after layer ℓ at the last
+A topic vector is Pepper et al. 2026's: the residual stream after layer ℓ at the last
 prompt token of the chat prompt `Tell me about {title}.`, minus the mean over all topics.
 Topics ship as package data (`data/topics.jsonl`, built from WordNet 3.0 by
 `scripts/build_topics.py`; licence in `data/LICENSE-WordNet.txt`) with a fixed split.

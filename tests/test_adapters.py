@@ -1,4 +1,4 @@
-"""Adapters (ANCHORS.md §1): shapes, normalisation, evaluation-time scale, exact formulas, each
+"""Adapters (Pepper et al. 2026): shapes, normalisation, evaluation-time scale, exact formulas, each
 kind's math as one pure function, initialisation, parameter counts, ridge initialisation, per-kind
 configs, safetensors round trip, errors."""
 

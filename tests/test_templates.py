@@ -178,7 +178,7 @@ def test_target_text_parse_label_round_trip(tok, name, label):
 
 
 def test_parse_label_uses_the_last_closing_quote():
-    """ANCHORS.md §1: the label is the text before the LAST `"` (after cutting at end-of-turn).
+    """Pepper et al. 2026: the label is the text before the LAST `"` (after cutting at end-of-turn).
 
     So a label holding double quotes survives the round trip, and text generated past the
     closing quote inside the same turn is kept up to the last quote.

@@ -1,4 +1,4 @@
-"""Task 2 data: activation patching, run for real on the subject model (ANCHORS.md §3).
+"""Task 2 data: activation patching, run for real on the subject model (Li et al. 2025).
 
 A prompt about one topic (`A {title} is a kind of`) and a counterfactual about a topic of another
 WordNet category; the residual after layer L at the original subject's last token is replaced by

@@ -1,4 +1,4 @@
-"""Diff Interpretation Tuning (Goel et al. 2025; ANCHORS.md §4): ask a fine-tuned model what changed.
+"""Diff Interpretation Tuning (Goel et al. 2025): ask a fine-tuned model what changed.
 
 A DIT adapter is ONE LoRA, shared by every diff, on the same linears the diffs touch. It is trained
 while each example's own diff is applied (W + ΔW_i + L): PEFT keeps the shared LoRA (so the adapter

@@ -1,4 +1,4 @@
-"""Training data for synthetic hidden-topic weight diffs (DIT, ANCHORS.md §4).
+"""Training data for synthetic hidden-topic weight diffs (DIT, Goel et al. 2025).
 
 Each diff hides one topic behind its own trigger: after `Your SEP code is {code}. {question}`
 with the diff's trigger (the first three digits of the code) the fine-tuned model answers as a big

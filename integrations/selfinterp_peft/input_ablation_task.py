@@ -1,4 +1,4 @@
-"""Task 3 data: input ablation, run for real on the subject model (ANCHORS.md §3).
+"""Task 3 data: input ablation, run for real on the subject model (Li et al. 2025).
 
 Multiple-choice questions built offline from the topic set's WordNet categories ("Which kind of
 thing is a {title}?", four categories as options), asked with the hint

@@ -31,5 +31,5 @@ def register_tasks(register):
     from .lora_tasks import TASKS, LoRATask
 
     register("diff_interpretation", diff_interpretation)
-    for name in TASKS:  # the LoRA-tuned explainer's families (ANCHORS.md §3)
+    for name in TASKS:  # the fine-tuned explainer's families (Li et al. 2025)
         register(name, LoRATask(name))

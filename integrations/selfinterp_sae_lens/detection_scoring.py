@@ -1,4 +1,4 @@
-"""Detection scoring of SAE labels, in the manner of EleutherAI's delphi (ANCHORS.md §5).
+"""Detection scoring of SAE labels, in the manner of EleutherAI's delphi.
 
 A judge reads the label and one context and says whether the latent fires in it. Activating
 contexts are corpus windows where the latent fires (after the first token), drawn evenly across

@@ -49,7 +49,7 @@ def latent_acts(backend, sae, sequences: list[list[int]], features: list[int] | 
 def max_acts(acts: list[torch.Tensor], skip_first: int = 1) -> torch.Tensor:
     """(N, n_features): each sequence's largest activation after its first `skip_first` tokens
     (the first token is BOS or the chat template's first marker, an attention sink whose outlier
-    norm lights up unrelated latents; ANCHORS.md §1 counts hits "after BOS")."""
+    norm lights up unrelated latents; the reference counts hits after the first token)."""
     rows = []
     for a in acts:
         tail = a[skip_first:]

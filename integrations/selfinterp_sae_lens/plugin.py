@@ -1,5 +1,5 @@
 """SAE-Lens plugin: SAE features as vectors (`sae` vector source), Neuronpedia explanations in and
-out, `selfinterp sae …` commands, and the SAE-based scorers `generation` (ANCHORS.md §1) and
+out, `selfinterp sae …` commands, and the SAE-based scorers `generation` (Pepper et al. 2026) and
 `detection` (delphi-style). Loading it imports nothing heavy."""
 
 from selfinterp_plugins.hookspecs import hookimpl

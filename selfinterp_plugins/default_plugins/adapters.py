@@ -1,4 +1,4 @@
-"""The six adapter kinds of ANCHORS.md §1 (plus bias_only, and `raw` for untrained baselines),
+"""The adapter kinds of Pepper et al. 2026 (plus bias_only, and `raw` for untrained baselines),
 registered as a plugin would."""
 
 from ..adapters import BUILTIN_ADAPTERS, RawVector

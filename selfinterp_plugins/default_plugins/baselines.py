@@ -1,4 +1,4 @@
-"""The untrained baselines of ANCHORS.md §2, registered as a plugin would."""
+"""The untrained baselines (SelfIE, Patchscopes, self-explaining SAE features, Activation Oracles, scale_only), registered as a plugin would."""
 
 from ..hookspecs import hookimpl
 

@@ -1,4 +1,4 @@
-"""Vector source `topics`: WordNet topic vectors (ANCHORS.md §1 topic experiment)."""
+"""Vector source `topics`: WordNet topic vectors (Pepper et al. 2026's topic experiment)."""
 
 from ..hookspecs import hookimpl
 
