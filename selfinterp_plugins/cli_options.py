@@ -127,9 +127,9 @@ def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: s
     - hf: `models.load_model(model_name)` (offline for the bundled models and local directories).
     - nnsight: that transformers model wrapped in `nnsight.TransformersModel`; `remote="local"` runs
       each request through nnsight's rehearsal of the NDIF path, here. With `remote="ndif"` (or a
-      host URL) no weights load here: `TransformersModel(hub id)` holds meta tensors, its config and
-      tokenizer come from the hub (or the hub cache), and the weights used are NDIF's. Aliases of
-      the bundled models are sent as their hub ids.
+      host URL) no weights load here: `TransformersModel(hub id)` holds meta tensors, its config
+      comes from the hub (or the hub cache), its tokenizer from `models.load_tokenizer`, and the
+      weights used are NDIF's. Aliases of the bundled models are sent as their hub ids.
     - transformer_lens: a `TransformerBridge` around the loaded transformers model
       (`boot_transformers(..., hf_model=, tokenizer=)`, offline for any model `load_model` loads).
       The backend gets the model's own tokenizer, not TransformerLens's copy (which always
@@ -158,19 +158,19 @@ def _nnsight_model(model_name: str, remote: bool | str):
     """An nnsight model: around the weights loaded here, or (NDIF) meta tensors named by hub id."""
     from nnsight import TransformersModel
 
-    from .models import hub_id, load_model
+    from .models import hub_id, load_model, load_tokenizer
 
     if remote is False or remote == "local":
         model, tokenizer = load_model(model_name)
         return TransformersModel(model, tokenizer=tokenizer, task="text-generation")
-    name = hub_id(model_name)
+    name, tokenizer = hub_id(model_name), load_tokenizer(model_name)  # the tokenizer as load_model reads it
     try:
-        return TransformersModel(name, task="text-generation")
+        return TransformersModel(name, tokenizer=tokenizer, task="text-generation")
     except Exception as exc:  # noqa: BLE001 - any loader failure is a user-facing load error
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadError(f"Cannot describe {name!r} for NDIF ({type(exc).__name__}: {reason}); NDIF runs models "
-                             "by hub id: pass one it serves, with network access (or its config and tokenizer in "
-                             "the hub cache).") from exc
+                             "by hub id: pass one it serves, with network access (or its config in the hub "
+                             "cache).") from exc
 
 
 def _transformer_bridge(model_name: str, model, tokenizer):
