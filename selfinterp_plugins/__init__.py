@@ -14,6 +14,8 @@ from .errors import (  # noqa: E402
     LabelError,
     ModelLoadError,
     ModelMismatchError,
+    OptionError,
+    PluginNotInstalledError,
     SelfInterpError,
     TemplateError,
     UnknownNameError,
@@ -28,7 +30,8 @@ from .training import TrainConfig  # noqa: E402
 
 __all__ = [
     "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
-    "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "PromptTemplate", "Sampling",
+    "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "PluginNotInstalledError",
+    "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
     "VectorError", "VectorLabelDataset", "hookimpl", "make_adapter",
 ]

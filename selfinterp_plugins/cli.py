@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .cli_options import backend_options, check_backend_options, load_backend, model_option
 from .errors import SelfInterpError
 
 SHIPPED_EXPLAINER = "smollm2-topics"
@@ -79,27 +80,27 @@ def vectors():
 
 
 @vectors.command("topics")
-@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True, help="alias, hub id or local path")
+@model_option()
+@backend_options
 @click.option("--layer", "layers", type=int, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
 @click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
 @click.option("--limit", type=int, default=None, help="only the first N topics (quick tries)")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def vectors_topics(model_name, layers, out, limit, batch_size):
+def vectors_topics(model_name, backend, remote, layers, out, limit, batch_size):
     """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
-    from .backends import HFBackend
-    from .models import load_model
     from .topics import load_topics, topic_vectors
 
-    model, tokenizer = load_model(model_name)
+    runner = load_backend(model_name, backend, remote)
     topics = load_topics()[:limit] if limit else load_topics()
-    for layer, data in topic_vectors(HFBackend(model, tokenizer), topics, list(layers), batch_size).items():
+    for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
         path = data.save(Path(out) / f"layer{layer}")
         click.echo(f"wrote {len(data)} vectors (resid_post.{layer}) to {path}")
 
 
 @cli.command()
 @click.argument("dataset", type=click.Path())
-@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@model_option()
+@backend_options
 @click.option("--adapter", default="full_rank", show_default=True, help="adapter kind (see `selfinterp plugins`)")
 @click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "tokenizer_chat", "echo", "patchscopes", "selfie"]),
               help="chat: the paper's prompt, no system turn; tokenizer_chat: built with the tokenizer's chat template")
@@ -113,14 +114,15 @@ def vectors_topics(model_name, layers, out, limit, batch_size):
 @click.option("--checkpoint-every", default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
-def train(dataset, model_name, adapter, template, site, init, epochs, batch_size, lr, limit, seed, checkpoint_every, bucket, out):
+def train(dataset, model_name, backend, remote, adapter, template, site, init, epochs, batch_size, lr, limit, seed,
+          checkpoint_every, bucket, out):
     """Train an adapter on DATASET's train split; validation loss on its validation split."""
     from . import Explainer, TrainConfig, VectorLabelDataset
-    from .models import load_model
 
+    check_backend_options(backend, remote)
     data = VectorLabelDataset.load(dataset)
-    model, tokenizer = load_model(model_name)
-    explainer = Explainer.create(model, tokenizer, adapter=adapter, template=template, site=site, model_id=model_name)
+    runner = load_backend(model_name, backend, remote)
+    explainer = Explainer.create(runner, adapter=adapter, template=template, site=site, model_id=model_name)
     explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
     if data.meta.get("mean_subtracted") and "mean" in data.meta:  # so new vectors can be centred the same way
         explainer.metadata["topic_mean"] = data.meta["mean"]
@@ -136,7 +138,8 @@ def train(dataset, model_name, adapter, template, site, init, epochs, batch_size
 @click.argument("explainer_dir", type=click.Path())
 @click.option("--vectors", "dataset", required=True, type=click.Path(), help="a VectorLabelDataset directory")
 @click.option("--split", default=None, help="only rows of this split")
-@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@model_option()
+@backend_options
 @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy")
 @click.option("--top-p", default=0.9, show_default=True)
@@ -144,15 +147,16 @@ def train(dataset, model_name, adapter, template, site, init, epochs, batch_size
 @click.option("--max-new-tokens", default=30, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
-def explain(explainer_dir, dataset, split, model_name, scales, temperature, top_p, samples, max_new_tokens, batch_size, output):
+def explain(explainer_dir, dataset, split, model_name, backend, remote, scales, temperature, top_p, samples, max_new_tokens,
+            batch_size, output):
     """Label every vector of a dataset (EXPLAINER_DIR may be `shipped`)."""
     from . import Explainer, Sampling, VectorLabelDataset
-    from .models import load_model
 
+    check_backend_options(backend, remote)
     data = VectorLabelDataset.load(dataset)
     data = data.split(split) if split else data
-    model, tokenizer = load_model(model_name)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=model, tokenizer=tokenizer)
+    runner = load_backend(model_name, backend, remote)
+    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     records = explainer.explain(data.vectors, ids=data.ids, scales=scales, sampling=sampling, batch_size=batch_size,
                                 samples=samples, output=output)
@@ -163,18 +167,19 @@ def explain(explainer_dir, dataset, split, model_name, scales, temperature, top_
 @click.argument("explainer_dir", type=click.Path())
 @click.option("--vectors", "dataset", required=True, type=click.Path())
 @click.option("--split", default="test", show_default=True)
-@click.option("--model", "model_name", default="smollm2-135m-instruct", show_default=True)
+@model_option()
+@backend_options
 @click.option("--limit", type=int, default=None)
 @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
-def evaluate(explainer_dir, dataset, split, model_name, limit, scales):
+def evaluate(explainer_dir, dataset, split, model_name, backend, remote, limit, scales):
     """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
     from . import Explainer, VectorLabelDataset
     from .evaluation import evaluate_explainer
-    from .models import load_model
 
+    check_backend_options(backend, remote)
     data = VectorLabelDataset.load(dataset)
-    model, tokenizer = load_model(model_name)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=model, tokenizer=tokenizer)
+    runner = load_backend(model_name, backend, remote)
+    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
     result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
@@ -185,15 +190,17 @@ def evaluate(explainer_dir, dataset, split, model_name, limit, scales):
 @click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
 def demo(n_topics, show, explainer_dir):
     """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
+    from .defaults import SMOLLM2_ALIAS
     from .demo import run_demo
 
-    run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo)
+    click.echo("Loading SmolLM2-135M-Instruct (offline; the first run converts the GGUF once, ~30 s) ...")
+    run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo, backend=load_backend(SMOLLM2_ALIAS))
 
 
 @cli.command()
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="directory for report.html, results.json, plots")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="JSON file of report options")
-@click.option("--model", "model_name", default=None, help="alias, hub id or local path [default: smollm2-135m-instruct]")
+@model_option(default=None)
 @click.option("--explainer", "explainers", multiple=True, help="trained explainer directory, or 'shipped' (repeatable)")
 @click.option("--no-explainer", is_flag=True, help="compare untrained baselines and the knowledge control only")
 @click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
@@ -213,7 +220,7 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     if no_explainer:
         options["explainers"] = []
     config = ReportConfig.from_dict(options)
-    results = run_report(config, out_dir)
+    results = run_report(config, out_dir, backend=load_backend(config.model))
     for row in results["headline"]:
         click.echo(f"{row['method']:>24}: recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}")
     click.echo(f"report: {Path(out_dir) / 'report.html'}")

@@ -14,18 +14,20 @@ from pathlib import Path
 import torch
 
 
-def run_demo(explainer_dir: Path, n_topics: int = 200, show: int = 15, echo=print) -> dict:
+def run_demo(explainer_dir: Path, n_topics: int = 200, show: int = 15, echo=print, backend=None) -> dict:
+    """`backend`: SmolLM2's, if the caller has it (the CLI loads it with `cli_options.load_backend`)."""
     from . import Explainer, Sampling
     from .backends import HFBackend
+    from .defaults import SMOLLM2_ALIAS
     from .errors import ArtifactError
     from .models import load_model
     from .scoring import exact_match, recall_at_k, sentence_embedder
     from .topics import load_topics, topic_vectors
 
     started = time.time()
-    echo("Loading SmolLM2-135M-Instruct (offline; the first run converts the GGUF once, ~30 s) ...")
-    model, tokenizer = load_model("smollm2-135m-instruct")
-    backend = HFBackend(model, tokenizer)
+    if backend is None:
+        echo("Loading SmolLM2-135M-Instruct (offline; the first run converts the GGUF once, ~30 s) ...")
+        backend = HFBackend(*load_model(SMOLLM2_ALIAS))  # the shipped explainer fits SmolLM2 only
     trained = Explainer.from_pretrained(explainer_dir, model=backend)
     meta = trained.metadata
     if "layer" not in meta or "topic_mean" not in meta:

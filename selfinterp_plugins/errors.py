@@ -44,3 +44,11 @@ class ModelLoadError(SelfInterpError):
 
 class BackendError(SelfInterpError):
     """No installed backend can run the given model object, or a site does not exist on it."""
+
+
+class PluginNotInstalledError(UnknownNameError):
+    """A name (a backend) belongs to a plugin that is not installed, failed to load, or was left out."""
+
+
+class OptionError(SelfInterpError):
+    """Options that do not go together (`--remote` with a backend that runs only here)."""

@@ -39,23 +39,24 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from selfinterp_plugins.defaults import DEFAULT_MODEL, SMOLLM2_ALIAS
 from selfinterp_plugins.errors import ModelLoadError
 
 __all__ = [
+    "DEFAULT_MODEL",
     "SMOLLM2_ALIAS",
     "TINY_ARCHS",
     "SentenceEmbedder",
     "default_cache_root",
     "embedding_fingerprint",
+    "hub_id",
     "load_model",
     "load_sentence_embedder",
     "load_tokenizer",
     "tiny_model",
 ]
 
-SMOLLM2_ALIAS = "smollm2-135m-instruct"
-"""Short name of the bundled real model; the hub id below is accepted as a synonym."""
-
+# SMOLLM2_ALIAS (defaults.py) is the bundled real model's short name; its hub id is a synonym
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_NAMES = {SMOLLM2_ALIAS, SMOLLM2_HUB_ID.lower()}
 
@@ -193,7 +194,7 @@ def _smollm2_tokenizer_from_gguf() -> PreTrainedTokenizerBase:
 
 
 def load_tokenizer(
-    name_or_path: str = SMOLLM2_ALIAS, cache_dir: str | os.PathLike | None = None
+    name_or_path: str = DEFAULT_MODEL, cache_dir: str | os.PathLike | None = None
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer; for SmolLM2, without converting the model.
 
@@ -282,7 +283,7 @@ def _load_hf(auto_cls, name_or_path: str, what: str, **kwargs):
     elif _looks_like_path(name_or_path):
         raise ModelLoadError(
             f"Cannot load {what} {name_or_path!r}: no such directory; "
-            f"fix: pass an existing model directory, a hub id, or {SMOLLM2_ALIAS!r}"
+            f"fix: pass an existing model directory, a hub id, or {DEFAULT_MODEL!r}"
         )
     else:
         source = name_or_path
@@ -294,12 +295,12 @@ def _load_hf(auto_cls, name_or_path: str, what: str, **kwargs):
         raise ModelLoadError(
             f"Cannot load {what} {name_or_path!r} ({type(exc).__name__}: {reason}); "
             f"fix: check the path / hub id, that it is a causal LM, and that it is available offline "
-            f"(or use {SMOLLM2_ALIAS!r})"
+            f"(or use {DEFAULT_MODEL!r})"
         ) from exc
 
 
 def load_model(
-    name_or_path: str = SMOLLM2_ALIAS,
+    name_or_path: str = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     device_map=None,
@@ -338,7 +339,7 @@ def load_model(
                 f"fix: delete {model_dir} and load again to rebuild it"
             ) from exc
         # name it by its hub id, not the cache path, so saved explainers say which model they fit
-        model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model.config._name_or_path = SMOLLM2_HUB_ID
         return _finish(model), tokenizer
 
     from . import gemma_offline
@@ -354,6 +355,18 @@ def load_model(
     model = _load_hf(AutoModelForCausalLM, name_or_path, "model", dtype=dtype, cache_dir=cache_dir, device_map=device_map)
     tokenizer = _load_hf(AutoTokenizer, name_or_path, "tokenizer", cache_dir=cache_dir)
     return _finish(model), tokenizer
+
+
+def hub_id(name_or_path: str) -> str:
+    """The hub id `name_or_path` stands for: a bundled model's alias becomes its hub id, the name a
+    service that loads models from the hub (NDIF) knows it by; anything else is returned as is."""
+    from . import gemma_offline
+
+    if _is_smollm2(name_or_path):
+        return SMOLLM2_HUB_ID
+    if gemma_offline.is_gemma(name_or_path):
+        return gemma_offline.GEMMA_HUB_ID
+    return name_or_path
 
 
 # --------------------------------------------------------------------------- tiny models

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .defaults import DEFAULT_MODEL
 from .errors import ArtifactError
 
 
@@ -25,7 +26,7 @@ from .errors import ArtifactError
 class ReportConfig:
     """What to compare, on which model and how many topics (JSON file for `--config`)."""
 
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     explainers: list = field(default_factory=lambda: ["shipped"])
     baselines: list = field(default_factory=lambda: ["selfie", "patchscopes", "self_explaining", "activation_oracle",
                                                       "scale_only"])

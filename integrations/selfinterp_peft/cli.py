@@ -15,7 +15,8 @@ from pathlib import Path
 
 import click
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from selfinterp_plugins.cli_options import DEFAULT_MODEL, load_backend, model_option
+
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
 QUESTIONS, QUESTIONS_PER_STEP, LR, EPOCHS = 8, 1, 1e-2, 2
@@ -24,9 +25,10 @@ DIT_LR, DIT_EPOCHS = 1e-4, 1
 
 
 def _load(model_name):
-    from selfinterp_plugins.models import load_model
-
-    return load_model(model_name)
+    """The transformers model and tokenizer (weight diffs and LoRA edit that model itself), loaded
+    through the shared CLI helper, so every command reads a model name the same way."""
+    backend = load_backend(model_name)
+    return backend.model, backend.tokenizer
 
 
 def register(cli):
@@ -59,7 +61,7 @@ def register(cli):
                                "min_energy_kept": min(energy.values()) if energy else None}))
 
     @dit.command("make-diffs")
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--n-train", default=200, show_default=True, help="diffs on train-split topics")
     @click.option("--n-test", default=40, show_default=True, help="held-out diffs on test-split topics")
     @click.option("--rank", default=1, show_default=True)
@@ -132,7 +134,7 @@ def register(cli):
 
     @dit.command("train")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--rank", default=16, show_default=True)
     @click.option("--alpha", type=float, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
     @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
@@ -161,7 +163,7 @@ def register(cli):
     @dit.command()
     @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
     @click.argument("diff_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--question", default=None, help="default: the question the adapter was trained on")
     @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline)")
     def ask(dit_dir, diff_dirs, model_name, question, no_dit):
@@ -178,7 +180,7 @@ def register(cli):
     @dit.command("eval")
     @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--split", default="test", show_default=True)
     @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
                   help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")

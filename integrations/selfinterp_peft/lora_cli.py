@@ -14,15 +14,16 @@ from pathlib import Path
 
 import click
 
-from .lora_tasks import TASK_DEFAULTS, TASKS
+from selfinterp_plugins.cli_options import MODEL_HELP, load_backend, model_option
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from .lora_tasks import TASK_DEFAULTS, TASKS
 
 
 def _load(model_name):
-    from selfinterp_plugins.models import load_model
-
-    return load_model(model_name)
+    """The transformers model and tokenizer (weight diffs and LoRA edit that model itself), loaded
+    through the shared CLI helper, so every command reads a model name the same way."""
+    backend = load_backend(model_name)
+    return backend.model, backend.tokenizer
 
 
 def _rows(task: str, path):
@@ -59,7 +60,7 @@ def register(cli):
 
     @lora_explainer.command("make-data")
     @click.option("--task", type=click.Choice(["activation_patching", "input_ablation"]), required=True)
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="the subject model")
+    @model_option(f"the subject model: {MODEL_HELP}")
     @click.option("--n-train", default=600, show_default=True)
     @click.option("--n-test", default=150, show_default=True)
     @click.option("--layers", default="0:30:3", show_default=True, help="patched layers, start:stop:step (activation patching)")
@@ -67,7 +68,6 @@ def register(cli):
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
-        from selfinterp_plugins import HFBackend
         from selfinterp_plugins.serialization import JsonlWriter
         from selfinterp_plugins.topics import load_topics
 
@@ -75,8 +75,7 @@ def register(cli):
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        model, tok = _load(model_name)
-        backend = HFBackend(model, tok)
+        backend = load_backend(model_name)
         start, stop, step = (int(x) for x in layers.split(":"))
         for split, n in (("train", n_train), ("test", n_test)):
             path = out / f"{split}.jsonl"
@@ -100,7 +99,7 @@ def register(cli):
     @lora_explainer.command()
     @click.option("--task", type=click.Choice(TASKS), required=True)
     @click.option("--data", required=True, type=click.Path(exists=True), help="make-data directory, rows file, or dataset")
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="the explainer model")
+    @model_option(f"the explainer model: {MODEL_HELP}")
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
     @click.option("--rank", type=int, default=None, help="LoRA rank (reference: 128)")
@@ -144,7 +143,7 @@ def register(cli):
     @click.option("--task", type=click.Choice(TASKS), required=True)
     @click.option("--data", required=True, type=click.Path(exists=True))
     @click.option("--split", default="test", show_default=True)
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--limit", type=int, default=None)
     @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,

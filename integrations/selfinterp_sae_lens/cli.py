@@ -15,9 +15,8 @@ from pathlib import Path
 
 import click
 
+from selfinterp_plugins.cli_options import MODEL_HELP, load_backend, model_option
 from selfinterp_plugins.errors import VectorError
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -31,14 +30,6 @@ def parse_features(spec: str | None) -> list[int] | None:
         return [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
         raise VectorError(f"Cannot read features {spec!r}; write 'all', a range like '0:100' or a list like '3,17,42'.") from None
-
-
-def _backend(model_name):
-    from selfinterp_plugins import HFBackend
-    from selfinterp_plugins.models import load_model
-
-    model, tokenizer = load_model(model_name)
-    return HFBackend(model, tokenizer)
 
 
 def _sae(path, release=None, sae_id=None):
@@ -78,7 +69,7 @@ def register(cli):
         """SAE-Lens features: datasets, labels in Neuronpedia's format, generation and detection scoring."""
 
     @sae.command("train-sae")
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--site", default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
     @click.option("--context", default=64, show_default=True, help="tokens per window")
@@ -93,7 +84,7 @@ def register(cli):
         from .corpus import read_texts, token_windows
         from .sae_training import SAETrainConfig, train_sae
 
-        backend = _backend(model_name)
+        backend = load_backend(model_name)
         windows = token_windows(backend.tokenizer, read_texts(corpus), context, seed=seed)
         config = SAETrainConfig(d_sae=d_sae, k=k, total_tokens=tokens, lr=lr, seed=seed)
         sae = train_sae(backend, windows, site, config, out=out, model_name=model_name)
@@ -101,7 +92,7 @@ def register(cli):
 
     @sae.command("weak-labels")
     @click.argument("sae_dir", type=click.Path())
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--corpus", default="shakespeare", show_default=True)
     @click.option("--context", default=64, show_default=True)
     @click.option("--windows", "n_windows", default=2000, show_default=True, help="corpus windows streamed")
@@ -113,7 +104,7 @@ def register(cli):
         from .corpus import read_texts, token_windows
         from .weak_labels import top_activations, weak_labels
 
-        backend = _backend(model_name)
+        backend = load_backend(model_name)
         sae_obj = _sae(sae_dir)
         windows = token_windows(backend.tokenizer, read_texts(corpus), context, limit=n_windows, seed=seed)
         top = top_activations(backend, sae_obj, windows)
@@ -146,7 +137,7 @@ def register(cli):
     @click.argument("explainer_dir", type=click.Path())
     @click.option("--sae", "sae_dir", required=True, type=click.Path())
     @click.option("--features", default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True)
+    @model_option()
     @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
     @click.option("--batch-size", default=64, show_default=True)
     @click.option("--max-new-tokens", default=30, show_default=True)
@@ -156,13 +147,11 @@ def register(cli):
     def label(explainer_dir, sae_dir, features, model_name, scales, batch_size, max_new_tokens, output, np_output):
         """Label an SAE's latents with a trained explainer (EXPLAINER_DIR)."""
         from selfinterp_plugins import Explainer, Sampling
-        from selfinterp_plugins.models import load_model
 
         from .labelling import label_features
 
         indices, sae_obj = parse_features(features), _sae(sae_dir)  # user errors before the model loads
-        model, tokenizer = load_model(model_name)
-        explainer = Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tokenizer)
+        explainer = Explainer.from_pretrained(explainer_dir, model=load_backend(model_name))
         records = label_features(explainer, sae_obj, indices, output, scales,
                                  Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
         click.echo(json.dumps({"labels": len(records), "output": output, "neuronpedia": np_output}))
@@ -171,7 +160,7 @@ def register(cli):
     @click.argument("labels", type=click.Path())
     @click.option("--sae", "sae_dir", required=True, type=click.Path())
     @click.option("--scorer", type=click.Choice(["generation", "detection"]), default="generation", show_default=True)
-    @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="subject model (and default writer / judge)")
+    @model_option(f"subject model (and default writer / judge): {MODEL_HELP}")
     @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
     @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
     @click.option("--samples", default=10, show_default=True, help="conversations per label (generation)")
@@ -182,13 +171,13 @@ def register(cli):
     def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, max_new_tokens, corpus, n_windows,
               output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
-        backend = _backend(model_name)
+        backend = load_backend(model_name)
         sae_obj = _sae(sae_dir)
         records = read_label_records(labels)
         if scorer == "generation":
             from .generation_scoring import ConversationWriter, generation_score
 
-            writer = ConversationWriter(_backend(writer_model) if writer_model else backend, max_new_tokens=max_new_tokens)
+            writer = ConversationWriter(load_backend(writer_model) if writer_model else backend, max_new_tokens=max_new_tokens)
             result = generation_score(records, sae_obj, backend, writer, samples, output=output)
         else:
             from .corpus import read_texts, token_windows
@@ -198,7 +187,7 @@ def register(cli):
             from .generation_scoring import _feature_of
 
             pool = ContextPool.build(backend, sae_obj, windows, [_feature_of(r, None) for r in records])
-            judge = ModelJudge(_backend(judge_model) if judge_model else backend)
+            judge = ModelJudge(load_backend(judge_model) if judge_model else backend)
             result = detection_score(records, pool, judge, backend.tokenizer)
             if output:
                 Path(output).write_text("".join(json.dumps(r) + "\n" for r in result["per_label"]))

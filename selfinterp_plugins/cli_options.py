@@ -1,0 +1,187 @@
+"""The options every `selfinterp` command that runs a model shares, and the helper that turns them
+into a backend.
+
+Why one place: each command, core and plugin, used to write out `--model` and its default, so the
+default could drift and plugin commands documented it their own way; `--backend` and `--remote`
+must also mean the same thing wherever they appear. Plugins import these names:
+
+    from selfinterp_plugins.cli_options import load_backend, model_option
+
+    @group.command()
+    @model_option()
+    def run(model_name):
+        backend = load_backend(model_name)      # backend.model / backend.tokenizer for hf
+
+Every mistake in these options is a `SelfInterpError` raised before a model loads, which the CLI
+prints as one line (exit 2): an unknown backend, a backend whose plugin is not loaded, `--remote`
+with a backend other than nnsight, a `--remote` value nnsight does not take.
+
+This module imports nothing heavy: the commands are defined (and `--help` shown) without loading
+torch models, transformers, nnsight or TransformerLens.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .defaults import DEFAULT_MODEL
+from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
+
+__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "REMOTE_VALUES", "backend_options", "check_backend",
+           "check_backend_options", "load_backend", "model_option"]
+
+#: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
+BACKEND_PLUGINS = {"nnsight": "nnsight", "transformer_lens": "transformer-lens"}
+
+#: `--remote` words -> nnsight's `remote=` argument (an http(s) URL is passed on as NDIF's host)
+REMOTE_VALUES = {"off": False, "local": "local", "ndif": True}
+
+MODEL_HELP = "alias, hub id or local path"
+BACKEND_HELP = ("library that runs the model: hf (transformers), nnsight or transformer_lens (each from its plugin; "
+                "`selfinterp plugins` lists the registered ones)")
+REMOTE_HELP = ("nnsight only. off: run here; local: nnsight's offline rehearsal of NDIF (each request serialised "
+               "as for NDIF, then run here); ndif: run on NDIF (needs NDIF_API_KEY; the weights stay there, "
+               "so --model must be a hub id NDIF serves); or an NDIF host URL")
+
+
+def model_option(help: str = MODEL_HELP, default: str | None = DEFAULT_MODEL):
+    """`--model`, passed as `model_name`. `default=None` is for a command that can also take the
+    model from elsewhere (`report --config`); its help still names `DEFAULT_MODEL`."""
+    if default is None:
+        return click.option("--model", "model_name", default=None, help=f"{help} [default: {DEFAULT_MODEL}]")
+    return click.option("--model", "model_name", default=default, show_default=True, help=help)
+
+
+class BackendName(click.ParamType):
+    """`--backend`'s values are the registered backends. They are listed when help is shown, not when
+    a command is defined (plugins load after that), and checked by `check_backend`, so that an
+    unknown name and a backend whose plugin is missing each get their own one-line error."""
+
+    name = "backend"
+
+    def get_metavar(self, param, ctx):
+        from .plugins import registry
+
+        return "[" + "|".join(sorted(registry().backends)) + "]"
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        from .plugins import registry
+
+        return [CompletionItem(name) for name in sorted(registry().backends) if name.startswith(incomplete)]
+
+
+def backend_options(command):
+    """`--backend` and `--remote`, passed as `backend` and `remote` (give both to `load_backend`)."""
+    command = click.option("--remote", default="off", show_default=True, metavar="off|local|ndif|URL",
+                           help=REMOTE_HELP)(command)
+    return click.option("--backend", type=BackendName(), default="hf", show_default=True, help=BACKEND_HELP)(command)
+
+
+def check_backend(name: str) -> None:
+    """Raise unless `name` is a registered backend: PluginNotInstalledError (with the install
+    command, or the plugin's own failure) for a backend this project ships a plugin for,
+    UnknownNameError for any other name."""
+    from .plugins import plugin_errors, registry
+
+    registered = registry().backends
+    if name in registered:
+        return
+    if name in BACKEND_PLUGINS:
+        install = f"pip install 'selfinterp-plugins[{BACKEND_PLUGINS[name]}]'"
+        failure = next((e["error"] for e in plugin_errors() if e["plugin"] == name), None)
+        if failure:
+            raise PluginNotInstalledError(f"The {name} backend is not available: its plugin failed to load "
+                                          f"({' '.join(failure.split())}); `selfinterp plugins` shows why.")
+        raise PluginNotInstalledError(f"The {name} backend is not available: its plugin is not loaded (not installed, "
+                                      f"or left out by SELFINTERP_PLUGINS); {install}.")
+    raise UnknownNameError(f"Unknown backend {name!r}; registered: {', '.join(sorted(registered))} "
+                           "(`selfinterp plugins` lists them).")
+
+
+def _remote_value(remote) -> bool | str:
+    text = str(remote).strip()
+    if text.lower() in REMOTE_VALUES:
+        return REMOTE_VALUES[text.lower()]
+    if text.startswith(("http://", "https://")):
+        return text
+    raise OptionError(f"--remote takes off, local, ndif or an NDIF host URL (http://...), got {remote!r}.")
+
+
+def check_backend_options(backend: str = "hf", remote: str = "off") -> bool | str:
+    """Check `--backend` and `--remote` before anything loads; returns `remote` as the nnsight
+    backend takes it: False, "local", True (NDIF) or a host URL."""
+    check_backend(backend)
+    value = _remote_value(remote)
+    if value is not False and backend != "nnsight":
+        raise OptionError(f"--remote {remote} needs --backend nnsight (only nnsight models run remotely); "
+                          "add --backend nnsight, or drop --remote.")
+    return value
+
+
+def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: str = "off"):
+    """The backend object that runs `model_name` (an alias, hub id or local path) on `backend`;
+    `Explainer.create` / `from_pretrained` and `topic_vectors` take it as their model.
+
+    - hf: `models.load_model(model_name)` (offline for the bundled models and local directories).
+    - nnsight: that transformers model wrapped in `nnsight.TransformersModel`; `remote="local"` runs
+      each request through nnsight's rehearsal of the NDIF path, here. With `remote="ndif"` (or a
+      host URL) no weights load here: `TransformersModel(hub id)` holds meta tensors, its config
+      comes from the hub (or the hub cache), its tokenizer from `models.load_tokenizer`, and the
+      weights used are NDIF's. Aliases of the bundled models are sent as their hub ids.
+    - transformer_lens: a `TransformerBridge` around the loaded transformers model
+      (`boot_transformers(..., hf_model=, tokenizer=)`, offline for any model `load_model` loads).
+      The backend gets the model's own tokenizer, not TransformerLens's copy (which always
+      prepends BOS), so an explainer trained on another backend sees its prompts as trained. A
+      `HookedTransformer` is not built: `HookedTransformer.from_pretrained` takes only
+      TransformerLens's official model names and reads their configs from the hub, so it cannot be
+      built from an alias or a local directory offline.
+    - another registered backend: its factory gets the loaded transformers model and tokenizer.
+
+    `remote` is the `--remote` word: off, local, ndif, or an NDIF host URL (nnsight only).
+    """
+    remote_value = check_backend_options(backend, remote)
+    from .models import load_model
+    from .plugins import backend_for
+
+    if backend == "nnsight":
+        lm = _nnsight_model(model_name, remote_value)
+        return backend_for(lm, lm.tokenizer, backend="nnsight", remote=remote_value)
+    model, tokenizer = load_model(model_name)
+    if backend == "transformer_lens":
+        return backend_for(_transformer_bridge(model_name, model, tokenizer), tokenizer, backend="transformer_lens")
+    return backend_for(model, tokenizer, backend=backend)
+
+
+def _nnsight_model(model_name: str, remote: bool | str):
+    """An nnsight model: around the weights loaded here, or (NDIF) meta tensors named by hub id."""
+    from nnsight import TransformersModel
+
+    from .models import hub_id, load_model, load_tokenizer
+
+    if remote is False or remote == "local":
+        model, tokenizer = load_model(model_name)
+        return TransformersModel(model, tokenizer=tokenizer, task="text-generation")
+    name, tokenizer = hub_id(model_name), load_tokenizer(model_name)  # the tokenizer as load_model reads it
+    try:
+        return TransformersModel(name, tokenizer=tokenizer, task="text-generation")
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a user-facing load error
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelLoadError(f"Cannot describe {name!r} for NDIF ({type(exc).__name__}: {reason}); NDIF runs models "
+                             "by hub id: pass one it serves, with network access (or its config in the hub "
+                             "cache).") from exc
+
+
+def _transformer_bridge(model_name: str, model, tokenizer):
+    """A TransformerBridge around an already loaded transformers model: no download, no copy of the
+    weights (the bridge wraps the model; its config comes from the model, not the hub)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = getattr(model.config, "_name_or_path", None) or model_name
+    try:
+        return TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
+    except Exception as exc:  # noqa: BLE001 - an architecture TransformerLens cannot bridge is a user error
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise BackendError(f"TransformerLens cannot bridge {model_name!r} ({type(exc).__name__}: {reason}); "
+                           "run it with --backend hf.") from exc

@@ -1,0 +1,144 @@
+"""`--model`, `--backend` and `--remote` (selfinterp_plugins.cli_options): the options every model
+command shares, and each of their mistakes as one line with exit code 2, caught before a model
+loads. Runs of each backend against hf are in tests/integrations/{nnsight,transformer_lens}/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from cli_models import one_line_error, save_dataset
+from plugin_fakes import FakeEntryPoint, install_entry_points, run_cli
+
+from selfinterp_plugins import plugins
+from selfinterp_plugins.cli import cli
+from selfinterp_plugins.cli_options import DEFAULT_MODEL, check_backend_options, load_backend
+from selfinterp_plugins.errors import OptionError, PluginNotInstalledError, UnknownNameError
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def data(tmp_path):
+    return save_dataset(tmp_path / "data")
+
+
+def commands(data, tmp_path):
+    """train, explain and eval, each complete but for the backend flags (appended by the tests)."""
+    return {
+        "train": ["train", data, "--out", str(tmp_path / "ex")],
+        "explain": ["explain", "shipped", "--vectors", data, "--output", str(tmp_path / "labels.jsonl")],
+        "eval": ["eval", "shipped", "--vectors", data],
+    }
+
+
+NAMES = ["train", "explain", "eval"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_backend(capsys, data, tmp_path, name):
+    line = one_line_error(capsys, *commands(data, tmp_path)[name], "--backend", "vllm")
+    assert "Unknown backend 'vllm'" in line and "hf" in line
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "labels.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("remote", ["local", "ndif", "https://ndif.example.org"])
+def test_remote_needs_nnsight(capsys, data, tmp_path, name, remote):
+    line = one_line_error(capsys, *commands(data, tmp_path)[name], "--remote", remote)
+    assert f"--remote {remote} needs --backend nnsight" in line
+
+
+def test_remote_off_is_the_default_and_fine_with_any_backend():
+    assert check_backend_options("hf", "off") is False
+    assert check_backend_options("hf", "OFF") is False
+
+
+def test_a_backend_left_out_by_selfinterp_plugins(capsys, data, tmp_path, monkeypatch):
+    """The plugin is installed but not loaded: the install command, and why it may be missing."""
+    monkeypatch.setenv("SELFINTERP_PLUGINS", "")
+    for name, argv in commands(data, tmp_path).items():
+        line = one_line_error(capsys, *argv, "--backend", "nnsight")
+        assert "The nnsight backend is not available" in line and "SELFINTERP_PLUGINS" in line, name
+        assert "pip install 'selfinterp-plugins[nnsight]'" in line
+
+
+def test_a_backend_whose_plugin_failed_to_load(capsys, data, tmp_path, monkeypatch):
+    """What `require` raises when the library is missing reaches the user as the plugin's failure."""
+    def broken():
+        raise ImportError("transformer_lens is not installed; pip install 'selfinterp-plugins[transformer-lens]'")
+
+    install_entry_points(monkeypatch, FakeEntryPoint("transformer_lens", broken))
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    line = one_line_error(capsys, *commands(data, tmp_path)["train"], "--backend", "transformer_lens")
+    assert "its plugin failed to load (ImportError: transformer_lens is not installed; " in line
+    assert "pip install 'selfinterp-plugins[transformer-lens]'" in line
+
+
+def test_the_helper_raises_the_same_errors_before_loading_anything(monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("selfinterp_plugins.models.load_model", no_loading)
+    with pytest.raises(UnknownNameError, match="Unknown backend 'vllm'"):
+        load_backend("anything", "vllm")
+    with pytest.raises(OptionError, match="needs --backend nnsight"):
+        load_backend("anything", "hf", "local")
+    with pytest.raises(OptionError, match="--remote takes off, local, ndif or an NDIF host URL"):
+        load_backend("anything", "hf", "yes")
+    monkeypatch.setenv("SELFINTERP_PLUGINS", "")
+    plugins.reset()
+    with pytest.raises(PluginNotInstalledError, match="nnsight"):
+        load_backend("anything", "nnsight", "local")
+    assert issubclass(PluginNotInstalledError, UnknownNameError)
+
+
+def test_every_model_command_shares_one_model_option():
+    """Each command that runs a model, core and plugin, takes --model with DEFAULT_MODEL (report
+    names it in its help: its model may also come from --config)."""
+    def walk(group, prefix=()):
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from walk(command, prefix + (name,))
+            else:
+                yield prefix + (name,), command
+
+    from selfinterp_plugins.cli import _load_plugin_commands
+
+    _load_plugin_commands()
+    seen = 0
+    for path, command in walk(cli):
+        option = next((p for p in command.params if "--model" in getattr(p, "opts", ())), None)
+        if option is None:
+            continue
+        seen += 1
+        if path == ("report",):
+            assert option.default is None and DEFAULT_MODEL in option.help
+        else:
+            assert option.default == DEFAULT_MODEL and option.name == "model_name", path
+    assert seen >= 5
+
+
+def test_help_lists_the_registered_backends_and_remote_values(capsys):
+    for name in NAMES + ["vectors topics"]:
+        code, out, _ = run_cli(capsys, *name.split(), "--help")
+        assert code in (0, None)
+        backends = "|".join(sorted(plugins.registry().backends))
+        assert f"--backend [{backends}]" in out, name
+        assert "--remote off|local|ndif|URL" in out and "rehearsal" in out
+
+
+def test_subprocess_prints_one_line_without_traceback(data, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "selfinterp_plugins.cli", "train", data, "--out", str(tmp_path / "ex"),
+                             "--remote", "local"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --remote local needs --backend nnsight (only nnsight models run remotely); add --backend nnsight, "
+        "or drop --remote."]
