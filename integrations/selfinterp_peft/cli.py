@@ -74,7 +74,7 @@ def register(cli):
     @click.option("--questions-per-step", default=QUESTIONS_PER_STEP, show_default=True,
                   help="questions (x3 forms) per Adam step (reference: 2)")
     @click.option("--group", "diffs_per_group", default=16, show_default=True,
-                  help="diffs trained side by side (memory grows with it: 16 diffs x 3 forms peak near 8 GB on SmolLM2)")
+                  help="diffs trained side by side (memory grows with it: 16 diffs x 3 forms peaked at 10 GB on SmolLM2)")
     @click.option("--seed", default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
     def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_questions, answer_tokens, lr,
