@@ -47,6 +47,8 @@ __all__ = [
     "SentenceEmbedder",
     "default_cache_root",
     "embedding_fingerprint",
+    "fingerprint_digest",
+    "fingerprint_rows",
     "load_model",
     "load_sentence_embedder",
     "load_tokenizer",
