@@ -21,7 +21,7 @@ from .adapters import Adapter, AdapterConfig, make_adapter
 from .adapters import check_vectors
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE
-from .errors import ArtifactError, BackendError, ModelMismatchError, VectorError
+from .errors import ArtifactError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 from .sites import Site
 from .templates import PromptTemplate
