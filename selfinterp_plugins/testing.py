@@ -47,6 +47,8 @@ class BackendConformance:
     grad_atol: float = 1e-6
     #: False for a backend whose `logits` cannot be differentiated (nnsight remote: train with `loss`)
     differentiable_logits: bool = True
+    #: False for a backend whose `logits` does not go through `run` (nnsight remote: one request)
+    runs_through_primitives: bool = True
 
     def make_backend(self, model, tokenizer) -> Backend:
         """The backend under test, running the weights of the transformers `model`."""
@@ -122,6 +124,33 @@ class BackendConformance:
                             for prefix_len in (0, first):
                                 got = backend.logits(ids, soft, mask, site, pos, prefix_len)
                                 self.close(got, want, f"{arch} {site.name} {site.mode} prefix_len={prefix_len}")
+
+    def test_the_shared_prefix_is_run_once_and_the_rest_per_call(self):
+        """With `prefix_len`, `run` sees the template's shared prefix once (one row), then only the
+        tokens after it: the cost of the prefix is paid once, not per row and per call."""
+        if not self.runs_through_primitives:
+            return
+        for arch in self.archs:
+            _, backend = self.pair(arch)
+            ids, mask, positions, first = training_batch(backend)
+            soft = soft_tokens(backend, ids.shape[0])
+            seen, run = [], backend.run
+
+            def recording(input_ids, *args, **kwargs):
+                seen.append(tuple(input_ids.shape))
+                return run(input_ids, *args, **kwargs)
+
+            backend.run = recording
+            try:
+                with torch.no_grad():
+                    backend.logits(ids, soft, mask, Site(), positions, first - 1)  # another prefix is stored
+                    seen.clear()
+                    for _ in range(2):
+                        backend.logits(ids, soft, mask, Site(), positions, first)
+            finally:
+                del backend.run
+            rest = (ids.shape[0], ids.shape[1] - first)
+            assert seen == [(1, first), rest, rest], f"{arch}: run saw {seen}, expected the prefix once then {rest} per call"
 
     def test_batched_logits_equal_one_by_one(self):
         for arch in self.archs:

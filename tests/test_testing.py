@@ -58,6 +58,11 @@ class OwnFingerprint(HFBackend):
         return "0" * 16
 
 
+class NeverReusesPrefix(HFBackend):
+    def reuses_prefix(self):
+        return False
+
+
 class NoPastCheck(HFBackend):
     def check_site(self, site):
         return site
@@ -69,6 +74,7 @@ class NoPastCheck(HFBackend):
     (ReadsOneLayerLate, "test_capture_and_capture_all_equal_hf"),
     (OwnFingerprint, "test_facts_equal_hf"),
     (NoPastCheck, "test_a_site_past_the_last_layer_is_refused"),
+    (NeverReusesPrefix, "test_the_shared_prefix_is_run_once_and_the_rest_per_call"),
 ])
 def test_a_broken_backend_fails_the_check_that_covers_it(broken, check):
     class Suite(BackendConformance):
@@ -89,5 +95,6 @@ def test_a_correct_backend_passes_those_checks():
             return HFBackend(model, tokenizer)
 
     for check in ("test_injection_happens_in_the_prefill_only", "test_logits_equal_hf_at_every_site_and_mode",
-                  "test_capture_and_capture_all_equal_hf", "test_facts_equal_hf", "test_a_site_past_the_last_layer_is_refused"):
+                  "test_capture_and_capture_all_equal_hf", "test_facts_equal_hf", "test_a_site_past_the_last_layer_is_refused",
+                  "test_the_shared_prefix_is_run_once_and_the_rest_per_call"):
         getattr(Suite(), check)()

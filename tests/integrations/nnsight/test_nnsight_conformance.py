@@ -27,6 +27,7 @@ class TestNNsight(BackendConformance):
 class TestNNsightRemoteRehearsal(BackendConformance):
     archs = ("llama", "gpt2")
     differentiable_logits = False  # a remote `logits` returns values; training goes through `loss`
+    runs_through_primitives = False  # remote, each verb is one request
 
     def make_backend(self, model, tokenizer):
         return NNsightBackend(LanguageModel(model, tokenizer=tokenizer), remote="local")
