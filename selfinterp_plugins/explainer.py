@@ -15,20 +15,19 @@ import contextlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import __version__
 from .adapters import Adapter, AdapterConfig, make_adapter
 from .adapters import check_vectors
 from .backends.base import AdapterInput, Backend, Sampling
-from .errors import ArtifactError, BackendError, ModelMismatchError, VectorError
+from .backends.inputs import IGNORE
+from .errors import ArtifactError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 from .sites import Site
 from .templates import PromptTemplate
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
-IGNORE = -100
 
 
 class Explainer:
@@ -113,14 +112,9 @@ class Explainer:
         mask = torch.zeros_like(ids, dtype=torch.bool)
         mask[:, :prompt_len] = self.inject_mask
         positions = (prompt_len - 1 + torch.arange(width)).expand(batch, width)
-        if self.backend.computes_adapter:  # cross-entropy next to the model: only loss and gradients travel
-            return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
-        logits = self.backend.logits(ids, soft, mask, self.site, positions, self.prefix_len)
-        gold = gold.to(logits.device)
-        per_token = F.cross_entropy(logits.float().transpose(1, 2), gold, ignore_index=IGNORE, reduction="none")
-        valid = (gold != IGNORE).float()
-        per_row = (per_token.clamp(max=clamp) * valid).sum(1) / valid.sum(1)
-        return per_row.mean()
+        # the backend's loss: cross-entropy of its logits, or (nnsight on NDIF) computed next to the
+        # model so that only the loss and the adapter's gradients travel
+        return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
 
     @torch.no_grad()
     def generate_labels(self, vectors: torch.Tensor, scales, sampling: Sampling) -> list[tuple[str, str]]:
@@ -158,11 +152,7 @@ class Explainer:
         """The backend switched to `remote` for one call (None: leave it as it is)."""
         if remote is None:
             return contextlib.nullcontext()
-        switch = getattr(self.backend, "remote_mode", None)
-        if switch is None:
-            raise BackendError(f"remote= needs an nnsight model; the {self.backend.name} backend runs here only. "
-                               "Wrap the model with nnsight.LanguageModel(...) and pass that.")
-        return switch(remote)
+        return self.backend.remote_mode(remote)  # Backend.remote_mode refuses where not supports_remote
 
     # ---- artifacts ------------------------------------------------------------------------
 

@@ -49,6 +49,8 @@ __all__ = [
     "SentenceEmbedder",
     "default_cache_root",
     "embedding_fingerprint",
+    "fingerprint_digest",
+    "fingerprint_rows",
     "hub_id",
     "load_model",
     "load_sentence_embedder",

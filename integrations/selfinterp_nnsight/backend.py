@@ -1,21 +1,26 @@
 """The `nnsight` backend: explainers on nnsight models, here or on NDIF (`remote=True`).
 
-Every verb is one nnsight request (a `trace`, or a `generate` for labels), several vectors per
-request. The adapter itself runs inside the intervention: the request carries the vectors, the
-adapter's own tensors (d_model + 1 floats for scalar affine) and its kind's `math` function, never
-soft tokens or the model, and training computes the loss *and* the adapter's gradients next to the
-model, so only a scalar and the gradients come back (see `loss`). This backend knows no adapter
-kind: it calls whatever `math` the adapter's class defines, the function `Adapter.forward` calls.
-Otherwise the code inside the `with` blocks is plain torch; the kind's function travels by value
-(its source, `remote.code_by_value`), so NDIF runs it all without selfinterp installed.
+Run here, it supplies the primitives of `Backend` and the base class runs the verbs, so it reuses
+the template's shared prefix, computes the LM head only where needed and drops finished rows
+exactly as the hf backend does: `run` is an nnsight trace that injects through the site's envoy
+and stops once the model's body has run (decoding steps, which inject nothing, call the wrapped
+model directly); `read` is one trace that reads the sites and stops.
+
+Remote, a verb is one request, so this backend overrides three verbs: `logits`, `loss` and
+`generate` (`capture` and `capture_all` are one `read` request either way). A request cannot be
+built from the primitives, because each primitive would be a round trip carrying hidden states and
+caches, and the LM head and loss would run here, where a remote-only model has no weights. So the
+adapter itself runs inside the intervention: the request carries the vectors, the adapter's own
+tensors (d_model + 1 floats for scalar affine) and its kind's `math` function, never soft tokens or
+the model; training computes the loss *and* the adapter's gradients next to the model, so only a
+scalar and the gradients come back (`loss`); labels are one nnsight `generate`. This backend knows
+no adapter kind: it calls whatever `math` the adapter's class defines (`Adapter.forward` calls the
+same), shipped by value (its source, `remote.code_by_value`), so NDIF runs it without selfinterp.
 
 `remote` is False (run here), True (NDIF; needs an API key), "local" (nnsight serialises the
 request exactly as for NDIF, deserialises it with this package hidden, and runs it here: the
 offline rehearsal) or a host URL. Remote failures that a retry can cure are retried with back-off
 (`remote.RetryPolicy`).
-
-Runs here also reuse the template's shared prefix (its keys and values computed once and passed
-as the cache); remote requests do not, so that they carry no key/value tensors.
 """
 
 from __future__ import annotations
@@ -24,13 +29,11 @@ import contextlib
 
 import torch
 
-from selfinterp_plugins.backends.base import AdapterInput, Backend, Sampling, capture_batch, decode
-from selfinterp_plugins.backends.hf import find_blocks
+from selfinterp_plugins.backends import AdapterInput, Backend, Sampling
+from selfinterp_plugins.backends.hf import expand_cache, find_blocks, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
 
 from .remote import RetryPolicy, check_api_key, code_by_value, with_retries
-
-IGNORE = -100
 
 
 class NNsightBackend(Backend):
@@ -38,6 +41,7 @@ class NNsightBackend(Backend):
 
     name = "nnsight"
     computes_adapter = True
+    supports_remote = True
 
     def __init__(self, model, tokenizer=None, remote=False, retry: RetryPolicy | None = None):
         self.model = model
@@ -50,8 +54,9 @@ class NNsightBackend(Backend):
         self.retry = retry or RetryPolicy()
         self.blocks_path = _path_of(self.hf, find_blocks(self.hf))
         self.embed_path = _path_of(self.hf, self.hf.get_input_embeddings())
+        self.body_path = _path_of(self.hf, self.hf.base_model)
+        self.softcap = getattr(self.hf.config, "final_logit_softcapping", None)
         self._fingerprint: str | None = None
-        self._prefix: tuple[tuple[int, ...], list] | None = None
 
     # ---- remote switch --------------------------------------------------------------------
 
@@ -65,12 +70,14 @@ class NNsightBackend(Backend):
         finally:
             self.remote = previous
 
+    def _here(self) -> bool:
+        """True when the verbs run here through the primitives; False: one request per verb."""
+        return not self.remote and self.is_local
+
     def _call(self, what: str, request):
         """One request: here directly, remote with the API key checked and transient failures retried."""
         if not self.remote:
             return request()
-        if self.remote is not True and self.remote != "local" and not isinstance(self.remote, str):
-            raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {self.remote!r}.")
         if self.remote is True:
             check_api_key()
         return with_retries(request, self.retry, what)
@@ -151,36 +158,17 @@ class NNsightBackend(Backend):
         return envoy
 
     def _site_envoy(self, site):
-        if site.kind == "embed":
-            return self._envoy(self.embed_path)
-        if site.layer >= self.n_layers:
-            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
-        return self._envoy(f"{self.blocks_path}.{site.layer}")
-
-    # ---- the request every verb shares ----------------------------------------------------
-
-    def _tensors(self, soft, want_grad: bool) -> tuple[dict, list[str], torch.Tensor | None]:
-        """What travels: the vectors (+ scales), the adapter's tensors and its kind's `math`, or soft
-        tokens when the caller passed soft tokens.
-
-        Returns the request's inputs, the names of the adapter tensors whose gradients to compute,
-        and the local soft tokens to chain gradients back through (when soft tokens travel)."""
-        if isinstance(soft, AdapterInput):
-            adapter = soft.adapter
-            params = {name: t.detach().requires_grad_(want_grad and t.requires_grad)
-                      for name, t in adapter.tensors().items()}
-            scales = None if soft.scales is None else soft.scales.to(adapter.param_dtype).cpu()
-            inputs = {"math": type(adapter).math, "params": params, "scales": scales,
-                      "vectors": soft.vectors.detach().to(adapter.param_dtype).cpu()}
-            return inputs, [n for n, t in params.items() if t.requires_grad], None
-        shipped = soft.detach().requires_grad_(want_grad and soft.requires_grad)
-        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), soft
+        self.check_site(site)
+        return self._envoy(self.embed_path if site.kind == "embed" else f"{self.blocks_path}.{site.layer}")
 
     def _request(self, want: str, input_ids, tensors, mask, site, extra: dict):
-        """Inject at `site` and return what `want` asks for: "logits", "loss" (loss, gradients)
-        or "generate" (token ids). Everything inside the `with` block runs where the model is."""
+        """One nnsight request injecting at `site`, returning what `want` asks for: "hidden" (the
+        body's last hidden states and cache; the trace stops before the LM head), "logits", "loss"
+        (loss, gradients) or "generate" (token ids). Everything inside the `with` block runs where
+        the model is, so it is plain torch and calls nothing of this package."""
         lm = self.model
         envoy = self._site_envoy(site)
+        body = self._envoy(self.body_path)
         kind, mode, coef = site.kind, site.mode, float(site.coef)
         mask = mask.cpu()
         grad_names = extra.pop("grad_names", [])
@@ -216,8 +204,10 @@ class NNsightBackend(Backend):
                 envoy.output = hidden
             if want == "generate":
                 result = tracer.result.detach().cpu().save()
-            elif want == "prefill":
-                result = (lm.output.logits[:, -1].detach(), lm.output.past_key_values).save()
+            elif want == "hidden":
+                state = body.output
+                result = (state[0], state.past_key_values).save()
+                tracer.stop()  # the LM head is not run: `head` runs it at the positions needed
             else:
                 logits = lm.output.logits
                 if gather is not None:
@@ -235,56 +225,106 @@ class NNsightBackend(Backend):
                     result = (loss.detach().cpu(), [g.detach().cpu() for g in grads]).save()
         return result
 
-    def _shared_prefix(self, input_ids, prefix_len: int, batch: int):
-        """A cache holding the shared prefix's keys and values (runs here only; computed once)."""
-        from transformers import DynamicCache
+    # ---- primitives (used when running here) ----------------------------------------------
 
-        key = tuple(input_ids[0, :prefix_len].tolist())
-        if self._prefix is None or self._prefix[0] != key:
-            with torch.no_grad():
-                out = self.hf.base_model(input_ids=input_ids[:1, :prefix_len].to(self.device), use_cache=True)
-            self._prefix = (key, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix[1]]
-        return DynamicCache(data, config=self.hf.config)
+    def run(self, input_ids, injection=None, past=None, keep_past=False):
+        use_cache = past is not None or keep_past
+        ids = input_ids.to(self.device)
+        if injection is None:  # nothing to intervene on (decoding steps, the shared prefix): the model itself
+            out = self.hf.base_model(input_ids=ids, past_key_values=past, use_cache=use_cache)
+            return out.last_hidden_state, out.past_key_values if use_cache else None
+        extra = {"use_cache": use_cache}
+        if past is not None:
+            extra["past_key_values"] = past
+        hidden, cache = self._request("hidden", ids, {"soft": injection.soft}, injection.mask, injection.site, extra)
+        return hidden, cache if use_cache else None
 
-    def _use_prefix(self, input_ids, prefix_len: int) -> bool:
-        return (not self.remote and prefix_len > 0 and self.is_local
-                and bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()))
+    def head(self, hidden):
+        return softcapped(self.hf.get_output_embeddings()(hidden), self.softcap)
 
-    def _scoring_request(self, want, input_ids, soft, inject_mask, site, positions, prefix_len, extra):
-        """Shared by `logits` and `loss`: prefix reuse here, logits only at `positions`."""
+    def read(self, input_ids, sites, positions=None):
+        """One traced pass (here or remote) reading the sites in the order the model reaches them."""
+        order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
+        reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
+        rows = torch.arange(input_ids.shape[0])
+        ids = input_ids.to(self.device)
+        lm = self.model
+
+        def request():
+            with lm.trace(ids, remote=self.remote) as tracer:
+                found = list().save()
+                for envoy, kind in reads:
+                    if kind == "resid_pre":
+                        value = envoy.input
+                    else:
+                        value = envoy.output
+                        value = value[0] if isinstance(value, tuple) else value
+                    if positions is not None:
+                        value = value[rows.to(value.device), positions.to(value.device)]
+                    found.append(value.detach().float().cpu())
+                tracer.stop()
+            return found
+
+        found = self._call("capture", request)
+        by_site = {i: found[k] for k, i in enumerate(order)}
+        return [by_site[i] for i in range(len(sites))]
+
+    def expand_past(self, past, batch):
+        return expand_cache(past, batch, self.hf.config)
+
+    def select_past(self, past, rows):
+        return select_cache_rows(past, rows, self.device)
+
+    # ---- verbs overridden for the remote path: one request each ----------------------------
+
+    def _tensors(self, soft, want_grad: bool) -> tuple[dict, list[str], torch.Tensor | None]:
+        """What travels: the vectors (+ scales), the adapter's tensors and its kind's `math`, or soft
+        tokens when the caller passed soft tokens.
+
+        Returns the request's inputs, the names of the adapter tensors whose gradients to compute,
+        and the local soft tokens to chain gradients back through (when soft tokens travel)."""
+        if isinstance(soft, AdapterInput):
+            adapter = soft.adapter
+            params = {name: t.detach().requires_grad_(want_grad and t.requires_grad)
+                      for name, t in adapter.tensors().items()}
+            scales = None if soft.scales is None else soft.scales.to(adapter.param_dtype).cpu()
+            inputs = {"math": type(adapter).math, "params": params, "scales": scales,
+                      "vectors": soft.vectors.detach().to(adapter.param_dtype).cpu()}
+            return inputs, [n for n, t in params.items() if t.requires_grad], None
+        shipped = soft.detach().requires_grad_(want_grad and soft.requires_grad)
+        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), soft
+
+    def _scoring_request(self, want, input_ids, tensors, inject_mask, site, positions, extra):
+        """Shared by the remote `logits` and `loss`: logits only at `positions`, no prefix cache (a
+        request carries no key/value tensors)."""
         input_ids, positions = torch.as_tensor(input_ids), torch.as_tensor(positions)
-        if self._use_prefix(input_ids, prefix_len):
-            extra["past_key_values"] = self._shared_prefix(input_ids, prefix_len, input_ids.shape[0])
-            input_ids, inject_mask, positions = input_ids[:, prefix_len:], inject_mask[:, prefix_len:], positions - prefix_len
         if bool((positions == positions[:1]).all()):
             extra["logits_to_keep"] = positions[0].to(self.device)  # the head runs at these positions only
         else:
             extra["gather"] = (torch.arange(positions.shape[0])[:, None], positions)
-        return self._request(want, input_ids.to(self.device), soft, inject_mask, site, extra)
-
-    # ---- verbs ----------------------------------------------------------------------------
+        return self._request(want, input_ids.to(self.device), tensors, inject_mask, site, extra)
 
     def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
-        """Logits at `positions`; differentiable in the soft tokens when run here (remote: use `loss`)."""
-        if isinstance(soft, AdapterInput):
-            local_graph = not self.remote and torch.is_grad_enabled()
-            tensors = {"soft": soft.soft()} if local_graph else self._tensors(soft, want_grad=False)[0]
-        else:
-            tensors = {"soft": soft.detach() if self.remote else soft}
+        """Here: the base class's. Remote: one request; not differentiable (train with `loss`)."""
+        if self._here():
+            return super().logits(input_ids, soft, inject_mask, site, positions, prefix_len)
+        self.check_site(site)
+        tensors = self._tensors(soft, want_grad=False)[0] if isinstance(soft, AdapterInput) else {"soft": soft.detach()}
         return self._call("logits", lambda: self._scoring_request(
-            "logits", input_ids, tensors, inject_mask, site, positions, prefix_len, {}))
+            "logits", input_ids, tensors, inject_mask, site, positions, {}))
 
     def loss(self, input_ids, soft, inject_mask, site, positions, gold, clamp=100.0, prefix_len=0):
-        """The explainer's training loss, computed next to the model with the adapter's gradients.
-
-        The returned scalar backpropagates into the adapter: its gradient with respect to each
-        parameter is the one computed in the request (value + <p, g> - <p, g>.detach())."""
+        """Here: the base class's. Remote: the loss computed next to the model with the adapter's
+        gradients, in one request. The returned scalar backpropagates into the adapter: its gradient
+        with respect to each parameter is the one computed in the request (value + <p, g> - <p, g>.detach())."""
+        if self._here():
+            return super().loss(input_ids, soft, inject_mask, site, positions, gold, clamp, prefix_len)
+        self.check_site(site)
         want_grad = torch.is_grad_enabled()
         tensors, names, local = self._tensors(soft, want_grad)
         extra = {"grad_names": names, "gold": gold, "clamp": clamp}
         value, grads = self._call("training step" if want_grad else "loss", lambda: self._scoring_request(
-            "loss", input_ids, tensors, inject_mask, site, positions, prefix_len, dict(extra)))
+            "loss", input_ids, tensors, inject_mask, site, positions, dict(extra)))
         if not names:
             return value.to(self.device)
         targets = [local] if local is not None else [soft.adapter.tensors()[n] for n in names]
@@ -293,13 +333,14 @@ class NNsightBackend(Backend):
 
     @torch.no_grad()
     def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
-        """Labels with injection during the prefill only. Here: the prefill is an nnsight trace and
-        decoding continues from its cache in the shared loop (finished rows leave the batch).
-        Remote: one `generate` request, the tokens that end a label acting as end-of-sequence."""
+        """Here: the base class's (prefill trace, shared decoding loop). Remote: one `generate`
+        request, the tokens that end a label acting as end-of-sequence (every row runs until the
+        longest label ends; rows are cut where their label ended)."""
+        if self._here():
+            return super().generate(input_ids, soft, inject_mask, site, sampling, is_finished, prefix_len)
+        self.check_site(site)
         tensors, _, _ = self._tensors(soft, want_grad=False)
         input_ids = torch.as_tensor(input_ids)
-        if not self.remote and self.is_local:
-            return self._generate_here(input_ids, tensors, inject_mask, site, sampling, is_finished, prefix_len)
         stop = sorted(_finishing_ids(is_finished, self.tokenizer))
         extra = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy, "eos_token_id": stop,
                  "pad_token_id": _pad(self.tokenizer), "attention_mask": torch.ones_like(input_ids)}
@@ -323,73 +364,17 @@ class NNsightBackend(Backend):
             outputs.append(ids)
         return outputs
 
-    def _generate_here(self, input_ids, tensors, inject_mask, site, sampling, is_finished, prefix_len):
-        extra = {"use_cache": True}
-        if self._use_prefix(input_ids, prefix_len):
-            extra["past_key_values"] = self._shared_prefix(input_ids, prefix_len, input_ids.shape[0])
-            input_ids, inject_mask = input_ids[:, prefix_len:], inject_mask[:, prefix_len:]
-        # an index tensor, not the int 1: transformers' slice hands the head a strided 3-D view,
-        # which PyTorch's CPU matmul runs ~9x slower (0.32 s vs 0.035 s on SmolLM2, batch 64)
-        extra["logits_to_keep"] = torch.tensor([input_ids.shape[1] - 1])
-        logits, cache = self._request("prefill", input_ids.to(self.device), tensors, inject_mask, site, extra)
-
-        def advance(next_ids, keep):
-            if keep is not None:
-                cache.batch_select_indices(keep.to(self.device))
-            out = self.hf(input_ids=next_ids[:, None].to(self.device), past_key_values=cache, use_cache=True)
-            return out.logits[:, -1]
-
-        return decode(logits, sampling, is_finished, advance)
-
-    @torch.no_grad()
-    def capture(self, input_ids, sites, positions=None):
-        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
-        order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
-        reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
-        rows = torch.arange(len(input_ids))
-        lm = self.model
-
-        def request():
-            with lm.trace(batch.to(self.device), remote=self.remote) as tracer:
-                found = list().save()
-                for envoy, kind in reads:
-                    if kind == "resid_pre":
-                        value = envoy.input
-                    else:
-                        value = envoy.output
-                        value = value[0] if isinstance(value, tuple) else value
-                    found.append(value[rows.to(value.device), index.to(value.device)].detach().float().cpu())
-                tracer.stop()
-            return found
-
-        found = self._call("capture", request)
-        by_site = {i: found[k] for k, i in enumerate(order)}
-        return torch.stack([by_site[i] for i in range(len(sites))], dim=1)
-
-    @torch.no_grad()
-    def capture_all(self, input_ids, site):
-        """Every position at `site` in one traced pass, stopped there (remote too: one request)."""
-        envoy, kind = self._site_envoy(site), site.kind
-        ids = torch.as_tensor(input_ids, dtype=torch.long)
-        lm = self.model
-
-        def request():
-            with lm.trace(ids.to(self.device), remote=self.remote) as tracer:
-                found = list().save()
-                value = envoy.input if kind == "resid_pre" else envoy.output
-                value = value[0] if isinstance(value, tuple) else value
-                found.append(value.detach().float().cpu())
-                tracer.stop()
-            return found[0]
-
-        return self._call("capture", request)
-
 
 def _execution_order(site) -> tuple[int, int]:
     """Sites in the order the forward pass reaches them (nnsight reads must follow it)."""
     if site.kind == "embed":
         return (-1, 0)
     return (site.layer, 0 if site.kind == "resid_pre" else 1)
+
+
+def _check_remote(remote) -> None:
+    if not (remote is False or remote is True or isinstance(remote, str)):
+        raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {remote!r}.")
 
 
 def _finishing_ids(is_finished, tokenizer) -> frozenset[int]:
@@ -411,9 +396,3 @@ def _path_of(root: torch.nn.Module, module: torch.nn.Module) -> str:
         if candidate is module:
             return name
     raise BackendError(f"Cannot locate {type(module).__name__} in {type(root).__name__}; use a standard causal LM.")
-
-
-def _check_remote(remote) -> None:
-    if not (remote is False or remote is True or isinstance(remote, str)):
-        raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {remote!r}.")
-

@@ -2,17 +2,18 @@
 through TransformerLens hook points (`hook_embed`, `blocks.{k}.hook_resid_pre`,
 `blocks.{k}.hook_resid_post`), the names TL users already write.
 
-Same semantics as the core `hf` backend (selfinterp_plugins/backends/hf.py), so an adapter
-trained on one runs on the other with the same outputs:
-- `logits` runs the blocks, then the final norm and unembedding only at the positions asked for
-  (HookedTransformer); a TransformerBridge returns its logits and they are picked afterwards;
-- `generate` injects during the prefill only and decodes with TL's key-value cache
-  (HookedTransformer) or the wrapped transformers model's cache (TransformerBridge);
-- `capture` reads hook points and stops after the deepest layer it needs.
-On a HookedTransformer the template's shared prefix is computed once and its keys and values are
-reused (TL's own key-value cache), the head runs only where needed, and finished rows leave the
-batch, as in the hf backend; a TransformerBridge runs every prompt token and every position's
-logits (its `stop_at_layer` does not return the residual stream its final norm expects).
+It supplies the primitives of `Backend` (selfinterp_plugins/backends/base.py), which runs the
+verbs, so both model kinds get what the hf backend has: the template's shared prefix computed once
+and its keys and values reused, the LM head only at the positions asked for, injection in the
+prefill only, finished rows leaving the batch, capture stopped after the deepest layer read.
+
+- HookedTransformer: `run` is the model with `stop_at_layer=n_layers` (the residual stream before
+  `ln_final`) and TL's own key-value cache; `head` is `ln_final`, `unembed` and TL's softcap.
+- TransformerBridge: the bridge puts its components, hook points included, in place of the wrapped
+  transformers model's modules, so `run` calls that model's body directly (hooks fire as in the
+  bridge's own forward) with a transformers `DynamicCache`; `head` is its output embedding. (The
+  bridge's `stop_at_layer` did not return the residual stream its final norm expects, and its
+  forward computes logits at every position, which is why the body is called.)
 TransformerLens would build an attention mask from the pad token on its own; the backend always
 passes an all-ones mask instead (see `_ones`).
 """
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from selfinterp_plugins.backends.base import Backend, Sampling, capture_batch, decode
+from selfinterp_plugins.backends import Backend
+from selfinterp_plugins.backends.hf import expand_cache, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
-from selfinterp_plugins.sites import Site, inject
+from selfinterp_plugins.sites import Site
 
 
 def hook_name(site: Site) -> str:
@@ -47,8 +49,6 @@ class TransformerLensBackend(Backend):
             raise BackendError("This TransformerLens model has no tokenizer; pass tokenizer=... next to model=....")
         self.bridge = is_bridge(model)
         self._fingerprint: str | None = None
-        self._prefix_key: tuple | None = None
-        self._prefix_cache = None
 
     # ---- facts ----------------------------------------------------------------------------
 
@@ -78,148 +78,82 @@ class TransformerLensBackend(Backend):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from selfinterp_plugins.models import embedding_fingerprint
+            from selfinterp_plugins.models import embedding_fingerprint, fingerprint_digest, fingerprint_rows
 
             if self.bridge:
                 self._fingerprint = embedding_fingerprint(self.model.original_model)
             else:
-                self._fingerprint = embedding_fingerprint(_WithEmbedding(self.model.W_E))
+                weight = self.model.W_E.detach()
+                self._fingerprint = fingerprint_digest(tuple(weight.shape), weight[fingerprint_rows(weight.shape[0])])
         return self._fingerprint
 
-    # ---- injection ------------------------------------------------------------------------
+    # ---- primitives -----------------------------------------------------------------------
 
-    def _check(self, site: Site) -> None:
-        if site.kind != "embed" and site.layer >= self.n_layers:
-            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
+    def _hooks(self, injection) -> list:
+        if injection is None:
+            return []
+        return [(hook_name(injection.site), lambda value, hook=None: injection.apply(value))]
 
-    def _injection_hook(self, soft: torch.Tensor, mask: torch.Tensor, site: Site):
-        """A TL hook that injects once, into a call whose sequence length matches the mask."""
-        state = {"armed": True}
-
-        def hook(value, hook=None):
-            if not state["armed"] or value.shape[1] != mask.shape[1]:
-                return value
-            state["armed"] = False
-            return inject(value, soft, mask, site)
-
-        return hook_name(site), hook
-
-    def _final_logits(self, resid: torch.Tensor) -> torch.Tensor:
-        return self.model.unembed(self.model.ln_final(resid))
-
-    # ---- prefix cache (HookedTransformer) ----------------------------------------------------
-
-    def _usable_prefix(self, input_ids: torch.Tensor, prefix_len: int) -> int:
-        """`prefix_len` if every row shares it and the model is a HookedTransformer, else 0."""
-        if self.bridge or not prefix_len:
-            return 0
-        return prefix_len if bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()) else 0
-
-    def _cache_for(self, prefix: torch.Tensor, batch: int):
-        """A fresh TL key-value cache holding the prefix's keys and values for `batch` rows; the
-        prefix runs once per distinct prefix (the last one is kept)."""
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        key = tuple(prefix.tolist())
-        if self._prefix_key != key:
-            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, 1)
-            with torch.no_grad():
-                ids = prefix[None].to(self.device)
-                self.model(ids, past_kv_cache=cache, attention_mask=_ones(ids), stop_at_layer=self.n_layers)
-            self._prefix_key, self._prefix_cache = key, cache
-        stored = self._prefix_cache
-        cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
-        for entry, kept in zip(cache.entries, stored.entries):
-            entry.past_keys = kept.past_keys.expand(batch, -1, -1, -1)
-            entry.past_values = kept.past_values.expand(batch, -1, -1, -1)
-        cache.previous_attention_mask = stored.previous_attention_mask.expand(batch, -1)
-        return cache
-
-    # ---- verbs ----------------------------------------------------------------------------
-
-    def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
-        self._check(site)
-        ids = input_ids.to(self.device)
-        rows = torch.arange(ids.shape[0], device=self.device)[:, None]
-        if self.bridge:
-            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
-                return self.model(ids, return_type="logits", attention_mask=_ones(ids))[rows, positions.to(self.device)]
-        start = self._usable_prefix(ids, prefix_len)
-        cache = self._cache_for(ids[0, :start], ids.shape[0]) if start else None
-        rest = ids[:, start:]
-        with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask[:, start:], site)]):
-            resid = self.model(rest, stop_at_layer=self.n_layers, attention_mask=_ones(rest), past_kv_cache=cache)
-        return self._final_logits(resid[rows, (positions - start).to(self.device)])
-
-    @torch.no_grad()
-    def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
-        self._check(site)
-        batch = input_ids.shape[0]
+    def run(self, input_ids, injection=None, past=None, keep_past=False):
         ids = input_ids.to(self.device)
         if self.bridge:
-            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask, site)]):
-                logits, cache = self.model(ids, return_type="logits_and_cache", use_cache=True, attention_mask=_ones(ids))
-            logits = logits[:, -1]
-        else:
+            if past is None and keep_past:
+                from transformers import DynamicCache
+
+                past = DynamicCache(config=self.model.original_model.config)
+            with self.model.hooks(fwd_hooks=self._hooks(injection)):
+                out = self.model.original_model.base_model(input_ids=ids, past_key_values=past, use_cache=past is not None)
+            return out.last_hidden_state, out.past_key_values if past is not None else None
+        if past is None and keep_past:
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-            start = self._usable_prefix(ids, prefix_len)
-            cache = self._cache_for(ids[0, :start], batch) if start else \
-                TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
-            rest = ids[:, start:]
-            with self.model.hooks(fwd_hooks=[self._injection_hook(soft, inject_mask[:, start:], site)]):
-                resid = self.model(rest, past_kv_cache=cache, attention_mask=_ones(rest), stop_at_layer=self.n_layers)
-            logits = self._final_logits(resid[:, -1])
-        state = {"cache": cache, "length": ids.shape[1]}
+            past = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, ids.shape[0])
+        with self.model.hooks(fwd_hooks=self._hooks(injection)):
+            resid = self.model(ids, stop_at_layer=self.n_layers, attention_mask=_ones(ids), past_kv_cache=past)
+        return resid, past
 
-        def advance(next_ids, keep):
-            if keep is not None:
-                state["cache"] = _select_rows(state["cache"], keep.to(self.device), self.bridge)
-            step_ids = next_ids[:, None].to(self.device)
-            state["length"] += 1
-            if self.bridge:  # the wrapped transformers model's own key-value cache
-                mask = torch.ones(len(step_ids), state["length"], dtype=torch.long, device=self.device)
-                logits, state["cache"] = self.model(step_ids, return_type="logits_and_cache", use_cache=True,
-                                                    past_key_values=state["cache"], attention_mask=mask)
-                return logits[:, -1]
-            resid = self.model(step_ids, past_kv_cache=state["cache"], attention_mask=_ones(step_ids),
-                               stop_at_layer=self.n_layers)
-            return self._final_logits(resid[:, -1])
+    def head(self, hidden):
+        if self.bridge:
+            config = self.model.original_model.config
+            return softcapped(self.model.original_model.get_output_embeddings()(hidden),
+                              getattr(config, "final_logit_softcapping", None))
+        from transformer_lens.utilities.activation_functions import apply_softcap
 
-        return decode(logits, sampling, is_finished, advance)
+        if self.model.cfg.normalization_type is not None:
+            hidden = self.model.ln_final(hidden)
+        return apply_softcap(self.model.unembed(hidden), self.model.cfg.output_logits_soft_cap)
 
-    @torch.no_grad()
-    def capture(self, input_ids, sites, positions=None):
-        for site in sites:
-            self._check(site)
-        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
+    def read(self, input_ids, sites, positions=None):
         names = [hook_name(site) for site in sites]
         deepest = max((s.layer + 1 for s in sites if s.kind != "embed"), default=0)
-        ids = batch.to(self.device)
+        ids = input_ids.to(self.device)
         _, cache = self.model.run_with_cache(ids, names_filter=lambda name: name in names, stop_at_layer=max(deepest, 1),
                                              attention_mask=_ones(ids))
-        rows = torch.arange(len(input_ids))
-        return torch.stack([cache[name][rows, index.to(cache[name].device)].float().cpu() for name in names], dim=1)
+        if positions is None:
+            return [cache[name] for name in names]
+        rows = torch.arange(ids.shape[0])
+        return [cache[name][rows.to(cache[name].device), positions.to(cache[name].device)] for name in names]
 
-    def capture_all(self, input_ids, site):
-        self._check(site)
-        name = hook_name(site)
-        ids = input_ids.to(self.device)
-        _, cache = self.model.run_with_cache(ids, names_filter=lambda n: n == name,
-                                             stop_at_layer=max(site.layer + 1 if site.kind != "embed" else 0, 1),
-                                             attention_mask=_ones(ids))
-        return cache[name].float().cpu()
+    def expand_past(self, past, batch):
+        if self.bridge:
+            return expand_cache(past, batch, self.model.original_model.config)
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-
-def _select_rows(cache, index: torch.Tensor, bridge: bool):
-    """Keep only the cache rows of unfinished generations."""
-    if bridge:
-        cache.batch_select_indices(index)
+        cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.device, batch)
+        for entry, kept in zip(cache.entries, past.entries):
+            entry.past_keys = kept.past_keys.expand(batch, -1, -1, -1)
+            entry.past_values = kept.past_values.expand(batch, -1, -1, -1)
+        cache.previous_attention_mask = past.previous_attention_mask.expand(batch, -1)
         return cache
-    for entry in cache.entries:
-        entry.past_keys, entry.past_values = entry.past_keys[index], entry.past_values[index]
-    cache.previous_attention_mask = cache.previous_attention_mask[index]
-    return cache
+
+    def select_past(self, past, rows):
+        if self.bridge:
+            return select_cache_rows(past, rows, self.device)
+        rows = rows.to(self.device)
+        for entry in past.entries:
+            entry.past_keys, entry.past_values = entry.past_keys[rows], entry.past_values[rows]
+        past.previous_attention_mask = past.previous_attention_mask[rows]
+        return past
 
 
 def _ones(ids: torch.Tensor) -> torch.Tensor:
@@ -227,13 +161,3 @@ def _ones(ids: torch.Tensor) -> torch.Tensor:
     in a causal model; left to itself TransformerLens would mask every token equal to the pad id,
     and SmolLM2's pad token is its end-of-turn token, which chat templates contain."""
     return torch.ones_like(ids)
-
-
-class _WithEmbedding:
-    """Adapts a bare embedding matrix to `embedding_fingerprint`'s model interface."""
-
-    def __init__(self, weight: torch.Tensor):
-        self._module = torch.nn.Embedding.from_pretrained(weight.detach(), freeze=True)
-
-    def get_input_embeddings(self):
-        return self._module

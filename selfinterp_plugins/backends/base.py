@@ -1,129 +1,59 @@
 """The backend contract: run a frozen model with soft tokens injected.
 
-Four verbs, so that an adapter trained on one backend runs on every other with the same
-outputs:
-- `logits`: differentiable in the soft tokens, computed only at the positions asked for;
-- `generate`: prefill-only injection, batched, greedy or sampled, stops rows as they finish;
-- `capture`: read the residual stream at sites and positions;
-- facts: `d_model`, `n_layers`, `tokenizer`, `embed_tokens`, `typical_embed_norm`, `fingerprint`.
+The verbs the rest of the library calls (`logits`, `loss`, `generate`, `capture`, `capture_all`)
+are written once, here, over a few primitives that each backend supplies:
+
+- facts: `d_model`, `n_layers`, `device`, `tokenizer`, `embed_tokens(ids)`, `fingerprint()`;
+- `run(input_ids, injection, past, keep_past)`: one forward pass over right-padded ids,
+  continuing from `past`, injecting where `injection` says, returning the final hidden states;
+- `head(hidden)`: the LM head (final norm if `run` did not apply it, unembedding, softcapping);
+- `read(input_ids, sites, positions)`: the residual stream at sites, stopped after the deepest;
+- `expand_past(past, batch)`, `select_past(past, rows)`: the key-value cache's batch dimension
+  (defaults for a cache made of tensors whose first dimension is the batch).
+
+So the choices that make a backend fast and correct are made once, for every backend: the shared
+prefix of a template is run once and its cache reused (`prefix_len`); the LM head runs only at the
+positions asked for; injection happens in the prefill only (a decoding step gets no injection);
+finished rows leave the batch; sites are validated in one place (`check_site`).
 
 Inputs are always right-padded: in a causal model padding after the real tokens never
 influences them, so no attention mask (and no position-id bookkeeping) is needed.
+
+Optional capabilities are declared here with defaults, not duck-typed: `computes_adapter` (the
+backend wants `AdapterInput`s and runs the adapter where the model is), `supports_remote` with
+`remote_mode` (run elsewhere), and `loss` (computed from `logits` unless a backend computes it
+next to the model). See docs/plugins.md, "Writing a backend".
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import BackendError
-from ..sites import Site
+from ..sites import KINDS, Site
+from .decoding import Sampling, decode, pick_next
+from .inputs import AdapterInput, Injection, capture_batch, clamped_cross_entropy, soft_tokens
 
-
-@dataclass
-class Sampling:
-    """How to pick each next token. `temperature=0` is greedy; `top_k=0` keeps every token. The
-    filters apply in transformers' order (temperature, top-k, top-p), so `Sampling(0.7, 0.9,
-    top_k=50)` draws as the reference's `generate(temperature=0.7, top_p=0.9)` does, whose unset
-    top_k is transformers' default 50."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 30
-    seed: int = 0
-    top_k: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
-
-
-def pick_next(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy argmax, or temperature + top-k + nucleus sampling with a seeded generator."""
-    if sampling.greedy:
-        return logits.argmax(-1)
-    logits = logits.float() / sampling.temperature
-    if 0 < sampling.top_k < logits.shape[-1]:
-        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def decode(logits: torch.Tensor, sampling: Sampling, is_finished, advance) -> list[list[int]]:
-    """The generation loop every backend shares: pick each row's next token, record it, drop rows
-    whose label is complete. `logits` (B, V) come from the prefill; `advance(next_ids, keep)` runs
-    the model one step for the surviving rows (`keep`: their indices among the previous step's
-    rows, or None if all survive) and returns their next logits. `is_finished` is called for the
-    alive rows in row order, each with that row's growing list of ids."""
-    generator = None if sampling.greedy else torch.Generator(device="cpu").manual_seed(sampling.seed)
-    outputs: list[list[int]] = [[] for _ in range(logits.shape[0])]
-    alive = torch.arange(logits.shape[0])
-    for step in range(sampling.max_new_tokens):
-        next_ids = pick_next(logits.float().cpu(), sampling, generator)
-        keep = []
-        for j, row in enumerate(alive.tolist()):
-            outputs[row].append(int(next_ids[j]))
-            if not is_finished(outputs[row]):
-                keep.append(j)
-        if not keep or step == sampling.max_new_tokens - 1:
-            break
-        index = None
-        if len(keep) < len(alive):
-            index = torch.tensor(keep)
-            alive, next_ids = alive[index], next_ids[index]
-        logits = advance(next_ids, index)
-    return outputs
-
-
-def capture_batch(input_ids: list[list[int]], positions: list[int] | None, pad_id: int | None):
-    """Right-padded ids (N, T) and one absolute position per row for `capture`: negative
-    positions count from the end of each row's real tokens; a position outside its row is refused."""
-    positions = positions if positions is not None else [-1] * len(input_ids)
-    lengths = torch.tensor([len(ids) for ids in input_ids])
-    index = torch.tensor(positions)
-    index = torch.where(index < 0, lengths + index, index)
-    if ((index < 0) | (index >= lengths)).any():
-        raise BackendError("A capture position lies outside its prompt; use an index within each prompt's tokens.")
-    batch = torch.full((len(input_ids), int(lengths.max())), pad_id if pad_id is not None else 0, dtype=torch.long)
-    for i, ids in enumerate(input_ids):
-        batch[i, : len(ids)] = torch.tensor(ids)
-    return batch, index
-
-
-@dataclass
-class AdapterInput:
-    """Vectors and the adapter that maps them to soft tokens, handed to a backend that runs the
-    adapter itself (`Backend.computes_adapter`). Such a backend calls the kind's own function,
-    `type(adapter).math(adapter.tensors(), vectors, scales)` (what `Adapter.forward` calls), where
-    the model runs: nnsight does so inside the intervention, so that a remote request carries the
-    adapter's few tensors, not soft tokens computed here. No backend knows any adapter kind."""
-
-    vectors: torch.Tensor
-    adapter: object
-    scales: torch.Tensor | None = None
-
-    def soft(self) -> torch.Tensor:
-        """The soft tokens, computed here (what every other backend receives)."""
-        return self.adapter(self.vectors, scale=self.scales)
+__all__ = ["AdapterInput", "Backend", "Injection", "Sampling", "capture_batch", "clamped_cross_entropy", "decode",
+           "pick_next"]
 
 
 class Backend(ABC):
-    """A frozen model that can take soft tokens. Subclass per ecosystem (hf, nnsight, TL)."""
+    """A frozen model that can take soft tokens. Subclass per ecosystem and supply the primitives."""
 
     name: str = ""
-    #: True if `logits`/`generate` accept an `AdapterInput` in place of soft tokens and the
-    #: backend offers `loss(...)` (the cross-entropy computed next to the model, see nnsight)
+    #: True if the backend wants an `AdapterInput` (vectors + adapter) in place of soft tokens, to
+    #: run the adapter where the model runs (nnsight on NDIF). The verbs here accept both.
     computes_adapter: bool = False
+    #: True if `remote_mode` can switch the backend to run elsewhere (nnsight: NDIF)
+    supports_remote: bool = False
     model: object
     tokenizer: object
+
+    # ---- facts ----------------------------------------------------------------------------
 
     @property
     @abstractmethod
@@ -135,64 +65,191 @@ class Backend(ABC):
 
     @property
     @abstractmethod
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        """Where input ids and soft tokens go."""
 
     @abstractmethod
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings as the model's embedding module outputs them (scaling included)."""
+        """What the `embed` site holds for `ids`: the token embedding as the model's embedding
+        module outputs it (scaling included, e.g. Gemma's √d), before position embeddings are
+        added (GPT-2's learned positions)."""
 
     @abstractmethod
     def fingerprint(self) -> str:
-        """A short hash of the embedding matrix: the identity of the model an adapter fits."""
+        """A short hash identifying the weights an adapter fits: the input embedding matrix
+        (`models.embedding_fingerprint`, or `fingerprint_digest` of its rows at `fingerprint_rows`).
+        Two backends over the same weights must agree, so an explainer saved through one loads
+        onto the other; different weights must differ."""
+
+    # ---- primitives -----------------------------------------------------------------------
 
     @abstractmethod
-    def logits(
-        self,
-        input_ids: torch.Tensor,
-        soft: torch.Tensor,
-        inject_mask: torch.Tensor,
-        site: Site,
-        positions: torch.Tensor,
-        prefix_len: int = 0,
-    ) -> torch.Tensor:
-        """Logits (B, K, V) at `positions` (B, K) of right-padded `input_ids` (B, T).
+    def run(self, input_ids: torch.Tensor, injection: Injection | None = None, past=None,
+            keep_past: bool = False) -> tuple[torch.Tensor, object]:
+        """One forward pass over right-padded `input_ids` (B, T), continuing from `past`.
 
-        `prefix_len` > 0 promises that the first `prefix_len` tokens are the same in every row
-        and carry no injection, so the backend may compute them once and reuse them.
-        """
+        - `injection`: when given, call `injection.apply(h)` on the (B, T, d) values at
+          `injection.site` and go on with its result (differentiable: gradients flow to the soft
+          tokens). `None` for decoding steps and the shared prefix: never inject then.
+        - `past`: None (start at position 0) or a key-value cache this backend returned (possibly
+          passed through `expand_past` / `select_past`); the new tokens come after its positions.
+        - `keep_past`: return the cache holding `past` plus these tokens, to continue from.
+
+        Returns `(hidden, past)`: `hidden` (B, T, ·) is what `head` turns into logits (with or
+        without the final norm, as the backend chooses), `past` the cache (None unless
+        `keep_past` or a `past` was given). Must not compute the LM head."""
 
     @abstractmethod
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        soft: torch.Tensor,
-        inject_mask: torch.Tensor,
-        site: Site,
-        sampling: Sampling,
-        is_finished,
-        prefix_len: int = 0,
-    ) -> list[list[int]]:
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) from `run`'s hidden states (..., ·): the final norm if `run` left it
+        out, the unembedding, and the model's final logit softcapping if it has one."""
+
+    @abstractmethod
+    def read(self, input_ids: torch.Tensor, sites: list[Site], positions: torch.Tensor | None = None
+             ) -> list[torch.Tensor]:
+        """The residual stream at each of `sites`, without injection, over right-padded ids (N, T).
+
+        `positions` (N,) holds one absolute index per row: return (N, d) per site; None: every
+        position, (N, T, d). One tensor per site, in the order of `sites` (any dtype or device).
+        Should stop the forward pass once the deepest site is read."""
+
+    def expand_past(self, past, batch: int):
+        """A cache for `batch` rows from a one-row cache, leaving `past` itself untouched (it is
+        the stored shared prefix). Default: tensors (in tuples, lists or dicts) with the batch
+        in dimension 0."""
+        return _map_tensors(past, lambda t: t.expand(batch, *t.shape[1:]))
+
+    def select_past(self, past, rows: torch.Tensor):
+        """The cache of `rows` only (the rows still generating). Default as `expand_past`."""
+        return _map_tensors(past, lambda t: t[rows.to(t.device)])
+
+    def reuses_prefix(self) -> bool:
+        """Whether the shared-prefix cache may be used now (hf turns it off under checkpointing)."""
+        return True
+
+    # ---- capabilities ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def remote_mode(self, remote):
+        """Run the enclosed calls elsewhere (`remote`: True, "local", a host URL, or False).
+        Backends with `supports_remote` override it; here it refuses."""
+        raise BackendError(f"remote= needs an nnsight model; the {self.name or type(self).__name__} backend runs here "
+                           "only. Wrap the model with nnsight.LanguageModel(...) and pass that.")
+        yield  # pragma: no cover
+
+    # ---- validation -----------------------------------------------------------------------
+
+    def check_site(self, site: Site) -> Site:
+        """The one place sites are checked: a known kind, and a layer this model has."""
+        if not isinstance(site, Site) or site.kind not in KINDS:
+            raise BackendError(f"Not a site: {site!r}; pass Site.parse('embed' | 'resid_pre.K' | 'resid_post.K').")
+        if site.kind != "embed" and not 0 <= site.layer < self.n_layers:
+            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
+        return site
+
+    # ---- verbs ----------------------------------------------------------------------------
+
+    def logits(self, input_ids: torch.Tensor, soft, inject_mask: torch.Tensor, site: Site, positions: torch.Tensor,
+               prefix_len: int = 0) -> torch.Tensor:
+        """Logits (B, K, V) at `positions` (B, K) of right-padded `input_ids` (B, T), with `soft`
+        (B, d) (or an AdapterInput) injected at `site` where `inject_mask` (B, T) is set;
+        differentiable in the soft tokens.
+
+        `prefix_len` > 0 says the first `prefix_len` tokens are the same in every row and carry no
+        injection, so they are run once and their cache reused (checked: otherwise ignored)."""
+        self.check_site(site)
+        input_ids, positions = torch.as_tensor(input_ids), torch.as_tensor(positions)
+        start, past = self._shared_prefix(input_ids, inject_mask, prefix_len)
+        injection = Injection(site, soft_tokens(soft), inject_mask[:, start:])
+        hidden, _ = self.run(input_ids[:, start:], injection, past, keep_past=False)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        return self.head(hidden[rows, (positions - start).to(hidden.device)])
+
+    def loss(self, input_ids, soft, inject_mask, site, positions, gold, clamp: float = 100.0,
+             prefix_len: int = 0) -> torch.Tensor:
+        """The explainer's training loss: `clamped_cross_entropy` of `logits` at `positions`
+        against `gold` (B, K). A backend may compute it next to the model instead (nnsight on
+        NDIF: only the loss and the adapter's gradients travel back)."""
+        logits = self.logits(input_ids, soft, inject_mask, site, positions, prefix_len)
+        return clamped_cross_entropy(logits, gold, clamp)
+
+    @torch.no_grad()
+    def generate(self, input_ids, soft, inject_mask, site: Site, sampling: Sampling, is_finished,
+                 prefix_len: int = 0) -> list[list[int]]:
         """New token ids per row; injection happens during the prefill only.
 
         All rows share one prompt length (one template). `is_finished(ids) -> bool` tells when a
-        row's label is complete; finished rows stop costing compute.
-        """
+        row's label is complete (from its last token); finished rows leave the batch."""
+        self.check_site(site)
+        input_ids = torch.as_tensor(input_ids)
+        start, past = self._shared_prefix(input_ids, inject_mask, prefix_len)
+        injection = Injection(site, soft_tokens(soft), inject_mask[:, start:])
+        hidden, past = self.run(input_ids[:, start:], injection, past, keep_past=True)
+        state = {"past": past}
 
-    @abstractmethod
-    def capture(self, input_ids: list[list[int]], sites: list[Site], positions: list[list[int]]) -> torch.Tensor:
-        """Residual-stream values (N, n_sites, d) at one position per row (`positions[i]` as a list
-        of one index per row, negative counts from the end of that row's real tokens)."""
+        def advance(next_ids, keep):
+            if keep is not None:
+                state["past"] = self.select_past(state["past"], keep)
+            hidden, state["past"] = self.run(next_ids[:, None], None, state["past"], keep_past=True)
+            return self.head(hidden[:, -1])
 
+        return decode(self.head(hidden[:, -1]), sampling, is_finished, advance)
+
+    @torch.no_grad()
+    def capture(self, input_ids: list[list[int]], sites: list[Site], positions: list[int] | None = None) -> torch.Tensor:
+        """Residual-stream values (N, n_sites, d), float32 on the CPU, at one position per row
+        (`positions`: one index per row, negative counts from the end of that row's real tokens;
+        default the last token)."""
+        for site in sites:
+            self.check_site(site)
+        batch, index = capture_batch(input_ids, positions, getattr(self.tokenizer, "pad_token_id", None))
+        values = self.read(batch, list(sites), index)
+        return torch.stack([value.float().cpu() for value in values], dim=1)
+
+    @torch.no_grad()
     def capture_all(self, input_ids: torch.Tensor, site: Site) -> torch.Tensor:
-        """Residual-stream values (B, T, d) at every position of right-padded `input_ids` (B, T):
-        what SAE latents are computed from. This fallback reads one position per `capture` call;
-        backends override it with one forward pass."""
-        rows = [row.tolist() for row in input_ids]
-        columns = [self.capture(rows, [site], [t] * len(rows))[:, 0] for t in range(input_ids.shape[1])]
-        return torch.stack(columns, dim=1)
+        """Residual-stream values (B, T, d), float32 on the CPU, at every position of right-padded
+        `input_ids` (B, T): what SAE latents are computed from."""
+        self.check_site(site)
+        return self.read(torch.as_tensor(input_ids, dtype=torch.long), [site], None)[0].float().cpu()
+
+    # ---- derived facts --------------------------------------------------------------------
 
     @property
     def typical_embed_norm(self) -> float:
         """Median L2 norm of the input embedding rows: the natural scale of a soft token."""
         weight = self.embed_tokens(torch.arange(min(4096, len(self.tokenizer)), device=self.device))
         return float(weight.float().norm(dim=-1).median())
+
+    # ---- the shared prefix ----------------------------------------------------------------
+
+    _prefix_store: tuple | None = None
+
+    def _shared_prefix(self, input_ids: torch.Tensor, inject_mask: torch.Tensor, prefix_len: int):
+        """(start, past): where `run` starts and the cache of the tokens before it, or (0, None)
+        when the prefix cannot be reused. The last prefix run is kept (one forward over the
+        template's first tokens, under no_grad), keyed by its ids."""
+        if prefix_len <= 0 or prefix_len >= input_ids.shape[1] or not self.reuses_prefix():
+            return 0, None
+        prefix = input_ids[:, :prefix_len]
+        if not bool((prefix == prefix[:1]).all()) or bool(torch.as_tensor(inject_mask)[:, :prefix_len].any()):
+            return 0, None
+        key = tuple(prefix[0].tolist())
+        if self._prefix_store is None or self._prefix_store[0] != key:
+            with torch.no_grad():
+                _, past = self.run(prefix[:1], None, None, keep_past=True)
+            self._prefix_store = (key, past)
+        return prefix_len, self.expand_past(self._prefix_store[1], input_ids.shape[0])
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    if value is None:
+        return None
+    raise BackendError(f"Cannot expand or select rows of a {type(value).__name__} cache; override "
+                       "Backend.expand_past and Backend.select_past for it.")

@@ -1,10 +1,10 @@
 """The `hf` backend: any transformers causal LM, soft tokens injected with torch hooks.
 
-Three habits keep it close to the cost of the bare model:
-- the template's prefix before the first placeholder is the same in every row, so its keys and
-  values are computed once and reused (`prefix_len`);
-- the LM head runs only at the positions whose logits are needed;
-- `capture` stops the forward pass after the deepest layer it reads.
+It supplies the primitives of `Backend` (base.py), which runs the verbs over them:
+- `run` is the model's body (`model.base_model`, final norm included) with a hook at the site
+  and a transformers `DynamicCache` as the key-value cache;
+- `head` is the output embedding (plus Gemma-style final logit softcapping);
+- `read` hooks the sites and stops the forward pass after the deepest one.
 
 For models whose activations do not fit in memory during training, `checkpointing=True`
 recomputes each block's activations in the backward pass instead of storing them (the
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import BackendError
-from ..sites import Site, inject
-from .base import Backend, Sampling, capture_batch, decode
+from ..sites import Site
+from .base import Backend
+from .inputs import Injection
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -33,8 +34,28 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     raise BackendError(f"Cannot find the decoder blocks of {type(model).__name__}; use a standard transformers causal LM.")
 
 
+def expand_cache(cache, batch: int, config):
+    """A fresh DynamicCache whose layers view `cache`'s (one row) expanded to `batch` rows.
+    Decoding appends with torch.cat, so `cache` itself is never written to."""
+    from transformers import DynamicCache
+
+    data = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1)) for layer in cache.layers]
+    return DynamicCache(data, config=config)
+
+
+def select_cache_rows(cache, rows: torch.Tensor, device):
+    """Keep only `rows` of a DynamicCache (in place; returns it)."""
+    cache.batch_select_indices(rows.to(device))
+    return cache
+
+
+def softcapped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma-style final logit softcapping (none when `softcap` is unset)."""
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 class _StopForward(Exception):
-    """Raised from a hook once everything `capture` needs has been read."""
+    """Raised from a hook once everything `read` needs has been read."""
 
 
 def _hidden_of(output):
@@ -56,9 +77,7 @@ class HFBackend(Backend):
         self.tokenizer = tokenizer
         self.blocks = find_blocks(model)
         self.body = model.base_model
-        self.head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._fingerprint: str | None = None
 
     # ---- facts ----------------------------------------------------------------------------
@@ -90,60 +109,45 @@ class HFBackend(Backend):
             self._fingerprint = embedding_fingerprint(self.model)
         return self._fingerprint
 
-    # ---- injection ------------------------------------------------------------------------
+    # ---- hooks ----------------------------------------------------------------------------
 
     def _site_module(self, site: Site) -> nn.Module:
-        if site.kind == "embed":
-            return self.model.get_input_embeddings()
-        if site.layer >= self.n_layers:
-            raise BackendError(f"Site {site.name} is past the last layer ({self.n_layers - 1}); pick a smaller layer.")
-        return self.blocks[site.layer]
+        """The module whose input (resid_pre) or output (embed, resid_post) is the site."""
+        self.check_site(site)
+        return self.model.get_input_embeddings() if site.kind == "embed" else self.blocks[site.layer]
 
-    @contextlib.contextmanager
-    def injecting(self, soft: torch.Tensor, mask: torch.Tensor, site: Site):
-        """Inject `soft` at `mask` during the next forward call only (the prefill)."""
-        state = {"armed": True}
-
-        def apply(hidden):
-            if not state["armed"] or hidden.shape[1] != mask.shape[1]:
-                return hidden
-            state["armed"] = False
-            return inject(hidden, soft, mask, site)
-
+    def _hook(self, site: Site, fn):
+        """Register `fn(hidden) -> hidden | None` at the site; returns the handle. A value it
+        returns replaces the site's value."""
         module = self._site_module(site)
         if site.kind == "resid_pre":
 
             def pre_hook(_module, args, kwargs):
                 if args:
-                    return (apply(args[0]), *args[1:]), kwargs
-                kwargs["hidden_states"] = apply(kwargs["hidden_states"])
-                return args, kwargs
+                    hidden = fn(args[0])
+                    return None if hidden is None else ((hidden, *args[1:]), kwargs)
+                hidden = fn(kwargs["hidden_states"])
+                if hidden is not None:
+                    kwargs["hidden_states"] = hidden
+                return None if hidden is None else (args, kwargs)
 
-            handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        else:
+            return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-            def post_hook(_module, _args, output):
-                return _with_hidden(output, apply(_hidden_of(output)))
+        def post_hook(_module, _args, output):
+            hidden = fn(_hidden_of(output))
+            return None if hidden is None else _with_hidden(output, hidden)
 
-            handle = module.register_forward_hook(post_hook)
+        return module.register_forward_hook(post_hook)
+
+    @contextlib.contextmanager
+    def injecting(self, injection: Injection | None):
+        """`injection` applied at its site during the forward calls inside the block."""
+        handle = None if injection is None else self._hook(injection.site, injection.apply)
         try:
             yield
         finally:
-            handle.remove()
-
-    # ---- prefix cache ---------------------------------------------------------------------
-
-    def _cache_for(self, prefix: torch.Tensor, batch: int):
-        """A fresh DynamicCache holding the prefix's keys/values, expanded to `batch` rows."""
-        from transformers import DynamicCache
-
-        key = tuple(prefix.tolist())
-        if key not in self._prefix_kv:
-            with torch.no_grad():
-                out = self.body(input_ids=prefix[None].to(self.device), use_cache=True)
-            self._prefix_kv = {key: [(layer.keys, layer.values) for layer in out.past_key_values.layers]}
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv[key]]
-        return DynamicCache(data, config=self.model.config)
+            if handle is not None:
+                handle.remove()
 
     @contextlib.contextmanager
     def _checkpointed_blocks(self):
@@ -162,110 +166,52 @@ class HFBackend(Backend):
             for block in self.blocks:
                 del block.forward  # back to the class's forward
 
-    def _run(self, input_ids, soft, mask, site, prefix_len, cache=None):
-        """Forward the body over input_ids[:, prefix_len:], prefix from cache; returns hidden states and cache."""
-        if prefix_len > 0:
-            cache = self._cache_for(input_ids[0, :prefix_len], input_ids.shape[0])
-        rest = input_ids[:, prefix_len:].to(self.device)
-        checkpointed = self._checkpointed_blocks() if self._checkpoint_now() else contextlib.nullcontext()
-        with self.injecting(soft, mask[:, prefix_len:], site), checkpointed:
-            out = self.body(input_ids=rest, past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state, out.past_key_values
-
     def _checkpoint_now(self) -> bool:
         return self.checkpointing and torch.is_grad_enabled()
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(hidden)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+    # ---- primitives -----------------------------------------------------------------------
 
-    # ---- verbs ----------------------------------------------------------------------------
+    def run(self, input_ids, injection=None, past=None, keep_past=False):
+        if past is None and keep_past:
+            from transformers import DynamicCache
 
-    def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
-        if prefix_len and not bool((input_ids[:, :prefix_len] == input_ids[:1, :prefix_len]).all()):
-            prefix_len = 0
-        if self._checkpoint_now():
-            prefix_len = 0
-        hidden, _ = self._run(input_ids, soft, inject_mask, site, prefix_len)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-        picked = hidden[rows, (positions - prefix_len).to(hidden.device)]
-        return self._head(picked)
+            past = DynamicCache(config=self.model.config)
+        checkpointed = self._checkpointed_blocks() if self._checkpoint_now() else contextlib.nullcontext()
+        with self.injecting(injection), checkpointed:
+            out = self.body(input_ids=input_ids.to(self.device), past_key_values=past, use_cache=past is not None)
+        return out.last_hidden_state, out.past_key_values if past is not None else None
 
-    @torch.no_grad()
-    def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
-        from transformers import DynamicCache
+    def head(self, hidden):
+        return softcapped(self.model.get_output_embeddings()(hidden), self.softcap)
 
-        cache = None if prefix_len else DynamicCache(config=self.model.config)
-        hidden, cache = self._run(input_ids, soft, inject_mask, site, prefix_len, cache)
-
-        def advance(next_ids, keep):
-            nonlocal cache
-            if keep is not None:
-                cache.batch_select_indices(keep.to(self.device))
-            out = self.body(input_ids=next_ids[:, None].to(self.device), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            return self._head(out.last_hidden_state[:, -1])
-
-        return decode(self._head(hidden[:, -1]), sampling, is_finished, advance)
-
-    @torch.no_grad()
-    def capture(self, input_ids, sites, positions=None):
-        batch, index = capture_batch(input_ids, positions, self.tokenizer.pad_token_id)
-
+    def read(self, input_ids, sites, positions=None):
         found: dict[int, torch.Tensor] = {}
-        handles = []
-        rows = torch.arange(len(input_ids))
+        rows = torch.arange(input_ids.shape[0])
 
-        def reader(i, pre):
-            def hook(_module, args, kwargs_or_output, *rest):
-                if pre:
-                    hidden = args[0] if args else kwargs_or_output["hidden_states"]
-                else:
-                    hidden = _hidden_of(kwargs_or_output if not rest else rest[0])
-                found[i] = hidden[rows, index.to(hidden.device)].float().cpu()
+        def reader(i):
+            def read_one(hidden):
+                found[i] = hidden if positions is None else hidden[rows.to(hidden.device), positions.to(hidden.device)]
                 if len(found) == len(sites):
                     raise _StopForward
+                return None
 
-            return hook
+            return read_one
 
-        for i, site in enumerate(sites):
-            module = self._site_module(site)
-            if site.kind == "resid_pre":
-                handles.append(module.register_forward_pre_hook(reader(i, True), with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(reader(i, False)))
-        try:
-            self.body(input_ids=batch.to(self.device), use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        return torch.stack([found[i] for i in range(len(sites))], dim=1)
-
-    def capture_all(self, input_ids, site):
-        """One forward pass, stopped right after `site`: (B, T, d) in float32 on the CPU."""
-        found = []
-
-        def hook(_module, args, kwargs_or_output, *rest):
-            if site.kind == "resid_pre":
-                hidden = args[0] if args else kwargs_or_output["hidden_states"]
-            else:
-                hidden = _hidden_of(kwargs_or_output if not rest else rest[0])
-            found.append(hidden.float().cpu())
-            raise _StopForward
-
-        module = self._site_module(site)
-        if site.kind == "resid_pre":
-            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-        else:
-            handle = module.register_forward_hook(hook)
+        handles = [self._hook(site, reader(i)) for i, site in enumerate(sites)]
         try:
             self.body(input_ids=input_ids.to(self.device), use_cache=False)
         except _StopForward:
             pass
         finally:
-            handle.remove()
-        return found[0]
+            for handle in handles:
+                handle.remove()
+        return [found[i] for i in range(len(sites))]
+
+    def expand_past(self, past, batch):
+        return expand_cache(past, batch, self.model.config)
+
+    def select_past(self, past, rows):
+        return select_cache_rows(past, rows, self.device)
+
+    def reuses_prefix(self) -> bool:
+        return not self._checkpoint_now()

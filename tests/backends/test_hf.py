@@ -72,8 +72,12 @@ def record_site(backend, store: list):
     original = backend.injecting
 
     @contextlib.contextmanager
-    def wrapped(soft, mask, site):
-        with original(soft, mask, site):
+    def wrapped(injection):
+        with original(injection):
+            if injection is None:  # a decoding step or the shared prefix: nothing injected, nothing recorded
+                yield
+                return
+            site = injection.site
             module = backend._site_module(site)
             if site.kind == "resid_pre":
 
