@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .adapters import Adapter, AdapterConfig, make_adapter
 from .adapters import check_vectors
 from .backends.base import AdapterInput, Backend, Sampling
