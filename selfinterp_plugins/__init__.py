@@ -7,6 +7,7 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, LowRankConfig, make_adapter
 from .backends import Backend, HFBackend, Sampling
 from .datasets import VectorLabelDataset
+from .defaults import shipped_explainer_dir
 from .errors import (
     ArtifactError,
     BackendError,
@@ -33,4 +34,5 @@ __all__ = [
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
     "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
+    "shipped_explainer_dir",
 ]

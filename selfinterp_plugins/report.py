@@ -51,7 +51,7 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
     from . import Explainer, Sampling
     from .baselines import get_baseline
-    from .cli import shipped_explainer_dir
+    from .defaults import shipped_explainer_dir
     from .bridge import mentions
     from .knowledge import prompted_descriptions
     from .models import load_model
