@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .source import sae_site
+from .sae_info import sae_site
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
