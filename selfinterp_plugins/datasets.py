@@ -16,6 +16,9 @@ import torch
 
 from .errors import ArtifactError, LabelError, VectorError
 
+# public: what every vector source returns (hookspecs.register_vector_sources)
+__all__ = ["VectorLabelDataset"]
+
 VECTORS_FILE = "vectors.safetensors"
 LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"

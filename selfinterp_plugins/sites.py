@@ -17,6 +17,9 @@ import torch
 
 from .errors import BackendError
 
+# public: backends and vector sources say where a vector lives with a Site
+__all__ = ["Site"]
+
 KINDS = ("embed", "resid_pre", "resid_post")
 MODES = ("replace", "add_normmatched")
 

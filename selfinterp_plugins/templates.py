@@ -18,6 +18,10 @@ import torch
 
 from .errors import LabelError, TemplateError
 
+# public: besides PromptTemplate, the chat-format helpers plugins build their own prompts and stop
+# conditions with, so every prompt in a model's chat format is written the same way
+__all__ = ["PromptTemplate", "end_of_turn", "end_of_turn_id", "user_turn"]
+
 #: special tokens that chat models rarely see, tried in order for the default placeholder
 PLACEHOLDER_CANDIDATES = (
     "<|reserved_special_token_0|>",  # Llama 3
@@ -286,3 +290,11 @@ def end_of_turn(tokenizer) -> str:
     if not end and tokenizer.eos_token:
         end = tokenizer.eos_token
     return end
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The chat template's end-of-turn token id (`<|im_end|>`, `<end_of_turn>`), where generation
+    stops; None when the marker is not one token."""
+    end = end_of_turn(tokenizer)
+    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    return ids[0] if len(ids) == 1 else None

@@ -115,7 +115,7 @@ class ConversationWriter:
     def _generate_hf(self, model, prompts: list[list[int]]) -> list[str]:
         tok = self.backend.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        from selfinterp_plugins.knowledge import end_of_turn_id
+        from selfinterp_plugins.templates import end_of_turn_id
 
         stop = [i for i in (tok.eos_token_id, end_of_turn_id(tok)) if i is not None]
         generator_state = torch.random.get_rng_state()
