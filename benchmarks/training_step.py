@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from _common import machine, median_time, shipped_setup
 
+from selfinterp_plugins.backends import pad_token_id
+
 
 def naive_loss(explainer, vectors, labels, clamp: float = 100.0):
     """The straightforward implementation: full forward, full logits, shifted cross-entropy."""
@@ -27,7 +29,7 @@ def naive_loss(explainer, vectors, labels, clamp: float = 100.0):
     prompt = explainer.prompt_ids
     targets = [explainer.template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    ids = torch.full((len(labels), len(prompt) + width), tok.pad_token_id or 0, dtype=torch.long)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
     gold = torch.full_like(ids, -100)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):
@@ -59,7 +61,7 @@ def floor_step(explainer, labels):
     prompt = explainer.prompt_ids
     targets = [explainer.template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    ids = torch.full((len(labels), len(prompt) + width), tok.pad_token_id or 0, dtype=torch.long)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
     gold = torch.full((len(labels), width), -100)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):

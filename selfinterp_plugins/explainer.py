@@ -20,7 +20,7 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, make_adapter
 from .adapters import check_vectors
 from .backends.base import AdapterInput, Backend, Sampling
-from .backends.inputs import IGNORE
+from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 from .sites import Site
@@ -103,7 +103,7 @@ class Explainer:
         soft = self._backend_input(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
         batch, prompt_len, width = len(labels), len(self.prompt_ids), max(map(len, targets))
-        ids = torch.full((batch, prompt_len + width), _pad_id(tok), dtype=torch.long)
+        ids = torch.full((batch, prompt_len + width), pad_token_id(tok), dtype=torch.long)
         ids[:, :prompt_len] = self.prompt_ids
         gold = torch.full((batch, width), IGNORE, dtype=torch.long)
         for i, target in enumerate(targets):
@@ -250,10 +250,6 @@ def _checked_config(config: dict, path) -> dict:
     if isinstance(config.get("d_model"), bool) or not isinstance(config.get("d_model"), int):
         raise ArtifactError(f"{path}: 'd_model' must be an integer; re-save the explainer.")
     return config
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def _single_id(tokenizer, text: str) -> int | None:

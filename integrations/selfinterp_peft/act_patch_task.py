@@ -16,6 +16,7 @@ import random
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.sites import Site
 
@@ -73,7 +74,7 @@ def patching_rows(backend, pairs, layers: list[int], batch_size: int = 32, seed:
         jobs.append({"ids": ids, "pos": pos, "cf_ids": cf_ids, "cf_pos": cf_pos, "layer": rng.choice(layers),
                      "topic": first, "counterfactual": other})
     rows: dict[int, dict] = {}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token_id(tok)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="activation patching"):
         batch = list(enumerate(jobs[start : start + batch_size], start))
         for layer in sorted({j["layer"] for _, j in batch}):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
@@ -131,7 +132,7 @@ class DITAdapter:
             raise WeightDiffError(f"{len(diffs)} diffs but {len(answers)} answers; pass one answer per diff.")
         cfg = self.config
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         examples = [self.example(a) for a in answers]

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
 from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
 
@@ -323,7 +324,7 @@ class LoRAExplainer:
     def _embeds(self, sequences: list[list[int]], examples: list[TaskExample], left_pad: bool):
         """Padded input embeddings with each example's soft token in place, and the attention mask."""
         embed = self.model.get_input_embeddings()
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -441,7 +442,7 @@ class LoRAExplainer:
         end of turn, the end of sequence or one of the reference's stop strings."""
         self.model.eval()
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         from .hidden_topics import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)
