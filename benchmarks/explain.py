@@ -19,9 +19,10 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from _common import machine, shipped_setup
 from selfinterp_plugins import Sampling
 from selfinterp_plugins.backends import pad_token_id
+
+from _common import machine, shipped_setup
 
 
 class RowBudget(StoppingCriteria):

@@ -17,9 +17,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import machine, median_time, shipped_setup
-
 from selfinterp_plugins.backends import pad_token_id
+
+from _common import machine, median_time, shipped_setup
 
 
 def naive_loss(explainer, vectors, labels, clamp: float = 100.0):
@@ -113,11 +113,11 @@ def main() -> None:
             fn(explainer, vectors, labels).backward()
         return run
 
-    t_ours = median_time(step(lambda e, v, l: e.loss(v, l)), args.repeat)
+    t_ours = median_time(step(lambda e, v, labels: e.loss(v, labels)), args.repeat)
     t_naive = median_time(step(naive_loss), args.repeat)
     t_floor = median_time(floor_step(explainer, labels), args.repeat)
     prefix_len, explainer.prefix_len = explainer.prefix_len, 0
-    t_no_prefix = median_time(step(lambda e, v, l: e.loss(v, l)), args.repeat)
+    t_no_prefix = median_time(step(lambda e, v, labels: e.loss(v, labels)), args.repeat)
     explainer.prefix_len = prefix_len
     print(f"training step: ours {t_ours * 1000:.0f} ms, naive {t_naive * 1000:.0f} ms -> {t_naive / t_ours:.2f}x faster (goal >= 1.5x)")
     print(f"floor (bare model, differing tokens only, no adapter, no hooks): {t_floor * 1000:.0f} ms -> "

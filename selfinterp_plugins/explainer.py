@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .adapters import Adapter, AdapterConfig, make_adapter
-from .adapters import check_vectors
+from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
@@ -66,7 +65,7 @@ class Explainer:
         model_id: str | None = None,
         backend_options: dict | None = None,
         **adapter_options,
-    ) -> "Explainer":
+    ) -> Explainer:
         """A fresh explainer for `model`; `adapter_options` go to the adapter kind's own config class
         (init_scale for every kind, rank for the low-rank kinds, a plugin kind's own fields)."""
         from .plugins import backend_for
@@ -177,7 +176,7 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
-                        backend_options: dict | None = None) -> "Explainer":
+                        backend_options: dict | None = None) -> Explainer:
         """Load a saved explainer onto `model`; refuses a model it was not trained for."""
         from .plugins import backend_for
 

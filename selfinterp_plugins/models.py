@@ -321,7 +321,7 @@ def _tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase, overrides: dict)
     ``overrides`` are passed to the config class, so use that class's field names
     (``num_hidden_layers`` for llama/qwen2/gemma3/gpt_neox, ``n_layer`` for gpt2).
     """
-    from transformers import GPT2Config, GPTNeoXConfig, Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     special = dict(
         vocab_size=len(tokenizer),

@@ -80,7 +80,7 @@ class PromptTemplate:
         placeholder: str | None = None,
         closing: str = '"',
         name: str = "chat",
-    ) -> "PromptTemplate":
+    ) -> PromptTemplate:
         """The paper's question/answer prompt (Pepper et al. 2026), written out for the model's chat
         family with NO system turn, as the reference writes it by hand per family: a tokenizer's
         chat template may add a default system prompt (SmolLM2's and Qwen2.5's do), which is not
@@ -96,7 +96,7 @@ class PromptTemplate:
         )
 
     @classmethod
-    def tokenizer_chat(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def tokenizer_chat(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """The same question/answer built with the tokenizer's own chat template, so with whatever
         system prompt it adds by default: NOT the paper's prompt for such models (SmolLM2's template
         adds "You are a helpful AI assistant named SmolLM…"). Kept as a named variant: the results
@@ -112,7 +112,7 @@ class PromptTemplate:
                    end=end_of_turn(tokenizer), name="tokenizer_chat")
 
     @classmethod
-    def echo(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def echo(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """Patchscopes-style identity prompt with no chat markup: `... <PH> -> label\\n`."""
         placeholder = placeholder or default_placeholder(tokenizer)
         return cls(
@@ -125,20 +125,20 @@ class PromptTemplate:
         )
 
     @classmethod
-    def patchscopes(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def patchscopes(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """Patchscopes' entity-description prompt; the label is the description up to the next comma."""
         placeholder = placeholder or default_placeholder(tokenizer)
         return cls(prompt=PATCHSCOPES_PROMPT.format(placeholder=placeholder), placeholder=placeholder,
                    closing=",", end="", label_prefix=" ", name="patchscopes")
 
     @classmethod
-    def selfie(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def selfie(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """SelfIE's summarisation prompt in the model's chat format (five placeholders)."""
         return cls.chat(tokenizer, user=SELFIE_USER, answer=SELFIE_ANSWER, placeholder=placeholder, closing=".",
                         name="selfie")
 
     @classmethod
-    def named(cls, name: str, tokenizer) -> "PromptTemplate":
+    def named(cls, name: str, tokenizer) -> PromptTemplate:
         """Look a built-in template up by name (`chat`, `tokenizer_chat`, `echo`, `patchscopes`, `selfie`)."""
         builders = {"chat": cls.chat, "tokenizer_chat": cls.tokenizer_chat, "echo": cls.echo,
                     "patchscopes": cls.patchscopes, "selfie": cls.selfie}
@@ -150,7 +150,7 @@ class PromptTemplate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PromptTemplate":
+    def from_dict(cls, data: dict) -> PromptTemplate:
         try:
             fields = ("prompt", "placeholder", "closing", "end", "label_prefix", "name")
             return cls(**{k: data[k] for k in fields}, stop_at_closing=data.get("stop_at_closing", True))

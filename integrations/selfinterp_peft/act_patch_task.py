@@ -27,9 +27,11 @@ PATCH_PROMPT = "A {title} is a kind of"
 EXPLAINER_PROMPTS = (
     "If feature {feature} at layer {layer} is added to tokens {tokens} when processing the text <<<{input}>>>, how would the output change?",
     "When feature {feature} at layer {layer} is added at tokens {tokens} in the input <<<{input}>>>, what happens to the model's output?",
-    "Consider the input text: <<<{input}>>>. If we steer layer {layer} towards feature {feature} at tokens {tokens}, how does this affect the generated continuation?",
+    "Consider the input text: <<<{input}>>>. If we steer layer {layer} towards feature {feature} at tokens {tokens}, "
+    "how does this affect the generated continuation?",
     "Given the text <<<{input}>>>, what would be the effect on the output if feature {feature} at layer {layer} is added to tokens {tokens}?",
-    "If we steer towards feature {feature} at layer {layer} and tokens {tokens} when processing <<<{input}>>>, how would the model's response differ?",
+    "If we steer towards feature {feature} at layer {layer} and tokens {tokens} when processing <<<{input}>>>, "
+    "how would the model's response differ?",
 )
 REQUIRED = ("layer", "input_tokens", "original_continuation", "ablated_continuation", "is_different", "patch_position")
 

@@ -131,7 +131,7 @@ def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None)
     return sums / counts.clamp(min=1)
 
 
-def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: "DiffTrainConfig", base_model=None):
+def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: DiffTrainConfig, base_model=None):
     """One step's loss: each example's mean loss times its form's weight (3·m/Σm), summed, as the
     reference sums its per-form sub-batches before an Adam step. Diffs trained side by side are
     independent, so the sum over a group trains each diff as it would train alone."""

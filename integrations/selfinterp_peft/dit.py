@@ -51,7 +51,7 @@ class DITConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DITConfig":
+    def from_dict(cls, data: dict) -> DITConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -85,7 +85,7 @@ class DITAdapter:
         self.config = config
 
     @classmethod
-    def create(cls, model, tokenizer, config: DITConfig | None = None) -> "DITAdapter":
+    def create(cls, model, tokenizer, config: DITConfig | None = None) -> DITAdapter:
         from peft import LoraConfig, get_peft_model
 
         config = config or DITConfig()
@@ -100,7 +100,7 @@ class DITAdapter:
         return cls(peft_model, tokenizer, config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "DITAdapter":
+    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> DITAdapter:
         """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
         from peft import PeftModel
 

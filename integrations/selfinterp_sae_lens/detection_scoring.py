@@ -38,7 +38,7 @@ class ContextPool:
     features: list[int]
 
     @classmethod
-    def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> "ContextPool":
+    def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> ContextPool:
         features = sorted(set(int(f) for f in features))
         peaks = max_acts(latent_acts(backend, sae, windows, features, batch_size))
         return cls(windows, peaks, features)

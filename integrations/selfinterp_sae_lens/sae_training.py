@@ -68,7 +68,7 @@ def activation_batches(backend, windows: list[list[int]], site: Site, batch_toke
 
 
 def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | None = None, out=None,
-              model_name: str = "") -> "object":
+              model_name: str = "") -> object:
     """A TopK SAE trained on `windows` at `site`; saved to `out` (if given) and returned as an
     inference `sae_lens.SAE`."""
     import tempfile
