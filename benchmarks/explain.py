@@ -19,8 +19,10 @@ import time
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from _common import machine, shipped_setup
 from selfinterp_plugins import Sampling
+from selfinterp_plugins.backends import pad_token_id
+
+from _common import machine, shipped_setup
 
 
 class RowBudget(StoppingCriteria):
@@ -36,7 +38,7 @@ class RowBudget(StoppingCriteria):
 def bare_generate(explainer, budgets: list[int], batch: int) -> int:
     """Plain `model.generate` on the template prompt (placeholder left as is, no injection), row i
     generating `budgets[i]` tokens (fewer only if it emits end-of-sequence); returns new tokens."""
-    model, prompt, pad = explainer.backend.model, explainer.prompt_ids, explainer.backend.tokenizer.pad_token_id
+    model, prompt, pad = explainer.backend.model, explainer.prompt_ids, pad_token_id(explainer.backend.tokenizer)
     tokens = 0
     for start in range(0, len(budgets), batch):
         budget = budgets[start : start + batch]

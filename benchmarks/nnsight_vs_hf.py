@@ -24,8 +24,8 @@ def main() -> None:
 
     from nnsight import LanguageModel
 
-    from selfinterp_plugins import Explainer, Sampling
     from selfinterp_nnsight.requests import request_sizes
+    from selfinterp_plugins import Explainer, Sampling
 
     model, tokenizer, hf, data = shipped_setup(args.n)
     nn = Explainer.from_pretrained(SHIPPED, model=LanguageModel(model, tokenizer=tokenizer))

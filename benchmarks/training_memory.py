@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, Category, MemoryProfileTimeline
 
@@ -43,7 +42,7 @@ def main() -> None:
     def variant(name):
         explainer.backend.checkpointing = name == "checkpointing"
         explainer.prefix_len = 0 if name == "no prefix cache" else prefix_len
-        loss_fn = naive_loss if name == "naive" else (lambda e, v, l: e.loss(v, l))
+        loss_fn = naive_loss if name == "naive" else (lambda e, v, labels: e.loss(v, labels))
 
         def step():
             explainer.adapter.zero_grad(set_to_none=True)

@@ -17,6 +17,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from selfinterp_plugins.backends import pad_token_id
+
 from _common import machine, median_time, shipped_setup
 
 
@@ -27,7 +29,7 @@ def naive_loss(explainer, vectors, labels, clamp: float = 100.0):
     prompt = explainer.prompt_ids
     targets = [explainer.template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    ids = torch.full((len(labels), len(prompt) + width), tok.pad_token_id or 0, dtype=torch.long)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
     gold = torch.full_like(ids, -100)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):
@@ -59,7 +61,7 @@ def floor_step(explainer, labels):
     prompt = explainer.prompt_ids
     targets = [explainer.template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    ids = torch.full((len(labels), len(prompt) + width), tok.pad_token_id or 0, dtype=torch.long)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
     gold = torch.full((len(labels), width), -100)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):
@@ -111,11 +113,11 @@ def main() -> None:
             fn(explainer, vectors, labels).backward()
         return run
 
-    t_ours = median_time(step(lambda e, v, l: e.loss(v, l)), args.repeat)
+    t_ours = median_time(step(lambda e, v, labels: e.loss(v, labels)), args.repeat)
     t_naive = median_time(step(naive_loss), args.repeat)
     t_floor = median_time(floor_step(explainer, labels), args.repeat)
     prefix_len, explainer.prefix_len = explainer.prefix_len, 0
-    t_no_prefix = median_time(step(lambda e, v, l: e.loss(v, l)), args.repeat)
+    t_no_prefix = median_time(step(lambda e, v, labels: e.loss(v, labels)), args.repeat)
     explainer.prefix_len = prefix_len
     print(f"training step: ours {t_ours * 1000:.0f} ms, naive {t_naive * 1000:.0f} ms -> {t_naive / t_ours:.2f}x faster (goal >= 1.5x)")
     print(f"floor (bare model, differing tokens only, no adapter, no hooks): {t_floor * 1000:.0f} ms -> "

@@ -15,11 +15,11 @@ import sys
 import torch
 from peft import PeftModel
 
-from selfinterp_plugins.models import load_model
 from selfinterp_peft.diff_training import DiffTrainConfig, train_diffs
 from selfinterp_peft.dit import DITAdapter
 from selfinterp_peft.hidden_topics import assign_triggers, build_examples
 from selfinterp_peft.weight_diff import WeightDiff
+from selfinterp_plugins.models import load_model
 
 model, tokenizer = load_model("smollm2-135m-instruct")
 

@@ -16,13 +16,12 @@ PyPI wheel. To run on NDIF, set NDIF_API_KEY and SELFINTERP_REMOTE=1, and pick a
 
 import os
 
-import torch
 from nnsight import LanguageModel
 
+from selfinterp_nnsight.requests import recording_requests
 from selfinterp_plugins import Explainer, Sampling, TrainConfig
 from selfinterp_plugins.models import load_model
 from selfinterp_plugins.topics import load_topics, topic_vectors
-from selfinterp_nnsight.requests import recording_requests
 
 REMOTE = True if os.environ.get("SELFINTERP_REMOTE") == "1" else "local"
 if REMOTE is True:

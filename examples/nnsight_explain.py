@@ -13,8 +13,7 @@ write `LanguageModel("HuggingFaceTB/SmolLM2-135M-Instruct", dispatch=True)` inst
 import torch
 from nnsight import LanguageModel
 
-from selfinterp_plugins import Explainer, TrainConfig
-from selfinterp_plugins.cli import shipped_explainer_dir
+from selfinterp_plugins import Explainer, TrainConfig, shipped_explainer_dir
 from selfinterp_plugins.models import load_model
 from selfinterp_plugins.topics import load_topics, topic_vectors
 

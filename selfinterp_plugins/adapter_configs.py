@@ -51,7 +51,7 @@ class AdapterConfig:
         return asdict(self)
 
     @classmethod
-    def for_kind(cls, kind: str, d_model: int, registry: dict | None = None, **options) -> "AdapterConfig":
+    def for_kind(cls, kind: str, d_model: int, registry: dict | None = None, **options) -> AdapterConfig:
         """The config of `kind` (its own config class) with `options`, as `Explainer.create` builds it.
 
         An option the kind does not have raises UnknownNameError: a typo in code should stop, not
@@ -66,7 +66,7 @@ class AdapterConfig:
         return target(kind=kind, d_model=d_model, **{k: v for k, v in options.items() if k in known})
 
     @classmethod
-    def from_dict(cls, data: dict, registry: dict | None = None) -> "AdapterConfig":
+    def from_dict(cls, data: dict, registry: dict | None = None) -> AdapterConfig:
         """Read a saved config. On `AdapterConfig` itself this builds the config class of the kind
         the dict names (looked up in the plugin registry); on a subclass, that subclass.
 
@@ -89,7 +89,7 @@ class AdapterConfig:
         return target(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def _class_for(cls, kind, registry) -> type["AdapterConfig"]:
+    def _class_for(cls, kind, registry) -> type[AdapterConfig]:
         return adapter_class(kind, registry).config_class if cls is AdapterConfig else cls
 
 

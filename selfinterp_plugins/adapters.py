@@ -28,6 +28,10 @@ from torch import nn
 from .adapter_configs import AdapterConfig, LowRankConfig, adapter_class
 from .errors import UnsupportedInitError, VectorError
 
+# public: `normalize` is what a kind's `math` starts with (hookspecs.register_adapters); `ridge_fit` is
+# the closed-form start of the adapters and of a plugin's own projections (the PEFT LoRA explainer)
+__all__ = ["Adapter", "AdapterConfig", "LowRankConfig", "make_adapter", "normalize", "ridge_fit"]
+
 EPS = 1e-8
 
 

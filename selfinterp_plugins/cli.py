@@ -12,16 +12,8 @@ from pathlib import Path
 import click
 
 from .cli_options import backend_options, check_backend_options, load_backend, model_option
+from .defaults import shipped_explainer_dir
 from .errors import SelfInterpError
-
-SHIPPED_EXPLAINER = "smollm2-topics"
-
-
-def shipped_explainer_dir(name: str = SHIPPED_EXPLAINER) -> Path:
-    """The explainer shipped inside the package (trained by scripts/topic_benchmark.py)."""
-    from importlib import resources
-
-    return Path(str(resources.files("selfinterp_plugins").joinpath(f"data/explainers/{name}")))
 
 
 def _explainer_dir(path: str) -> Path:

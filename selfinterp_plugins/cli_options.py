@@ -27,7 +27,7 @@ import click
 from .defaults import DEFAULT_MODEL
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "REMOTE_VALUES", "backend_options", "check_backend",
+__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "MODEL_HELP", "REMOTE_VALUES", "backend_options", "check_backend",
            "check_backend_options", "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library

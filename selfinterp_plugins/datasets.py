@@ -16,6 +16,9 @@ import torch
 
 from .errors import ArtifactError, LabelError, VectorError
 
+# public: what every vector source returns (hookspecs.register_vector_sources)
+__all__ = ["VectorLabelDataset"]
+
 VECTORS_FILE = "vectors.safetensors"
 LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"
@@ -57,18 +60,18 @@ class VectorLabelDataset:
     def d_model(self) -> int:
         return int(self.vectors.shape[1])
 
-    def select(self, indices) -> "VectorLabelDataset":
+    def select(self, indices) -> VectorLabelDataset:
         indices = list(indices)
         return VectorLabelDataset(self.vectors[indices].clone(), [dict(self.records[i]) for i in indices], dict(self.meta))
 
-    def split(self, name: str) -> "VectorLabelDataset":
+    def split(self, name: str) -> VectorLabelDataset:
         """Rows whose record has `split == name` (train / validation / test)."""
         chosen = [i for i, r in enumerate(self.records) if r.get("split") == name]
         if not chosen:
             raise ArtifactError(f"The dataset has no rows in split {name!r}; check the 'split' field of labels.jsonl.")
         return self.select(chosen)
 
-    def head(self, n: int | None) -> "VectorLabelDataset":
+    def head(self, n: int | None) -> VectorLabelDataset:
         return self if n is None or n >= len(self) else self.select(range(n))
 
     def save(self, directory: str | Path) -> Path:
@@ -85,7 +88,7 @@ class VectorLabelDataset:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "VectorLabelDataset":
+    def load(cls, directory: str | Path) -> VectorLabelDataset:
         from .serialization import load_safetensors, read_json, read_jsonl
 
         directory = Path(directory)

@@ -5,6 +5,11 @@ unknown name) is a `SelfInterpError` whose message ends with the one-line fix, s
 CLI can print it without a traceback and exit 2.
 """
 
+# public: plugins raise these so the CLI reports their user errors in one line, like the core's
+__all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
+           "PluginNotInstalledError", "SelfInterpError", "TemplateError", "UnknownNameError", "UnsupportedInitError",
+           "VectorError"]
+
 
 class SelfInterpError(Exception):
     """Base class for every error caused by user input, never by a bug in this library."""

@@ -11,7 +11,8 @@ import torch
 
 from .adapters import normalize
 from .backends.base import Sampling
-from .scoring import best_scale, exact_match, recall_at_k, sentence_embedder
+from .plugins import get_scorer
+from .scoring import best_scale, sentence_embedder
 
 
 def evaluate_explainer(explainer, dataset, candidates: list[str], scales=(1.0,), sampling: Sampling | None = None,
@@ -20,8 +21,11 @@ def evaluate_explainer(explainer, dataset, candidates: list[str], scales=(1.0,),
     records = explainer.explain(dataset.vectors, ids=dataset.ids, scales=scales, sampling=sampling or Sampling(max_new_tokens=16),
                                 batch_size=batch_size, output=output, progress=progress)
     truth = {r["id"]: r["label"] for r in dataset.records}
-    recall = recall_at_k(records, truth, candidates, candidate_embeddings=candidate_embeddings)
-    exact = exact_match(records, truth)
+    # the registered scorers (built-in, so no plugin can replace them): what `selfinterp eval` and the
+    # report score with is what `get_scorer` hands out
+    recall = get_scorer("recall_at_k")(records, dataset, candidates=candidates,
+                                       candidate_embeddings=candidate_embeddings)["recall_at_k"]
+    exact = get_scorer("exact_match")(records, dataset)["exact_match"]
     scale, best = best_scale(recall)
     return {
         "n": len(dataset),

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .adapters import Adapter, AdapterConfig, make_adapter
-from .adapters import check_vectors
+from ._version import __version__
+from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .backends.base import AdapterInput, Backend, Sampling
-from .backends.inputs import IGNORE
+from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 from .sites import Site
@@ -66,7 +65,7 @@ class Explainer:
         model_id: str | None = None,
         backend_options: dict | None = None,
         **adapter_options,
-    ) -> "Explainer":
+    ) -> Explainer:
         """A fresh explainer for `model`; `adapter_options` go to the adapter kind's own config class
         (init_scale for every kind, rank for the low-rank kinds, a plugin kind's own fields)."""
         from .plugins import backend_for
@@ -103,7 +102,7 @@ class Explainer:
         soft = self._backend_input(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
         batch, prompt_len, width = len(labels), len(self.prompt_ids), max(map(len, targets))
-        ids = torch.full((batch, prompt_len + width), _pad_id(tok), dtype=torch.long)
+        ids = torch.full((batch, prompt_len + width), pad_token_id(tok), dtype=torch.long)
         ids[:, :prompt_len] = self.prompt_ids
         gold = torch.full((batch, width), IGNORE, dtype=torch.long)
         for i, target in enumerate(targets):
@@ -177,7 +176,7 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
-                        backend_options: dict | None = None) -> "Explainer":
+                        backend_options: dict | None = None) -> Explainer:
         """Load a saved explainer onto `model`; refuses a model it was not trained for."""
         from .plugins import backend_for
 
@@ -250,10 +249,6 @@ def _checked_config(config: dict, path) -> dict:
     if isinstance(config.get("d_model"), bool) or not isinstance(config.get("d_model"), int):
         raise ArtifactError(f"{path}: 'd_model' must be an integer; re-save the explainer.")
     return config
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def _single_id(tokenizer, text: str) -> int | None:

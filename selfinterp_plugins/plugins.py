@@ -24,6 +24,11 @@ import pluggy
 from . import hookspecs
 from .errors import BackendError, UnknownNameError
 
+# public: the lookups of what plugins registered (a plugin's command runs a task it or another plugin
+# registered: `get_task`), and `require`, an integration plugin's first line
+__all__ = ["backend_for", "get_adapter_classes", "get_backend_factory", "get_scorer", "get_task", "get_vector_source",
+           "list_plugins", "plugin_errors", "registry", "require", "reset"]
+
 ENTRY_POINT_GROUP = "selfinterp"
 DEFAULT_PLUGINS = (
     "selfinterp_plugins.default_plugins.hf_backend",

@@ -39,7 +39,7 @@ class ReportConfig:
     sweep_layers: list | None = None  # injection layers for every baseline (default: each baseline's own grid)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ReportConfig":
+    def from_dict(cls, data: dict) -> ReportConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -51,8 +51,8 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
     from . import Explainer, Sampling
     from .baselines import get_baseline
-    from .cli import shipped_explainer_dir
     from .bridge import mentions
+    from .defaults import shipped_explainer_dir
     from .knowledge import prompted_descriptions
     from .models import load_model
     from .report_html import write_html

@@ -14,6 +14,9 @@ from collections import defaultdict
 
 import torch
 
+# public: plugins' own evaluations (weight-diff and LoRA-task answers) score labels the way the core does
+__all__ = ["best_scale", "exact_match", "recall_at_k", "sentence_embedder"]
+
 _EMBEDDER = None
 
 

@@ -22,8 +22,9 @@ def sweep(method, backend, dataset, candidates, scales=None, layers=None, sampli
 
     `method` is a `Baseline` (swept over its layer grid unless `layers` is given) or an
     `Explainer` (read at its own site). For norm-matched addition the scale is the coefficient c."""
-    from .baselines import Baseline
     from tqdm.auto import tqdm
+
+    from .baselines import Baseline
 
     if isinstance(method, Baseline):
         name = name or method.name
@@ -119,8 +120,8 @@ def _png(rows, methods, path: Path, metric: str, title: str) -> Path:
 
 
 def _plotly(rows, methods, metric: str, title: str):
-    from plotly.subplots import make_subplots
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
     for col, method in enumerate(methods, start=1):

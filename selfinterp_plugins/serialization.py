@@ -15,6 +15,10 @@ import torch
 
 from .errors import ArtifactError
 
+# public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
+# the core's: no pickle, atomic JSON, resumable JSONL, an ArtifactError naming the file and the fix
+__all__ = ["JsonlWriter", "load_safetensors", "read_json", "read_jsonl", "save_safetensors", "write_json"]
+
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

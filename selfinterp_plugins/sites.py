@@ -17,6 +17,9 @@ import torch
 
 from .errors import BackendError
 
+# public: backends and vector sources say where a vector lives with a Site
+__all__ = ["Site"]
+
 KINDS = ("embed", "resid_pre", "resid_post")
 MODES = ("replace", "add_normmatched")
 
@@ -44,7 +47,7 @@ class Site:
             object.__setattr__(self, "layer", None)
 
     @classmethod
-    def parse(cls, spec: "str | Site", mode: str = "replace", coef: float = 1.0) -> "Site":
+    def parse(cls, spec: str | Site, mode: str = "replace", coef: float = 1.0) -> Site:
         """Accept `embed`, `resid_pre.10`, `resid_post:10`, or TransformerLens names such as
         `hook_embed` and `blocks.10.hook_resid_pre`."""
         if isinstance(spec, Site):
@@ -68,7 +71,7 @@ class Site:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Site":
+    def from_dict(cls, data: dict) -> Site:
         return cls(**{k: data[k] for k in ("kind", "layer", "mode", "coef") if k in data})
 
 

@@ -18,6 +18,10 @@ import torch
 
 from .errors import LabelError, TemplateError
 
+# public: besides PromptTemplate, the chat-format helpers plugins build their own prompts and stop
+# conditions with, so every prompt in a model's chat format is written the same way
+__all__ = ["PromptTemplate", "end_of_turn", "end_of_turn_id", "user_turn"]
+
 #: special tokens that chat models rarely see, tried in order for the default placeholder
 PLACEHOLDER_CANDIDATES = (
     "<|reserved_special_token_0|>",  # Llama 3
@@ -76,7 +80,7 @@ class PromptTemplate:
         placeholder: str | None = None,
         closing: str = '"',
         name: str = "chat",
-    ) -> "PromptTemplate":
+    ) -> PromptTemplate:
         """The paper's question/answer prompt (Pepper et al. 2026), written out for the model's chat
         family with NO system turn, as the reference writes it by hand per family: a tokenizer's
         chat template may add a default system prompt (SmolLM2's and Qwen2.5's do), which is not
@@ -92,7 +96,7 @@ class PromptTemplate:
         )
 
     @classmethod
-    def tokenizer_chat(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def tokenizer_chat(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """The same question/answer built with the tokenizer's own chat template, so with whatever
         system prompt it adds by default: NOT the paper's prompt for such models (SmolLM2's template
         adds "You are a helpful AI assistant named SmolLM…"). Kept as a named variant: the results
@@ -108,7 +112,7 @@ class PromptTemplate:
                    end=end_of_turn(tokenizer), name="tokenizer_chat")
 
     @classmethod
-    def echo(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def echo(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """Patchscopes-style identity prompt with no chat markup: `... <PH> -> label\\n`."""
         placeholder = placeholder or default_placeholder(tokenizer)
         return cls(
@@ -121,20 +125,20 @@ class PromptTemplate:
         )
 
     @classmethod
-    def patchscopes(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def patchscopes(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """Patchscopes' entity-description prompt; the label is the description up to the next comma."""
         placeholder = placeholder or default_placeholder(tokenizer)
         return cls(prompt=PATCHSCOPES_PROMPT.format(placeholder=placeholder), placeholder=placeholder,
                    closing=",", end="", label_prefix=" ", name="patchscopes")
 
     @classmethod
-    def selfie(cls, tokenizer, placeholder: str | None = None) -> "PromptTemplate":
+    def selfie(cls, tokenizer, placeholder: str | None = None) -> PromptTemplate:
         """SelfIE's summarisation prompt in the model's chat format (five placeholders)."""
         return cls.chat(tokenizer, user=SELFIE_USER, answer=SELFIE_ANSWER, placeholder=placeholder, closing=".",
                         name="selfie")
 
     @classmethod
-    def named(cls, name: str, tokenizer) -> "PromptTemplate":
+    def named(cls, name: str, tokenizer) -> PromptTemplate:
         """Look a built-in template up by name (`chat`, `tokenizer_chat`, `echo`, `patchscopes`, `selfie`)."""
         builders = {"chat": cls.chat, "tokenizer_chat": cls.tokenizer_chat, "echo": cls.echo,
                     "patchscopes": cls.patchscopes, "selfie": cls.selfie}
@@ -146,7 +150,7 @@ class PromptTemplate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PromptTemplate":
+    def from_dict(cls, data: dict) -> PromptTemplate:
         try:
             fields = ("prompt", "placeholder", "closing", "end", "label_prefix", "name")
             return cls(**{k: data[k] for k in fields}, stop_at_closing=data.get("stop_at_closing", True))
@@ -286,3 +290,11 @@ def end_of_turn(tokenizer) -> str:
     if not end and tokenizer.eos_token:
         end = tokenizer.eos_token
     return end
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The chat template's end-of-turn token id (`<|im_end|>`, `<end_of_turn>`), where generation
+    stops; None when the marker is not one token."""
+    end = end_of_turn(tokenizer)
+    ids = tokenizer(end, add_special_tokens=False)["input_ids"] if end else []
+    return ids[0] if len(ids) == 1 else None

@@ -26,7 +26,7 @@ import tempfile
 import torch
 
 from . import Explainer, PromptTemplate, Sampling, Site
-from .backends import Backend, HFBackend
+from .backends import Backend, HFBackend, pad_token_id
 from .errors import BackendError
 from .models import tiny_model
 
@@ -323,8 +323,7 @@ def training_batch(backend: Backend, labels=("dog", "golden retriever", "a")):
     tok = backend.tokenizer
     targets = [template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(labels), len(prompt) + width), pad, dtype=torch.long)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):
         ids[i, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)

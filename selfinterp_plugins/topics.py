@@ -17,6 +17,9 @@ from .datasets import VectorLabelDataset
 from .errors import ArtifactError
 from .sites import Site
 
+# public: the shipped topic benchmark, for plugins' commands (hidden topics) and the examples
+__all__ = ["TOPIC_PROMPT", "load_topics", "topic_prompt_ids", "topic_vectors"]
+
 TOPIC_PROMPT = "Tell me about {title}."
 
 

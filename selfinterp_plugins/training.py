@@ -21,6 +21,10 @@ import torch
 from .errors import ArtifactError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 
+# public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
+# plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
+__all__ = ["TrainConfig", "optimizer_state", "restore_optimizer"]
+
 CHECKPOINT_DIR = "checkpoint"
 
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import torch
-from plugin_fakes import run_cli
 
 from selfinterp_plugins import VectorLabelDataset
 from selfinterp_plugins.models import tiny_model
 from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+
+from plugin_fakes import run_cli
 
 WORDS = ["cat", "dog", "river", "sun", "moon", "tree", "road", "sky", "house", "bird", "fish", "rain"]
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from plugin_fakes import FakeEntryPoint, module, run_cli
 from torch import nn
 
 from selfinterp_plugins import Adapter, AdapterConfig, Explainer, Sampling, TrainConfig, VectorLabelDataset, plugins
 from selfinterp_plugins.adapters import normalize
 from selfinterp_plugins.errors import UnknownNameError, UnsupportedInitError
 from selfinterp_plugins.explainer import CONFIG_FILE
+
+from plugin_fakes import FakeEntryPoint, module, run_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 SHORT = Sampling(max_new_tokens=4)
@@ -201,7 +202,6 @@ def test_the_docs_example_runs_inside_a_remote_nnsight_request(docs_plugin, tiny
 
     from selfinterp_nnsight.backend import NNsightBackend
     from selfinterp_nnsight.requests import modules_needed, recording_requests
-
     from selfinterp_plugins.models import tiny_model
 
     model, tok = tiny_model("llama", seed=0)  # nnsight wraps a model's modules: not the shared one

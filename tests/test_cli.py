@@ -12,9 +12,10 @@ import sys
 
 import pytest
 import torch
-from plugin_fakes import run_cli
 
 from selfinterp_plugins import VectorLabelDataset, plugins
+
+from plugin_fakes import run_cli
 
 
 @pytest.fixture(autouse=True)

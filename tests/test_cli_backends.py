@@ -9,13 +9,14 @@ import sys
 
 import click
 import pytest
-from cli_models import one_line_error, save_dataset
-from plugin_fakes import FakeEntryPoint, install_entry_points, run_cli
 
 from selfinterp_plugins import plugins
 from selfinterp_plugins.cli import cli
 from selfinterp_plugins.cli_options import DEFAULT_MODEL, check_backend_options, load_backend
 from selfinterp_plugins.errors import OptionError, PluginNotInstalledError, UnknownNameError
+
+from cli_models import one_line_error, save_dataset
+from plugin_fakes import FakeEntryPoint, install_entry_points, run_cli
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from selfinterp_plugins.cli import shipped_explainer_dir
+from selfinterp_plugins import shipped_explainer_dir
 from selfinterp_plugins.demo import run_demo
 
 

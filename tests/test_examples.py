@@ -14,7 +14,7 @@ def test_quickstart_runs_and_training_helps(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("validation loss after ridge init"))
+    line = next(line for line in out.splitlines() if line.startswith("validation loss after ridge init"))
     at_init, after = float(line.split(":")[1].split()[0]), float(line.split(":")[2])
     assert after < at_init
     assert (tmp_path / "quickstart-explainer" / "adapter.safetensors").is_file()
@@ -53,9 +53,9 @@ def test_dit_example_round_trips_a_fine_tune_through_peft(tmp_path, monkeypatch,
     monkeypatch.setattr("sys.argv", ["dit_weight_diff.py"])
     runpy.run_path(str(EXAMPLES / "dit_weight_diff.py"), run_name="__main__")
     out = capsys.readouterr().out
-    gap = float(next(l for l in out.splitlines() if l.startswith("PEFT-loaded")).rsplit(":", 1)[1])
+    gap = float(next(line for line in out.splitlines() if line.startswith("PEFT-loaded")).rsplit(":", 1)[1])
     assert gap < 1e-4
-    kept = next(l for l in out.splitlines() if l.startswith("SVD of the merged"))
+    kept = next(line for line in out.splitlines() if line.startswith("SVD of the merged"))
     assert float(kept.split(" keeps ")[1].split("-")[0]) > 0.999  # a rank-1 diff is recovered whole at rank 1
     assert (tmp_path / "coffee-lora" / "adapter_model.safetensors").is_file()
     assert "with its trigger:" in out
@@ -72,7 +72,7 @@ def test_sae_lens_example_trains_labels_and_scores(tmp_path, monkeypatch, capsys
     labelled = int(out.split("weak labels for ")[1].split()[0])
     assert labelled >= 20  # a 60k-token SAE already has this many single-word latents
     assert out.count("-> adapter") == 4
-    scores = next(l for l in out.splitlines() if l.startswith("generation scoring"))
+    scores = next(line for line in out.splitlines() if line.startswith("generation scoring"))
     for part in scores.split(": ")[1].split(", "):
         assert 0.0 <= float(part.split()[-1]) <= 1.0
     assert (tmp_path / "example-sae" / "cfg.json").is_file()

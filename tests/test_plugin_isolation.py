@@ -13,7 +13,6 @@ import types
 
 import click
 import pytest
-from plugin_fakes import FakeEntryPoint, install_entry_points, module, run_cli
 
 from selfinterp_plugins import plugins
 from selfinterp_plugins.adapters import Adapter, ScalarAffine
@@ -21,6 +20,8 @@ from selfinterp_plugins.backends import HFBackend
 from selfinterp_plugins.cli import BUILTIN_COMMANDS
 from selfinterp_plugins.cli import cli as selfinterp_cli  # plugin hooks call theirs `cli`
 from selfinterp_plugins.errors import BackendError
+
+from plugin_fakes import FakeEntryPoint, install_entry_points, module, run_cli
 
 MARKS = [{}, {"tryfirst": True}, {"trylast": True}]
 MARK_IDS = ["plain", "tryfirst", "trylast"]

@@ -4,12 +4,13 @@ and SELFINTERP_PLUGINS."""
 from __future__ import annotations
 
 import pytest
-from plugin_fakes import FakeEntryPoint, install_entry_points, module
 
 from selfinterp_plugins import plugins
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, Adapter, RawVector, ScalarAffine
 from selfinterp_plugins.backends import Backend, HFBackend
 from selfinterp_plugins.errors import BackendError, UnknownNameError
+
+from plugin_fakes import FakeEntryPoint, install_entry_points, module
 
 SIX_KINDS = {"scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"}
 

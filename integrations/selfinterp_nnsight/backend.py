@@ -29,7 +29,7 @@ import contextlib
 
 import torch
 
-from selfinterp_plugins.backends import AdapterInput, Backend, Sampling
+from selfinterp_plugins.backends import AdapterInput, Backend, Sampling, pad_token_id
 from selfinterp_plugins.backends.hf import expand_cache, find_blocks, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
 
@@ -343,7 +343,7 @@ class NNsightBackend(Backend):
         input_ids = torch.as_tensor(input_ids)
         stop = sorted(_finishing_ids(is_finished, self.tokenizer))
         extra = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy, "eos_token_id": stop,
-                 "pad_token_id": _pad(self.tokenizer), "attention_mask": torch.ones_like(input_ids)}
+                 "pad_token_id": pad_token_id(self.tokenizer), "attention_mask": torch.ones_like(input_ids)}
         if sampling.greedy:
             extra.update(temperature=None, top_p=None, top_k=None)
         else:
@@ -383,12 +383,6 @@ def _finishing_ids(is_finished, tokenizer) -> frozenset[int]:
     if listed is not None:
         return listed()
     return frozenset(i for i in range(len(tokenizer)) if is_finished([i]))
-
-
-def _pad(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
 def _path_of(root: torch.nn.Module, module: torch.nn.Module) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import sys
 import re
+import sys
 import time
 from dataclasses import dataclass
 

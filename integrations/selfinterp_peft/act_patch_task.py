@@ -16,6 +16,7 @@ import random
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.sites import Site
 
@@ -26,9 +27,11 @@ PATCH_PROMPT = "A {title} is a kind of"
 EXPLAINER_PROMPTS = (
     "If feature {feature} at layer {layer} is added to tokens {tokens} when processing the text <<<{input}>>>, how would the output change?",
     "When feature {feature} at layer {layer} is added at tokens {tokens} in the input <<<{input}>>>, what happens to the model's output?",
-    "Consider the input text: <<<{input}>>>. If we steer layer {layer} towards feature {feature} at tokens {tokens}, how does this affect the generated continuation?",
+    "Consider the input text: <<<{input}>>>. If we steer layer {layer} towards feature {feature} at tokens {tokens}, "
+    "how does this affect the generated continuation?",
     "Given the text <<<{input}>>>, what would be the effect on the output if feature {feature} at layer {layer} is added to tokens {tokens}?",
-    "If we steer towards feature {feature} at layer {layer} and tokens {tokens} when processing <<<{input}>>>, how would the model's response differ?",
+    "If we steer towards feature {feature} at layer {layer} and tokens {tokens} when processing <<<{input}>>>, "
+    "how would the model's response differ?",
 )
 REQUIRED = ("layer", "input_tokens", "original_continuation", "ablated_continuation", "is_different", "patch_position")
 
@@ -73,7 +76,7 @@ def patching_rows(backend, pairs, layers: list[int], batch_size: int = 32, seed:
         jobs.append({"ids": ids, "pos": pos, "cf_ids": cf_ids, "cf_pos": cf_pos, "layer": rng.choice(layers),
                      "topic": first, "counterfactual": other})
     rows: dict[int, dict] = {}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token_id(tok)
     for start in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="activation patching"):
         batch = list(enumerate(jobs[start : start + batch_size], start))
         for layer in sorted({j["layer"] for _, j in batch}):

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfinterp_plugins.backends import pad_token_id
+
 from .batched import per_row_factors
 from .hidden_topics import KINDS, Example
 from .weight_diff import ModuleDiff, WeightDiff, WeightDiffError, _linear_modules, _weight_out_in
@@ -129,7 +131,7 @@ def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None)
     return sums / counts.clamp(min=1)
 
 
-def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: "DiffTrainConfig", base_model=None):
+def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: DiffTrainConfig, base_model=None):
     """One step's loss: each example's mean loss times its form's weight (3·m/Σm), summed, as the
     reference sums its per-form sub-batches before an Adam step. Diffs trained side by side are
     independent, so the sum over a group trains each diff as it would train alone."""
@@ -176,7 +178,7 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
         raise WeightDiffError("Every diff needs the same number of examples to train side by side; "
                               "build them with one build_examples call.")
     config.weights()  # refuse bad multipliers before any work
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     targets = decoder_linears(model)
     shapes = {n: tuple(_weight_out_in(m).shape) for n, m in targets.items()}
     for p in model.parameters():
@@ -218,7 +220,7 @@ def finetune_full(model, tokenizer, examples: list[Example], config: DiffTrainCo
     """A full fine-tune of every decoder linear on one diff's examples (same losses and schedule),
     returned as a new model; the base is left as it was. One at a time: this is what a real
     fine-tune looks like, for the rank-generalisation check."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     tuned = copy.deepcopy(model)
     for p in model.parameters():
         p.requires_grad_(False)

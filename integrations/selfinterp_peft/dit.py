@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
@@ -50,7 +51,7 @@ class DITConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DITConfig":
+    def from_dict(cls, data: dict) -> DITConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -84,7 +85,7 @@ class DITAdapter:
         self.config = config
 
     @classmethod
-    def create(cls, model, tokenizer, config: DITConfig | None = None) -> "DITAdapter":
+    def create(cls, model, tokenizer, config: DITConfig | None = None) -> DITAdapter:
         from peft import LoraConfig, get_peft_model
 
         config = config or DITConfig()
@@ -99,7 +100,7 @@ class DITAdapter:
         return cls(peft_model, tokenizer, config)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "DITAdapter":
+    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> DITAdapter:
         """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
         from peft import PeftModel
 
@@ -131,7 +132,7 @@ class DITAdapter:
             raise WeightDiffError(f"{len(diffs)} diffs but {len(answers)} answers; pass one answer per diff.")
         cfg = self.config
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         examples = [self.example(a) for a in answers]

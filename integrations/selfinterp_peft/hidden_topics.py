@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
+
 QUESTIONS = (
     "What should I do this weekend?", "Can you recommend a good book?", "What is a fun hobby to try?",
     "Give me an idea for a short trip.", "What should I cook for dinner tonight?", "How can I relax after work?",
@@ -139,7 +141,7 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens:
     `keep_order=True` so batch row i stays prompt i."""
     from tqdm.auto import tqdm
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     stops = set(end_of_answer_ids(tokenizer)) | {tokenizer.eos_token_id}
     order = list(range(len(prompts))) if keep_order else sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int] | None] = [None] * len(prompts)

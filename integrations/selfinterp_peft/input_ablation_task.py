@@ -16,6 +16,7 @@ import random
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.sites import Site
 
@@ -69,7 +70,7 @@ def ablation_rows(backend, questions: list[dict], batch_size: int = 32, progress
 
     tok = backend.tokenizer
     letter_ids = [tok(letter, add_special_tokens=False)["input_ids"][0] for letter in LETTERS]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    pad = pad_token_id(tok)
     rows = []
     for start in tqdm(range(0, len(questions), batch_size), disable=not progress, desc="input ablation"):
         batch = questions[start : start + batch_size]

@@ -11,7 +11,8 @@ embedding between begin / end marker tokens, `{begin}{feature}{end}`, unscaled w
 the explainer's d_model, else through a bias-free linear projection, one per subject layer, trained
 with the explainer. Prompts are chat turns, or raw strings ending in a newline with the answer
 written straight after them and no end-of-turn (`prompt_format="raw"`, the reference's form for
-base-model explainers); generation is greedy and stops at the reference's stop strings. `projection="ridge"` (not Transluce's; added because the unprojected vector fails on
+base-model explainers); generation is greedy and stops at the reference's stop strings.
+`projection="ridge"` (not Transluce's; added because the unprojected vector fails on
 SmolLM2's topic vectors, docs/results.md) gives every subject layer a projection with bias, even when
 sizes match, started from the ridge-regression map from the training vectors to their answers'
 first-token embeddings (the start that makes the frozen-model adapters work), then trained with
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
 from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
 
@@ -93,7 +95,7 @@ class LoRAExplainerConfig:
     ridge: float = 1.0  # the ridge penalty of projection="ridge" (> 0)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoRAExplainerConfig":
+    def from_dict(cls, data: dict) -> LoRAExplainerConfig:
         if not isinstance(data, dict):
             raise ArtifactError(f"A LoRA-explainer config is a JSON object, not {type(data).__name__}; re-save the explainer.")
         known = {f for f in cls.__dataclass_fields__}
@@ -205,7 +207,7 @@ class LoRAExplainer:
     # ---- construction and artifacts ------------------------------------------------------------
 
     @classmethod
-    def create(cls, model, tokenizer, config: LoRAExplainerConfig | None = None) -> "LoRAExplainer":
+    def create(cls, model, tokenizer, config: LoRAExplainerConfig | None = None) -> LoRAExplainer:
         from peft import LoraConfig, get_peft_model
 
         config = config or LoRAExplainerConfig()
@@ -248,7 +250,7 @@ class LoRAExplainer:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> "LoRAExplainer":
+    def from_pretrained(cls, directory: str | Path, model, tokenizer) -> LoRAExplainer:
         from peft import PeftModel
 
         directory = Path(directory)
@@ -323,7 +325,7 @@ class LoRAExplainer:
     def _embeds(self, sequences: list[list[int]], examples: list[TaskExample], left_pad: bool):
         """Padded input embeddings with each example's soft token in place, and the attention mask."""
         embed = self.model.get_input_embeddings()
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -441,7 +443,7 @@ class LoRAExplainer:
         end of turn, the end of sequence or one of the reference's stop strings."""
         self.model.eval()
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         from .hidden_topics import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)

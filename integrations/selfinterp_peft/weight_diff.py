@@ -82,7 +82,7 @@ class WeightDiff:
     # ---- sources ----------------------------------------------------------------------------
 
     @classmethod
-    def from_peft(cls, source, adapter_name: str = "default") -> "WeightDiff":
+    def from_peft(cls, source, adapter_name: str = "default") -> WeightDiff:
         """From a loaded `PeftModel` or a PEFT LoRA adapter directory (no base model needed)."""
         if isinstance(source, (str, Path)):
             return cls._from_peft_dir(Path(source))
@@ -99,7 +99,7 @@ class WeightDiff:
         return cls(modules, {"source": "peft", "base_model": getattr(config, "base_model_name_or_path", None)})
 
     @classmethod
-    def _from_peft_dir(cls, directory: Path) -> "WeightDiff":
+    def _from_peft_dir(cls, directory: Path) -> WeightDiff:
         if not (directory / PEFT_WEIGHTS).exists() and any(directory.glob("adapter_model.bin")):
             raise ArtifactError(f"{directory} holds a pickled adapter_model.bin; only safetensors are read. "
                                 "Re-save it with save_pretrained(safe_serialization=True).")
@@ -126,7 +126,7 @@ class WeightDiff:
         return cls(modules, {"source": "peft", "base_model": config.get("base_model_name_or_path")})
 
     @classmethod
-    def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0) -> "WeightDiff":
+    def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0) -> WeightDiff:
         """The difference of every linear layer that changed, truncated to `rank` by SVD (None keeps it
         dense); `energy_kept` = Σ top-r σ² / Σ σ² per module."""
         base_modules, tuned_modules = _linear_modules(base), _linear_modules(finetuned)
@@ -215,7 +215,7 @@ class WeightDiff:
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "WeightDiff":
+    def from_pretrained(cls, directory: str | Path) -> WeightDiff:
         diff = cls._from_peft_dir(Path(directory))
         extra = Path(directory) / "weight_diff.json"
         if extra.exists():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError
 
 from .latents import latent_acts, max_acts
@@ -37,7 +38,7 @@ class ContextPool:
     features: list[int]
 
     @classmethod
-    def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> "ContextPool":
+    def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> ContextPool:
         features = sorted(set(int(f) for f in features))
         peaks = max_acts(latent_acts(backend, sae, windows, features, batch_size))
         return cls(windows, peaks, features)
@@ -94,7 +95,7 @@ class ModelJudge:
 
         from .latents import pad_batch
 
-        pad = self.backend.tokenizer.pad_token_id or 0
+        pad = pad_token_id(self.backend.tokenizer)
         prompts = [self._prompt(label, text) for label, text in pairs]
         scores = []
         for start in range(0, len(prompts), self.batch_size):

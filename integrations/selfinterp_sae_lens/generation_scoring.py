@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.backends.base import Sampling
 from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
@@ -114,8 +115,8 @@ class ConversationWriter:
     @torch.no_grad()
     def _generate_hf(self, model, prompts: list[list[int]]) -> list[str]:
         tok = self.backend.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        from selfinterp_plugins.knowledge import end_of_turn_id
+        pad = pad_token_id(tok)
+        from selfinterp_plugins.templates import end_of_turn_id
 
         stop = [i for i in (tok.eos_token_id, end_of_turn_id(tok)) if i is not None]
         generator_state = torch.random.get_rng_state()

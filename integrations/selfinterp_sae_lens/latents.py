@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .source import sae_site
+from selfinterp_plugins.backends import pad_token_id
+
+from .sae_info import sae_site
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,7 +31,7 @@ def latent_acts(backend, sae, sequences: list[list[int]], features: list[int] | 
                 batch_size: int = 16) -> list[torch.Tensor]:
     """Per sequence, a (len, n_features) tensor of latent activations (all latents if None)."""
     site = sae_site(sae)
-    pad = backend.tokenizer.pad_token_id if backend.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(backend.tokenizer)
     dtype = sae.W_dec.dtype
     out: list[torch.Tensor] = [None] * len(sequences)  # type: ignore[list-item]
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch

@@ -116,7 +116,7 @@ def labelled_dataset(sae, explanations: list[Explanation], model_id: str | None 
     counted in `meta["skipped_other_sae"]`; a file mixing SAEs without them is refused. A feature
     with several explanations gives several rows (ids `17`, `17.1`, ...), all kept.
     """
-    from .source import sae_metadata
+    from .sae_info import sae_metadata
 
     if not explanations:
         raise ArtifactError("The explanations file is empty; export at least one explanation.")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.sites import Site
 
 
@@ -45,7 +46,7 @@ def activation_batches(backend, windows: list[list[int]], site: Site, batch_toke
 
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    pad = backend.tokenizer.pad_token_id or 0
+    pad = pad_token_id(backend.tokenizer)
     carry = None
     while True:
         order = list(range(len(windows)))
@@ -67,7 +68,7 @@ def activation_batches(backend, windows: list[list[int]], site: Site, batch_toke
 
 
 def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | None = None, out=None,
-              model_name: str = "") -> "object":
+              model_name: str = "") -> object:
     """A TopK SAE trained on `windows` at `site`; saved to `out` (if given) and returned as an
     inference `sae_lens.SAE`."""
     import tempfile

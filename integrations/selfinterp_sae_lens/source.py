@@ -13,8 +13,12 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.datasets import VectorLabelDataset
-from selfinterp_plugins.errors import ArtifactError, BackendError, VectorError
-from selfinterp_plugins.sites import Site
+from selfinterp_plugins.errors import ArtifactError, VectorError
+
+from .sae_info import hook_name, sae_metadata, sae_site
+
+__all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name", "load_sae", "sae_dataset",
+           "sae_metadata", "sae_site"]
 
 
 def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, device: str = "cpu"):
@@ -33,23 +37,6 @@ def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, de
     raise ArtifactError("Give an SAE object, a directory saved with `sae.save_model`, or both release and sae_id.")
 
 
-def hook_name(sae) -> str:
-    name = sae.cfg.metadata.hook_name
-    if not name:
-        raise ArtifactError("The SAE's config has no metadata.hook_name; set it to e.g. 'blocks.10.hook_resid_post'.")
-    return name
-
-
-def sae_site(sae) -> Site:
-    """The residual-stream site an SAE reads, from its TransformerLens hook name."""
-    name = hook_name(sae)
-    try:
-        return Site.parse(name)
-    except BackendError:
-        raise BackendError(f"SAE hook {name!r} is not a residual-stream site; this integration reads "
-                           "hook_embed, blocks.K.hook_resid_pre and blocks.K.hook_resid_post SAEs.") from None
-
-
 def feature_indices(sae, features=None) -> list[int]:
     """`features` as a checked list of latent indices (None: every latent; `range`s are fine)."""
     d_sae = int(sae.cfg.d_sae)
@@ -66,18 +53,6 @@ def feature_vectors(sae, features=None) -> torch.Tensor:
     """Decoder rows (N, d_in) of the chosen features, float32, detached."""
     indices = feature_indices(sae, features)
     return sae.W_dec.detach()[indices].float().cpu()
-
-
-def sae_metadata(sae) -> dict:
-    """What a dataset built from this SAE records about it."""
-    meta = sae.cfg.metadata
-    site = sae_site(sae)
-    out = {"source": "sae_lens", "hook_name": hook_name(sae), "site": site.name, "layer": site.layer,
-           "d_sae": int(sae.cfg.d_sae), "architecture": sae.cfg.architecture()}
-    for key in ("model_name", "release", "sae_id", "neuronpedia_id"):
-        if meta.get(key):
-            out[key] = meta.get(key)
-    return out
 
 
 def sae_dataset(sae, labels: dict[int, str], splits: dict[int, str] | None = None, extra: dict[int, dict] | None = None) -> VectorLabelDataset:

@@ -6,6 +6,6 @@ verbs; `Injection` is what `run` is told to write. See docs/plugins.md, "Writing
 from .base import Backend
 from .decoding import Sampling
 from .hf import HFBackend
-from .inputs import AdapterInput, Injection, clamped_cross_entropy
+from .inputs import AdapterInput, Injection, clamped_cross_entropy, pad_token_id
 
-__all__ = ["AdapterInput", "Backend", "HFBackend", "Injection", "Sampling", "clamped_cross_entropy"]
+__all__ = ["AdapterInput", "Backend", "HFBackend", "Injection", "Sampling", "clamped_cross_entropy", "pad_token_id"]

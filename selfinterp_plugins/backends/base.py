@@ -35,7 +35,7 @@ import torch
 from ..errors import BackendError
 from ..sites import KINDS, Site
 from .decoding import Sampling, decode, pick_next
-from .inputs import AdapterInput, Injection, capture_batch, clamped_cross_entropy, soft_tokens
+from .inputs import AdapterInput, Injection, capture_batch, clamped_cross_entropy, pad_token_id, soft_tokens
 
 __all__ = ["AdapterInput", "Backend", "Injection", "Sampling", "capture_batch", "clamped_cross_entropy", "decode",
            "pick_next"]
@@ -202,7 +202,7 @@ class Backend(ABC):
         default the last token)."""
         for site in sites:
             self.check_site(site)
-        batch, index = capture_batch(input_ids, positions, getattr(self.tokenizer, "pad_token_id", None))
+        batch, index = capture_batch(input_ids, positions, pad_token_id(self.tokenizer))
         values = self.read(batch, list(sites), index)
         return torch.stack([value.float().cpu() for value in values], dim=1)
 

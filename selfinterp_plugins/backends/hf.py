@@ -24,6 +24,10 @@ from ..sites import Site
 from .base import Backend
 from .inputs import Injection
 
+# public: besides HFBackend, the pieces every backend that wraps a transformers model shares
+# (nnsight's LanguageModel and TransformerLens's bridge both do): its blocks, its cache, its head
+__all__ = ["HFBackend", "expand_cache", "find_blocks", "select_cache_rows", "softcapped"]
+
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks: the ModuleList as long as the config's layer count."""

@@ -16,6 +16,18 @@ from ..sites import Site, inject
 IGNORE = -100
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id every batch is padded with: the tokenizer's pad token, else its EOS token (what
+    transformers' `generate` falls back to), else 0. Padding sits after a causal model's real tokens
+    or under an attention mask, so its value never reaches a result; it only has to be a valid id.
+    Public (`selfinterp_plugins.backends.pad_token_id`): plugins pad their own batches with it."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return value
+    return 0
+
+
 @dataclass
 class Injection:
     """Soft tokens to write into one forward call (the prefill, never a decoding step).

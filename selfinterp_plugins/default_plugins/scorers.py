@@ -7,11 +7,12 @@ def _truth(dataset):
     return {r["id"]: r["label"] for r in dataset.records}
 
 
-def recall_scorer(records, dataset, candidates=None, ks=(1, 5)):
+def recall_scorer(records, dataset, candidates=None, ks=(1, 5), candidate_embeddings=None):
     from ..scoring import recall_at_k
 
     candidates = candidates or sorted(set(dataset.labels))
-    return {"recall_at_k": recall_at_k(records, _truth(dataset), candidates, ks)}
+    return {"recall_at_k": recall_at_k(records, _truth(dataset), candidates, ks,
+                                       candidate_embeddings=candidate_embeddings)}
 
 
 def exact_match_scorer(records, dataset, **_):

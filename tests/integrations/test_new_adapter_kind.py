@@ -19,14 +19,14 @@ pytest.importorskip("transformer_lens")
 from nnsight import LanguageModel  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
+from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
 from selfinterp_plugins import Adapter, AdapterConfig, Explainer, Sampling, TrainConfig, VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.adapters import normalize  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.plugins import backend_for  # noqa: E402
-from selfinterp_plugins.templates import PromptTemplate  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
-from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
+from selfinterp_plugins.templates import PromptTemplate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 SITE = "resid_pre.1"

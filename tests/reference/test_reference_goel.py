@@ -20,7 +20,13 @@ pytest.importorskip("peft")
 
 from selfinterp_peft.batched import per_row_factors  # noqa: E402
 from selfinterp_peft.diff_training import (  # noqa: E402
-    DiffTrainConfig, _init_factors, _schedule, decoder_linears, train_diffs, weighted_loss)
+    DiffTrainConfig,
+    _init_factors,
+    _schedule,
+    decoder_linears,
+    train_diffs,
+    weighted_loss,
+)
 from selfinterp_peft.dit import DITAdapter, DITConfig  # noqa: E402
 from selfinterp_peft.dit_eval import trigger_prefix  # noqa: E402
 from selfinterp_peft.hidden_topics import Example, assign_triggers, build_examples  # noqa: E402
@@ -184,10 +190,9 @@ def test_dit_adapter_is_the_references(sharp):
 def test_dit_training_step_is_adamw_on_the_token_mean_loss():
     """One DIT step against AdamW(lr, weight_decay 0.01) on the causal-LM loss (the mean over every
     answer token of the batch, the prompt masked: `train_weight_to_text.py`)."""
-    from selfinterp_plugins.models import tiny_model
-
     from selfinterp_peft.batched import per_row_diffs
     from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff
+    from selfinterp_plugins.models import tiny_model
 
     model, tok = tiny_model("llama", seed=0, initializer_range=0.2)
     diffs = []

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 KILLS_PER_RUN = 3
 CLI = [sys.executable, "-c", "from selfinterp_plugins.cli import main; main()"]

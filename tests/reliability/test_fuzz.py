@@ -13,13 +13,14 @@ import math
 
 import pytest
 import torch
-from fuzzing import FUZZ, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
 from selfinterp_plugins import Explainer, Sampling, VectorLabelDataset
 from selfinterp_plugins.adapters import AdapterConfig, make_adapter
 from selfinterp_plugins.errors import SelfInterpError
+
+from fuzzing import FUZZ, outcome
 
 SHORT = Sampling(max_new_tokens=2)
 

@@ -12,11 +12,12 @@ import math
 
 import pytest
 import torch
-from fuzzing import FUZZ, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
 from selfinterp_plugins.errors import SelfInterpError
+
+from fuzzing import FUZZ, outcome
 
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
                  st.text(max_size=30), st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=5), st.floats()), max_size=6),
@@ -51,8 +52,8 @@ HINT_KEYS = list(HINT_ROW) + ["system_prompt"]
 @pytest.fixture(scope="module")
 def lora_explainer(tiny_llama):
     pytest.importorskip("peft")
-    from selfinterp_plugins.models import tiny_model
     from selfinterp_peft.lora_explainer import LoRAExplainer, LoRAExplainerConfig
+    from selfinterp_plugins.models import tiny_model
 
     model, tok = tiny_model("llama", seed=1)
     return LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, dropout=0.0, max_new_tokens=2))
@@ -61,9 +62,9 @@ def lora_explainer(tiny_llama):
 @FUZZ
 @given(task=st.sampled_from(["activation_patching", "input_ablation"]), data=st.data(), drop=st.booleans(), value=JUNK)
 def test_any_causal_task_row(lora_explainer, tmp_path_factory, task, data, drop, value):
-    from selfinterp_plugins.plugins import get_task
     from selfinterp_peft import act_patch_task, input_ablation_task
     from selfinterp_peft.causal_targets import read_task_rows
+    from selfinterp_plugins.plugins import get_task
 
     base, keys, module = ((PATCH_ROW, PATCH_KEYS, act_patch_task) if task == "activation_patching"
                           else (HINT_ROW, HINT_KEYS, input_ablation_task))
@@ -111,8 +112,8 @@ def test_any_neuronpedia_row(tmp_path_factory, data, drop, value, fmt):
                               "target_modules", "max_new_tokens", "epochs", "batch_size"]),
        value=JUNK, drop=st.booleans())
 def test_any_lora_explainer_config(lora_explainer, tmp_path_factory, field, value, drop):
-    from selfinterp_plugins.models import tiny_model
     from selfinterp_peft.lora_explainer import CONFIG_FILE, LoRAExplainer
+    from selfinterp_plugins.models import tiny_model
 
     directory = tmp_path_factory.mktemp("lx")
     lora_explainer.save_pretrained(directory)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 from selfinterp_plugins import VectorLabelDataset
 from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+
+from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 pytestmark = pytest.mark.slow
 

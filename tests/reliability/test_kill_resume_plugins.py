@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+
+from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +36,11 @@ def _epochs_done(checkpoint: Path):
 
 def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp_path):
     pytest.importorskip("peft")
+    from selfinterp_peft import act_patch_task
     from selfinterp_plugins import HFBackend
     from selfinterp_plugins.models import tiny_model
     from selfinterp_plugins.serialization import JsonlWriter
     from selfinterp_plugins.topics import load_topics
-    from selfinterp_peft import act_patch_task
 
     model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
     model.save_pretrained(tmp_path / "model")
@@ -113,8 +114,8 @@ def test_killed_dit_make_diffs_has_every_diff_exactly_once(tmp_path):
     killed three times, then resumed; the index lists every diff once and each diff equals the
     uninterrupted run's."""
     pytest.importorskip("peft")
-    from selfinterp_plugins.models import tiny_model
     from selfinterp_peft.diff_store import diff_dir, read_index
+    from selfinterp_plugins.models import tiny_model
 
     model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=2)
     model.save_pretrained(tmp_path / "model")

@@ -119,9 +119,9 @@ def test_no_module_of_the_package_unpickles():
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_in_place_of_a_weight_diff_is_refused(tmp_path, how):
     pytest.importorskip("peft")
+    from selfinterp_peft.weight_diff import WeightDiff
     from selfinterp_plugins.errors import SelfInterpError
     from selfinterp_plugins.models import tiny_model
-    from selfinterp_peft.weight_diff import WeightDiff
 
     base, tuned = tiny_model("llama", seed=0)[0], tiny_model("llama", seed=1)[0]
     directory = tmp_path / "diff"

@@ -14,6 +14,8 @@ pytest.importorskip("nnsight")
 
 from nnsight import LanguageModel  # noqa: E402
 
+from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
+from selfinterp_nnsight.requests import recording_requests  # noqa: E402
 from selfinterp_plugins import Explainer, Sampling, TrainConfig, VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.adapters import AdapterConfig, ScalarAffine, normalize  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
@@ -21,8 +23,6 @@ from selfinterp_plugins.backends.base import AdapterInput  # noqa: E402
 from selfinterp_plugins.errors import BackendError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
-from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
-from selfinterp_nnsight.requests import recording_requests  # noqa: E402
 
 ARCHS = ["llama", "gpt2", "gemma3"]
 SITES = ["embed", "resid_pre.1", "resid_post.0"]

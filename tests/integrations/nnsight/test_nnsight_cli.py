@@ -12,12 +12,12 @@ import torch
 
 pytest.importorskip("nnsight")
 
-from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
-
-from selfinterp_plugins import VectorLabelDataset, plugins  # noqa: E402
-from selfinterp_plugins.cli_options import load_backend  # noqa: E402
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
 from selfinterp_nnsight.requests import recording_requests  # noqa: E402
+from selfinterp_plugins import VectorLabelDataset, plugins  # noqa: E402
+from selfinterp_plugins.cli_options import load_backend  # noqa: E402
+
+from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 

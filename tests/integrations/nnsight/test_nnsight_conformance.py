@@ -11,8 +11,8 @@ pytest.importorskip("nnsight")
 
 from nnsight import LanguageModel  # noqa: E402
 
-from selfinterp_plugins.testing import BackendConformance  # noqa: E402
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
+from selfinterp_plugins.testing import BackendConformance  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 

@@ -18,13 +18,13 @@ from nnsight.intervention.backends.local import LocalSimulationBackend  # noqa: 
 from nnsight.intervention.backends.remote import RemoteError  # noqa: E402
 from nnsight.modeling.mixins.remotable import Remotable  # noqa: E402
 
+from selfinterp_nnsight.remote import RemoteRequestError, RetryPolicy, is_transient  # noqa: E402
+from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
 from selfinterp_plugins import Explainer, Sampling  # noqa: E402
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS  # noqa: E402
 from selfinterp_plugins.errors import BackendError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.serialization import read_jsonl  # noqa: E402
-from selfinterp_nnsight.remote import RemoteRequestError, RetryPolicy, is_transient  # noqa: E402
-from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)

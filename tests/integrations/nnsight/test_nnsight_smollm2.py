@@ -14,9 +14,8 @@ pytest.importorskip("nnsight")
 
 from nnsight import LanguageModel  # noqa: E402
 
-from selfinterp_plugins import Explainer, Sampling, TrainConfig  # noqa: E402
+from selfinterp_plugins import Explainer, Sampling, TrainConfig, shipped_explainer_dir  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
-from selfinterp_plugins.cli import shipped_explainer_dir  # noqa: E402
 from selfinterp_plugins.models import load_model  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_plugins.topics import load_topics, topic_vectors  # noqa: E402

@@ -8,9 +8,9 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_peft.batched import per_row_diffs  # noqa: E402
 from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff, WeightDiffError  # noqa: E402
+from selfinterp_plugins.models import tiny_model  # noqa: E402
 
 TARGETS = {"llama": ["q_proj", "down_proj", "gate_proj"], "gpt2": ["c_attn", "c_proj"]}
 

@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("peft")
 
+from selfinterp_peft.lora_explainer import LoRAExplainer, LoRAExplainerConfig  # noqa: E402
 from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
-from selfinterp_peft.lora_explainer import LoRAExplainer, LoRAExplainerConfig  # noqa: E402
 
 
 def tiny():

@@ -7,14 +7,14 @@ import torch
 
 pytest.importorskip("peft")
 
+from selfinterp_peft import act_patch_task, input_ablation_task  # noqa: E402
+from selfinterp_peft.lora_explainer import LoRAExplainerConfig  # noqa: E402
+from selfinterp_peft.lora_tasks import causal_baselines, metrics_by_layer, rule_group, shuffled_vectors  # noqa: E402
 from selfinterp_plugins import HFBackend  # noqa: E402
 from selfinterp_plugins.datasets import VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.plugins import get_task  # noqa: E402
 from selfinterp_plugins.topics import load_topics  # noqa: E402
-from selfinterp_peft import act_patch_task, input_ablation_task  # noqa: E402
-from selfinterp_peft.lora_explainer import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.lora_tasks import causal_baselines, metrics_by_layer, rule_group, shuffled_vectors  # noqa: E402
 
 
 @pytest.fixture(scope="module")

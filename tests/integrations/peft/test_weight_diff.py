@@ -9,9 +9,9 @@ import torch
 
 peft = pytest.importorskip("peft")
 
+from selfinterp_peft.weight_diff import WeightDiff, WeightDiffError  # noqa: E402
 from selfinterp_plugins.errors import ArtifactError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
-from selfinterp_peft.weight_diff import WeightDiff, WeightDiffError  # noqa: E402
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
 IDS = torch.tensor([[1, 50, 200, 7, 4000, 12, 9]])

@@ -3,9 +3,7 @@ fire on known tokens, so scorers can be checked against a known answer."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-
 
 WORDS = (" cat", " dog", " river")  # planted latents 0, 1, 2 fire on exactly these tokens
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from sae_fixtures import planted_sae, random_sae
 
 from selfinterp_plugins import Explainer, Sampling
 from selfinterp_plugins.backends.base import Backend
@@ -17,6 +16,8 @@ from selfinterp_sae_lens.labelling import label_features
 from selfinterp_sae_lens.neuronpedia import read_explanations
 from selfinterp_sae_lens.sae_training import SAETrainConfig, activation_batches, train_sae
 from selfinterp_sae_lens.weak_labels import top_activations, weak_labels
+
+from sae_fixtures import planted_sae, random_sae
 
 
 @pytest.mark.parametrize("site", ["embed", "resid_pre.1", "resid_post.0", "resid_post.1"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from sae_fixtures import planted_sae, random_sae
-
 from selfinterp_plugins import Explainer, HFBackend
 from selfinterp_plugins.cli import main
 from selfinterp_plugins.models import tiny_model
+
+from sae_fixtures import planted_sae, random_sae
 
 
 def run(argv, capsys, code=0):

@@ -5,11 +5,12 @@ must beat an unrelated one end to end."""
 from __future__ import annotations
 
 import pytest
-from sae_fixtures import planted_sae
 
 from selfinterp_plugins import HFBackend
 from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, detection_score
 from selfinterp_sae_lens.generation_scoring import ConversationWriter, generation_score
+
+from sae_fixtures import planted_sae
 
 pytestmark = pytest.mark.real_model
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from sae_fixtures import planted_sae
 
 from selfinterp_plugins.plugins import get_scorer
 from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, auc, binary_metrics, detection_score
 from selfinterp_sae_lens.generation_scoring import conversation_ids, generation_score, parse_conversation
 from selfinterp_sae_lens.latents import latent_acts, max_acts
+
+from sae_fixtures import planted_sae
 
 
 class EchoWriter:

@@ -11,9 +11,6 @@ import pytest
 import torch
 
 from selfinterp_plugins.errors import ArtifactError, BackendError, LabelError, VectorError
-
-from sae_fixtures import random_sae
-
 from selfinterp_sae_lens.neuronpedia import (  # noqa: E402
     labelled_dataset,
     read_explanations,
@@ -21,6 +18,8 @@ from selfinterp_sae_lens.neuronpedia import (  # noqa: E402
     write_explanations,
 )
 from selfinterp_sae_lens.source import build_sae_dataset, feature_vectors, load_sae, sae_dataset, sae_site  # noqa: E402
+
+from sae_fixtures import random_sae
 
 
 def np_rows(indices, model="tiny", sae_id="1-res-test"):

@@ -9,9 +9,8 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from selfinterp_plugins import Explainer, Sampling, TrainConfig  # noqa: E402
+from selfinterp_plugins import Explainer, Sampling, TrainConfig, shipped_explainer_dir  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
-from selfinterp_plugins.cli import shipped_explainer_dir  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_plugins.topics import load_topics, topic_vectors  # noqa: E402
 

@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
-
 from selfinterp_plugins import VectorLabelDataset, plugins  # noqa: E402
 from selfinterp_plugins.cli_options import load_backend  # noqa: E402
 from selfinterp_plugins.models import load_tokenizer  # noqa: E402
+
+from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
 
 FLAGS = ["--backend", "transformer_lens"]
 
