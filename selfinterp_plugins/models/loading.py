@@ -37,25 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from selfinterp_plugins.defaults import DEFAULT_MODEL, SMOLLM2_ALIAS
-from selfinterp_plugins.errors import ModelLoadError
-from selfinterp_plugins.gguf_conversion import convert_gguf, write_atomically
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "SMOLLM2_ALIAS",
-    "TINY_ARCHS",
-    "SentenceEmbedder",
-    "default_cache_root",
-    "embedding_fingerprint",
-    "fingerprint_digest",
-    "fingerprint_rows",
-    "hub_id",
-    "load_model",
-    "load_sentence_embedder",
-    "load_tokenizer",
-    "tiny_model",
-]
+from ..defaults import DEFAULT_MODEL, SMOLLM2_ALIAS
+from ..errors import ModelLoadError
+from .gguf_conversion import convert_gguf, write_atomically
 
 # SMOLLM2_ALIAS (defaults.py) is the bundled real model's short name; its hub id is a synonym
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
