@@ -282,7 +282,7 @@ class LoRAExplainer:
         reference tokenises its strings."""
         if self.config.prompt_format == "raw":
             return self.tokenizer((f"{system}\n\n" if system else "") + user)["input_ids"]
-        from .hidden_topics import chat_ids
+        from .chat import chat_ids
 
         return chat_ids(self.tokenizer, user, system)
 
@@ -352,7 +352,7 @@ class LoRAExplainer:
         if self.config.prompt_format == "raw":
             return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         if self._closing is None:
-            from .hidden_topics import turn_closing
+            from .chat import turn_closing
 
             self._closing = turn_closing(self.tokenizer)
         return self.tokenizer(answer + self._closing, add_special_tokens=False)["input_ids"]
@@ -444,7 +444,7 @@ class LoRAExplainer:
         self.model.eval()
         tok = self.tokenizer
         pad = pad_token_id(tok)
-        from .hidden_topics import end_of_answer_ids
+        from .chat import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)
         answers = []
