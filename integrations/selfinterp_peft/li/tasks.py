@@ -167,7 +167,8 @@ class LoRATask:
 
     def create(self, model, tokenizer, config=None):
         """A fresh explainer; with no config, the reference's settings for this task (`TASK_DEFAULTS`)."""
-        from .lora_explainer import LoRAExplainer, LoRAExplainerConfig
+        from .config import LoRAExplainerConfig
+        from .explainer import LoRAExplainer
 
         return LoRAExplainer.create(model, tokenizer, config or LoRAExplainerConfig(**TASK_DEFAULTS[self.name]))
 
