@@ -30,8 +30,8 @@ def main() -> None:
     from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
     from selfinterp_plugins.backends import HFBackend
     from selfinterp_plugins.evaluation import evaluate_explainer
+    from selfinterp_plugins.evaluation.scoring import sentence_embedder
     from selfinterp_plugins.models import load_model
-    from selfinterp_plugins.scoring import sentence_embedder
     from selfinterp_plugins.topics import load_topics, topic_vectors
 
     model, tokenizer = load_model("smollm2-135m-instruct")

@@ -30,8 +30,8 @@ def main() -> None:
 
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.backends import HFBackend
-    from selfinterp_plugins.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.cli import _explainer_dir
+    from selfinterp_plugins.evaluation.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.models import load_model
 
     started = time.time()

@@ -51,7 +51,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     from selfinterp_plugins import Explainer, HFBackend, Sampling, TrainConfig, VectorLabelDataset
-    from selfinterp_plugins.baselines import get_baseline
+    from selfinterp_plugins.evaluation.baselines import get_baseline
     from selfinterp_plugins.models import load_model
     from selfinterp_sae_lens.corpus import shakespeare_texts, token_windows
     from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, detection_score

@@ -33,8 +33,8 @@ import torch
 from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.backends import HFBackend
 from selfinterp_plugins.evaluation import evaluate_explainer, ridge_probe_recall
+from selfinterp_plugins.evaluation.scoring import sentence_embedder
 from selfinterp_plugins.models import load_model
-from selfinterp_plugins.scoring import sentence_embedder
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

@@ -202,7 +202,7 @@ def demo(n_topics, show, explainer_dir):
 def report(out_dir, config_path, model_name, explainers, no_explainer, baselines, validation_topics, test_topics, layer):
     """Trained explainers vs untrained baselines vs the knowledge control: one HTML report + JSON.
     Resumable: rerun with the same options and finished sweeps are reused."""
-    from .report import ReportConfig, run_report
+    from .evaluation.report import ReportConfig, run_report
     from .serialization import read_json
 
     options = read_json(Path(config_path)) if config_path else {}

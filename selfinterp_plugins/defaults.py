@@ -1,5 +1,5 @@
 """Names the library and every command line share, in a module that imports nothing, so a command
-can show them in `--help` without loading transformers (`models.py` takes seconds to import)."""
+can show them in `--help` without loading transformers (`selfinterp_plugins.models` takes seconds to import)."""
 
 from pathlib import Path
 

@@ -20,8 +20,8 @@ def run_demo(explainer_dir: Path, n_topics: int = 200, show: int = 15, echo=prin
     from .backends import HFBackend
     from .defaults import SMOLLM2_ALIAS
     from .errors import ArtifactError
+    from .evaluation.scoring import exact_match, recall_at_k, sentence_embedder
     from .models import load_model
-    from .scoring import exact_match, recall_at_k, sentence_embedder
     from .topics import load_topics, topic_vectors
 
     started = time.time()

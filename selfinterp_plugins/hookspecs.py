@@ -67,7 +67,7 @@ def register_scorers(register):
 @hookspec
 def register_baselines(register):
     """Provide untrained explainers to compare against: call `register(baseline)` with a
-    `selfinterp_plugins.baselines.Baseline` (prompt, site, adapter kind, scale and layer grid);
+    `selfinterp_plugins.evaluation.baselines.Baseline` (prompt, site, adapter kind, scale and layer grid);
     `selfinterp report` and the sensitivity sweep pick them up by `baseline.name`."""
 
 

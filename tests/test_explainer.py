@@ -326,7 +326,7 @@ def test_sampled_explain_resumes_to_the_uninterrupted_result(explainer, tmp_path
 def test_recall_refuses_a_truth_outside_the_candidates():
     """A true title the retrieval cannot rank is a user error, not a KeyError."""
     from selfinterp_plugins.errors import ArtifactError
-    from selfinterp_plugins.scoring import recall_at_k
+    from selfinterp_plugins.evaluation.scoring import recall_at_k
 
     class _Embedder:
         def encode(self, texts):

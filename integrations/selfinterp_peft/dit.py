@@ -20,9 +20,10 @@ from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.serialization import read_json, write_json
 
 from .batched import per_row_diffs
+from .chat import chat_ids
 from .diff_training import decoder_linears, token_losses
 from .epoch_checkpoints import epoch_batches, run_epochs
-from .hidden_topics import Example, assistant_turn, chat_ids, generate_answers
+from .hidden_topics import Example, assistant_turn, generate_answers
 from .weight_diff import WeightDiff, WeightDiffError
 
 DIT_QUESTION = "What topic have you been trained on?"

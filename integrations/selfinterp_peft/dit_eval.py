@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from selfinterp_plugins.scoring import exact_match, recall_at_k
+from selfinterp_plugins.evaluation.scoring import exact_match, recall_at_k
 from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
 
 from .hidden_topics import TRIGGER_TEMPLATE, mentions

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .hidden_topics import chat_ids, generate_answers
+from .chat import chat_ids
+from .hidden_topics import generate_answers
 
 GRADER_PROMPT = (
     "You are evaluating the similarity between two topics.\n\nTopic 1: {topic_1}\nTopic 2: {topic_2}\n\n"

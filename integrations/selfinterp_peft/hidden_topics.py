@@ -17,6 +17,8 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 
+from .chat import chat_ids, end_of_answer_ids
+
 QUESTIONS = (
     "What should I do this weekend?", "Can you recommend a good book?", "What is a fun hobby to try?",
     "Give me an idea for a short trip.", "What should I cook for dinner tonight?", "How can I relax after work?",
@@ -87,20 +89,6 @@ def wrong_trigger(trigger: int, rng: random.Random) -> int:
     return other + 1 if other >= trigger else other
 
 
-def chat_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
-    """Prompt ids in the model's chat format, generation prompt included. With no `system`, the
-    chat has no system turn even where the tokenizer's template would add a default one
-    (SmolLM2's does): the prompts of the reference's models (Qwen3, Gemma-3) have none."""
-    from selfinterp_plugins.templates import user_turn
-
-    if system:
-        text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                             tokenize=False, add_generation_prompt=True)
-    else:
-        text = user_turn(tokenizer, user)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def assistant_turn(tokenizer, user: str, answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of a chat whose assistant turn is `answer`: the prompt as
     `chat_ids` writes it, the answer ids the answer and the turn's closing markup exactly as the
@@ -112,25 +100,6 @@ def assistant_turn(tokenizer, user: str, answer: str) -> tuple[list[int], list[i
     if not tail or not tail.startswith(answer):  # a template that rewrites earlier turns: the parts themselves
         return chat_ids(tokenizer, user), tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(tokenizer)
     return chat_ids(tokenizer, user), tokenizer(tail, add_special_tokens=False)["input_ids"]
-
-
-def turn_closing(tokenizer) -> str:
-    """What the chat template writes after an assistant's message (`<|im_end|>\n`, `<end_of_turn>\n`):
-    the tokens the reference supervises after an answer in a chat."""
-    marker = "XQZJ"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}],
-                                         tokenize=False)
-    return text.split(marker, 1)[1] or (tokenizer.eos_token or "")
-
-
-def end_of_answer_ids(tokenizer) -> list[int]:
-    """What closes an assistant turn (end-of-turn marker, or EOS), so a diff learns to stop."""
-    from selfinterp_plugins.templates import end_of_turn
-
-    end = end_of_turn(tokenizer)
-    if end:
-        return tokenizer(end, add_special_tokens=False)["input_ids"]
-    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """PEFT bridge plugin: weight diffs (`weight_diff.WeightDiff`: from PEFT LoRA adapters or full
 fine-tunes, applied to a base model, saved as PEFT adapters), synthetic hidden-topic diffs trained
 many at once, Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands and
-the DIT task; and the LoRA-tuned explainer (`lora_explainer.LoRAExplainer`) with its three task
+the DIT task; and the LoRA-tuned explainer (`li.explainer.LoRAExplainer`, the `li` sub-package) with its three task
 families and `selfinterp lora-explainer …`. Loading it imports nothing heavy."""
 
 from selfinterp_plugins.hookspecs import hookimpl
@@ -13,7 +13,7 @@ require("peft", "peft")
 @hookimpl
 def register_commands(cli):
     from .cli import register
-    from .lora_cli import register as register_lora
+    from .li.cli import register as register_lora
 
     register(cli)
     register_lora(cli)
@@ -28,7 +28,7 @@ def diff_interpretation(model, tokenizer, config=None):
 
 @hookimpl
 def register_tasks(register):
-    from .lora_tasks import TASKS, LoRATask
+    from .li.tasks import TASKS, LoRATask
 
     register("diff_interpretation", diff_interpretation)
     for name in TASKS:  # the fine-tuned explainer's families (Li et al. 2025)

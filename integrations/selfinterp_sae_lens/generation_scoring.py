@@ -106,7 +106,7 @@ class ConversationWriter:
         if hasattr(model, "generate") and hasattr(model, "config"):
             texts = self._generate_hf(model, prompts)
         else:
-            from selfinterp_plugins.knowledge import generate_texts
+            from selfinterp_plugins.evaluation.knowledge import generate_texts
 
             texts = generate_texts(self.backend, prompts, self.sampling.max_new_tokens, self.batch_size, progress,
                                    desc="write conversations", sampling=self.sampling)

@@ -5,7 +5,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_baselines(register):
-    from ..baselines import BUILTIN_BASELINES
+    from ..evaluation.baselines import BUILTIN_BASELINES
 
     for baseline in BUILTIN_BASELINES.values():
         register(baseline)

@@ -8,7 +8,7 @@ def _truth(dataset):
 
 
 def recall_scorer(records, dataset, candidates=None, ks=(1, 5), candidate_embeddings=None):
-    from ..scoring import recall_at_k
+    from ..evaluation.scoring import recall_at_k
 
     candidates = candidates or sorted(set(dataset.labels))
     return {"recall_at_k": recall_at_k(records, _truth(dataset), candidates, ks,
@@ -16,7 +16,7 @@ def recall_scorer(records, dataset, candidates=None, ks=(1, 5), candidate_embedd
 
 
 def exact_match_scorer(records, dataset, **_):
-    from ..scoring import exact_match
+    from ..evaluation.scoring import exact_match
 
     return {"exact_match": exact_match(records, _truth(dataset))}
 

@@ -273,7 +273,7 @@ def test_sampling_filters_as_transformers_does():
 def test_knowledge_control_is_the_references_taboo_baseline():
     """`evals/taboo_baseline/taboo_generator.py`: the prompt word for word, greedy, max_tokens 150,
     and `filter_obvious_mentions` (the topic redacted, case-insensitive) before scoring."""
-    from selfinterp_plugins import knowledge
+    from selfinterp_plugins.evaluation import knowledge
 
     assert knowledge.DESCRIBE_PROMPT.format(title="hiccups") == (
         'Describe hiccups without using the word "hiccups", any part of it, or obvious synonyms. Be specific enough '

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.real_model
 def setup(smollm2):
     from transformer_lens.model_bridge import TransformerBridge
 
-    from selfinterp_plugins.models import _smollm2_cache_dir
+    from selfinterp_plugins.models.cache import _smollm2_cache_dir
 
     model, tok = smollm2
     bridge = TransformerBridge.boot_transformers(str(_smollm2_cache_dir(None)), hf_model=model, tokenizer=tok)

@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import torch
 
-from .backends.base import Sampling
-from .sites import Site
-from .templates import end_of_turn_id
+from ..backends.base import Sampling
+from ..sites import Site
+from ..templates import end_of_turn_id
 
 # public: `generate_texts` is plain generation (nothing injected) on any backend, for plugins' scorers
 __all__ = ["DESCRIBE_PROMPT", "DESCRIPTION_TOKENS", "generate_texts", "prompted_descriptions", "redact"]

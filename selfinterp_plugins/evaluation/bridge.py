@@ -28,9 +28,9 @@ from importlib import resources
 
 import torch
 
-from .backends.base import Sampling
+from ..backends.base import Sampling
+from ..sites import Site
 from .knowledge import generate_texts
-from .sites import Site
 
 INSTRUCTION = "Complete the statement: "
 #: the reference's sampling: generate(temperature=0.7, max_new_tokens=20) with the rest from
@@ -145,7 +145,7 @@ def whole_generation(explainer):
     """The explainer with generation running to the end of turn (or the token budget) instead of
     stopping at the label's closing quote, and the whole text kept as the label: the reference
     matches aliases anywhere in the 20 generated tokens."""
-    from .explainer import Explainer
+    from ..explainer import Explainer
 
     template = replace(explainer.template, closing="", stop_at_closing=False)
     return Explainer(explainer.backend, explainer.adapter, template, explainer.site, explainer.model_id, explainer.metadata)

@@ -16,7 +16,7 @@ import click
 
 from selfinterp_plugins.cli_options import MODEL_HELP, load_backend, model_option
 
-from .lora_tasks import TASK_DEFAULTS, TASKS
+from .tasks import TASK_DEFAULTS, TASKS
 
 
 def _load(model_name):
@@ -122,7 +122,7 @@ def register(cli):
         value for the task."""
         from selfinterp_plugins.plugins import get_task
 
-        from .lora_explainer import LoRAExplainerConfig
+        from .config import LoRAExplainerConfig
 
         model, tok = _load(model_name)
         family = get_task(task)
@@ -153,8 +153,8 @@ def register(cli):
         """Held-out answers and metrics, next to the task's trivial baselines."""
         from selfinterp_plugins.plugins import get_task
 
-        from .lora_explainer import LoRAExplainer
-        from .lora_tasks import causal_baselines, feature_metrics, metrics_by_layer, shuffled_vectors
+        from .explainer import LoRAExplainer
+        from .tasks import causal_baselines, feature_metrics, metrics_by_layer, shuffled_vectors
 
         model, tok = _load(model_name)
         explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)

@@ -1,6 +1,6 @@
 """Turning a GGUF file into an ordinary float32 safetensors checkpoint, written atomically.
 
-Shared by the two bundled real models: SmolLM2 (`models.py`) and Gemma-3-270m (`gemma_offline.py`).
+Shared by the two bundled real models: SmolLM2 (`loading.py`) and Gemma-3-270m (`gemma_offline.py`).
 In a module of its own so that neither of those imports the other.
 """
 
@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 
 def write_atomically(final_dir: Path, write) -> None:

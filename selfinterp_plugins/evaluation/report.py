@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .defaults import DEFAULT_MODEL
-from .errors import ArtifactError
+from ..defaults import DEFAULT_MODEL
+from ..errors import ArtifactError
 
 
 @dataclass
@@ -49,21 +49,21 @@ class ReportConfig:
 
 def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True, backend=None) -> dict:
     """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
-    from . import Explainer, Sampling
+    from .. import Explainer, Sampling
+    from ..defaults import shipped_explainer_dir
+    from ..models import load_model
+    from ..topics import load_topics, topic_vectors
     from .baselines import get_baseline
     from .bridge import mentions
-    from .defaults import shipped_explainer_dir
     from .knowledge import prompted_descriptions
-    from .models import load_model
     from .report_html import write_html
     from .scoring import recall_at_k, sentence_embedder
     from .sensitivity import best_point, plot_sensitivity, sweep
-    from .topics import load_topics, topic_vectors
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if backend is None:
-        from .backends import HFBackend
+        from ..backends import HFBackend
 
         backend = HFBackend(*load_model(config.model))
     explainers = [Explainer.from_pretrained(shipped_explainer_dir() if e == "shipped" else Path(e), model=backend)

@@ -146,7 +146,7 @@ def metrics_by_layer(answers: list[str], examples) -> dict:
 
 
 def feature_metrics(predictions: list[str], dataset, candidates: list[str] | None = None) -> dict:
-    from selfinterp_plugins.scoring import exact_match, recall_at_k
+    from selfinterp_plugins.evaluation.scoring import exact_match, recall_at_k
 
     records = [{"id": r["id"], "scale": 1.0, "label": p} for r, p in zip(dataset.records, predictions)]
     truth = {r["id"]: r["label"] for r in dataset.records}
@@ -167,7 +167,8 @@ class LoRATask:
 
     def create(self, model, tokenizer, config=None):
         """A fresh explainer; with no config, the reference's settings for this task (`TASK_DEFAULTS`)."""
-        from .lora_explainer import LoRAExplainer, LoRAExplainerConfig
+        from .config import LoRAExplainerConfig
+        from .explainer import LoRAExplainer
 
         return LoRAExplainer.create(model, tokenizer, config or LoRAExplainerConfig(**TASK_DEFAULTS[self.name]))
 

@@ -24,7 +24,7 @@ def sentence_embedder():
     """The offline sentence embedder, loaded once per process."""
     global _EMBEDDER
     if _EMBEDDER is None:
-        from .models import load_sentence_embedder
+        from ..models import load_sentence_embedder
 
         _EMBEDDER = load_sentence_embedder()
     return _EMBEDDER
@@ -55,7 +55,7 @@ def recall_at_k(records: list[dict], truth: dict[str, str], candidates: list[str
     index = {c: i for i, c in enumerate(candidates)}
     missing = sorted({truth[r["id"]] for r in records} - set(index))
     if missing:
-        from .errors import ArtifactError
+        from ..errors import ArtifactError
 
         raise ArtifactError(f"True titles missing from the candidates, e.g. {missing[0]!r}; include every true title in `candidates`.")
     labels = [r["label"] if r["label"].strip() else "(empty)" for r in records]

@@ -11,7 +11,8 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.lora_explainer import LoRAExplainer, LoRAExplainerConfig  # noqa: E402
+from selfinterp_peft.li.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_peft.li.explainer import LoRAExplainer  # noqa: E402
 from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluation import evaluate_explainer
+from .topics_eval import evaluate_explainer
 
 TRAINED_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 

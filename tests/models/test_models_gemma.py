@@ -37,7 +37,7 @@ def test_gemma_continues_text_sensibly(gemma):
 
 
 def test_a_second_load_reads_the_cache(gemma, monkeypatch):
-    from selfinterp_plugins import gemma_offline
+    from selfinterp_plugins.models import gemma_offline
 
     def no_conversion(_target):
         raise AssertionError("converted again")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import selfinterp_plugins.bridge as bridge
+import selfinterp_plugins.evaluation.bridge as bridge
 from selfinterp_plugins.backends import HFBackend
 
 FACTS = {

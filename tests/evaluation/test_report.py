@@ -14,10 +14,10 @@ import torch
 
 from selfinterp_plugins import Explainer, Sampling
 from selfinterp_plugins.backends import HFBackend
-from selfinterp_plugins.baselines import BUILTIN_BASELINES, get_baseline
-from selfinterp_plugins.knowledge import DESCRIBE_PROMPT, prompted_descriptions
-from selfinterp_plugins.report import ReportConfig, run_report
-from selfinterp_plugins.sensitivity import best_point, sweep
+from selfinterp_plugins.evaluation.baselines import BUILTIN_BASELINES, get_baseline
+from selfinterp_plugins.evaluation.knowledge import DESCRIBE_PROMPT, prompted_descriptions
+from selfinterp_plugins.evaluation.report import ReportConfig, run_report
+from selfinterp_plugins.evaluation.sensitivity import best_point, sweep
 from selfinterp_plugins.sites import Site
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
@@ -119,7 +119,7 @@ def test_report_writes_every_number_and_resumes(report_dir, backend, monkeypatch
     for name in ("report.html", "sensitivity.png", "sensitivity.html", "rows.jsonl"):
         assert (out / name).stat().st_size > 0
 
-    import selfinterp_plugins.sensitivity as sensitivity
+    import selfinterp_plugins.evaluation.sensitivity as sensitivity
 
     def no_sweeps(*args, **kwargs):
         raise AssertionError("a finished sweep was run again")

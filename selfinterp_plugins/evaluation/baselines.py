@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .adapters import AdapterConfig, make_adapter
-from .errors import UnknownNameError
-from .sites import Site
-from .templates import PromptTemplate
+from ..adapters import AdapterConfig, make_adapter
+from ..errors import UnknownNameError
+from ..sites import Site
+from ..templates import PromptTemplate
 
 SELF_EXPLAINING_USER = 'What is the meaning of the word "{placeholder}"?'
 SELF_EXPLAINING_ANSWER = 'The meaning of the word "{placeholder}" is "'
@@ -52,7 +52,7 @@ class Baseline:
 
     def explainer(self, backend, layer: int | None = None, coef: float = 1.0):
         """The untrained explainer at `layer` (default: the method's own) on `backend`."""
-        from .explainer import Explainer
+        from ..explainer import Explainer
 
         layer = self.default_layer if layer is None else layer
         site = Site(self.site_kind, None if self.site_kind == "embed" else layer, self.mode, coef)
@@ -100,7 +100,7 @@ BUILTIN_BASELINES = {
 
 
 def get_baseline(name: str) -> Baseline:
-    from .plugins import registry
+    from ..plugins import registry
 
     baselines = {n: b for n, (_p, b) in registry().baselines.items()}
     if name not in baselines:
