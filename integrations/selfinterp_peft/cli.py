@@ -34,7 +34,7 @@ def _load(model_name):
 def register(cli):
     @cli.group()
     def dit():
-        """Weight diffs and Weight diffs and Diff Interpretation Tuning (Goel et al. 2025)."""
+        """Weight diffs and Diff Interpretation Tuning (Goel et al. 2025)."""
 
     @dit.command()
     @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="a PEFT LoRA adapter directory")
