@@ -78,11 +78,11 @@ def vectors():
 @click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
 @click.option("--limit", type=int, default=None, help="only the first N topics (quick tries)")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def vectors_topics(model_name, backend, remote, layers, out, limit, batch_size):
+def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limit, batch_size):
     """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
     from .topics import load_topics, topic_vectors
 
-    runner = load_backend(model_name, backend, remote)
+    runner = load_backend(model_name, backend, remote, dtype, device)
     topics = load_topics()[:limit] if limit else load_topics()
     for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
         path = data.save(Path(out) / f"layer{layer}")
@@ -106,14 +106,14 @@ def vectors_topics(model_name, backend, remote, layers, out, limit, batch_size):
 @click.option("--checkpoint-every", default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
-def train(dataset, model_name, backend, remote, adapter, template, site, init, epochs, batch_size, lr, limit, seed,
+def train(dataset, model_name, backend, remote, dtype, device, adapter, template, site, init, epochs, batch_size, lr, limit, seed,
           checkpoint_every, bucket, out):
     """Train an adapter on DATASET's train split; validation loss on its validation split."""
     from . import Explainer, TrainConfig, VectorLabelDataset
 
-    check_backend_options(backend, remote)
+    check_backend_options(backend, remote, dtype, device)
     data = VectorLabelDataset.load(dataset)
-    runner = load_backend(model_name, backend, remote)
+    runner = load_backend(model_name, backend, remote, dtype, device)
     explainer = Explainer.create(runner, adapter=adapter, template=template, site=site, model_id=model_name)
     explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
     if data.meta.get("mean_subtracted") and "mean" in data.meta:  # so new vectors can be centred the same way
@@ -139,15 +139,15 @@ def train(dataset, model_name, backend, remote, adapter, template, site, init, e
 @click.option("--max-new-tokens", default=30, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
-def explain(explainer_dir, dataset, split, model_name, backend, remote, scales, temperature, top_p, samples, max_new_tokens,
+def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, scales, temperature, top_p, samples, max_new_tokens,
             batch_size, output):
     """Label every vector of a dataset (EXPLAINER_DIR may be `shipped`)."""
     from . import Explainer, Sampling, VectorLabelDataset
 
-    check_backend_options(backend, remote)
+    check_backend_options(backend, remote, dtype, device)
     data = VectorLabelDataset.load(dataset)
     data = data.split(split) if split else data
-    runner = load_backend(model_name, backend, remote)
+    runner = load_backend(model_name, backend, remote, dtype, device)
     explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     records = explainer.explain(data.vectors, ids=data.ids, scales=scales, sampling=sampling, batch_size=batch_size,
@@ -163,14 +163,14 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, scales, 
 @backend_options
 @click.option("--limit", type=int, default=None)
 @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
-def evaluate(explainer_dir, dataset, split, model_name, backend, remote, limit, scales):
+def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales):
     """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
     from . import Explainer, VectorLabelDataset
     from .evaluation import evaluate_explainer
 
-    check_backend_options(backend, remote)
+    check_backend_options(backend, remote, dtype, device)
     data = VectorLabelDataset.load(dataset)
-    runner = load_backend(model_name, backend, remote)
+    runner = load_backend(model_name, backend, remote, dtype, device)
     explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
     result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))

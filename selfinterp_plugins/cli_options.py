@@ -27,11 +27,14 @@ import click
 from .defaults import DEFAULT_MODEL
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "MODEL_HELP", "REMOTE_VALUES", "backend_options", "check_backend",
-           "check_backend_options", "load_backend", "model_option"]
+__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "DTYPES", "MODEL_HELP", "REMOTE_VALUES", "backend_options", "check_backend",
+           "check_backend_options", "check_device", "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
 BACKEND_PLUGINS = {"nnsight": "nnsight", "transformer_lens": "transformer-lens"}
+
+#: `--dtype` words -> the torch dtype the frozen weights load in (adapters always train in float32)
+DTYPES = ("float32", "bfloat16", "float16")
 
 #: `--remote` words -> nnsight's `remote=` argument (an http(s) URL is passed on as NDIF's host)
 REMOTE_VALUES = {"off": False, "local": "local", "ndif": True}
@@ -72,8 +75,18 @@ class BackendName(click.ParamType):
         return [CompletionItem(name) for name in sorted(registry().backends) if name.startswith(incomplete)]
 
 
+DTYPE_HELP = "dtype of the frozen weights (adapters train in float32 whatever it is); bfloat16 halves memory on a GPU"
+DEVICE_HELP = ("cpu, cuda, cuda:N, or auto (transformers' device_map='auto': a model larger than one GPU is sharded "
+               "and soft tokens follow the hidden state to the device of the injection site)")
+
+
 def backend_options(command):
-    """`--backend` and `--remote`, passed as `backend` and `remote` (give both to `load_backend`)."""
+    """`--backend`, `--remote`, `--dtype` and `--device`, passed as `backend`, `remote`, `dtype` and
+    `device` (give all four to `load_backend`)."""
+    command = click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|auto",
+                           help=DEVICE_HELP)(command)
+    command = click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+                           help=DTYPE_HELP)(command)
     command = click.option("--remote", default="off", show_default=True, metavar="off|local|ndif|URL",
                            help=REMOTE_HELP)(command)
     return click.option("--backend", type=BackendName(), default="hf", show_default=True, help=BACKEND_HELP)(command)
@@ -109,10 +122,32 @@ def _remote_value(remote) -> bool | str:
     raise OptionError(f"--remote takes off, local, ndif or an NDIF host URL (http://...), got {remote!r}.")
 
 
-def check_backend_options(backend: str = "hf", remote: str = "off") -> bool | str:
-    """Check `--backend` and `--remote` before anything loads; returns `remote` as the nnsight
-    backend takes it: False, "local", True (NDIF) or a host URL."""
+def check_device(device: str = "cpu") -> str:
+    """`--device` as transformers' `device_map` takes it; a CUDA device on a machine without one is
+    refused here, before minutes of loading end in torch's assertion."""
+    text = str(device).strip().lower()
+    if text in ("cpu", "auto"):
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OptionError(f"--device {device}: torch sees no CUDA device on this machine; use --device cpu.")
+        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+            raise OptionError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              "use cuda:0 up to the last one.")
+        return text
+    raise OptionError(f"--device takes cpu, cuda, cuda:N or auto, got {device!r}.")
+
+
+def check_backend_options(backend: str = "hf", remote: str = "off", dtype: str = "float32",
+                          device: str = "cpu") -> bool | str:
+    """Check `--backend`, `--remote`, `--dtype` and `--device` before anything loads; returns
+    `remote` as the nnsight backend takes it: False, "local", True (NDIF) or a host URL."""
     check_backend(backend)
+    if dtype not in DTYPES:
+        raise OptionError(f"--dtype takes {', '.join(DTYPES)}, got {dtype!r}.")
+    check_device(device)
     value = _remote_value(remote)
     if value is not False and backend != "nnsight":
         raise OptionError(f"--remote {remote} needs --backend nnsight (only nnsight models run remotely); "
@@ -120,7 +155,8 @@ def check_backend_options(backend: str = "hf", remote: str = "off") -> bool | st
     return value
 
 
-def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: str = "off"):
+def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: str = "off", dtype: str = "float32",
+                 device: str = "cpu"):
     """The backend object that runs `model_name` (an alias, hub id or local path) on `backend`;
     `Explainer.create` / `from_pretrained` and `topic_vectors` take it as their model.
 
@@ -139,29 +175,33 @@ def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: s
       built from an alias or a local directory offline.
     - another registered backend: its factory gets the loaded transformers model and tokenizer.
 
-    `remote` is the `--remote` word: off, local, ndif, or an NDIF host URL (nnsight only).
+    `remote` is the `--remote` word: off, local, ndif, or an NDIF host URL (nnsight only); `dtype`
+    and `device` are how the weights loaded here are held (`--dtype`, `--device`; NDIF holds its own).
     """
-    remote_value = check_backend_options(backend, remote)
+    remote_value = check_backend_options(backend, remote, dtype, device)
+    import torch
+
     from .models import load_model
     from .plugins import backend_for
 
+    weights = {"dtype": getattr(torch, dtype), "device_map": None if check_device(device) == "cpu" else device}
     if backend == "nnsight":
-        lm = _nnsight_model(model_name, remote_value)
+        lm = _nnsight_model(model_name, remote_value, weights)
         return backend_for(lm, lm.tokenizer, backend="nnsight", remote=remote_value)
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, **weights)
     if backend == "transformer_lens":
         return backend_for(_transformer_bridge(model_name, model, tokenizer), tokenizer, backend="transformer_lens")
     return backend_for(model, tokenizer, backend=backend)
 
 
-def _nnsight_model(model_name: str, remote: bool | str):
+def _nnsight_model(model_name: str, remote: bool | str, weights: dict | None = None):
     """An nnsight model: around the weights loaded here, or (NDIF) meta tensors named by hub id."""
     from nnsight import TransformersModel
 
     from .models import hub_id, load_model, load_tokenizer
 
     if remote is False or remote == "local":
-        model, tokenizer = load_model(model_name)
+        model, tokenizer = load_model(model_name, **(weights or {}))
         return TransformersModel(model, tokenizer=tokenizer, task="text-generation")
     name, tokenizer = hub_id(model_name), load_tokenizer(model_name)  # the tokenizer as load_model reads it
     try:

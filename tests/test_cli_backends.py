@@ -143,3 +143,41 @@ def test_subprocess_prints_one_line_without_traceback(data, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "Error: --remote local needs --backend nnsight (only nnsight models run remotely); add --backend nnsight, "
         "or drop --remote."]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "tpu", "gpu0"])
+def test_a_device_this_machine_lacks_is_one_line_before_loading(capsys, data, tmp_path, name, device, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_line_error(capsys, *commands(data, tmp_path)[name], "--device", device)
+    assert f"--device {device}: torch sees no CUDA" in line or f"--device takes cpu, cuda, cuda:N or auto, got {device!r}" in line
+    assert not (tmp_path / "ex").exists() and not (tmp_path / "labels.jsonl").exists()
+
+
+def test_dtype_is_one_of_three(capsys, data, tmp_path):
+    with pytest.raises(OptionError, match="--dtype takes float32, bfloat16, float16"):
+        check_backend_options("hf", "off", "int8")
+    code, out, err = run_cli(capsys, *commands(data, tmp_path)["train"], "--dtype", "int8")
+    assert code == 2 and "int8" in err
+
+
+def test_dtype_and_device_reach_the_loaded_weights(tmp_path):
+    """`load_backend(..., dtype=, device=)` is what every model command calls: bfloat16 weights on
+    the CPU, the adapter's soft tokens cast to them at the injection site."""
+    import torch
+
+    from selfinterp_plugins import Explainer
+
+    from cli_models import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "m")
+    runner = load_backend(model_dir, "hf", "off", "bfloat16", "cpu")
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    assert runner.model.device.type == "cpu"
+    explainer = Explainer.create(runner, adapter="scale_only", template="echo")
+    loss = explainer.loss(torch.randn(2, runner.d_model), ["a", "b"])
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    loss.backward()
+    assert explainer.adapter.log_scale.grad is not None
