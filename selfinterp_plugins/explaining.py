@@ -7,6 +7,8 @@ the jobs already there, so a crash or Ctrl-C loses at most one batch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,13 +16,31 @@ import torch
 
 from .adapters import check_vectors
 from .backends.base import Sampling
-from .errors import VectorError
+from .errors import OptionError, VectorError
 from .results import ExplainResults
 from .serialization import JsonlWriter, read_jsonl
 
 
 def _job_key(record: dict) -> tuple:
     return (str(record["id"]), float(record["scale"]), int(record.get("sample", 0)))
+
+
+def check_run_options(scales, samples: int, batch_size: int) -> None:
+    """Refuse what would otherwise run and do nothing, or write what a resume cannot match: a NaN
+    scale never equals itself, so every resume would label its vectors again."""
+    scales = list(scales)
+    if not scales:
+        raise OptionError("Give at least one scale (e.g. scales=(1.0,)).")
+    for scale in scales:
+        try:
+            finite = not isinstance(scale, (bool, str)) and math.isfinite(float(scale))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise OptionError(f"Scales must be finite numbers, got {scale!r}; pass e.g. --scale 1.0.")
+    for name, value in (("samples", samples), ("batch size", batch_size)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise OptionError(f"The {name} must be a whole number of at least 1, got {value!r}.")
 
 
 def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int, samples: int, output, progress: bool):
@@ -39,15 +59,16 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     if samples > 1 and sampling.greedy:
         raise VectorError("samples > 1 with greedy decoding repeats one label; set a temperature (e.g. 0.7).")
 
+    check_run_options(scales, samples, batch_size)
+
     jobs = [(i, float(s), k) for i in range(len(ids)) for s in scales for k in range(samples)]
     done: dict[tuple, dict] = {}
     writer = None
     if output is not None:
         path = Path(output)
-        if path.exists():
-            for record in read_jsonl(path, tolerate_torn_tail=True):
-                done[_job_key(record)] = record
-        writer = JsonlWriter(path)
+        writer = JsonlWriter(path)  # locks the file and repairs a torn tail before it is read
+        for record in read_jsonl(path):
+            done[_job_key(record)] = record
     todo = [job for job in jobs if (ids[job[0]], job[1], job[2]) not in done]
 
     results: dict[tuple, dict] = dict(done)

@@ -88,27 +88,72 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]
 
 
 class JsonlWriter:
-    """Append records to a JSONL file, one flushed line each, so results survive a crash."""
+    """Append records to a JSONL file, one flushed line each, so results survive a crash.
+
+    Opening repairs a crashed run's tail without ever rewriting the file: a complete last record
+    that lost only its newline gets the newline (readers already count it as done), a torn one is
+    cut off by one `truncate` to the last newline, so every earlier byte stays where it was whatever
+    happens meanwhile. The file is locked (`flock`) while open: a second writer to the same file,
+    from any process, fails at once instead of interleaving duplicate records.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "a+b")
+        try:
+            self._lock()
+            self._repair_tail()
+        except BaseException:
+            self._file.close()
+            raise
 
-    def _drop_torn_tail(self) -> None:
-        if not self.path.exists():
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, the rest holds
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArtifactError(f"{self.path} is being written by another run; wait for it to finish or "
+                                "write to another file.") from None
+
+    def _repair_tail(self) -> None:
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            return
+        self._file.seek(max(0, size - (1 << 20)))
+        tail = self._file.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        if cut < 0 and size > len(tail):  # a last line over 1 MiB: find its start the slow way
+            self._file.seek(0)
+            tail = self._file.read()
+            cut = tail.rfind(b"\n")
+        last = tail[cut + 1 :]
+        try:
+            complete = isinstance(json.loads(last.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            self._file.write(b"\n")
+            self._file.flush()
+        else:
+            self._file.truncate(size - len(last))
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+        except ValueError:
+            raise ArtifactError(f"A record for {self.path} holds NaN or infinity ({record!r:.200}); "
+                                "pass finite numbers.") from None
+        self._file.write(line.encode("utf-8"))
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        self._file.close()  # releases the lock
 
     def __enter__(self):
         return self

@@ -10,7 +10,7 @@ import torch
 
 from selfinterp_plugins import Explainer, HFBackend, Sampling
 from selfinterp_plugins.adapters import AdapterConfig, make_adapter
-from selfinterp_plugins.errors import ArtifactError, ModelMismatchError, VectorError
+from selfinterp_plugins.errors import ArtifactError, ModelMismatchError, OptionError, VectorError
 from selfinterp_plugins.explainer import CONFIG_FILE, WEIGHTS_FILE
 from selfinterp_plugins.sites import Site
 
@@ -155,6 +155,17 @@ def test_explain_refuses_bad_inputs(explainer):
     inf[0, 0] = float("inf")
     with pytest.raises(VectorError):
         explainer.loss(inf, ["a", "b"])
+
+
+@pytest.mark.parametrize("options", [{"scales": (float("nan"),)}, {"scales": (1.0, float("inf"))}, {"scales": ()},
+                                     {"scales": ("big",)}, {"samples": 0}, {"batch_size": 0}, {"batch_size": -4}])
+def test_explain_refuses_options_that_would_do_nothing_or_never_resume(explainer, tmp_path, options):
+    """A NaN scale never equals itself, so every resume would label all vectors again; samples 0
+    or batch size 0 would exit having done nothing. Refused before the output file exists."""
+    output = tmp_path / "labels.jsonl"
+    with pytest.raises(OptionError):
+        explainer.explain(_vectors(2), sampling=FAST, progress=False, output=output, **options)
+    assert not output.exists()
 
 
 def test_adapter_for_another_width_is_refused(tiny_llama):

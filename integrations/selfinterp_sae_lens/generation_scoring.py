@@ -184,9 +184,8 @@ def generation_score(records, sae, backend, writer=None, n_samples: int = 10, da
     writer_out = None
     if output is not None:
         path = Path(output)
-        if path.exists():
-            done = {(d["id"], float(d["scale"]), d["label"]): d for d in read_jsonl(path, tolerate_torn_tail=True)}
-        writer_out = JsonlWriter(path)
+        writer_out = JsonlWriter(path)  # locks the file and repairs a torn tail before it is read
+        done = {(d["id"], float(d["scale"]), d["label"]): d for d in read_jsonl(path)}
     todo = [k for k in keyed if k[:3] not in done]
     results = dict(done)
     bar = tqdm(total=len(keyed), initial=len(keyed) - len(todo), disable=not progress, desc="generation scoring", unit="label")
