@@ -18,10 +18,11 @@ import torch
 
 from ._version import __version__
 from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
+from .artifact_files import save_weights_and_config, weights_file
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
-from .serialization import load_safetensors, read_json, save_safetensors, write_json
+from .serialization import load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
 
@@ -170,8 +171,7 @@ class Explainer:
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(dict(self.adapter.state_dict()), directory / WEIGHTS_FILE)
-        write_json(self.config_dict(), directory / CONFIG_FILE)
+        save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE, WEIGHTS_FILE)
         return directory
 
     @classmethod
@@ -196,11 +196,12 @@ class Explainer:
                 f"Explainer d_model {config.get('d_model')} != model d_model {backend.d_model}; load it onto the model it was trained for."
             )
         adapter = make_adapter(AdapterConfig.from_dict(config.get("adapter", {})))
-        state = load_safetensors(directory / WEIGHTS_FILE)
+        weights = weights_file(directory, config, WEIGHTS_FILE)
+        state = load_safetensors(weights)
         try:
             adapter.load_state_dict(state)
         except RuntimeError as err:
-            raise ArtifactError(f"{directory / WEIGHTS_FILE} does not match its config ({err}); re-save the explainer.") from None
+            raise ArtifactError(f"{weights} does not match its config ({err}); re-save the explainer.") from None
         try:
             template = PromptTemplate.from_dict(config.get("template", {}))
             site = Site.from_dict(config.get("site", {}))
@@ -243,7 +244,7 @@ def _checked_config(config: dict, path) -> dict:
     for key in ("adapter", "template", "site", "metadata"):
         if key in config and not isinstance(config[key], dict):
             raise ArtifactError(f"{path}: '{key}' must be a JSON object, got {type(config[key]).__name__}; re-save the explainer.")
-    for key in ("model_id", "embedding_fingerprint"):
+    for key in ("model_id", "embedding_fingerprint", "weights_file", "weights_sha256"):
         if config.get(key) is not None and not isinstance(config[key], str):
             raise ArtifactError(f"{path}: '{key}' must be a string; re-save the explainer.")
     if isinstance(config.get("d_model"), bool) or not isinstance(config.get("d_model"), int):

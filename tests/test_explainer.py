@@ -346,3 +346,49 @@ def test_recall_refuses_a_truth_outside_the_candidates():
     records = [{"id": "0", "scale": 1.0, "label": "cat"}]
     with pytest.raises(ArtifactError, match="missing from the candidates"):
         recall_at_k(records, {"0": "dog"}, ["cat", "bird"], embedder=_Embedder())
+
+
+def _outputs(explainer):
+    return explainer.loss(_vectors(3), ["a", "b", "c"]).item()
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
+def test_a_save_killed_at_any_step_leaves_the_old_explainer_or_the_new_one(tiny_llama, tmp_path, monkeypatch, kill_at):
+    """Weights and config are two files: a kill between their renames used to leave new weights under
+    the old config (another adapter kind: `Missing key(s) "log_scale"`). Each file operation of a
+    save (weights staged, config commit, move, config rewrite) is interrupted in turn."""
+    import os as os_module
+
+    from selfinterp_plugins import artifact_files, serialization
+
+    model, tok = tiny_llama
+    old = Explainer.create(model, tokenizer=tok, adapter="scalar_affine", template="echo")
+    old.save_pretrained(tmp_path / "ex")
+    new = Explainer.create(model, tokenizer=tok, adapter="full_rank", template="echo")
+    calls = {"n": 0}
+    real_replace = os_module.replace
+
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(serialization.os, "replace", replace)
+    monkeypatch.setattr(artifact_files.os, "replace", replace)
+    try:
+        new.save_pretrained(tmp_path / "ex")
+        finished = True
+    except KeyboardInterrupt:
+        finished = False
+    monkeypatch.undo()
+    loaded = Explainer.from_pretrained(tmp_path / "ex", model=model, tokenizer=tok)
+    expected = new if finished or loaded.adapter.kind == "full_rank" else old
+    assert loaded.adapter.kind == expected.adapter.kind
+    assert _outputs(loaded) == pytest.approx(_outputs(expected), abs=1e-6)
+    # before the config's commit (staging the weights): the old explainer; from it on: the new one
+    assert loaded.adapter.kind == ("scalar_affine" if kill_at <= 2 else "full_rank")
+    again = Explainer.create(model, tokenizer=tok, adapter="low_rank", template="echo")
+    again.save_pretrained(tmp_path / "ex")  # and the next save finishes whatever was left
+    assert Explainer.from_pretrained(tmp_path / "ex", model=model, tokenizer=tok).adapter.kind == "low_rank"
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
