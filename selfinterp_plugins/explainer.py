@@ -22,7 +22,7 @@ from .artifact_files import save_weights_and_config, weights_file
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
-from .serialization import load_safetensors, read_json
+from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
 
@@ -183,6 +183,7 @@ class Explainer:
         directory = Path(directory)
         if not directory.is_dir():
             raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained().")
+        check_artifact_dir(directory)
         config = _checked_config(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
         expected = config.get("embedding_fingerprint")

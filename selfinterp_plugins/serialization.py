@@ -17,7 +17,28 @@ from .errors import ArtifactError
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
 # the core's: no pickle, atomic JSON, resumable JSONL, an ArtifactError naming the file and the fix
-__all__ = ["JsonlWriter", "load_safetensors", "read_json", "read_jsonl", "save_safetensors", "write_json"]
+__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "read_json", "read_jsonl",
+           "save_safetensors", "write_json"]
+
+#: file types that unpickle when torch (or pickle) reads them: refused by name, before anything reads them
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_artifact_dir(directory: str | Path) -> Path:
+    """Refuse an artifact directory a loader must not read: one holding a pickle-format file (a
+    `weights_only` loader would refuse it too, but with a traceback that advises turning the check
+    off), or a symlink that leads outside the directory (its files would be read from anywhere)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"No artifact directory at {directory}; pass the folder that was saved.")
+    root = directory.resolve()
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+            raise ArtifactError(f"{path} is a pickle-format file, which is never read (it can run code); "
+                                "re-save the artifact as safetensors (save_pretrained(safe_serialization=True)).")
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise ArtifactError(f"{path} is a symlink to {path.resolve()}, outside the artifact; copy the file in instead.")
+    return directory
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

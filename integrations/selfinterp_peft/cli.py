@@ -38,7 +38,9 @@ def register(cli):
 
     @dit.command()
     @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="a PEFT LoRA adapter directory")
-    @click.option("--base", "base_name", default=None, help="base model (with --finetuned)")
+    @click.option("--base", "base_name", default=None,
+                  help="the base model (alias, hub id or local path); required with --adapter, "
+                       "default smollm2-135m-instruct with --finetuned")
     @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
     @click.option("--rank", type=int, default=None, help="SVD rank for a full fine-tune (default: dense, exact)")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
@@ -50,7 +52,11 @@ def register(cli):
             raise click.UsageError("Give either --adapter DIR, or --base and --finetuned.")
         if adapter:
             diff = WeightDiff.from_peft(adapter)
-            base, _ = _load(base_name or diff.meta.get("base_model") or DEFAULT_MODEL)
+            if not base_name:  # a config field is never used as a path or a hub id to load
+                named = diff.meta.get("base_model")
+                raise click.UsageError("Give --base: the model the adapter was trained on"
+                                       + (f" (its config names {named!r}, which is not loaded from there)." if named else "."))
+            base, _ = _load(base_name)
         else:
             base, _ = _load(base_name or DEFAULT_MODEL)
             tuned, _ = _load(finetuned)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.serialization import read_json, write_json
+from selfinterp_plugins.serialization import check_artifact_dir, read_json, write_json
 
 from .batched import per_row_diffs
 from .chat import chat_ids
@@ -105,7 +105,7 @@ class DITAdapter:
         """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
         from peft import PeftModel
 
-        directory = Path(directory)
+        directory = check_artifact_dir(directory)
         config = DITConfig.from_dict(read_json(directory / CONFIG_FILE))
         return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
 

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
-from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.serialization import (
+    check_artifact_dir,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -100,9 +106,7 @@ class WeightDiff:
 
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
-        if not (directory / PEFT_WEIGHTS).exists() and any(directory.glob("adapter_model.bin")):
-            raise ArtifactError(f"{directory} holds a pickled adapter_model.bin; only safetensors are read. "
-                                "Re-save it with save_pretrained(safe_serialization=True).")
+        check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused by name
         config = read_json(directory / PEFT_CONFIG)
         if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
             raise WeightDiffError(f"{directory} is not a plain LoRA adapter (peft_type {config.get('peft_type')}); "

@@ -14,6 +14,7 @@ import torch
 
 from selfinterp_plugins.datasets import VectorLabelDataset
 from selfinterp_plugins.errors import ArtifactError, VectorError
+from selfinterp_plugins.serialization import check_artifact_dir
 
 from .sae_info import hook_name, sae_metadata, sae_site
 
@@ -31,6 +32,7 @@ def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, de
         path = Path(sae)
         if not (path / "cfg.json").is_file():
             raise ArtifactError(f"No SAE at {path} (no cfg.json); save one with `sae.save_model(path)`.")
+        check_artifact_dir(path)
         return SAE.load_from_disk(path, device=device)
     if release and sae_id:
         return SAE.from_pretrained(release, sae_id, device=device)

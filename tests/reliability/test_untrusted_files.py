@@ -43,9 +43,9 @@ def _assert_refused(load, marker: Path) -> None:
 
 def _check_payload_is_live(path: Path, marker: Path) -> None:
     """The planted file really would run code if someone unpickled it (so the test can fail)."""
-    probe = marker.with_name("probe")
-    path.with_name("probe.pkl").write_bytes(pickle.dumps(_Payload(probe)))
-    pickle.loads(path.with_name("probe.pkl").read_bytes())
+    probe = marker.with_name("probe")  # beside the marker, outside the artifact (a .pkl in it is refused by name)
+    marker.with_name("probe.pkl").write_bytes(pickle.dumps(_Payload(probe)))
+    pickle.loads(marker.with_name("probe.pkl").read_bytes())
     assert probe.exists()
 
 
@@ -132,3 +132,40 @@ def test_pickle_in_place_of_a_weight_diff_is_refused(tmp_path, how):
     with pytest.raises(SelfInterpError, match="safetensors"):
         WeightDiff.from_pretrained(directory)
     assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("name", ["adapter_model.bin", "pytorch_model.bin", "extra.pt", "state.pkl", "sub/w.ckpt"])
+def test_a_pickle_format_file_in_any_artifact_is_refused_by_name(tiny_llama, explainer_dir, tmp_path, name):
+    """Beside the real weights, a pickle-format file is refused before anything reads it, with an
+    ArtifactError naming it (torch's weights_only refusal was a traceback advising weights_only=False)."""
+    pytest.importorskip("peft")
+    from selfinterp_peft.weight_diff import WeightDiff
+    from selfinterp_plugins.models import tiny_model
+
+    base, tuned = tiny_model("llama", seed=0)[0], tiny_model("llama", seed=1)[0]
+    diff_dir = tmp_path / "diff"
+    WeightDiff.from_models(base, tuned, rank=2).save_pretrained(diff_dir, base)
+    model, tok = tiny_llama
+    marker = tmp_path / MARKER
+    loaders = {explainer_dir: lambda: Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tok),
+               diff_dir: lambda: WeightDiff.from_pretrained(diff_dir)}
+    for directory, load in loaders.items():
+        (directory / name).parent.mkdir(exist_ok=True)
+        _plant(directory / name, marker, "torch.save")
+        with pytest.raises(ArtifactError, match="pickle-format file, which is never read"):
+            load()
+        assert not marker.exists(), "the payload ran"
+
+
+def test_a_symlink_out_of_an_artifact_is_refused(tiny_llama, explainer_dir, tmp_path):
+    model, tok = tiny_llama
+    outside = tmp_path / "elsewhere.safetensors"
+    (explainer_dir / "adapter.safetensors").rename(outside)
+    (explainer_dir / "adapter.safetensors").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tok)
+    inside = explainer_dir / "copy.safetensors"  # a link that stays inside is fine
+    (explainer_dir / "adapter.safetensors").unlink()
+    outside.rename(inside)
+    (explainer_dir / "adapter.safetensors").symlink_to(inside.name)
+    Explainer.from_pretrained(explainer_dir, model=model, tokenizer=tok)

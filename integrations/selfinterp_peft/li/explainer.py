@@ -33,7 +33,13 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
-from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.serialization import (
+    check_artifact_dir,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 
 from .config import (
     CONFIG_FILE,
@@ -131,6 +137,7 @@ class LoRAExplainer:
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
             raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
+        check_artifact_dir(directory)
         config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE))
         config.markers = config.markers or pick_markers(tokenizer)  # what create() picks for this tokenizer
         projections = cls._projections(config, model.config.hidden_size)

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from plugin_fakes import run_cli
+
 pytest.importorskip("peft")
 
 from selfinterp_plugins.cli import main  # noqa: E402
@@ -54,6 +56,9 @@ def test_dit_commands(tmp_path, capsys):
     extracted = json.loads(run(["dit", "extract", "--adapter", f"{diffs}/diffs/{held_out}", "--base", str(tmp_path / "tiny"),
                                 "--out", str(tmp_path / "x")], capsys))
     assert extracted["modules"] == 14 and (tmp_path / "x" / "adapter_config.json").is_file()
+    # the adapter's config names its base model; it is never loaded from there: --base must be given
+    code, out, err = run_cli(capsys, "dit", "extract", "--adapter", f"{diffs}/diffs/{held_out}", "--out", str(tmp_path / "y"))
+    assert code == 2 and "Give --base" in err and "Traceback" not in out + err and not (tmp_path / "y").exists()
 
 
 def test_the_peft_plugin_registers_the_dit_task_and_commands(capsys):
