@@ -61,3 +61,28 @@ def _seeded():
     """Every test starts from the same global RNG state."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fresh_plugins():
+    """The plugin registry rebuilt before and after the test, so a test that registers, fakes or
+    breaks plugins leaves nothing behind (modules opt in with `usefixtures`)."""
+    from selfinterp_plugins import plugins
+
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def hermetic_plugins(monkeypatch):
+    """No installed third-party plugins (nor SELFINTERP_PLUGINS) unless the test fakes some."""
+    from selfinterp_plugins import plugins
+
+    from plugin_fakes import install_entry_points
+
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    install_entry_points(monkeypatch)
+    plugins.reset()
+    yield
+    plugins.reset()

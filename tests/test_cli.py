@@ -17,12 +17,7 @@ from selfinterp_plugins import VectorLabelDataset, plugins
 
 from plugin_fakes import run_cli
 
-
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 run = run_cli  # main() in-process: (exit code, stdout, stderr)

@@ -18,12 +18,7 @@ from selfinterp_plugins.errors import OptionError, PluginNotInstalledError, Unkn
 from cli_models import one_line_error, save_dataset
 from plugin_fakes import FakeEntryPoint, install_entry_points, run_cli
 
-
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 @pytest.fixture

@@ -28,13 +28,9 @@ MARK_IDS = ["plain", "tryfirst", "trylast"]
 
 
 @pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    """No installed third-party plugins unless a test fakes some; the CLI back to its built-ins."""
-    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
-    install_entry_points(monkeypatch)
-    plugins.reset()
+def builtin_commands(hermetic_plugins):
+    """The CLI back to its built-in commands after a test whose plugins added some."""
     yield
-    plugins.reset()
     selfinterp_cli.commands.clear()
     selfinterp_cli.commands.update(BUILTIN_COMMANDS)
 

@@ -15,14 +15,7 @@ from plugin_fakes import FakeEntryPoint, install_entry_points, module
 SIX_KINDS = {"scale_only", "bias_only", "scalar_affine", "low_rank", "scalar_affine_plus_low_rank", "full_rank"}
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch):
-    """Hermetic plugin state: no installed third-party entry points unless a test fakes some."""
-    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
-    install_entry_points(monkeypatch)
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("hermetic_plugins")
 
 
 def _raise_import_error():

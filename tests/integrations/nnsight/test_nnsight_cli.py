@@ -14,7 +14,7 @@ pytest.importorskip("nnsight")
 
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
 from selfinterp_nnsight.requests import recording_requests  # noqa: E402
-from selfinterp_plugins import VectorLabelDataset, plugins  # noqa: E402
+from selfinterp_plugins import VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.cli_options import load_backend  # noqa: E402
 
 from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
@@ -24,11 +24,7 @@ warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 BACKENDS = {"nnsight": ["--backend", "nnsight"], "nnsight-rehearsed": ["--backend", "nnsight", "--remote", "local"]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 @pytest.fixture(scope="module")

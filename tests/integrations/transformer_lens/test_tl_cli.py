@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("transformer_lens")
 
-from selfinterp_plugins import VectorLabelDataset, plugins  # noqa: E402
+from selfinterp_plugins import VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.cli_options import load_backend  # noqa: E402
 from selfinterp_plugins.models import load_tokenizer  # noqa: E402
 
@@ -18,11 +18,7 @@ from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save
 FLAGS = ["--backend", "transformer_lens"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins():
-    plugins.reset()
-    yield
-    plugins.reset()
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,13 @@ import pytest
 
 pytest.importorskip("peft")
 
-from selfinterp_plugins.cli import main  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
+
+from cli_models import ok  # noqa: E402
 
 
 def run(argv, capsys) -> str:
-    try:
-        main(argv)
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), capsys.readouterr().err
-    return capsys.readouterr().out
+    return ok(capsys, *argv)
 
 
 @pytest.mark.parametrize("task", ["activation_patching", "input_ablation"])
