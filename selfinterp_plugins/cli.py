@@ -11,7 +11,16 @@ from pathlib import Path
 
 import click
 
-from .cli_options import backend_options, check_backend_options, load_backend, model_option
+from .cli_options import (
+    COUNT,
+    NONNEGATIVE,
+    POSITIVE,
+    FiniteFloat,
+    backend_options,
+    check_backend_options,
+    load_backend,
+    model_option,
+)
 from .defaults import shipped_explainer_dir
 from .errors import SelfInterpError
 
@@ -74,10 +83,10 @@ def vectors():
 @vectors.command("topics")
 @model_option()
 @backend_options
-@click.option("--layer", "layers", type=int, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
+@click.option("--layer", "layers", type=NONNEGATIVE, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
 @click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
-@click.option("--limit", type=int, default=None, help="only the first N topics (quick tries)")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--limit", type=COUNT, default=None, help="only the first N topics (quick tries)")
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
 def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limit, batch_size):
     """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
     from .topics import load_topics, topic_vectors
@@ -98,12 +107,12 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
               help="chat: the paper's prompt, no system turn; tokenizer_chat: built with the tokenizer's chat template")
 @click.option("--site", default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
 @click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
-@click.option("--epochs", default=2, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", type=float, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
-@click.option("--limit", type=int, default=None, help="train on the first N training rows only")
-@click.option("--seed", default=42, show_default=True)
-@click.option("--checkpoint-every", default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
+@click.option("--epochs", type=COUNT, default=2, show_default=True)
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
+@click.option("--limit", type=COUNT, default=None, help="train on the first N training rows only")
+@click.option("--seed", type=NONNEGATIVE, default=42, show_default=True)
+@click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
 def train(dataset, model_name, backend, remote, dtype, device, adapter, template, site, init, epochs, batch_size, lr, limit, seed,
@@ -132,12 +141,12 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
 @click.option("--split", default=None, help="only rows of this split")
 @model_option()
 @backend_options
-@click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy")
-@click.option("--top-p", default=0.9, show_default=True)
-@click.option("--samples", default=1, show_default=True)
-@click.option("--max-new-tokens", default=30, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
+@click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=0.9, show_default=True)
+@click.option("--samples", type=COUNT, default=1, show_default=True)
+@click.option("--max-new-tokens", type=COUNT, default=30, show_default=True)
+@click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
 def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, scales, temperature, top_p, samples, max_new_tokens,
             batch_size, output):
@@ -161,8 +170,8 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
 @click.option("--split", default="test", show_default=True)
 @model_option()
 @backend_options
-@click.option("--limit", type=int, default=None)
-@click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
+@click.option("--limit", type=COUNT, default=None)
+@click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
 def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales):
     """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
     from . import Explainer, VectorLabelDataset
@@ -177,8 +186,8 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
 
 
 @cli.command()
-@click.option("--n", "n_topics", default=200, show_default=True, help="held-out test topics to score")
-@click.option("--show", default=15, show_default=True, help="examples to print")
+@click.option("--n", "n_topics", type=COUNT, default=200, show_default=True, help="held-out test topics to score")
+@click.option("--show", type=NONNEGATIVE, default=15, show_default=True, help="examples to print")
 @click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
 def demo(n_topics, show, explainer_dir):
     """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
@@ -196,9 +205,9 @@ def demo(n_topics, show, explainer_dir):
 @click.option("--explainer", "explainers", multiple=True, help="trained explainer directory, or 'shipped' (repeatable)")
 @click.option("--no-explainer", is_flag=True, help="compare untrained baselines and the knowledge control only")
 @click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
-@click.option("--validation-topics", type=int, default=None, help="topics the sweeps run on [default: 48]")
-@click.option("--test-topics", type=int, default=None, help="held-out topics scored [default: 200]")
-@click.option("--layer", type=int, default=None, help="layer the topic vectors are read after")
+@click.option("--validation-topics", type=COUNT, default=None, help="topics the sweeps run on [default: 48]")
+@click.option("--test-topics", type=COUNT, default=None, help="held-out topics scored [default: 200]")
+@click.option("--layer", type=NONNEGATIVE, default=None, help="layer the topic vectors are read after")
 def report(out_dir, config_path, model_name, explainers, no_explainer, baselines, validation_topics, test_topics, layer):
     """Trained explainers vs untrained baselines vs the knowledge control: one HTML report + JSON.
     Resumable: rerun with the same options and finished sweeps are reused."""

@@ -22,13 +22,15 @@ torch models, transformers, nnsight or TransformerLens.
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from .defaults import DEFAULT_MODEL
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "DEFAULT_MODEL", "DTYPES", "MODEL_HELP", "REMOTE_VALUES", "backend_options", "check_backend",
-           "check_backend_options", "check_device", "load_backend", "model_option"]
+__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "MODEL_HELP", "NONNEGATIVE", "POSITIVE", "REMOTE_VALUES", "FiniteFloat",
+           "backend_options", "check_backend", "check_backend_options", "check_device", "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
 BACKEND_PLUGINS = {"nnsight": "nnsight", "transformer_lens": "transformer-lens"}
@@ -45,6 +47,57 @@ BACKEND_HELP = ("library that runs the model: hf (transformers), nnsight or tran
 REMOTE_HELP = ("nnsight only. off: run here; local: nnsight's offline rehearsal of NDIF (each request serialised "
                "as for NDIF, then run here); ndif: run on NDIF (needs NDIF_API_KEY; the weights stay there, "
                "so --model must be a hub id NDIF serves); or an NDIF host URL")
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that must be finite (click.FloatRange lets "nan" and "inf" through) and lie in
+    a range: `FiniteFloat(min=0, min_open=True)` for a learning rate, `FiniteFloat(min=0)` for a
+    temperature, `FiniteFloat(min=0, max=1, min_open=True)` for top-p. A bad value is click's usage
+    error (exit 2) naming the option, before the command runs."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False):
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def get_metavar(self, param, ctx=None):
+        return f"FLOAT {self._describe()}"
+
+    def _describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f"{'>' if self.min_open else '>='}{self.min:g}")
+        if self.max is not None:
+            parts.append(f"{'<' if self.max_open else '<='}{self.max:g}")
+        return "(finite" + (", " + ", ".join(parts) if parts else "") + ")"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            self.fail(f"{value!r} is not {'>' if self.min_open else '>='} {self.min:g}.", param, ctx)
+        if self.max is not None and (number > self.max or (self.max_open and number == self.max)):
+            self.fail(f"{value!r} is not {'<' if self.max_open else '<='} {self.max:g}.", param, ctx)
+        return number
+
+    def __repr__(self):
+        return f"FiniteFloat{self._describe()}"
+
+
+#: counts that must be at least 1 (batch sizes, epochs, samples, limits, ranks, tokens)
+COUNT = click.IntRange(min=1)
+#: integers that may be 0 but not negative (seeds, layers, sizes where 0 means none)
+NONNEGATIVE = click.IntRange(min=0)
+#: finite floats above 0 (learning rates, LoRA alpha)
+POSITIVE = FiniteFloat(min=0, min_open=True)
 
 
 def model_option(help: str = MODEL_HELP, default: str | None = DEFAULT_MODEL):

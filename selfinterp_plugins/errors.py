@@ -7,7 +7,7 @@ CLI can print it without a traceback and exit 2.
 
 # public: plugins raise these so the CLI reports their user errors in one line, like the core's
 __all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
-           "PluginNotInstalledError", "SelfInterpError", "TemplateError", "UnknownNameError", "UnsupportedInitError",
+           "PluginNotInstalledError", "RunMismatchError", "SelfInterpError", "TemplateError", "UnknownNameError", "UnsupportedInitError",
            "VectorError"]
 
 
@@ -57,3 +57,8 @@ class PluginNotInstalledError(UnknownNameError):
 
 class OptionError(SelfInterpError):
     """Options that do not go together (`--remote` with a backend that runs only here)."""
+
+
+class RunMismatchError(OptionError):
+    """A training checkpoint was written by a run with other settings (adapter, lr, seed, data ...)
+    than the command resuming it."""

@@ -10,6 +10,7 @@ Checkpoints are safetensors + JSON, written atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError
+from .errors import ArtifactError, RunMismatchError
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
@@ -176,9 +177,11 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     out = Path(output_dir) if output_dir else None
     ckpt = out / CHECKPOINT_DIR if out else None
     step, history = 0, {"train_loss": [], "validation_loss": [], "config": dict(config.to_dict(), lr=base_lr)}
+    run = run_manifest(explainer, data, config, base_lr) if ckpt else None
     if ckpt and (ckpt / "state.json").exists():
         state = read_json(ckpt / "state.json")
         files = _checkpoint_files(ckpt, state)
+        _check_same_run(ckpt, state.get("run"), run)  # before any weight is loaded into the adapter
         adapter.load_state_dict(load_safetensors(files["adapter"]))
         restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
         step, history = state["step"], state["history"]
@@ -227,7 +230,7 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if ckpt and (step % config.checkpoint_every == 0 or end_of_epoch):
-                _save_checkpoint(ckpt, adapter, optimizer, named, step, history)
+                _save_checkpoint(ckpt, adapter, optimizer, named, step, history, run)
     finally:
         bar.close()
         if log:
@@ -236,6 +239,71 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     history["steps"] = step
     adapter.eval()
     return history
+
+
+#: TrainConfig fields a resume may change: how often the run is saved, and `max_steps`, where it
+#: stops (stopping within the warm-up and resuming with the full config is a supported way to
+#: split a run; tests/test_training.py checks it replays the uninterrupted run)
+NOT_RUN_DEFINING = ("checkpoint_every", "max_steps")
+
+#: run-manifest keys -> the `selfinterp train` option that sets them, for the mismatch message
+RUN_OPTIONS = {"adapter": "--adapter", "adapter.kind": "--adapter", "model_fingerprint": "--model",
+               "template": "--template", "site": "--site", "training_rows": "--limit or the dataset",
+               "training_data_sha256": "the dataset", "epochs": "--epochs", "batch_size": "--batch-size",
+               "lr": "--lr", "seed": "--seed", "init": "--init", "bucket_by_length": "--bucket/--no-bucket"}
+
+
+def data_sha256(data) -> str:
+    """SHA-256 of the training rows: their vectors (float32 bytes, shape included) and labels."""
+    digest = hashlib.sha256()
+    vectors = data.vectors.detach().to("cpu", torch.float32).contiguous()
+    digest.update(json.dumps(list(vectors.shape)).encode())
+    digest.update(vectors.numpy().tobytes())
+    digest.update(json.dumps(list(data.labels), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def run_manifest(explainer, data, config: TrainConfig, base_lr: float) -> dict:
+    """What defines a training run, recorded in its checkpoint so a resume with other settings is
+    refused: the adapter's config (kind included), the model's embedding fingerprint, template,
+    site, the training rows (count and hash) and every TrainConfig field that changes the result,
+    with `lr` as resolved. JSON-normalised, so it compares equal to what state.json gives back."""
+    settings = {key: value for key, value in config.to_dict().items() if key not in NOT_RUN_DEFINING}
+    manifest = {"adapter": explainer.adapter.config.to_dict(), "model_fingerprint": explainer.backend.fingerprint(),
+                "template": explainer.template.to_dict(), "site": explainer.site.to_dict(),
+                "training_rows": len(data), "training_data_sha256": data_sha256(data), **settings, "lr": base_lr}
+    return json.loads(json.dumps(manifest))
+
+
+def _first_difference(old, new, key: str = ""):
+    """(key, old, new) of the first setting that differs, descending into dicts; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*new, *(k for k in old if k not in new)]
+        # a kind or a name says more than the first field that differs (a template's whole prompt)
+        for sub in sorted(keys, key=lambda k: k not in ("kind", "name")):
+            found = _first_difference(old.get(sub), new.get(sub), f"{key}.{sub}" if key else sub)
+            if found:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
+def _check_same_run(ckpt: Path, saved, current) -> None:
+    """Refuse to resume a checkpoint written with other settings (one line: which, old vs new, and
+    how to start afresh). A checkpoint from before manifests were recorded (no `run`) resumes."""
+    if saved is None or current is None:
+        return
+    if not isinstance(saved, dict):
+        raise ArtifactError(f"{ckpt / 'state.json'} has a malformed run record; delete {ckpt} to restart training.")
+    found = _first_difference(saved, current)
+    if found:
+        key, old, new = found
+        option = RUN_OPTIONS.get(key) or RUN_OPTIONS.get(key.split(".")[0])
+        setting = f"{key} ({option})" if option else key
+        raise RunMismatchError(
+            f"{ckpt} is the checkpoint of a run with other settings: {setting} was {json.dumps(old)}, "
+            f"this run has {json.dumps(new)}; to start afresh delete {ckpt} or choose another --out "
+            f"(or rerun with the old settings to resume).")
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -249,7 +317,7 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
-def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict) -> None:
+def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict, run: dict | None = None) -> None:
     """Weights go to files named by their step; `state.json`, replaced atomically last, commits them.
     A kill at any moment leaves a state.json naming a complete adapter + optimizer pair of one step
     (writing fixed names in place let a kill between files pair step N's adapter with step N-k's
@@ -258,7 +326,10 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
     files = {"adapter": f"adapter-{step}.safetensors", "optimizer": f"optimizer-{step}.safetensors"}
     save_safetensors(dict(adapter.state_dict()), ckpt / files["adapter"])
     save_safetensors(optimizer_state(optimizer, named), ckpt / files["optimizer"])
-    write_json({"step": step, "history": history, "files": files}, ckpt / "state.json")
+    state = {"step": step, "history": history, "files": files}
+    if run is not None:
+        state["run"] = run
+    write_json(state, ckpt / "state.json")
     for stale in ckpt.glob("*.safetensors"):
         if stale.name not in files.values():
             stale.unlink()

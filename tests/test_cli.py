@@ -165,3 +165,107 @@ def test_help_and_version(capsys):
     assert code == 0 and "explain" in out and "plugins" in out
     code, out, _ = run(capsys, "--version")
     assert code == 0 and "0.1.0" in out
+
+
+# ---- a resumed `selfinterp train` must be the same run (issue 19: the run manifest) ----------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny model, a dataset, and the checkpointed `train` run both started from (3 steps)."""
+    from cli_models import save_dataset, save_tiny_model
+
+    root = tmp_path_factory.mktemp("manifest")
+    model, data = save_tiny_model(root / "model"), save_dataset(root / "data")
+    return root, model, data
+
+
+BASE_FLAGS = ("--adapter", "scalar_affine", "--epochs", "1", "--batch-size", "4", "--lr", "0.01", "--seed", "3")
+
+
+def _first_run(capsys, trained_run, tmp_path):
+    import shutil
+
+    root, model, data = trained_run
+    out = tmp_path / "run"
+    if not (root / "run").exists():
+        code, _, err = run(capsys, "train", data, "--model", model, *BASE_FLAGS, "--out", str(root / "run"))
+        assert code in (0, None), err
+    shutil.copytree(root / "run", out)
+    return model, data, out
+
+
+def _one_error_line(code, stdout, err) -> str:
+    """Exit 2, no traceback, and one `Error:` line, the last of stderr (transformers' weight-loading
+    progress bar may come before it). That line."""
+    assert code == 2, (stdout, err)
+    assert "Traceback" not in stdout + err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error")] == lines[-1:], err
+    return lines[-1]
+
+
+def _replace(flags, option, value):
+    flags = list(flags)
+    if option in flags:
+        flags[flags.index(option) + 1] = value
+    else:
+        flags += [option, value]
+    return flags
+
+
+@pytest.mark.parametrize(("option", "value", "setting", "old", "new"), [
+    ("--lr", "0.02", "lr (--lr)", "0.01", "0.02"),
+    ("--seed", "4", "seed (--seed)", "3", "4"),
+    ("--adapter", "full_rank", "adapter.kind (--adapter)", '"scalar_affine"', '"full_rank"'),
+    ("--epochs", "2", "epochs (--epochs)", "1", "2"),
+    ("--batch-size", "3", "batch_size (--batch-size)", "4", "3"),
+    ("--init", "paper", "init (--init)", '"ridge"', '"paper"'),
+    ("--limit", "8", "training_rows (--limit or the dataset)", "12", "8"),
+    ("--template", "chat", "template.name (--template)", '"echo"', '"chat"'),
+    ("--site", "resid_post.1", "site.kind (--site)", '"embed"', '"resid_post"'),
+])
+def test_resume_with_other_settings_is_one_line_naming_the_setting(capsys, trained_run, tmp_path, option, value,
+                                                                   setting, old, new):
+    """Each setting that defines the run, changed on a rerun into the same --out: before the
+    manifest, --adapter was a RuntimeError traceback and the others resumed silently."""
+    model, data, out = _first_run(capsys, trained_run, tmp_path)
+    state = (out / "checkpoint" / "state.json").read_bytes()
+    adapter = (out / "adapter.safetensors").read_bytes()
+    code, stdout, err = run(capsys, "train", data, "--model", model, *_replace(BASE_FLAGS, option, value),
+                            "--out", str(out))
+    err = _one_error_line(code, stdout, err)
+    assert setting in err and "delete" in err and str(out / "checkpoint") in err and "--out" in err
+    assert f"was {old}, this run has {new}" in err, err
+    assert (out / "checkpoint" / "state.json").read_bytes() == state  # nothing resumed, nothing rewritten
+    assert (out / "adapter.safetensors").read_bytes() == adapter
+
+
+def test_resume_with_another_dataset_is_refused(capsys, trained_run, tmp_path):
+    model, _, out = _first_run(capsys, trained_run, tmp_path)
+    data = VectorLabelDataset.load(trained_run[2])
+    other = VectorLabelDataset(data.vectors + 1, data.records).save(tmp_path / "other")
+    code, stdout, err = run(capsys, "train", str(other), "--model", model, *BASE_FLAGS, "--out", str(out))
+    assert "training_data_sha256 (the dataset)" in _one_error_line(code, stdout, err)
+
+
+def test_resume_with_the_same_settings_resumes(capsys, trained_run, tmp_path):
+    model, data, out = _first_run(capsys, trained_run, tmp_path)
+    code, stdout, err = run(capsys, "train", data, "--model", model, *BASE_FLAGS, "--checkpoint-every", "1",
+                            "--out", str(out))
+    assert code in (0, None), err
+    assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 3  # the finished run, not a new one
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and state["run"]["lr"] == 0.01 and state["run"]["seed"] == 3
+
+
+def test_a_checkpoint_without_a_manifest_resumes_as_before(capsys, trained_run, tmp_path):
+    """Checkpoints written before the manifest (no `run` in state.json) are not refused."""
+    model, data, out = _first_run(capsys, trained_run, tmp_path)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    del state["run"]
+    path.write_text(json.dumps(state))
+    code, stdout, err = run(capsys, "train", data, "--model", model, *_replace(BASE_FLAGS, "--lr", "0.02"),
+                            "--out", str(out))
+    assert code in (0, None), err
+    assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 3

@@ -309,3 +309,29 @@ def test_bucketed_training_resumes_to_the_uninterrupted_result(tiny_llama, data,
     resumed = make(tiny_llama)
     resumed.train(data, None, full, output_dir=tmp_path / "run", progress=False)
     _assert_same_state(state(reference), state(resumed))
+
+
+@pytest.mark.parametrize("change", [{"lr": 2e-2}, {"seed": 1}, {"weight_decay": 0.0}, {"warmup_steps": 3},
+                                    {"data": "shifted"}, {"kind": "full_rank"}])
+def test_resume_refuses_a_checkpoint_of_another_run(tiny_llama, data, tmp_path, change):
+    """The checkpoint records the run (adapter, model, template, site, data hash, every result-changing
+    TrainConfig field); a resume that differs raises RunMismatchError naming the setting, before
+    the adapter is touched. checkpoint_every and max_steps may change (where a run is saved / stops)."""
+    from selfinterp_plugins.errors import RunMismatchError
+
+    base = dict(epochs=1, batch_size=16, lr=1e-2, checkpoint_every=2)
+    make(tiny_llama).train(data, None, TrainConfig(**base), output_dir=tmp_path, progress=False)
+    setting = next(iter(change))
+    config = TrainConfig(**{**base, **{k: v for k, v in change.items() if k not in ("data", "kind")}})
+    rows = VectorLabelDataset(data.vectors + 1, data.records) if setting == "data" else data
+    explainer = make(tiny_llama, kind=change.get("kind", "scalar_affine"))
+    before = state(explainer)
+    name = {"data": "training_data_sha256", "kind": "adapter.kind"}.get(setting, setting)
+    with pytest.raises(RunMismatchError, match=rf"^\S+ is the checkpoint of a run with other settings: {name} "):
+        explainer.train(rows, None, config, output_dir=tmp_path, progress=False)
+    for key, value in before.items():
+        assert torch.equal(state(explainer)[key], value)
+    # what may change on a resume
+    history = make(tiny_llama).train(data, None, TrainConfig(**{**base, "checkpoint_every": 5, "max_steps": 100}),
+                                     output_dir=tmp_path, progress=False)
+    assert history["steps"] == 4

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import click
 
-from selfinterp_plugins.cli_options import DEFAULT_MODEL, load_backend, model_option
+from selfinterp_plugins.cli_options import (
+    COUNT,
+    DEFAULT_MODEL,
+    NONNEGATIVE,
+    POSITIVE,
+    FiniteFloat,
+    load_backend,
+    model_option,
+)
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
@@ -42,7 +50,7 @@ def register(cli):
                   help="the base model (alias, hub id or local path); required with --adapter, "
                        "default smollm2-135m-instruct with --finetuned")
     @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
-    @click.option("--rank", type=int, default=None, help="SVD rank for a full fine-tune (default: dense, exact)")
+    @click.option("--rank", type=COUNT, default=None, help="SVD rank for a full fine-tune (default: dense, exact)")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def extract(adapter, base_name, finetuned, rank, out):
         """Write a weight diff as a PEFT LoRA adapter and report each module's kept energy."""
@@ -68,20 +76,20 @@ def register(cli):
 
     @dit.command("make-diffs")
     @model_option()
-    @click.option("--n-train", default=200, show_default=True, help="diffs on train-split topics")
-    @click.option("--n-test", default=40, show_default=True, help="held-out diffs on test-split topics")
-    @click.option("--rank", default=1, show_default=True)
+    @click.option("--n-train", type=NONNEGATIVE, default=200, show_default=True, help="diffs on train-split topics")
+    @click.option("--n-test", type=NONNEGATIVE, default=40, show_default=True, help="held-out diffs on test-split topics")
+    @click.option("--rank", type=COUNT, default=1, show_default=True)
     @click.option("--full-finetune", is_flag=True, help="full fine-tunes, one at a time, compressed to --rank by SVD")
-    @click.option("--questions", "n_questions", default=QUESTIONS, show_default=True,
+    @click.option("--questions", "n_questions", type=COUNT, default=QUESTIONS, show_default=True,
                   help="questions per diff, each in the three forms (reference: 270)")
-    @click.option("--answer-tokens", default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
-    @click.option("--lr", type=float, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
-    @click.option("--epochs", default=EPOCHS, show_default=True, help="(reference: 1)")
-    @click.option("--questions-per-step", default=QUESTIONS_PER_STEP, show_default=True,
+    @click.option("--answer-tokens", type=COUNT, default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
+    @click.option("--lr", type=POSITIVE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
+    @click.option("--epochs", type=COUNT, default=EPOCHS, show_default=True, help="(reference: 1)")
+    @click.option("--questions-per-step", type=COUNT, default=QUESTIONS_PER_STEP, show_default=True,
                   help="questions (x3 forms) per Adam step (reference: 2)")
-    @click.option("--group", "diffs_per_group", default=16, show_default=True,
+    @click.option("--group", "diffs_per_group", type=COUNT, default=16, show_default=True,
                   help="diffs trained side by side (memory grows with it: 16 diffs x 3 forms peaked at 10 GB on SmolLM2)")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
     def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_questions, answer_tokens, lr,
                    epochs, questions_per_step, diffs_per_group, seed, out):
@@ -141,14 +149,14 @@ def register(cli):
     @dit.command("train")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
     @model_option()
-    @click.option("--rank", default=16, show_default=True)
-    @click.option("--alpha", type=float, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
+    @click.option("--rank", type=COUNT, default=16, show_default=True)
+    @click.option("--alpha", type=POSITIVE, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
     @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
-    @click.option("--lr", type=float, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
-    @click.option("--weight-decay", type=float, default=0.01, show_default=True)
-    @click.option("--epochs", default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
-    @click.option("--batch-size", default=8, show_default=True)
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--lr", type=POSITIVE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
+    @click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True)
+    @click.option("--epochs", type=COUNT, default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
+    @click.option("--batch-size", type=COUNT, default=8, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
     def train(diffs_dir, model_name, rank, alpha, init, lr, weight_decay, epochs, batch_size, seed, out):
         """Train a DIT adapter on the diffs of the train split (the reference's adapter and optimiser)."""
@@ -190,7 +198,7 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
                   help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")
-    @click.option("--limit", type=int, default=None, help="only the first N diffs of the split")
+    @click.option("--limit", type=COUNT, default=None, help="only the first N diffs of the split")
     @click.option("--llm-judge", default="gemma-3-270m", show_default=True,
                   help="local model for the paper's 1-5 judge and guesser ('none' to skip)")
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="answers.jsonl (resumes) and metrics.json")

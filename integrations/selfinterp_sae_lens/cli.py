@@ -15,7 +15,15 @@ from pathlib import Path
 
 import click
 
-from selfinterp_plugins.cli_options import MODEL_HELP, load_backend, model_option
+from selfinterp_plugins.cli_options import (
+    COUNT,
+    MODEL_HELP,
+    NONNEGATIVE,
+    POSITIVE,
+    FiniteFloat,
+    load_backend,
+    model_option,
+)
 from selfinterp_plugins.errors import VectorError
 
 
@@ -72,12 +80,12 @@ def register(cli):
     @model_option()
     @click.option("--site", default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
-    @click.option("--context", default=64, show_default=True, help="tokens per window")
-    @click.option("--d-sae", default=4608, show_default=True)
-    @click.option("--k", default=32, show_default=True, help="active latents per token (TopK)")
-    @click.option("--tokens", default=400_000, show_default=True, help="training tokens")
-    @click.option("--lr", default=3e-4, show_default=True)
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--context", type=COUNT, default=64, show_default=True, help="tokens per window")
+    @click.option("--d-sae", type=COUNT, default=4608, show_default=True)
+    @click.option("--k", type=COUNT, default=32, show_default=True, help="active latents per token (TopK)")
+    @click.option("--tokens", type=COUNT, default=400_000, show_default=True, help="training tokens")
+    @click.option("--lr", type=POSITIVE, default=3e-4, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def train_sae_cmd(model_name, site, corpus, context, d_sae, k, tokens, lr, seed, out):
         """Train an SAE on the model's activations with SAE-Lens's SAETrainer; saved with save_inference_model."""
@@ -94,10 +102,11 @@ def register(cli):
     @click.argument("sae_dir", type=click.Path())
     @model_option()
     @click.option("--corpus", default="shakespeare", show_default=True)
-    @click.option("--context", default=64, show_default=True)
-    @click.option("--windows", "n_windows", default=2000, show_default=True, help="corpus windows streamed")
-    @click.option("--min-share", default=0.5, show_default=True, help="share of top activations the dominant word needs")
-    @click.option("--seed", default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
+    @click.option("--context", type=COUNT, default=64, show_default=True)
+    @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True, help="corpus windows streamed")
+    @click.option("--min-share", type=FiniteFloat(min=0, max=1), default=0.5, show_default=True,
+                  help="share of top activations the dominant word needs")
+    @click.option("--seed", type=NONNEGATIVE, default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def weak_labels_cmd(sae_dir, model_name, corpus, context, n_windows, min_share, seed, out):
         """Label latents by their dominant top-activating word; write a dataset split by latent."""
@@ -119,7 +128,7 @@ def register(cli):
     @click.option("--sae-id", default=None)
     @click.option("--model-id", default=None, help="keep only rows of this Neuronpedia modelId")
     @click.option("--np-sae-id", default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def import_neuronpedia(explanations, sae_dir, release, sae_id, model_id, np_sae_id, seed, out):
         """A Neuronpedia export -> a VectorLabelDataset (train / validation / test by latent)."""
@@ -138,9 +147,9 @@ def register(cli):
     @click.option("--sae", "sae_dir", required=True, type=click.Path())
     @click.option("--features", default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
     @model_option()
-    @click.option("--scale", "scales", type=float, multiple=True, default=(1.0,), show_default=True)
-    @click.option("--batch-size", default=64, show_default=True)
-    @click.option("--max-new-tokens", default=30, show_default=True)
+    @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
+    @click.option("--batch-size", type=COUNT, default=64, show_default=True)
+    @click.option("--max-new-tokens", type=COUNT, default=30, show_default=True)
     @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
     @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
                   help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
@@ -163,10 +172,10 @@ def register(cli):
     @model_option(f"subject model (and default writer / judge): {MODEL_HELP}")
     @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
     @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
-    @click.option("--samples", default=10, show_default=True, help="conversations per label (generation)")
-    @click.option("--max-new-tokens", default=100, show_default=True, help="length limit of each conversation (generation)")
+    @click.option("--samples", type=COUNT, default=10, show_default=True, help="conversations per label (generation)")
+    @click.option("--max-new-tokens", type=COUNT, default=100, show_default=True, help="length limit of each conversation (generation)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
-    @click.option("--windows", "n_windows", default=2000, show_default=True)
+    @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True)
     @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")
     def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, max_new_tokens, corpus, n_windows,
               output):

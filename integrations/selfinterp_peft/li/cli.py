@@ -14,7 +14,14 @@ from pathlib import Path
 
 import click
 
-from selfinterp_plugins.cli_options import MODEL_HELP, load_backend, model_option
+from selfinterp_plugins.cli_options import (
+    COUNT,
+    MODEL_HELP,
+    NONNEGATIVE,
+    POSITIVE,
+    load_backend,
+    model_option,
+)
 
 from .tasks import TASK_DEFAULTS, TASKS
 
@@ -61,10 +68,10 @@ def register(cli):
     @lora_explainer.command("make-data")
     @click.option("--task", type=click.Choice(["activation_patching", "input_ablation"]), required=True)
     @model_option(f"the subject model: {MODEL_HELP}")
-    @click.option("--n-train", default=600, show_default=True)
-    @click.option("--n-test", default=150, show_default=True)
+    @click.option("--n-train", type=NONNEGATIVE, default=600, show_default=True)
+    @click.option("--n-test", type=NONNEGATIVE, default=150, show_default=True)
     @click.option("--layers", default="0:30:3", show_default=True, help="patched layers, start:stop:step (activation patching)")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
@@ -102,19 +109,20 @@ def register(cli):
     @model_option(f"the explainer model: {MODEL_HELP}")
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
-    @click.option("--rank", type=int, default=None, help="LoRA rank (reference: 128)")
-    @click.option("--lr", type=float, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
-    @click.option("--epochs", type=int, default=None, help="default: the reference's (10 / 20 / 30)")
-    @click.option("--batch-size", type=int, default=None, help="default: the reference's (64 / 32 / 8)")
+    @click.option("--rank", type=COUNT, default=None, help="LoRA rank (reference: 128)")
+    @click.option("--lr", type=POSITIVE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
+    @click.option("--epochs", type=NONNEGATIVE, default=None,
+                  help="default: the reference's (10 / 20 / 30); 0 saves the start (with --projection ridge: the ridge start alone)")
+    @click.option("--batch-size", type=COUNT, default=None, help="default: the reference's (64 / 32 / 8)")
     @click.option("--prompt-format", type=click.Choice(["chat", "raw"]), default=None,
                   help="default: the reference's (raw base-model strings for activation patching, chat otherwise)")
     @click.option("--loss-reduction", type=click.Choice(["padded", "token"]), default="padded", show_default=True,
                   help="padded: the reference's (Σ answer CE / padded length); token: mean per answer token")
     @click.option("--shuffle/--no-shuffle", default=False, show_default=True, help="the reference keeps data order")
-    @click.option("--limit", type=int, default=None, help="first N training examples only")
+    @click.option("--limit", type=COUNT, default=None, help="first N training examples only")
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
     def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
               projection, seed, out):
@@ -144,8 +152,8 @@ def register(cli):
     @click.option("--data", required=True, type=click.Path(exists=True))
     @click.option("--split", default="test", show_default=True)
     @model_option()
-    @click.option("--limit", type=int, default=None)
-    @click.option("--max-new-tokens", type=int, default=None, help="answer length limit (default: the explainer's)")
+    @click.option("--limit", type=COUNT, default=None)
+    @click.option("--max-new-tokens", type=COUNT, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
