@@ -60,7 +60,14 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes through a private temporary file (0600)
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: str | Path) -> dict:
