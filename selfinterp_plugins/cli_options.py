@@ -237,7 +237,8 @@ def load_backend(model_name: str = DEFAULT_MODEL, backend: str = "hf", remote: s
     from .models import load_model
     from .plugins import backend_for
 
-    weights = {"dtype": getattr(torch, dtype), "device_map": None if check_device(device) == "cpu" else device}
+    device_map = check_device(device)  # normalised: "CUDA:0" -> "cuda:0"
+    weights = {"dtype": getattr(torch, dtype), "device_map": None if device_map == "cpu" else device_map}
     if backend == "nnsight":
         lm = _nnsight_model(model_name, remote_value, weights)
         return backend_for(lm, lm.tokenizer, backend="nnsight", remote=remote_value)

@@ -65,6 +65,15 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux): setting it to
+    read it would, for an instant, let another thread create world-writable files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -85,18 +85,19 @@ def test_nan_and_infinity_are_refused_not_written_as_invalid_json(tmp_path, valu
     assert path.read_text() == ""
 
 
-def test_saved_weights_are_readable_as_the_umask_allows(tmp_path):
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_weights_are_readable_as_the_umask_allows(tmp_path, umask):
     """safetensors writes through a private temporary file: without a chmod every artifact's weights
     were 0600, unreadable by the rest of a team sharing a results directory."""
     import torch
 
     from selfinterp_plugins.serialization import save_safetensors, write_json
 
-    mask = os.umask(0o022)
+    mask = os.umask(umask)
     try:
         save_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
         write_json({"a": 1}, tmp_path / "c.json")
     finally:
         os.umask(mask)
-    assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == 0o644
-    assert os.stat(tmp_path / "c.json").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == 0o666 & ~umask
+    assert os.stat(tmp_path / "c.json").st_mode & 0o777 == 0o666 & ~umask
