@@ -33,7 +33,7 @@ from selfinterp_plugins.backends import AdapterInput, Backend, Sampling, pad_tok
 from selfinterp_plugins.backends.hf import expand_cache, find_blocks, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
 
-from .remote import RetryPolicy, check_api_key, code_by_value, with_retries
+from .remote import RetryPolicy, check_api_key, check_remote_value, check_servable, code_by_value, with_retries
 
 
 class NNsightBackend(Backend):
@@ -49,7 +49,7 @@ class NNsightBackend(Backend):
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if self.tokenizer is None:
             raise BackendError("This nnsight model has no tokenizer; pass tokenizer=... next to model=....")
-        _check_remote(remote)
+        check_remote_value(remote)
         self.remote = remote
         self.retry = retry or RetryPolicy()
         self.blocks_path = _path_of(self.hf, find_blocks(self.hf))
@@ -63,7 +63,7 @@ class NNsightBackend(Backend):
     @contextlib.contextmanager
     def remote_mode(self, remote):
         """Run the enclosed calls with `remote` (True, "local", a host URL, or False)."""
-        _check_remote(remote)
+        check_remote_value(remote)
         previous, self.remote = self.remote, remote
         try:
             yield self
@@ -78,9 +78,17 @@ class NNsightBackend(Backend):
         """One request: here directly, remote with the API key checked and transient failures retried."""
         if not self.remote:
             return request()
-        if self.remote is True:
+        if self.remote != "local":  # NDIF, at its configured host or at a URL: both need a key and a hub model
             check_api_key()
-        return with_retries(request, self.retry, what)
+            check_servable(self.model, self.remote)
+        return with_retries(request, self.retry, what, host=self._host())
+
+    def _host(self) -> str:
+        if isinstance(self.remote, str) and self.remote != "local":
+            return self.remote
+        from nnsight import CONFIG
+
+        return str(getattr(CONFIG.API, "HOST", "") or "NDIF")
 
     # ---- facts ----------------------------------------------------------------------------
 
@@ -370,11 +378,6 @@ def _execution_order(site) -> tuple[int, int]:
     if site.kind == "embed":
         return (-1, 0)
     return (site.layer, 0 if site.kind == "resid_pre" else 1)
-
-
-def _check_remote(remote) -> None:
-    if not (remote is False or remote is True or isinstance(remote, str)):
-        raise BackendError(f"remote must be False, True, 'local' or an NDIF host URL, got {remote!r}.")
 
 
 def _finishing_ids(is_finished, tokenizer) -> frozenset[int]:

@@ -11,17 +11,26 @@ config file or `NDIF_API_KEY`); this module only checks that one exists and neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import random
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from selfinterp_plugins.errors import BackendError
 
 log = logging.getLogger(__name__)
 
+#: what an unreachable host looks like in the error texts of requests, httpx and websocket-client
+_UNREACHABLE_TEXT = re.compile(r"name or service not known|name resolution|nodename nor servname|getaddrinfo|"
+                               r"network is unreachable|no route to host|connection refused", re.I)
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+#: a hub repository id as NDIF names models: `org/name` or a bare name, never a filesystem path
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _TRANSIENT_TEXT = re.compile(r"\b(5\d\d|429)\b|timed? ?out|timeout|unavailable|overloaded|connection|try again", re.I)
 
 
@@ -44,8 +53,9 @@ class RetryPolicy:
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for failures a retry can cure: connection drops, timeouts, 5xx/429 answers."""
-    if isinstance(error, (ConnectionError, TimeoutError)):
+    """True for failures a retry can cure: connection drops, timeouts, 5xx/429 answers, a host
+    that cannot be reached for now (a network blip)."""
+    if isinstance(error, (ConnectionError, TimeoutError)) or is_unreachable(error):
         return True
     for link in _chain(error):
         status = getattr(getattr(link, "response", None), "status_code", None)
@@ -66,7 +76,20 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def with_retries(call, policy: RetryPolicy, what: str, sleep=time.sleep):
+def is_unreachable(error: BaseException) -> bool:
+    """True when the host could not be reached at all (no DNS, no route, connection refused):
+    the likely cause is this machine's network, not NDIF being busy."""
+    for link in _chain(error):
+        if isinstance(link, socket.gaierror) or type(link).__name__ == "WebSocketAddressException":
+            return True
+        if isinstance(link, OSError) and link.errno in _UNREACHABLE_ERRNOS:
+            return True
+        if _UNREACHABLE_TEXT.search(str(link)):
+            return True
+    return False
+
+
+def with_retries(call, policy: RetryPolicy, what: str, sleep=time.sleep, host: str | None = None):
     """Run `call()` (one remote request), retrying transient failures as `policy` says."""
     for attempt in range(policy.attempts):
         try:
@@ -76,6 +99,12 @@ def with_retries(call, policy: RetryPolicy, what: str, sleep=time.sleep):
         except Exception as error:  # noqa: BLE001 - classified below, re-raised with advice
             if not is_transient(error):
                 raise RemoteRequestError(f"The remote {what} failed: {_describe(error)}. {_advice(error)}") from error
+            if attempt == policy.attempts - 1 and is_unreachable(error):
+                raise RemoteRequestError(
+                    f"The remote {what} could not reach {host or 'NDIF'} in {policy.attempts} attempts "
+                    f"({_describe(error)}): this machine's network, DNS or proxy is the likely cause, not NDIF. "
+                    "Check the connection to that host, then rerun: finished batches are kept when you pass output=..."
+                ) from error
             if attempt == policy.attempts - 1:
                 raise RemoteRequestError(
                     f"The remote {what} failed {policy.attempts} times ({_describe(error)}); NDIF may be busy or down. "
@@ -110,6 +139,37 @@ def check_api_key() -> None:
             "No NDIF API key; set NDIF_API_KEY or call nnsight.CONFIG.set_default_api_key('<key>') "
             "(or rehearse offline with remote='local')."
         )
+
+
+def check_remote_value(remote) -> None:
+    """`remote` takes exactly its documented values; any other string is refused here rather than
+    sent to nnsight as a host name (`remote="False"` or `"yes"` would be)."""
+    if remote is False or remote is True or remote == "local":
+        return
+    if isinstance(remote, str) and remote.startswith(("http://", "https://")):
+        return
+    hint = ""
+    if isinstance(remote, str) and remote.strip().lower() in ("false", "off", "no", "0", "none", ""):
+        hint = " (a string: to run here pass remote=False)"
+    elif isinstance(remote, str) and remote.strip().lower() in ("true", "on", "yes", "1", "ndif"):
+        hint = " (a string: to run on NDIF pass remote=True)"
+    raise BackendError(f"remote takes False (here), True (NDIF), 'local' (NDIF's path rehearsed here) or an NDIF "
+                       f"host URL ('https://...'), got {remote!r}{hint}.")
+
+
+def check_servable(model, remote) -> None:
+    """NDIF runs the model named by the request's hub id; a model built from a local directory or
+    an in-memory module has none, and nnsight would send a path or nothing, failing on the server
+    with a hub repo-id error. Refused here, with how to build a servable model."""
+    repo = getattr(model, "repo_id", None)
+    if isinstance(repo, str) and _HUB_ID.fullmatch(repo) and not Path(repo).exists():
+        return
+    origin = "a model object in memory" if not repo else f"the local path {repo!r}"
+    raise BackendError(
+        f"remote={remote!r} runs the model on NDIF, which knows models by hub id, but this nnsight model was built "
+        f"from {origin}. Build it from the hub id NDIF serves (nnsight.TransformersModel('<org>/<model>'); "
+        "`nnsight.ndif.status()` lists them), or rehearse here with remote='local'."
+    )
 
 
 #: where `normalize` and `scaled` live, the helpers a kind's math calls

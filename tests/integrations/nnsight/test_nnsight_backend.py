@@ -214,7 +214,7 @@ def test_bad_input_gets_the_core_errors(pair):
         Explainer.create(pair[0], site="resid_post.9").explain(torch.randn(1, ours.backend.d_model), progress=False)
     with pytest.raises(BackendError, match="no option"):
         Explainer.create(pair[0], backend_options={"checkpointing": True})
-    with pytest.raises(BackendError, match="remote must be"):
+    with pytest.raises(BackendError, match="remote takes"):
         ours.explain(torch.randn(1, ours.backend.d_model), remote=3, progress=False)
 
 

@@ -84,6 +84,11 @@ def test_remote_ndif_without_an_api_key_is_one_line(files, capsys, monkeypatch):
         line = one_line_error(capsys, "train", data, "--model", model, "--backend", "nnsight", "--remote", "ndif",
                               "--out", str(root / "ndif"))
     assert "No NDIF API key" in line and not requests
+    monkeypatch.setattr(CONFIG.API, "APIKEY", "sk-test")  # with a key: the local directory is what NDIF cannot run
+    with recording_requests() as requests:
+        line = one_line_error(capsys, "train", data, "--model", model, "--backend", "nnsight", "--remote", "ndif",
+                              "--out", str(root / "ndif"))
+    assert "local path" in line and "hub id" in line and not requests
 
 
 def test_a_remote_value_nnsight_does_not_take(files, capsys):

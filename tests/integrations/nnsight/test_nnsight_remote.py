@@ -203,9 +203,18 @@ def test_retries_give_up_with_a_clear_message(lm, monkeypatch):
     assert server.requests == 3
 
 
-def test_no_api_key_no_request_and_the_key_is_never_shown(lm, monkeypatch, caplog):
+@pytest.fixture
+def served(lm, monkeypatch):
+    """`lm` as NDIF would know it: built from a hub id (here only named so; requests are served by
+    `FaultyServer`, never sent)."""
+    monkeypatch.setattr(lm, "repo_id", "test-org/tiny-llama")
+    return lm
+
+
+def test_no_api_key_no_request_and_the_key_is_never_shown(served, monkeypatch, caplog):
     from nnsight import CONFIG
 
+    lm = served
     explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
     vectors = torch.randn(1, explainer.backend.d_model)
     server = FaultyServer([]).install(monkeypatch)
@@ -271,3 +280,60 @@ def test_remote_training_through_faults_and_a_failure_equals_an_uninterrupted_ru
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
     steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "step" in r]
     assert steps == list(range(1, 7))
+
+
+@pytest.mark.parametrize("value", ["False", "off", "yes", "ndif", "ndif.example.org", 3])
+def test_remote_takes_only_its_documented_values(lm, value):
+    explainer = Explainer.create(lm, template="echo")
+    with pytest.raises(BackendError, match="remote takes False") as error:
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote=value)
+    if value in ("False", "off"):
+        assert "pass remote=False" in str(error.value)
+    if value in ("yes", "ndif"):
+        assert "pass remote=True" in str(error.value)
+
+
+def test_a_host_url_needs_the_api_key_too(served, monkeypatch):
+    from nnsight import CONFIG
+
+    explainer = Explainer.create(served, template="echo", backend_options={"retry": NO_WAIT})
+    server = FaultyServer([]).install(monkeypatch)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    with pytest.raises(BackendError, match="NDIF_API_KEY"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote="https://ndif.example.org")
+    assert server.requests == 0
+
+
+@pytest.mark.parametrize("remote", [True, "https://ndif.example.org"])
+def test_a_model_ndif_cannot_name_is_refused_before_any_request(lm, monkeypatch, tmp_path, remote):
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "APIKEY", "sk-test")
+    server = FaultyServer([]).install(monkeypatch)
+    explainer = Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})
+    with pytest.raises(BackendError, match="model object in memory.*TransformersModel.*remote='local'"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote=remote)
+    monkeypatch.setattr(lm, "repo_id", str(tmp_path))  # built from a local directory
+    with pytest.raises(BackendError, match="local path"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote=remote)
+    assert server.requests == 0
+
+
+def test_no_network_is_not_blamed_on_ndif(served, monkeypatch):
+    import socket
+
+    from nnsight import CONFIG
+
+    monkeypatch.setattr(CONFIG.API, "APIKEY", "sk-test")
+    explainer = Explainer.create(served, template="echo", backend_options={"retry": NO_WAIT})
+    unreachable = [socket.gaierror(-3, "Temporary failure in name resolution"),
+                   ConnectionRefusedError(111, "Connection refused")]
+    for fault in unreachable:
+        FaultyServer([fault] * 3).install(monkeypatch)
+        with pytest.raises(RemoteRequestError, match="network, DNS or proxy") as error:
+            explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False,
+                              remote="https://ndif.example.org")
+        assert "busy" not in str(error.value) and "ndif.example.org" in str(error.value)
+    FaultyServer([RemoteError("503 Service Unavailable")] * 3).install(monkeypatch)
+    with pytest.raises(RemoteRequestError, match="busy or down"):
+        explainer.explain(torch.randn(1, explainer.backend.d_model), progress=False, remote=True)
