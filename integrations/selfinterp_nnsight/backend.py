@@ -76,6 +76,7 @@ class NNsightBackend(Backend):
 
     def _call(self, what: str, request):
         """One request: here directly, remote with the API key checked and transient failures retried."""
+        refuse_inside_trace()
         if not self.remote:
             return request()
         if self.remote != "local":  # NDIF, at its configured host or at a URL: both need a key and a hub model
@@ -174,6 +175,7 @@ class NNsightBackend(Backend):
         body's last hidden states and cache; the trace stops before the LM head), "logits", "loss"
         (loss, gradients) or "generate" (token ids). Everything inside the `with` block runs where
         the model is, so it is plain torch and calls nothing of this package."""
+        refuse_inside_trace()
         lm = self.model
         envoy = self._site_envoy(site)
         body = self._envoy(self.body_path)
@@ -236,6 +238,7 @@ class NNsightBackend(Backend):
     # ---- primitives (used when running here) ----------------------------------------------
 
     def run(self, input_ids, injection=None, past=None, keep_past=False):
+        refuse_inside_trace()
         use_cache = past is not None or keep_past
         ids = input_ids.to(self.device)
         if injection is None:  # nothing to intervene on (decoding steps, the shared prefix): the model itself
@@ -252,6 +255,7 @@ class NNsightBackend(Backend):
 
     def read(self, input_ids, sites, positions=None):
         """One traced pass (here or remote) reading the sites in the order the model reaches them."""
+        refuse_inside_trace()
         order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
         reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
         rows = torch.arange(input_ids.shape[0])
@@ -371,6 +375,21 @@ class NNsightBackend(Backend):
                     break
             outputs.append(ids)
         return outputs
+
+
+def refuse_inside_trace() -> None:
+    """An explainer runs traces of its own on the model; started from inside a user's `trace`
+    block, nnsight runs that code in the block's worker greenlet, and a second trace there fails
+    deep in greenlet (`cyclic parent chain`). The block's worker carries a `mediator`: refuse
+    there, saying how to do it."""
+    from greenlet import getcurrent
+
+    if getattr(getcurrent(), "mediator", None) is not None:
+        raise BackendError(
+            "An explainer cannot run inside an nnsight trace (it runs traces of its own on the model). Save the "
+            "activation inside the `with` block (h = lm.model.layers[L].output[:, -1].save()) and call the explainer "
+            "after it: explainer.explain(h)."
+        )
 
 
 def _execution_order(site) -> tuple[int, int]:

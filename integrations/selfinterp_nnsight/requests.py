@@ -71,11 +71,11 @@ def modules_needed(blob: bytes, model) -> set[str]:
 def request_sizes(model, tokenizer, vectors, labels) -> dict:
     """Bytes of one explain request and one training-step request for `len(vectors)` vectors, for a
     scalar-affine and a full-rank adapter on `model` (a transformers model, wrapped here)."""
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
     from selfinterp_plugins import Explainer, Sampling
 
-    lm = LanguageModel(model, tokenizer=tokenizer)
+    lm = TransformersModel(model, tokenizer=tokenizer)
     sizes = {}
     for kind in ("scalar_affine", "full_rank"):
         explainer = Explainer.create(lm, adapter=kind, template="echo")

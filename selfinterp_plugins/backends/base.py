@@ -134,7 +134,7 @@ class Backend(ABC):
         """Run the enclosed calls elsewhere (`remote`: True, "local", a host URL, or False).
         Backends with `supports_remote` override it; here it refuses."""
         raise BackendError(f"remote= needs an nnsight model; the {self.name or type(self).__name__} backend runs here "
-                           "only. Wrap the model with nnsight.LanguageModel(...) and pass that.")
+                           "only. Wrap the model with nnsight.TransformersModel(...) and pass that.")
         yield  # pragma: no cover
 
     # ---- validation -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .base import Backend
 from .inputs import Injection
 
 # public: besides HFBackend, the pieces every backend that wraps a transformers model shares
-# (nnsight's LanguageModel and TransformerLens's bridge both do): its blocks, its cache, its head
+# (nnsight's TransformersModel and TransformerLens's bridge both do): its blocks, its cache, its head
 __all__ = ["HFBackend", "expand_cache", "find_blocks", "select_cache_rows", "softcapped"]
 
 

@@ -7,8 +7,6 @@ training step on hf and on nnsight (here and remote) takes the same gradients.""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -16,7 +14,7 @@ from torch import nn
 pytest.importorskip("nnsight")
 pytest.importorskip("transformer_lens")
 
-from nnsight import LanguageModel  # noqa: E402
+from nnsight import TransformersModel  # noqa: E402
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from selfinterp_nnsight.requests import modules_needed, recording_requests  # noqa: E402
@@ -28,7 +26,6 @@ from selfinterp_plugins.plugins import backend_for  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_plugins.templates import PromptTemplate  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 SITE = "resid_pre.1"
 SAMPLING = Sampling(max_new_tokens=6)
 LABELS = ["cat", "a dog", "the big red house"]
@@ -70,7 +67,7 @@ def setup():
     model, tok = tiny_model("llama", seed=3, initializer_range=0.2)
     g = torch.Generator().manual_seed(0)
     state = {"weight": torch.randn(64, generator=g) * 4, "bias": torch.randn(64, generator=g)}
-    lm = LanguageModel(model, tokenizer=tok)
+    lm = TransformersModel(model, tokenizer=tok)
     return {"hf": explainer_on(HFBackend(model, tok), state), "nnsight": explainer_on(lm, state), "state": state,
             "vectors": torch.randn(3, 64, generator=g) * 5, "tok": tok}
 

@@ -12,7 +12,7 @@ import torch
 
 pytest.importorskip("nnsight")
 
-from nnsight import LanguageModel  # noqa: E402
+from nnsight import TransformersModel  # noqa: E402
 
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
 from selfinterp_nnsight.requests import recording_requests  # noqa: E402
@@ -28,14 +28,13 @@ ARCHS = ["llama", "gpt2", "gemma3"]
 SITES = ["embed", "resid_pre.1", "resid_post.0"]
 LABELS = ["cat", "a dog", "the big red house", "x"]
 
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 
 
 def wrapped(arch: str, seed: int = 0):
     """A fresh tiny model (nnsight wraps its modules, so never the shared session fixture), its
     nnsight wrapper and an hf backend on the same weights."""
     model, tok = tiny_model(arch, seed=seed)
-    return LanguageModel(model, tokenizer=tok), HFBackend(model, tok)
+    return TransformersModel(model, tokenizer=tok), HFBackend(model, tok)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -235,3 +234,42 @@ def test_capture_all_equals_hf_at_every_site(pair):
         torch.testing.assert_close(ours.capture_all(ids, site), expected, rtol=0, atol=1e-6)
         with ours.remote_mode("local"):
             torch.testing.assert_close(ours.capture_all(ids, site), expected, rtol=0, atol=1e-6)
+
+
+def test_explaining_inside_a_trace_is_refused_with_how(pair):
+    """Inside a `trace` block nnsight runs the user's code in a worker greenlet, where an explainer's
+    own traces failed with greenlet's `cyclic parent chain`; now a one-line fix, and the same
+    activation explained after the block works."""
+    lm, _ = pair
+    explainer = Explainer.create(lm, template="echo")
+    ids = torch.tensor([[1, 2, 3]])
+    errors = []
+    with lm.trace(ids):
+        hidden = lm.model.layers[0].output[:, -1] if hasattr(lm, "model") else lm.transformer.h[0].output[:, -1]
+        hidden = hidden.save()
+        for call in (lambda: explainer.explain(hidden, sampling=Sampling(max_new_tokens=2), progress=False),
+                     lambda: explainer.loss(hidden, ["cat"])):
+            try:
+                call()
+            except BackendError as error:
+                errors.append(str(error))
+    assert len(errors) == 2 and all("after it: explainer.explain(h)" in e for e in errors)
+    assert len(explainer.explain(hidden, sampling=Sampling(max_new_tokens=2), progress=False)) == 1
+
+
+def test_the_deprecated_language_model_still_works(pair):
+    """nnsight 0.8 recommends `TransformersModel` (docs and examples use it) but users' code still
+    builds `LanguageModel`s: same backend, same labels."""
+    from nnsight import LanguageModel
+
+    lm, hf = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = LanguageModel(lm._module, tokenizer=lm.tokenizer)
+    ours, theirs = Explainer.create(old, template="echo"), Explainer.create(hf, template="echo")
+    theirs.adapter.load_state_dict(ours.adapter.state_dict())
+    assert isinstance(ours.backend, NNsightBackend)
+    vectors = torch.randn(3, hf.d_model) * 4
+    sampling = Sampling(max_new_tokens=4)
+    assert ([r["text"] for r in ours.explain(vectors, sampling=sampling, progress=False)]
+            == [r["text"] for r in theirs.explain(vectors, sampling=sampling, progress=False)])

@@ -5,8 +5,6 @@ test_nnsight_backend.py); `--remote local` really goes through nnsight's request
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -18,8 +16,6 @@ from selfinterp_plugins import VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.cli_options import load_backend  # noqa: E402
 
 from cli_models import evaluate, explain, ok, one_line_error, save_dataset, save_tiny_model, train  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 
 BACKENDS = {"nnsight": ["--backend", "nnsight"], "nnsight-rehearsed": ["--backend", "nnsight", "--remote", "local"]}
 

@@ -3,25 +3,21 @@ offline (`remote="local"`: every verb one request, serialised as for NDIF)."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 
 pytest.importorskip("nnsight")
 
-from nnsight import LanguageModel  # noqa: E402
+from nnsight import TransformersModel  # noqa: E402
 
 from selfinterp_nnsight.backend import NNsightBackend  # noqa: E402
 from selfinterp_plugins.testing import BackendConformance  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 
 
 class TestNNsight(BackendConformance):
     archs = ("llama", "gpt2", "gemma3")
 
     def make_backend(self, model, tokenizer):
-        return NNsightBackend(LanguageModel(model, tokenizer=tokenizer))
+        return NNsightBackend(TransformersModel(model, tokenizer=tokenizer))
 
 
 class TestNNsightRemoteRehearsal(BackendConformance):
@@ -30,4 +26,4 @@ class TestNNsightRemoteRehearsal(BackendConformance):
     runs_through_primitives = False  # remote, each verb is one request
 
     def make_backend(self, model, tokenizer):
-        return NNsightBackend(LanguageModel(model, tokenizer=tokenizer), remote="local")
+        return NNsightBackend(TransformersModel(model, tokenizer=tokenizer), remote="local")

@@ -6,14 +6,13 @@ ships the request (wrapping nnsight's own offline rehearsal, `remote="local"`)."
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 import torch
 
 pytest.importorskip("nnsight")
 
-from nnsight import LanguageModel  # noqa: E402
+from nnsight import TransformersModel  # noqa: E402
 from nnsight.intervention.backends.local import LocalSimulationBackend  # noqa: E402
 from nnsight.intervention.backends.remote import RemoteError  # noqa: E402
 from nnsight.modeling.mixins.remotable import Remotable  # noqa: E402
@@ -26,7 +25,6 @@ from selfinterp_plugins.errors import BackendError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.serialization import read_jsonl  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)
 SAMPLING = Sampling(max_new_tokens=4)
 
@@ -34,7 +32,7 @@ SAMPLING = Sampling(max_new_tokens=4)
 @pytest.fixture(scope="module")
 def lm():
     model, tok = tiny_model("llama", seed=5)
-    return LanguageModel(model, tokenizer=tok)
+    return TransformersModel(model, tokenizer=tok)
 
 
 class _HTTPStatusError(Exception):
@@ -150,7 +148,7 @@ def test_a_model_whose_weights_are_remote(lm, tmp_path):
     from the config, the fingerprint and embeddings from the server."""
     lm._module.save_pretrained(tmp_path / "m")
     lm.tokenizer.save_pretrained(tmp_path / "m")
-    remote_only = LanguageModel(str(tmp_path / "m"), tokenizer=lm.tokenizer)
+    remote_only = TransformersModel(str(tmp_path / "m"), tokenizer=lm.tokenizer, task="text-generation")
     local = Explainer.create(lm, template="echo")
     explainer = Explainer.create(remote_only, template="echo", backend_options={"remote": "local"})
     assert not explainer.backend.is_local

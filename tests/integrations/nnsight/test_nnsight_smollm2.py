@@ -5,14 +5,12 @@ trained through hf from the same seed."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("nnsight")
 
-from nnsight import LanguageModel  # noqa: E402
+from nnsight import TransformersModel  # noqa: E402
 
 from selfinterp_plugins import Explainer, Sampling, TrainConfig, shipped_explainer_dir  # noqa: E402
 from selfinterp_plugins.backends import HFBackend  # noqa: E402
@@ -21,14 +19,13 @@ from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_plugins.topics import load_topics, topic_vectors  # noqa: E402
 
 pytestmark = pytest.mark.real_model
-warnings.filterwarnings("ignore", message=".*LanguageModel is deprecated.*")
 
 
 @pytest.fixture(scope="module")
 def setup():
     # its own copy: nnsight wraps the modules of the model it is given
     model, tok = load_model()
-    lm = LanguageModel(model, tokenizer=tok)
+    lm = TransformersModel(model, tokenizer=tok)
     hf = Explainer.from_pretrained(shipped_explainer_dir(), model=HFBackend(model, tok))
     nn = Explainer.from_pretrained(shipped_explainer_dir(), model=lm)
     layer = hf.metadata["layer"]
