@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import OutputLockedError
 
 # public: plugins lock their output directories (checkpoints, artifacts) as the core does
-__all__ = ["LOCK_FILE", "DirectoryLock", "try_flock"]
+__all__ = ["LOCK_FILE", "DirectoryLock"]
 
 #: the lock file inside a locked directory (hidden; never an artifact's content)
 LOCK_FILE = ".selfinterp.lock"
