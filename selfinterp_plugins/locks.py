@@ -14,6 +14,7 @@ for the whole run; `save_pretrained(OUT)` inside it takes the same lock).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -101,12 +102,11 @@ class DirectoryLock:
             return
         _held.locks.pop(self._key(), None)
         try:
-            self.path.unlink(missing_ok=True)  # while still held: see _acquire
+            with contextlib.suppress(OSError):  # (where an open file cannot be removed, it stays: stale, harmless)
+                self.path.unlink(missing_ok=True)  # while still held: see _acquire
             if self._made:
-                try:
+                with contextlib.suppress(OSError):
                     self.directory.rmdir()  # only if empty: the run wrote nothing
-                except OSError:
-                    pass
         finally:
             os.close(self._fd)  # releases the lock
             self._fd = None
