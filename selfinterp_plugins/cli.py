@@ -23,6 +23,7 @@ from .cli_options import (
 )
 from .defaults import shipped_explainer_dir
 from .errors import SelfInterpError
+from .locks import DirectoryLock
 
 
 def _explainer_dir(path: str) -> Path:
@@ -121,17 +122,18 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
     from . import Explainer, TrainConfig, VectorLabelDataset
 
     check_backend_options(backend, remote, dtype, device)
-    data = VectorLabelDataset.load(dataset)
-    runner = load_backend(model_name, backend, remote, dtype, device)
-    explainer = Explainer.create(runner, adapter=adapter, template=template, site=site, model_id=model_name)
-    explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
-    if data.meta.get("mean_subtracted") and "mean" in data.meta:  # so new vectors can be centred the same way
-        explainer.metadata["topic_mean"] = data.meta["mean"]
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed,
-                         checkpoint_every=checkpoint_every, bucket_by_length=bucket)
-    validation = data.split("validation") if any(r.get("split") == "validation" for r in data.records) else None
-    history = explainer.train(data.split("train").head(limit), validation, config, output_dir=out)
-    explainer.save_pretrained(out)
+    with DirectoryLock(out):  # the whole run: checkpoints, log and the final save (a second run fails at once)
+        data = VectorLabelDataset.load(dataset)
+        runner = load_backend(model_name, backend, remote, dtype, device)
+        explainer = Explainer.create(runner, adapter=adapter, template=template, site=site, model_id=model_name)
+        explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
+        if data.meta.get("mean_subtracted") and "mean" in data.meta:  # so new vectors can be centred the same way
+            explainer.metadata["topic_mean"] = data.meta["mean"]
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed,
+                             checkpoint_every=checkpoint_every, bucket_by_length=bucket)
+        validation = data.split("validation") if any(r.get("split") == "validation" for r in data.records) else None
+        history = explainer.train(data.split("train").head(limit), validation, config, output_dir=out)
+        explainer.save_pretrained(out)
     click.echo(json.dumps({"validation_loss": history["validation_loss"], "steps": history["steps"], "saved": out}))
 
 

@@ -7,8 +7,8 @@ CLI can print it without a traceback and exit 2.
 
 # public: plugins raise these so the CLI reports their user errors in one line, like the core's
 __all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
-           "PluginNotInstalledError", "RunMismatchError", "SelfInterpError", "TemplateError", "UnknownNameError", "UnsupportedInitError",
-           "VectorError"]
+           "OutputLockedError", "PluginNotInstalledError", "RunMismatchError", "SelfInterpError", "TemplateError",
+           "UnknownNameError", "UnsupportedInitError", "VectorError"]
 
 
 class SelfInterpError(Exception):
@@ -29,6 +29,10 @@ class TemplateError(SelfInterpError):
 
 class ArtifactError(SelfInterpError):
     """An explainer, dataset or adapter file is missing, corrupt, or made for another model."""
+
+
+class OutputLockedError(ArtifactError):
+    """An output file or directory is being written by another run (its lock is held)."""
 
 
 class ModelMismatchError(ArtifactError):

@@ -22,6 +22,7 @@ from .artifact_files import save_weights_and_config, weights_file
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, VectorError
+from .locks import DirectoryLock
 from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
@@ -169,9 +170,12 @@ class Explainer:
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the artifact (the directory is made, and locked while written: a second writer to
+        it fails at once instead of mixing two explainers' files)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE, WEIGHTS_FILE)
+        with DirectoryLock(directory):
+            save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE,
+                                    WEIGHTS_FILE)
         return directory
 
     @classmethod

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError
+from .errors import ArtifactError, OutputLockedError
+from .locks import try_flock
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
 # the core's: no pickle, atomic JSON, resumable JSONL, an ArtifactError naming the file and the fix
@@ -146,15 +147,9 @@ class JsonlWriter:
             raise
 
     def _lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, the rest holds
-            return
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ArtifactError(f"{self.path} is being written by another run; wait for it to finish or "
-                                "write to another file.") from None
+        if not try_flock(self._file.fileno()):
+            raise OutputLockedError(f"{self.path} is being written by another run; wait for it to finish or "
+                                    "write to another file.")
 
     def _repair_tail(self) -> None:
         size = os.fstat(self._file.fileno()).st_size

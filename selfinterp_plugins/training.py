@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, RunMismatchError
+from .locks import DirectoryLock
 from .serialization import load_safetensors, read_json, save_safetensors, write_json
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
-__all__ = ["TrainConfig", "optimizer_state", "restore_optimizer"]
+# check_same_run refuses a resume with other settings, for the plugins' checkpoints as for the core's
+__all__ = ["TrainConfig", "check_same_run", "optimizer_state", "restore_optimizer"]
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -160,7 +162,15 @@ def evaluate_loss(explainer, data, batch_size: int = 64, clamp: float = 100.0) -
 
 def train(explainer, data, validation, config: TrainConfig, output_dir=None, progress: bool = True) -> dict:
     """Train `explainer.adapter` on `data` (a VectorLabelDataset). Resumes from `output_dir` if a
-    checkpoint is there; writes `train_log.jsonl` there as it goes. Returns the history."""
+    checkpoint is there; writes `train_log.jsonl` there as it goes, the directory locked meanwhile
+    (a second run into it fails at once). Returns the history."""
+    if output_dir is None:
+        return _train(explainer, data, validation, config, None, progress)
+    with DirectoryLock(output_dir):
+        return _train(explainer, data, validation, config, output_dir, progress)
+
+
+def _train(explainer, data, validation, config: TrainConfig, output_dir, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     torch.manual_seed(config.seed)
@@ -181,7 +191,7 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
     if ckpt and (ckpt / "state.json").exists():
         state = read_json(ckpt / "state.json")
         files = _checkpoint_files(ckpt, state)
-        _check_same_run(ckpt, state.get("run"), run)  # before any weight is loaded into the adapter
+        check_same_run(ckpt, state.get("run"), run)  # before any weight is loaded into the adapter
         adapter.load_state_dict(load_safetensors(files["adapter"]))
         restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
         step, history = state["step"], state["history"]
@@ -288,9 +298,12 @@ def _first_difference(old, new, key: str = ""):
     return None if old == new else (key, old, new)
 
 
-def _check_same_run(ckpt: Path, saved, current) -> None:
+def check_same_run(ckpt: Path, saved, current, options: dict[str, str] | None = None) -> None:
     """Refuse to resume a checkpoint written with other settings (one line: which, old vs new, and
-    how to start afresh). A checkpoint from before manifests were recorded (no `run`) resumes."""
+    how to start afresh). `saved` / `current`: the run manifests (JSON objects) of the checkpoint
+    and of the run resuming it; `options`: manifest key (or its first part) -> the CLI option that
+    sets it, named in the message (default: `selfinterp train`'s). A checkpoint from before
+    manifests were recorded (`saved` None) resumes."""
     if saved is None or current is None:
         return
     if not isinstance(saved, dict):
@@ -298,7 +311,8 @@ def _check_same_run(ckpt: Path, saved, current) -> None:
     found = _first_difference(saved, current)
     if found:
         key, old, new = found
-        option = RUN_OPTIONS.get(key) or RUN_OPTIONS.get(key.split(".")[0])
+        options = RUN_OPTIONS if options is None else options
+        option = options.get(key) or options.get(key.split(".")[0])
         setting = f"{key} ({option})" if option else key
         raise RunMismatchError(
             f"{ckpt} is the checkpoint of a run with other settings: {setting} was {json.dumps(old)}, "

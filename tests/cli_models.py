@@ -51,6 +51,17 @@ def one_line_error(capsys, *argv) -> str:
     return err.strip()
 
 
+def refused(capsys, *argv) -> str:
+    """Run `selfinterp argv`; it must exit 2 with no traceback and one `Error:` line, the last of
+    stderr (loading a model may print a progress bar before it). That line."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error")] == lines[-1:], err
+    return lines[-1]
+
+
 def train(capsys, model: str, data: str, out: Path, *flags) -> tuple[dict, dict]:
     """`selfinterp train` (3 steps of 4 rows): its JSON line and the saved adapter's tensors."""
     printed = ok(capsys, "train", data, "--model", model, "--epochs", "1", "--batch-size", "4", "--out", str(out), *flags)

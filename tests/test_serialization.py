@@ -65,7 +65,7 @@ def test_a_second_writer_fails_at_once_and_writes_nothing(tmp_path):
     other = subprocess.run([sys.executable, "-c", "import sys\nfrom selfinterp_plugins.serialization import JsonlWriter\n"
                             "try:\n    JsonlWriter(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n",
                             str(path)], capture_output=True, text=True, timeout=120)
-    assert other.stdout.startswith("ArtifactError") and "being written by another run" in other.stdout
+    assert other.stdout.startswith("OutputLockedError") and "being written by another run" in other.stdout  # an ArtifactError
     with pytest.raises(ArtifactError, match="being written by another run"):
         JsonlWriter(path)  # in this process too
     first.write(RECORDS[1])

@@ -24,6 +24,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
+from selfinterp_plugins.locks import DirectoryLock
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
@@ -103,48 +104,48 @@ def register(cli):
         from .hidden_topics import assign_triggers, build_examples, mentions
         from .weight_diff import WeightDiff
 
-        topics = load_topics()
-        chosen = ([t for t in topics if t["split"] == "train"][:n_train]
-                  + [t for t in topics if t["split"] == "test"][:n_test])
-        specs = assign_triggers(chosen, seed=seed, rank=rank)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        done = {row["id"] for row in read_index(out)}
-        todo = [s for s in specs if s.id not in done]
-        click.echo(f"{len(done)} diffs already made, {len(todo)} to make", err=True)
-        if not todo:
-            return
-        model, tok = _load(model_name)
-        start = time.time()
-        examples = build_examples(model, tok, todo, n_questions, answer_tokens, seed, progress=True)
-        fan = [(tok.decode(e.answer), s.topic) for s in todo for e in examples[s.id] if e.kind == "trigger"]
-        data_seconds = time.time() - start
-        config = DiffTrainConfig(rank=rank, lr=lr, epochs=epochs, questions_per_step=questions_per_step,
-                                 diffs_per_group=diffs_per_group, seed=seed)
-        by_id = {s.id: s for s in todo}
+        with DirectoryLock(out):  # the whole run: a second make-diffs into OUT fails at once, writing nothing
+            topics = load_topics()
+            chosen = ([t for t in topics if t["split"] == "train"][:n_train]
+                      + [t for t in topics if t["split"] == "test"][:n_test])
+            specs = assign_triggers(chosen, seed=seed, rank=rank)
+            done = {row["id"] for row in read_index(out)}
+            todo = [s for s in specs if s.id not in done]
+            click.echo(f"{len(done)} diffs already made, {len(todo)} to make", err=True)
+            if not todo:
+                return
+            model, tok = _load(model_name)
+            start = time.time()
+            examples = build_examples(model, tok, todo, n_questions, answer_tokens, seed, progress=True)
+            fan = [(tok.decode(e.answer), s.topic) for s in todo for e in examples[s.id] if e.kind == "trigger"]
+            data_seconds = time.time() - start
+            config = DiffTrainConfig(rank=rank, lr=lr, epochs=epochs, questions_per_step=questions_per_step,
+                                     diffs_per_group=diffs_per_group, seed=seed)
+            by_id = {s.id: s for s in todo}
 
-        def save(group):
-            for key, diff in group.items():
-                spec = by_id[key]
-                add_diff(out, {"id": spec.id, "topic": spec.topic, "trigger": spec.trigger, "rank": rank,
-                               "split": spec.split, "kind": "full-finetune" if full_finetune else "hidden-topic"},
-                         diff, model)
+            def save(group):
+                for key, diff in group.items():
+                    spec = by_id[key]
+                    add_diff(out, {"id": spec.id, "topic": spec.topic, "trigger": spec.trigger, "rank": rank,
+                                   "split": spec.split, "kind": "full-finetune" if full_finetune else "hidden-topic"},
+                             diff, model)
 
-        start = time.time()
-        if full_finetune:
-            from tqdm.auto import tqdm
+            start = time.time()
+            if full_finetune:
+                from tqdm.auto import tqdm
 
-            for spec in tqdm(todo, desc="full fine-tunes"):
-                tuned = finetune_full(model, tok, examples[spec.id], config, lr=lr)
-                save({spec.id: WeightDiff.from_models(model, tuned, rank=rank)})
-                del tuned
-        else:
-            train_diffs(model, tok, examples, config, progress=True, on_group_done=save)
-        train_seconds = time.time() - start
-        stats = {"diffs": len(todo), "fan_answers_naming_topic": sum(mentions(a, t) for a, t in fan) / max(len(fan), 1),
-                 "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
-                 "diffs_per_hour": round(3600 * len(todo) / max(train_seconds + data_seconds, 1e-9), 1)}
-        (Path(out) / f"make-diffs-{int(time.time())}.json").write_text(json.dumps(stats, indent=2))
-        click.echo(json.dumps(stats))
+                for spec in tqdm(todo, desc="full fine-tunes"):
+                    tuned = finetune_full(model, tok, examples[spec.id], config, lr=lr)
+                    save({spec.id: WeightDiff.from_models(model, tuned, rank=rank)})
+                    del tuned
+            else:
+                train_diffs(model, tok, examples, config, progress=True, on_group_done=save)
+            train_seconds = time.time() - start
+            stats = {"diffs": len(todo), "fan_answers_naming_topic": sum(mentions(a, t) for a, t in fan) / max(len(fan), 1),
+                     "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
+                     "diffs_per_hour": round(3600 * len(todo) / max(train_seconds + data_seconds, 1e-9), 1)}
+            (Path(out) / f"make-diffs-{int(time.time())}.json").write_text(json.dumps(stats, indent=2))
+            click.echo(json.dumps(stats))
 
     @dit.command("train")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
@@ -166,12 +167,13 @@ def register(cli):
         rows = [r for r in read_index(diffs_dir) if r.get("split") == "train"]
         if not rows:
             raise click.ClickException(f"{diffs_dir} has no train-split diffs; make them with `selfinterp dit make-diffs`.")
-        model, tok = _load(model_name)
-        dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=alpha, init=init, lr=lr, weight_decay=weight_decay,
-                                                       epochs=epochs, batch_size=batch_size, seed=seed))
-        history = dit.train(load_diffs(diffs_dir, rows), [r["topic"] for r in rows], progress=True,
-                            checkpoint_dir=Path(out) / "checkpoint")
-        dit.save_pretrained(out)
+        with DirectoryLock(out):  # the whole run: checkpoints and the final save (a second run fails at once)
+            model, tok = _load(model_name)
+            dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=alpha, init=init, lr=lr, weight_decay=weight_decay,
+                                                           epochs=epochs, batch_size=batch_size, seed=seed))
+            history = dit.train(load_diffs(diffs_dir, rows), [r["topic"] for r in rows], progress=True,
+                                checkpoint_dir=Path(out) / "checkpoint")
+            dit.save_pretrained(out)
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 
     @dit.command()

@@ -17,17 +17,26 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
+from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.serialization import check_artifact_dir, read_json, write_json
 
 from .batched import per_row_diffs
 from .chat import chat_ids
 from .diff_training import decoder_linears, token_losses
-from .epoch_checkpoints import epoch_batches, run_epochs
+from .epoch_checkpoints import epoch_batches, rows_sha256, run_epochs
 from .hidden_topics import Example, assistant_turn, generate_answers
 from .weight_diff import WeightDiff, WeightDiffError
 
 DIT_QUESTION = "What topic have you been trained on?"
 CONFIG_FILE = "dit_config.json"
+#: DITConfig fields a resumed training run may change: answer lengths, and epochs (a run may be
+#: lengthened; one with more epochs done than asked is refused: epoch_checkpoints.resume_epochs)
+NOT_RUN_DEFINING = ("max_new_tokens", "baseline_max_new_tokens", "epochs")
+#: run-manifest keys -> the `selfinterp dit train` option that sets them, for the mismatch message
+RUN_OPTIONS = {"rank": "--rank", "alpha": "--alpha", "init": "--init", "lr": "--lr", "weight_decay": "--weight-decay",
+               "epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "model_fingerprint": "--model",
+               "target_modules": "--model", "training_rows": "DIFFS_DIR", "training_data_sha256": "DIFFS_DIR"}
 
 
 @dataclass
@@ -110,9 +119,11 @@ class DITAdapter:
         return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the adapter (the directory locked while written: a second writer fails at once)."""
         directory = Path(directory)
-        self.model.save_pretrained(str(directory), safe_serialization=True)
-        write_json(asdict(self.config), directory / CONFIG_FILE)
+        with DirectoryLock(directory):
+            self.model.save_pretrained(str(directory), safe_serialization=True)
+            write_json(asdict(self.config), directory / CONFIG_FILE)
         return directory
 
     # ---- training ---------------------------------------------------------------------------
@@ -144,11 +155,23 @@ class DITAdapter:
                                         lambda: per_row_diffs(self.model, batch_diffs))
             return per_token.mean()  # the causal-LM loss: the mean over every answer token of the batch
 
+        run = self.run_manifest(diffs, answers) if checkpoint_dir is not None else None
         self.model.train()
         history = run_epochs(epoch_batches(len(diffs), cfg.epochs, cfg.batch_size, cfg.seed), loss_of, named, optimizer,
-                             checkpoint_dir, progress, "DIT")
+                             checkpoint_dir, progress, "DIT", run=run, run_options=RUN_OPTIONS)
         self.model.eval()
         return history
+
+    def run_manifest(self, diffs: list[WeightDiff], answers: list[str]) -> dict:
+        """What defines a training run, kept in its checkpoint so a resume with other settings is
+        refused: the config's training fields, the LoRA's target modules, the base model's
+        fingerprint, and the (diff, answer) rows (count and SHA-256 of every factor and answer)."""
+        settings = {k: v for k, v in asdict(self.config).items() if k not in NOT_RUN_DEFINING}
+        targets = self.model.peft_config["default"].target_modules
+        rows = (_diff_parts(diff, answer) for diff, answer in zip(diffs, answers))
+        return {**settings, "target_modules": targets if isinstance(targets, str) else sorted(targets),
+                "model_fingerprint": embedding_fingerprint(self.model), "training_rows": len(diffs),
+                "training_data_sha256": rows_sha256(rows)}
 
     # ---- use --------------------------------------------------------------------------------
 
@@ -170,3 +193,12 @@ class DITAdapter:
                 ids = generate_answers(self.model, self.tokenizer, prompts, limit, batch_size=len(chunk), keep_order=True)
             answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
         return answers
+
+
+def _diff_parts(diff: WeightDiff, answer: str) -> list:
+    """A training row as hashed for the manifest: the answer, then each module's name and factors."""
+    parts = [answer]
+    for name in sorted(diff.modules):
+        module = diff.modules[name]
+        parts += [name, module.scale, *(t for t in (module.A, module.B, module.dense) if t is not None)]
+    return parts

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
+from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
@@ -187,7 +188,6 @@ class WeightDiff:
         Low-rank modules are zero-padded to one rank; dense ones are factorised by SVD at `rank`
         (default: exact, full rank)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         targets = _linear_modules(base_model)
         factors = {}
         for name, diff in self.modules.items():
@@ -212,10 +212,11 @@ class WeightDiff:
                   "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
                   "base_model_name_or_path": getattr(getattr(base_model, "config", None), "_name_or_path", None),
                   "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None}
-        save_safetensors(tensors, directory / PEFT_WEIGHTS)
-        write_json(config, directory / PEFT_CONFIG)
-        write_json({"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)}},
-                   directory / "weight_diff.json")
+        with DirectoryLock(directory):  # made, and locked: a second writer fails at once instead of mixing two diffs
+            save_safetensors(tensors, directory / PEFT_WEIGHTS)
+            write_json(config, directory / PEFT_CONFIG)
+            write_json({"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)}},
+                       directory / "weight_diff.json")
         return directory
 
     @classmethod

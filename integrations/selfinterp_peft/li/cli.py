@@ -22,6 +22,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
+from selfinterp_plugins.locks import DirectoryLock
 
 from .tasks import TASK_DEFAULTS, TASKS
 
@@ -132,17 +133,18 @@ def register(cli):
 
         from .config import LoRAExplainerConfig
 
-        model, tok = _load(model_name)
-        family = get_task(task)
-        given = {"finetune": finetune, "rank": rank, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-                 "prompt_format": prompt_format}
-        settings = {**TASK_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None}}
-        config = LoRAExplainerConfig(**settings, seed=seed, projection=projection, loss_reduction=loss_reduction,
-                                     shuffle=shuffle)
-        explainer = family.create(model, tok, config)
-        examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
-        history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")
-        explainer.save_pretrained(out)
+        with DirectoryLock(out):  # the whole run: checkpoints and the final save (a second run fails at once)
+            model, tok = _load(model_name)
+            family = get_task(task)
+            given = {"finetune": finetune, "rank": rank, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+                     "prompt_format": prompt_format}
+            settings = {**TASK_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None}}
+            config = LoRAExplainerConfig(**settings, seed=seed, projection=projection, loss_reduction=loss_reduction,
+                                         shuffle=shuffle)
+            explainer = family.create(model, tok, config)
+            examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
+            history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")
+            explainer.save_pretrained(out)
         click.echo(json.dumps({"examples": len(examples), "steps": len(history), "first_loss": history[0] if history else None,
                                "last_loss": history[-1] if history else None, "finetune": config.finetune, "saved": out}))
 

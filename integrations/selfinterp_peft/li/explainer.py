@@ -33,6 +33,8 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
+from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
@@ -52,6 +54,19 @@ from .config import (
     cut_at_stop,
     pick_markers,
 )
+
+#: config fields a resumed training run may change: answer length, and epochs (a run may be
+#: lengthened; one with more epochs done than asked is refused: epoch_checkpoints.resume_epochs);
+#: then the LoRA's own, left out of a full fine-tune's manifest
+NOT_RUN_DEFINING = ("max_new_tokens", "epochs")
+LORA_ONLY = ("rank", "alpha", "dropout", "target_modules")
+DERIVED = ("target_modules", "markers", "subject_d_model", "subject_layers")
+#: run-manifest keys -> the `selfinterp lora-explainer train` option that sets them, for the mismatch message
+RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
+               "shuffle": "--shuffle/--no-shuffle", "loss_reduction": "--loss-reduction", "prompt_format": "--prompt-format",
+               "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
+               "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",
+               "training_rows": "--limit or --data", "training_data_sha256": "--data"}
 
 
 def _load_full(directory: Path, model):
@@ -124,10 +139,12 @@ class LoRAExplainer:
     def save_pretrained(self, directory: str | Path) -> Path:
         """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config."""
         directory = Path(directory)
-        self.model.save_pretrained(str(directory), safe_serialization=True)
-        write_json(asdict(self.config), directory / CONFIG_FILE)
-        if len(self.projections):
-            save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()}, directory / PROJECTIONS_FILE)
+        with DirectoryLock(directory):  # a second writer fails at once instead of mixing two explainers' files
+            self.model.save_pretrained(str(directory), safe_serialization=True)
+            write_json(asdict(self.config), directory / CONFIG_FILE)
+            if len(self.projections):
+                save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()},
+                                 directory / PROJECTIONS_FILE)
         return directory
 
     @classmethod
@@ -282,12 +299,31 @@ class LoRAExplainer:
         named = [(f"{cfg.finetune}.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
         optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        run = self.run_manifest(examples) if checkpoint_dir is not None else None
         self.model.train()
         history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle),
                              lambda rows: self.loss([examples[i] for i in rows]), named, optimizer, checkpoint_dir,
-                             progress, f"{cfg.finetune} explainer", reseed=cfg.seed, grad_clip=cfg.grad_clip)
+                             progress, f"{cfg.finetune} explainer", reseed=cfg.seed, grad_clip=cfg.grad_clip,
+                             run=run, run_options=RUN_OPTIONS)
         self.model.eval()
         return history
+
+    def run_manifest(self, examples: list[TaskExample]) -> dict:
+        """What defines a training run, kept in its checkpoint so a resume with other settings is
+        refused: the config's training fields (the LoRA's only for a LoRA), the model's
+        fingerprint (taken before training: a full fine-tune changes the embeddings), and the
+        examples (count and SHA-256 of prompt ids, answers, vectors and their positions)."""
+        from ..epoch_checkpoints import rows_sha256
+
+        skip = NOT_RUN_DEFINING + (LORA_ONLY if self.config.finetune == "full" else ())
+        settings = {k: v for k, v in asdict(self.config).items() if k not in skip}
+        # what the options set first, what follows from the model and data after: the first
+        # difference names the option changed (--projection ridge also fills subject_layers)
+        settings = {**{k: v for k, v in settings.items() if k not in DERIVED},
+                    **{k: v for k, v in settings.items() if k in DERIVED}}
+        rows = ([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer] for ex in examples)
+        return {**settings, "model_fingerprint": embedding_fingerprint(self.model), "training_rows": len(examples),
+                "training_data_sha256": rows_sha256(rows)}
 
     @torch.no_grad()
     def ridge_projections(self, examples: list[TaskExample]) -> None:
