@@ -42,7 +42,8 @@ print(f"3 remote training steps: loss {history['train_loss'][0]:.3f} to {history
 
 records = explainer.explain(data.vectors[:8], ids=data.ids[:8], sampling=Sampling(max_new_tokens=12), batch_size=4,
                             output="ndif_labels.jsonl", progress=False)  # rerun: finished batches are skipped
+print("labels after 3 steps (the remote path at work, not a trained explainer: examples/nnsight_explain.py is one):")
 for truth, record in zip(data.labels, records):
     print(f"{truth:>24} -> {record['label']}")
 print("parameters trained remotely:", explainer.adapter.num_trainable(), "floats;",
-      "soft token norm", round(float(explainer.soft_tokens(data.vectors[:1]).norm()), 2))
+      "soft token norm", round(float(explainer.soft_tokens(data.vectors[:1]).detach().norm()), 2))
