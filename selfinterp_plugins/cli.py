@@ -210,7 +210,11 @@ def demo(n_topics, show, explainer_dir):
 @click.option("--validation-topics", type=COUNT, default=None, help="topics the sweeps run on [default: 48]")
 @click.option("--test-topics", type=COUNT, default=None, help="held-out topics scored [default: 200]")
 @click.option("--layer", type=NONNEGATIVE, default=None, help="layer the topic vectors are read after")
-def report(out_dir, config_path, model_name, explainers, no_explainer, baselines, validation_topics, test_topics, layer):
+@click.option("--plotly-js", type=click.Choice(["directory", "inline", "cdn"]), default=None,
+              help="plotly's JavaScript: one plotly.min.js beside the pages (offline), inline in each page, or from "
+                   "its CDN [default: directory]")
+def report(out_dir, config_path, model_name, explainers, no_explainer, baselines, validation_topics, test_topics, layer,
+           plotly_js):
     """Trained explainers vs untrained baselines vs the knowledge control: one HTML report + JSON.
     Resumable: rerun with the same options and finished sweeps are reused."""
     from .evaluation.report import ReportConfig, run_report
@@ -218,7 +222,8 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
 
     options = read_json(Path(config_path)) if config_path else {}
     given = {"model": model_name, "explainers": list(explainers) or None, "baselines": list(baselines) or None,
-             "validation_topics": validation_topics, "test_topics": test_topics, "layer": layer}
+             "validation_topics": validation_topics, "test_topics": test_topics, "layer": layer,
+             "plotly_js": plotly_js}
     options.update({k: v for k, v in given.items() if v is not None})
     if no_explainer:
         options["explainers"] = []

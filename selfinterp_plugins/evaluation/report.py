@@ -1,5 +1,6 @@
 """`selfinterp report`: trained explainers vs untrained baselines vs the knowledge control, on
-held-out topic vectors, as one self-contained HTML page plus JSON of every number.
+held-out topic vectors, as one HTML page (plotly's JavaScript beside it, or inlined, or from its
+CDN: `ReportConfig.plotly_js`) plus JSON of every number.
 
 The protocol follows Pepper et al. 2026 and the untrained methods it compares with: each untrained baseline is swept over
 its scales and injection layers on *validation* topics, read at its best point on *test* topics;
@@ -19,7 +20,8 @@ from pathlib import Path
 import torch
 
 from ..defaults import DEFAULT_MODEL
-from ..errors import ArtifactError
+from ..errors import ArtifactError, OptionError
+from .sensitivity import PLOTLY_JS
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ReportConfig:
     max_new_tokens: int = 16
     seed: int = 0
     sweep_layers: list | None = None  # injection layers for every baseline (default: each baseline's own grid)
+    plotly_js: str = "directory"  # directory (one plotly.min.js beside the pages), inline (in each page) or cdn
 
     @classmethod
     def from_dict(cls, data: dict) -> ReportConfig:
@@ -60,6 +63,8 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     from .scoring import recall_at_k, sentence_embedder
     from .sensitivity import best_point, plot_sensitivity, sweep
 
+    if config.plotly_js not in PLOTLY_JS:  # checked before an hour of sweeps, not when the pages are written
+        raise OptionError(f"plotly_js takes {', '.join(PLOTLY_JS)}, got {config.plotly_js!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if backend is None:
@@ -124,14 +129,27 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
         examples["prompted description"] = [r["label"] for r in records[:12]]
 
     plots = plot_sensitivity(rows, out / "sensitivity.png", out / "sensitivity.html",
-                             title=f"{config.model}: recall@1 on {len(val_data)} validation topics")
+                             title=f"{config.model}: recall@1 on {len(val_data)} validation topics",
+                             x_titles={name: _x_title(method) for name, method in methods}, plotly_js=config.plotly_js)
     results = {"config": asdict(config), "model_fingerprint": backend.fingerprint(), "vector_layer": layer,
                "n_validation": len(val_data), "n_test": len(test_data), "n_candidates": len(candidates),
                "headline": headline, "sweep": rows,
                "examples": {"truth": test_data.labels[:12], **examples}}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    write_html(results, plots, out / "report.html")
+    write_html(results, plots, out / "report.html", plotly_js=config.plotly_js)
     return results
+
+
+def _x_title(method) -> str:
+    """What a method's swept number is: a trained explainer's scale s (trained at 1), a baseline's
+    s multiplying the vector, or the coefficient c of norm-matched addition."""
+    from ..explainer import Explainer
+
+    if isinstance(method, Explainer):
+        return "scale s (trained at 1)"
+    if method.mode == "add_normmatched":
+        return "coefficient c (norm-matched addition)"
+    return "scale s (vector × s)"
 
 
 def _name(explainer, index: int) -> str:

@@ -60,20 +60,55 @@ def best_point(rows: list[dict], metric: str = "recall@1") -> dict:
     return max(rows, key=lambda r: r[metric])
 
 
+#: how a report's HTML files get plotly's JavaScript (~4.7 MB): "directory" writes it once as
+#: `plotly.min.js` beside them (offline, shared by every page), "inline" puts a copy in each page
+#: (one self-contained file each), "cdn" links plotly's CDN (small files, needs the network to view)
+PLOTLY_JS = ("directory", "inline", "cdn")
+PLOTLY_FILE = "plotly.min.js"
+
+
 def plot_sensitivity(rows: list[dict], png: str | Path | None = None, html: str | Path | None = None,
-                     metric: str = "recall@1", title: str = "") -> dict:
-    """`metric` against scale, one panel per method and one line per layer; PNG and/or HTML.
-    Returns {"png": path, "html": path, "figure": plotly figure}."""
+                     metric: str = "recall@1", title: str = "", x_titles: dict | None = None,
+                     plotly_js: str = "directory") -> dict:
+    """`metric` against scale, one panel per method and one line per injection layer (a legend
+    names the layers); PNG and/or HTML. `x_titles` names each method's x-axis (what its scale
+    means: s multiplies the vector, c is the norm-matched coefficient); `plotly_js` is one of
+    `PLOTLY_JS`. Returns {"png": path, "html": path, "figure": plotly figure}."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    x_titles = {m: (x_titles or {}).get(m, "scale") for m in methods}
     out: dict = {}
     if png is not None:
-        out["png"] = _png(rows, methods, Path(png), metric, title)
-    figure = _plotly(rows, methods, metric, title)
+        out["png"] = _png(rows, methods, Path(png), metric, title, x_titles)
+    figure = _plotly(rows, methods, metric, title, x_titles)
     out["figure"] = figure
     if html is not None:
-        figure.write_html(str(html), include_plotlyjs=True, full_html=True)
-        out["html"] = Path(html)
+        html = Path(html)
+        html.write_text(figure.to_html(include_plotlyjs=plotly_source(plotly_js, html.parent), full_html=True),
+                        encoding="utf-8")
+        out["html"] = html
     return out
+
+
+def plotly_source(plotly_js: str, directory: Path):
+    """What plotly's `include_plotlyjs` takes for `plotly_js`; for "directory", `plotly.min.js` is
+    written into `directory` first (once: an existing copy of the same plotly is kept)."""
+    if plotly_js not in PLOTLY_JS:
+        from ..errors import OptionError
+
+        raise OptionError(f"plotly_js takes {', '.join(PLOTLY_JS)}, got {plotly_js!r}.")
+    if plotly_js == "inline":
+        return True
+    if plotly_js == "cdn":
+        return "cdn"
+    from plotly.offline import get_plotlyjs
+
+    bundle = get_plotlyjs()
+    target = Path(directory) / PLOTLY_FILE
+    if not target.is_file() or target.stat().st_size != len(bundle.encode("utf-8")):
+        tmp = target.with_suffix(".js.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        tmp.replace(target)
+    return "directory"
 
 
 def _series(rows, method):
@@ -88,52 +123,75 @@ def _layer_name(layer) -> str:
     return "embed" if layer is None else f"layer {layer}"
 
 
-def _png(rows, methods, path: Path, metric: str, title: str) -> Path:
+def _layer_colours(rows) -> dict:
+    """One colour per injection layer, the same in every panel (viridis from shallow to deep)."""
+    from plotly.colors import sample_colorscale
+
+    layers = sorted({r["layer"] for r in rows}, key=lambda layer: -1 if layer is None else layer)
+    spots = [i / max(1, len(layers) - 1) for i in range(len(layers))]
+    return dict(zip(layers, (_hex(c) for c in sample_colorscale("Viridis", spots))))
+
+
+def _hex(colour: str) -> str:
+    """plotly's 'rgb(r, g, b)' as '#rrggbb', which matplotlib takes too."""
+    r, g, b = (round(float(v)) for v in colour[colour.index("(") + 1 : -1].split(","))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _png(rows, methods, path: Path, metric: str, title: str, x_titles: dict) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.3), sharey=True, squeeze=False)
     top = max((r[metric] for r in rows), default=0) or 1.0
+    colours, handles = _layer_colours(rows), {}
     for ax, method in zip(axes[0], methods):
-        series = _series(rows, method)
-        colours = plt.cm.viridis([i / max(1, len(series) - 1) for i in range(len(series))])
-        for colour, (layer, points) in zip(colours, series.items()):
-            ax.plot([p[0] for p in points], [p[1][metric] for p in points], marker="o", ms=3, color=colour,
-                    label=_layer_name(layer))
+        for layer, points in _series(rows, method).items():
+            (line,) = ax.plot([p[0] for p in points], [p[1][metric] for p in points], marker="o", ms=3,
+                              color=colours[layer], label=_layer_name(layer))
+            handles.setdefault(layer, line)
         ax.set_xscale("log", base=2)
         ax.set_title(method, fontsize=9)
-        ax.set_xlabel("scale (c for norm-matched addition)", fontsize=7)
+        ax.set_xlabel(x_titles[method], fontsize=7)
         ax.set_ylim(0, min(1.0, top * 1.15))
         ax.tick_params(labelsize=7)
-        if len(series) > 1:
-            ax.legend(fontsize=5, ncol=2)
+    fig.legend(list(handles.values()), [_layer_name(layer) for layer in handles], title="injection layer", fontsize=6,
+               title_fontsize=6, loc="lower center", ncol=min(8, len(handles)), frameon=False)
     axes[0][0].set_ylabel(metric, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
 
-def _plotly(rows, methods, metric: str, title: str):
+def _plotly(rows, methods, metric: str, title: str, x_titles: dict):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=methods, shared_yaxes=True)
+    colours, in_legend = _layer_colours(rows), set()
     for col, method in enumerate(methods, start=1):
         for layer, points in _series(rows, method).items():
             fig.add_trace(go.Scatter(
                 x=[p[0] for p in points], y=[p[1][metric] for p in points], mode="lines+markers",
-                name=f"{method}, {_layer_name(layer)}", legendgroup=method,
-                hovertemplate=f"{method}<br>{_layer_name(layer)}<br>scale %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>",
+                name=_layer_name(layer), legendgroup=_layer_name(layer), showlegend=layer not in in_legend,
+                line=dict(color=colours[layer]), marker=dict(color=colours[layer]),
+                hovertemplate=f"{method}<br>{_layer_name(layer)}<br>{x_titles[method]} %{{x}}<br>{metric} %{{y:.3f}}"
+                              "<extra></extra>",
             ), row=1, col=col)
-        fig.update_xaxes(type="log", title_text="scale", row=1, col=col)
+            in_legend.add(layer)
+        scales = sorted({r["scale"] for r in rows if r["method"] == method})
+        fig.update_xaxes(type="log", title_text=x_titles[method], tickvals=scales, ticktext=[f"{v:g}" for v in scales],
+                         row=1, col=col)
     top = max((r[metric] for r in rows), default=0) or 1.0
     fig.update_yaxes(range=[0, min(1.0, top * 1.15)])
     fig.update_yaxes(title_text=metric, row=1, col=1)
-    fig.update_layout(title=title, height=380, autosize=True, showlegend=False, margin=dict(l=50, r=20, t=60, b=50))
+    fig.update_layout(title=title, height=420, autosize=True, showlegend=True,
+                      legend=dict(title_text="injection layer", orientation="h", y=-0.25),
+                      margin=dict(l=50, r=20, t=60, b=90))
     return fig

@@ -116,8 +116,14 @@ def test_report_writes_every_number_and_resumes(report_dir, backend, monkeypatch
     sweep_methods = [r["method"] for r in saved["sweep"]]
     assert sweep_methods.count("selfie") == 2 * 5 and sweep_methods.count("scale_only") == 6
     assert sweep_methods.count("trained scalar_affine") == 5
-    for name in ("report.html", "sensitivity.png", "sensitivity.html", "rows.jsonl"):
+    for name in ("report.html", "sensitivity.png", "sensitivity.html", "rows.jsonl", "plotly.min.js"):
         assert (out / name).stat().st_size > 0
+    # plotly's 4.7 MB bundle is stored once, beside the pages, which load it from there
+    bundle = (out / "plotly.min.js").stat().st_size
+    for page in ("report.html", "sensitivity.html"):
+        text = (out / page).read_text(encoding="utf-8")
+        assert '<script charset="utf-8" src="plotly.min.js"></script>' in text
+        assert (out / page).stat().st_size < bundle / 10
 
     import selfinterp_plugins.evaluation.sensitivity as sensitivity
 
@@ -147,6 +153,9 @@ def test_report_renders_in_a_headless_browser_with_its_plots(report_dir, tmp_pat
     assert dom.count('class="main-svg"') >= 2  # plotly ran and drew the figure
     assert dom.count('class="scatterlayer mlayer"') >= 3 and "trace scatter" in dom  # one panel per method, with lines
     assert "data:image/png;base64," in dom
+    # every panel's x-axis says what its number is, and a legend names the layers
+    assert "scale s (vector × s)" in dom and "scale s (trained at 1)" in dom
+    assert "injection layer" in dom and dom.count('class="legendtext"') >= 2
     shot = tmp_path / "shot.png"
     subprocess.run(flags + ["--window-size=1200,1400", f"--screenshot={shot}", (out / "report.html").as_uri()],
                    capture_output=True, timeout=120)
@@ -154,3 +163,23 @@ def test_report_renders_in_a_headless_browser_with_its_plots(report_dir, tmp_pat
 
     pixels = torch.tensor(list(Image.open(shot).convert("L").tobytes()), dtype=torch.uint8)
     assert (pixels < 200).float().mean() > 0.01  # text, tables and plots, not a blank page
+
+
+def test_plotly_js_inline_cdn_or_refused(tmp_path):
+    from selfinterp_plugins.errors import OptionError
+    from selfinterp_plugins.evaluation.sensitivity import plot_sensitivity
+
+    rows = [{"method": m, "layer": layer, "scale": scale, "recall@1": 0.1 * layer + 0.01 * scale}
+            for m in ("selfie", "activation_oracle") for layer in (0, 1) for scale in (1.0, 2.0)]
+    titles = {"activation_oracle": "coefficient c (norm-matched addition)"}
+    inline = plot_sensitivity(rows, html=tmp_path / "inline.html", plotly_js="inline", x_titles=titles)
+    assert "plotly.min.js" not in inline["html"].read_text() and inline["html"].stat().st_size > 1_000_000
+    cdn = plot_sensitivity(rows, html=tmp_path / "cdn.html", plotly_js="cdn")
+    assert "https://cdn.plot.ly/" in cdn["html"].read_text() and not (tmp_path / "plotly.min.js").exists()
+    figure = inline["figure"]
+    assert [a.title.text for a in (figure.layout.xaxis, figure.layout.xaxis2)] == [
+        "scale", "coefficient c (norm-matched addition)"]
+    assert [t.name for t in figure.data if t.showlegend] == ["layer 0", "layer 1"]  # one legend entry per layer
+    assert {t.line.color for t in figure.data if t.name == "layer 1"} == {figure.data[1].line.color}
+    with pytest.raises(OptionError, match="plotly_js takes"):
+        plot_sensitivity(rows, html=tmp_path / "x.html", plotly_js="embedded")
