@@ -7,7 +7,7 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, LowRankConfig, make_adapter
 from .backends import Backend, HFBackend, Sampling
 from .datasets import VectorLabelDataset
-from .defaults import shipped_explainer_dir
+from .defaults import shipped_explainer_dir, shipped_explainer_names
 from .errors import (
     ArtifactError,
     BackendError,
@@ -35,4 +35,5 @@ __all__ = [
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
     "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
     "shipped_explainer_dir",
+    "shipped_explainer_names",
 ]

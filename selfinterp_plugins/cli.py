@@ -21,13 +21,13 @@ from .cli_options import (
     load_backend,
     model_option,
 )
-from .defaults import shipped_explainer_dir
+from .defaults import explainer_location
 from .errors import SelfInterpError
 from .locks import DirectoryLock
 
 
 def _explainer_dir(path: str) -> Path:
-    return shipped_explainer_dir() if path == "shipped" else Path(path)
+    return explainer_location(path)
 
 
 @click.group()

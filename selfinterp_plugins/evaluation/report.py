@@ -53,7 +53,6 @@ class ReportConfig:
 def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True, backend=None) -> dict:
     """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
     from .. import Explainer, Sampling
-    from ..defaults import shipped_explainer_dir
     from ..models import load_model
     from ..topics import load_topics, topic_vectors
     from .baselines import get_baseline
@@ -71,8 +70,7 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
         from ..backends import HFBackend
 
         backend = HFBackend(*load_model(config.model))
-    explainers = [Explainer.from_pretrained(shipped_explainer_dir() if e == "shipped" else Path(e), model=backend)
-                  for e in config.explainers]
+    explainers = [Explainer.from_pretrained(e, model=backend) for e in config.explainers]
     baselines = [get_baseline(name) for name in config.baselines]
     layer = config.layer
     if layer is None:

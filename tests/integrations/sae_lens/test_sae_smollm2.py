@@ -54,3 +54,21 @@ def test_detection_scoring_with_the_model_as_judge(setup):
     assert result["labels"] == 1 and 0.0 <= result["auc"] <= 1.0
     texts = [tok.decode(w, skip_special_tokens=True) for w in windows[:3]]
     assert judge("cats", texts) == pytest.approx([judge("cats", [t])[0] for t in texts], abs=1e-3)
+
+
+def test_sae_label_takes_a_shipped_explainer_by_name(smollm2, tmp_path, monkeypatch, capsys):
+    """`selfinterp sae label smollm2-topics` (and `shipped`) failed: the command took only a
+    directory, while `selfinterp explain shipped` worked."""
+    from selfinterp_plugins.cli import main
+
+    from sae_fixtures import random_sae
+
+    monkeypatch.chdir(tmp_path)
+    random_sae(d_in=576, d_sae=4).save_model(tmp_path / "sae")
+    for name in ("smollm2-topics", "shipped"):
+        try:
+            main(["sae", "label", name, "--sae", str(tmp_path / "sae"), "--features", "0:2", "--max-new-tokens", "3",
+                  "--output", str(tmp_path / f"{name}.jsonl")])
+        except SystemExit as exit_:
+            assert not exit_.code, capsys.readouterr().err
+        assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == 2
