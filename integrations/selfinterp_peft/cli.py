@@ -177,19 +177,30 @@ def register(cli):
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 
     @dit.command()
-    @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
-    @click.argument("diff_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
     @model_option()
     @click.option("--question", default=None, help="default: the question the adapter was trained on")
-    @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline)")
-    def ask(dit_dir, diff_dirs, model_name, question, no_dit):
-        """Ask what each diff (a PEFT LoRA directory) changed."""
-        from .dit import DITAdapter
-        from .weight_diff import WeightDiff
+    @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline; no DIT directory needed)")
+    def ask(dirs, model_name, question, no_dit):
+        """Ask what each diff changed: [DIT_DIR] DIFF_DIR... (a DIT directory is told apart by its
+        dit_config.json; diffs are PEFT LoRA or `dit make-diffs` directories). With --no-dit no DIT
+        directory is needed."""
+        from .dit import CONFIG_FILE, DITAdapter
+        from .weight_diff import WeightDiff, WeightDiffError
 
+        dit_dirs = [d for d in dirs if (Path(d) / CONFIG_FILE).is_file()]
+        diff_dirs = [d for d in dirs if d not in dit_dirs]
+        if len(dit_dirs) > 1:
+            raise WeightDiffError(f"More than one DIT directory given ({', '.join(dit_dirs)}); name one, then the diffs.")
+        if not dit_dirs and not no_dit:
+            raise WeightDiffError("No DIT directory among the arguments (none holds dit_config.json); name the trained DIT "
+                                  "adapter first, or pass --no-dit to ask the base model alone.")
+        if not diff_dirs:
+            raise WeightDiffError("No diff directory given; name one or more after the DIT directory.")
+        diffs = [WeightDiff.from_pretrained(d) for d in diff_dirs]  # user errors before the model loads
         model, tok = _load(model_name)
-        dit = DITAdapter.from_pretrained(dit_dir, model, tok)
-        answers = dit.ask([WeightDiff.from_pretrained(d) for d in diff_dirs], question, use_dit=not no_dit)
+        dit = DITAdapter.from_pretrained(dit_dirs[0], model, tok) if dit_dirs else DITAdapter.without_adapter(model, tok)
+        answers = dit.ask(diffs, question, use_dit=not no_dit)
         for path, answer in zip(diff_dirs, answers):
             click.echo(json.dumps({"diff": path, "answer": answer}))
 

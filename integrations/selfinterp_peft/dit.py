@@ -110,6 +110,12 @@ class DITAdapter:
         return cls(peft_model, tokenizer, config)
 
     @classmethod
+    def without_adapter(cls, model, tokenizer, config: DITConfig | None = None) -> DITAdapter:
+        """The base model alone, asked as the paper's no-DIT baseline asks it (`ask` then needs no
+        trained DIT adapter: `use_dit` must stay False)."""
+        return cls(model, tokenizer, config or DITConfig())
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer) -> DITAdapter:
         """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
         from peft import PeftModel
@@ -181,13 +187,17 @@ class DITAdapter:
         diff), at most `max_new_tokens` (default: the config's, 20 with DIT and 256 without, as in
         the paper). `use_dit=False` asks without the DIT adapter (the paper's baseline); `prefixes`
         puts a per-diff text before the question (e.g. its trigger)."""
+        has_adapter = hasattr(self.model, "disable_adapter")
+        if use_dit and not has_adapter:
+            raise WeightDiffError("This DIT adapter was built without_adapter(): ask with use_dit=False, or load a trained "
+                                  "one with DITAdapter.from_pretrained(DIR, model, tokenizer).")
         question = question or self.config.question
         users = [question if not prefixes else f"{p} {question}" for p in (prefixes or [None] * len(diffs))]
         answers = []
         for start in range(0, len(diffs), batch_size):
             chunk = diffs[start:start + batch_size]
             prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
-            context = self.model.disable_adapter() if not use_dit else contextlib.nullcontext()
+            context = self.model.disable_adapter() if has_adapter and not use_dit else contextlib.nullcontext()
             limit = max_new_tokens or (self.config.max_new_tokens if use_dit else self.config.baseline_max_new_tokens)
             with context, per_row_diffs(self.model, chunk):
                 ids = generate_answers(self.model, self.tokenizer, prompts, limit, batch_size=len(chunk), keep_order=True)

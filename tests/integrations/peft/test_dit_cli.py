@@ -50,6 +50,12 @@ def test_dit_commands(tmp_path, capsys):
     held_out = json.loads(index[-1])["id"]
     asked = json.loads(run(["dit", "ask", dit, f"{diffs}/diffs/{held_out}", *m], capsys))
     assert set(asked) == {"diff", "answer"}
+    # the no-DIT baseline needs no DIT directory (it used to), and equals the baseline asked through one
+    base_only = json.loads(run(["dit", "ask", "--no-dit", f"{diffs}/diffs/{held_out}", *m], capsys))
+    through_dit = json.loads(run(["dit", "ask", "--no-dit", dit, f"{diffs}/diffs/{held_out}", *m], capsys))
+    assert base_only == through_dit and base_only["diff"] == f"{diffs}/diffs/{held_out}"
+    code, out, err = run_cli(capsys, "dit", "ask", f"{diffs}/diffs/{held_out}", *m)
+    assert code == 2 and "pass --no-dit" in err and "Traceback" not in out + err
     extracted = json.loads(run(["dit", "extract", "--adapter", f"{diffs}/diffs/{held_out}", "--base", str(tmp_path / "tiny"),
                                 "--out", str(tmp_path / "x")], capsys))
     assert extracted["modules"] == 14 and (tmp_path / "x" / "adapter_config.json").is_file()
