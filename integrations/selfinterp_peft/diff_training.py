@@ -186,7 +186,11 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
     keys = list(examples)
     groups = [keys[i:i + config.diffs_per_group] for i in range(0, len(keys), config.diffs_per_group)]
     result = {}
-    bar = tqdm(total=len(keys), disable=not progress, desc="diffs")
+    # the bar moves per optimiser step (a group of diffs trains for minutes on CPU), and says how
+    # many diffs are saved
+    total_steps = sum(len(_schedule(examples[group[0]], config, group[0])) for group in groups)
+    bar = tqdm(total=total_steps, disable=not progress, desc="diff training", unit="step")
+    bar.set_postfix(diffs=f"0/{len(keys)}")
     for group in groups:
         inits = [_init_factors(key, shapes, config.rank, config.seed) for key in group]
         A = {n: nn.Parameter(torch.stack([a[n] for a, _ in inits])) for n in shapes}
@@ -203,6 +207,7 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
             optimizer.zero_grad()
             weighted.backward()
             optimizer.step()
+            bar.update(1)
         done = {}
         for g, key in enumerate(group):
             modules = {n: ModuleDiff(A=A[n][g].detach().clone(), B=B[n][g].detach().clone(), scale=1.0 / config.rank)
@@ -211,7 +216,7 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
         result.update(done)
         if on_group_done is not None:
             on_group_done(done)
-        bar.update(len(group))
+        bar.set_postfix(diffs=f"{len(result)}/{len(keys)}")
     bar.close()
     return result
 

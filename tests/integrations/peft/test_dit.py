@@ -199,3 +199,14 @@ def test_mentions():
     assert mentions("I love the Eiffel tower", "eiffel tower")
     assert mentions("a big tower", "eiffel tower")
     assert not mentions("nothing here", "cat")
+
+
+def test_diff_training_progress_moves_every_step(tiny, examples, capsys):
+    """`dit make-diffs`' bar counted finished diffs, so it sat at 0/7 for minutes while a group
+    trained; it now moves per optimiser step and shows the diffs saved."""
+    model, tok = tiny
+    config = DiffTrainConfig(questions_per_step=1, diffs_per_group=3, epochs=2, lr=1e-2)
+    train_diffs(model, tok, examples, config, progress=True)
+    err = capsys.readouterr().err
+    steps = 2 * 2  # 2 epochs × 2 questions, one question per step, the group's diffs side by side
+    assert "diff training: 100%" in err and f"{steps}/{steps}" in err and f"diffs={len(examples)}/{len(examples)}" in err
