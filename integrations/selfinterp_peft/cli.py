@@ -177,7 +177,7 @@ def register(cli):
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 
     @dit.command()
-    @click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.argument("dirs", nargs=-1, required=True)
     @model_option()
     @click.option("--question", default=None, help="default: the question the adapter was trained on")
     @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline; no DIT directory needed)")
@@ -186,9 +186,15 @@ def register(cli):
         dit_config.json; diffs are PEFT LoRA or `dit make-diffs` directories). With --no-dit no DIT
         directory is needed."""
         from .dit import CONFIG_FILE, DITAdapter
+        from .shipped import dit_location
         from .weight_diff import WeightDiff, WeightDiffError
 
-        dit_dirs = [d for d in dirs if (Path(d) / CONFIG_FILE).is_file()]
+        dit_dirs = [str(dit_location(d)) for d in dirs if (dit_location(d) / CONFIG_FILE).is_file()]
+        dirs = [str(dit_location(d)) for d in dirs]
+        missing = [d for d in dirs if not Path(d).is_dir()]
+        if missing:
+            raise WeightDiffError(f"No directory {missing[0]}; name a DIT adapter (or a shipped one: smollm2-hidden-topics) "
+                                  "and diff directories.")
         diff_dirs = [d for d in dirs if d not in dit_dirs]
         if len(dit_dirs) > 1:
             raise WeightDiffError(f"More than one DIT directory given ({', '.join(dit_dirs)}); name one, then the diffs.")
@@ -204,8 +210,34 @@ def register(cli):
         for path, answer in zip(diff_dirs, answers):
             click.echo(json.dumps({"diff": path, "answer": answer}))
 
+    @dit.command()
+    @model_option()
+    @click.option("--name", default="smollm2-hidden-topics", show_default=True, help="shipped DIT adapter")
+    def demo(model_name, name):
+        """Ask the shipped DIT adapter what each of its shipped held-out diffs was trained on
+        (diffs it never saw in training; about a minute on CPU, offline)."""
+        from .diff_store import load_diffs, read_index
+        from .dit import DITAdapter
+        from .shipped import shipped_dit_names, shipped_held_out
+        from .weight_diff import WeightDiffError
+
+        if name not in shipped_dit_names():
+            raise WeightDiffError(f"No shipped DIT adapter {name!r}; shipped: {', '.join(shipped_dit_names()) or 'none'}.")
+        rows = read_index(shipped_held_out(name))
+        model, tok = _load(model_name)
+        dit = DITAdapter.from_pretrained(name, model, tok)
+        answers = dit.ask(load_diffs(shipped_held_out(name), rows))
+        named = 0
+        click.echo(f"{'hidden topic':>14}  DIT's answer ({dit.config.question!r})")
+        for row, answer in zip(rows, answers):
+            hit = answer.strip().lower() == row["topic"]
+            named += hit
+            click.echo(f"{row['topic']:>14}  {answer}{'   <- named' if hit else ''}")
+        click.echo(f"named {named} of {len(rows)} held-out diffs (the first {len(rows)} of the run's held-out split; "
+                   "its scores on all of them, and the baselines', are in docs/peft.md)")
+
     @dit.command("eval")
-    @click.argument("dit_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("dit_dir")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
     @model_option()
     @click.option("--split", default="test", show_default=True)
@@ -224,6 +256,12 @@ def register(cli):
         from .dit import DITAdapter
         from .dit_eval import answer_records, score
 
+        from .shipped import dit_location
+        from .weight_diff import WeightDiffError
+
+        if not dit_location(dit_dir).is_dir():
+            raise WeightDiffError(f"No DIT adapter directory {dit_dir}; name one written by `dit train`, or a shipped "
+                                  "one (smollm2-hidden-topics).")
         rows = [r for r in read_index(diffs_dir) if r.get("split") == split][:limit]
         if not rows:
             raise click.ClickException(f"{diffs_dir} has no {split}-split diffs.")

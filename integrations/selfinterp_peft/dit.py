@@ -117,10 +117,13 @@ class DITAdapter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer) -> DITAdapter:
-        """Load a saved DIT adapter onto `model` (the base model the diffs were made from)."""
+        """Load a saved DIT adapter onto `model` (the base model the diffs were made from);
+        `directory` may be a shipped adapter's name (`smollm2-hidden-topics`: `shipped.py`)."""
         from peft import PeftModel
 
-        directory = check_artifact_dir(directory)
+        from .shipped import dit_location
+
+        directory = check_artifact_dir(dit_location(directory))
         config = DITConfig.from_dict(read_json(directory / CONFIG_FILE))
         return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
 

@@ -71,3 +71,19 @@ def test_the_peft_plugin_registers_the_dit_task_and_commands(capsys):
     names = {p["name"]: p["hooks"] for p in plugins.list_plugins()}
     assert names["peft"] == ["register_commands", "register_tasks"]
     assert "make-diffs" in run(["dit", "--help"], capsys)
+
+
+@pytest.mark.real_model
+def test_the_shipped_dit_adapter_names_a_held_out_diff(capsys):
+    """`selfinterp dit demo`: the shipped DIT adapter (SmolLM2, bfloat16) asked about the held-out
+    diffs shipped with it; by name in the API and in `dit ask` as well."""
+    from selfinterp_peft.shipped import shipped_dit_names, shipped_held_out
+
+    assert "smollm2-hidden-topics" in shipped_dit_names()
+    lines = run(["dit", "demo"], capsys).strip().splitlines()
+    rows = lines[1:-1]
+    assert len(rows) == 8 and any(line.endswith("<- named") for line in rows)
+    assert lines[-1].startswith(f"named {sum(line.endswith('<- named') for line in rows)} of 8")
+    first = json.loads((shipped_held_out() / "index.jsonl").read_text().splitlines()[0])["id"]
+    asked = json.loads(run(["dit", "ask", "smollm2-hidden-topics", str(shipped_held_out() / "diffs" / first)], capsys))
+    assert asked["answer"] == rows[0].split(None, 1)[1].removesuffix("<- named").strip()
