@@ -6,7 +6,7 @@ CLI can print it without a traceback and exit 2.
 """
 
 # public: plugins raise these so the CLI reports their user errors in one line, like the core's
-__all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
+__all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError", "OutputError",
            "PluginNotInstalledError", "RunMismatchError", "SelfInterpError", "TemplateError", "UnknownNameError", "UnsupportedInitError",
            "VectorError"]
 
@@ -29,6 +29,12 @@ class TemplateError(SelfInterpError):
 
 class ArtifactError(SelfInterpError):
     """An explainer, dataset or adapter file is missing, corrupt, or made for another model."""
+
+
+class OutputError(SelfInterpError):
+    """An output file or directory cannot be written: the disk is full, or the place is read-only or
+    not the user's. The old contents stay as they were; the message names the path and where to
+    free space or write instead."""
 
 
 class ModelMismatchError(ArtifactError):

@@ -170,7 +170,6 @@ class Explainer:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE, WEIGHTS_FILE)
         return directory
 
