@@ -20,6 +20,7 @@ import torch
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import ArtifactError
+from ..serialization import output_errors, write_text_atomic
 
 
 @dataclass
@@ -61,7 +62,8 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     from .sensitivity import best_point, plot_sensitivity, sweep
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     if backend is None:
         from ..backends import HFBackend
 
@@ -129,7 +131,7 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
                "n_validation": len(val_data), "n_test": len(test_data), "n_candidates": len(candidates),
                "headline": headline, "sweep": rows,
                "examples": {"truth": test_data.labels[:12], **examples}}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     write_html(results, plots, out / "report.html")
     return results
 
@@ -180,6 +182,6 @@ def _read_rows(path: Path, config: ReportConfig) -> dict:
 
 
 def _append_rows(path: Path, config: ReportConfig, name: str, rows: list[dict]) -> None:
-    with path.open("a") as handle:
+    with output_errors(path), path.open("a") as handle:  # a torn line from a kill is skipped by _read_rows
         handle.write(json.dumps({"config": json.dumps(asdict(config), sort_keys=True), "method": name, "rows": rows}) + "\n")
         handle.flush()

@@ -9,8 +9,10 @@ as a PNG and as an interactive HTML figure.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from ..serialization import output_errors, write_bytes_atomic, write_text_atomic
 from .topics_eval import evaluate_explainer
 
 TRAINED_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -71,7 +73,7 @@ def plot_sensitivity(rows: list[dict], png: str | Path | None = None, html: str 
     figure = _plotly(rows, methods, metric, title)
     out["figure"] = figure
     if html is not None:
-        figure.write_html(str(html), include_plotlyjs=True, full_html=True)
+        write_text_atomic(html, figure.to_html(include_plotlyjs=True, full_html=True))
         out["html"] = Path(html)
     return out
 
@@ -113,9 +115,12 @@ def _png(rows, methods, path: Path, metric: str, title: str) -> Path:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: a kill leaves no half picture
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=130)
     plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 
