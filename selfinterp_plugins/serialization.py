@@ -11,7 +11,7 @@ disk, a read-only or foreign directory) becomes an `OutputError` naming the path
 and the temporary file is removed.
 
 Every step that changes a file (writing a temporary file, renaming, unlinking, truncating,
-appending) first calls `_step(name, path)`: a no-op unless a test sets `_step_hook`, which is how
+opening to append, appending) first calls `_step(name, path)`: a no-op unless a test sets `_step_hook`, which is how
 the reliability tests kill a save at each step in turn or make one step fail with ENOSPC.
 """
 
@@ -38,7 +38,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
-#: changes a file ("write" a temporary file, "replace", "unlink", "truncate", "append"). Raising
+#: changes a file ("write" a temporary file, "replace", "unlink", "truncate", "open" to append,
+#: "append"). Raising
 #: from it simulates a kill (a BaseException nothing catches) or a failing disk (an OSError).
 _step_hook: Callable[[str, Path], None] | None = None
 
@@ -254,6 +255,7 @@ class JsonlWriter:
         self.path = Path(path)
         with output_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _step("open", self.path)
             self._file = open(self.path, "a+b")
             try:
                 self._lock()

@@ -204,6 +204,7 @@ def train(explainer, data, validation, config: TrainConfig, output_dir=None, pro
         if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
             _truncate_log(out / "train_log.jsonl", step)
         with output_errors(out / "train_log.jsonl"):
+            _step("open", out / "train_log.jsonl")
             log = open(out / "train_log.jsonl", "a")
     else:
         log = None

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.serialization import check_artifact_dir, read_json, write_json
+from selfinterp_plugins.serialization import check_artifact_dir, output_errors, read_json, write_json
 
 from .batched import per_row_diffs
 from .chat import chat_ids
@@ -111,7 +111,8 @@ class DITAdapter:
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+        with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
+            self.model.save_pretrained(str(directory), safe_serialization=True)
         write_json(asdict(self.config), directory / CONFIG_FILE)
         return directory
 

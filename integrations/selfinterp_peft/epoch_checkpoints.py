@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.errors import ArtifactError
-from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.serialization import load_safetensors, output_errors, read_json, save_safetensors, write_json
 
 
 def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
@@ -22,13 +22,15 @@ def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: lis
     epoch: a kill at any point leaves the previous epoch's checkpoint intact."""
     from selfinterp_plugins.training import optimizer_state
 
-    directory.mkdir(parents=True, exist_ok=True)
+    with output_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     save_safetensors({n: p.detach().clone() for n, p in named}, directory / f"adapter-{epochs_done}.safetensors")
     save_safetensors(optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
     write_json({"epochs_done": epochs_done, "history": history}, directory / "state.json")
     for old in directory.glob("*-*.safetensors"):
         if not old.stem.endswith(f"-{epochs_done}"):
-            old.unlink()
+            with output_errors(old):
+                old.unlink()
 
 
 def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:

@@ -25,6 +25,7 @@ from selfinterp_plugins.errors import ArtifactError, SelfInterpError
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
+    output_errors,
     read_json,
     save_safetensors,
     write_json,
@@ -187,7 +188,8 @@ class WeightDiff:
         Low-rank modules are zero-padded to one rank; dense ones are factorised by SVD at `rank`
         (default: exact, full rank)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        with output_errors(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         targets = _linear_modules(base_model)
         factors = {}
         for name, diff in self.modules.items():

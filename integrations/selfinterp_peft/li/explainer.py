@@ -36,6 +36,7 @@ from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
+    output_errors,
     read_json,
     save_safetensors,
     write_json,
@@ -124,7 +125,8 @@ class LoRAExplainer:
     def save_pretrained(self, directory: str | Path) -> Path:
         """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config."""
         directory = Path(directory)
-        self.model.save_pretrained(str(directory), safe_serialization=True)
+        with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
+            self.model.save_pretrained(str(directory), safe_serialization=True)
         write_json(asdict(self.config), directory / CONFIG_FILE)
         if len(self.projections):
             save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()}, directory / PROJECTIONS_FILE)
