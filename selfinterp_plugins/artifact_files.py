@@ -48,8 +48,8 @@ def _sha256(path: Path) -> str:
 
 def _move(directory: Path, name: str) -> None:
     """Move a staged file to its usual name."""
-    _step("replace", directory / name)
     with output_errors(directory / name):
+        _step("replace", directory / name)
         os.replace(directory / _staged(name), directory / name)
 
 

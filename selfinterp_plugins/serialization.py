@@ -38,8 +38,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
-#: changes a file ("write" a temporary file, "replace", "unlink", "truncate", "open" to append,
-#: "append"). Raising
+#: changes a file ("write" a temporary file, "replace", "unlink", "truncate" or "newline" to
+#: repair a JSONL tail, "open" to append, "append" a record). Raising
 #: from it simulates a kill (a BaseException nothing catches) or a failing disk (an OSError).
 _step_hook: Callable[[str, Path], None] | None = None
 
@@ -60,7 +60,7 @@ def _describe_output_error(err: OSError, path: str | Path) -> str:
     where = path.parent if str(path.parent) else Path(".")
     reason = err.strerror or str(err)
     if err.errno in _NO_SPACE:
-        return (f"Cannot write {path}: {reason} (the disk is full); free space on the disk holding {where} "
+        return (f"Cannot write {path}: {reason}; free space on the disk holding {where} "
                 "or choose an output (--out / --output) on another disk.")
     if err.errno in _NOT_WRITABLE:
         return (f"Cannot write {path}: {reason} ({where} is not writable); choose a writable --out / --output "
@@ -294,7 +294,7 @@ class JsonlWriter:
         except (UnicodeDecodeError, json.JSONDecodeError):
             complete = False
         if complete:
-            _step("append", self.path)
+            _step("newline", self.path)
             self._file.write(b"\n")
             self._file.flush()
         else:

@@ -346,8 +346,8 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
     write_json(state, ckpt / "state.json")
     for stale in ckpt.glob("*.safetensors"):
         if stale.name not in files.values():
-            _step("unlink", stale)
             with output_errors(stale):
+                _step("unlink", stale)
                 stale.unlink()
 
 
