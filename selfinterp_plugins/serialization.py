@@ -115,14 +115,6 @@ def _replace_atomically(path: Path, write_tmp: Callable[[Path], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically: a kill leaves the old file or the new one, never half."""
 
@@ -170,32 +162,14 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write atomically: a crash mid-write leaves the old file, never half a file."""
-    from safetensors.torch import save_file
+    """Write atomically: a crash mid-write leaves the old file, never half a file.
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    Serialised in memory and written by `write_bytes_atomic`, not by `safetensors.torch.save_file`:
+    that reports a full disk or a read-only directory as a `SafetensorError` rather than an OSError,
+    and writes through a private temporary file (mode 0600, whatever the umask)."""
+    from safetensors.torch import save
 
-    def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes through a private temporary file (0600)
-        _fsync_file(tmp)
-
-    _replace_atomically(Path(path), write)
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where the OS says it (Linux): setting it to
-    read it would, for an instant, let another thread create world-writable files."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
 def read_json(path: str | Path) -> dict:
