@@ -11,8 +11,9 @@ disk, a read-only or foreign directory) becomes an `OutputError` naming the path
 and the temporary file is removed.
 
 Every step that changes a file (writing a temporary file, renaming, unlinking, truncating,
-opening to append, appending) first calls `_step(name, path)`: a no-op unless a test sets `_step_hook`, which is how
-the reliability tests kill a save at each step in turn or make one step fail with ENOSPC.
+opening to append, appending) first calls `_step(name, path)`: a no-op unless a test sets
+`_step_hook`, which is how the reliability tests kill a save at each step in turn or make one
+step fail with ENOSPC (tests/reliability/test_atomic_writes.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 from .errors import ArtifactError, OutputError
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
-# the core's: no pickle, atomic JSON, resumable JSONL, an ArtifactError naming the file and the fix
+# the core's: no pickle, atomic files, resumable JSONL, an ArtifactError (reading) or OutputError (writing)
+# naming the file and the fix
 __all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "output_errors", "read_json",
            "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json", "write_text_atomic"]
 
@@ -39,8 +41,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
 #: changes a file ("write" a temporary file, "replace", "unlink", "truncate" or "newline" to
-#: repair a JSONL tail, "open" to append, "append" a record). Raising
-#: from it simulates a kill (a BaseException nothing catches) or a failing disk (an OSError).
+#: repair a JSONL tail, "open" to append, "append" a record). Raising from it simulates a kill (a
+#: BaseException nothing catches) or a failing disk (an OSError). Writers elsewhere (artifact_files,
+#: training) call `_step` too, inside their `output_errors`.
 _step_hook: Callable[[str, Path], None] | None = None
 
 
@@ -50,7 +53,7 @@ def _step(step: str, path: str | Path) -> None:
 
 
 #: errno values that mean "this place cannot take the file", with the fix
-_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
@@ -93,19 +96,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
-
-
-def _replace_atomically(path: Path, write_tmp: Callable[[Path], None]) -> None:
-    """`write_tmp(tmp)` then rename tmp over `path`; the one place every atomic writer goes through.
-    On failure the temporary file is removed (a kill leaves it, and the next write reuses its name)."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, the one place every writer of whole files goes through:
+    to `<path>.tmp`, fsynced, then renamed over `path` (and the directory fsynced, so the rename
+    survives a power cut). A kill leaves the old file or the new one, never half of one; a failure
+    (an OutputError) leaves the old file and removes the temporary one."""
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = path.with_name(path.name + ".tmp")
     with output_errors(path):
         try:
             _step("write", tmp)
-            write_tmp(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             _step("replace", path)
             os.replace(tmp, path)
         except (Exception, KeyboardInterrupt):
@@ -113,18 +117,6 @@ def _replace_atomically(path: Path, write_tmp: Callable[[Path], None]) -> None:
                 tmp.unlink()
             raise
     _fsync_dir(path.parent)
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a kill leaves the old file or the new one, never half."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _replace_atomically(Path(path), write)
 
 
 def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
