@@ -14,6 +14,7 @@ bridge_by_layer.png to --out.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ def main() -> None:
     from selfinterp_plugins.cli import _explainer_dir
     from selfinterp_plugins.evaluation.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.models import load_model
+    from selfinterp_plugins.serialization import write_bytes_atomic, write_text_atomic
 
     started = time.time()
     out = Path(args.out)
@@ -53,9 +55,9 @@ def main() -> None:
         results[name] = bridge_cell_scores(explainer, statements, vectors, rows, layers, samples=args.samples, scale=scale)
         print(name, "hit rate", {k: round(v, 3) for k, v in results[name]["hit_rate"].items()})
         print(name, "best cell", {k: round(v, 3) for k, v in results[name]["best_cell"].items()})
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     results["seconds"] = round(time.time() - started)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
     import matplotlib
 
@@ -73,7 +75,9 @@ def main() -> None:
     ax.set_title(f"{args.model}: {len(statements)} two-hop statements, {args.samples} labels per vector", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "bridge_by_layer.png", dpi=130)
+    picture = io.BytesIO()  # rendered in memory, written atomically
+    fig.savefig(picture, format="png", dpi=130)
+    write_bytes_atomic(out / "bridge_by_layer.png", picture.getvalue())
     print(f"{len(statements)} statements; results in {out}")
 
 

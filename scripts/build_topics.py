@@ -289,10 +289,10 @@ def main() -> None:
     args = parser.parse_args()
 
     topics = build(args.wordnet_dir, args.count)
+    from selfinterp_plugins.serialization import write_text_atomic
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", encoding="utf-8", newline="\n") as f:
-        for topic in topics:
-            f.write(json.dumps(topic, ensure_ascii=False) + "\n")
+    write_text_atomic(args.out, "".join(json.dumps(topic, ensure_ascii=False) + "\n" for topic in topics))
 
     print(f"wrote {len(topics)} topics to {args.out} ({args.out.stat().st_size} bytes)")
     for name, count in sorted(Counter(t["split"] for t in topics).items(), key=lambda kv: -kv[1]):

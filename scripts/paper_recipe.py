@@ -45,6 +45,7 @@ def main() -> None:
     from selfinterp_plugins.evaluation import evaluate_explainer
     from selfinterp_plugins.evaluation.scoring import sentence_embedder
     from selfinterp_plugins.models import load_model
+    from selfinterp_plugins.serialization import write_text_atomic
     from selfinterp_plugins.topics import load_topics, topic_vectors
 
     out = Path(args.out)
@@ -59,10 +60,10 @@ def main() -> None:
             return done[name]
         started = time.time()
         result = {"name": name, **fn(), "seconds": round(time.time() - started, 1)}
-        with open(results_path, "a") as f:
-            f.write(json.dumps(result) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "per_scale", "history")}), flush=True)
         done[name] = result
+        # rewritten whole and atomically: an append torn by a kill would stop the next run reading the file
+        write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in done.values()))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "per_scale", "history")}), flush=True)
         return result
 
     model, tokenizer = load_model(args.model)

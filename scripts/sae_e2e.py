@@ -53,6 +53,7 @@ def main(argv=None):
     from selfinterp_plugins import Explainer, HFBackend, Sampling, TrainConfig, VectorLabelDataset
     from selfinterp_plugins.evaluation.baselines import get_baseline
     from selfinterp_plugins.models import load_model
+    from selfinterp_plugins.serialization import write_text_atomic
     from selfinterp_sae_lens.corpus import shakespeare_texts, token_windows
     from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, detection_score
     from selfinterp_sae_lens.generation_scoring import generation_score
@@ -155,16 +156,16 @@ def main(argv=None):
             det = detection_score(rows, pool, judge, tok)
             results["detection"][name] = {k: v for k, v in det.items() if k != "per_label"}
             results["detection"][name]["seconds"] = round(time.time() - t, 1)
-            (out / "scores" / f"detection-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in det["per_label"]))
+            write_text_atomic(out / "scores" / f"detection-{name}.jsonl", "".join(json.dumps(r) + "\n" for r in det["per_label"]))
             line += f"; detection auc {det['auc']:.3f} acc {det['accuracy']:.3f} f1 {det['f1']:.3f}"
         log(line)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     examples = []
     by_method = {name: {r["id"]: r["label"] for r in rows if r.get("scale", 1.0) in (1.0,)} for name, rows in label_sets.items()}
     for r in test.records[:12]:
         examples.append({"latent": r["feature"], **{name: labels.get(r["id"]) for name, labels in by_method.items()}})
     results["examples"] = examples
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     log("done:", out / "results.json")
 
 

@@ -35,6 +35,7 @@ from selfinterp_plugins.backends import HFBackend
 from selfinterp_plugins.evaluation import evaluate_explainer, ridge_probe_recall
 from selfinterp_plugins.evaluation.scoring import sentence_embedder
 from selfinterp_plugins.models import load_model
+from selfinterp_plugins.serialization import write_text_atomic
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -83,9 +84,9 @@ def main():
         started = time.time()
         result = fn()
         result = {"name": name, **result, "seconds": round(time.time() - started, 1)}
-        with open(results_path, "a") as f:
-            f.write(json.dumps(result) + "\n")
         done[name] = result
+        # rewritten whole and atomically: an append torn by a kill would stop the next run reading the file
+        write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in done.values()))
         print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "per_scale")}), flush=True)
         return result
 

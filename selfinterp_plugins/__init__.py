@@ -15,6 +15,7 @@ from .errors import (
     ModelLoadError,
     ModelMismatchError,
     OptionError,
+    OutputError,
     PluginNotInstalledError,
     SelfInterpError,
     TemplateError,
@@ -30,7 +31,7 @@ from .training import TrainConfig
 
 __all__ = [
     "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
-    "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "PluginNotInstalledError",
+    "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "OutputError", "PluginNotInstalledError",
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
     "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",

@@ -2,7 +2,8 @@
 
 On disk, a directory with three plain files that any tool can read:
 `vectors.safetensors` (one tensor "vectors", N × d_model), `labels.jsonl` (one record per row:
-id, label, split and anything else) and `dataset.json` (model, site, source, d_model, count).
+id, label, split and anything else) and `dataset.json` (model, site, source, d_model, count, and
+the names and SHA-256 of the other two: it commits them, see `artifact_files`).
 No pickle anywhere.
 """
 
@@ -22,6 +23,8 @@ __all__ = ["VectorLabelDataset"]
 VECTORS_FILE = "vectors.safetensors"
 LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"
+#: the commit record `save` adds to dataset.json (artifact_files); not part of `meta`
+COMMIT_KEYS = ("vectors_file", "vectors_sha256", "labels_file", "labels_sha256")
 
 
 @dataclass
@@ -75,28 +78,35 @@ class VectorLabelDataset:
         return self if n is None or n >= len(self) else self.select(range(n))
 
     def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        """Write the three files as one commit (`artifact_files`): `dataset.json`, written last,
+        names the vectors and labels files with their SHA-256, so a kill at any moment leaves the
+        old dataset or the new one, never new vectors with old labels."""
+        from .artifact_files import save_committed
+        from .serialization import save_safetensors, write_text_atomic
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({"vectors": self.vectors.contiguous().float()}, str(directory / VECTORS_FILE))
-        with open(directory / LABELS_FILE, "w", encoding="utf-8") as f:
-            for record in self.records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        meta = dict(self.meta, count=len(self), d_model=self.d_model)
-        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        vectors = {"vectors": self.vectors.contiguous().float()}
+        labels = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.records)
+        meta = {k: v for k, v in self.meta.items() if k not in COMMIT_KEYS}
+        meta.update(count=len(self), d_model=self.d_model)
+        save_committed(directory, {"vectors": (VECTORS_FILE, lambda path: save_safetensors(vectors, path)),
+                                   "labels": (LABELS_FILE, lambda path: write_text_atomic(path, labels))},
+                       meta, META_FILE)
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> VectorLabelDataset:
+        from .artifact_files import committed_file
         from .serialization import load_safetensors, read_json, read_jsonl
 
         directory = Path(directory)
         if not directory.is_dir():
             raise ArtifactError(f"No dataset directory at {directory}; build one with `selfinterp vectors topics`.")
-        tensors = load_safetensors(directory / VECTORS_FILE)
-        if "vectors" not in tensors:
-            raise ArtifactError(f"{directory / VECTORS_FILE} has no tensor named 'vectors'; rebuild the dataset.")
-        records = read_jsonl(directory / LABELS_FILE)
         meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
+        vectors_path = committed_file(directory, meta, "vectors", VECTORS_FILE)
+        tensors = load_safetensors(vectors_path)
+        if "vectors" not in tensors:
+            raise ArtifactError(f"{vectors_path} has no tensor named 'vectors'; rebuild the dataset.")
+        records = read_jsonl(committed_file(directory, meta, "labels", LABELS_FILE))
+        meta = {k: v for k, v in meta.items() if k not in COMMIT_KEYS}
         return cls(tensors["vectors"].float(), records, meta)

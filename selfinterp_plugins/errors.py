@@ -7,8 +7,8 @@ CLI can print it without a traceback and exit 2.
 
 # public: plugins raise these so the CLI reports their user errors in one line, like the core's
 __all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
-           "OutputLockedError", "PluginNotInstalledError", "RunMismatchError", "SelfInterpError", "TemplateError",
-           "UnknownNameError", "UnsupportedInitError", "VectorError"]
+           "OutputError", "OutputLockedError", "PluginNotInstalledError", "RunMismatchError", "SelfInterpError",
+           "TemplateError", "UnknownNameError", "UnsupportedInitError", "VectorError"]
 
 
 class SelfInterpError(Exception):
@@ -33,6 +33,12 @@ class ArtifactError(SelfInterpError):
 
 class OutputLockedError(ArtifactError):
     """An output file or directory is being written by another run (its lock is held)."""
+
+
+class OutputError(SelfInterpError):
+    """An output file or directory cannot be written: the disk is full, or the place is read-only or
+    not the user's. The old contents stay as they were; the message names the path and where to
+    free space or write instead."""
 
 
 class ModelMismatchError(ArtifactError):

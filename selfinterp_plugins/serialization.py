@@ -3,26 +3,126 @@
 Every reader turns a missing, truncated or malformed file into an `ArtifactError` that names
 the file and says how to fix it, so a corrupt download never surfaces as a raw traceback.
 JSONL writers flush each record, so a crash loses at most the record being written.
+
+Every other file is written atomically (`write_text_atomic`, `write_bytes_atomic`, `write_json`,
+`save_safetensors`): to a temporary name beside it, flushed to disk, then renamed over it, so a
+kill leaves the old file or the new one, never half a file. An `OSError` while writing (a full
+disk, a read-only or foreign directory) becomes an `OutputError` naming the path and the fix,
+and the temporary file is removed.
+
+Every step that changes a file (writing a temporary file, renaming, unlinking, truncating,
+opening to append, appending) first calls `_step(name, path)`: a no-op unless a test sets
+`_step_hook`, which is how the reliability tests kill a save at each step in turn or make one
+step fail with ENOSPC (tests/reliability/test_atomic_writes.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError, OutputLockedError
+from .errors import ArtifactError, OutputError, OutputLockedError
 from .locks import try_flock
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
-# the core's: no pickle, atomic JSON, resumable JSONL, an ArtifactError naming the file and the fix
-__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "read_json", "read_jsonl",
-           "save_safetensors", "write_json"]
+# the core's: no pickle, atomic files, resumable JSONL, an ArtifactError (reading) or OutputError (writing)
+# naming the file and the fix
+__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "output_errors", "read_json",
+           "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json", "write_text_atomic"]
 
 #: file types that unpickle when torch (or pickle) reads them: refused by name, before anything reads them
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+#: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
+#: changes a file ("write" a temporary file, "replace", "unlink", "truncate" or "newline" to
+#: repair a JSONL tail, "open" to append, "append" a record). Raising from it simulates a kill (a
+#: BaseException nothing catches) or a failing disk (an OSError). Writers elsewhere (artifact_files,
+#: training) call `_step` too, inside their `output_errors`.
+_step_hook: Callable[[str, Path], None] | None = None
+
+
+def _step(step: str, path: str | Path) -> None:
+    if _step_hook is not None:
+        _step_hook(step, Path(path))
+
+
+#: errno values that mean "this place cannot take the file", with the fix
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _describe_output_error(err: OSError, path: str | Path) -> str:
+    """One line for a failed write of `path`: what happened and the fix."""
+    path = Path(path)
+    where = path.parent if str(path.parent) else Path(".")
+    reason = err.strerror or str(err)
+    if err.errno in _NO_SPACE:
+        return (f"Cannot write {path}: {reason}; free space on the disk holding {where} "
+                "or choose an output (--out / --output) on another disk.")
+    if err.errno in _NOT_WRITABLE:
+        return (f"Cannot write {path}: {reason} ({where} is not writable); choose a writable --out / --output "
+                f"or make {where} writable.")
+    return f"Cannot write {path}: {reason}; choose another output (--out / --output)."
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn an `OSError` raised while writing `path` into an `OutputError` naming it and the fix,
+    so a full disk or a read-only directory reaches the user as one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(_describe_output_error(err, path)) from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a power cut after it keeps the new name); best effort,
+    as some filesystems and OSes cannot open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, the one place every writer of whole files goes through:
+    to `<path>.tmp`, fsynced, then renamed over `path` (and the directory fsynced, so the rename
+    survives a power cut). A kill leaves the old file or the new one, never half of one; a failure
+    (an OutputError) leaves the old file and removes the temporary one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with output_errors(path):
+        try:
+            _step("write", tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            _step("replace", path)
+            os.replace(tmp, path)
+        except (Exception, KeyboardInterrupt):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically (see `write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode(encoding))
 
 
 def check_artifact_dir(directory: str | Path) -> Path:
@@ -55,29 +155,14 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write atomically: a crash mid-write leaves the old file, never half a file."""
-    from safetensors.torch import save_file
+    """Write atomically: a crash mid-write leaves the old file, never half a file.
 
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes through a private temporary file (0600)
-    os.replace(tmp, path)
+    Serialised in memory and written by `write_bytes_atomic`, not by `safetensors.torch.save_file`:
+    that reports a full disk or a read-only directory as a `SafetensorError` rather than an OSError,
+    and writes through a private temporary file (mode 0600, whatever the umask)."""
+    from safetensors.torch import save
 
-
-def _umask() -> int:
-    """The process's umask, read without changing it where the OS says it (Linux): setting it to
-    read it would, for an instant, let another thread create world-writable files."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
 def read_json(path: str | Path) -> dict:
@@ -94,10 +179,8 @@ def read_json(path: str | Path) -> dict:
 
 
 def write_json(data: dict, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write `data` as indented JSON, atomically (see `write_bytes_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]:
@@ -137,14 +220,16 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+b")
-        try:
-            self._lock()
-            self._repair_tail()
-        except BaseException:
-            self._file.close()
-            raise
+        with output_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _step("open", self.path)
+            self._file = open(self.path, "a+b")
+            try:
+                self._lock()
+                self._repair_tail()
+            except BaseException:
+                self._file.close()
+                raise
 
     def _lock(self) -> None:
         if not try_flock(self._file.fileno()):
@@ -170,9 +255,11 @@ class JsonlWriter:
         except (UnicodeDecodeError, json.JSONDecodeError):
             complete = False
         if complete:
+            _step("newline", self.path)
             self._file.write(b"\n")
             self._file.flush()
         else:
+            _step("truncate", self.path)
             self._file.truncate(size - len(last))
 
     def write(self, record: dict) -> None:
@@ -181,11 +268,14 @@ class JsonlWriter:
         except ValueError:
             raise ArtifactError(f"A record for {self.path} holds NaN or infinity ({record!r:.200}); "
                                 "pass finite numbers.") from None
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
+        with output_errors(self.path):
+            _step("append", self.path)
+            self._file.write(line.encode("utf-8"))
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()  # releases the lock
+        with output_errors(self.path):  # the last buffered bytes may not fit either
+            self._file.close()  # releases the lock (closed even if that flush fails)
 
     def __enter__(self):
         return self

@@ -21,7 +21,15 @@ import torch
 
 from .errors import ArtifactError, RunMismatchError
 from .locks import DirectoryLock
-from .serialization import load_safetensors, read_json, save_safetensors, write_json
+from .serialization import (
+    _step,
+    load_safetensors,
+    output_errors,
+    read_json,
+    save_safetensors,
+    write_json,
+    write_text_atomic,
+)
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
@@ -201,10 +209,15 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
             history["validation_loss_at_init"] = evaluate_loss(explainer, validation, clamp=config.loss_clamp)
 
     if out:
-        out.mkdir(parents=True, exist_ok=True)
+        with output_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
         if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
             _truncate_log(out / "train_log.jsonl", step)
-    log = open(out / "train_log.jsonl", "a") if out else None
+        with output_errors(out / "train_log.jsonl"):
+            _step("open", out / "train_log.jsonl")
+            log = open(out / "train_log.jsonl", "a")
+    else:
+        log = None
     lengths = [len(explainer.template.target_ids(explainer.backend.tokenizer, label)) for label in data.labels] \
         if config.bucket_by_length else [0] * len(data)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
@@ -237,14 +250,16 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
                 record = {"step": step, "loss": float(loss.detach()), "lr": lr}
                 if end_of_epoch and validation is not None:
                     record["validation_loss"] = history["validation_loss"][-1]
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                with output_errors(log.name):
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
             if ckpt and (step % config.checkpoint_every == 0 or end_of_epoch):
                 _save_checkpoint(ckpt, adapter, optimizer, named, step, history, run)
     finally:
         bar.close()
         if log:
-            log.close()
+            with output_errors(log.name):
+                log.close()
     history["seconds"] = history.get("seconds", 0.0) + time.time() - started
     history["steps"] = step
     adapter.eval()
@@ -326,9 +341,7 @@ def _truncate_log(path: Path, step: int) -> None:
     from .serialization import read_jsonl
 
     kept = [r for r in read_jsonl(path, tolerate_torn_tail=True) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: dict, run: dict | None = None) -> None:
@@ -336,7 +349,8 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
     A kill at any moment leaves a state.json naming a complete adapter + optimizer pair of one step
     (writing fixed names in place let a kill between files pair step N's adapter with step N-k's
     state; a CI run under load caught it)."""
-    ckpt.mkdir(parents=True, exist_ok=True)
+    with output_errors(ckpt):
+        ckpt.mkdir(parents=True, exist_ok=True)
     files = {"adapter": f"adapter-{step}.safetensors", "optimizer": f"optimizer-{step}.safetensors"}
     save_safetensors(dict(adapter.state_dict()), ckpt / files["adapter"])
     save_safetensors(optimizer_state(optimizer, named), ckpt / files["optimizer"])
@@ -346,7 +360,9 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
     write_json(state, ckpt / "state.json")
     for stale in ckpt.glob("*.safetensors"):
         if stale.name not in files.values():
-            stale.unlink()
+            with output_errors(stale):
+                _step("unlink", stale)
+                stale.unlink()
 
 
 def _checkpoint_files(ckpt: Path, state: dict) -> dict[str, Path]:

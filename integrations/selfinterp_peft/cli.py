@@ -25,6 +25,7 @@ from selfinterp_plugins.cli_options import (
     model_option,
 )
 from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.serialization import write_text_atomic
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
@@ -144,7 +145,7 @@ def register(cli):
             stats = {"diffs": len(todo), "fan_answers_naming_topic": sum(mentions(a, t) for a, t in fan) / max(len(fan), 1),
                      "data_seconds": round(data_seconds, 1), "train_seconds": round(train_seconds, 1),
                      "diffs_per_hour": round(3600 * len(todo) / max(train_seconds + data_seconds, 1e-9), 1)}
-            (Path(out) / f"make-diffs-{int(time.time())}.json").write_text(json.dumps(stats, indent=2))
+            write_text_atomic(Path(out) / f"make-diffs-{int(time.time())}.json", json.dumps(stats, indent=2))
             click.echo(json.dumps(stats))
 
     @dit.command("train")
@@ -255,7 +256,6 @@ def register(cli):
         from .diff_store import load_diffs, read_index
         from .dit import DITAdapter
         from .dit_eval import answer_records, score
-
         from .shipped import dit_location
         from .weight_diff import WeightDiffError
 
@@ -276,5 +276,5 @@ def register(cli):
         records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl", guesser=judge)
         pool = load_topics() if candidates == "all" else read_index(diffs_dir)
         metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}), judges=[judge] if judge else ())
-        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(Path(out) / "metrics.json", json.dumps(metrics, indent=2))
         click.echo(json.dumps(metrics))

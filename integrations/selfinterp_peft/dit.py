@@ -19,7 +19,7 @@ import torch
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.models import embedding_fingerprint
-from selfinterp_plugins.serialization import check_artifact_dir, read_json, write_json
+from selfinterp_plugins.serialization import check_artifact_dir, output_errors, read_json, write_json
 
 from .batched import per_row_diffs
 from .chat import chat_ids
@@ -131,7 +131,8 @@ class DITAdapter:
         """Write the adapter (the directory locked while written: a second writer fails at once)."""
         directory = Path(directory)
         with DirectoryLock(directory):
-            self.model.save_pretrained(str(directory), safe_serialization=True)
+            with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
+                self.model.save_pretrained(str(directory), safe_serialization=True)
             write_json(asdict(self.config), directory / CONFIG_FILE)
         return directory
 

@@ -25,7 +25,7 @@ import torch
 
 from selfinterp_plugins.errors import ArtifactError, RunMismatchError
 from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.serialization import load_safetensors, output_errors, read_json, save_safetensors, write_json
 
 
 def rows_sha256(rows) -> str:
@@ -56,7 +56,8 @@ def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: lis
     checkpoint intact."""
     from selfinterp_plugins.training import optimizer_state
 
-    directory.mkdir(parents=True, exist_ok=True)
+    with output_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     save_safetensors({n: p.detach().clone() for n, p in named}, directory / f"adapter-{epochs_done}.safetensors")
     save_safetensors(optimizer_state(optimizer, named), directory / f"optimizer-{epochs_done}.safetensors")
     state = {"epochs_done": epochs_done, "history": history}
@@ -65,7 +66,8 @@ def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: lis
     write_json(state, directory / "state.json")
     for old in directory.glob("*-*.safetensors"):
         if not old.stem.endswith(f"-{epochs_done}"):
-            old.unlink()
+            with output_errors(old):
+                old.unlink()
 
 
 def resume_epochs(directory, named, optimizer, run: dict | None = None, run_options: dict[str, str] | None = None,

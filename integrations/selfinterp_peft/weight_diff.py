@@ -26,6 +26,7 @@ from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
+    output_errors,
     read_json,
     save_safetensors,
     write_json,
@@ -188,6 +189,8 @@ class WeightDiff:
         Low-rank modules are zero-padded to one rank; dense ones are factorised by SVD at `rank`
         (default: exact, full rank)."""
         directory = Path(directory)
+        with output_errors(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         targets = _linear_modules(base_model)
         factors = {}
         for name, diff in self.modules.items():

@@ -25,6 +25,7 @@ from selfinterp_plugins.cli_options import (
     model_option,
 )
 from selfinterp_plugins.errors import VectorError
+from selfinterp_plugins.serialization import write_text_atomic
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -199,5 +200,5 @@ def register(cli):
             judge = ModelJudge(load_backend(judge_model) if judge_model else backend)
             result = detection_score(records, pool, judge, backend.tokenizer)
             if output:
-                Path(output).write_text("".join(json.dumps(r) + "\n" for r in result["per_label"]))
+                write_text_atomic(output, "".join(json.dumps(r) + "\n" for r in result["per_label"]))
         click.echo(json.dumps({k: v for k, v in result.items() if k not in ("per_feature", "per_label")}, indent=2))

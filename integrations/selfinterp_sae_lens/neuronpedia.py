@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError, LabelError
+from selfinterp_plugins.serialization import output_errors, write_bytes_atomic, write_text_atomic
 
 EXPORT_URL = "https://www.neuronpedia.org/api/explanation/export?modelId={model}&saeId={sae}"
 
@@ -192,11 +193,12 @@ def write_explanations(records, path, model_id: str, sae_id: str, explanation_mo
     """Write labels as a Neuronpedia explanations file (.json list, or .jsonl)."""
     path = Path(path)
     rows = to_neuronpedia(records, model_id, sae_id, explanation_model)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     else:
-        path.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
     return path
 
 
@@ -214,6 +216,7 @@ def fetch_explanations(neuronpedia_id: str, out, timeout: float = 60.0) -> Path:
     except (urllib.error.URLError, TimeoutError) as err:
         raise ArtifactError(f"Could not reach Neuronpedia ({err}); download the export on a machine online and pass the file.") from None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
+    with output_errors(out.parent):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, data)
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
+from selfinterp_plugins.serialization import write_json
 from selfinterp_plugins.sites import Site
 
 
@@ -93,5 +94,5 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
     trained = SAETrainer(trainer_config, sae, provider).fit()
     target = Path(out) if out else Path(tempfile.mkdtemp(prefix="sae-"))
     trained.save_inference_model(target)
-    (target / "selfinterp_sae_train.json").write_text(__import__("json").dumps(asdict(config), indent=2) + "\n")
+    write_json(asdict(config), target / "selfinterp_sae_train.json")
     return SAE.load_from_disk(target)

@@ -21,6 +21,7 @@ import torch
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import ArtifactError, OptionError
+from ..serialization import output_errors, write_text_atomic
 from .sensitivity import PLOTLY_JS
 
 
@@ -65,7 +66,8 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     if config.plotly_js not in PLOTLY_JS:  # checked before an hour of sweeps, not when the pages are written
         raise OptionError(f"plotly_js takes {', '.join(PLOTLY_JS)}, got {config.plotly_js!r}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     if backend is None:
         from ..backends import HFBackend
 
@@ -133,7 +135,7 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
                "n_validation": len(val_data), "n_test": len(test_data), "n_candidates": len(candidates),
                "headline": headline, "sweep": rows,
                "examples": {"truth": test_data.labels[:12], **examples}}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
     write_html(results, plots, out / "report.html", plotly_js=config.plotly_js)
     return results
 
@@ -196,6 +198,6 @@ def _read_rows(path: Path, config: ReportConfig) -> dict:
 
 
 def _append_rows(path: Path, config: ReportConfig, name: str, rows: list[dict]) -> None:
-    with path.open("a") as handle:
+    with output_errors(path), path.open("a") as handle:  # a torn line from a kill is skipped by _read_rows
         handle.write(json.dumps({"config": json.dumps(asdict(config), sort_keys=True), "method": name, "rows": rows}) + "\n")
         handle.flush()

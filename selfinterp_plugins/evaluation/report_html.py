@@ -10,6 +10,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..serialization import write_text_atomic
+
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
@@ -49,7 +51,7 @@ def write_html(results: dict, plots: dict, path: str | Path, plotly_js: str = "d
         f"<p>Configuration: <code>{html.escape(str(config))}</code></p>",
         "</body></html>",
     ]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts))
     return path
 
 

@@ -9,8 +9,10 @@ as a PNG and as an interactive HTML figure.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from ..serialization import output_errors, write_bytes_atomic, write_text_atomic
 from .topics_eval import evaluate_explainer
 
 TRAINED_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -83,8 +85,7 @@ def plot_sensitivity(rows: list[dict], png: str | Path | None = None, html: str 
     out["figure"] = figure
     if html is not None:
         html = Path(html)
-        html.write_text(figure.to_html(include_plotlyjs=plotly_source(plotly_js, html.parent), full_html=True),
-                        encoding="utf-8")
+        write_text_atomic(html, figure.to_html(include_plotlyjs=plotly_source(plotly_js, html.parent), full_html=True))
         out["html"] = html
     return out
 
@@ -105,9 +106,7 @@ def plotly_source(plotly_js: str, directory: Path):
     bundle = get_plotlyjs()
     target = Path(directory) / PLOTLY_FILE
     if not target.is_file() or target.stat().st_size != len(bundle.encode("utf-8")):
-        tmp = target.with_suffix(".js.tmp")
-        tmp.write_text(bundle, encoding="utf-8")
-        tmp.replace(target)
+        write_text_atomic(target, bundle)
     return "directory"
 
 
@@ -163,9 +162,12 @@ def _png(rows, methods, path: Path, metric: str, title: str, x_titles: dict) -> 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: a kill leaves no half picture
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=130)
     plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

@@ -23,6 +23,7 @@ from selfinterp_plugins.cli_options import (
     model_option,
 )
 from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.serialization import output_errors, write_text_atomic
 
 from .tasks import TASK_DEFAULTS, TASKS
 
@@ -180,9 +181,10 @@ def register(cli):
                 raise click.UsageError("input_ablation examples hold no vector; --control shuffled-vectors does not apply.")
             examples = shuffled_vectors(examples)
         answers = explainer.generate(examples, max_new_tokens=max_new_tokens)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{out}.answers.jsonl").write_text("".join(json.dumps({"target": ex.answer, "answer": a}) + "\n"
-                                                        for ex, a in zip(examples, answers)))
+        with output_errors(Path(out).parent):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(f"{out}.answers.jsonl", "".join(json.dumps({"target": ex.answer, "answer": a}) + "\n"
+                                                          for ex, a in zip(examples, answers)))
         if task == "feature_descriptions":
             result = {"lora_explainer": feature_metrics(answers, held_out, candidates)}
         else:
@@ -193,5 +195,5 @@ def register(cli):
             if task == "activation_patching":
                 result["lora_explainer_by_layer"] = metrics_by_layer(answers, examples)
         result["control"] = control
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         click.echo(json.dumps(result, indent=2))

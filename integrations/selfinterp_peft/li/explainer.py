@@ -38,6 +38,7 @@ from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
+    output_errors,
     read_json,
     save_safetensors,
     write_json,
@@ -140,7 +141,8 @@ class LoRAExplainer:
         """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config."""
         directory = Path(directory)
         with DirectoryLock(directory):  # a second writer fails at once instead of mixing two explainers' files
-            self.model.save_pretrained(str(directory), safe_serialization=True)
+            with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
+                self.model.save_pretrained(str(directory), safe_serialization=True)
             write_json(asdict(self.config), directory / CONFIG_FILE)
             if len(self.projections):
                 save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()},

@@ -1,0 +1,415 @@
+"""Every save is atomic: killed at any of its steps, the directory holds the complete old state or
+the complete new state, never less; a full disk or an unwritable place is one `OutputError` line
+that names the path and the fix, with the old state intact and no temporary file left.
+
+The library calls `serialization._step(name, path)` before each step that changes a file (write a
+temporary file, rename, unlink, truncate, append). These tests replace that hook: to raise `Killed`
+(a BaseException nothing in the library catches, like SIGKILL) at step N, after leaving behind
+what a kill mid-step would (a torn temporary file, a torn JSONL line); or to raise an OSError
+(ENOSPC, EACCES) there, as a full disk or a read-only directory would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfinterp_plugins import Explainer, VectorLabelDataset, serialization
+from selfinterp_plugins.errors import OutputError
+from selfinterp_plugins.serialization import JsonlWriter, load_safetensors, read_json, read_jsonl, write_json
+
+
+class Killed(BaseException):
+    """A SIGKILL stand-in: not an Exception, so no `except Exception` in the library sees it."""
+
+
+@contextlib.contextmanager
+def hook(function):
+    serialization._step_hook = function
+    try:
+        yield
+    finally:
+        serialization._step_hook = None
+
+
+def always(code: int):
+    """A hook failing every step with OSError `code` (a full disk, a read-only directory)."""
+    def fail(step: str, path: Path) -> None:
+        raise OSError(code, os.strerror(code), str(path))
+    return fail
+
+
+def steps_of(action) -> list[tuple[str, str]]:
+    """The (step, file name) sequence `action()` goes through."""
+    seen = []
+    with hook(lambda step, path: seen.append((step, path.name))):
+        action()
+    return seen
+
+
+def fail_at(n: int, error: BaseException):
+    """A hook raising `error` at the n-th step; for a kill, after what a kill mid-step leaves."""
+    count = {"n": 0}
+
+    def at_step(step: str, path: Path) -> None:
+        count["n"] += 1
+        if count["n"] - 1 != n:
+            return
+        if isinstance(error, Killed) and step == "write":
+            path.write_bytes(b"torn")  # half a temporary file
+        if isinstance(error, Killed) and step == "append" and path.exists():
+            with open(path, "ab") as f:
+                f.write(b'{"torn": ')  # half a record
+        raise error
+
+    return at_step
+
+
+@dataclass
+class Kind:
+    """An artifact kind: how to make its old state in a directory, save the new one over it, and
+    load what is there as a plain comparable value."""
+
+    name: str
+    make_old: object
+    save_new: object
+    load: object
+
+
+# ---- the artifact kinds --------------------------------------------------------------------------
+
+def _explainer_kind(model, tok) -> Kind:
+    old = Explainer.create(model, tok, adapter="scalar_affine", template="echo")
+    new = Explainer.create(model, tok, adapter="full_rank", template="echo")
+    with torch.no_grad():
+        for p in new.adapter.parameters():
+            p.add_(0.25)
+
+    def load(d):
+        loaded = Explainer.from_pretrained(d, model=model, tokenizer=tok)
+        return loaded.adapter.kind, {k: v.tolist() for k, v in loaded.adapter.state_dict().items()}
+
+    return Kind("explainer", old.save_pretrained, new.save_pretrained, load)
+
+
+def _dataset(n: int, seed: int, source: str) -> VectorLabelDataset:
+    vectors = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+    return VectorLabelDataset(vectors, [{"id": str(i), "label": f"{source}-{i}", "split": "train"} for i in range(n)],
+                              {"source": source})
+
+
+def _save_dataset_old_layout(dataset: VectorLabelDataset, d: Path) -> None:
+    """What `save` wrote before the commit record: three plain files, dataset.json naming neither."""
+    from safetensors.torch import save_file
+
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({"vectors": dataset.vectors.contiguous()}, str(d / "vectors.safetensors"))
+    (d / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dataset.records))
+    (d / "dataset.json").write_text(json.dumps(dict(dataset.meta, count=len(dataset), d_model=4)))
+
+
+def _load_dataset(d):
+    loaded = VectorLabelDataset.load(d)
+    return loaded.vectors.tolist(), loaded.records, loaded.meta
+
+
+def _dataset_kind(old_layout: bool) -> Kind:
+    old, new = _dataset(5, 0, "old"), _dataset(7, 1, "new")
+    make_old = (lambda d: _save_dataset_old_layout(old, d)) if old_layout else old.save
+    return Kind("dataset (old layout)" if old_layout else "dataset", make_old, new.save, _load_dataset)
+
+
+def _checkpoint_kind() -> Kind:
+    from selfinterp_plugins.adapters import AdapterConfig, make_adapter
+    from selfinterp_plugins.training import _checkpoint_files, _save_checkpoint
+
+    def trained(step):
+        """`_save_checkpoint` of an adapter + AdamW after `step` updates (fixed: every call writes the same)."""
+        adapter = make_adapter(AdapterConfig("full_rank", 4))
+        named = list(adapter.named_parameters())
+        optimizer = torch.optim.AdamW([p for _, p in named], lr=0.1)
+        for i in range(step):
+            for _, p in named:
+                p.grad = torch.full_like(p, float(i + 1))
+            optimizer.step()
+        return lambda d: _save_checkpoint(d, adapter, optimizer, named, step, {"train_loss": [float(step)]}, {"seed": 1})
+
+    def load(d):  # what `train` reads to resume
+        state = read_json(d / "state.json")
+        files = _checkpoint_files(d, state)
+        return state["step"], {key: {k: v.tolist() for k, v in load_safetensors(path).items()}
+                               for key, path in files.items()}
+
+    return Kind("training checkpoint", trained(3), trained(6), load)
+
+
+def _jsonl_kind(tail: bytes) -> Kind:
+    """A JSONL file a crashed run left with `tail` after two records; the new state is after
+    reopening it (tail repair) and writing a third record."""
+    def make_old(d):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "out.jsonl").write_bytes(b'{"id": "0"}\n{"id": "1"}' + tail)
+
+    def save_new(d):
+        with JsonlWriter(d / "out.jsonl") as writer:
+            writer.write({"id": "2"})
+
+    name = "JSONL, torn tail" if tail else "JSONL, last newline lost"
+    return Kind(name, make_old, save_new, lambda d: read_jsonl(d / "out.jsonl", tolerate_torn_tail=True))
+
+
+def _json_kind() -> Kind:
+    return Kind("JSON file", lambda d: (d.mkdir(parents=True, exist_ok=True), write_json({"v": "old"}, d / "f.json")),
+                lambda d: write_json({"v": "new" * 100}, d / "f.json"), lambda d: read_json(d / "f.json"))
+
+
+def _rows(value: float) -> list[dict]:
+    return [{"method": "m", "layer": 1, "scale": s, "recall@1": value * s, "recall@5": value, "exact_match": 0.0,
+             "n": 4} for s in (1.0, 2.0)]
+
+
+def _picture_kind() -> Kind:
+    """The report's sensitivity picture (evaluation/sensitivity.py)."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("plotly")
+    from selfinterp_plugins.evaluation.sensitivity import plot_sensitivity
+
+    def write(d, value):
+        d.mkdir(parents=True, exist_ok=True)
+        plot_sensitivity(_rows(value), d / "sensitivity.png")
+
+    return Kind("sensitivity png", lambda d: write(d, 0.1), lambda d: write(d, 0.2),
+                lambda d: (d / "sensitivity.png").read_bytes())
+
+
+def _report_kind(scratch: Path) -> Kind:
+    """The report's HTML page (evaluation/report_html.py)."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("plotly")
+    from selfinterp_plugins.evaluation.report_html import write_html
+    from selfinterp_plugins.evaluation.sensitivity import plot_sensitivity
+
+    plots = plot_sensitivity(_rows(0.1), scratch / "sensitivity.png")
+
+    def write(d, model):
+        d.mkdir(parents=True, exist_ok=True)
+        results = {"config": {"model": model}, "vector_layer": 1, "n_validation": 4, "n_test": 4, "n_candidates": 9,
+                   "headline": [], "sweep": _rows(0.1), "examples": {"truth": ["a"]}}
+        write_html(results, plots, d / "report.html")
+
+    return Kind("report html", lambda d: write(d, "old"), lambda d: write(d, "new"),
+                lambda d: (d / "report.html").read_bytes())
+
+
+@pytest.fixture(params=["explainer", "dataset", "dataset (old layout)", "training checkpoint", "JSONL, torn tail",
+                        "JSONL, last newline lost", "JSON file", "sensitivity png", "report html"])
+def kind(request, tiny_llama, tmp_path_factory) -> Kind:
+    return {"explainer": lambda: _explainer_kind(*tiny_llama), "dataset": lambda: _dataset_kind(False),
+            "dataset (old layout)": lambda: _dataset_kind(True), "training checkpoint": _checkpoint_kind,
+            "JSONL, torn tail": lambda: _jsonl_kind(b'\n{"id": "to'), "JSONL, last newline lost": lambda: _jsonl_kind(b""),
+            "JSON file": _json_kind, "sensitivity png": _picture_kind,
+            "report html": lambda: _report_kind(tmp_path_factory.mktemp("plots"))}[request.param]()
+
+
+def _states(kind: Kind, tmp_path: Path):
+    """(old directory, old value, new value, the steps of the new save)."""
+    old_dir = tmp_path / "old"
+    kind.make_old(old_dir)
+    new_dir = tmp_path / "new"
+    shutil.copytree(old_dir, new_dir)
+    steps = steps_of(lambda: kind.save_new(new_dir))
+    return old_dir, kind.load(old_dir), kind.load(new_dir), steps
+
+
+def _fresh_copy(old_dir: Path, tmp_path: Path, name: str) -> Path:
+    d = tmp_path / name
+    shutil.copytree(old_dir, d)
+    return d
+
+
+# ---- a kill at every step --------------------------------------------------------------------------
+
+def test_a_save_killed_at_every_step_leaves_the_old_state_or_the_new_one(kind, tmp_path, record_property):
+    """Kill the save at each of its steps in turn (a torn temporary file or record left behind): what
+    loads is exactly the old state or the new one; a second save, itself killed at each of its steps,
+    still leaves one of the three; a save run to the end then gives the newest state."""
+    old_dir, old, new, steps = _states(kind, tmp_path)
+    assert steps, "the save goes through no instrumented step"
+    kills = 0
+    for n in range(len(steps)):
+        d = _fresh_copy(old_dir, tmp_path, f"kill-{n}")
+        with hook(fail_at(n, Killed())), pytest.raises(Killed):
+            kind.save_new(d)
+        kills += 1
+        after_kill = kind.load(d)
+        assert after_kill in (old, new), (kind.name, n, steps[n])
+        # the next save starts from whatever the kill left (a staged file, a commit half moved ...)
+        second = steps_of(lambda: kind.save_new(_fresh_copy(d, tmp_path, f"probe-{n}")))
+        for m in range(len(second)):
+            d2 = _fresh_copy(d, tmp_path, f"kill-{n}-{m}")
+            with hook(fail_at(m, Killed())), pytest.raises(Killed):
+                kind.save_new(d2)
+            kills += 1
+            assert kind.load(d2) in (old, new, after_kill), (kind.name, n, steps[n], m, second[m])
+            kind.save_new(d2)
+            assert kind.load(d2) == new, (kind.name, n, m)
+        kind.save_new(d)
+        assert kind.load(d) == new, (kind.name, n)
+        assert not [p.name for p in d.iterdir() if ".tmp" in p.name or ".next." in p.name]
+    record_property("kills", kills)
+    print(f"{kind.name}: {len(steps)} steps, {kills} kills")
+
+
+# ---- a full disk, an unwritable directory ------------------------------------------------------------
+
+def _writes_anywhere() -> bool:
+    """Whether this process writes into a 0o500 directory: root does (os.geteuid() == 0), unless
+    run without CAP_DAC_OVERRIDE (`setpriv --bounding-set=-dac_override,-dac_read_search ...`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = Path(scratch) / "ro"
+        probe.mkdir(mode=0o500)
+        try:
+            (probe / "x").touch()
+            return True
+        except PermissionError:
+            return False
+        finally:
+            probe.chmod(0o700)
+
+
+@pytest.mark.parametrize(("code", "fix"), [(errno.ENOSPC, "free space on"), (errno.EDQUOT, "free space on"),
+                                           (errno.EACCES, "choose a writable"), (errno.EROFS, "choose a writable")])
+def test_a_failing_write_at_any_step_is_an_output_error_naming_the_path_and_the_fix(kind, tmp_path, code, fix):
+    """An OSError at each step of a save: one OutputError naming the file and the fix, the old
+    state (or, once the save committed, the new one) intact, no temporary file left."""
+    old_dir, old, new, steps = _states(kind, tmp_path)
+    for n in range(len(steps)):
+        d = _fresh_copy(old_dir, tmp_path, f"fail-{n}")
+        with hook(fail_at(n, OSError(code, os.strerror(code)))), pytest.raises(OutputError) as raised:
+            kind.save_new(d)
+        message = str(raised.value)
+        assert "\n" not in message and fix in message and str(d) in message, message
+        assert message.startswith(f"Cannot write {d}"), message
+        state = kind.load(d)
+        assert state in (old, new), (kind.name, n, steps[n])
+        litter = [p.name for p in d.iterdir() if p.name.endswith(".tmp") or (state == old and ".next." in p.name)]
+        assert not litter, (kind.name, steps[n], litter)
+
+
+@pytest.mark.skipif(_writes_anywhere(), reason="this process (root) writes into a 0o500 directory anyway")
+def test_a_read_only_directory_is_an_output_error(kind, tmp_path):
+    """A real read-only directory (chmod 0o500, its files 0o400): skipped where this process
+    writes there anyway (root with CAP_DAC_OVERRIDE)."""
+    old_dir, old, _, _ = _states(kind, tmp_path)
+    files = [p for p in old_dir.iterdir() if p.is_file()]
+    for path in files:
+        path.chmod(0o400)
+    old_dir.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="choose a writable") as raised:
+            kind.save_new(old_dir)
+        assert f"Cannot write {old_dir}" in str(raised.value)
+    finally:
+        old_dir.chmod(0o700)
+        for path in files:
+            path.chmod(0o600)
+    assert kind.load(old_dir) == old
+    assert sorted(old_dir.iterdir()) == sorted(files)
+
+
+def test_writes_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """The new bytes reach the disk before the rename makes them the file: else a power cut can
+    leave the new name on empty contents."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(serialization.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(serialization.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    write_json({"a": 1}, tmp_path / "a.json")
+    serialization.save_safetensors({"t": torch.ones(2)}, tmp_path / "t.safetensors")
+    assert events == ["fsync", "replace", "fsync"] * 2  # the file, the rename, the directory holding it
+
+
+# ---- through the CLI: one `Error:` line, exit 2 ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A tiny model, a dataset and an explainer trained by `selfinterp train`."""
+    from cli_models import save_dataset, save_tiny_model
+    from plugin_fakes import run_cli
+
+    root = tmp_path_factory.mktemp("cli")
+    model, data = save_tiny_model(root / "model"), save_dataset(root / "data")
+
+    class _Capsys:  # run_cli wants a capsys; this module-scoped fixture has none
+        def readouterr(self):
+            return type("Out", (), {"out": "", "err": ""})()
+
+    code, _, _ = run_cli(_Capsys(), "train", data, "--model", model, "--epochs", "1", "--batch-size", "4",
+                         "--out", str(root / "explainer"))
+    if code not in (0, None):
+        pytest.fail("the tiny training run failed")
+    return root, model, data
+
+
+def _one_error_line(code, stdout, err) -> str:
+    assert code == 2, (stdout, err)
+    assert "Traceback" not in stdout + err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("Error")] == lines[-1:], err
+    return lines[-1]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC])
+def test_cli_train_into_an_unwritable_out_is_one_error_line(capsys, cli_run, tmp_path, code):
+    """`selfinterp train --out` where nothing can be written (EACCES injected: this may run as
+    root) or the disk is full: exit 2, one line naming the place and the fix; a previous
+    explainer in --out is left as it was."""
+    from plugin_fakes import run_cli
+
+    root, model, data = cli_run
+    out = tmp_path / "out"
+    shutil.copytree(root / "explainer", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with hook(always(code)):
+        line = _one_error_line(*run_cli(capsys, "train", data, "--model", model, "--epochs", "1", "--batch-size",
+                                        "4", "--out", str(out)))
+    assert str(out) in line and ("choose a writable --out" in line if code == errno.EACCES else "free space on" in line)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_explain_into_an_unwritable_output_is_one_error_line(capsys, cli_run, tmp_path):
+    from plugin_fakes import run_cli
+
+    root, model, data = cli_run
+    output = tmp_path / "labels.jsonl"
+    with hook(always(errno.EACCES)):
+        line = _one_error_line(*run_cli(capsys, "explain", str(root / "explainer"), "--vectors", data, "--model",
+                                        model, "--max-new-tokens", "4", "--output", str(output)))
+    assert str(output) in line and "choose a writable --out / --output" in line
+
+
+@pytest.mark.skipif(_writes_anywhere(), reason="this process (root) writes into a 0o500 directory anyway")
+def test_cli_train_into_a_read_only_directory(capsys, cli_run, tmp_path):
+    from plugin_fakes import run_cli
+
+    root, model, data = cli_run
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    os.chmod(parent, 0o500)
+    try:
+        line = _one_error_line(*run_cli(capsys, "train", data, "--model", model, "--epochs", "1", "--batch-size",
+                                        "4", "--out", str(parent / "out")))
+    finally:
+        os.chmod(parent, 0o700)
+    assert str(parent / "out") in line and "choose a writable" in line
