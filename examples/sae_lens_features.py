@@ -44,7 +44,7 @@ else:
 print(f"SAE: {sae.cfg.d_sae} latents at {sae.cfg.metadata.hook_name}")
 
 # 2. weak labels -> Neuronpedia format -> dataset (for a published SAE, start from its export file)
-top = top_activations(backend, sae, windows[2000:2400], progress=False)
+top = top_activations(backend, sae, windows[2000:2400])
 labels, report = weak_labels(top, tokenizer, min_count=5)
 print(f"weak labels for {report['labelled']} of {report['latents']} latents")
 rows = [{"id": str(i), "label": label} for i, label in sorted(labels.items())]
@@ -55,19 +55,18 @@ train, test = data.split("train"), data.split("test")
 
 # 3. an adapter on the train latents (the recipe that works on SmolLM2: full_rank, echo, ridge init)
 explainer = Explainer.create(model, tokenizer, adapter="full_rank", template="echo", site="embed")
-explainer.train(train, None, TrainConfig(epochs=1, init="ridge"), progress=False)
+explainer.train(train, None, TrainConfig(epochs=1, init="ridge"))
 explainer.save_pretrained("example-sae-explainer")
 held_out = [int(i) for i in test.ids[: args.score]]
 records = label_features(explainer, sae, held_out, output="example-sae-labels.jsonl", sampling=Sampling(max_new_tokens=12),
-                         neuronpedia_output="example-sae-labels.json", progress=False)
+                         neuronpedia_output="example-sae-labels.json")
 truth = dict(zip(test.ids, test.labels))
 for r in records:
     print(f"latent {r['feature']}: weak label {truth[r['id']]!r} -> adapter {r['label']!r}")
 
 # 4. generation scoring: the subject model writes 3 short conversations per label; does the latent fire?
 writer = ConversationWriter(backend, max_new_tokens=60)
-ours = generation_score(records, sae, backend, writer, n_samples=3, progress=False)
-weak = generation_score([{"id": r["id"], "label": truth[r["id"]]} for r in records], sae, backend, writer, n_samples=3,
-                        progress=False)
+ours = generation_score(records, sae, backend, writer, n_samples=3)
+weak = generation_score([{"id": r["id"], "label": truth[r["id"]]} for r in records], sae, backend, writer, n_samples=3)
 print(f"generation scoring (mean-max hit rate, {len(records)} held-out latents, 3 samples): "
       f"adapter {ours['mean_max_hit_rate']:.2f}, weak labels {weak['mean_max_hit_rate']:.2f}")

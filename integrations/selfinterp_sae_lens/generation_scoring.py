@@ -104,7 +104,7 @@ class ConversationWriter:
         prompts = [self._prompt(label) for label in labels for _ in range(n_samples)]
         model = getattr(self.backend, "model", None)
         if hasattr(model, "generate") and hasattr(model, "config"):
-            texts = self._generate_hf(model, prompts)
+            texts = self._generate_hf(model, prompts, progress)
         else:
             from selfinterp_plugins.evaluation.knowledge import generate_texts
 
@@ -113,7 +113,21 @@ class ConversationWriter:
         return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(labels))]
 
     @torch.no_grad()
-    def _generate_hf(self, model, prompts: list[list[int]]) -> list[str]:
+    def _generate_hf(self, model, prompts: list[list[int]], progress: bool = False) -> list[str]:
+        """Sampled conversations, `batch_size` prompts per `generate` call; with `progress`, a bar
+        moves per decoding step (one call writes 40 conversations of up to 100 tokens: minutes on
+        CPU, which a per-label bar showed as a jump from 0 to 100%)."""
+        from tqdm.auto import tqdm
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Tick(StoppingCriteria):  # stops nothing: counts decoding steps
+            def __call__(self, input_ids, scores, **kwargs):
+                bar.update(1)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        calls = -(-len(prompts) // self.batch_size)
+        bar = tqdm(total=calls * self.sampling.max_new_tokens, disable=not progress, leave=False,
+                   desc="write conversations", unit="step")
         tok = self.backend.tokenizer
         pad = pad_token_id(tok)
         from selfinterp_plugins.templates import end_of_turn_id
@@ -133,12 +147,15 @@ class ConversationWriter:
                     mask[i, width - len(p) :] = 1
                 out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=True,
                                      temperature=self.sampling.temperature, top_p=self.sampling.top_p, top_k=self.sampling.top_k,
-                                     max_new_tokens=self.sampling.max_new_tokens, pad_token_id=pad, eos_token_id=stop)
+                                     max_new_tokens=self.sampling.max_new_tokens, pad_token_id=pad, eos_token_id=stop,
+                                     stopping_criteria=StoppingCriteriaList([Tick()]))
+                bar.update(bar.total * (start // self.batch_size + 1) // calls - bar.n)  # a call that ended early
                 for row in out[:, width:].tolist():
                     texts.append(tok.decode([t for t in row if t not in stop and t != pad], skip_special_tokens=True,
                                             clean_up_tokenization_spaces=False).strip())
         finally:
             torch.random.set_rng_state(generator_state)
+            bar.close()
         return texts
 
 
@@ -198,7 +215,9 @@ def generation_score(records, sae, backend, writer=None, n_samples: int = 10, da
         distinct = list(by_label)
         for start in range(0, len(distinct), chunk):
             labels = distinct[start : start + chunk]
-            written = dict(zip(labels, writer(labels, n_samples)))
+            conversations = (writer(labels, n_samples, progress=progress) if isinstance(writer, ConversationWriter)
+                             else writer(labels, n_samples))
+            written = dict(zip(labels, conversations))
             part = [key for label in labels for key in by_label[label]]
             texts = [written[label] for _, _, label, _ in part]
             rates = hit_rates(backend, sae, [f for *_, f in part], texts, batch_size)

@@ -10,6 +10,8 @@ and loaded back as a plain SAE-Lens `SAE`, hook name and model name in its metad
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,16 +70,24 @@ def activation_batches(backend, windows: list[list[int]], site: Site, batch_toke
             carry = acts[n:]
 
 
+NORM_ESTIMATE_BATCHES = 20  # batches SAE-Lens reads to estimate the activation norm before training
+
+
 def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | None = None, out=None,
-              model_name: str = "") -> object:
+              model_name: str = "", progress: bool = True) -> object:
     """A TopK SAE trained on `windows` at `site`; saved to `out` (if given) and returned as an
-    inference `sae_lens.SAE`."""
+    inference `sae_lens.SAE`.
+
+    Progress is one bar per activation batch drawn (the norm estimate's, then each training
+    step's): SAE-Lens's own bar moves every 100 steps, so a short run's sat at 0 until the end;
+    it is silenced while ours runs."""
     import tempfile
 
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
+    from tqdm.auto import tqdm
 
     config = config or SAETrainConfig()
     site = Site.parse(site)
@@ -91,8 +101,32 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
                                       lr=config.lr, lr_end=config.lr, lr_warm_up_steps=0, device="cpu", n_batches_for_norm_estimate=20,
                                       dead_feature_window=200, feature_sampling_window=500)
     provider = activation_batches(backend, windows, site, config.batch_tokens, config.windows_per_chunk, config.seed)
-    trained = SAETrainer(trainer_config, sae, provider).fit()
+    steps = config.total_tokens // config.batch_tokens + NORM_ESTIMATE_BATCHES
+    bar = tqdm(total=steps, disable=not progress, desc="SAE training (activation batches)", unit="batch")
+    with bar, _quiet_sae_lens_bar() if progress else contextlib.nullcontext():
+        trained = SAETrainer(trainer_config, sae, _counted(provider, bar)).fit()
     target = Path(out) if out else Path(tempfile.mkdtemp(prefix="sae-"))
     trained.save_inference_model(target)
     write_json(asdict(config), target / "selfinterp_sae_train.json")
     return SAE.load_from_disk(target)
+
+
+def _counted(batches, bar):
+    for batch in batches:
+        bar.update(1)
+        yield batch
+
+
+@contextlib.contextmanager
+def _quiet_sae_lens_bar():
+    """SAE-Lens's trainer makes its bar from the `tqdm` its module imported; while ours counts
+    batches, that name gives a disabled bar (restored on exit)."""
+    from sae_lens.training import sae_trainer
+    from tqdm.auto import tqdm
+
+    original = sae_trainer.tqdm
+    sae_trainer.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        sae_trainer.tqdm = original

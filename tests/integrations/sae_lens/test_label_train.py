@@ -68,7 +68,10 @@ def test_weak_labels_from_top_activations(tiny_backend):
     assert 0 < float(top.frequency[0]) < 0.2 and float(top.frequency[3]) == 0.0
 
 
-def test_train_sae_with_sae_lens_trainer(tiny_backend, tmp_path):
+def test_train_sae_with_sae_lens_trainer(tiny_backend, tmp_path, capsys):
+    from sae_lens.training import sae_trainer
+
+    original_bar = sae_trainer.tqdm
     tok = tiny_backend.tokenizer
     texts = ["The quick brown fox jumps over the lazy dog. Sing, O goddess, the anger of Achilles. " * 40]
     windows = token_windows(tok, texts, context=16)
@@ -78,6 +81,10 @@ def test_train_sae_with_sae_lens_trainer(tiny_backend, tmp_path):
     sae = train_sae(tiny_backend, windows, "resid_post.1", config, out=tmp_path / "sae", model_name="tiny")
     assert type(sae).__name__ == "TopKSAE" and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
     assert (tmp_path / "sae" / "cfg.json").exists() and (tmp_path / "sae" / "selfinterp_sae_train.json").exists()
+    # progress per batch drawn (SAE-Lens's own bar moves every 100 steps: a 48-step run's sat at 0 to the end)
+    err = capsys.readouterr().err
+    assert "SAE training (activation batches)" in err and "68/68" in err  # 20 norm-estimate batches + 48 steps
+    assert "Training SAE" not in err and sae_trainer.tqdm is original_bar  # theirs silenced, then restored
     acts = tiny_backend.capture_all(torch.tensor([windows[0]]), Site.parse("resid_post.1"))[0, 1:]
     with torch.no_grad():
         recon = sae.decode(sae.encode(acts))

@@ -131,3 +131,19 @@ def test_scorers_are_registered(tiny_backend):
     result = get_scorer("detection")([{"id": "0", "label": "cat"}], None, sae=sae, backend=tiny_backend, windows=windows,
                                      judge=keyword_judge, progress=False)
     assert result["detection"]["auc"] == 1.0
+
+
+def test_conversation_writing_shows_progress_per_step_and_writes_the_same(tiny_backend, capsys):
+    """`sae score`'s bar counted labels, so one chunk of conversations (minutes on CPU) showed as a
+    jump from 0 to 100%; the writer's own bar now moves per decoding step, drawing nothing."""
+    from selfinterp_sae_lens.generation_scoring import ConversationWriter
+
+    writer = ConversationWriter(tiny_backend, max_new_tokens=6, batch_size=4)
+    quiet = writer(["cats", "rivers", "taxes"], 2)
+    capsys.readouterr()
+    shown = writer(["cats", "rivers", "taxes"], 2, progress=True)
+    err = capsys.readouterr().err
+    assert shown == quiet  # the counting stops nothing and draws no random number
+    assert "write conversations" in err and "0/12" in err  # 2 generate calls × 6 steps (the bar clears at the end)
+    assert [line for line in err.replace("\r", "\n").splitlines() if "write conversations" in line and "/12" in line
+            and not line.strip().startswith("write conversations: 100%")]  # it moved before the end
