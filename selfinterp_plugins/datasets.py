@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, LabelError, VectorError
+from .validation import NonNegativeInt, PositiveInt, validate
 
 # public: what every vector source returns (hookspecs.register_vector_sources)
 __all__ = ["VectorLabelDataset"]
@@ -22,6 +23,25 @@ __all__ = ["VectorLabelDataset"]
 VECTORS_FILE = "vectors.safetensors"
 LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"
+FIX = "rebuild the dataset (VectorLabelDataset.save) or repair that file."
+
+
+@dataclass
+class DatasetMeta:
+    """The fields of `dataset.json` the loader relies on; any other key (model, site, source, a
+    plugin's own) is kept as written."""
+
+    d_model: PositiveInt | None = None
+    count: NonNegativeInt | None = None
+
+
+@dataclass
+class LabelRecord:
+    """The fields of a `labels.jsonl` row the library reads; other keys are kept as written."""
+
+    label: str
+    id: str | int | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -97,6 +117,16 @@ class VectorLabelDataset:
         tensors = load_safetensors(directory / VECTORS_FILE)
         if "vectors" not in tensors:
             raise ArtifactError(f"{directory / VECTORS_FILE} has no tensor named 'vectors'; rebuild the dataset.")
+        vectors = tensors["vectors"]
+        if not vectors.is_floating_point():
+            raise ArtifactError(f"{directory / VECTORS_FILE} holds {vectors.dtype} vectors, which explain() refuses; "
+                                "save them as floating point (.float()).")
         records = read_jsonl(directory / LABELS_FILE)
+        for n, record in enumerate(records, 1):
+            validate(LabelRecord, record, f"{directory / LABELS_FILE}:{n}", FIX, unknown="ignore", error=LabelError)
         meta = read_json(directory / META_FILE) if (directory / META_FILE).exists() else {}
-        return cls(tensors["vectors"].float(), records, meta)
+        checked = validate(DatasetMeta, meta, str(directory / META_FILE), FIX, unknown="ignore")
+        if checked.d_model is not None and vectors.dim() == 2 and checked.d_model != vectors.shape[1]:
+            raise ArtifactError(f"{directory / META_FILE} says d_model {checked.d_model}, but {VECTORS_FILE} holds vectors "
+                                f"of width {vectors.shape[1]}; {FIX}")
+        return cls(vectors.float(), records, meta)
