@@ -37,7 +37,7 @@ from .errors import ArtifactError, SelfInterpError
 
 __all__ = ["LossValue", "MAX_INFLATED_BYTES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSONL_BYTES", "MAX_TEXT_CHARS",
            "Name", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Text", "between",
-           "check_fields", "check_finite_tensors", "validate"]
+           "check_fields", "check_finite_tensors", "length", "validate"]
 
 #: a JSON config file larger than this is refused before it is read (the largest real one, an
 #: explainer config with a 64k-wide topic mean in its metadata, is ~1.5 MB)
@@ -56,6 +56,11 @@ MAX_TEXT_CHARS = 16_384
 def between(ge: float | None = None, le: float | None = None, *, gt: float | None = None, lt: float | None = None):
     """A range for a numeric field: `Annotated[int, between(1, 65536)]`."""
     return Field(ge=ge, le=le, gt=gt, lt=lt)
+
+
+def length(min_length: int | None = None, max_length: int | None = None):
+    """Bounds on a list's (or string's) length: `Annotated[list[str], length(3, 3)]`."""
+    return Field(min_length=min_length, max_length=max_length)
 
 
 PositiveInt = Annotated[int, Field(ge=1)]

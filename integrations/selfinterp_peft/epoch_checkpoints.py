@@ -9,12 +9,26 @@ where an uninterrupted run ends (the caller replays its seeded batch order).
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.serialization import load_safetensors, read_json, save_safetensors, write_json
+from selfinterp_plugins.validation import LossValue, between, check_finite_tensors, validate
+
+#: more epochs than any run has: a larger `epochs_done` is corruption
+MAX_EPOCHS = 10**6
+
+
+@dataclass
+class EpochState:
+    """The fields of an epoch checkpoint's `state.json`: the epochs done and the loss per step."""
+
+    epochs_done: Annotated[int, between(0, MAX_EPOCHS)]
+    history: list[LossValue] = field(default_factory=list)
 
 
 def save_epoch(directory: Path, epochs_done: int, named, optimizer, history: list[float]) -> None:
@@ -37,18 +51,17 @@ def resume_epochs(directory, named, optimizer) -> tuple[list[float], int]:
     if directory is None or not (Path(directory) / "state.json").exists():
         return [], 0
     directory = Path(directory)
-    state = read_json(directory / "state.json")
-    done = state.get("epochs_done")
-    if not isinstance(done, int) or done < 0:
-        raise ArtifactError(f"{directory / 'state.json'} has no valid 'epochs_done'; delete {directory} to start over.")
-    weights = load_safetensors(directory / f"adapter-{done}.safetensors")
+    fix = f"delete {directory} to start over."
+    state = validate(EpochState, read_json(directory / "state.json"), str(directory / "state.json"), fix, unknown="ignore")
+    done = state.epochs_done
+    weights = check_finite_tensors(load_safetensors(directory / f"adapter-{done}.safetensors"), directory, fix)
     with torch.no_grad():
         for name, param in named:
             if name not in weights:
                 raise ArtifactError(f"Checkpoint {directory} lacks {name}; it is from another configuration. Delete it to start over.")
             param.copy_(weights[name])
     restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
-    return list(state.get("history", [])), done
+    return list(state.history), done
 
 
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int, shuffle: bool = True) -> list[list[list[int]]]:
