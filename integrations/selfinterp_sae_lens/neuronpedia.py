@@ -53,7 +53,7 @@ def _csv_rows(text: str, path: Path) -> list[dict]:
     try:
         return list(reader)
     except csv.Error as err:
-        raise ArtifactError(f"{path} line {reader.line_num} is not valid CSV ({err}); fix or delete that row.") from None
+        raise ArtifactError(f"{path} line {reader.line_num + 1} is not valid CSV ({err}); fix or delete that row.") from None
 
 
 def _rows(path: Path) -> list[dict]:
