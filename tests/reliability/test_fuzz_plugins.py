@@ -294,5 +294,5 @@ def test_any_neuronpedia_gz_file(tmp_path_factory, fmt, damage, cut, garbage):
         return
     result = outcome(lambda: neuronpedia.read_explanations(path))
     if not isinstance(result, SelfInterpError):
-        assert damage in ("none", "garbage-tail") or (damage == "long-field" and fmt != "csv")  # CSV caps fields at 128 KB
-        assert len(result) == 1
+        intact = damage in ("none", "garbage-tail") or (damage == "long-field" and fmt != "csv")  # CSV caps fields at 128 KB
+        assert len(result) == (1 if intact else 0)  # a .gz cut to 0 bytes reads as empty (read_explanations' callers refuse it)
