@@ -8,11 +8,15 @@ they are given, so saved files and `Explainer.create(..., option=...)` reach the
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
 from .errors import ArtifactError, UnknownNameError
+from .validation import Name, PositiveFloat, between, check_fields, validate
+
+#: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
+#: in a config file is corruption, and a full-rank adapter of it would exhaust memory
+MAX_D_MODEL = 65536
 
 
 @dataclass
@@ -20,32 +24,17 @@ class AdapterConfig:
     """What every adapter kind has; saved next to its weights as JSON. A kind with options of its
     own declares a subclass (see `LowRankConfig`) as its `config_class`."""
 
-    kind: str
-    d_model: int
-    init_scale: float = 5.0
+    kind: Name
+    d_model: Annotated[int, between(1, MAX_D_MODEL)]
+    init_scale: PositiveFloat = 5.0
 
-    #: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
-    #: in a config file is corruption, and a full-rank adapter of it would exhaust memory
-    MAX_D_MODEL = 65536
+    MAX_D_MODEL = MAX_D_MODEL
     #: keys the single config class of earlier versions wrote for every kind: files of those
     #: versions carry them on a scalar_affine too, so kinds without them drop them without a warning
     LEGACY_KEYS = ("rank", "low_rank_init_factor")
 
     def __post_init__(self):
-        if not isinstance(self.kind, str) or not self.kind:
-            raise ArtifactError(f"Adapter kind must be a name such as 'scalar_affine', got {self.kind!r}; fix the config.")
-        self._check_int("d_model", self.MAX_D_MODEL)
-        self._check_positive("init_scale")
-
-    def _check_int(self, name: str, limit: int) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
-            raise ArtifactError(f"Adapter {name} must be an integer in 1..{limit}, got {value!r}; fix the config.")
-
-    def _check_positive(self, name: str) -> None:
-        value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ArtifactError(f"Adapter {name} must be a positive number, got {value!r}; fix the config.")
+        check_fields(self, f"Adapter config ({type(self).__name__})", "fix the config.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +55,7 @@ class AdapterConfig:
         return target(kind=kind, d_model=d_model, **{k: v for k, v in options.items() if k in known})
 
     @classmethod
-    def from_dict(cls, data: dict, registry: dict | None = None) -> AdapterConfig:
+    def from_dict(cls, data: dict, registry: dict | None = None, source: str = "", prefix: str = "") -> AdapterConfig:
         """Read a saved config. On `AdapterConfig` itself this builds the config class of the kind
         the dict names (looked up in the plugin registry); on a subclass, that subclass.
 
@@ -74,19 +63,16 @@ class AdapterConfig:
         rather than refused: a file written by a newer version (or a newer plugin) still loads
         here, as in PEFT, and the weights file, loaded strictly, still refuses a mismatched shape.
         The keys earlier versions wrote for every kind (`LEGACY_KEYS`) are dropped silently."""
+        source = source or "Adapter config"
         if not isinstance(data, dict):
-            raise ArtifactError(f"Adapter config must be a JSON object, got {type(data).__name__}; re-save the explainer.")
-        missing = {"kind", "d_model"} - set(data)
-        if missing:
-            raise ArtifactError(
-                f"Adapter config lacks {sorted(missing)}; re-save the explainer with save_pretrained()."
-            )
+            raise ArtifactError(f"{source}: {prefix or 'the adapter config'} should be a JSON object, got "
+                                f"{type(data).__name__}; re-save the explainer.")
+        if "kind" not in data:
+            raise ArtifactError(f"{source}: field {prefix + '.' if prefix else ''}kind is missing; re-save the explainer "
+                                "with save_pretrained().")
         target = cls._class_for(data["kind"], registry)
-        known = {f.name for f in fields(target)}
-        for key in sorted(set(data) - known - set(cls.LEGACY_KEYS), key=str):
-            warnings.warn(f"Adapter config of kind {data['kind']!r} has an unknown key {key!r}; ignored "
-                          "(written by another version of the kind?).", stacklevel=2)
-        return target(**{k: v for k, v in data.items() if k in known})
+        return validate(target, data, f"{source} (adapter kind {data['kind']!r})", "re-save the explainer with save_pretrained().", prefix=prefix,
+                        unknown="warn", ignored=cls.LEGACY_KEYS)
 
     @classmethod
     def _class_for(cls, kind, registry) -> type[AdapterConfig]:
@@ -97,13 +83,8 @@ class AdapterConfig:
 class LowRankConfig(AdapterConfig):
     """The low-rank kinds' options: rank r, and U, V ~ N(0, (low_rank_init_factor·init_scale/√r)²)."""
 
-    rank: int = 64
-    low_rank_init_factor: float = 0.01
-
-    def __post_init__(self):
-        super().__post_init__()
-        self._check_int("rank", self.MAX_D_MODEL)
-        self._check_positive("low_rank_init_factor")
+    rank: Annotated[int, between(1, MAX_D_MODEL)] = 64
+    low_rank_init_factor: PositiveFloat = 0.01
 
 
 def adapter_class(kind: str, registry: dict | None = None) -> type:

@@ -227,7 +227,7 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     options.update({k: v for k, v in given.items() if v is not None})
     if no_explainer:
         options["explainers"] = []
-    config = ReportConfig.from_dict(options)
+    config = ReportConfig.from_dict(options, source=str(config_path or "report options"))
     results = run_report(config, out_dir, backend=load_backend(config.model))
     for row in results["headline"]:
         click.echo(f"{row['method']:>24}: recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, LabelError, VectorError
+from .validation import NonNegativeInt, PositiveInt, validate
 
 # public: what every vector source returns (hookspecs.register_vector_sources)
 __all__ = ["VectorLabelDataset"]
@@ -25,6 +26,25 @@ LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"
 #: the commit record `save` adds to dataset.json (artifact_files); not part of `meta`
 COMMIT_KEYS = ("vectors_file", "vectors_sha256", "labels_file", "labels_sha256")
+FIX = "rebuild the dataset (VectorLabelDataset.save) or repair that file."
+
+
+@dataclass
+class DatasetMeta:
+    """The fields of `dataset.json` the loader relies on; any other key (model, site, source, a
+    plugin's own) is kept as written."""
+
+    d_model: PositiveInt | None = None
+    count: NonNegativeInt | None = None
+
+
+@dataclass
+class LabelRecord:
+    """The fields of a `labels.jsonl` row the library reads; other keys are kept as written."""
+
+    label: str
+    id: str | int | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -107,6 +127,17 @@ class VectorLabelDataset:
         tensors = load_safetensors(vectors_path)
         if "vectors" not in tensors:
             raise ArtifactError(f"{vectors_path} has no tensor named 'vectors'; rebuild the dataset.")
-        records = read_jsonl(committed_file(directory, meta, "labels", LABELS_FILE))
+        vectors = tensors["vectors"]
+        if not vectors.is_floating_point():
+            raise ArtifactError(f"{vectors_path} holds {vectors.dtype} vectors, which explain() refuses; "
+                                "save them as floating point (.float()).")
+        labels_path = committed_file(directory, meta, "labels", LABELS_FILE)
+        records = read_jsonl(labels_path)
+        for n, record in enumerate(records, 1):
+            validate(LabelRecord, record, f"{labels_path}:{n}", FIX, unknown="ignore", error=LabelError)
         meta = {k: v for k, v in meta.items() if k not in COMMIT_KEYS}
-        return cls(tensors["vectors"].float(), records, meta)
+        checked = validate(DatasetMeta, meta, str(directory / META_FILE), FIX, unknown="ignore")
+        if checked.d_model is not None and vectors.dim() == 2 and checked.d_model != vectors.shape[1]:
+            raise ArtifactError(f"{directory / META_FILE} says d_model {checked.d_model}, but {vectors_path.name} holds "
+                                f"vectors of width {vectors.shape[1]}; {FIX}")
+        return cls(vectors.float(), records, meta)

@@ -12,6 +12,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,11 +22,12 @@ from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .artifact_files import save_weights_and_config, weights_file
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
-from .errors import ArtifactError, ModelMismatchError, VectorError
+from .errors import ArtifactError, ModelMismatchError, UnknownNameError, VectorError
 from .locks import DirectoryLock
 from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
+from .validation import PositiveInt, check_finite_tensors, validate
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -77,6 +79,9 @@ class Explainer:
             template = PromptTemplate.named(template, backend.tokenizer)
         if not isinstance(adapter, AdapterConfig):
             adapter = AdapterConfig.for_kind(adapter, backend.d_model, **adapter_options)
+        elif adapter_options:  # they would be dropped: the config object already says everything
+            raise UnknownNameError(f"Adapter option(s) {sorted(adapter_options)} given with an AdapterConfig; set them "
+                                   "on the config instead (or pass the adapter kind's name).")
         model_id = model_id or getattr(getattr(backend.model, "config", None), "_name_or_path", None)
         return cls(backend, make_adapter(adapter), template, Site.parse(site), model_id)
 
@@ -192,31 +197,34 @@ class Explainer:
             raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
                                 f"or a shipped explainer's name ({', '.join(['shipped', *shipped_explainer_names()])}).")
         check_artifact_dir(directory)
-        config = _checked_config(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
+        path = directory / CONFIG_FILE
+        raw = read_json(path)
+        config = validate(ConfigFile, raw, str(path), FIX)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
-        expected = config.get("embedding_fingerprint")
-        if check_model and expected and expected != backend.fingerprint():
+        if check_model and config.embedding_fingerprint is None:
             raise ModelMismatchError(
-                f"This explainer was trained for {config.get('model_id') or 'another model'} and does not fit the model given; "
+                f"{path} records no embedding_fingerprint, so the model it was trained for cannot be checked; re-save "
+                "the explainer with save_pretrained() (or pass check_model=False if you know it fits this model)."
+            )
+        if check_model and config.embedding_fingerprint != backend.fingerprint():
+            raise ModelMismatchError(
+                f"This explainer was trained for {config.model_id or 'another model'} and does not fit the model given; "
                 "load it onto that model (or pass check_model=False if you know they share weights)."
             )
-        if config.get("d_model") != backend.d_model:
+        if config.d_model != backend.d_model:
             raise ModelMismatchError(
-                f"Explainer d_model {config.get('d_model')} != model d_model {backend.d_model}; load it onto the model it was trained for."
+                f"Explainer d_model {config.d_model} != model d_model {backend.d_model}; load it onto the model it was trained for."
             )
-        adapter = make_adapter(AdapterConfig.from_dict(config.get("adapter", {})))
-        weights = weights_file(directory, config, WEIGHTS_FILE)
-        state = load_safetensors(weights)
+        adapter = make_adapter(AdapterConfig.from_dict(config.adapter, source=str(path), prefix="adapter"))
+        weights = weights_file(directory, raw, WEIGHTS_FILE)
+        state = check_finite_tensors(load_safetensors(weights), weights, "re-train or re-download the explainer.")
         try:
             adapter.load_state_dict(state)
         except RuntimeError as err:
             raise ArtifactError(f"{weights} does not match its config ({err}); re-save the explainer.") from None
-        try:
-            template = PromptTemplate.from_dict(config.get("template", {}))
-            site = Site.from_dict(config.get("site", {}))
-        except (TypeError, ValueError, KeyError) as err:
-            raise ArtifactError(f"{directory / CONFIG_FILE} has a malformed template or site ({err}); re-save the explainer.") from None
-        return cls(backend, adapter, template, site, config.get("model_id"), config.get("metadata"))
+        template = PromptTemplate.from_dict(config.template, source=str(path), prefix="template")
+        site = Site.from_dict(config.site, source=str(path), prefix="site")
+        return cls(backend, adapter, template, site, config.model_id, config.metadata)
 
 
 class LabelEnd:
@@ -248,17 +256,24 @@ class LabelEnd:
         return self._token_ids
 
 
-def _checked_config(config: dict, path) -> dict:
-    """Refuse a config whose sections have the wrong JSON types, naming the field."""
-    for key in ("adapter", "template", "site", "metadata"):
-        if key in config and not isinstance(config[key], dict):
-            raise ArtifactError(f"{path}: '{key}' must be a JSON object, got {type(config[key]).__name__}; re-save the explainer.")
-    for key in ("model_id", "embedding_fingerprint", "weights_file", "weights_sha256"):
-        if config.get(key) is not None and not isinstance(config[key], str):
-            raise ArtifactError(f"{path}: '{key}' must be a string; re-save the explainer.")
-    if isinstance(config.get("d_model"), bool) or not isinstance(config.get("d_model"), int):
-        raise ArtifactError(f"{path}: 'd_model' must be an integer; re-save the explainer.")
-    return config
+FIX = "re-save the explainer (save_pretrained) or re-download it."
+
+
+@dataclass
+class ConfigFile:
+    """The fields of `explainer_config.json` (the sections are checked by their own classes:
+    AdapterConfig, PromptTemplate, Site)."""
+
+    d_model: PositiveInt
+    adapter: dict
+    template: dict
+    site: dict
+    embedding_fingerprint: str | None = None
+    model_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+    library_version: str | None = None
+    weights_file: str | None = None
+    weights_sha256: str | None = None
 
 
 def _single_id(tokenizer, text: str) -> int | None:

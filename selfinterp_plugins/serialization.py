@@ -1,7 +1,10 @@
 """Reading and writing artifact files safely: safetensors and JSON only, never pickle.
 
 Every reader turns a missing, truncated or malformed file into an `ArtifactError` that names
-the file and says how to fix it, so a corrupt download never surfaces as a raw traceback.
+the file and says how to fix it, so a corrupt download never surfaces as a raw traceback. The
+readers are bounded (validation.py has the limits): a file over its byte limit is refused before
+it is read, JSON nested deeper than `MAX_JSON_DEPTH` is refused, a gzip input stops inflating past
+`MAX_INFLATED_BYTES`, so a small hostile file cannot exhaust memory or the interpreter's stack.
 JSONL writers flush each record, so a crash loses at most the record being written.
 
 Every other file is written atomically (`write_text_atomic`, `write_bytes_atomic`, `write_json`,
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,12 +34,14 @@ import torch
 
 from .errors import ArtifactError, OutputError, OutputLockedError
 from .locks import try_flock
+from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSONL_BYTES, json_depth_ok
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
-# the core's: no pickle, atomic files, resumable JSONL, an ArtifactError (reading) or OutputError (writing)
-# naming the file and the fix
-__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "output_errors", "read_json",
-           "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json", "write_text_atomic"]
+# the core's: no pickle, atomic files, resumable JSONL, bounded readers, an ArtifactError (reading) or
+# OutputError (writing) naming the file and the fix
+__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "output_errors", "parse_json",
+           "read_bytes", "read_json", "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json",
+           "write_text_atomic"]
 
 #: file types that unpickle when torch (or pickle) reads them: refused by name, before anything reads them
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -165,14 +172,55 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
     write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
-def read_json(path: str | Path) -> dict:
+def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, max_inflated: int = MAX_INFLATED_BYTES) -> bytes:
+    """A file's bytes, refused over `max_bytes`; a `.gz` file is inflated by a bounded, streamed
+    read that stops past `max_inflated` bytes (a non-gzip or truncated one is an ArtifactError)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for this file; "
+                            "check it is the right file (or raise the limit: max_bytes=).")
+    if path.suffix.lower() != ".gz":
+        return path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        with gzip.open(path, "rb") as stream:
+            data = stream.read(max_inflated + 1)
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as err:
+        raise ArtifactError(f"{path} is not a complete gzip file ({err or type(err).__name__}); "
+                            "re-download it or pass the uncompressed file.") from None
+    if len(data) > max_inflated:
+        raise ArtifactError(f"{path} inflates to over {max_inflated:,} bytes; split it, or raise the limit "
+                            "(max_inflated=) if it is really that large.")
+    return data
+
+
+def parse_json(text: str, source, max_depth: int = MAX_JSON_DEPTH):
+    """JSON text parsed, or an ArtifactError naming `source`: malformed, or nested deeper than
+    `max_depth` (Python's parser recurses; 100k levels would end in RecursionError)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{source} is not valid JSON ({err}); re-save or re-download it.") from None
+    except RecursionError:
+        too_deep = True
+    else:
+        too_deep = not json_depth_ok(data, max_depth)
+    if too_deep:
+        raise ArtifactError(f"{source} nests JSON deeper than {max_depth} levels; no file of this library does: "
+                            "re-save or re-download it.")
+    return data
+
+
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from a file of at most `max_bytes`, nested at most MAX_JSON_DEPTH deep."""
+    path = Path(path)
+    try:
+        text = read_bytes(path, max_bytes).decode("utf-8")
+    except UnicodeDecodeError as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); re-save or re-download it.") from None
+    data = parse_json(text, path)
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} should hold a JSON object; re-save or re-download it.")
     return data
@@ -183,25 +231,23 @@ def write_json(data: dict, path: str | Path) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]:
-    """Records of a JSONL file. A torn last line (crash mid-write) is dropped if tolerated."""
+def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False, max_bytes: int = MAX_JSONL_BYTES) -> list[dict]:
+    """Records of a JSONL file (at most `max_bytes`). A torn last line (crash mid-write) is dropped if tolerated."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
     records = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bytes(path, max_bytes).decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise ArtifactError(f"{path} is not UTF-8 text ({err}); re-save or re-download it.") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line, f"{path}:{n}")
+        except ArtifactError:
             if tolerate_torn_tail and n == len(lines):
                 break
-            raise ArtifactError(f"{path}:{n} is not valid JSON; fix or delete that line.") from None
+            raise ArtifactError(f"{path}:{n} is not valid JSON (or nests too deep); fix or delete that line.") from None
         if not isinstance(record, dict):
             raise ArtifactError(f"{path}:{n} should be a JSON object; fix or delete that line.")
         records.append(record)
@@ -252,7 +298,7 @@ class JsonlWriter:
         last = tail[cut + 1 :]
         try:
             complete = isinstance(json.loads(last.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             complete = False
         if complete:
             _step("newline", self.path)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
 from .errors import BackendError
+from .validation import NonNegativeInt, check_fields, validate
 
 # public: backends and vector sources say where a vector lives with a Site
 __all__ = ["Site"]
@@ -31,17 +33,15 @@ _TL = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
 class Site:
     """A place in the residual stream plus an injection mode."""
 
-    kind: str = "embed"
-    layer: int | None = None
-    mode: str = "replace"
+    kind: Literal["embed", "resid_pre", "resid_post"] = "embed"
+    layer: NonNegativeInt | None = None
+    mode: Literal["replace", "add_normmatched"] = "replace"
     coef: float = 1.0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise BackendError(f"Unknown site kind {self.kind!r}; use one of {KINDS}.")
-        if self.mode not in MODES:
-            raise BackendError(f"Unknown injection mode {self.mode!r}; use one of {MODES}.")
-        if self.kind != "embed" and (self.layer is None or self.layer < 0):
+        check_fields(self, "Site", f"use a kind of {KINDS}, a layer >= 0, a mode of {MODES} and a finite coef.",
+                     error=BackendError)
+        if self.kind != "embed" and self.layer is None:
             raise BackendError(f"Site {self.kind} needs a layer index >= 0, e.g. '{self.kind}.10'.")
         if self.kind == "embed" and self.layer is not None:
             object.__setattr__(self, "layer", None)
@@ -52,6 +52,9 @@ class Site:
         `hook_embed` and `blocks.10.hook_resid_pre`."""
         if isinstance(spec, Site):
             return spec
+        if not isinstance(spec, str):
+            raise BackendError(f"A site is a name such as 'embed' or 'resid_post.10' (or a Site), not {type(spec).__name__} "
+                               f"{spec!r:.40}; pass one.")
         text = spec.strip()
         if text in ("embed", "hook_embed"):
             return cls("embed", None, mode, coef)
@@ -71,8 +74,8 @@ class Site:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Site:
-        return cls(**{k: data[k] for k in ("kind", "layer", "mode", "coef") if k in data})
+    def from_dict(cls, data: dict, source: str = "Site config", prefix: str = "") -> Site:
+        return validate(cls, data, source, "re-save the explainer.", prefix=prefix, unknown="ignore")
 
 
 def inject(hidden: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, site: Site) -> torch.Tensor:

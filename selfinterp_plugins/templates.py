@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import LabelError, TemplateError
+from .validation import Name, Text, check_fields, validate
 
 # public: besides PromptTemplate, the chat-format helpers plugins build their own prompts and stop
 # conditions with, so every prompt in a model's chat format is written the same way
@@ -59,15 +60,19 @@ class PromptTemplate:
     `PromptTemplate(prompt=..., placeholder=...)` for your own string.
     """
 
-    prompt: str
-    placeholder: str
-    closing: str = '"'
-    end: str = ""
-    label_prefix: str = ""
-    name: str = "custom"
+    prompt: Text
+    placeholder: Name
+    closing: Text = '"'
+    end: Text = ""
+    label_prefix: Text = ""
+    name: Text = "custom"
     #: stop generating a row at the first closing string, not only at the end-of-turn: the label is
     #: complete there, and an untrained model rarely ends its turn within the token budget
     stop_at_closing: bool = True
+
+    def __post_init__(self):
+        check_fields(self, "Prompt template", "pass strings (prompt at most MAX_TEXT_CHARS characters).",
+                     error=TemplateError)
 
     # ---- construction -------------------------------------------------------------------
 
@@ -150,12 +155,11 @@ class PromptTemplate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> PromptTemplate:
-        try:
-            fields = ("prompt", "placeholder", "closing", "end", "label_prefix", "name")
-            return cls(**{k: data[k] for k in fields}, stop_at_closing=data.get("stop_at_closing", True))
-        except (KeyError, TypeError) as err:
-            raise TemplateError(f"Template config is incomplete ({err}); re-save the explainer.") from None
+    def from_dict(cls, data: dict, source: str = "Template config", prefix: str = "") -> PromptTemplate:
+        """A saved template; every text field must be present (a missing `end` would change where
+        labels stop), `stop_at_closing` defaults to true (files written before it existed)."""
+        return validate(cls, data, source, "re-save the explainer.", prefix=prefix, unknown="ignore",
+                        required=("prompt", "placeholder", "closing", "end", "label_prefix", "name"), error=TemplateError)
 
     # ---- tokenisation -------------------------------------------------------------------
 

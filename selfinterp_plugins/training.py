@@ -14,8 +14,9 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
@@ -30,6 +31,7 @@ from .serialization import (
     write_json,
     write_text_atomic,
 )
+from .validation import LossValue, Name, NonNegativeFloat, between, check_finite_tensors, validate
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
@@ -197,12 +199,13 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
     step, history = 0, {"train_loss": [], "validation_loss": [], "config": dict(config.to_dict(), lr=base_lr)}
     run = run_manifest(explainer, data, config, base_lr) if ckpt else None
     if ckpt and (ckpt / "state.json").exists():
-        state = read_json(ckpt / "state.json")
+        state = _read_state(ckpt)
         files = _checkpoint_files(ckpt, state)
-        check_same_run(ckpt, state.get("run"), run)  # before any weight is loaded into the adapter
-        adapter.load_state_dict(load_safetensors(files["adapter"]))
+        check_same_run(ckpt, state.run, run)  # before any weight is loaded into the adapter
+        fix = f"delete {ckpt} to restart training."
+        adapter.load_state_dict(check_finite_tensors(load_safetensors(files["adapter"]), files["adapter"], fix))
         restore_optimizer(optimizer, named, load_safetensors(files["optimizer"]))
-        step, history = state["step"], state["history"]
+        step, history = state.step, state.history
     elif config.init == "ridge":
         adapter.ridge_init(data.vectors, first_token_embeddings(explainer, data.labels), config.ridge)
         if validation is not None:
@@ -321,8 +324,6 @@ def check_same_run(ckpt: Path, saved, current, options: dict[str, str] | None = 
     manifests were recorded (`saved` None) resumes."""
     if saved is None or current is None:
         return
-    if not isinstance(saved, dict):
-        raise ArtifactError(f"{ckpt / 'state.json'} has a malformed run record; delete {ckpt} to restart training.")
     found = _first_difference(saved, current)
     if found:
         key, old, new = found
@@ -365,11 +366,43 @@ def _save_checkpoint(ckpt: Path, adapter, optimizer, named, step: int, history: 
                 stale.unlink()
 
 
-def _checkpoint_files(ckpt: Path, state: dict) -> dict[str, Path]:
+#: a checkpoint's step: beyond this it is corruption (a run of a trillion steps does not exist)
+MAX_STEP = 10**12
+
+
+@dataclass
+class CheckpointState:
+    """The fields of a training checkpoint's `state.json`: the step it was taken at, the history so
+    far, the weight files it commits (absent in checkpoints of earlier versions: fixed names) and
+    the run manifest (absent before manifests were recorded)."""
+
+    step: Annotated[int, between(0, MAX_STEP)]
+    history: dict
+    files: dict[str, Name] | None = None
+    run: dict | None = None
+
+
+@dataclass
+class History:
+    """The parts of a checkpoint's history the loop extends (other keys are kept as written)."""
+
+    train_loss: list[LossValue]
+    validation_loss: list[LossValue] = field(default_factory=list)
+    seconds: NonNegativeFloat = 0.0
+
+
+def _read_state(ckpt: Path) -> CheckpointState:
+    path, fix = ckpt / "state.json", f"delete {ckpt} to restart training."
+    state = validate(CheckpointState, read_json(path), str(path), fix, unknown="ignore")
+    validate(History, state.history, str(path), fix, prefix="history", unknown="ignore")
+    state.history.setdefault("validation_loss", [])
+    return state
+
+
+def _checkpoint_files(ckpt: Path, state: CheckpointState) -> dict[str, Path]:
     """The weight files state.json commits (plain names inside the checkpoint directory only)."""
-    files = state.get("files") or {"adapter": "adapter.safetensors", "optimizer": "optimizer.safetensors"}
-    if not isinstance(files, dict) or set(files) != {"adapter", "optimizer"} or not all(
-            isinstance(name, str) and name and Path(name).name == name and name not in (".", "..")
-            for name in files.values()):
+    files = state.files or {"adapter": "adapter.safetensors", "optimizer": "optimizer.safetensors"}
+    if set(files) != {"adapter", "optimizer"} or not all(
+            Path(name).name == name and name not in (".", "..") for name in files.values()):
         raise ArtifactError(f"{ckpt / 'state.json'} names bad checkpoint files; delete {ckpt} to restart training.")
     return {key: ckpt / name for key, name in files.items()}

@@ -111,7 +111,7 @@ def test_a_saved_config_with_an_unknown_key_loads_with_a_warning(tiny_llama, tmp
     config = json.loads((path / CONFIG_FILE).read_text())
     config["adapter"]["activation"] = "gelu"  # say, written by a newer version of the plugin
     (path / CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match="kind 'two_layer' has an unknown key 'activation'; ignored"):
+    with pytest.warns(UserWarning, match="unknown field 'adapter.activation'; ignored"):
         again = Explainer.from_pretrained(path, model=tiny_llama[0], tokenizer=tiny_llama[1])
     assert again.adapter.config == TwoLayerConfig("two_layer", 64)
 

@@ -225,5 +225,5 @@ def test_to_dict_from_dict_round_trip(tok, name):
 
 
 def test_from_dict_incomplete():
-    with pytest.raises(TemplateError, match="incomplete"):
+    with pytest.raises(TemplateError, match="field placeholder is missing"):
         PromptTemplate.from_dict({"prompt": "x <PH>"})

@@ -11,8 +11,9 @@ answer only. `ask(diffs, question)` generates the answers for many diffs in one 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -20,6 +21,7 @@ from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.serialization import check_artifact_dir, output_errors, read_json, write_json
+from selfinterp_plugins.validation import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Text, validate
 
 from .batched import per_row_diffs
 from .chat import chat_ids
@@ -48,25 +50,22 @@ class DITConfig:
     constant rate, one epoch; answers of at most 20 new tokens for DIT and 256 for the baselines
     (the paper's figures). Which of these the SmolLM2 runs changed is in docs/results.md."""
 
-    rank: int = 16
-    alpha: float = 1.0
-    init: str = "reference"
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    epochs: int = 1
-    batch_size: int = 8
-    question: str = DIT_QUESTION
-    max_new_tokens: int = 20
-    baseline_max_new_tokens: int = 256
-    seed: int = 0
+    rank: PositiveInt = 16
+    alpha: PositiveFloat = 1.0
+    init: Literal["reference", "peft"] = "reference"
+    lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.01
+    epochs: NonNegativeInt = 1
+    batch_size: PositiveInt = 8
+    question: Text = DIT_QUESTION
+    max_new_tokens: PositiveInt = 20
+    baseline_max_new_tokens: PositiveInt = 256
+    seed: NonNegativeInt = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> DITConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WeightDiffError(f"Unknown DIT config keys {unknown}; remove them or upgrade selfinterp-plugins.")
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> DITConfig:
+        return validate(cls, data, source, "fix that field or re-save the DIT adapter (unknown keys: upgrade "
+                        "selfinterp-plugins).")
 
 
 @torch.no_grad()
@@ -124,7 +123,7 @@ class DITAdapter:
         from .shipped import dit_location
 
         directory = check_artifact_dir(dit_location(directory))
-        config = DITConfig.from_dict(read_json(directory / CONFIG_FILE))
+        config = DITConfig.from_dict(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
         return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -19,13 +19,29 @@ import contextlib
 import hashlib
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from selfinterp_plugins.errors import ArtifactError, RunMismatchError
 from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.serialization import load_safetensors, output_errors, read_json, save_safetensors, write_json
+from selfinterp_plugins.validation import LossValue, between, check_finite_tensors, validate
+
+#: more epochs than any run has: a larger `epochs_done` is corruption
+MAX_EPOCHS = 10**6
+
+
+@dataclass
+class EpochState:
+    """The fields of an epoch checkpoint's `state.json`: the epochs done, the loss per step and the
+    run's manifest (absent before manifests were recorded)."""
+
+    epochs_done: Annotated[int, between(0, MAX_EPOCHS)]
+    history: list[LossValue] = field(default_factory=list)
+    run: dict | None = None
 
 
 def rows_sha256(rows) -> str:
@@ -83,23 +99,22 @@ def resume_epochs(directory, named, optimizer, run: dict | None = None, run_opti
     if directory is None or not (Path(directory) / "state.json").exists():
         return [], 0
     directory = Path(directory)
-    state = read_json(directory / "state.json")
-    check_same_run(directory, state.get("run"), run, run_options or {})  # before any weight is loaded
-    done = state.get("epochs_done")
-    if not isinstance(done, int) or done < 0:
-        raise ArtifactError(f"{directory / 'state.json'} has no valid 'epochs_done'; delete {directory} to start over.")
+    fix = f"delete {directory} to start over."
+    state = validate(EpochState, read_json(directory / "state.json"), str(directory / "state.json"), fix, unknown="ignore")
+    check_same_run(directory, state.run, run, run_options or {})  # before any weight is loaded
+    done = state.epochs_done
     if epochs is not None and done > epochs:
         raise RunMismatchError(f"{directory} holds {done} epochs of training, more than the {epochs} this run asks for; "
                                f"rerun with --epochs {done} or more to resume, or to start afresh delete {directory} "
                                "or choose another --out.")
-    weights = load_safetensors(directory / f"adapter-{done}.safetensors")
+    weights = check_finite_tensors(load_safetensors(directory / f"adapter-{done}.safetensors"), directory, fix)
     with torch.no_grad():
         for name, param in named:
             if name not in weights:
                 raise ArtifactError(f"Checkpoint {directory} lacks {name}; it is from another configuration. Delete it to start over.")
             param.copy_(weights[name])
     restore_optimizer(optimizer, named, load_safetensors(directory / f"optimizer-{done}.safetensors"))
-    return list(state.get("history", [])), done
+    return list(state.history), done
 
 
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int, shuffle: bool = True) -> list[list[list[int]]]:

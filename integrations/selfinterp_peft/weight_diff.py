@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -31,10 +32,37 @@ from selfinterp_plugins.serialization import (
     save_safetensors,
     write_json,
 )
+from selfinterp_plugins.validation import Name, NonNegativeInt, between, check_finite_tensors, validate
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
+FIX = "re-save the adapter (save_pretrained) or re-download it."
+
+
+@dataclass
+class PeftLoraConfig:
+    """The fields of a PEFT LoRA `adapter_config.json` a weight diff is read with (PEFT writes many
+    more, kept out of the way); PEFT's own defaults where a field is absent."""
+
+    peft_type: Name = "LORA"
+    use_dora: bool | None = False
+    lora_alpha: float = 8
+    use_rslora: bool | None = False
+    alpha_pattern: dict[str, float] | None = None
+    r: NonNegativeInt | None = None
+    base_model_name_or_path: str | None = None
+
+
+@dataclass
+class WeightDiffInfo:
+    """The fields of `weight_diff.json`: per-module energy kept by the SVD (a fraction), and where
+    the diff came from."""
+
+    energy_kept: dict[str, Annotated[float, between(0, 1.0 + 1e-6)]] = field(default_factory=dict)
+    source: str | None = None
+    rank: NonNegativeInt | None = None
+    base_model: str | None = None
 
 
 class WeightDiffError(SelfInterpError):
@@ -109,13 +137,14 @@ class WeightDiff:
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused by name
-        config = read_json(directory / PEFT_CONFIG)
-        if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
-            raise WeightDiffError(f"{directory} is not a plain LoRA adapter (peft_type {config.get('peft_type')}); "
+        config = validate(PeftLoraConfig, read_json(directory / PEFT_CONFIG), str(directory / PEFT_CONFIG), FIX,
+                          unknown="ignore")
+        if config.peft_type != "LORA" or config.use_dora:
+            raise WeightDiffError(f"{directory} is not a plain LoRA adapter (peft_type {config.peft_type}); "
                                   "only LoRA adapters are weight diffs here.")
-        tensors = load_safetensors(directory / PEFT_WEIGHTS)
-        alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
-        alpha_pattern = config.get("alpha_pattern") or {}
+        tensors = check_finite_tensors(load_safetensors(directory / PEFT_WEIGHTS), directory / PEFT_WEIGHTS, FIX)
+        alpha, rslora = config.lora_alpha, bool(config.use_rslora)
+        alpha_pattern = config.alpha_pattern or {}
         modules = {}
         for key, a in tensors.items():
             if not key.endswith(".lora_A.weight"):
@@ -129,7 +158,7 @@ class WeightDiff:
             module_alpha = next((v for k, v in alpha_pattern.items() if name == k or name.endswith("." + k)), alpha)
             scale = module_alpha / (math.sqrt(r) if rslora else r)
             modules[name] = ModuleDiff(A=a.float(), B=tensors[b_key].float(), scale=float(scale))
-        return cls(modules, {"source": "peft", "base_model": config.get("base_model_name_or_path")})
+        return cls(modules, {"source": "peft", "base_model": config.base_model_name_or_path})
 
     @classmethod
     def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0) -> WeightDiff:
@@ -227,8 +256,8 @@ class WeightDiff:
         diff = cls._from_peft_dir(Path(directory))
         extra = Path(directory) / "weight_diff.json"
         if extra.exists():
-            info = read_json(extra)
-            for name, energy in (info.get("energy_kept") or {}).items():
+            info = validate(WeightDiffInfo, read_json(extra), str(extra), FIX, unknown="ignore")
+            for name, energy in info.energy_kept.items():
                 if name in diff.modules:
                     diff.modules[name].energy_kept = energy
         return diff

@@ -12,14 +12,20 @@ same shape, so they can be uploaded or compared with the published ones.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError, LabelError
-from selfinterp_plugins.serialization import output_errors, write_bytes_atomic, write_text_atomic
+from selfinterp_plugins.serialization import (
+    output_errors,
+    parse_json,
+    read_bytes,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from selfinterp_plugins.validation import MAX_INFLATED_BYTES, MAX_JSONL_BYTES
 
 EXPORT_URL = "https://www.neuronpedia.org/api/explanation/export?modelId={model}&saeId={sae}"
 
@@ -36,35 +42,35 @@ class Explanation:
     row: int = 0  # 1-based position in the file, for error messages
 
 
-def _open_text(path: Path) -> str:
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        data = gzip.decompress(data)
+def _open_text(path: Path, max_bytes: int = MAX_JSONL_BYTES, max_inflated: int = MAX_INFLATED_BYTES) -> str:
+    """The file's text: bounded in size, a `.gz` inflated by a bounded read (a 3 MB gzip can inflate
+    to gigabytes), every failure an ArtifactError."""
+    data = read_bytes(path, max_bytes, max_inflated)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ArtifactError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-export it as UTF-8.") from None
 
 
+def _csv_rows(text: str, path: Path) -> list[dict]:
+    """CSV rows; a field over the csv module's limit (128 KB: no explanation is that long) or a
+    malformed row is an ArtifactError naming the line, not a csv.Error."""
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        return list(reader)
+    except csv.Error as err:
+        raise ArtifactError(f"{path} line {reader.line_num + 1} is not valid CSV ({err}); fix or delete that row.") from None
+
+
 def _rows(path: Path) -> list[dict]:
     text = _open_text(path)
     kind = path.name.removesuffix(".gz").rsplit(".", 1)[-1].lower()
     if kind == "csv":
-        return list(csv.DictReader(io.StringIO(text)))
+        return _csv_rows(text, path)
     if kind == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ArtifactError(f"{path} line {n} is not JSON ({err.msg}); fix or delete that line.") from None
-        return rows
+        return [parse_json(line, f"{path} line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if kind == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); re-export it.") from None
+        data = parse_json(text, path)
         if isinstance(data, dict):
             data = data.get("explanations", data.get("results"))
         if not isinstance(data, list):
@@ -117,7 +123,7 @@ def labelled_dataset(sae, explanations: list[Explanation], model_id: str | None 
     counted in `meta["skipped_other_sae"]`; a file mixing SAEs without them is refused. A feature
     with several explanations gives several rows (ids `17`, `17.1`, ...), all kept.
     """
-    from .sae_info import sae_metadata
+    from .sae_info import sae_info, sae_metadata
 
     if not explanations:
         raise ArtifactError("The explanations file is empty; export at least one explanation.")
@@ -130,7 +136,7 @@ def labelled_dataset(sae, explanations: list[Explanation], model_id: str | None 
     if len(sources) > 1:
         raise ArtifactError(f"The file mixes explanations of {len(sources)} SAEs, e.g. {sources[:2]}; pick one with "
                             "model_id= and sae_id= (CLI: --model-id, --sae-id).")
-    d_sae = int(sae.cfg.d_sae)
+    d_sae = sae_info(sae).d_sae
     outside = [e for e in chosen if e.index >= d_sae]
     if outside:
         e = outside[0]

@@ -7,16 +7,40 @@ matched to an SAE's latents) both use it without importing each other.
 
 from __future__ import annotations
 
-from selfinterp_plugins.errors import ArtifactError, BackendError
+from dataclasses import dataclass
+
+from selfinterp_plugins.errors import BackendError
 from selfinterp_plugins.sites import Site
+from selfinterp_plugins.validation import Name, PositiveInt, validate
+
+FIX = "fix the SAE's cfg.json (metadata.hook_name such as 'blocks.10.hook_resid_post', d_sae a positive integer) or re-save it."
+#: what this integration reads of an SAE's metadata (the rest is SAE-Lens's business)
+METADATA_KEYS = ("hook_name", "model_name", "release", "sae_id", "neuronpedia_id")
+
+
+@dataclass
+class SAEInfo:
+    """The fields of an SAE's config (its `cfg.json`: `d_sae` and `metadata.*`) this integration reads."""
+
+    hook_name: Name
+    d_sae: PositiveInt
+    model_name: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+    neuronpedia_id: str | None = None
+
+
+def sae_info(sae) -> SAEInfo:
+    """The SAE's config fields this integration uses, checked (a cfg.json from anywhere may hold
+    a number where a hook name belongs)."""
+    meta = sae.cfg.metadata
+    fields = {key: meta.get(key) for key in METADATA_KEYS if meta.get(key) is not None}
+    return validate(SAEInfo, {**fields, "d_sae": sae.cfg.d_sae}, "The SAE's config", FIX)
 
 
 def hook_name(sae) -> str:
     """The TransformerLens hook name the SAE reads (`blocks.10.hook_resid_post`), from its config."""
-    name = sae.cfg.metadata.hook_name
-    if not name:
-        raise ArtifactError("The SAE's config has no metadata.hook_name; set it to e.g. 'blocks.10.hook_resid_post'.")
-    return name
+    return sae_info(sae).hook_name
 
 
 def sae_site(sae) -> Site:
@@ -31,11 +55,11 @@ def sae_site(sae) -> Site:
 
 def sae_metadata(sae) -> dict:
     """What a dataset built from this SAE records about it."""
-    meta = sae.cfg.metadata
+    info = sae_info(sae)
     site = sae_site(sae)
-    out = {"source": "sae_lens", "hook_name": hook_name(sae), "site": site.name, "layer": site.layer,
-           "d_sae": int(sae.cfg.d_sae), "architecture": sae.cfg.architecture()}
-    for key in ("model_name", "release", "sae_id", "neuronpedia_id"):
-        if meta.get(key):
-            out[key] = meta.get(key)
+    out = {"source": "sae_lens", "hook_name": info.hook_name, "site": site.name, "layer": site.layer,
+           "d_sae": info.d_sae, "architecture": sae.cfg.architecture()}
+    for key in METADATA_KEYS[1:]:
+        if getattr(info, key):
+            out[key] = getattr(info, key)
     return out

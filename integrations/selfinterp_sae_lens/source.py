@@ -16,7 +16,7 @@ from selfinterp_plugins.datasets import VectorLabelDataset
 from selfinterp_plugins.errors import ArtifactError, VectorError
 from selfinterp_plugins.serialization import check_artifact_dir
 
-from .sae_info import hook_name, sae_metadata, sae_site
+from .sae_info import hook_name, sae_info, sae_metadata, sae_site
 
 __all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name", "load_sae", "sae_dataset",
            "sae_metadata", "sae_site"]
@@ -41,7 +41,7 @@ def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, de
 
 def feature_indices(sae, features=None) -> list[int]:
     """`features` as a checked list of latent indices (None: every latent; `range`s are fine)."""
-    d_sae = int(sae.cfg.d_sae)
+    d_sae = sae_info(sae).d_sae
     indices = list(range(d_sae)) if features is None else [int(i) for i in features]
     bad = [i for i in indices if not 0 <= i < d_sae]
     if bad:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .latents import latent_acts
+from .sae_info import sae_info
 
 
 @dataclass
@@ -33,7 +34,7 @@ def top_activations(backend, sae, windows: list[list[int]], k: int = 20, batch_s
     """Stream `windows` through model + SAE keeping only each latent's top `k` (memory O(d_sae·k))."""
     from tqdm.auto import tqdm
 
-    d_sae = int(sae.cfg.d_sae)
+    d_sae = sae_info(sae).d_sae
     values = torch.zeros(d_sae, k)
     tokens = torch.full((d_sae, k), -1, dtype=torch.long)
     fires = torch.zeros(d_sae)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+
+from ..errors import OptionError
+from ..validation import NonNegativeFloat, NonNegativeInt, PositiveInt, between, check_fields
 
 
 @dataclass
@@ -14,11 +18,15 @@ class Sampling:
     top_k=50)` draws as the reference's `generate(temperature=0.7, top_p=0.9)` does, whose unset
     top_k is transformers' default 50."""
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 30
-    seed: int = 0
-    top_k: int = 0
+    temperature: NonNegativeFloat = 0.0
+    top_p: Annotated[float, between(gt=0, le=1)] = 1.0
+    max_new_tokens: PositiveInt = 30
+    seed: NonNegativeInt = 0
+    top_k: NonNegativeInt = 0
+
+    def __post_init__(self):
+        check_fields(self, "Sampling", "use a finite temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, "
+                     "seed and top_k >= 0.", error=OptionError)
 
     @property
     def greedy(self) -> bool:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from ..defaults import DEFAULT_MODEL
-from ..errors import ArtifactError, OptionError
+from ..errors import OptionError
 from ..serialization import output_errors, write_text_atomic
+from ..validation import Name, NonNegativeInt, PositiveInt, validate
 from .sensitivity import PLOTLY_JS
 
 
@@ -29,26 +31,22 @@ from .sensitivity import PLOTLY_JS
 class ReportConfig:
     """What to compare, on which model and how many topics (JSON file for `--config`)."""
 
-    model: str = DEFAULT_MODEL
-    explainers: list = field(default_factory=lambda: ["shipped"])
-    baselines: list = field(default_factory=lambda: ["selfie", "patchscopes", "self_explaining", "activation_oracle",
-                                                      "scale_only"])
-    layer: int | None = None  # where vectors are read (resid_post); default: the first explainer's, else 2/3 depth
-    validation_topics: int = 48
-    test_topics: int = 200
+    model: Name = DEFAULT_MODEL
+    explainers: list[Name] = field(default_factory=lambda: ["shipped"])
+    baselines: list[Name] = field(default_factory=lambda: ["selfie", "patchscopes", "self_explaining",
+                                                           "activation_oracle", "scale_only"])
+    layer: NonNegativeInt | None = None  # where vectors are read (resid_post); default: the first explainer's, else 2/3 depth
+    validation_topics: PositiveInt = 48
+    test_topics: PositiveInt = 200
     knowledge_control: bool = True
-    max_new_tokens: int = 16
-    seed: int = 0
-    sweep_layers: list | None = None  # injection layers for every baseline (default: each baseline's own grid)
-    plotly_js: str = "directory"  # directory (one plotly.min.js beside the pages), inline (in each page) or cdn
+    max_new_tokens: PositiveInt = 16
+    seed: NonNegativeInt = 0
+    sweep_layers: list[NonNegativeInt] | None = None  # injection layers for every baseline (default: each baseline's own grid)
+    plotly_js: Literal["directory", "inline", "cdn"] = "directory"  # one plotly.min.js beside the pages, in each, or CDN
 
     @classmethod
-    def from_dict(cls, data: dict) -> ReportConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ArtifactError(f"Unknown report option(s) {sorted(unknown)}; use {sorted(known)}.")
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = "Report config") -> ReportConfig:
+        return validate(cls, data, source, "fix that option (see `selfinterp report --help`).")
 
 
 def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True, backend=None) -> dict:

@@ -171,3 +171,121 @@ def test_any_damaged_dataset_file(saved_dataset, tmp_path_factory, target, cut, 
     result = outcome(lambda: VectorLabelDataset.load(directory))
     if isinstance(result, VectorLabelDataset):
         assert len(result) == result.vectors.shape[0]
+
+
+# ---- every other file the core reads, field by field (the validation layer) --------------------
+
+
+def _set(config: dict, key: str, value, drop: bool) -> dict:
+    """`config` (a copy) with the dotted `key` dropped or set to `value`."""
+    config = json.loads(json.dumps(config))
+    *parents, leaf = key.split(".")
+    target = config
+    for p in parents:
+        target = target[p]
+    if drop:
+        target.pop(leaf, None)
+    else:
+        target[leaf] = value
+    return config
+
+
+TEXTS = st.sampled_from(["", "<empty_output>", "x" * 20_000, '"', "\n"])
+
+
+@FUZZ
+@given(key=st.sampled_from(["template.prompt", "template.placeholder", "template.closing", "template.end",
+                            "template.label_prefix", "template.name", "template.stop_at_closing", "site.kind",
+                            "site.layer", "site.mode", "site.coef", "weights_file", "library_version"]),
+       value=st.one_of(json_values, TEXTS), drop=st.booleans())
+def test_any_template_or_site_field(tiny_llama, saved_explainer, tmp_path_factory, key, value, drop):
+    model, tok = tiny_llama
+    directory = tmp_path_factory.mktemp("ts")
+    config = _set(json.loads((saved_explainer / "explainer_config.json").read_text()), key, value, drop)
+    (directory / "explainer_config.json").write_text(json.dumps(config))
+    (directory / "adapter.safetensors").write_bytes((saved_explainer / "adapter.safetensors").read_bytes())
+    result = outcome(lambda: Explainer.from_pretrained(directory, model=model, tokenizer=tok))
+    if isinstance(result, Explainer):
+        assert len(result.explain(torch.randn(1, result.backend.d_model), sampling=SHORT, progress=False)) == 1
+
+
+@FUZZ
+@given(meta=st.dictionaries(st.sampled_from(["d_model", "count", "model", "site", "source"]),
+                            st.one_of(json_values, st.sampled_from([8, 3, 0, -1])), max_size=4),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8,
+                              torch.bool]),
+       label=json_values, label_id=json_values)
+def test_any_dataset_meta_vectors_dtype_and_label_record(saved_dataset, tmp_path_factory, meta, dtype, label, label_id):
+    from safetensors.torch import save_file
+
+    directory = tmp_path_factory.mktemp("meta")
+    (directory / "labels.jsonl").write_text((saved_dataset / "labels.jsonl").read_text()
+                                            + json.dumps({"id": label_id, "label": label}) + "\n")
+    save_file({"vectors": torch.ones(4, 8).to(dtype)}, str(directory / "vectors.safetensors"))
+    (directory / "dataset.json").write_text(json.dumps(meta))
+    result = outcome(lambda: VectorLabelDataset.load(directory))
+    if isinstance(result, VectorLabelDataset):  # never cast from int / bool, never at odds with its meta
+        assert dtype.is_floating_point and meta.get("d_model") in (None, 8) and result.vectors.dtype == torch.float32
+        assert len(result) == 4 and result.labels[-1] == label
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_llama, tmp_path_factory):
+    from selfinterp_plugins import TrainConfig
+
+    model, tok = tiny_llama
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in ("dog", "cat", "sun", "sea")])
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = TrainConfig(epochs=1, batch_size=2)
+    Explainer.create(model, tok).train(data, config=config, output_dir=out, progress=False)
+    return data, config, out
+
+
+@FUZZ
+@given(key=st.sampled_from(["step", "history", "history.train_loss", "history.validation_loss", "history.seconds",
+                            "files", "files.adapter", "run", "run.seed"]),
+       value=st.one_of(json_values, st.sampled_from([0, 1, 2, 1e30, 10**15, -1, "2", [1.0, "x"]])), drop=st.booleans())
+def test_any_training_state_json(tiny_llama, checkpointed_run, tmp_path_factory, key, value, drop):
+    import shutil
+
+    from selfinterp_plugins import Explainer as E
+
+    data, config, out = checkpointed_run
+    run = tmp_path_factory.mktemp("resume") / "run"
+    shutil.copytree(out, run)
+    state = _set(json.loads((run / "checkpoint" / "state.json").read_text()), key, value, drop)
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    result = outcome(lambda: E.create(*tiny_llama).train(data, config=config, output_dir=run, progress=False))
+    if isinstance(result, dict):
+        assert result["steps"] == 2
+
+
+@FUZZ
+@given(config=st.dictionaries(st.sampled_from(["model", "explainers", "baselines", "layer", "validation_topics", "test_topics",
+                                               "knowledge_control", "max_new_tokens", "seed", "sweep_layers", "other"]),
+                              st.one_of(json_values, st.sampled_from(["ten", "s", ["shipped"], [1, 2], 0, 5, True])),
+                              max_size=5))
+def test_any_report_config(tmp_path_factory, config):
+    from selfinterp_plugins.evaluation.report import ReportConfig
+
+    path = tmp_path_factory.mktemp("report") / "report.json"
+    path.write_text(json.dumps(config))
+    from selfinterp_plugins.serialization import read_json
+
+    result = outcome(lambda: ReportConfig.from_dict(read_json(path), source=str(path)))
+    if isinstance(result, ReportConfig):
+        assert all(isinstance(e, str) and e for e in result.explainers) and result.test_topics >= 1
+        assert isinstance(result.knowledge_control, bool) and (result.layer is None or result.layer >= 0)
+
+
+@FUZZ
+@given(depth=st.integers(1, 3000), wrapper=st.sampled_from(["list", "dict"]), junk=st.binary(max_size=20))
+def test_any_nesting_or_bytes_in_a_json_file(tmp_path_factory, depth, wrapper, junk):
+    from selfinterp_plugins.serialization import read_json, read_jsonl
+
+    directory = tmp_path_factory.mktemp("deep")
+    inner = "[" * depth + "]" * depth if wrapper == "list" else '{"a":' * depth + "1" + "}" * depth
+    (directory / "c.json").write_bytes(b'{"x": ' + inner.encode() + b"}" + junk)
+    (directory / "r.jsonl").write_bytes(inner.encode() + b"\n" + junk)
+    for read in (lambda: read_json(directory / "c.json"), lambda: read_jsonl(directory / "r.jsonl")):
+        outcome(read)

@@ -157,7 +157,7 @@ class LoRAExplainer:
         if not (directory / CONFIG_FILE).is_file():
             raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
         check_artifact_dir(directory)
-        config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE))
+        config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
         config.markers = config.markers or pick_markers(tokenizer)  # what create() picks for this tokenizer
         projections = cls._projections(config, model.config.hidden_size)
         if len(projections):

@@ -101,7 +101,7 @@ def test_unmatched_and_mixed_rows(tmp_path):
     data = labelled_dataset(sae, read_explanations(path), sae_id="1-res-test")
     assert data.ids == ["1", "2"] and data.meta["skipped_other_sae"] == 1  # counted, not hidden
     path.write_text("{not json\n")
-    with pytest.raises(ArtifactError, match="line 1 is not JSON"):
+    with pytest.raises(ArtifactError, match="line 1 is not valid JSON"):
         read_explanations(path)
     path.with_suffix(".txt").write_text("x")
     with pytest.raises(ArtifactError, match=r"\.json, \.jsonl or \.csv"):
