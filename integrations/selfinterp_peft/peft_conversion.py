@@ -138,3 +138,30 @@ def _difference(old: nn.Module, new: nn.Module) -> dict:
             if not bias.any():
                 bias = None
     return {"dense": dense, "bias": bias}
+
+
+def unload_keeping_base(peft_model) -> nn.Module:
+    """PEFT's `unload()`, except that modules_to_save put back the *original* module (PEFT's own
+    unload keeps the trained copy), so a base that PEFT loaded an adapter onto is the caller's again."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    inner = peft_model.get_base_model()
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, AuxiliaryTrainingWrapper) and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(inner.get_submodule(parent_name) if parent_name else inner, child, module.original_module)
+    return peft_model.unload()
+
+
+def base_copies(tensor_names, base: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The base parameters an adapter file carries its own copy of (PEFT saves an embedding's
+    `base_layer.weight` next to a LoRA on it, and loads it over the base's): {parameter name:
+    (the parameter itself, a snapshot of its value)}, to compare and restore them."""
+    params = dict(base.named_parameters())
+    copies = {}
+    for key in tensor_names:
+        if ".base_layer." in key:
+            name = _base_name(key).replace(".base_layer.", ".")
+            if name in params:
+                copies[name] = (params[name], params[name].detach().clone())
+    return copies

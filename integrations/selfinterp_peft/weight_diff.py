@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
@@ -34,7 +35,7 @@ from selfinterp_plugins.serialization import (
 )
 
 from .low_rank import factor_svd, truncated_factors
-from .peft_conversion import module_changes
+from .peft_conversion import base_copies, module_changes, unload_keeping_base
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -121,11 +122,21 @@ class WeightDiff:
         from peft import PeftModel
 
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused before PEFT reads it
+        with safe_open(str(directory / PEFT_WEIGHTS), framework="pt") as handle:
+            saved = base_copies(handle.keys(), base)
         peft_model = PeftModel.from_pretrained(base, str(directory), adapter_name=adapter_name)
         try:
+            for name, (param, original) in saved.items():
+                if not torch.equal(param.detach(), original):
+                    raise WeightDiffError(f"{directory / PEFT_WEIGHTS} carries its own {name} (PEFT saves an embedding's "
+                                          "weights next to a LoRA on it), different from the base model given; "
+                                          "pass the base model the adapter was trained on.")
             return cls.from_peft(peft_model, adapter_name, progress=progress)
         finally:
-            peft_model.unload()  # the caller's base again: PEFT's layers removed, weights untouched
+            unload_keeping_base(peft_model)  # the caller's base again: PEFT's layers removed, weights untouched
+            with torch.no_grad():
+                for param, original in saved.values():
+                    param.copy_(original)
 
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
@@ -285,7 +296,9 @@ class WeightDiff:
 _NEEDS_BASE = ("use_dora", "modules_to_save", "trainable_token_indices", "lora_bias", "use_bdlora",
                "alora_invocation_tokens", "arrow_config", "velora_config", "monteclora_config", "mica",
                "kasa_config", "use_qalora")
-_FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+#: what a plain LoRA file holds: factors, and (PEFT's save_embedding_layers) an embedding's own weights,
+#: which are the base's, not a change
+_FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".base_layer.weight")
 
 
 def plain_lora_from_files(directory: Path, config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, ModuleDiff]:
