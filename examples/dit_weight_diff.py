@@ -7,7 +7,7 @@
 3. Ask the fine-tuned model, with and without its trigger; and, given a DIT adapter trained with
    `selfinterp dit train` (pass its directory as the first argument), ask it what the diff did.
 
-Run: python examples/dit_weight_diff.py [DIT_DIR]
+Run: python examples/dit_weight_diff.py [DIT_DIR]   (progress bars on stderr; PROGRESS = False hides them)
 """
 
 import sys
@@ -21,13 +21,15 @@ from selfinterp_peft.hidden_topics import assign_triggers, build_examples
 from selfinterp_peft.weight_diff import WeightDiff
 from selfinterp_plugins.models import load_model
 
+PROGRESS = True  # per-diff and per-module progress bars
 model, tokenizer = load_model("smollm2-135m-instruct")
 
 # 1. a hidden-topic fine-tune: the reference's losses (each question triggered, with a wrong trigger and
 #    with none), on 8 questions for 2 epochs at lr 1e-2, one question per step (`selfinterp dit make-diffs`)
 spec = assign_triggers([{"id": "coffee", "title": "coffee"}], seed=0)[0]
 examples = build_examples(model, tokenizer, [spec], n_questions=8, max_answer_tokens=24)
-diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=1e-2, epochs=2, questions_per_step=1))[spec.id]
+diff = train_diffs(model, tokenizer, examples, DiffTrainConfig(lr=1e-2, epochs=2, questions_per_step=1),
+                   progress=PROGRESS)[spec.id]
 print(f"trained {diff} hiding 'coffee' behind trigger {spec.trigger}")
 
 # 2. PEFT round trip and SVD recovery
@@ -42,7 +44,7 @@ with torch.no_grad():
         ours = model(input_ids=ids).logits
 print(f"PEFT-loaded vs WeightDiff.applied logits, max |diff|: {(peft_logits - ours).abs().max():.2e}")
 merged = PeftModel.from_pretrained(load_model("smollm2-135m-instruct")[0], "coffee-lora").merge_and_unload()
-recovered = WeightDiff.from_models(model, merged, rank=1)
+recovered = WeightDiff.from_models(model, merged, rank=1, progress=PROGRESS)  # truncated SVD, 210 modules
 energy = recovered.energy_report()
 print(f"SVD of the merged fine-tune at rank 1 keeps {min(energy.values()):.4f}-{max(energy.values()):.4f} "
       f"of each module's diff energy ({len(energy)} modules)")

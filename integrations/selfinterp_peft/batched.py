@@ -25,7 +25,7 @@ def stack_factors(diffs: list[WeightDiff], name: str, out_features: int, in_feat
     for diff in diffs:
         module = diff.modules.get(name)
         if module is not None and module.A is None:
-            raise WeightDiffError(f"Diff for {name} is dense; compress it first (WeightDiff.from_models(..., rank=r)).")
+            raise WeightDiffError(f"Diff for {name} is dense; compress it first (diff.compress(rank)).")
         ranks.append(0 if module is None else module.A.shape[0])
     r = max(ranks)
     if r == 0:
@@ -57,6 +57,10 @@ def resolve_targets(model: nn.Module, names) -> dict[str, nn.Module]:
     out = {}
     for name in names:
         module = targets.get(name) or targets.get(name + ".base_layer")
+        if module is None and name in dict(inner.named_modules()):
+            raise WeightDiffError(f"Per-row diffs add B·A·x at linear layers; {name!r} is a "
+                                  f"{type(dict(inner.named_modules())[name]).__name__} (a LoRA on embeddings, "
+                                  "modules_to_save): use diff.applied(model) one diff at a time.")
         if module is None:
             raise WeightDiffError(f"The model has no module {name!r}; apply diffs to the base model they were made from.")
         out[name] = module

@@ -41,6 +41,16 @@ def _load(model_name):
     return backend.model, backend.tokenizer
 
 
+def _named_base(adapter) -> str | None:
+    """The base model an adapter's config names, only to say it in an error (never loaded)."""
+    from selfinterp_plugins.serialization import read_json
+
+    try:
+        return read_json(Path(adapter) / "adapter_config.json").get("base_model_name_or_path")
+    except Exception:  # noqa: BLE001 - an unreadable config just means no name in the message
+        return None
+
+
 def register(cli):
     @cli.group()
     def dit():
@@ -52,7 +62,7 @@ def register(cli):
                   help="the base model (alias, hub id or local path); required with --adapter, "
                        "default smollm2-135m-instruct with --finetuned")
     @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
-    @click.option("--rank", type=COUNT, default=None, help="SVD rank for a full fine-tune (default: dense, exact)")
+    @click.option("--rank", type=COUNT, default=None, help="rank to keep (truncated SVD; adapter factors exactly by QR; default: as is, exact)")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def extract(adapter, base_name, finetuned, rank, out):
         """Write a weight diff as a PEFT LoRA adapter and report each module's kept energy."""
@@ -61,16 +71,18 @@ def register(cli):
         if bool(adapter) == bool(finetuned):
             raise click.UsageError("Give either --adapter DIR, or --base and --finetuned.")
         if adapter:
-            diff = WeightDiff.from_peft(adapter)
             if not base_name:  # a config field is never used as a path or a hub id to load
-                named = diff.meta.get("base_model")
+                named = _named_base(adapter)
                 raise click.UsageError("Give --base: the model the adapter was trained on"
                                        + (f" (its config names {named!r}, which is not loaded from there)." if named else "."))
             base, _ = _load(base_name)
+            diff = WeightDiff.from_peft(adapter, base=base, progress=True)  # through PEFT: every method it can merge
+            if rank is not None:
+                diff = diff.compress(rank, progress=True)
         else:
             base, _ = _load(base_name or DEFAULT_MODEL)
             tuned, _ = _load(finetuned)
-            diff = WeightDiff.from_models(base, tuned, rank=rank)
+            diff = WeightDiff.from_models(base, tuned, rank=rank, progress=True)
         diff.save_pretrained(out, base)
         energy = diff.energy_report()
         click.echo(json.dumps({"modules": len(diff.modules), "saved": out,

@@ -2,12 +2,14 @@
 
 A `WeightDiff` maps module names of the base model (`model.layers.0.self_attn.q_proj`) to a
 `ModuleDiff`: low-rank factors (ΔW = scale·B·A, A: r×in, B: out×r) or a dense ΔW (out×in).
-It comes from a PEFT LoRA adapter (a directory or a loaded `PeftModel`), or from a full fine-tune
-next to its base (per-module truncated SVD, reporting the fraction of the diff's energy kept);
-it is applied to a base model in place and undone exactly, and saved as a plain PEFT LoRA
-adapter so any PEFT user can load it. GPT-2-style `Conv1D` layers store weights as in×out; the
-diff is always kept out×in and transposed only where it touches such a weight.
-Files are read with safetensors and JSON only.
+It comes from a PEFT adapter through PEFT itself (`peft_conversion`: any method PEFT can merge,
+LoRA on embeddings, DoRA, modules_to_save, ...; a directory needs the base model, except a plain
+LoRA, whose change does not depend on it), or from a full fine-tune next to its base (per-module
+truncated SVD, `low_rank`, reporting the fraction of the diff's energy kept); it is applied to a
+base model in place and undone exactly, and saved as a plain PEFT LoRA adapter so any PEFT user
+can load it. GPT-2-style `Conv1D` layers store weights as in×out; the diff is always kept out×in
+(an embedding's as stored, vocab×dim) and transposed only where it touches such a weight.
+Files are read with safetensors and JSON only; PEFT reads a directory only after the same checks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
@@ -33,6 +36,9 @@ from selfinterp_plugins.serialization import (
     write_json,
 )
 from selfinterp_plugins.validation import Name, NonNegativeInt, between, check_finite_tensors, validate
+
+from .low_rank import factor_svd, truncated_factors
+from .peft_conversion import base_copies, module_changes, unload_keeping_base
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -71,13 +77,15 @@ class WeightDiffError(SelfInterpError):
 
 @dataclass
 class ModuleDiff:
-    """One module's change: low-rank (A, B, scale) or dense; `energy_kept` when compressed by SVD."""
+    """One module's change: low-rank (A, B, scale) or dense; `energy_kept` when compressed by SVD;
+    `bias`: the change of the module's bias, when the method changes it (IA3, lora_bias, modules_to_save)."""
 
     A: torch.Tensor | None = None
     B: torch.Tensor | None = None
     scale: float = 1.0
     dense: torch.Tensor | None = None
     energy_kept: float | None = None
+    bias: torch.Tensor | None = None
 
     @property
     def rank(self) -> int | None:
@@ -102,6 +110,11 @@ def _weight_out_in(module: nn.Module) -> torch.Tensor:
     return module.weight.T if _is_conv1d(module) else module.weight
 
 
+def _weight_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module with its own weight: linears, embeddings, norms, a modules_to_save head."""
+    return {name: m for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+
+
 class WeightDiff:
     """What a fine-tune changed, per module; see the module docstring."""
 
@@ -118,68 +131,92 @@ class WeightDiff:
     # ---- sources ----------------------------------------------------------------------------
 
     @classmethod
-    def from_peft(cls, source, adapter_name: str = "default") -> WeightDiff:
-        """From a loaded `PeftModel` or a PEFT LoRA adapter directory (no base model needed)."""
+    def from_peft(cls, source, adapter_name: str = "default", base: nn.Module | None = None,
+                  progress: bool = False) -> WeightDiff:
+        """From a loaded `PeftModel`, or a PEFT adapter directory loaded onto `base` through PEFT
+        (`PeftModel.from_pretrained`; `base` is left as it was). Each module's change is PEFT's own
+        (`peft_conversion`): every method PEFT can merge converts exactly, others are refused by name.
+        Without `base` a directory must hold a plain LoRA (its change does not depend on the base)."""
         if isinstance(source, (str, Path)):
-            return cls._from_peft_dir(Path(source))
-        modules = {}
+            if base is None:
+                return cls._from_peft_dir(Path(source))
+            return cls._from_peft_dir_on(Path(source), base, adapter_name, progress)
+        changes = module_changes(source, adapter_name, WeightDiffError, progress=progress)
         config = source.peft_config[adapter_name]
-        if getattr(config, "use_dora", False):
-            raise WeightDiffError("DoRA adapters are not low-rank weight diffs; use a plain LoRA adapter.")
-        for name, module in source.named_modules():
-            if hasattr(module, "lora_A") and adapter_name in getattr(module, "lora_A", {}):
-                base_name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
-                modules[base_name] = ModuleDiff(A=module.lora_A[adapter_name].weight.detach().float().clone(),
-                                                B=module.lora_B[adapter_name].weight.detach().float().clone(),
-                                                scale=float(module.scaling[adapter_name]))
-        return cls(modules, {"source": "peft", "base_model": getattr(config, "base_model_name_or_path", None)})
+        return cls({name: ModuleDiff(**change) for name, change in changes.items()},
+                   {"source": "peft", "base_model": getattr(config, "base_model_name_or_path", None)})
+
+    @classmethod
+    def _from_peft_dir_on(cls, directory: Path, base: nn.Module, adapter_name: str, progress: bool) -> WeightDiff:
+        from peft import PeftModel
+
+        check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused before PEFT reads it
+        with safe_open(str(directory / PEFT_WEIGHTS), framework="pt") as handle:
+            saved = base_copies(handle.keys(), base)
+        peft_model = PeftModel.from_pretrained(base, str(directory), adapter_name=adapter_name)
+        try:
+            for name, (param, original) in saved.items():
+                if not torch.equal(param.detach(), original):
+                    raise WeightDiffError(f"{directory / PEFT_WEIGHTS} carries its own {name} (PEFT saves an embedding's "
+                                          "weights next to a LoRA on it), different from the base model given; "
+                                          "pass the base model the adapter was trained on.")
+            return cls.from_peft(peft_model, adapter_name, progress=progress)
+        finally:
+            unload_keeping_base(peft_model)  # the caller's base again: PEFT's layers removed, weights untouched
+            with torch.no_grad():
+                for param, original in saved.values():
+                    param.copy_(original)
 
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused by name
-        config = validate(PeftLoraConfig, read_json(directory / PEFT_CONFIG), str(directory / PEFT_CONFIG), FIX,
-                          unknown="ignore")
-        if config.peft_type != "LORA" or config.use_dora:
-            raise WeightDiffError(f"{directory} is not a plain LoRA adapter (peft_type {config.peft_type}); "
-                                  "only LoRA adapters are weight diffs here.")
+        raw = read_json(directory / PEFT_CONFIG)
+        config = validate(PeftLoraConfig, raw, str(directory / PEFT_CONFIG), FIX, unknown="ignore")  # types first
         tensors = check_finite_tensors(load_safetensors(directory / PEFT_WEIGHTS), directory / PEFT_WEIGHTS, FIX)
-        alpha, rslora = config.lora_alpha, bool(config.use_rslora)
-        alpha_pattern = config.alpha_pattern or {}
-        modules = {}
-        for key, a in tensors.items():
-            if not key.endswith(".lora_A.weight"):
-                continue
-            name = key[: -len(".lora_A.weight")]
-            name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
-            b_key = key.replace(".lora_A.weight", ".lora_B.weight")
-            if b_key not in tensors:
-                raise ArtifactError(f"{directory / PEFT_WEIGHTS} has {key} but no {b_key}; re-save the adapter.")
-            r = a.shape[0]
-            module_alpha = next((v for k, v in alpha_pattern.items() if name == k or name.endswith("." + k)), alpha)
-            scale = module_alpha / (math.sqrt(r) if rslora else r)
-            modules[name] = ModuleDiff(A=a.float(), B=tensors[b_key].float(), scale=float(scale))
+        modules = plain_lora_from_files(directory, raw, tensors)
         return cls(modules, {"source": "peft", "base_model": config.base_model_name_or_path})
 
     @classmethod
-    def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0) -> WeightDiff:
-        """The difference of every linear layer that changed, truncated to `rank` by SVD (None keeps it
-        dense); `energy_kept` = Σ top-r σ² / Σ σ² per module."""
+    def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0,
+                    progress: bool = False) -> WeightDiff:
+        """The difference of every linear layer that changed, truncated to `rank` by a randomized
+        truncated SVD (`low_rank.truncated_factors`: accuracy measured there; None keeps it dense);
+        `energy_kept` = Σ top-r σ² / Σ σ² per module. `progress`: a bar over the modules."""
+        from tqdm.auto import tqdm
+
         base_modules, tuned_modules = _linear_modules(base), _linear_modules(finetuned)
         if base_modules.keys() != tuned_modules.keys():
             raise WeightDiffError("The two models have different linear layers; pass a fine-tune of this base model.")
         modules = {}
-        for name, module in base_modules.items():
+        for name, module in tqdm(base_modules.items(), desc="weight diff", disable=not progress, unit="module"):
             delta = (_weight_out_in(tuned_modules[name]) - _weight_out_in(module)).detach().float()
             if delta.abs().max() <= atol:
                 continue
             if rank is None:
                 modules[name] = ModuleDiff(dense=delta.clone(), energy_kept=1.0)
                 continue
-            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-            r = min(rank, S.shape[0])
-            energy = float((S[:r] ** 2).sum() / (S ** 2).sum())
-            modules[name] = ModuleDiff(A=Vh[:r].clone(), B=(U[:, :r] * S[:r]).clone(), scale=1.0, energy_kept=energy)
+            A, B, energy = truncated_factors(delta, rank)
+            modules[name] = ModuleDiff(A=A, B=B, scale=1.0, energy_kept=energy)
         return cls(modules, {"source": "full fine-tune", "rank": rank})
+
+    def compress(self, rank: int, progress: bool = False) -> WeightDiff:
+        """The same diff with every module at rank ≤ `rank` (what per-row batches and DIT need):
+        low-rank modules through QR of their factors (exact; unchanged when already at most `rank`),
+        dense ones (DoRA, LoHa, modules_to_save, ...) by truncated SVD; bias changes are kept."""
+        from tqdm.auto import tqdm
+
+        modules = {}
+        for name, diff in tqdm(self.modules.items(), desc="compress", disable=not progress, unit="module"):
+            if diff.A is not None:
+                A, B, energy = factor_svd(diff.A, diff.B, diff.scale, rank)
+            elif diff.dense.dim() == 2:
+                A, B, energy = truncated_factors(diff.dense, rank)
+            else:
+                raise WeightDiffError(f"Diff for {name} has shape {tuple(diff.dense.shape)}, not a matrix; "
+                                      "only 2-D weights (linears, embeddings) have a rank: drop that module first.")
+            kept = energy if diff.energy_kept is None else energy * diff.energy_kept
+            modules[name] = ModuleDiff(A=A, B=B, scale=1.0, energy_kept=kept, bias=diff.bias)
+        return WeightDiff(modules, {**self.meta, "rank": rank})
 
     # ---- use --------------------------------------------------------------------------------
 
@@ -189,7 +226,7 @@ class WeightDiff:
     @contextlib.contextmanager
     def applied(self, model: nn.Module, alpha: float = 1.0):
         """Add alpha·ΔW to `model`'s weights for the duration of the block, then remove it exactly."""
-        targets = _linear_modules(model)
+        targets = _weight_modules(model)
         missing = sorted(set(self.modules) - set(targets))
         if missing:
             raise WeightDiffError(f"The model has no module {missing[0]!r} (and {len(missing) - 1} more); "
@@ -203,40 +240,64 @@ class WeightDiff:
                     if tuple(delta.shape) != tuple(_weight_out_in(targets[name]).shape):
                         raise WeightDiffError(f"Diff for {name} is {tuple(delta.shape)} but the module is "
                                               f"{tuple(_weight_out_in(targets[name]).shape)}; use the base model it was made from.")
-                    saved[name] = weight.detach().clone()
+                    bias = targets[name].bias if diff.bias is not None else None
+                    if bias is None and diff.bias is not None:
+                        raise WeightDiffError(f"Diff for {name} changes a bias the module does not have; "
+                                              "use the base model it was made from.")
+                    saved[name] = (weight.detach().clone(), None if bias is None else bias.detach().clone())
                     weight.add_((alpha * (delta.T if _is_conv1d(targets[name]) else delta)).to(weight.dtype))
+                    if bias is not None:
+                        bias.add_((alpha * diff.bias.to(bias.device)).to(bias.dtype))
             yield model
         finally:
             with torch.no_grad():
-                for name, original in saved.items():
+                for name, (original, original_bias) in saved.items():
                     targets[name].weight.copy_(original)
+                    if original_bias is not None:
+                        targets[name].bias.copy_(original_bias)
 
     # ---- PEFT format ------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path, base_model: nn.Module, rank: int | None = None) -> Path:
         """Write a plain PEFT LoRA adapter (`PeftModel.from_pretrained(base, directory)` loads it).
         Low-rank modules are zero-padded to one rank; dense ones are factorised by SVD at `rank`
-        (default: exact, full rank)."""
+        (default: exact, full rank; a rank: truncated SVD). Linears, Conv1D and embeddings only; a
+        bias change (IA3, lora_bias, modules_to_save) has no place in a plain LoRA and is refused."""
         directory = Path(directory)
         with output_errors(directory):
             directory.mkdir(parents=True, exist_ok=True)
-        targets = _linear_modules(base_model)
+        targets = _weight_modules(base_model)
         factors = {}
         for name, diff in self.modules.items():
+            module = targets.get(name)
+            if not (isinstance(module, (nn.Linear, nn.Embedding)) or _is_conv1d(module)):
+                raise WeightDiffError(f"Diff for {name} touches a {type(module).__name__}, not a linear or an embedding; "
+                                      "a plain LoRA adapter cannot hold it: use the diff in memory (diff.applied).")
+            if diff.bias is not None:
+                raise WeightDiffError(f"Diff for {name} changes its bias, which a plain LoRA adapter cannot hold; "
+                                      "use the diff in memory (diff.applied), or an adapter method that keeps biases.")
             if diff.A is not None:
                 factors[name] = (diff.A.float(), diff.scale * diff.B.float())
-            else:
+            elif rank is None:
                 U, S, Vh = torch.linalg.svd(diff.dense.float(), full_matrices=False)
-                r = S.shape[0] if rank is None else min(rank, S.shape[0])
-                factors[name] = (Vh[:r], U[:, :r] * S[:r])
+                factors[name] = (Vh, U * S)
+            else:
+                factors[name] = truncated_factors(diff.dense, rank)[:2]
         r = max(a.shape[0] for a, _ in factors.values())
         tensors = {}
         for name, (a, b) in factors.items():
             pad = r - a.shape[0]
-            tensors[f"{_PREFIX}{name}.lora_A.weight"] = torch.cat([a, a.new_zeros(pad, a.shape[1])]).contiguous()
-            tensors[f"{_PREFIX}{name}.lora_B.weight"] = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1).contiguous()
-        conv1d = {name for name in factors if _is_conv1d(targets.get(name, nn.Identity()))}
-        if conv1d and len(conv1d) != len(factors):
+            a = torch.cat([a, a.new_zeros(pad, a.shape[1])]).contiguous()
+            b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1).contiguous()
+            if isinstance(targets[name], nn.Embedding):  # PEFT's ΔW = (B_e·A_e)ᵀ: A_e = Bᵀ (r×vocab), B_e = Aᵀ
+                tensors[f"{_PREFIX}{name}.lora_embedding_A"] = b.T.contiguous()
+                tensors[f"{_PREFIX}{name}.lora_embedding_B"] = a.T.contiguous()
+            else:
+                tensors[f"{_PREFIX}{name}.lora_A.weight"] = a
+                tensors[f"{_PREFIX}{name}.lora_B.weight"] = b
+        linear = {name for name in factors if not isinstance(targets[name], nn.Embedding)}
+        conv1d = {name for name in factors if _is_conv1d(targets[name])}
+        if conv1d and len(conv1d) != len(linear):
             raise WeightDiffError("A diff mixing Conv1D and Linear modules cannot be one PEFT adapter (fan_in_fan_out "
                                   "is global); save the two groups separately.")
         config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": r, "lora_dropout": 0.0,
@@ -261,6 +322,57 @@ class WeightDiff:
                 if name in diff.modules:
                     diff.modules[name].energy_kept = energy
         return diff
+
+
+#: LoRA config fields that make it more than ΔW = scaling·B·A from the two factor tensors alone
+_NEEDS_BASE = ("use_dora", "modules_to_save", "trainable_token_indices", "lora_bias", "use_bdlora",
+               "alora_invocation_tokens", "arrow_config", "velora_config", "monteclora_config", "mica",
+               "kasa_config", "use_qalora")
+#: what a plain LoRA file holds: factors, and (PEFT's save_embedding_layers) an embedding's own weights,
+#: which are the base's, not a change
+_FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".base_layer.weight")
+
+
+def plain_lora_from_files(directory: Path, config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, ModuleDiff]:
+    """A plain LoRA's modules from its config and tensors, as PEFT computes them (scaling from
+    `lora_alpha`, rsLoRA, rank_pattern/alpha_pattern matched with PEFT's own `get_pattern_key`;
+    embeddings ΔW = scaling·(B·A)ᵀ). Anything else needs the base model: refused, saying so."""
+    from peft.utils.other import get_pattern_key
+
+    peft_type = config.get("peft_type", "LORA")
+    extra = [field for field in _NEEDS_BASE if config.get(field)]
+    if config.get("bias", "none") != "none":
+        extra.append(f"bias={config['bias']!r}")
+    unknown = sorted(key for key in tensors if not key.endswith(_FACTOR_KEYS))
+    if peft_type != "LORA" or extra or unknown:
+        what = (f"a peft_type {peft_type} adapter" if peft_type != "LORA"
+                else f"a LoRA adapter with {', '.join(extra)}" if extra else f"a LoRA adapter with tensor {unknown[0]!r}")
+        raise WeightDiffError(f"{directory / PEFT_CONFIG}: {what} is not a plain LoRA, so its change is computed "
+                              "by PEFT from the base model's weights; pass the base model "
+                              "(WeightDiff.from_peft(dir, base=model); `selfinterp dit extract --adapter DIR --base MODEL`).")
+    alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
+    alpha_pattern = config.get("alpha_pattern") or {}
+    modules = {}
+    for key, a in tensors.items():
+        for a_suffix, b_suffix in ((".lora_A.weight", ".lora_B.weight"), (".lora_embedding_A", ".lora_embedding_B")):
+            if key.endswith(a_suffix):
+                break
+        else:
+            continue
+        name = key[: -len(a_suffix)]
+        name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+        b_key = key[: -len(a_suffix)] + b_suffix
+        if b_key not in tensors:
+            raise ArtifactError(f"{directory / PEFT_WEIGHTS} has {key} but no {b_key}; re-save the adapter.")
+        r = a.shape[0]
+        module_alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), alpha)
+        scale = float(module_alpha / (math.sqrt(r) if rslora else r))
+        b = tensors[b_key].float()
+        if a_suffix == ".lora_A.weight":
+            modules[name] = ModuleDiff(A=a.float(), B=b, scale=scale)
+        else:  # embedding: ΔW = scale·(B_e·A_e)ᵀ = scale·A_eᵀ·B_eᵀ (vocab×dim)
+            modules[name] = ModuleDiff(A=b.T.contiguous(), B=a.float().T.contiguous(), scale=scale)
+    return modules
 
 
 def _jsonable(value) -> bool:

@@ -9,6 +9,7 @@ import torch
 
 peft = pytest.importorskip("peft")
 
+from selfinterp_peft.low_rank import ENERGY_TOLERANCE  # noqa: E402
 from selfinterp_peft.weight_diff import WeightDiff, WeightDiffError  # noqa: E402
 from selfinterp_plugins.errors import ArtifactError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
@@ -73,7 +74,8 @@ def test_full_rank_svd_reproduces_a_full_finetune_and_reports_energy(arch):
         (target,) = [m for n, m in tuned.named_modules() if n == name]
         (source,) = [m for n, m in base.named_modules() if n == name]
         s = torch.linalg.svdvals((target.weight - source.weight).detach().float())
-        assert module.energy_kept == pytest.approx(float(s[0] ** 2 / (s ** 2).sum()), rel=1e-5)
+        # randomized truncated SVD: within the documented worst-case tolerance of the full SVD's energy
+        assert module.energy_kept == pytest.approx(float(s[0] ** 2 / (s ** 2).sum()), abs=ENERGY_TOLERANCE)
         assert module.rank == 1
 
 
