@@ -47,6 +47,16 @@ def _sae(path, release=None, sae_id=None):
     return load_sae(path, release, sae_id)
 
 
+def sae_options(command):
+    """An SAE as SAE-Lens users name one: a directory saved with `sae.save_model` (--sae), or a
+    pretrained release and SAE id (--release, --sae-id: `SAE.from_pretrained`, offline from the
+    Hugging Face cache)."""
+    command = click.option("--sae-id", default=None, help="SAE id within --release (SAE.from_pretrained)")(command)
+    command = click.option("--release", default=None, help="SAE-Lens pretrained release (with --sae-id)")(command)
+    return click.option("--sae", "sae_dir", default=None, type=click.Path(),
+                        help="SAE directory (sae.save_model); or --release and --sae-id")(command)
+
+
 def read_label_records(path) -> list[dict]:
     """Label records from explain / `sae label` JSONL, or from a Neuronpedia explanations file."""
     from selfinterp_plugins.serialization import read_jsonl
@@ -124,9 +134,7 @@ def register(cli):
 
     @sae.command("import-neuronpedia")
     @click.argument("explanations", type=click.Path())
-    @click.option("--sae", "sae_dir", default=None, help="SAE directory (save_model); or --release/--sae-id")
-    @click.option("--release", default=None)
-    @click.option("--sae-id", default=None)
+    @sae_options
     @click.option("--model-id", default=None, help="keep only rows of this Neuronpedia modelId")
     @click.option("--np-sae-id", default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
     @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
@@ -145,7 +153,7 @@ def register(cli):
 
     @sae.command("label")
     @click.argument("explainer_dir", type=click.Path())
-    @click.option("--sae", "sae_dir", required=True, type=click.Path())
+    @sae_options
     @click.option("--features", default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
     @model_option()
     @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
@@ -154,13 +162,14 @@ def register(cli):
     @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
     @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
                   help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
-    def label(explainer_dir, sae_dir, features, model_name, scales, batch_size, max_new_tokens, output, np_output):
-        """Label an SAE's latents with a trained explainer (EXPLAINER_DIR)."""
+    def label(explainer_dir, sae_dir, release, sae_id, features, model_name, scales, batch_size, max_new_tokens, output,
+              np_output):
+        """Label an SAE's latents with a trained explainer (EXPLAINER_DIR, or a shipped explainer's name)."""
         from selfinterp_plugins import Explainer, Sampling
 
         from .labelling import label_features
 
-        indices, sae_obj = parse_features(features), _sae(sae_dir)  # user errors before the model loads
+        indices, sae_obj = parse_features(features), _sae(sae_dir, release, sae_id)  # user errors before the model loads
         explainer = Explainer.from_pretrained(explainer_dir, model=load_backend(model_name))
         records = label_features(explainer, sae_obj, indices, output, scales,
                                  Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
@@ -168,7 +177,7 @@ def register(cli):
 
     @sae.command("score")
     @click.argument("labels", type=click.Path())
-    @click.option("--sae", "sae_dir", required=True, type=click.Path())
+    @sae_options
     @click.option("--scorer", type=click.Choice(["generation", "detection"]), default="generation", show_default=True)
     @model_option(f"subject model (and default writer / judge): {MODEL_HELP}")
     @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
@@ -178,11 +187,11 @@ def register(cli):
     @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True)
     @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")
-    def score(labels, sae_dir, scorer, model_name, writer_model, judge_model, samples, max_new_tokens, corpus, n_windows,
-              output):
+    def score(labels, sae_dir, release, sae_id, scorer, model_name, writer_model, judge_model, samples, max_new_tokens,
+              corpus, n_windows, output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
+        sae_obj = _sae(sae_dir, release, sae_id)  # user errors before the model loads
         backend = load_backend(model_name)
-        sae_obj = _sae(sae_dir)
         records = read_label_records(labels)
         if scorer == "generation":
             from .generation_scoring import ConversationWriter, generation_score

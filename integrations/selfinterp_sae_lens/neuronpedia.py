@@ -135,7 +135,7 @@ def labelled_dataset(sae, explanations: list[Explanation], model_id: str | None 
     sources = sorted({(e.model_id, e.sae_id) for e in chosen})
     if len(sources) > 1:
         raise ArtifactError(f"The file mixes explanations of {len(sources)} SAEs, e.g. {sources[:2]}; pick one with "
-                            "model_id= and sae_id= (CLI: --model-id, --sae-id).")
+                            "model_id= and sae_id= (CLI: --model-id, --np-sae-id).")
     d_sae = sae_info(sae).d_sae
     outside = [e for e in chosen if e.index >= d_sae]
     if outside:
@@ -172,26 +172,41 @@ def split_features(indices, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[in
     return dict(zip(indices, names))
 
 
-def neuronpedia_ids(sae) -> tuple[str, str]:
-    """(modelId, saeId) of an SAE from its `neuronpedia_id` (`gpt2-small/0-res-jb`), else from its
-    model name and hook name."""
+#: Neuronpedia's SAE-id kind for each residual / sublayer hook (its ids read `{layer}-{kind}-{set}`)
+_NP_KIND = {"hook_resid_pre": "res", "hook_resid_mid": "res", "hook_resid_post": "res", "hook_attn_out": "att",
+            "attn.hook_z": "att", "hook_mlp_out": "mlp"}
+
+
+def neuronpedia_ids(sae, source_set: str = "selfinterp") -> tuple[str, str]:
+    """(modelId, SAE id) in Neuronpedia's own form. From the SAE's `neuronpedia_id`
+    (`gpt2-small/0-res-jb`) when SAE-Lens knows it; otherwise built as Neuronpedia builds them: the
+    model's short lower-case name and `{layer}-{kind}-{set}` (`6-res-selfinterp` for
+    `blocks.6.hook_resid_post`), never the hook name, which Neuronpedia's `layer` field does not take."""
     meta = sae.cfg.metadata
     if meta.get("neuronpedia_id"):
         model, _, sae_id = str(meta.get("neuronpedia_id")).partition("/")
         return model, sae_id
-    return str(meta.get("model_name") or "unknown-model"), str(meta.get("hook_name") or "unknown-sae")
+    model = str(meta.get("model_name") or "unknown-model").rsplit("/", 1)[-1].lower()
+    hook = str(meta.get("hook_name") or "")
+    parts = hook.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit() and ".".join(parts[2:]) in _NP_KIND:
+        return model, f"{parts[1]}-{_NP_KIND['.'.join(parts[2:])]}-{source_set}"
+    if hook == "hook_embed":
+        return model, f"0-embed-{source_set}"
+    return model, f"{hook or 'unknown'}-{source_set}"
 
 
 def to_neuronpedia(records, model_id: str, sae_id: str, explanation_model: str) -> list[dict]:
-    """Label records (id = latent index, label) as Neuronpedia explanation rows."""
+    """Label records (id = latent index, label) as Neuronpedia explanation rows, in Neuronpedia's
+    own fields only (modelId, layer, index, description, explanationModelName, typeName). A label
+    read at a scale other than 1 says so in its explanation model's name (`...@scale=2`)."""
     rows = []
     for r in records:
         index = int(r.get("feature", str(r["id"]).split(".")[0]))
-        row = {"modelId": model_id, "layer": sae_id, "index": str(index), "description": r["label"],
-               "explanationModelName": explanation_model, "typeName": "selfinterp"}
-        if "scale" in r:
-            row["scale"] = r["scale"]
-        rows.append(row)
+        scale = float(r.get("scale", 1.0))
+        name = explanation_model if scale == 1.0 else f"{explanation_model}@scale={scale:g}"
+        rows.append({"modelId": model_id, "layer": sae_id, "index": str(index), "description": r["label"],
+                     "explanationModelName": name, "typeName": "selfinterp"})
     return rows
 
 

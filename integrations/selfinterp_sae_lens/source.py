@@ -18,14 +18,17 @@ from selfinterp_plugins.serialization import check_artifact_dir
 
 from .sae_info import hook_name, sae_info, sae_metadata, sae_site
 
-__all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name", "load_sae", "sae_dataset",
-           "sae_metadata", "sae_site"]
+__all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name", "load_sae", "pretrained_sae",
+           "sae_dataset", "sae_metadata", "sae_site"]
 
 
 def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, device: str = "cpu"):
     """An SAE-Lens `SAE` from an object, a saved directory, or `release` + `sae_id`."""
     from sae_lens import SAE
 
+    if sae is not None and (release or sae_id):
+        raise ArtifactError("Give an SAE directory (--sae) or an SAE-Lens release and SAE id (--release, --sae-id), "
+                            "not both: the one left over would be ignored.")
     if sae is not None and not isinstance(sae, (str, Path)):
         return sae
     if sae is not None:
@@ -35,8 +38,40 @@ def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, de
         check_artifact_dir(path)
         return SAE.load_from_disk(path, device=device)
     if release and sae_id:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        return pretrained_sae(release, sae_id, device)
     raise ArtifactError("Give an SAE object, a directory saved with `sae.save_model`, or both release and sae_id.")
+
+
+def pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
+    """`SAE.from_pretrained(release, sae_id)`, as every SAE-Lens user loads one (from the local
+    Hugging Face cache when offline), with its failures as one line: an unknown release or id
+    names the registry; a file missing offline says how to get it there."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    releases = get_pretrained_saes_directory()
+    if release not in releases:
+        close = sorted(r for r in releases if release.split("-")[0] in r)[:5]
+        raise ArtifactError(f"SAE-Lens has no release {release!r}" + (f" (similar: {', '.join(close)})" if close else "")
+                            + "; list them with sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory().")
+    ids = list(releases[release].saes_map)
+    if sae_id not in ids:
+        raise ArtifactError(f"Release {release!r} has no SAE {sae_id!r}; it has {', '.join(ids[:6])}"
+                            + (f" and {len(ids) - 6} more." if len(ids) > 6 else "."))
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as err:
+        raise ArtifactError(
+            f"SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(err).__name__}); load it once online (SAE.from_pretrained({release!r}, {sae_id!r})), or pass "
+            "--sae DIR of one saved with sae.save_model(DIR)."
+        ) from None
+    # the registry's Neuronpedia id, which exports are keyed by (a cached config may not carry it)
+    known = (releases[release].neuronpedia_id or {}).get(sae_id)
+    if known and not sae.cfg.metadata.get("neuronpedia_id"):
+        sae.cfg.metadata.neuronpedia_id = known
+    return sae
 
 
 def feature_indices(sae, features=None) -> list[int]:

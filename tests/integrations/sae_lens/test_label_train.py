@@ -51,7 +51,7 @@ def test_label_features_resumes_and_writes_neuronpedia(tiny_llama, tmp_path):
     assert [r["label"] for r in again] == [r["label"] for r in full]
     assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == sorted(str(i) for i in range(2, 9))
     np_rows = read_explanations(np_out)
-    assert [e.index for e in np_rows] == list(range(2, 9)) and np_rows[0].sae_id == "blocks.1.hook_resid_post"
+    assert [e.index for e in np_rows] == list(range(2, 9)) and np_rows[0].sae_id == "1-res-selfinterp"  # Neuronpedia's form, not the hook name
     assert all(e.explainer.startswith("selfinterp:") for e in np_rows)
 
 

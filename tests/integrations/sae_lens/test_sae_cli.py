@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from selfinterp_plugins import Explainer, HFBackend
 from selfinterp_plugins.cli import main
 from selfinterp_plugins.models import tiny_model
@@ -81,3 +84,80 @@ def test_sae_cli_errors_are_one_line(tmp_path, capsys):
                  capsys, code=2)
     assert "Cannot read features 'a:b'" in err
     assert not (tmp_path / "d").exists()
+
+
+def _cache_release(cache, sae, release="gpt2-small-res-jb", sae_id="blocks.1.hook_resid_pre"):
+    """Put `sae` in a Hugging Face cache where `SAE.from_pretrained(release, sae_id)` finds it
+    offline: the release's repository, a snapshot and `refs/main`, as a download would leave it."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    lookup = get_pretrained_saes_directory()[release]
+    folder = lookup.saes_map[sae_id]
+    repo = cache / f"models--{lookup.repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    sae.save_model(repo / "snapshots" / commit / folder)
+    from safetensors.torch import save_file
+
+    save_file({"sparsity": torch.zeros(int(sae.cfg.d_sae))}, str(repo / "snapshots" / commit / folder / "sparsity.safetensors"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_sae_label_takes_a_pretrained_release_offline(tmp_path, capsys, monkeypatch):
+    """`sae label --release R --sae-id S`, as SAE-Lens users name SAEs (`SAE.from_pretrained`),
+    read offline from the Hugging Face cache; before, only a local --sae directory was taken."""
+    import huggingface_hub.constants
+
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    m = ["--model", str(tmp_path / "tiny")]
+    _cache_release(tmp_path / "hub", random_sae(d_in=64, d_sae=4, hook="blocks.1.hook_resid_pre"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo", site="embed")
+    explainer.save_pretrained(tmp_path / "explainer")
+    base = ["sae", "label", str(tmp_path / "explainer"), *m, "--features", "0:2", "--max-new-tokens", "3"]
+    out, _ = run([*base, "--release", "gpt2-small-res-jb", "--sae-id", "blocks.1.hook_resid_pre",
+                  "--output", str(tmp_path / "labels.jsonl"), "--neuronpedia", str(tmp_path / "np.json")], capsys)
+    assert json.loads(out)["labels"] == 2
+    rows = json.loads((tmp_path / "np.json").read_text())
+    # Neuronpedia's own fields; the SAE id as Neuronpedia spells it (SAE-Lens's neuronpedia_id for this release)
+    assert set(rows[0]) == {"modelId", "layer", "index", "description", "explanationModelName", "typeName"}
+    assert (rows[0]["modelId"], rows[0]["layer"]) == ("gpt2-small", "1-res-jb")
+
+    _, err = run([*base, "--release", "gpt2-small-res-jb", "--sae-id", "blocks.99.hook_resid_pre", "--output",
+                  str(tmp_path / "x.jsonl")], capsys, code=2)
+    assert "has no SAE 'blocks.99.hook_resid_pre'" in err and "Traceback" not in err
+    _, err = run([*base, "--release", "gpt2-small-res-jbb", "--sae-id", "x", "--output", str(tmp_path / "x.jsonl")],
+                 capsys, code=2)
+    assert "SAE-Lens has no release 'gpt2-small-res-jbb'" in err
+    _, err = run([*base, "--release", "gpt2-small-res-jb", "--sae-id", "blocks.2.hook_resid_pre", "--output",
+                  str(tmp_path / "x.jsonl")], capsys, code=2)  # a real id whose files are not in the cache
+    assert "not in the local Hugging Face cache" in err and len(err.strip().splitlines()) == 1
+    _, err = run([*base, "--sae", str(tmp_path / "explainer"), "--sae-id", "blocks.1.hook_resid_pre", "--output",
+                  str(tmp_path / "x.jsonl")], capsys, code=2)  # --sae-id next to --sae used to be ignored
+    assert "not both" in err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_neuronpedia_export_speaks_neuronpedia(tmp_path):
+    """Export rows carry Neuronpedia's fields only: `layer` is a Neuronpedia SAE id built as
+    Neuronpedia builds them (it was the hook name) and no `scale` key (a scale other than 1 is
+    named in the explanation model); the mixed-SAE error names the flag that exists."""
+    from selfinterp_plugins.errors import ArtifactError
+    from selfinterp_sae_lens.neuronpedia import labelled_dataset, neuronpedia_ids, read_explanations, write_explanations
+
+    sae = random_sae(d_in=64, d_sae=4, hook="blocks.6.hook_resid_post")
+    sae.cfg.metadata.model_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert neuronpedia_ids(sae) == ("smollm2-135m-instruct", "6-res-selfinterp")
+    sae.cfg.metadata.hook_name = "blocks.3.hook_mlp_out"
+    assert neuronpedia_ids(sae)[1] == "3-mlp-selfinterp"
+    records = [{"id": "0", "feature": 0, "scale": 1.0, "label": "cats"}, {"id": "0", "feature": 0, "scale": 2.0, "label": "dogs"}]
+    write_explanations(records, tmp_path / "np.jsonl", "smollm2-135m-instruct", "6-res-selfinterp", "selfinterp:x")
+    rows = [json.loads(line) for line in (tmp_path / "np.jsonl").read_text().splitlines()]
+    assert all("scale" not in r for r in rows)
+    assert [r["explanationModelName"] for r in rows] == ["selfinterp:x", "selfinterp:x@scale=2"]
+    mixed = rows + [dict(rows[0], layer="7-res-selfinterp")]
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    with pytest.raises(ArtifactError, match="--np-sae-id"):
+        labelled_dataset(sae, read_explanations(tmp_path / "mixed.json"))
