@@ -26,6 +26,7 @@ from .locks import DirectoryLock
 from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
+from .vector_spec import VectorSpec
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -35,7 +36,7 @@ class Explainer:
     """A frozen model that reads vectors aloud through a trained adapter."""
 
     def __init__(self, backend: Backend, adapter: Adapter, template: PromptTemplate, site: Site, model_id: str | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, vector_spec: VectorSpec | None = None):
         if adapter.d_model != backend.d_model:
             raise VectorError(
                 f"Adapter width {adapter.d_model} differs from the model's d_model {backend.d_model}; "
@@ -48,6 +49,8 @@ class Explainer:
         self.model_id = model_id
         #: free-form facts saved with the explainer (vector source, layer, benchmark numbers)
         self.metadata = dict(metadata or {})
+        #: what vectors it reads (site, prompt form, centring); None if trained on vectors of unknown origin
+        self.vector_spec = vector_spec
         tok = backend.tokenizer
         self.prompt_ids = template.prompt_ids(tok)
         self.inject_mask = self.prompt_ids == template.placeholder_id(tok)
@@ -77,8 +80,10 @@ class Explainer:
             template = PromptTemplate.named(template, backend.tokenizer)
         if not isinstance(adapter, AdapterConfig):
             adapter = AdapterConfig.for_kind(adapter, backend.d_model, **adapter_options)
-        model_id = model_id or getattr(getattr(backend.model, "config", None), "_name_or_path", None)
-        return cls(backend, make_adapter(adapter), template, Site.parse(site), model_id)
+        from .models.identity import model_id_of
+
+        site = backend.check_site(Site.parse(site))  # a layer this model lacks is refused now, not at the first call
+        return cls(backend, make_adapter(adapter), template, site, model_id or model_id_of(backend))
 
     # ---- the two computations -------------------------------------------------------------
 
@@ -137,6 +142,7 @@ class Explainer:
         `remote=True` (nnsight models) computes each step's loss and gradients on NDIF."""
         from .training import TrainConfig, train
 
+        self._record_vector_spec(train_data)
         with self._remote(remote):
             return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
@@ -148,6 +154,49 @@ class Explainer:
 
         with self._remote(remote):
             return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+
+    # ---- what vectors it reads ------------------------------------------------------------
+
+    def prepare_vectors(self, x, site=None, features=None) -> torch.Tensor:
+        """What you hold, as this explainer's input (N, d_model): an activation (d), (N, d) or
+        (N, T, d) (the last position is taken), a TransformerLens cache entry or `ActivationCache`
+        (its entry at the spec's site), or an SAE-Lens SAE (its decoder rows; `features` picks
+        latents). Activations get the recorded centring (`vector_spec`: the mean subtracted).
+        `site` says where `x` was read ('resid_post.10', 'blocks.10.hook_resid_post'); a site
+        other than the spec's, or a result that still looks uncentred, is warned about."""
+        from .vector_inputs import prepare_vectors
+
+        return prepare_vectors(self.vector_spec, self.metadata, x, site, features)
+
+    def vector_prompt(self, topic: str, tokenize: bool = False):
+        """The prompt this explainer's training vectors were read from, for `topic`: the text to
+        trace (chat markup included), or its token ids (`tokenize=True`), exactly as
+        `topic_vectors` builds them. Read `vector_spec.site` at the last token, then pass the
+        activation to `prepare_vectors`."""
+        spec = self.vector_spec
+        if spec is None or not spec.prompt:
+            raise VectorError("This explainer records no prompt its vectors were read from (no vector_spec, or vectors "
+                              "not from prompts); see explainer.metadata for where they came from.")
+        text = spec.prompt.format(title=topic, topic=topic)
+        tok = self.backend.tokenizer
+        if spec.prompt_format == "chat":
+            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"] if tokenize else text
+
+    def _record_vector_spec(self, data) -> None:
+        """Take the vector spec (and the mean to subtract) from a dataset's meta, when it has one."""
+        meta = getattr(data, "meta", None)
+        if self.vector_spec is not None or not isinstance(meta, dict):
+            return
+        norms = torch.as_tensor(data.vectors).float().norm(dim=-1)
+        spec = VectorSpec.from_meta(meta, vector_norm=round(float(norms.median()), 4) if len(norms) else None)
+        if spec is None:
+            return
+        if spec.centring == "mean":
+            self.metadata[spec.mean_key] = list(meta["mean"])
+        self.metadata.setdefault("source", meta.get("source"))
+        self.metadata.setdefault("layer", spec.layer)
+        self.vector_spec = spec
 
     def _remote(self, remote):
         """The backend switched to `remote` for one call (None: leave it as it is)."""
@@ -166,6 +215,9 @@ class Explainer:
             "model_id": self.model_id,
             "d_model": self.backend.d_model,
             "embedding_fingerprint": self.backend.fingerprint(),
+            "embedding_signature": _signature(self.backend),
+            "prompt_ids": self.prompt_ids.tolist(),
+            "vector_spec": self.vector_spec.to_dict() if self.vector_spec else None,
             "metadata": self.metadata,
         }
 
@@ -190,12 +242,10 @@ class Explainer:
         check_artifact_dir(directory)
         config = _checked_config(read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
-        expected = config.get("embedding_fingerprint")
-        if check_model and expected and expected != backend.fingerprint():
-            raise ModelMismatchError(
-                f"This explainer was trained for {config.get('model_id') or 'another model'} and does not fit the model given; "
-                "load it onto that model (or pass check_model=False if you know they share weights)."
-            )
+        if check_model:
+            from .models.identity import check_same_model
+
+            check_same_model(config, backend, directory)
         if config.get("d_model") != backend.d_model:
             raise ModelMismatchError(
                 f"Explainer d_model {config.get('d_model')} != model d_model {backend.d_model}; load it onto the model it was trained for."
@@ -212,7 +262,35 @@ class Explainer:
             site = Site.from_dict(config.get("site", {}))
         except (TypeError, ValueError, KeyError) as err:
             raise ArtifactError(f"{directory / CONFIG_FILE} has a malformed template or site ({err}); re-save the explainer.") from None
-        return cls(backend, adapter, template, site, config.get("model_id"), config.get("metadata"))
+        spec = config.get("vector_spec")
+        metadata = config.get("metadata") or {}
+        spec = VectorSpec.from_dict(spec, directory / CONFIG_FILE) if spec is not None else _legacy_spec(metadata)
+        explainer = cls(backend, adapter, template, site, config.get("model_id"), metadata, spec)
+        if config.get("prompt_ids") is not None:
+            explainer._use_prompt_ids(config["prompt_ids"], directory / CONFIG_FILE)
+        return explainer
+
+    def _use_prompt_ids(self, saved, path) -> None:
+        """Run the prompt as trained. A tokenizer that only adds or drops a leading BOS
+        (TransformerLens switches its tokenizers to prepend one) gets the saved ids; any other
+        difference is another tokenizer, refused: a label must never silently change."""
+        if not isinstance(saved, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in saved):
+            raise ArtifactError(f"{path}: 'prompt_ids' must be a list of token ids; re-save the explainer.")
+        saved = torch.tensor(saved, dtype=torch.long)
+        if torch.equal(saved, self.prompt_ids):
+            return
+        bos = getattr(self.backend.tokenizer, "bos_token_id", None)
+
+        def strip(ids):
+            return ids[1:] if bos is not None and len(ids) and int(ids[0]) == bos else ids
+
+        if not torch.equal(strip(saved), strip(self.prompt_ids)):
+            raise ModelMismatchError(f"{path}: the tokenizer given tokenises the explainer's prompt differently from the "
+                                     "one it was trained with; pass tokenizer= the model's own tokenizer "
+                                     "(AutoTokenizer.from_pretrained(<model id>)).")
+        self.prompt_ids = saved
+        self.inject_mask = saved == self.template.placeholder_id(self.backend.tokenizer)
+        self.prefix_len = int(self.inject_mask.nonzero()[0])
 
 
 class LabelEnd:
@@ -242,6 +320,23 @@ class LabelEnd:
             found = {i for i, text in enumerate(texts) if not closing and self.template.is_finished(text)}
             self._token_ids = frozenset(found | self.stop_ids)
         return self._token_ids
+
+
+def _signature(backend):
+    from .models.identity import embedding_signature
+
+    return embedding_signature(backend)
+
+
+def _legacy_spec(metadata: dict) -> VectorSpec | None:
+    """The spec of an explainer saved before specs, from what its metadata says (topic vectors)."""
+    if metadata.get("source") != "topics" or not isinstance(metadata.get("layer"), int):
+        return None
+    from .topics import TOPIC_PROMPT
+
+    meta = {"source": "topics", "site": f"resid_post.{metadata['layer']}", "prompt": TOPIC_PROMPT,
+            "mean_subtracted": "topic_mean" in metadata, "mean": metadata.get("topic_mean")}
+    return VectorSpec.from_meta(meta)
 
 
 def _checked_config(config: dict, path) -> dict:
