@@ -189,7 +189,7 @@ class Explainer:
         if self.vector_spec is not None or not isinstance(meta, dict):
             return
         norms = torch.as_tensor(data.vectors).float().norm(dim=-1)
-        spec = VectorSpec.from_meta(meta, vector_norm=round(float(norms.median()), 4) if len(norms) else None)
+        spec = VectorSpec.from_meta(meta, vector_norm=float(f"{float(norms.median()):.5g}") if len(norms) else None)
         if spec is None:
             return
         if spec.centring == "mean":

@@ -100,5 +100,5 @@ def _check_scale(spec: VectorSpec | None, metadata: dict, rows: torch.Tensor) ->
     size = float(rows.mean(0).norm())
     if size > UNCENTRED_RATIO * spec.vector_norm:
         how = "minus the mean it subtracts" if spec.centring == "mean" else "as is"
-        warnings.warn(f"These vectors look uncentred: their mean has norm {size:.1f}, training vectors {spec.vector_norm:.1f} "
+        warnings.warn(f"These vectors look uncentred: their mean has norm {size:.3g}, training vectors {spec.vector_norm:.3g} "
                       f"(pass raw activations of {spec.site}, {how}; see explainer.vector_spec).", stacklevel=3)
