@@ -89,7 +89,8 @@ def check_same_model(config: dict, backend, where) -> None:
         why += f", and its embedding rows differ after undoing scaling and centring (by up to {distance:.3g})"
     elif not saved:
         why += f" ({where} predates signatures, which recognise the same weights across libraries)"
+    given = f"also named {given}" if given == trained_for else given
     raise ModelMismatchError(
-        f"{where}: this explainer was trained for {trained_for}, not {given} ({why}); load it onto that model, "
-        "or pass check_model=False if you know they share weights."
+        f"{where}: this explainer was trained for {trained_for}; the model given ({given}) has other weights ({why}); "
+        "load it onto that model, or pass check_model=False if you know they share weights."
     )

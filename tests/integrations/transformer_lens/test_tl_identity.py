@@ -152,3 +152,20 @@ def test_sites_are_checked_when_created(llama, site, match):
     _, tok, tl = llama
     with pytest.raises(BackendError, match=match):
         Explainer.create(tl, tok, site=site)
+
+
+@pytest.mark.real_model
+def test_gemma3_through_a_processed_hooked_transformer_is_the_same_model_as_through_hf(tmp_path):
+    """The report's case: TransformerLens stores Gemma's embedding scaled by sqrt(d_model) (W_E differs
+    from the checkpoint's by up to 22.8); an explainer made through it loads through hf."""
+    from transformer_lens import HookedTransformer
+
+    from selfinterp_plugins.models import load_model
+
+    model, tok = load_model("gemma-3-270m")
+    tl = HookedTransformer.from_pretrained("google/gemma-3-270m", hf_model=model, tokenizer=tok, device="cpu",
+                                           dtype=model.dtype)
+    assert float((tl.W_E.float() - model.get_input_embeddings().weight.float()).abs().max()) > 1
+    explainer = Explainer.create(tl, template="echo")
+    assert explainer.backend.fingerprint() != HFBackend(model, tok).fingerprint() and explainer.model_id
+    Explainer.from_pretrained(explainer.save_pretrained(tmp_path / "g"), model=model, tokenizer=tok)
