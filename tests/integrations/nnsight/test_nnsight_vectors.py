@@ -47,3 +47,24 @@ def test_a_traced_activation_of_the_vector_prompt_is_the_training_vector(setup):
         warnings.simplefilter("error")
         got = explainer.prepare_vectors(hidden, site="resid_post.1")
     torch.testing.assert_close(got[0], data.vectors[3], rtol=0, atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
+    """docs/nnsight.md: the shipped explainer on a trace of its own prompt form says the topic; the
+    plain prompt the report traced is warned about as uncentred."""
+    from selfinterp_plugins import Sampling, shipped_explainer_dir
+
+    model, tok = smollm2
+    lm = TransformersModel(model, tokenizer=tok)
+    explainer = Explainer.from_pretrained(shipped_explainer_dir(), model=lm)
+    with lm.trace(explainer.vector_prompt("volcano")):
+        hidden = lm.model.layers[10].output.save()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vector = explainer.prepare_vectors(hidden, site="resid_post.10")
+    assert explainer.explain(vector, sampling=Sampling(max_new_tokens=12), progress=False)[0]["label"] == "volcano"
+    with lm.trace("volcano"):
+        plain = lm.model.layers[10].output.save()
+    with pytest.warns(UserWarning, match="look uncentred"):
+        explainer.prepare_vectors(plain)
