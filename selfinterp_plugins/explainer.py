@@ -27,7 +27,8 @@ from .locks import DirectoryLock
 from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
-from .validation import PositiveInt, check_finite_tensors, validate
+from .validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
+from .vector_spec import VectorSpec
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -37,7 +38,7 @@ class Explainer:
     """A frozen model that reads vectors aloud through a trained adapter."""
 
     def __init__(self, backend: Backend, adapter: Adapter, template: PromptTemplate, site: Site, model_id: str | None = None,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, vector_spec: VectorSpec | None = None):
         if adapter.d_model != backend.d_model:
             raise VectorError(
                 f"Adapter width {adapter.d_model} differs from the model's d_model {backend.d_model}; "
@@ -50,6 +51,8 @@ class Explainer:
         self.model_id = model_id
         #: free-form facts saved with the explainer (vector source, layer, benchmark numbers)
         self.metadata = dict(metadata or {})
+        #: what vectors it reads (site, prompt form, centring); None if trained on vectors of unknown origin
+        self.vector_spec = vector_spec
         tok = backend.tokenizer
         self.prompt_ids = template.prompt_ids(tok)
         self.inject_mask = self.prompt_ids == template.placeholder_id(tok)
@@ -82,8 +85,10 @@ class Explainer:
         elif adapter_options:  # they would be dropped: the config object already says everything
             raise UnknownNameError(f"Adapter option(s) {sorted(adapter_options)} given with an AdapterConfig; set them "
                                    "on the config instead (or pass the adapter kind's name).")
-        model_id = model_id or getattr(getattr(backend.model, "config", None), "_name_or_path", None)
-        return cls(backend, make_adapter(adapter), template, Site.parse(site), model_id)
+        from .models.identity import model_id_of
+
+        site = backend.check_site(Site.parse(site))  # a layer this model lacks is refused now, not at the first call
+        return cls(backend, make_adapter(adapter), template, site, model_id or model_id_of(backend))
 
     # ---- the two computations -------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class Explainer:
         `remote=True` (nnsight models) computes each step's loss and gradients on NDIF."""
         from .training import TrainConfig, train
 
+        self._record_vector_spec(train_data)
         with self._remote(remote):
             return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
@@ -153,6 +159,49 @@ class Explainer:
 
         with self._remote(remote):
             return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+
+    # ---- what vectors it reads ------------------------------------------------------------
+
+    def prepare_vectors(self, x, site=None, features=None) -> torch.Tensor:
+        """What you hold, as this explainer's input (N, d_model): an activation (d), (N, d) or
+        (N, T, d) (the last position is taken), a TransformerLens cache entry or `ActivationCache`
+        (its entry at the spec's site), or an SAE-Lens SAE (its decoder rows; `features` picks
+        latents). Activations get the recorded centring (`vector_spec`: the mean subtracted).
+        `site` says where `x` was read ('resid_post.10', 'blocks.10.hook_resid_post'); a site
+        other than the spec's, or a result that still looks uncentred, is warned about."""
+        from .vector_inputs import prepare_vectors
+
+        return prepare_vectors(self.vector_spec, self.metadata, x, site, features)
+
+    def vector_prompt(self, topic: str, tokenize: bool = False):
+        """The prompt this explainer's training vectors were read from, for `topic`: the text to
+        trace (chat markup included), or its token ids (`tokenize=True`), exactly as
+        `topic_vectors` builds them. Read `vector_spec.site` at the last token, then pass the
+        activation to `prepare_vectors`."""
+        spec = self.vector_spec
+        if spec is None or not spec.prompt:
+            raise VectorError("This explainer records no prompt its vectors were read from (no vector_spec, or vectors "
+                              "not from prompts); see explainer.metadata for where they came from.")
+        text = spec.prompt.format(title=topic, topic=topic)
+        tok = self.backend.tokenizer
+        if spec.prompt_format == "chat":
+            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"] if tokenize else text
+
+    def _record_vector_spec(self, data) -> None:
+        """Take the vector spec (and the mean to subtract) from a dataset's meta, when it has one."""
+        meta = getattr(data, "meta", None)
+        if self.vector_spec is not None or not isinstance(meta, dict):
+            return
+        norms = torch.as_tensor(data.vectors).float().norm(dim=-1)
+        spec = VectorSpec.from_meta(meta, vector_norm=float(f"{float(norms.median()):.5g}") if len(norms) else None)
+        if spec is None:
+            return
+        if spec.centring == "mean":
+            self.metadata[spec.mean_key] = list(meta["mean"])
+        self.metadata.setdefault("source", meta.get("source"))
+        self.metadata.setdefault("layer", spec.layer)
+        self.vector_spec = spec
 
     def _remote(self, remote):
         """The backend switched to `remote` for one call (None: leave it as it is)."""
@@ -171,6 +220,9 @@ class Explainer:
             "model_id": self.model_id,
             "d_model": self.backend.d_model,
             "embedding_fingerprint": self.backend.fingerprint(),
+            "embedding_signature": _signature(self.backend),
+            "prompt_ids": self.prompt_ids.tolist(),
+            "vector_spec": self.vector_spec.to_dict() if self.vector_spec else None,
             "metadata": self.metadata,
         }
 
@@ -206,11 +258,10 @@ class Explainer:
                 f"{path} records no embedding_fingerprint, so the model it was trained for cannot be checked; re-save "
                 "the explainer with save_pretrained() (or pass check_model=False if you know it fits this model)."
             )
-        if check_model and config.embedding_fingerprint != backend.fingerprint():
-            raise ModelMismatchError(
-                f"This explainer was trained for {config.model_id or 'another model'} and does not fit the model given; "
-                "load it onto that model (or pass check_model=False if you know they share weights)."
-            )
+        if check_model:
+            from .models.identity import check_same_model
+
+            check_same_model(raw, backend, directory)
         if config.d_model != backend.d_model:
             raise ModelMismatchError(
                 f"Explainer d_model {config.d_model} != model d_model {backend.d_model}; load it onto the model it was trained for."
@@ -224,7 +275,31 @@ class Explainer:
             raise ArtifactError(f"{weights} does not match its config ({err}); re-save the explainer.") from None
         template = PromptTemplate.from_dict(config.template, source=str(path), prefix="template")
         site = Site.from_dict(config.site, source=str(path), prefix="site")
-        return cls(backend, adapter, template, site, config.model_id, config.metadata)
+        spec = VectorSpec.from_dict(config.vector_spec, path) if config.vector_spec is not None else _legacy_spec(config.metadata)
+        explainer = cls(backend, adapter, template, site, config.model_id, config.metadata, spec)
+        if config.prompt_ids is not None:
+            explainer._use_prompt_ids(config.prompt_ids, path)
+        return explainer
+
+    def _use_prompt_ids(self, saved, path) -> None:
+        """Run the prompt as trained. A tokenizer that only adds or drops a leading BOS
+        (TransformerLens switches its tokenizers to prepend one) gets the saved ids; any other
+        difference is another tokenizer, refused: a label must never silently change."""
+        saved = torch.tensor(saved, dtype=torch.long)
+        if torch.equal(saved, self.prompt_ids):
+            return
+        bos = getattr(self.backend.tokenizer, "bos_token_id", None)
+
+        def strip(ids):
+            return ids[1:] if bos is not None and len(ids) and int(ids[0]) == bos else ids
+
+        if not torch.equal(strip(saved), strip(self.prompt_ids)):
+            raise ModelMismatchError(f"{path}: the tokenizer given tokenises the explainer's prompt differently from the "
+                                     "one it was trained with; pass tokenizer= the model's own tokenizer "
+                                     "(AutoTokenizer.from_pretrained(<model id>)).")
+        self.prompt_ids = saved
+        self.inject_mask = saved == self.template.placeholder_id(self.backend.tokenizer)
+        self.prefix_len = int(self.inject_mask.nonzero()[0])
 
 
 class LabelEnd:
@@ -262,18 +337,38 @@ FIX = "re-save the explainer (save_pretrained) or re-download it."
 @dataclass
 class ConfigFile:
     """The fields of `explainer_config.json` (the sections are checked by their own classes:
-    AdapterConfig, PromptTemplate, Site)."""
+    AdapterConfig, PromptTemplate, Site, VectorSpec)."""
 
     d_model: PositiveInt
     adapter: dict
     template: dict
     site: dict
     embedding_fingerprint: str | None = None
+    embedding_signature: list[list[float]] | None = None
+    prompt_ids: list[NonNegativeInt] | None = None
+    vector_spec: dict | None = None
     model_id: str | None = None
     metadata: dict = field(default_factory=dict)
     library_version: str | None = None
     weights_file: str | None = None
     weights_sha256: str | None = None
+
+
+def _signature(backend):
+    from .models.identity import embedding_signature
+
+    return embedding_signature(backend)
+
+
+def _legacy_spec(metadata: dict) -> VectorSpec | None:
+    """The spec of an explainer saved before specs, from what its metadata says (topic vectors)."""
+    if metadata.get("source") != "topics" or not isinstance(metadata.get("layer"), int):
+        return None
+    from .topics import TOPIC_PROMPT
+
+    meta = {"source": "topics", "site": f"resid_post.{metadata['layer']}", "prompt": TOPIC_PROMPT,
+            "mean_subtracted": "topic_mean" in metadata, "mean": metadata.get("topic_mean")}
+    return VectorSpec.from_meta(meta)
 
 
 def _single_id(tokenizer, text: str) -> int | None:

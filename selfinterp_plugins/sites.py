@@ -27,6 +27,10 @@ MODES = ("replace", "add_normmatched")
 
 _SHORT = re.compile(r"^(resid_pre|resid_post)[.:](\d+)$")
 _TL = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
+_TL_OTHER = re.compile(r"^blocks\.\d+\.(hook_resid_mid|hook_attn_out|hook_mlp_out|ln\d\.|attn\.|mlp\.)")
+_SHORT_OTHER = re.compile(r"^(resid_mid|attn_out|mlp_out)[.:]\d+$")
+_SITES_HINT = ("the sites are 'embed', 'resid_pre.K' and 'resid_post.K' (K = 0 .. n_layers-1), or TransformerLens' "
+               "'hook_embed', 'blocks.K.hook_resid_pre' and 'blocks.K.hook_resid_post'.")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,17 @@ class Site:
         match = _TL.match(text)
         if match:
             return cls(match.group(2), int(match.group(1)), mode, coef)
-        raise BackendError(f"Cannot read site {spec!r}; write 'embed', 'resid_pre.K', 'resid_post.K' or 'blocks.K.hook_resid_pre'.")
+        if not isinstance(spec, str):
+            raise BackendError(f"A site is a name or a Site, got {type(spec).__name__}; {_SITES_HINT}")
+        hint = ""
+        if _TL_OTHER.match(text) or _SHORT_OTHER.match(text):
+            hint = " (a soft token or vector lives in the residual stream between blocks, not inside one)"
+        raise BackendError(f"Cannot read site {spec!r}{hint}; {_SITES_HINT}")
+
+    @property
+    def hook_name(self) -> str:
+        """The TransformerLens hook point of this site (`hook_embed`, `blocks.K.hook_resid_post`)."""
+        return "hook_embed" if self.kind == "embed" else f"blocks.{self.layer}.hook_{self.kind}"
 
     @property
     def name(self) -> str:

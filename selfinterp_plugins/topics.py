@@ -14,7 +14,7 @@ from importlib import resources
 import torch
 
 from .datasets import VectorLabelDataset
-from .errors import ArtifactError
+from .errors import ArtifactError, BackendError
 from .sites import Site
 
 # public: the shipped topic benchmark, for plugins' commands (hidden topics) and the examples
@@ -48,25 +48,35 @@ def topic_prompt_ids(tokenizer, title: str) -> list[int]:
 
 
 def topic_vectors(
-    backend,
+    model,
     topics: list[dict],
-    layers: list[int],
+    layers: list,
     batch_size: int = 32,
     progress: bool = True,
     subtract_mean: bool = True,
-    means: dict[int, torch.Tensor] | None = None,
-) -> dict[int, VectorLabelDataset]:
-    """One VectorLabelDataset per layer (resid_post of that layer), label = title.
+    means: dict | None = None,
+    tokenizer=None,
+) -> dict:
+    """One VectorLabelDataset per layer, label = title, keyed by the layer as given.
 
+    `model` is any model object `Explainer.create` takes (transformers, nnsight, TransformerLens;
+    `tokenizer=` as there) or a Backend. A layer is an int K (resid_post.K), a site name
+    ('resid_post.10', 'resid_pre.3') or a TransformerLens hook name ('blocks.10.hook_resid_post').
     All layers come from one forward pass per batch, stopped after the deepest layer read.
-    The mean is over the topics given, unless `means` (per layer, e.g. saved with an explainer
-    trained on the full set) is passed so a few topics can be turned into vectors consistently.
+    The mean is over the topics given, unless `means` (per layer as given, or per int layer, e.g.
+    saved with an explainer trained on the full set) is passed so a few topics can be turned into
+    vectors consistently.
     """
     from tqdm.auto import tqdm
 
+    from .plugins import backend_for
+
     if not topics:
         raise ArtifactError("No topics given; pass records with a 'title' field.")
-    sites = [Site("resid_post", layer) for layer in layers]
+    backend = backend_for(model, tokenizer=tokenizer)
+    sites = [_site(layer) for layer in layers]
+    for site in sites:
+        backend.check_site(site)
     prompts = [topic_prompt_ids(backend.tokenizer, t["title"]) for t in topics]
     # sort by length so batches hold similar lengths (less padding), then restore the order
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -75,9 +85,9 @@ def topic_vectors(
         chunk = order[start : start + batch_size]
         out[chunk] = backend.capture([prompts[i] for i in chunk], sites)
     result = {}
-    for j, layer in enumerate(layers):
+    for j, (layer, site) in enumerate(zip(layers, sites)):
         vectors = out[:, j]
-        mean = means[layer].float() if means is not None else vectors.mean(0)
+        mean = _given_mean(means, layer, site) if means is not None else vectors.mean(0)
         if subtract_mean:
             vectors = vectors - mean
         records = [
@@ -85,7 +95,27 @@ def topic_vectors(
              "category": t.get("category", ""), "split": t.get("split", "train")}
             for t in topics
         ]
-        meta = {"source": "topics", "site": f"resid_post.{layer}", "layer": layer, "prompt": TOPIC_PROMPT,
-                "mean_subtracted": subtract_mean, "mean": mean.tolist(), "model_fingerprint": backend.fingerprint()}
+        meta = {"source": "topics", "site": site.name, "layer": site.layer, "prompt": TOPIC_PROMPT,
+                "prompt_format": "chat", "position": "last", "mean_subtracted": subtract_mean, "mean": mean.tolist(),
+                "model_fingerprint": backend.fingerprint()}
         result[layer] = VectorLabelDataset(vectors.contiguous(), records, meta)
     return result
+
+
+def _site(layer) -> Site:
+    """resid_post.K for an int K; a site or TransformerLens hook name otherwise."""
+    if isinstance(layer, bool):
+        raise BackendError(f"A layer is an int or a site name, got {layer!r}; pass e.g. 10 or 'blocks.10.hook_resid_post'.")
+    if isinstance(layer, int):
+        return Site("resid_post", layer)
+    if isinstance(layer, (str, Site)):
+        return Site.parse(layer)
+    raise BackendError(f"A layer is an int or a site name, got {type(layer).__name__} {layer!r}; pass e.g. 10, "
+                       "'resid_post.10' or 'blocks.10.hook_resid_post'.")
+
+
+def _given_mean(means: dict, layer, site: Site) -> torch.Tensor:
+    for key in (layer, site.layer, site.name):
+        if key in means:
+            return torch.as_tensor(means[key]).float()
+    raise ArtifactError(f"means= has no entry for layer {layer!r}; key it by the layers you pass.")

@@ -269,3 +269,20 @@ def test_a_checkpoint_without_a_manifest_resumes_as_before(capsys, trained_run, 
                             "--out", str(out))
     assert code in (0, None), err
     assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_vectors_topics_then_train_records_the_vector_spec(capsys, tmp_path):
+    """The CLI path users take: the explainer says what it reads (site, prompt form, centring) and
+    keeps the mean to subtract, so prepare_vectors works on what `train` wrote."""
+    from cli_models import ok, save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    ok(capsys, "vectors", "topics", "--model", model, "--layer", "1", "--limit", "12", "--out", str(tmp_path / "v"))
+    ok(capsys, "train", str(tmp_path / "v" / "layer1"), "--model", model, "--epochs", "1", "--batch-size", "4", "--limit", "4",
+       "--out", str(tmp_path / "ex"))
+    config = json.loads((tmp_path / "ex" / "explainer_config.json").read_text())
+    spec = config["vector_spec"]
+    assert (spec["source"], spec["site"], spec["layer"], spec["prompt"], spec["prompt_format"], spec["centring"]) == \
+        ("topic_vectors", "resid_post.1", 1, "Tell me about {title}.", "chat", "mean")
+    data = json.loads((tmp_path / "v" / "layer1" / "dataset.json").read_text())
+    assert config["metadata"][spec["mean_key"]] == pytest.approx(data["mean"])

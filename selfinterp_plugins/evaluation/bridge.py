@@ -73,6 +73,9 @@ def build_two_hop(backend, facts: dict | None = None, max_new_tokens: int = 16, 
     """Probe every single hop, keep the pairs the model answers right, compose them.
 
     Returns {"statements": [...], "first_hop_correct": n/N, "second_hop_correct": n/N, "n_two_hop_correct"}."""
+    from ..plugins import backend_for
+
+    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
     facts = facts or load_facts()
     tok = backend.tokenizer
     countries = facts["countries"]
@@ -128,6 +131,9 @@ def bridge_vectors(backend, statements: list[dict], layers: list[int], center: b
     """Raw residual stream after each layer at each position of `statement_positions`. Returns
     vectors (R, len(layers), d) and one {statement, position} per row. `center=True` subtracts each
     layer's mean over all rows (this project's protocol before 2026-12-01; the reference reads raw states)."""
+    from ..plugins import backend_for
+
+    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
     tok = backend.tokenizer
     rows, ids, positions = [], [], []
     for index, statement in enumerate(statements):

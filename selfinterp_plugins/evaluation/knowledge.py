@@ -32,7 +32,11 @@ DESCRIPTION_TOKENS = 150
 def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None,
                           max_new_tokens: int = DESCRIPTION_TOKENS, batch_size: int = 32, progress: bool = False) -> list[dict]:
     """One record per title (id, scale 0.0, label = the description), greedy, in the model's chat
-    format as the reference's chat-completions call applies it (no system message of our own)."""
+    format as the reference's chat-completions call applies it (no system message of our own).
+    `backend`: a Backend or any model object `Explainer.create` takes."""
+    from ..plugins import backend_for
+
+    backend = backend_for(backend)
     ids = ids if ids is not None else [str(i) for i in range(len(titles))]
     prompts = [_prompt_ids(backend.tokenizer, title) for title in titles]
     texts = generate_texts(backend, prompts, max_new_tokens, batch_size, progress, desc="prompted descriptions")
@@ -55,6 +59,9 @@ def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch
     (batch k draws with seed `sampling.seed + k`, so a rerun draws the same texts)."""
     from tqdm.auto import tqdm
 
+    from ..plugins import backend_for
+
+    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
     tok = backend.tokenizer
     stop = {i for i in (tok.eos_token_id, end_of_turn_id(tok)) if i is not None}
 

@@ -12,7 +12,7 @@ pytest.importorskip("transformer_lens")
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
 from selfinterp_plugins import Explainer, Sampling, TrainConfig, VectorLabelDataset  # noqa: E402
-from selfinterp_plugins.errors import BackendError, VectorError  # noqa: E402
+from selfinterp_plugins.errors import BackendError, ModelMismatchError, VectorError  # noqa: E402
 from selfinterp_plugins.sites import Site  # noqa: E402
 from selfinterp_plugins.templates import PromptTemplate  # noqa: E402
 from selfinterp_transformer_lens.backend import TransformerLensBackend  # noqa: E402
@@ -136,9 +136,8 @@ def test_capture_all_equals_run_with_cache(backend):
 
 
 def test_site_past_last_layer_and_bad_vectors(backend, tokenizer):
-    explainer = Explainer.create(backend, adapter="scalar_affine", template="echo", site="resid_pre.5")
-    with pytest.raises(BackendError, match="past the last layer"):
-        explainer.explain(torch.randn(1, backend.d_model), progress=False)
+    with pytest.raises(BackendError, match="past the last layer"):  # refused when created, not at the first call
+        Explainer.create(backend, adapter="scalar_affine", template="echo", site="resid_pre.5")
     explainer = Explainer.create(backend, adapter="scalar_affine", template="echo")
     with pytest.raises(VectorError, match="d_model"):
         explainer.explain(torch.randn(1, backend.d_model + 1), progress=False)
@@ -168,7 +167,7 @@ def test_train_save_reload_gives_identical_outputs(tokenizer, tmp_path):
     again = Explainer.from_pretrained(tmp_path / "ex", model=model)
     assert again.explain(vectors[:4], sampling=Sampling(max_new_tokens=6), progress=False) == labels
     other = tiny_hooked("llama-like", tokenizer, seed=1)
-    with pytest.raises(Exception, match="does not fit"):
+    with pytest.raises(ModelMismatchError, match="has other weights"):
         Explainer.from_pretrained(tmp_path / "ex", model=other)
 
 

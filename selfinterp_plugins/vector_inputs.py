@@ -1,0 +1,104 @@
+"""Turn what a user holds into an explainer's input, the way its training vectors were made.
+
+Users arrive with an activation tensor from their own nnsight trace, a TransformerLens cache entry
+(or the whole `ActivationCache`), or an SAE-Lens SAE. `prepare_vectors` gives (N, d_model) rows: the
+last position of a (N, T, d) activation, the recorded mean subtracted (`VectorSpec.centring`), and a
+one-line warning when the site given differs from the spec's or the result does not look like a
+training vector (still uncentred, or centred twice): the silent failure this exists to end is an
+explainer fluently naming the wrong thing.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .errors import VectorError
+from .sites import Site
+from .vector_spec import VectorSpec
+
+__all__ = ["prepare_vectors"]
+
+#: a prepared vector's norm (the rows' mean, for several) above this many times the training
+#: vectors' median norm looks uncentred: a raw activation holds the mean, often several times larger
+UNCENTRED_RATIO = 2.5
+
+
+def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, features=None) -> torch.Tensor:
+    """(N, d) float32 rows for `Explainer.explain`; see `Explainer.prepare_vectors`."""
+    given_site = Site.parse(site) if site is not None else None
+    if hasattr(x, "W_dec"):  # an SAE-Lens SAE (duck-typed: the core never imports sae_lens)
+        rows = torch.as_tensor(x.W_dec).detach().float().cpu()
+        rows = rows if features is None else rows[torch.as_tensor(list(features), dtype=torch.long)]
+        _check_site(spec, given_site or _sae_site(x))
+        # decoder rows are directions (differences of activations), not activations: no mean to remove
+        return rows
+    if features is not None:
+        raise VectorError("features= selects an SAE's latents; for activations index the tensor yourself.")
+    if hasattr(x, "cache_dict") and spec is not None:  # a TransformerLens ActivationCache: read the spec's site
+        key = (given_site or Site.parse(spec.site)).hook_name
+        if key not in x.cache_dict:
+            raise VectorError(f"The cache holds no {key!r}; run the model with that hook cached (names_filter).")
+        x, given_site = x[key], given_site or Site.parse(spec.site)
+    rows = _rows(x)
+    _check_site(spec, given_site)
+    if spec is not None and spec.centring == "mean":
+        mean = metadata.get(spec.mean_key)
+        if mean is None:
+            raise VectorError(f"The explainer's vector_spec subtracts metadata[{spec.mean_key!r}], which it lacks; "
+                              "re-save the explainer with its mean.")
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        if mean.shape[-1] != rows.shape[-1]:
+            raise VectorError(f"Vectors have width {rows.shape[-1]} but the explainer's mean {mean.shape[-1]}; "
+                              "read them from the model the explainer was trained on.")
+        rows = rows - mean
+    _check_scale(spec, metadata, rows)
+    return rows
+
+
+def _rows(x) -> torch.Tensor:
+    """(N, d) from a vector (d), rows (N, d) or activations (N, T, d) whose last position is taken."""
+    try:
+        x = torch.as_tensor(x).detach()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise VectorError(f"Cannot read a {type(x).__name__} as vectors ({err}); pass a tensor (d), (N, d) or "
+                          "(N, T, d), a TransformerLens cache entry, or an SAE-Lens SAE.") from None
+    if x.dim() == 1:
+        x = x[None]
+    elif x.dim() == 3:
+        x = x[:, -1]  # the last position: where topic vectors are read (right padding would break it)
+    if x.dim() != 2 or not x.is_floating_point():
+        raise VectorError(f"Vectors must be float (d), (N, d) or (N, T, d), got {x.dtype} of shape "
+                          f"{tuple(x.shape)}; pass the residual stream you captured.")
+    return x.float().cpu()
+
+
+def _sae_site(sae) -> Site | None:
+    cfg = getattr(sae, "cfg", None)
+    name = getattr(getattr(cfg, "metadata", None), "hook_name", None) or getattr(cfg, "hook_name", None)
+    try:
+        return Site.parse(name) if isinstance(name, str) else None
+    except Exception:  # a hook that is not a site (hook_resid_mid, attention): nothing to compare
+        return None
+
+
+def _check_site(spec: VectorSpec | None, site: Site | None) -> None:
+    if spec is None or site is None:
+        return
+    want = Site.parse(spec.site)
+    if (site.kind, site.layer) != (want.kind, want.layer):
+        warnings.warn(f"Vectors from {site.name} but this explainer was trained on {want.name} ({spec.describe()}); "
+                      "its labels for them may be meaningless.", stacklevel=3)
+
+
+def _check_scale(spec: VectorSpec | None, metadata: dict, rows: torch.Tensor) -> None:
+    """Warn when the rows' mean is far larger than a training vector: still uncentred, centred
+    twice, or read from another site or prompt form."""
+    if spec is None or not spec.vector_norm:
+        return
+    size = float(rows.mean(0).norm())
+    if size > UNCENTRED_RATIO * spec.vector_norm:
+        how = "minus the mean it subtracts" if spec.centring == "mean" else "as is"
+        warnings.warn(f"These vectors look uncentred: their mean has norm {size:.3g}, training vectors {spec.vector_norm:.3g} "
+                      f"(pass raw activations of {spec.site}, {how}; see explainer.vector_spec).", stacklevel=3)

@@ -1,0 +1,154 @@
+"""What vectors an explainer reads: the spec recorded by training on topic vectors, saved and
+reloaded (old artifacts without one still load), and `prepare_vectors` / `vector_prompt` giving
+exactly the vectors it was trained on from each kind of input, with warnings where they differ."""
+
+from __future__ import annotations
+
+import json
+import types
+import warnings
+
+import pytest
+import torch
+
+from selfinterp_plugins import Explainer, HFBackend, TrainConfig
+from selfinterp_plugins.errors import ArtifactError, VectorError
+from selfinterp_plugins.explainer import CONFIG_FILE
+from selfinterp_plugins.sites import Site
+from selfinterp_plugins.topics import TOPIC_PROMPT, load_topics, topic_prompt_ids, topic_vectors
+from selfinterp_plugins.vector_spec import VectorSpec
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama, tmp_path_factory):
+    """An explainer trained (a few steps) on topic vectors of layer 1, saved and reloaded."""
+    model, tok = tiny_llama
+    data = topic_vectors(model, load_topics()[:24], [LAYER], progress=False, tokenizer=tok)[LAYER]
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo")
+    explainer.train(data, config=TrainConfig(epochs=1, batch_size=8, max_steps=2), progress=False)
+    path = explainer.save_pretrained(tmp_path_factory.mktemp("spec") / "explainer")
+    return explainer, Explainer.from_pretrained(path, model=HFBackend(model, tok)), data, path
+
+
+def test_training_on_topic_vectors_records_the_spec_and_it_survives_a_reload(trained):
+    explainer, loaded, data, path = trained
+    spec = explainer.vector_spec
+    assert spec == VectorSpec(source="topic_vectors", site=f"resid_post.{LAYER}", prompt=TOPIC_PROMPT, prompt_format="chat",
+                              position="last", centring="mean", mean_key="topic_mean", vector_norm=spec.vector_norm)
+    assert spec.vector_norm == pytest.approx(float(data.vectors.norm(dim=-1).median()), rel=1e-4)
+    assert explainer.metadata["topic_mean"] == pytest.approx(data.meta["mean"])
+    saved = json.loads((path / CONFIG_FILE).read_text())["vector_spec"]
+    assert saved["site"] == f"resid_post.{LAYER}" and saved["layer"] == LAYER and saved["centring"] == "mean"
+    assert loaded.vector_spec == spec and loaded.metadata["topic_mean"] == explainer.metadata["topic_mean"]
+
+
+def test_an_artifact_saved_before_specs_still_loads(trained, tiny_llama):
+    """No vector_spec, prompt_ids or signature in the config: it loads, and a topic explainer's
+    spec is read back from its metadata (source, layer, topic_mean)."""
+    _, _, _, path = trained
+    config = json.loads((path / CONFIG_FILE).read_text())
+    for key in ("vector_spec", "prompt_ids", "embedding_signature"):
+        del config[key]
+    (path / CONFIG_FILE).write_text(json.dumps({**config, "metadata": {"source": "topics", "layer": LAYER,
+                                                                        "topic_mean": config["metadata"]["topic_mean"]}}))
+    old = Explainer.from_pretrained(path, model=tiny_llama[0], tokenizer=tiny_llama[1])
+    assert old.vector_spec.site == f"resid_post.{LAYER}" and old.vector_spec.centring == "mean"
+    (path / CONFIG_FILE).write_text(json.dumps({**config, "metadata": {}}))
+    assert Explainer.from_pretrained(path, model=tiny_llama[0], tokenizer=tiny_llama[1]).vector_spec is None
+
+
+@pytest.mark.parametrize("spec", [{"site": "resid_post.1"}, {"source": "x", "site": "resid_mid.1"},
+                                  {"source": "x", "site": "resid_post.1", "centring": "median"}, ["x"]])
+def test_a_malformed_spec_is_refused_naming_the_file(trained, tiny_llama, tmp_path, spec):
+    _, _, _, path = trained
+    import shutil
+
+    copy = shutil.copytree(path, tmp_path / "copy")
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    (copy / CONFIG_FILE).write_text(json.dumps({**config, "vector_spec": spec}))
+    with pytest.raises(ArtifactError, match="vector_spec"):
+        Explainer.from_pretrained(copy, model=tiny_llama[0], tokenizer=tiny_llama[1])
+
+
+def test_vector_prompt_is_the_prompt_topic_vectors_read(trained, tokenizer):
+    explainer = trained[1]
+    assert explainer.vector_prompt("volcano", tokenize=True) == topic_prompt_ids(tokenizer, "volcano")
+    text = explainer.vector_prompt("volcano")
+    assert "Tell me about volcano." in text and tokenizer(text, add_special_tokens=False)["input_ids"] == \
+        topic_prompt_ids(tokenizer, "volcano")
+
+
+def _raw(explainer, titles, site=None):
+    """(N, T, d) activations of the spec's prompts at `site`, one prompt per row (no padding)."""
+    site = Site.parse(site or explainer.vector_spec.site)
+    return [explainer.backend.read(torch.tensor([explainer.vector_prompt(t, tokenize=True)]), [site])[0][0].float()
+            for t in titles]
+
+
+def test_prepare_vectors_gives_the_training_vector_from_each_input_kind(trained):
+    explainer, _, data, _ = trained
+    titles = data.labels[:3]
+    full = _raw(explainer, titles)  # each (T, d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # right inputs: no warning
+        for i, seq in enumerate(full):
+            want = data.vectors[i]
+            torch.testing.assert_close(explainer.prepare_vectors(seq[-1])[0], want, rtol=0, atol=1e-5)  # (d)
+            torch.testing.assert_close(explainer.prepare_vectors(seq[None], site="blocks.1.hook_resid_post")[0], want,
+                                       rtol=0, atol=1e-5)  # (1, T, d), TL's name for the site
+            torch.testing.assert_close(explainer.prepare_vectors(seq[-1:].numpy(), site="resid_post.1")[0], want,
+                                       rtol=0, atol=1e-5)  # (1, d) numpy
+        rows = torch.stack([seq[-1] for seq in full])
+        torch.testing.assert_close(explainer.prepare_vectors(rows), data.vectors[:3], rtol=0, atol=1e-5)
+
+
+class _Cache:
+    """What prepare_vectors uses of TransformerLens' ActivationCache."""
+
+    def __init__(self, entries):
+        self.cache_dict = entries
+
+    def __getitem__(self, key):
+        return self.cache_dict[key]
+
+
+def test_prepare_vectors_reads_the_spec_site_from_an_activation_cache(trained):
+    explainer, _, data, _ = trained
+    seq = _raw(explainer, data.labels[:1])[0]
+    cache = _Cache({"blocks.1.hook_resid_post": seq[None]})
+    torch.testing.assert_close(explainer.prepare_vectors(cache)[0], data.vectors[0], rtol=0, atol=1e-5)
+    with pytest.raises(VectorError, match="blocks.0.hook_resid_post"):
+        explainer.prepare_vectors(cache, site="resid_post.0")
+
+
+def test_prepare_vectors_warns_on_another_site_and_on_uncentred_vectors(trained):
+    explainer, _, data, _ = trained
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer.prepare_vectors(_raw(explainer, data.labels[:1], "resid_post.0")[0], site="blocks.0.hook_resid_post")
+    assert any("from resid_post.0 but this explainer was trained on resid_post.1" in str(w.message) for w in caught)
+    with pytest.warns(UserWarning, match="look uncentred"):  # already centred, then centred again
+        explainer.prepare_vectors(data.vectors[:2])
+
+
+def test_prepare_vectors_takes_an_sae_and_refuses_what_is_not_a_vector(trained):
+    explainer = trained[0]
+    w_dec = torch.randn(10, explainer.backend.d_model)
+    sae = types.SimpleNamespace(W_dec=w_dec, cfg=types.SimpleNamespace(metadata=types.SimpleNamespace(
+        hook_name="blocks.1.hook_resid_post")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(explainer.prepare_vectors(sae, features=[3, 7]), w_dec[[3, 7]])
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_pre"
+    with pytest.warns(UserWarning, match="from resid_pre.0"):
+        explainer.prepare_vectors(sae)
+    for bad in ("text", torch.zeros(2, 3, 4, 5), torch.zeros(3, dtype=torch.long)):
+        with pytest.raises(VectorError, match="Vectors must be|Cannot read"):
+            explainer.prepare_vectors(bad)
+
+
+def test_vector_prompt_needs_a_spec(tiny_llama):
+    with pytest.raises(VectorError, match="no vector_spec"):
+        Explainer.create(*tiny_llama).vector_prompt("volcano")
