@@ -312,6 +312,17 @@ def test_a_bad_report_config_is_refused(options, where):
         ReportConfig.from_dict({"topics": 3})
 
 
+def test_more_report_topics_than_there_are_is_one_line_before_any_work(tmp_path):
+    """`random.sample`'s ValueError came after the model and explainers loaded."""
+    from selfinterp_plugins.errors import OptionError
+    from selfinterp_plugins.evaluation.report import run_report
+
+    for options in ({"test_topics": 100_000}, {"validation_topics": 100_000}):
+        with pytest.raises(OptionError, match="topics there are; ask for at most"):
+            run_report(ReportConfig(**options), tmp_path / "out", progress=False, backend=object())
+    assert not (tmp_path / "out").exists()
+
+
 # ---- plugins ------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,12 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
 
     if config.plotly_js not in PLOTLY_JS:  # checked before an hour of sweeps, not when the pages are written
         raise OptionError(f"plotly_js takes {', '.join(PLOTLY_JS)}, got {config.plotly_js!r}.")
+    topics = load_topics()
+    pools = {split: [t for t in topics if t["split"] == split] for split in ("validation", "test")}
+    for split, wanted in (("validation", config.validation_topics), ("test", config.test_topics)):
+        if wanted > len(pools[split]):
+            raise OptionError(f"{split}_topics {wanted} is more than the {len(pools[split])} {split} topics there are; "
+                              f"ask for at most {len(pools[split])}.")
     out = Path(out_dir)
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -78,10 +84,9 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
     if layer is None:
         layer = backend.n_layers * 2 // 3
 
-    topics = load_topics()
     rng = random.Random(config.seed)
-    validation = rng.sample([t for t in topics if t["split"] == "validation"], config.validation_topics)
-    test = rng.sample([t for t in topics if t["split"] == "test"], config.test_topics)
+    validation = rng.sample(pools["validation"], config.validation_topics)
+    test = rng.sample(pools["test"], config.test_topics)
     mean = _topic_mean(explainers, layer)
     vectors = topic_vectors(backend, validation + test, [layer], progress=progress,
                             means=None if mean is None else {layer: mean})[layer]
