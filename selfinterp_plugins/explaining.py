@@ -2,27 +2,74 @@
 
 Work is the list of (vector, scale, sample) jobs; each batch of jobs is one `generate` call.
 With `output`, every finished batch is appended (flushed) to a JSONL file, and a rerun skips
-the jobs already there, so a crash or Ctrl-C loses at most one batch.
+the jobs already there, so a crash or Ctrl-C loses at most one batch. Beside the output,
+`<output>.run.json` records what makes its labels what they are (the explainer's weights, template
+and site; the sampling settings): a rerun with another explainer or other settings is refused in
+one line instead of mixing two runs' labels in one file. Ids, scales and samples may grow (each
+record is its own (id, scale, sample) job).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import numbers
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from .adapters import check_vectors
 from .backends.base import Sampling
-from .errors import OptionError, VectorError
+from .errors import ArtifactError, OptionError, RunMismatchError, VectorError
 from .results import ExplainResults
-from .serialization import JsonlWriter, read_jsonl
+from .serialization import JsonlWriter, read_json, read_jsonl, write_json
+
+#: the explain options behind each sampling field, for the one-line refusal
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
 
 
-def _job_key(record: dict) -> tuple:
-    return (str(record["id"]), float(record["scale"]), int(record.get("sample", 0)))
+def _job_key(record: dict, path, n: int) -> tuple:
+    try:
+        return (str(record["id"]), float(record["scale"]), int(record.get("sample", 0)))
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}:{n} is not an explain record (id, scale, sample, label): this file holds another "
+                            "kind of output; choose another output file.") from None
+
+
+def explainer_digest(explainer) -> str:
+    """SHA-256 of what decides an explainer's labels here: its adapter (kind and weights), template,
+    site and prompt ids."""
+    digest = hashlib.sha256()
+    identity = {"kind": explainer.adapter.config.kind, "template": explainer.template.to_dict(),
+                "site": explainer.site.to_dict(), "prompt_ids": explainer.prompt_ids.tolist()}
+    digest.update(json.dumps(identity, sort_keys=True).encode())
+    for name, tensor in sorted(explainer.adapter.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_output_run(path: Path, run: dict) -> None:
+    """Refuse to resume `path` when its recorded run differs from `run`; record `run` when there is
+    none yet (an output written before manifests resumes as before)."""
+    manifest = path.with_name(path.name + ".run.json")
+    if manifest.exists():
+        saved = read_json(manifest)
+        if saved.get("explainer") != run["explainer"]:
+            raise RunMismatchError(f"{path} holds labels of another explainer (its weights, template or site differ); "
+                                   f"resume it with that explainer, or choose another output (or delete {path} and "
+                                   f"{manifest.name}).")
+        for key, value in run["sampling"].items():
+            old = (saved.get("sampling") or {}).get(key)
+            if old != value:
+                flag = f" ({SAMPLING_FLAGS[key]} {old})" if key in SAMPLING_FLAGS else ""
+                raise RunMismatchError(f"{path} was written with sampling {key}={old!r}, this run asks {value!r}; rerun "
+                                       f"with {key}={old!r}{flag}, or choose another output (or delete {path} and "
+                                       f"{manifest.name}).")
+        return
+    write_json(run, manifest)
 
 
 def check_run_options(scales, samples: int, batch_size: int) -> None:
@@ -67,8 +114,13 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     if output is not None:
         path = Path(output)
         writer = JsonlWriter(path)  # locks the file and repairs a torn tail before it is read
-        for record in read_jsonl(path):
-            done[_job_key(record)] = record
+        try:
+            for n, record in enumerate(read_jsonl(path), 1):
+                done[_job_key(record, path, n)] = record
+            check_output_run(path, {"explainer": explainer_digest(explainer), "sampling": asdict(sampling)})
+        except BaseException:
+            writer.close()
+            raise
     todo = [job for job in jobs if (ids[job[0]], job[1], job[2]) not in done]
 
     results: dict[tuple, dict] = dict(done)

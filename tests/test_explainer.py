@@ -392,3 +392,42 @@ def test_a_save_killed_at_any_step_leaves_the_old_explainer_or_the_new_one(tiny_
     again.save_pretrained(tmp_path / "ex")  # and the next save finishes whatever was left
     assert Explainer.from_pretrained(tmp_path / "ex", model=model, tokenizer=tok).adapter.kind == "low_rank"
     assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
+
+
+def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path, monkeypatch):
+    """`--output` pointing at another run's JSONL mixed two runs' labels (another explainer, other
+    sampling) or died on `KeyError: 'scale'` (another kind of file); now one line each, the file
+    untouched. `<output>.run.json` records the run; a file written before it resumes as before."""
+    from selfinterp_plugins.errors import RunMismatchError
+
+    vectors = _vectors(3, seed=5)
+    out = tmp_path / "labels.jsonl"
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    manifest = tmp_path / "labels.jsonl.run.json"
+    before = out.read_bytes()
+    assert json.loads(manifest.read_text())["sampling"]["max_new_tokens"] == FAST.max_new_tokens
+
+    other = _perturb(Explainer.create(*tiny_llama, adapter="scalar_affine", template="chat"))
+    with pytest.raises(RunMismatchError, match="labels of another explainer"):
+        other.explain(vectors, sampling=FAST, output=out, progress=False)
+    hotter = Sampling(temperature=0.7, max_new_tokens=FAST.max_new_tokens)
+    with pytest.raises(RunMismatchError, match=r"temperature=0.0, this run asks 0.7; rerun with temperature=0.0 "
+                                              r"\(--temperature 0.0\)"):
+        explainer.explain(vectors, sampling=hotter, output=out, progress=False)
+    assert out.read_bytes() == before
+
+    generated = []
+    monkeypatch.setattr(explainer, "generate_labels", lambda *a: generated.append(1) or [])
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)  # the same run: nothing to redo
+    assert not generated
+    monkeypatch.undo()
+
+    manifest.unlink()  # an output written before manifests: resumed, and its run recorded from now on
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    assert manifest.exists() and out.read_bytes() == before
+
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text(json.dumps({"id": "0", "label": "cat", "hit_rate": 0.5}) + "\n")
+    with pytest.raises(ArtifactError, match=r"scores.jsonl:1 is not an explain record"):
+        explainer.explain(vectors, sampling=FAST, output=scores, progress=False)
+    assert scores.read_text() == json.dumps({"id": "0", "label": "cat", "hit_rate": 0.5}) + "\n"

@@ -129,7 +129,7 @@ def _dataset_kind(old_layout: bool) -> Kind:
 
 def _checkpoint_kind() -> Kind:
     from selfinterp_plugins.adapters import AdapterConfig, make_adapter
-    from selfinterp_plugins.training import _checkpoint_files, _save_checkpoint
+    from selfinterp_plugins.training import _checkpoint_files, _read_state, _save_checkpoint
 
     def trained(step):
         """`_save_checkpoint` of an adapter + AdamW after `step` updates (fixed: every call writes the same)."""
@@ -143,10 +143,10 @@ def _checkpoint_kind() -> Kind:
         return lambda d: _save_checkpoint(d, adapter, optimizer, named, step, {"train_loss": [float(step)]}, {"seed": 1})
 
     def load(d):  # what `train` reads to resume
-        state = read_json(d / "state.json")
+        state = _read_state(d)
         files = _checkpoint_files(d, state)
-        return state["step"], {key: {k: v.tolist() for k, v in load_safetensors(path).items()}
-                               for key, path in files.items()}
+        return state.step, {key: {k: v.tolist() for k, v in load_safetensors(path).items()}
+                            for key, path in files.items()}
 
     return Kind("training checkpoint", trained(3), trained(6), load)
 
