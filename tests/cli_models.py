@@ -78,3 +78,21 @@ def explain(capsys, explainer: Path, model: str, data: str, output: Path, *flags
 def evaluate(capsys, explainer: Path, model: str, data: str, *flags) -> dict:
     """`selfinterp eval` on the test split: its JSON."""
     return json.loads(ok(capsys, "eval", str(explainer), "--vectors", data, "--model", model, *flags))
+
+
+def replace_flag(flags, option, value):
+    """`flags` with `option` set to `value` (added when absent; a flag without a value when None)."""
+    flags = list(flags)
+    if option in flags:
+        flags[flags.index(option) + 1] = value
+    else:
+        flags += [option] if value is None else [option, value]
+    return flags
+
+
+def assert_refused_by_setting(line: str, ckpt, setting: str, old, new) -> None:
+    """A resume refused by its run manifest: one line naming the setting (and its values) and the fix."""
+    assert line.startswith(f"Error: {ckpt} is the checkpoint of a run with other settings: {setting} was "), line
+    if old is not None:
+        assert f"{setting} was {old}, this run has {new};" in line
+    assert f"delete {ckpt} or choose another --out" in line

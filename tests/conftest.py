@@ -41,6 +41,19 @@ def tiny_llama():
     return get_tiny("llama")
 
 
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_llama, tmp_path_factory):
+    """A finished one-epoch training run with its checkpoint: (data, config, output directory)."""
+    from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
+
+    model, tok = tiny_llama
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in ("dog", "cat", "sun", "sea")])
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = TrainConfig(epochs=1, batch_size=2)
+    Explainer.create(model, tok).train(data, config=config, output_dir=out, progress=False)
+    return data, config, out
+
+
 @pytest.fixture(scope="session", params=TINY_ARCHS)
 def tiny_arch(request):
     """(arch, model, tokenizer) for every tiny architecture."""

@@ -15,6 +15,7 @@ import torch
 
 from selfinterp_plugins import VectorLabelDataset, plugins
 
+from cli_models import replace_flag
 from plugin_fakes import run_cli
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
@@ -204,14 +205,6 @@ def _one_error_line(code, stdout, err) -> str:
     return lines[-1]
 
 
-def _replace(flags, option, value):
-    flags = list(flags)
-    if option in flags:
-        flags[flags.index(option) + 1] = value
-    else:
-        flags += [option, value]
-    return flags
-
 
 @pytest.mark.parametrize(("option", "value", "setting", "old", "new"), [
     ("--lr", "0.02", "lr (--lr)", "0.01", "0.02"),
@@ -231,7 +224,7 @@ def test_resume_with_other_settings_is_one_line_naming_the_setting(capsys, train
     model, data, out = _first_run(capsys, trained_run, tmp_path)
     state = (out / "checkpoint" / "state.json").read_bytes()
     adapter = (out / "adapter.safetensors").read_bytes()
-    code, stdout, err = run(capsys, "train", data, "--model", model, *_replace(BASE_FLAGS, option, value),
+    code, stdout, err = run(capsys, "train", data, "--model", model, *replace_flag(BASE_FLAGS, option, value),
                             "--out", str(out))
     err = _one_error_line(code, stdout, err)
     assert setting in err and "delete" in err and str(out / "checkpoint") in err and "--out" in err
@@ -265,7 +258,7 @@ def test_a_checkpoint_without_a_manifest_resumes_as_before(capsys, trained_run, 
     state = json.loads(path.read_text())
     del state["run"]
     path.write_text(json.dumps(state))
-    code, stdout, err = run(capsys, "train", data, "--model", model, *_replace(BASE_FLAGS, "--lr", "0.02"),
+    code, stdout, err = run(capsys, "train", data, "--model", model, *replace_flag(BASE_FLAGS, "--lr", "0.02"),
                             "--out", str(out))
     assert code in (0, None), err
     assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 3

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 import pytest
 import torch
 
-from selfinterp_plugins import Explainer, Sampling, TrainConfig, VectorLabelDataset
+from selfinterp_plugins import Explainer, Sampling, VectorLabelDataset
 from selfinterp_plugins.adapters import AdapterConfig
 from selfinterp_plugins.errors import (
     ArtifactError,
@@ -271,22 +271,12 @@ def test_bad_dataset_meta_is_refused(tmp_path, meta, match):
 # ---- training checkpoints -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def checkpointed(tiny_llama, tmp_path_factory):
-    model, tok = tiny_llama
-    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in ("dog", "cat", "sun", "sea")])
-    out = tmp_path_factory.mktemp("run") / "run"
-    config = TrainConfig(epochs=1, batch_size=2)
-    Explainer.create(model, tok).train(data, config=config, output_dir=out, progress=False)
-    return data, config, out
-
-
 @pytest.mark.parametrize("step", ["missing", "2", 1e30, -1, 10**15])
-def test_a_bad_step_in_state_json_is_refused(tiny_llama, checkpointed, tmp_path, step):
+def test_a_bad_step_in_state_json_is_refused(tiny_llama, checkpointed_run, tmp_path, step):
     """A missing step was a KeyError, a string a TypeError, 1e30 a float step (an endless loop)."""
     import shutil
 
-    data, config, out = checkpointed
+    data, config, out = checkpointed_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
     state = json.loads((run / "checkpoint" / "state.json").read_text())

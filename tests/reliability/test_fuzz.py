@@ -229,18 +229,6 @@ def test_any_dataset_meta_vectors_dtype_and_label_record(saved_dataset, tmp_path
         assert len(result) == 4 and result.labels[-1] == label
 
 
-@pytest.fixture(scope="module")
-def checkpointed_run(tiny_llama, tmp_path_factory):
-    from selfinterp_plugins import TrainConfig
-
-    model, tok = tiny_llama
-    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in ("dog", "cat", "sun", "sea")])
-    out = tmp_path_factory.mktemp("run") / "run"
-    config = TrainConfig(epochs=1, batch_size=2)
-    Explainer.create(model, tok).train(data, config=config, output_dir=out, progress=False)
-    return data, config, out
-
-
 @FUZZ
 @given(key=st.sampled_from(["step", "history", "history.train_loss", "history.validation_loss", "history.seconds",
                             "files", "files.adapter", "run", "run.seed"]),

@@ -19,7 +19,7 @@ from selfinterp_plugins.errors import OutputLockedError  # noqa: E402
 from selfinterp_plugins.locks import LOCK_FILE  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
-from cli_models import ok, refused  # noqa: E402
+from cli_models import assert_refused_by_setting, ok, refused, replace_flag  # noqa: E402
 
 BASE = ("--rank", "4", "--alpha", "1", "--lr", "0.001", "--weight-decay", "0.01", "--epochs", "1", "--batch-size", "2",
         "--seed", "0")
@@ -59,14 +59,6 @@ def _copy(first_run, tmp_path, name="dit"):
 def _train(first_run, out, *flags, model="tiny", diffs=None):
     return ("dit", "train", str(diffs or first_run / "diffs"), "--model", str(first_run / model), *flags, "--out", str(out))
 
-
-def _replace(flags, option, value):
-    flags = list(flags)
-    if option in flags:
-        flags[flags.index(option) + 1] = value
-    else:
-        flags += [option, value]
-    return flags
 
 
 def _locked_line(out, pid) -> str:
@@ -165,13 +157,8 @@ def test_a_dit_train_resume_with_another_setting_is_refused_by_name(first_run, t
         (diffs / "index.jsonl").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
         argv = _train(first_run, out, *BASE, diffs=diffs)
     else:
-        argv = _train(first_run, out, *_replace(BASE, option, value))
-    line = refused(capsys, *argv)
-    ckpt = out / "checkpoint"
-    assert line.startswith(f"Error: {ckpt} is the checkpoint of a run with other settings: {setting} was "), line
-    if old is not None:
-        assert f"{setting} was {old}, this run has {new};" in line
-    assert f"delete {ckpt} or choose another --out" in line
+        argv = _train(first_run, out, *replace_flag(BASE, option, value))
+    assert_refused_by_setting(refused(capsys, *argv), out / "checkpoint", setting, old, new)
     assert snapshot(out) == before  # nothing resumed, nothing rewritten
 
 
@@ -182,7 +169,7 @@ def test_a_dit_train_rerun_with_the_same_settings_resumes_and_may_grow_its_epoch
     assert json.loads(ok(capsys, *_train(first_run, out, *BASE)))["steps"] == 2  # the finished run, not a new one
     assert (out / "checkpoint" / "state.json").read_bytes() == state
     # more epochs continue the run (the batches of epoch 1 do not depend on the total) ...
-    assert json.loads(ok(capsys, *_train(first_run, out, *_replace(BASE, "--epochs", "2"))))["steps"] == 4
+    assert json.loads(ok(capsys, *_train(first_run, out, *replace_flag(BASE, "--epochs", "2"))))["steps"] == 4
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epochs_done"] == 2
     # ... fewer than the checkpoint holds is refused
     before = snapshot(out)
@@ -198,7 +185,7 @@ def test_a_dit_checkpoint_without_a_manifest_resumes_as_before(first_run, tmp_pa
     state = json.loads(path.read_text())
     del state["run"]
     path.write_text(json.dumps(state))
-    assert json.loads(ok(capsys, *_train(first_run, out, *_replace(BASE, "--lr", "0.002"))))["steps"] == 2
+    assert json.loads(ok(capsys, *_train(first_run, out, *replace_flag(BASE, "--lr", "0.002"))))["steps"] == 2
 
 
 def test_answer_lengths_may_change_on_a_resume(first_run, tmp_path):

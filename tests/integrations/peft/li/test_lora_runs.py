@@ -19,7 +19,7 @@ from selfinterp_plugins.errors import OutputLockedError  # noqa: E402
 from selfinterp_plugins.locks import LOCK_FILE  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
-from cli_models import ok, refused  # noqa: E402
+from cli_models import assert_refused_by_setting, ok, refused, replace_flag  # noqa: E402
 
 BASE = ("--task", "activation_patching", "--rank", "4", "--epochs", "1", "--batch-size", "4", "--lr", "0.001",
         "--seed", "0")
@@ -61,14 +61,6 @@ def _copy(first_run, tmp_path, name="lx"):
     shutil.copytree(first_run / name, tmp_path / name)
     return tmp_path / name
 
-
-def _replace(flags, option, value):
-    flags = list(flags)
-    if option in flags:
-        flags[flags.index(option) + 1] = value
-    else:
-        flags += [option] if value is None else [option, value]
-    return flags
 
 
 # ---- locks ------------------------------------------------------------------------------------
@@ -144,13 +136,8 @@ def test_a_lora_explainer_resume_with_another_setting_is_refused_by_name(first_r
         (data / "train.jsonl").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n")
         argv = _train(first_run, out, *BASE, data=data)
     else:
-        argv = _train(first_run, out, *_replace(BASE, option, value))
-    line = refused(capsys, *argv)
-    ckpt = out / "checkpoint"
-    assert line.startswith(f"Error: {ckpt} is the checkpoint of a run with other settings: {setting} was "), line
-    if old is not None:
-        assert f"{setting} was {old}, this run has {new};" in line
-    assert f"delete {ckpt} or choose another --out" in line
+        argv = _train(first_run, out, *replace_flag(BASE, option, value))
+    assert_refused_by_setting(refused(capsys, *argv), out / "checkpoint", setting, old, new)
     assert snapshot(out) == before  # nothing resumed, nothing rewritten
 
 
@@ -160,7 +147,7 @@ def test_a_lora_explainer_rerun_with_the_same_settings_resumes_and_may_grow_its_
     assert json.loads(state)["run"]["lr"] == 0.001 and json.loads(state)["run"]["training_rows"] == 6
     assert json.loads(ok(capsys, *_train(first_run, out, *BASE)))["steps"] == 2  # the finished run, not a new one
     assert (out / "checkpoint" / "state.json").read_bytes() == state
-    assert json.loads(ok(capsys, *_train(first_run, out, *_replace(BASE, "--epochs", "2"))))["steps"] == 4
+    assert json.loads(ok(capsys, *_train(first_run, out, *replace_flag(BASE, "--epochs", "2"))))["steps"] == 4
     before = snapshot(out)
     line = refused(capsys, *_train(first_run, out, *BASE))
     assert line.startswith(f"Error: {out / 'checkpoint'} holds 2 epochs of training, more than the 1 this run asks for")
@@ -173,4 +160,4 @@ def test_a_lora_explainer_checkpoint_without_a_manifest_resumes_as_before(first_
     state = json.loads(path.read_text())
     del state["run"]
     path.write_text(json.dumps(state))
-    assert json.loads(ok(capsys, *_train(first_run, out, *_replace(BASE, "--lr", "0.002"))))["steps"] == 2
+    assert json.loads(ok(capsys, *_train(first_run, out, *replace_flag(BASE, "--lr", "0.002"))))["steps"] == 2
