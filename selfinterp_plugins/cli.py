@@ -92,11 +92,12 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
     """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
     from .topics import load_topics, topic_vectors
 
-    runner = load_backend(model_name, backend, remote, dtype, device)
-    topics = load_topics()[:limit] if limit else load_topics()
-    for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
-        path = data.save(Path(out) / f"layer{layer}")
-        click.echo(f"wrote {len(data)} vectors (resid_post.{layer}) to {path}")
+    with DirectoryLock(out):  # one writer: a second run into the same --out fails at once
+        runner = load_backend(model_name, backend, remote, dtype, device)
+        topics = load_topics()[:limit] if limit else load_topics()
+        for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
+            path = data.save(Path(out) / f"layer{layer}")
+            click.echo(f"wrote {len(data)} vectors (resid_post.{layer}) to {path}")
 
 
 @cli.command()

@@ -65,11 +65,14 @@ class DirectoryLock:
         if self._key() in table:  # this thread holds it already
             self._reentered = True
             return self
-        self._made = not self.directory.exists()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._fd = self._acquire()
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        from .serialization import output_errors  # imported here: serialization imports this module
+
+        with output_errors(self.directory):  # an unwritable place or a full disk: one line, not a traceback
+            self._made = not self.directory.exists()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = self._acquire()
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
         table[self._key()] = self
         return self
 

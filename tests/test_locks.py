@@ -173,3 +173,38 @@ def test_a_second_selfinterp_train_into_the_same_out_is_one_line_and_exit_2(cli_
         proc.wait(timeout=60)
     ok(capsys, *argv)
     assert not (out / LOCK_FILE).exists()
+
+
+def test_vectors_topics_and_report_lock_their_out(cli_inputs, tmp_path, capsys):
+    """`vectors topics --out` and `report --out` (whose sweeps are appended to rows.jsonl) were not
+    locked: two runs into one directory interleaved. Now the second stops at once, writing nothing."""
+    from selfinterp_plugins.evaluation.report import ReportConfig, run_report
+
+    from cli_models import one_line_error
+
+    model, _ = cli_inputs
+    out = tmp_path / "vecs"
+    with held_by_process(out) as proc:
+        before = snapshot(out)
+        err = one_line_error(capsys, "vectors", "topics", "--model", model, "--layer", "1", "--limit", "4", "--out", str(out))
+        assert err == f"Error: {out} is being written by another run (pid {proc.pid}); wait for it to finish or choose another --out."
+        assert snapshot(out) == before
+        report_out = tmp_path / "report"
+    with held_by_process(report_out):
+        before = snapshot(report_out)
+        with pytest.raises(OutputLockedError, match="is being written by another run"):
+            run_report(ReportConfig(validation_topics=2, test_topics=2), report_out, progress=False, backend=object())
+        assert snapshot(report_out) == before
+
+
+def test_an_unwritable_place_for_a_lock_is_one_line(tmp_path, monkeypatch):
+    """The lock is the first thing a run writes: a read-only or full place must be an OutputError there too."""
+    from selfinterp_plugins.errors import OutputError
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(locks.os, "open", refuse)
+    with pytest.raises(OutputError, match="Cannot write"):
+        with DirectoryLock(tmp_path / "out"):
+            pass

@@ -277,16 +277,17 @@ def register(cli):
         rows = [r for r in read_index(diffs_dir) if r.get("split") == split][:limit]
         if not rows:
             raise click.ClickException(f"{diffs_dir} has no {split}-split diffs.")
-        model, tok = _load(model_name)
-        dit = DITAdapter.from_pretrained(dit_dir, model, tok)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        judge = None
-        if llm_judge != "none":
-            from .dit_judge import LLMJudge
+        with DirectoryLock(out):  # one evaluation per --out: a second fails at once
+            model, tok = _load(model_name)
+            dit = DITAdapter.from_pretrained(dit_dir, model, tok)
+            judge = None
+            if llm_judge != "none":
+                from .dit_judge import LLMJudge
 
-            judge = LLMJudge(*_load(llm_judge))
-        records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl", guesser=judge)
-        pool = load_topics() if candidates == "all" else read_index(diffs_dir)
-        metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}), judges=[judge] if judge else ())
-        write_text_atomic(Path(out) / "metrics.json", json.dumps(metrics, indent=2))
+                judge = LLMJudge(*_load(llm_judge))
+            records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl",
+                                     guesser=judge)
+            pool = load_topics() if candidates == "all" else read_index(diffs_dir)
+            metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}), judges=[judge] if judge else ())
+            write_text_atomic(Path(out) / "metrics.json", json.dumps(metrics, indent=2))
         click.echo(json.dumps(metrics))

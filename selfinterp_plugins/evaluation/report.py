@@ -22,6 +22,7 @@ import torch
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import OptionError
+from ..locks import DirectoryLock
 from ..serialization import output_errors, write_text_atomic
 from ..validation import Name, NonNegativeInt, PositiveInt, validate
 from .sensitivity import PLOTLY_JS
@@ -51,15 +52,7 @@ class ReportConfig:
 
 def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True, backend=None) -> dict:
     """Measure everything `config` asks for; write results.json, sensitivity.{png,html}, report.html."""
-    from .. import Explainer, Sampling
-    from ..models import load_model
-    from ..topics import load_topics, topic_vectors
-    from .baselines import get_baseline
-    from .bridge import mentions
-    from .knowledge import prompted_descriptions
-    from .report_html import write_html
-    from .scoring import recall_at_k, sentence_embedder
-    from .sensitivity import best_point, plot_sensitivity, sweep
+    from ..topics import load_topics
 
     if config.plotly_js not in PLOTLY_JS:  # checked before an hour of sweeps, not when the pages are written
         raise OptionError(f"plotly_js takes {', '.join(PLOTLY_JS)}, got {config.plotly_js!r}.")
@@ -70,6 +63,23 @@ def run_report(config: ReportConfig, out_dir: str | Path, progress: bool = True,
             raise OptionError(f"{split}_topics {wanted} is more than the {len(pools[split])} {split} topics there are; "
                               f"ask for at most {len(pools[split])}.")
     out = Path(out_dir)
+    # one report per directory: a second run fails at once instead of appending its sweeps twice
+    with DirectoryLock(out):
+        return _measure(config, out, progress, backend, topics, pools)
+
+
+def _measure(config: ReportConfig, out: Path, progress: bool, backend, topics: list, pools: dict) -> dict:
+    """`run_report`'s work, with its options checked and its directory locked."""
+    from .. import Explainer, Sampling
+    from ..models import load_model
+    from ..topics import topic_vectors
+    from .baselines import get_baseline
+    from .bridge import mentions
+    from .knowledge import prompted_descriptions
+    from .report_html import write_html
+    from .scoring import recall_at_k, sentence_embedder
+    from .sensitivity import best_point, plot_sensitivity, sweep
+
     with output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
     if backend is None:

@@ -200,3 +200,14 @@ def test_answer_lengths_may_change_on_a_resume(first_run, tmp_path):
                                                   baseline_max_new_tokens=7))
     history = dit.train(load_diffs(first_run / "diffs", rows), [r["topic"] for r in rows], checkpoint_dir=out / "checkpoint")
     assert len(history) == 2
+
+
+def test_a_second_dit_eval_into_the_same_out_is_refused(first_run, tmp_path, capsys):
+    """`dit eval --out` was not locked: two evaluations appended answers to one answers.jsonl."""
+    out = tmp_path / "eval"
+    with held_by_process(out) as proc:
+        before = snapshot(out)
+        line = refused(capsys, "dit", "eval", str(first_run / "dit"), str(first_run / "diffs"), "--model",
+                       str(first_run / "tiny"), "--candidates", "diffs", "--llm-judge", "none", "--out", str(out))
+        assert line == f"Error: {out} is being written by another run (pid {proc.pid}); wait for it to finish or choose another --out."
+        assert snapshot(out) == before
