@@ -297,15 +297,17 @@ def _trained_sae_kind(d_in: int) -> Kind:
     pytest.importorskip("sae_lens")
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    from selfinterp_sae_lens.sae_training import SAETrainConfig, load_saved_sae, save_trained_sae
+    from selfinterp_plugins.artifact_files import record_free
+    from selfinterp_sae_lens.sae_training import TRAIN_FILE, SAETrainConfig, load_saved_sae, save_trained_sae
 
     def made(d_sae, seed):
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=2, dtype="float32", device="cpu"))
         _perturbed(sae, seed)
         return lambda d: save_trained_sae(sae, SAETrainConfig(d_sae=d_sae, k=2, seed=seed), d)
 
-    def load(d):
-        return {k: v.tolist() for k, v in load_saved_sae(d).state_dict().items()}
+    def load(d):  # the SAE and the settings saved beside it
+        settings = record_free(read_json(d / TRAIN_FILE))
+        return settings["d_sae"], settings["seed"], {k: v.tolist() for k, v in load_saved_sae(d).state_dict().items()}
 
     return Kind("trained SAE", made(8, 0), made(12, 1), load)
 
