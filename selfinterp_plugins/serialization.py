@@ -49,7 +49,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
 #: changes a file ("write" a temporary file, "replace", "unlink", "truncate" or "newline" to
-#: repair a JSONL tail, "open" to append, "append" a record). Raising from it simulates a kill (a
+#: repair a JSONL tail, "open" to append, "append" a record, "serialise" another library's files
+#: into a scratch folder: artifact_files.save_serialised_committed). Raising from it simulates a kill (a
 #: BaseException nothing catches) or a failing disk (an OSError). Writers elsewhere (artifact_files,
 #: training) call `_step` too, inside their `output_errors`.
 _step_hook: Callable[[str, Path], None] | None = None

@@ -17,10 +17,11 @@ from typing import Literal
 
 import torch
 
+from selfinterp_plugins.artifact_files import record_free, save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.models import embedding_fingerprint
-from selfinterp_plugins.serialization import check_artifact_dir, output_errors, read_json, write_json
+from selfinterp_plugins.serialization import check_artifact_dir, read_json
 from selfinterp_plugins.validation import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Text, validate
 
 from .batched import per_row_diffs
@@ -123,16 +124,19 @@ class DITAdapter:
         from .shipped import dit_location
 
         directory = check_artifact_dir(dit_location(directory))
-        config = DITConfig.from_dict(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
-        return cls(PeftModel.from_pretrained(model, str(directory)), tokenizer, config)
+        raw = read_json(directory / CONFIG_FILE)
+        config = DITConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
+        with usual_names(directory, raw) as files:  # the committed adapter files (artifact_files)
+            return cls(PeftModel.from_pretrained(model, str(files)), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the adapter (the directory locked while written: a second writer fails at once)."""
+        """Write the adapter (the directory locked while written: a second writer fails at once):
+        PEFT's files committed with dit_config.json as the record, so a kill leaves the old adapter
+        or the new one, never new weights under an old config (artifact_files)."""
         directory = Path(directory)
         with DirectoryLock(directory):
-            with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
-                self.model.save_pretrained(str(directory), safe_serialization=True)
-            write_json(asdict(self.config), directory / CONFIG_FILE)
+            save_serialised_committed(directory, lambda folder: self.model.save_pretrained(str(folder), safe_serialization=True),
+                                      asdict(self.config), CONFIG_FILE)
         return directory
 
     # ---- training ---------------------------------------------------------------------------

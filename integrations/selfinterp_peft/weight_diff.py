@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from selfinterp_plugins.artifact_files import committed_files, save_serialised_committed, usual_names
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
 from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.serialization import (
@@ -42,6 +43,8 @@ from .peft_conversion import base_copies, module_changes, unload_keeping_base
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
+#: our own file beside PEFT's, and the commit record of a saved diff (artifact_files)
+INFO_FILE = "weight_diff.json"
 _PREFIX = "base_model.model."
 FIX = "re-save the adapter (save_pretrained) or re-download it."
 
@@ -151,9 +154,12 @@ class WeightDiff:
         from peft import PeftModel
 
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused before PEFT reads it
-        with safe_open(str(directory / PEFT_WEIGHTS), framework="pt") as handle:
+        record = _record(directory)
+        with safe_open(str(committed_files(directory, record).get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)),
+                       framework="pt") as handle:
             saved = base_copies(handle.keys(), base)
-        peft_model = PeftModel.from_pretrained(base, str(directory), adapter_name=adapter_name)
+        with usual_names(directory, record) as files:
+            peft_model = PeftModel.from_pretrained(base, str(files), adapter_name=adapter_name)
         try:
             for name, (param, original) in saved.items():
                 if not torch.equal(param.detach(), original):
@@ -170,9 +176,12 @@ class WeightDiff:
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused by name
-        raw = read_json(directory / PEFT_CONFIG)
-        config = validate(PeftLoraConfig, raw, str(directory / PEFT_CONFIG), FIX, unknown="ignore")  # types first
-        tensors = check_finite_tensors(load_safetensors(directory / PEFT_WEIGHTS), directory / PEFT_WEIGHTS, FIX)
+        committed = committed_files(directory, _record(directory))
+        config_path = committed.get(PEFT_CONFIG, directory / PEFT_CONFIG)
+        weights_path = committed.get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)
+        raw = read_json(config_path)
+        config = validate(PeftLoraConfig, raw, str(config_path), FIX, unknown="ignore")  # types first
+        tensors = check_finite_tensors(load_safetensors(weights_path), weights_path, FIX)
         modules = plain_lora_from_files(directory, raw, tensors)
         return cls(modules, {"source": "peft", "base_model": config.base_model_name_or_path})
 
@@ -305,19 +314,22 @@ class WeightDiff:
                   "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
                   "base_model_name_or_path": getattr(getattr(base_model, "config", None), "_name_or_path", None),
                   "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None}
+        def serialise(folder: Path) -> None:
+            save_safetensors(tensors, folder / PEFT_WEIGHTS)
+            write_json(config, folder / PEFT_CONFIG)
+
+        info = {"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)}}
         with DirectoryLock(directory):  # made, and locked: a second writer fails at once instead of mixing two diffs
-            save_safetensors(tensors, directory / PEFT_WEIGHTS)
-            write_json(config, directory / PEFT_CONFIG)
-            write_json({"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)}},
-                       directory / "weight_diff.json")
+            # weight_diff.json is the commit record: a kill leaves the old adapter or the new one
+            save_serialised_committed(directory, serialise, info, INFO_FILE)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> WeightDiff:
         diff = cls._from_peft_dir(Path(directory))
-        extra = Path(directory) / "weight_diff.json"
+        extra = Path(directory) / INFO_FILE
         if extra.exists():
-            info = validate(WeightDiffInfo, read_json(extra), str(extra), FIX, unknown="ignore")
+            info = validate(WeightDiffInfo, _record(Path(directory)), str(extra), FIX, unknown="ignore")
             for name, energy in info.energy_kept.items():
                 if name in diff.modules:
                     diff.modules[name].energy_kept = energy
@@ -373,6 +385,13 @@ def plain_lora_from_files(directory: Path, config: dict, tensors: dict[str, torc
         else:  # embedding: ΔW = scale·(B_e·A_e)ᵀ = scale·A_eᵀ·B_eᵀ (vocab×dim)
             modules[name] = ModuleDiff(A=b.T.contiguous(), B=a.float().T.contiguous(), scale=scale)
     return modules
+
+
+def _record(directory: Path) -> dict:
+    """weight_diff.json, the commit record of a diff saved by `save_pretrained` ({} for a PEFT
+    directory made elsewhere, or saved before the record: its files are the usual ones)."""
+    path = directory / INFO_FILE
+    return read_json(path) if path.is_file() else {}
 
 
 def _jsonable(value) -> bool:

@@ -18,9 +18,14 @@ from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.artifact_files import save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.serialization import write_json
+from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.serialization import read_json
 from selfinterp_plugins.sites import Site
+
+#: the training settings beside SAE-Lens's files, and the commit record of a saved SAE (artifact_files)
+TRAIN_FILE = "selfinterp_sae_train.json"
 
 
 @dataclass
@@ -83,7 +88,6 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
     it is silenced while ours runs."""
     import tempfile
 
-    from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -106,9 +110,29 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
     with bar, _quiet_sae_lens_bar() if progress else contextlib.nullcontext():
         trained = SAETrainer(trainer_config, sae, _counted(provider, bar)).fit()
     target = Path(out) if out else Path(tempfile.mkdtemp(prefix="sae-"))
-    trained.save_inference_model(target)
-    write_json(asdict(config), target / "selfinterp_sae_train.json")
-    return SAE.load_from_disk(target)
+    save_trained_sae(trained, config, target)
+    return load_saved_sae(target)
+
+
+def save_trained_sae(trained, config: SAETrainConfig, out: str | Path) -> Path:
+    """SAE-Lens's `save_inference_model` files committed with selfinterp_sae_train.json as the
+    record (the directory locked while written): a kill leaves the old SAE or the new one, never
+    new weights under an old cfg.json."""
+    out = Path(out)
+    with DirectoryLock(out):
+        save_serialised_committed(out, trained.save_inference_model, asdict(config), TRAIN_FILE)
+    return out
+
+
+def load_saved_sae(directory: str | Path, device: str = "cpu"):
+    """`SAE.load_from_disk` on the files a save committed (a directory without selfinterp_sae_train.json,
+    saved by SAE-Lens itself or before the record: its own files)."""
+    from sae_lens import SAE
+
+    directory = Path(directory)
+    record = read_json(directory / TRAIN_FILE) if (directory / TRAIN_FILE).is_file() else {}
+    with usual_names(directory, record) as files:
+        return SAE.load_from_disk(files, device=device)
 
 
 def _counted(batches, bar):

@@ -24,19 +24,19 @@ __all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name
 
 def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, device: str = "cpu"):
     """An SAE-Lens `SAE` from an object, a saved directory, or `release` + `sae_id`."""
-    from sae_lens import SAE
-
     if sae is not None and (release or sae_id):
         raise ArtifactError("Give an SAE directory (--sae) or an SAE-Lens release and SAE id (--release, --sae-id), "
                             "not both: the one left over would be ignored.")
     if sae is not None and not isinstance(sae, (str, Path)):
         return sae
     if sae is not None:
+        from .sae_training import TRAIN_FILE, load_saved_sae
+
         path = Path(sae)
-        if not (path / "cfg.json").is_file():
+        if not (path / "cfg.json").is_file() and not (path / TRAIN_FILE).is_file():
             raise ArtifactError(f"No SAE at {path} (no cfg.json); save one with `sae.save_model(path)`.")
         check_artifact_dir(path)
-        return SAE.load_from_disk(path, device=device)
+        return load_saved_sae(path, device)  # the files its last save committed
     if release and sae_id:
         return pretrained_sae(release, sae_id, device)
     raise ArtifactError("Give an SAE object, a directory saved with `sae.save_model`, or both release and sae_id.")

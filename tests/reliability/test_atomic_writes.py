@@ -209,14 +209,121 @@ def _report_kind(scratch: Path) -> Kind:
                 lambda d: (d / "report.html").read_bytes())
 
 
+# ---- the plugins' multi-file artifacts (PEFT, SAE-Lens serialise; our config is the commit record) --
+
+def _perturbed(module: torch.nn.Module, seed: int) -> None:
+    """Every trainable weight random (PEFT starts lora_B at zero: old and new must differ everywhere)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _lora_state(peft_model) -> dict:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.tolist() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def _dit_kind(model, tok) -> Kind:
+    """A DIT adapter (PEFT files + dit_config.json); the old one of another rank."""
+    pytest.importorskip("peft")
+    import copy
+
+    from selfinterp_peft.dit import DITAdapter, DITConfig
+
+    def made(rank, seed):
+        dit = DITAdapter.create(copy.deepcopy(model), tok, DITConfig(rank=rank, seed=seed))
+        _perturbed(dit.model, seed)
+        return dit
+
+    def load(d):
+        loaded = DITAdapter.from_pretrained(d, copy.deepcopy(model), tok)
+        return loaded.config.rank, loaded.config.seed, _lora_state(loaded.model)
+
+    return Kind("DIT adapter", made(2, 0).save_pretrained, made(4, 1).save_pretrained, load)
+
+
+def _lora_explainer_kind(model, tok) -> Kind:
+    """A LoRA explainer; the new one has projections (a file the old one lacks)."""
+    pytest.importorskip("peft")
+    import copy
+
+    from selfinterp_peft.li.config import LoRAExplainerConfig
+    from selfinterp_peft.li.explainer import LoRAExplainer
+
+    def made(rank, seed, subject_d_model):
+        config = LoRAExplainerConfig(rank=rank, seed=seed, subject_d_model=subject_d_model,
+                                     subject_layers=[1] if subject_d_model else [])
+        explainer = LoRAExplainer.create(copy.deepcopy(model), tok, config)
+        _perturbed(explainer.model, seed)
+        _perturbed(explainer.projections, seed + 1)
+        return explainer
+
+    def load(d):
+        loaded = LoRAExplainer.from_pretrained(d, copy.deepcopy(model), tok)
+        return (loaded.config.rank, _lora_state(loaded.model),
+                {k: v.tolist() for k, v in loaded.projections.state_dict().items()})
+
+    return Kind("LoRA explainer", made(2, 0, None).save_pretrained, made(4, 1, 8).save_pretrained, load)
+
+
+def _weight_diff_kind(model) -> Kind:
+    """A weight diff saved as a plain PEFT LoRA (+ weight_diff.json); the new one of another rank."""
+    pytest.importorskip("peft")
+    from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff
+
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:3]
+
+    def made(rank, seed):
+        g = torch.Generator().manual_seed(seed)
+        modules = {}
+        for name in linears:
+            weight = model.get_submodule(name).weight
+            modules[name] = ModuleDiff(A=torch.randn(rank, weight.shape[1], generator=g),
+                                       B=torch.randn(weight.shape[0], rank, generator=g), scale=0.5)
+        return lambda d: WeightDiff(modules, {"source": f"seed {seed}"}).save_pretrained(d, model)
+
+    def load(d):
+        diff = WeightDiff.from_pretrained(d)
+        return {name: m.delta().tolist() for name, m in diff.modules.items()}
+
+    return Kind("weight diff", made(2, 0), made(3, 1), load)
+
+
+def _trained_sae_kind(d_in: int) -> Kind:
+    """`train_sae(out=...)`'s save (SAE-Lens's files + selfinterp_sae_train.json)."""
+    pytest.importorskip("sae_lens")
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from selfinterp_plugins.artifact_files import record_free
+    from selfinterp_sae_lens.sae_training import TRAIN_FILE, SAETrainConfig, load_saved_sae, save_trained_sae
+
+    def made(d_sae, seed):
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=2, dtype="float32", device="cpu"))
+        _perturbed(sae, seed)
+        return lambda d: save_trained_sae(sae, SAETrainConfig(d_sae=d_sae, k=2, seed=seed), d)
+
+    def load(d):  # the SAE and the settings saved beside it
+        settings = record_free(read_json(d / TRAIN_FILE))
+        return settings["d_sae"], settings["seed"], {k: v.tolist() for k, v in load_saved_sae(d).state_dict().items()}
+
+    return Kind("trained SAE", made(8, 0), made(12, 1), load)
+
+
 @pytest.fixture(params=["explainer", "dataset", "dataset (old layout)", "training checkpoint", "JSONL, torn tail",
-                        "JSONL, last newline lost", "JSON file", "sensitivity png", "report html"])
+                        "JSONL, last newline lost", "JSON file", "sensitivity png", "report html", "DIT adapter",
+                        "LoRA explainer", "weight diff", "trained SAE"])
 def kind(request, tiny_llama, tmp_path_factory) -> Kind:
     return {"explainer": lambda: _explainer_kind(*tiny_llama), "dataset": lambda: _dataset_kind(False),
             "dataset (old layout)": lambda: _dataset_kind(True), "training checkpoint": _checkpoint_kind,
             "JSONL, torn tail": lambda: _jsonl_kind(b'\n{"id": "to'), "JSONL, last newline lost": lambda: _jsonl_kind(b""),
             "JSON file": _json_kind, "sensitivity png": _picture_kind,
-            "report html": lambda: _report_kind(tmp_path_factory.mktemp("plots"))}[request.param]()
+            "report html": lambda: _report_kind(tmp_path_factory.mktemp("plots")),
+            "DIT adapter": lambda: _dit_kind(*tiny_llama), "LoRA explainer": lambda: _lora_explainer_kind(*tiny_llama),
+            "weight diff": lambda: _weight_diff_kind(tiny_llama[0]),
+            "trained SAE": lambda: _trained_sae_kind(tiny_llama[0].config.hidden_size)}[request.param]()
 
 
 def _states(kind: Kind, tmp_path: Path):

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
 
+from selfinterp_plugins.artifact_files import committed_files, record_free, save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
 from selfinterp_plugins.locks import DirectoryLock
@@ -38,10 +40,8 @@ from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
-    output_errors,
     read_json,
     save_safetensors,
-    write_json,
 )
 
 from .config import (
@@ -70,10 +70,12 @@ RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "epochs
                "training_rows": "--limit or --data", "training_data_sha256": "--data"}
 
 
-def _load_full(directory: Path, model):
+def _load_full(directory: Path, model, committed: dict[str, Path]):
     """The fully fine-tuned weights in `directory` loaded into `model` (same architecture): only the
-    safetensors file save_pretrained wrote is read, and tied weights stay tied."""
-    files = sorted(directory.glob("model*.safetensors"))
+    safetensors files save_pretrained wrote (the committed ones: `committed`, or for an explainer
+    saved before the commit record, the directory's) are read, and tied weights stay tied."""
+    files = (sorted(path for name, path in committed.items() if fnmatch(name, "model*.safetensors")) if committed
+             else sorted(directory.glob("model*.safetensors")))
     if not files:
         raise ArtifactError(f"No fine-tuned weights (model*.safetensors) in {directory}; save the explainer again.")
     state = {}
@@ -138,15 +140,19 @@ class LoRAExplainer:
                                     for layer in config.subject_layers})
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config."""
+        """A PEFT adapter directory, or (full fine-tune) the model's own safetensors and config; the
+        projections beside them. All committed with lora_explainer_config.json as the record, so a
+        kill leaves the old explainer or the new one, never new weights with old projections."""
         directory = Path(directory)
-        with DirectoryLock(directory):  # a second writer fails at once instead of mixing two explainers' files
-            with output_errors(directory):  # a full disk or read-only place: one line, not a traceback
-                self.model.save_pretrained(str(directory), safe_serialization=True)
-            write_json(asdict(self.config), directory / CONFIG_FILE)
+
+        def serialise(folder: Path) -> None:
+            self.model.save_pretrained(str(folder), safe_serialization=True)
             if len(self.projections):
                 save_safetensors({k: v.detach().contiguous() for k, v in self.projections.state_dict().items()},
-                                 directory / PROJECTIONS_FILE)
+                                 folder / PROJECTIONS_FILE)
+
+        with DirectoryLock(directory):  # a second writer fails at once instead of mixing two explainers' files
+            save_serialised_committed(directory, serialise, asdict(self.config), CONFIG_FILE)
         return directory
 
     @classmethod
@@ -157,16 +163,19 @@ class LoRAExplainer:
         if not (directory / CONFIG_FILE).is_file():
             raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
         check_artifact_dir(directory)
-        config = LoRAExplainerConfig.from_dict(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
+        raw = read_json(directory / CONFIG_FILE)
+        config = LoRAExplainerConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
         config.markers = config.markers or pick_markers(tokenizer)  # what create() picks for this tokenizer
+        committed = committed_files(directory, raw)  # the files the config commits to (artifact_files)
         projections = cls._projections(config, model.config.hidden_size)
         if len(projections):
-            projections.load_state_dict(load_safetensors(directory / PROJECTIONS_FILE))
+            projections.load_state_dict(load_safetensors(committed.get(PROJECTIONS_FILE, directory / PROJECTIONS_FILE)))
         if config.finetune == "full":
-            tuned = _load_full(directory, model)
+            tuned = _load_full(directory, model, committed)
             tuned.eval()
             return cls(tuned, tokenizer, config, projections)
-        peft_model = PeftModel.from_pretrained(model, str(directory))
+        with usual_names(directory, raw) as files:
+            peft_model = PeftModel.from_pretrained(model, str(files))
         peft_model.eval()
         return cls(peft_model, tokenizer, config, projections)
 
