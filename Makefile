@@ -30,7 +30,7 @@ demo: install
 	$(BIN)/selfinterp demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 benchmark: install
 	$(BIN)/python scripts/topic_benchmark.py --out runs/topic_benchmark

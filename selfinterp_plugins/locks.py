@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from .errors import OutputLockedError
+from .serialization import output_errors, try_flock
 
 # public: plugins lock their output directories (checkpoints, artifacts) as the core does
 __all__ = ["LOCK_FILE", "DirectoryLock"]
@@ -28,21 +29,6 @@ __all__ = ["LOCK_FILE", "DirectoryLock"]
 LOCK_FILE = ".selfinterp.lock"
 
 _held = threading.local()  # per thread: {directory key: DirectoryLock holding it}
-
-
-def try_flock(fd: int) -> bool:
-    """Take an exclusive lock on an open file without waiting: True when taken (or where the OS
-    has no flock: the lock is a guard, not a requirement), False when another open file holds it,
-    in this process or another."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 class DirectoryLock:
@@ -65,8 +51,6 @@ class DirectoryLock:
         if self._key() in table:  # this thread holds it already
             self._reentered = True
             return self
-        from .serialization import output_errors  # imported here: serialization imports this module
-
         with output_errors(self.directory):  # an unwritable place or a full disk: one line, not a traceback
             self._made = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, OutputError, OutputLockedError
-from .locks import try_flock
 from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSONL_BYTES, json_depth_ok
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
@@ -78,6 +77,21 @@ def _describe_output_error(err: OSError, path: str | Path) -> str:
         return (f"Cannot write {path}: {reason} ({where} is not writable); choose a writable --out / --output "
                 f"or make {where} writable.")
     return f"Cannot write {path}: {reason}; choose another output (--out / --output)."
+
+
+def try_flock(fd: int) -> bool:
+    """Take an exclusive lock on an open file without waiting (JsonlWriter here, `locks.DirectoryLock`
+    for directories): True when taken (or where the OS has no flock: the lock is a guard, not a
+    requirement), False when another open file holds it, in this process or another."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -407,7 +407,8 @@ def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path
     before = out.read_bytes()
     assert json.loads(manifest.read_text())["sampling"]["max_new_tokens"] == FAST.max_new_tokens
 
-    other = _perturb(Explainer.create(*tiny_llama, adapter="scalar_affine", template="chat"))
+    other = Explainer.create(*tiny_llama, adapter="scalar_affine", template="chat")
+    other.adapter.load_state_dict({k: v + 1.0 for k, v in explainer.adapter.state_dict().items()})  # surely other weights
     with pytest.raises(RunMismatchError, match="labels of another explainer"):
         other.explain(vectors, sampling=FAST, output=out, progress=False)
     hotter = Sampling(temperature=0.7, max_new_tokens=FAST.max_new_tokens)
