@@ -1,6 +1,6 @@
 """SAE-Lens features, labelled by the model itself and scored, offline on SmolLM2.
 
-    python examples/sae_lens_features.py                  # trains a small SAE first (~3.5 min on 2 cores)
+    python examples/sae_lens_features.py                  # trains a small SAE first (whole run ~1.5 min on 2 free cores)
     python examples/sae_lens_features.py --sae my-sae     # any SAE saved with sae.save_model()
 
 1. An SAE-Lens `SAE` on SmolLM2's residual stream (yours, or a small TopK SAE trained here with
