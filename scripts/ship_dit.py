@@ -23,22 +23,32 @@ from safetensors.torch import load_file, save_file
 from selfinterp_peft.diff_store import INDEX, diff_dir, read_index
 from selfinterp_peft.dit import DITAdapter
 from selfinterp_peft.weight_diff import WeightDiff
+from selfinterp_plugins.artifact_files import STAGED_SUFFIX, committed_files, record_free
 from selfinterp_plugins.models import load_model
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the config names the base by hub id; it is never loaded from there
 
 
-def bf16_copy(src: Path, dst: Path) -> None:
+def bf16_copy(src: Path, dst: Path, record_file: str) -> None:
+    """The artifact in `src` as committed (its record in `record_file` says which files; one saved
+    before records is its usual files), weights in bfloat16, the config without the record (the
+    copy's digests would not be the float32 files')."""
+    raw = json.loads((src / record_file).read_text()) if (src / record_file).is_file() else {}
+    committed = committed_files(src, raw)
+    names = {f.name for f in src.iterdir() if f.is_file() and not f.name.startswith(".") and STAGED_SUFFIX + "." not in f.name}
     dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
+    for name in sorted(names | set(committed)):
+        f = committed.get(name, src / name)
         if f.suffix == ".safetensors":
-            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(f)).items()}, str(dst / f.name))
-        elif f.name == "adapter_config.json":
+            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(f)).items()}, str(dst / name))
+        elif name == record_file:
+            (dst / name).write_text(json.dumps(record_free(raw), indent=2) + "\n")
+        elif name == "adapter_config.json":
             config = json.loads(f.read_text())
             config["base_model_name_or_path"] = HUB_ID
-            (dst / f.name).write_text(json.dumps(config, indent=2) + "\n")
+            (dst / name).write_text(json.dumps(config, indent=2) + "\n")
         elif f.suffix == ".json":
-            shutil.copy(f, dst / f.name)
+            shutil.copy(f, dst / name)
 
 
 def answers(dit_dir: Path, diffs_root: Path, rows: list[dict]) -> list[str]:
@@ -55,14 +65,16 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=None, help="held-out diffs compared (default: --n)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.out.exists():  # never delete the shipped copy and then write: a kill between would leave none
+        raise SystemExit(f"{args.out} exists; move it aside first (the script writes a new directory only).")
 
     held_out = [r for r in read_index(args.diffs) if r.get("split") == "test"]
     checked = held_out[: max(args.n, args.check or args.n)]
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "dit"
-        bf16_copy(args.dit, staged)
+        bf16_copy(args.dit, staged, "dit_config.json")
         for row in checked:
-            bf16_copy(diff_dir(args.diffs, row["id"]), diff_dir(staged / "held_out", row["id"]))
+            bf16_copy(diff_dir(args.diffs, row["id"]), diff_dir(staged / "held_out", row["id"]), "weight_diff.json")
         full = answers(args.dit, args.diffs, checked)
         half = answers(staged, staged / "held_out", checked)
         same = sum(a == b for a, b in zip(full, half))
@@ -74,9 +86,7 @@ def main() -> None:
             shutil.rmtree(diff_dir(staged / "held_out", row["id"]))
         rows = [{k: r[k] for k in ("id", "topic", "trigger", "rank", "split", "kind") if k in r} for r in held_out[: args.n]]
         (staged / "held_out" / INDEX).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        shutil.copytree(staged, args.out)
+        shutil.copytree(staged, args.out)  # a new directory: the old one was never deleted first (refused above)
     print(f"wrote {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 

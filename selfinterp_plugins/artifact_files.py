@@ -174,6 +174,10 @@ def save_serialised_committed(directory: str | Path, serialise: Callable[[Path],
         with output_errors(scratch):
             serialise(scratch)
             written = sorted(path for path in scratch.iterdir() if path.is_file())
+        folders = [path.name for path in scratch.iterdir() if path.is_dir()]
+        if folders:  # only files are committed: a sub-folder (PEFT's non-default adapters) would be lost silently
+            raise ArtifactError(f"Saving to {directory} wrote sub-folder(s) {folders}, which are not committed; save "
+                                "the default adapter only (adapter_name='default').")
         save_committed(directory, {file_role(path.name): (path.name, _renamed_from(path)) for path in written},
                        config, config_name)
     except Exception:  # a full disk, a refused file: the old artifact stands, without the scratch

@@ -24,8 +24,6 @@ __all__ = ["VectorLabelDataset"]
 VECTORS_FILE = "vectors.safetensors"
 LABELS_FILE = "labels.jsonl"
 META_FILE = "dataset.json"
-#: the commit record `save` adds to dataset.json (artifact_files); not part of `meta`
-COMMIT_KEYS = ("vectors_file", "vectors_sha256", "labels_file", "labels_sha256")
 FIX = "rebuild the dataset (VectorLabelDataset.save) or repair that file."
 
 
@@ -101,13 +99,13 @@ class VectorLabelDataset:
         """Write the three files as one commit (`artifact_files`): `dataset.json`, written last,
         names the vectors and labels files with their SHA-256, so a kill at any moment leaves the
         old dataset or the new one, never new vectors with old labels."""
-        from .artifact_files import save_committed
+        from .artifact_files import record_free, save_committed
         from .serialization import save_safetensors, write_text_atomic
 
         directory = Path(directory)
         vectors = {"vectors": self.vectors.contiguous().float()}
         labels = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.records)
-        meta = {k: v for k, v in self.meta.items() if k not in COMMIT_KEYS}
+        meta = record_free(self.meta)  # a meta loaded with an old record gets this save's
         meta.update(count=len(self), d_model=self.d_model)
         save_committed(directory, {"vectors": (VECTORS_FILE, lambda path: save_safetensors(vectors, path)),
                                    "labels": (LABELS_FILE, lambda path: write_text_atomic(path, labels))},
@@ -116,7 +114,7 @@ class VectorLabelDataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> VectorLabelDataset:
-        from .artifact_files import committed_file
+        from .artifact_files import committed_file, record_free
         from .serialization import load_safetensors, read_json, read_jsonl
 
         directory = Path(directory)
@@ -135,7 +133,7 @@ class VectorLabelDataset:
         records = read_jsonl(labels_path)
         for n, record in enumerate(records, 1):
             validate(LabelRecord, record, f"{labels_path}:{n}", FIX, unknown="ignore", error=LabelError)
-        meta = {k: v for k, v in meta.items() if k not in COMMIT_KEYS}
+        meta = record_free(meta)  # the commit record is not part of `meta`
         checked = validate(DatasetMeta, meta, str(directory / META_FILE), FIX, unknown="ignore")
         if checked.d_model is not None and vectors.dim() == 2 and checked.d_model != vectors.shape[1]:
             raise ArtifactError(f"{directory / META_FILE} says d_model {checked.d_model}, but {vectors_path.name} holds "

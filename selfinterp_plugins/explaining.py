@@ -51,11 +51,12 @@ def explainer_digest(explainer) -> str:
     return digest.hexdigest()
 
 
-def check_output_run(path: Path, run: dict) -> None:
+def check_output_run(path: Path, run: dict, has_records: bool = True) -> None:
     """Refuse to resume `path` when its recorded run differs from `run`; record `run` when there is
-    none yet (an output written before manifests resumes as before)."""
+    none yet (an output written before manifests resumes as before) or when the output holds no
+    record (a deleted output's leftover manifest describes nothing)."""
     manifest = path.with_name(path.name + ".run.json")
-    if manifest.exists():
+    if manifest.exists() and has_records:
         saved = read_json(manifest)
         if saved.get("explainer") != run["explainer"]:
             raise RunMismatchError(f"{path} holds labels of another explainer (its weights, template or site differ); "
@@ -117,7 +118,7 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
         try:
             for n, record in enumerate(read_jsonl(path), 1):
                 done[_job_key(record, path, n)] = record
-            check_output_run(path, {"explainer": explainer_digest(explainer), "sampling": asdict(sampling)})
+            check_output_run(path, {"explainer": explainer_digest(explainer), "sampling": asdict(sampling)}, bool(done))
         except BaseException:
             writer.close()
             raise

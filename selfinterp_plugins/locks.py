@@ -55,8 +55,13 @@ class DirectoryLock:
             self._made = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
             self._fd = self._acquire()
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(self._fd, 0)
+                os.write(self._fd, f"{os.getpid()}\n".encode())
+            except OSError:  # not even the pid fits (a full disk): let go of the lock, or a retry in this process is refused
+                os.close(self._fd)
+                self._fd = None
+                raise
         table[self._key()] = self
         return self
 

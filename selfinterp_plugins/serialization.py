@@ -198,7 +198,10 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, max_inflated: 
         raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for this file; "
                             "check it is the right file (or raise the limit: max_bytes=).")
     if path.suffix.lower() != ".gz":
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as err:  # no read permission, an I/O error
+            raise ArtifactError(f"Cannot read {path} ({err.strerror or err}); check its permissions, or re-save it.") from None
     try:
         with gzip.open(path, "rb") as stream:
             data = stream.read(max_inflated + 1)

@@ -68,8 +68,6 @@ class Site:
         match = _TL.match(text)
         if match:
             return cls(match.group(2), int(match.group(1)), mode, coef)
-        if not isinstance(spec, str):
-            raise BackendError(f"A site is a name or a Site, got {type(spec).__name__}; {_SITES_HINT}")
         hint = ""
         if _TL_OTHER.match(text) or _SHORT_OTHER.match(text):
             hint = " (a soft token or vector lives in the residual stream between blocks, not inside one)"

@@ -30,7 +30,12 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
     given_site = Site.parse(site) if site is not None else None
     if hasattr(x, "W_dec"):  # an SAE-Lens SAE (duck-typed: the core never imports sae_lens)
         rows = torch.as_tensor(x.W_dec).detach().float().cpu()
-        rows = rows if features is None else rows[torch.as_tensor(list(features), dtype=torch.long)]
+        if features is not None:
+            try:
+                rows = rows[torch.as_tensor(list(features), dtype=torch.long)]
+            except (TypeError, ValueError, IndexError):
+                raise VectorError(f"features= takes latent indices 0..{len(rows) - 1} (a list or range), got "
+                                  f"{features!r:.60}.") from None
         _check_site(spec, given_site or _sae_site(x))
         # decoder rows are directions (differences of activations), not activations: no mean to remove
         return rows

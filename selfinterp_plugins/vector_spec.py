@@ -10,6 +10,7 @@ tells them apart. So the artifact records the recipe (`VectorSpec`, in `explaine
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ArtifactError
@@ -46,6 +47,17 @@ class VectorSpec:
     vector_norm: float | None = None
 
     def __post_init__(self):
+        for name in ("source", "site", "position"):
+            if not isinstance(getattr(self, name), str):
+                raise ArtifactError(f"vector_spec.{name} must be a string; re-save the explainer.")
+        for name in ("prompt", "mean_key"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ArtifactError(f"vector_spec.{name} must be a string or null; re-save the explainer.")
+        norm = self.vector_norm
+        if norm is not None and (isinstance(norm, bool) or not isinstance(norm, (int, float)) or not math.isfinite(norm)
+                                 or norm <= 0):
+            raise ArtifactError(f"vector_spec.vector_norm must be a positive number or null, got {norm!r}; "
+                                "re-save the explainer.")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ArtifactError(f"vector_spec.prompt_format {self.prompt_format!r} is not one of {PROMPT_FORMATS}; "
                                 "re-save the explainer.")

@@ -427,6 +427,10 @@ def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path
     explainer.explain(vectors, sampling=FAST, output=out, progress=False)
     assert manifest.exists() and out.read_bytes() == before
 
+    out.unlink()  # "delete the output to start over": its leftover manifest must not refuse the fresh run
+    other.explain(vectors, sampling=FAST, output=out, progress=False)
+    assert len(out.read_text().splitlines()) == 3
+
     scores = tmp_path / "scores.jsonl"
     scores.write_text(json.dumps({"id": "0", "label": "cat", "hit_rate": 0.5}) + "\n")
     with pytest.raises(ArtifactError, match=r"scores.jsonl:1 is not an explain record"):

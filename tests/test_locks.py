@@ -208,3 +208,21 @@ def test_an_unwritable_place_for_a_lock_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="Cannot write"):
         with DirectoryLock(tmp_path / "out"):
             pass
+
+
+
+def test_a_lock_whose_pid_cannot_be_written_is_let_go(tmp_path, monkeypatch):
+    """A full disk refusing even the pid left the lock held for the rest of the process: the retry
+    after freeing space was refused as "another run"."""
+    from selfinterp_plugins.errors import OutputError
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(locks.os, "write", full)
+        with pytest.raises(OutputError, match="No space left"):
+            with DirectoryLock(tmp_path / "out"):
+                pass
+    with DirectoryLock(tmp_path / "out"):  # space freed: the same process takes it
+        pass

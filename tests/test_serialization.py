@@ -101,3 +101,37 @@ def test_saved_weights_are_readable_as_the_umask_allows(tmp_path, umask):
         os.umask(mask)
     assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == 0o666 & ~umask
     assert os.stat(tmp_path / "c.json").st_mode & 0o777 == 0o666 & ~umask
+
+
+
+def test_a_file_that_cannot_be_read_is_an_artifact_error(tmp_path, monkeypatch):
+    """A file without read permission (or an I/O error) was a raw PermissionError traceback."""
+    from pathlib import Path
+
+    from selfinterp_plugins.errors import ArtifactError
+    from selfinterp_plugins.serialization import read_json
+
+    (tmp_path / "c.json").write_text("{}")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ArtifactError, match="Cannot read .*c.json .*Permission denied"):
+        read_json(tmp_path / "c.json")
+
+
+def test_a_library_save_with_a_sub_folder_is_refused_not_half_committed(tmp_path):
+    """Only files are committed; a sub-folder a library writes (PEFT's non-default adapters) was
+    dropped silently with the scratch folder."""
+    from selfinterp_plugins.artifact_files import SCRATCH_DIR, save_serialised_committed
+    from selfinterp_plugins.errors import ArtifactError
+
+    def serialise(folder):
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "other").mkdir()
+        (folder / "other" / "adapter_config.json").write_text("{}")
+
+    with pytest.raises(ArtifactError, match=r"sub-folder\(s\) \['other'\]"):
+        save_serialised_committed(tmp_path / "a", serialise, {"x": 1}, "config.json")
+    assert not (tmp_path / "a" / "config.json").exists() and not (tmp_path / "a" / SCRATCH_DIR).exists()

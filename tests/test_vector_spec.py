@@ -152,3 +152,28 @@ def test_prepare_vectors_takes_an_sae_and_refuses_what_is_not_a_vector(trained):
 def test_vector_prompt_needs_a_spec(tiny_llama):
     with pytest.raises(VectorError, match="no vector_spec"):
         Explainer.create(*tiny_llama).vector_prompt("volcano")
+
+
+@pytest.mark.parametrize("field, value", [("vector_norm", "abc"), ("vector_norm", float("nan")), ("prompt", 5),
+                                          ("position", 1), ("mean_key", ["topic_mean"])])
+def test_a_mistyped_vector_spec_field_is_one_line_at_load(field, value):
+    """`vector_norm: "abc"` or `prompt: 5` loaded and crashed later, in prepare_vectors or vector_prompt."""
+    from selfinterp_plugins.errors import ArtifactError
+    from selfinterp_plugins.vector_spec import VectorSpec
+
+    data = {"source": "topic_vectors", "site": "resid_post.1", field: value}
+    with pytest.raises(ArtifactError, match=f"vector_spec.{field}"):
+        VectorSpec.from_dict(data, "c.json")
+
+
+def test_an_sae_features_argument_that_is_not_latent_indices_is_one_line(tiny_llama):
+    from selfinterp_plugins import Explainer
+    from selfinterp_plugins.errors import VectorError
+
+    class FakeSAE:
+        W_dec = torch.randn(4, 64)
+
+    explainer = Explainer.create(*tiny_llama, template="echo")
+    for features in (5, [7], ["a"]):
+        with pytest.raises(VectorError, match="features= takes latent indices 0..3"):
+            explainer.prepare_vectors(FakeSAE(), features=features)

@@ -202,8 +202,8 @@ def register(cli):
         from .shipped import dit_location
         from .weight_diff import WeightDiff, WeightDiffError
 
-        dit_dirs = [str(dit_location(d)) for d in dirs if (dit_location(d) / CONFIG_FILE).is_file()]
         dirs = [str(dit_location(d)) for d in dirs]
+        dit_dirs = [d for d in dirs if (Path(d) / CONFIG_FILE).is_file()]
         missing = [d for d in dirs if not Path(d).is_dir()]
         if missing:
             raise WeightDiffError(f"No directory {missing[0]}; name a DIT adapter (or a shipped one: smollm2-hidden-topics) "
@@ -228,7 +228,9 @@ def register(cli):
     @click.option("--name", default="smollm2-hidden-topics", show_default=True, help="shipped DIT adapter")
     def demo(model_name, name):
         """Ask the shipped DIT adapter what each of its shipped held-out diffs was trained on
-        (diffs it never saw in training; about a minute on CPU, offline)."""
+        (diffs it never saw in training; about 30 s on 2 CPU cores, offline)."""
+        from selfinterp_plugins.evaluation.scoring import exact_match
+
         from .diff_store import load_diffs, read_index
         from .dit import DITAdapter
         from .shipped import shipped_dit_names, shipped_held_out
@@ -243,7 +245,8 @@ def register(cli):
         named = 0
         click.echo(f"{'hidden topic':>14}  DIT's answer ({dit.config.question!r})")
         for row, answer in zip(rows, answers):
-            hit = answer.strip().lower() == row["topic"]
+            # named as `dit eval`'s exact match counts it (the scorer's normalisation)
+            hit = exact_match([{"id": row["id"], "scale": 0.0, "label": answer}], {row["id"]: row["topic"]})[0.0] == 1.0
             named += hit
             click.echo(f"{row['topic']:>14}  {answer}{'   <- named' if hit else ''}")
         click.echo(f"named {named} of {len(rows)} held-out diffs (the first {len(rows)} of the run's held-out split; "

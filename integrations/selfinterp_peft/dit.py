@@ -38,7 +38,7 @@ CONFIG_FILE = "dit_config.json"
 NOT_RUN_DEFINING = ("max_new_tokens", "baseline_max_new_tokens", "epochs")
 #: run-manifest keys -> the `selfinterp dit train` option that sets them, for the mismatch message
 RUN_OPTIONS = {"rank": "--rank", "alpha": "--alpha", "init": "--init", "lr": "--lr", "weight_decay": "--weight-decay",
-               "epochs": "--epochs", "batch_size": "--batch-size", "seed": "--seed", "model_fingerprint": "--model",
+               "batch_size": "--batch-size", "seed": "--seed", "model_fingerprint": "--model",
                "target_modules": "--model", "training_rows": "DIFFS_DIR", "training_data_sha256": "DIFFS_DIR"}
 
 

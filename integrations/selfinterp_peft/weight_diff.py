@@ -155,9 +155,14 @@ class WeightDiff:
 
         check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused before PEFT reads it
         record = _record(directory)
-        with safe_open(str(committed_files(directory, record).get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)),
-                       framework="pt") as handle:
-            saved = base_copies(handle.keys(), base)
+        weights = committed_files(directory, record).get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)
+        if not Path(weights).is_file():
+            raise ArtifactError(f"Missing file {weights}; pass a directory written by PEFT's save_pretrained.")
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                saved = base_copies(handle.keys(), base)
+        except Exception as err:  # safetensors raises several types for a bad header
+            raise ArtifactError(f"{weights} is not a valid safetensors file ({err}); re-save the adapter.") from None
         with usual_names(directory, record) as files:
             peft_model = PeftModel.from_pretrained(base, str(files), adapter_name=adapter_name)
         try:

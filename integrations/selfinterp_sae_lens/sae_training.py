@@ -102,7 +102,8 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
     sae_config.metadata.model_name = model_name
     sae = TopKTrainingSAE(sae_config)
     trainer_config = SAETrainerConfig(total_training_samples=config.total_tokens, train_batch_size_samples=config.batch_tokens,
-                                      lr=config.lr, lr_end=config.lr, lr_warm_up_steps=0, device="cpu", n_batches_for_norm_estimate=20,
+                                      lr=config.lr, lr_end=config.lr, lr_warm_up_steps=0, device="cpu",
+                                      n_batches_for_norm_estimate=NORM_ESTIMATE_BATCHES,
                                       dead_feature_window=200, feature_sampling_window=500)
     provider = activation_batches(backend, windows, site, config.batch_tokens, config.windows_per_chunk, config.seed)
     steps = config.total_tokens // config.batch_tokens + NORM_ESTIMATE_BATCHES

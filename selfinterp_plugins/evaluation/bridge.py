@@ -75,7 +75,7 @@ def build_two_hop(backend, facts: dict | None = None, max_new_tokens: int = 16, 
     Returns {"statements": [...], "first_hop_correct": n/N, "second_hop_correct": n/N, "n_two_hop_correct"}."""
     from ..plugins import backend_for
 
-    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
+    backend = backend_for(backend)  # a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens)
     facts = facts or load_facts()
     tok = backend.tokenizer
     countries = facts["countries"]
@@ -133,7 +133,7 @@ def bridge_vectors(backend, statements: list[dict], layers: list[int], center: b
     layer's mean over all rows (this project's protocol before 2026-12-01; the reference reads raw states)."""
     from ..plugins import backend_for
 
-    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
+    backend = backend_for(backend)  # a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens)
     tok = backend.tokenizer
     rows, ids, positions = [], [], []
     for index, statement in enumerate(statements):

@@ -33,7 +33,8 @@ def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = No
                           max_new_tokens: int = DESCRIPTION_TOKENS, batch_size: int = 32, progress: bool = False) -> list[dict]:
     """One record per title (id, scale 0.0, label = the description), greedy, in the model's chat
     format as the reference's chat-completions call applies it (no system message of our own).
-    `backend`: a Backend or any model object `Explainer.create` takes."""
+    `backend`: a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens); wrap
+    a plain transformers model as HFBackend(model, tokenizer)."""
     from ..plugins import backend_for
 
     backend = backend_for(backend)
@@ -61,7 +62,7 @@ def generate_texts(backend, prompts: list[list[int]], max_new_tokens: int, batch
 
     from ..plugins import backend_for
 
-    backend = backend_for(backend)  # a model object (hf, nnsight, TransformerLens) as Explainer.create takes
+    backend = backend_for(backend)  # a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens)
     tok = backend.tokenizer
     stop = {i for i in (tok.eos_token_id, end_of_turn_id(tok)) if i is not None}
 

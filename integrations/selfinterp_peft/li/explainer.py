@@ -63,7 +63,7 @@ NOT_RUN_DEFINING = ("max_new_tokens", "epochs")
 LORA_ONLY = ("rank", "alpha", "dropout", "target_modules")
 DERIVED = ("target_modules", "markers", "subject_d_model", "subject_layers")
 #: run-manifest keys -> the `selfinterp lora-explainer train` option that sets them, for the mismatch message
-RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
+RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "batch_size": "--batch-size",
                "shuffle": "--shuffle/--no-shuffle", "loss_reduction": "--loss-reduction", "prompt_format": "--prompt-format",
                "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
                "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",

@@ -58,7 +58,7 @@ def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
     model, tok = smollm2
     lm = TransformersModel(model, tokenizer=tok)
     explainer = Explainer.from_pretrained(shipped_explainer_dir(), model=lm)
-    with lm.trace(explainer.vector_prompt("volcano")):
+    with lm.trace(torch.tensor([explainer.vector_prompt("volcano", tokenize=True)])):
         hidden = lm.model.layers[10].output.save()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
