@@ -37,7 +37,8 @@ def cli():
 
 
 KINDS = (("backends", "backends"), ("adapters", "adapter kinds"), ("vector_sources", "vector sources"),
-         ("scorers", "scorers"), ("tasks", "tasks"), ("baselines", "baselines"))
+         ("scorers", "scorers"), ("tasks", "tasks"), ("baselines", "baselines"),
+         ("explainers", "shipped explainers"))
 
 
 def _plugins_report() -> dict:

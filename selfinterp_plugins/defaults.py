@@ -28,23 +28,33 @@ def shipped_explainer_dir(name: str = SHIPPED_EXPLAINER) -> Path:
 
 
 def shipped_explainer_names() -> list[str]:
-    """The names of the explainers shipped inside the package ("shipped" is the default's alias)."""
-    root = shipped_explainer_dir(SHIPPED_EXPLAINER).parent
-    return sorted(p.name for p in root.iterdir() if (p / "explainer_config.json").is_file())
+    """The names of the shipped explainers ("shipped" is the default's alias): the core's own and
+    those plugins register through the `register_explainers` hook (the SAE-Lens plugin's
+    `smollm2-sae-features`, ...)."""
+    from .plugins import registry
+
+    return sorted(registry().explainers)
 
 
 def explainer_location(name_or_path) -> Path:
     """Where an explainer named by a user is: a directory that exists wins (as transformers'
     `from_pretrained` prefers a local folder to a hub id), then a shipped explainer's name
-    (`smollm2-topics`, or `shipped` for the default), so the same word works in
-    `Explainer.from_pretrained`, every command and `selfinterp report`, wherever the package is
-    installed. Anything else is returned as given, for the loader's own missing-directory error."""
+    (`smollm2-topics`, `shipped` for the default, or one a plugin registered), so the same word
+    works in `Explainer.from_pretrained`, every command and `selfinterp report`, wherever the
+    package is installed. Anything else is returned as given, for the loader's own
+    missing-directory error. The core's own names resolve without loading any plugin."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     text = str(name_or_path)
     if text == "shipped":
         return shipped_explainer_dir()
-    if text in shipped_explainer_names():
-        return shipped_explainer_dir(text)
+    if text and "/" not in text and "\\" not in text and text not in (".", ".."):
+        if (shipped_explainer_dir(text) / "explainer_config.json").is_file():
+            return shipped_explainer_dir(text)
+        from .plugins import registry
+
+        registered = registry().explainers.get(text)
+        if registered is not None:
+            return registered[1]
     return path

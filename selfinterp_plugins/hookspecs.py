@@ -78,6 +78,15 @@ def register_tasks(register):
 
 
 @hookspec
+def register_explainers(register):
+    """Provide trained explainers shipped with the plugin, by name: call `register(name, directory)`
+    with a directory `Explainer.from_pretrained` loads (e.g. one inside the plugin's package data,
+    found with `importlib.resources`). The name then works wherever an explainer is named:
+    `Explainer.from_pretrained(name)` and every command; a directory that exists under the same
+    name wins, as a local folder wins over a hub id in transformers."""
+
+
+@hookspec
 def register_commands(cli):
     """Add subcommands to the `selfinterp` click group `cli` (use `@cli.command()` / `@cli.group()`).
 

@@ -18,6 +18,7 @@ import importlib.metadata
 import os
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pluggy
 
@@ -50,6 +51,7 @@ class Registry:
     scorers: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
+    explainers: dict = field(default_factory=dict)
 
 
 pm = pluggy.PluginManager("selfinterp")
@@ -190,6 +192,7 @@ def registry() -> Registry:
         _collect("register_scorers", reg.scorers, lambda name, fn: (name, fn))
         _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
         _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
+        _collect("register_explainers", reg.explainers, lambda name, directory: (name, Path(directory)))
         _registry = reg
     return _registry
 

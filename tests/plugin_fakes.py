@@ -23,9 +23,13 @@ class FakeEntryPoint:
 
 
 def install_entry_points(monkeypatch, *entry_points):
-    """Make `importlib.metadata.entry_points` return exactly these (the real ones are hidden)."""
+    """Make `importlib.metadata.entry_points` return exactly these for the `selfinterp` group (the
+    real ones are hidden); other groups (pydantic asks for its own on first use) get the real ones."""
+    real = importlib.metadata.entry_points
+
     def fake(group=None, **kwargs):
-        assert group == plugins.ENTRY_POINT_GROUP
+        if group != plugins.ENTRY_POINT_GROUP:
+            return real(group=group, **kwargs)
         return list(entry_points)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake)

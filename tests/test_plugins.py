@@ -212,3 +212,38 @@ def test_reset_clears_load_errors(monkeypatch):
 def test_backend_base_class_is_abstract():
     with pytest.raises(TypeError):
         Backend()
+
+
+# ---- shipped explainers by name (register_explainers) ---------------------------------------
+
+
+def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tmp_path, tiny_llama):
+    """A plugin's `register(name, directory)` makes the name work in `Explainer.from_pretrained`,
+    `explainer_location` (every command) and `selfinterp plugins`; the core's own name cannot be
+    taken over, and a directory that exists under the name still wins."""
+    from selfinterp_plugins import Explainer
+    from selfinterp_plugins.defaults import explainer_location, shipped_explainer_dir, shipped_explainer_names
+
+    model, tok = tiny_llama
+    saved = tmp_path / "plugin-data" / "tiny-features"
+    Explainer.create(model, tok, adapter="scalar_affine", template="echo").save_pretrained(saved)
+
+    def register_explainers(register):
+        register("tiny-features", saved)
+        register("smollm2-topics", tmp_path / "impostor")
+
+    plugin = module("shipping_plugin", register_explainers=register_explainers)
+    install_entry_points(monkeypatch, FakeEntryPoint("shipper", lambda: plugin))
+    plugins.reset()  # saving above built the registry without the plugin
+    assert shipped_explainer_names() == ["smollm2-topics", "tiny-features"]
+    assert explainer_location("tiny-features") == saved
+    assert explainer_location("smollm2-topics") == shipped_explainer_dir()  # the core's, not the impostor
+    errors = plugins.plugin_errors()
+    assert [e["plugin"] for e in errors] == ["shipper"] and "already registered" in errors[0]["error"]
+    loaded = Explainer.from_pretrained("tiny-features", model=model, tokenizer=tok)
+    assert loaded.adapter.kind == "scalar_affine"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-features").mkdir()
+    assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
+    with pytest.raises(Exception, match="shipped, smollm2-topics, tiny-features"):
+        Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)

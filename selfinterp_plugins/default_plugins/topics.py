@@ -13,3 +13,14 @@ def build_topic_dataset(backend, layer: int, topics=None, batch_size: int = 32, 
 @hookimpl
 def register_vector_sources(register):
     register("topics", build_topic_dataset)
+
+
+@hookimpl
+def register_explainers(register):
+    """The topic explainers shipped in the core's package data (`smollm2-topics`)."""
+    from ..defaults import shipped_explainer_dir
+
+    root = shipped_explainer_dir().parent
+    for directory in sorted(root.iterdir()):
+        if (directory / "explainer_config.json").is_file():
+            register(directory.name, directory)
