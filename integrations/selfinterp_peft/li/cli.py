@@ -62,6 +62,34 @@ def _data(task: str, path, split: str):
     return chosen
 
 
+def _make_data(task, backend, n_train, n_test, layers, seed, out):
+    """The rows of each split not yet written, each split file appearing only when complete."""
+    from selfinterp_plugins.serialization import JsonlWriter
+    from selfinterp_plugins.topics import load_topics
+
+    from . import act_patch_task, input_ablation_task
+
+    start, stop, step = (int(x) for x in layers.split(":"))
+    for split, n in (("train", n_train), ("test", n_test)):
+        path = out / f"{split}.jsonl"
+        if path.exists():
+            click.echo(f"{path} exists; skipped", err=True)
+            continue
+        topics = [t for t in load_topics() if t["split"] == split]
+        if task == "activation_patching":
+            pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
+            rows = act_patch_task.patching_rows(backend, pairs, list(range(start, stop, step)), seed=seed, progress=True)
+        else:
+            rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(topics, n, seed), progress=True)
+        partial = path.with_suffix(".partial")
+        with JsonlWriter(partial) as writer:
+            for row in rows:
+                writer.write(row)
+        partial.replace(path)  # a split file exists only when complete
+        changed = sum(bool(r.get("is_different", r.get("changed_pred_bc_hint"))) for r in rows)
+        click.echo(json.dumps({"split": split, "rows": len(rows), "changed": changed, "file": str(path)}))
+
+
 def register(cli):
     @cli.group("lora-explainer")
     def lora_explainer():
@@ -77,33 +105,9 @@ def register(cli):
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
-        from selfinterp_plugins.serialization import JsonlWriter
-        from selfinterp_plugins.topics import load_topics
-
-        from . import act_patch_task, input_ablation_task
-
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        backend = load_backend(model_name)
-        start, stop, step = (int(x) for x in layers.split(":"))
-        for split, n in (("train", n_train), ("test", n_test)):
-            path = out / f"{split}.jsonl"
-            if path.exists():
-                click.echo(f"{path} exists; skipped", err=True)
-                continue
-            topics = [t for t in load_topics() if t["split"] == split]
-            if task == "activation_patching":
-                pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
-                rows = act_patch_task.patching_rows(backend, pairs, list(range(start, stop, step)), seed=seed, progress=True)
-            else:
-                rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(topics, n, seed), progress=True)
-            partial = path.with_suffix(".partial")
-            with JsonlWriter(partial) as writer:
-                for row in rows:
-                    writer.write(row)
-            partial.replace(path)  # a split file exists only when complete
-            changed = sum(bool(r.get("is_different", r.get("changed_pred_bc_hint"))) for r in rows)
-            click.echo(json.dumps({"split": split, "rows": len(rows), "changed": changed, "file": str(path)}))
+        with DirectoryLock(out):  # one writer: a second make-data into the same --out fails at once
+            _make_data(task, load_backend(model_name), n_train, n_test, layers, seed, out)
 
     @lora_explainer.command()
     @click.option("--task", type=click.Choice(TASKS), required=True)

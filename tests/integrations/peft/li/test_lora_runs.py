@@ -161,3 +161,17 @@ def test_a_lora_explainer_checkpoint_without_a_manifest_resumes_as_before(first_
     del state["run"]
     path.write_text(json.dumps(state))
     assert json.loads(ok(capsys, *_train(first_run, out, *replace_flag(BASE, "--lr", "0.002"))))["steps"] == 2
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_second_make_data_into_the_same_out_stops_at_once(first_run, tmp_path, capsys, kind):
+    out = tmp_path / "data"
+    shutil.copytree(first_run / "data", out)
+    (out / "test.jsonl").unlink()  # a split still to write: without the lock, this run would write it
+    with holder(kind, out) as held:
+        before = snapshot(out)
+        line = refused(capsys, "lora-explainer", "make-data", "--task", "activation_patching", "--model",
+                       str(first_run / "tiny"), "--n-train", "6", "--n-test", "1", "--layers", "0:3:1", "--out", str(out))
+        pid = held.pid if kind == "process" else os.getpid()
+        assert line == f"Error: {out} is being written by another run (pid {pid}); wait for it to finish or choose another --out."
+        assert snapshot(out) == before
