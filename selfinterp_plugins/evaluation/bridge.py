@@ -69,13 +69,15 @@ def _ids(tokenizer, statement: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, statement), add_special_tokens=False)["input_ids"]
 
 
-def build_two_hop(backend, facts: dict | None = None, max_new_tokens: int = 16, progress: bool = False) -> dict:
-    """Probe every single hop, keep the pairs the model answers right, compose them.
+def build_two_hop(backend, facts: dict | None = None, max_new_tokens: int = 16, progress: bool = False,
+                  tokenizer=None) -> dict:
+    """Probe every single hop, keep the pairs the model answers right, compose them. `backend`: a
+    Backend or any model object `Explainer.create` takes (`tokenizer=` as there).
 
     Returns {"statements": [...], "first_hop_correct": n/N, "second_hop_correct": n/N, "n_two_hop_correct"}."""
     from ..plugins import backend_for
 
-    backend = backend_for(backend)  # a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens)
+    backend = backend_for(backend, tokenizer=tokenizer)
     facts = facts or load_facts()
     tok = backend.tokenizer
     countries = facts["countries"]
@@ -127,13 +129,15 @@ def statement_positions(tokenizer, statement: dict) -> list[int]:
     return list(range(len(prefix), len(ids)))
 
 
-def bridge_vectors(backend, statements: list[dict], layers: list[int], center: bool = False) -> tuple[torch.Tensor, list[dict]]:
+def bridge_vectors(backend, statements: list[dict], layers: list[int], center: bool = False,
+                   tokenizer=None) -> tuple[torch.Tensor, list[dict]]:
     """Raw residual stream after each layer at each position of `statement_positions`. Returns
     vectors (R, len(layers), d) and one {statement, position} per row. `center=True` subtracts each
-    layer's mean over all rows (this project's protocol before 2026-12-01; the reference reads raw states)."""
+    layer's mean over all rows (this project's protocol before 2026-12-01; the reference reads raw states).
+    `backend`: a Backend or any model object `Explainer.create` takes (`tokenizer=` as there)."""
     from ..plugins import backend_for
 
-    backend = backend_for(backend)  # a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens)
+    backend = backend_for(backend, tokenizer=tokenizer)
     tok = backend.tokenizer
     rows, ids, positions = [], [], []
     for index, statement in enumerate(statements):

@@ -30,14 +30,15 @@ DESCRIPTION_TOKENS = 150
 
 
 def prompted_descriptions(backend, titles: list[str], ids: list[str] | None = None,
-                          max_new_tokens: int = DESCRIPTION_TOKENS, batch_size: int = 32, progress: bool = False) -> list[dict]:
+                          max_new_tokens: int = DESCRIPTION_TOKENS, batch_size: int = 32, progress: bool = False,
+                          tokenizer=None) -> list[dict]:
     """One record per title (id, scale 0.0, label = the description), greedy, in the model's chat
     format as the reference's chat-completions call applies it (no system message of our own).
-    `backend`: a Backend, or a model object carrying its tokenizer (nnsight, TransformerLens); wrap
-    a plain transformers model as HFBackend(model, tokenizer)."""
+    `backend`: a Backend or any model object `Explainer.create` takes (`tokenizer=` as there: a
+    plain transformers model needs it; nnsight and TransformerLens models carry their own)."""
     from ..plugins import backend_for
 
-    backend = backend_for(backend)
+    backend = backend_for(backend, tokenizer=tokenizer)
     ids = ids if ids is not None else [str(i) for i in range(len(titles))]
     prompts = [_prompt_ids(backend.tokenizer, title) for title in titles]
     texts = generate_texts(backend, prompts, max_new_tokens, batch_size, progress, desc="prompted descriptions")

@@ -130,3 +130,17 @@ def test_vectors_are_raw_hidden_states(planted):
     direct = planted.capture([ids], [bridge.Site("resid_post", 1)], [rows[0]["position"]])[0, 0]
     torch.testing.assert_close(raw[0, 1], direct)
     torch.testing.assert_close(centred, raw - raw.mean(0, keepdim=True))
+
+
+def test_the_protocol_takes_a_plain_model_and_its_tokenizer(planted):
+    """Like `topic_vectors` and `Explainer.create`, the knowledge and bridge functions take a model
+    object with `tokenizer=` (they took only a Backend or a model carrying its tokenizer)."""
+    from selfinterp_plugins.evaluation.knowledge import prompted_descriptions
+
+    model, tok = planted.model, planted.tokenizer
+    assert bridge.build_two_hop(model, FACTS, tokenizer=tok) == bridge.build_two_hop(planted, FACTS)
+    statements = bridge.build_two_hop(planted, FACTS)["statements"]
+    torch.testing.assert_close(bridge.bridge_vectors(model, statements, [0, 1], tokenizer=tok)[0],
+                               bridge.bridge_vectors(planted, statements, [0, 1])[0])
+    assert prompted_descriptions(model, ["volcano"], max_new_tokens=3, tokenizer=tok) == \
+        prompted_descriptions(planted, ["volcano"], max_new_tokens=3)
