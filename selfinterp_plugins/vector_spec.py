@@ -22,6 +22,8 @@ __all__ = ["VectorSpec"]
 #: with the generation prompt (what `topics.topic_prompt_ids` does)
 PROMPT_FORMATS = ("raw", "chat")
 CENTRINGS = ("none", "mean")
+#: the metadata key of the mean a centred dataset's vectors had subtracted
+MEAN_KEY = "topic_mean"
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class VectorSpec:
             prompt_format=meta.get("prompt_format", "chat" if source == "topics" else "raw"),
             position=meta.get("position", "last"),
             centring="mean" if centred else "none",
-            mean_key="topic_mean" if centred else None,
+            mean_key=MEAN_KEY if centred else None,
             vector_norm=vector_norm,
         )
 

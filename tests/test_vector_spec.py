@@ -59,6 +59,25 @@ def test_an_artifact_saved_before_specs_still_loads(trained, tiny_llama):
     assert Explainer.from_pretrained(path, model=tiny_llama[0], tokenizer=tiny_llama[1]).vector_spec is None
 
 
+@pytest.mark.parametrize(("meta", "want"), [
+    ({"source": "topics", "site": "resid_post.1", "layer": 1, "mean_subtracted": True, "mean": [0.5] * 64},
+     {"source": "topics", "site": "resid_post.1", "layer": 1, "topic_mean": [0.5] * 64}),
+    ({"source": "x", "layer": 2, "mean_subtracted": True, "mean": [0.5] * 64},  # no site: no spec, the rest kept
+     {"source": "x", "layer": 2, "topic_mean": [0.5] * 64}),
+])
+def test_train_records_the_datasets_source_layer_site_and_mean(tiny_llama, meta, want):
+    """What an explainer records from its dataset is decided in one place: `Explainer.train`
+    records what `selfinterp train` recorded (it used to add site and, without a site, the
+    source, layer and mean by hand)."""
+    from selfinterp_plugins import VectorLabelDataset
+
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in "abcd"], meta)
+    explainer = Explainer.create(*tiny_llama, adapter="scalar_affine", template="echo")
+    explainer.train(data, config=TrainConfig(epochs=1, batch_size=4, max_steps=1), progress=False)
+    assert explainer.metadata == want
+    assert (explainer.vector_spec is None) == ("site" not in meta)
+
+
 @pytest.mark.parametrize("spec", [{"site": "resid_post.1"}, {"source": "x", "site": "resid_mid.1"},
                                   {"source": "x", "site": "resid_post.1", "centring": "median"}, ["x"]])
 def test_a_malformed_spec_is_refused_naming_the_file(trained, tiny_llama, tmp_path, spec):
