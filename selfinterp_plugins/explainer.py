@@ -28,7 +28,7 @@ from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
 from .validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
-from .vector_spec import MEAN_KEY, VectorSpec
+from .vector_spec import MEAN_KEY, VectorSpec, prompt_text
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -182,11 +182,7 @@ class Explainer:
         if spec is None or not spec.prompt:
             raise VectorError("This explainer records no prompt its vectors were read from (no vector_spec, or vectors "
                               "not from prompts); see explainer.metadata for where they came from.")
-        text = spec.prompt.format(title=topic, topic=topic)
-        tok = self.backend.tokenizer
-        if spec.prompt_format == "chat":
-            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        return tok(text, add_special_tokens=False)["input_ids"] if tokenize else text
+        return prompt_text(self.backend.tokenizer, spec.prompt, topic, spec.prompt_format, tokenize)
 
     def _record_vector_spec(self, data) -> None:
         """What an explainer records from the dataset it is trained on, decided here only (the CLI's

@@ -19,11 +19,24 @@ from .errors import ArtifactError
 __all__ = ["VectorSpec"]
 
 #: prompt forms: the prompt text as is, or wrapped by the tokenizer's chat template as one user turn
-#: with the generation prompt (what `topics.topic_prompt_ids` does)
+#: with the generation prompt (`prompt_text` builds either)
 PROMPT_FORMATS = ("raw", "chat")
 CENTRINGS = ("none", "mean")
 #: the metadata key of the mean a centred dataset's vectors had subtracted
 MEAN_KEY = "topic_mean"
+
+
+def prompt_text(tokenizer, prompt: str, title: str, prompt_format: str = "chat", tokenize: bool = False):
+    """The prompt a vector is read from, for `title`: `prompt` filled in (`{title}` or `{topic}`),
+    wrapped by the chat template as one user turn with the generation prompt when `prompt_format`
+    is 'chat'; its token ids with `tokenize=True`, tokenised without special tokens (the chat
+    markup holds any BOS already: a tokenizer adding one would put two). The one builder of these
+    prompts, so `topic_vectors` and `Explainer.vector_prompt` cannot drift apart."""
+    text = prompt.format(title=title, topic=title)
+    if prompt_format == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if tokenize else text
 
 
 @dataclass(frozen=True)
