@@ -174,14 +174,16 @@ def test_vector_prompt_needs_a_spec(tiny_llama):
 
 
 @pytest.mark.parametrize("field, value", [("vector_norm", "abc"), ("vector_norm", float("nan")), ("prompt", 5),
-                                          ("position", 1), ("mean_key", ["topic_mean"])])
+                                          ("position", 1), ("mean_key", ["topic_mean"]), ("prompt_format", "md"),
+                                          ("centring", "median"), ("site", "resid_mid.1")])
 def test_a_mistyped_vector_spec_field_is_one_line_at_load(field, value):
-    """`vector_norm: "abc"` or `prompt: 5` loaded and crashed later, in prepare_vectors or vector_prompt."""
+    """`vector_norm: "abc"` or `prompt: 5` loaded and crashed later, in prepare_vectors or vector_prompt.
+    The message has the validation layer's form, naming the file as every other file's does."""
     from selfinterp_plugins.errors import ArtifactError
     from selfinterp_plugins.vector_spec import VectorSpec
 
     data = {"source": "topic_vectors", "site": "resid_post.1", field: value}
-    with pytest.raises(ArtifactError, match=f"vector_spec.{field}"):
+    with pytest.raises(ArtifactError, match=rf"^c\.json: field vector_spec\.{field} .*\(got .*\); re-save the explainer\.$"):
         VectorSpec.from_dict(data, "c.json")
 
 
