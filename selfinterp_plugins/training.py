@@ -211,9 +211,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
         if validation is not None:
             history["validation_loss_at_init"] = evaluate_loss(explainer, validation, clamp=config.loss_clamp)
 
-    if out:
-        with output_errors(out):
-            out.mkdir(parents=True, exist_ok=True)
+    if out:  # made by train's DirectoryLock
         if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
             _truncate_log(out / "train_log.jsonl", step)
         with output_errors(out / "train_log.jsonl"):
