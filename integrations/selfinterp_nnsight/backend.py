@@ -75,7 +75,8 @@ class NNsightBackend(Backend):
         return not self.remote and self.is_local
 
     def _call(self, what: str, request):
-        """One request: here directly, remote with the API key checked and transient failures retried."""
+        """One request: here directly, remote with the API key checked and transient failures retried.
+        The one trace check of every entry sending a request (`run`, local only, checks itself)."""
         refuse_inside_trace()
         if not self.remote:
             return request()
@@ -174,8 +175,8 @@ class NNsightBackend(Backend):
         """One nnsight request injecting at `site`, returning what `want` asks for: "hidden" (the
         body's last hidden states and cache; the trace stops before the LM head), "logits", "loss"
         (loss, gradients) or "generate" (token ids). Everything inside the `with` block runs where
-        the model is, so it is plain torch and calls nothing of this package."""
-        refuse_inside_trace()
+        the model is, so it is plain torch and calls nothing of this package. Its callers have
+        refused to run inside a user's trace (`_call`, `run`)."""
         lm = self.model
         envoy = self._site_envoy(site)
         body = self._envoy(self.body_path)
@@ -255,7 +256,6 @@ class NNsightBackend(Backend):
 
     def read(self, input_ids, sites, positions=None):
         """One traced pass (here or remote) reading the sites in the order the model reaches them."""
-        refuse_inside_trace()
         order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
         reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
         rows = torch.arange(input_ids.shape[0])
