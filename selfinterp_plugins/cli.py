@@ -128,9 +128,6 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
         data = VectorLabelDataset.load(dataset)
         runner = load_backend(model_name, backend, remote, dtype, device)
         explainer = Explainer.create(runner, adapter=adapter, template=template, site=site, model_id=model_name)
-        explainer.metadata = {key: data.meta[key] for key in ("source", "layer", "site") if key in data.meta}
-        if data.meta.get("mean_subtracted") and "mean" in data.meta:  # so new vectors can be centred the same way
-            explainer.metadata["topic_mean"] = data.meta["mean"]
         config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, init=init, seed=seed,
                              checkpoint_every=checkpoint_every, bucket_by_length=bucket)
         validation = data.split("validation") if any(r.get("split") == "validation" for r in data.records) else None

@@ -28,7 +28,7 @@ from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
 from .templates import PromptTemplate
 from .validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
-from .vector_spec import VectorSpec
+from .vector_spec import MEAN_KEY, VectorSpec, prompt_text
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -182,23 +182,25 @@ class Explainer:
         if spec is None or not spec.prompt:
             raise VectorError("This explainer records no prompt its vectors were read from (no vector_spec, or vectors "
                               "not from prompts); see explainer.metadata for where they came from.")
-        text = spec.prompt.format(title=topic, topic=topic)
-        tok = self.backend.tokenizer
-        if spec.prompt_format == "chat":
-            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        return tok(text, add_special_tokens=False)["input_ids"] if tokenize else text
+        return prompt_text(self.backend.tokenizer, spec.prompt, topic, spec.prompt_format, tokenize)
 
     def _record_vector_spec(self, data) -> None:
-        """Take the vector spec (and the mean to subtract) from a dataset's meta, when it has one."""
+        """What an explainer records from the dataset it is trained on, decided here only (the CLI's
+        `train` and `Explainer.train` both come through it): the meta's source, layer and site, the
+        mean its vectors were centred with (so new vectors can be centred the same way) and, when the
+        meta says where the vectors were read, the vector spec."""
         meta = getattr(data, "meta", None)
         if self.vector_spec is not None or not isinstance(meta, dict):
             return
+        for key in ("source", "layer", "site"):
+            if key in meta:
+                self.metadata.setdefault(key, meta[key])
+        if meta.get("mean_subtracted") and "mean" in meta:
+            self.metadata[MEAN_KEY] = list(meta["mean"])
         norms = torch.as_tensor(data.vectors).float().norm(dim=-1)
         spec = VectorSpec.from_meta(meta, vector_norm=float(f"{float(norms.median()):.5g}") if len(norms) else None)
         if spec is None:
             return
-        if spec.centring == "mean":
-            self.metadata[spec.mean_key] = list(meta["mean"])
         self.metadata.setdefault("source", meta.get("source"))
         self.metadata.setdefault("layer", spec.layer)
         self.vector_spec = spec

@@ -5,29 +5,25 @@ With `output`, every finished batch is appended (flushed) to a JSONL file, and a
 the jobs already there, so a crash or Ctrl-C loses at most one batch. Beside the output,
 `<output>.run.json` records what makes its labels what they are (the explainer's weights, template
 and site; the sampling settings): a rerun with another explainer or other settings is refused in
-one line instead of mixing two runs' labels in one file. Ids, scales and samples may grow (each
-record is its own (id, scale, sample) job).
+one line (`run_manifests.check_output_run`) instead of mixing two runs' labels in one file. Ids,
+scales and samples may grow (each record is its own (id, scale, sample) job).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .adapters import check_vectors
 from .backends.base import Sampling
-from .errors import ArtifactError, OptionError, RunMismatchError, VectorError
+from .errors import ArtifactError, OptionError, VectorError
 from .results import ExplainResults
-from .serialization import JsonlWriter, read_json, read_jsonl, write_json
-
-#: the explain options behind each sampling field, for the one-line refusal
-SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
+from .run_manifests import check_output_run, explain_run
+from .serialization import JsonlWriter, read_jsonl
 
 
 def _job_key(record: dict, path, n: int) -> tuple:
@@ -36,41 +32,6 @@ def _job_key(record: dict, path, n: int) -> tuple:
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{path}:{n} is not an explain record (id, scale, sample, label): this file holds another "
                             "kind of output; choose another output file.") from None
-
-
-def explainer_digest(explainer) -> str:
-    """SHA-256 of what decides an explainer's labels here: its adapter (kind and weights), template,
-    site and prompt ids."""
-    digest = hashlib.sha256()
-    identity = {"kind": explainer.adapter.config.kind, "template": explainer.template.to_dict(),
-                "site": explainer.site.to_dict(), "prompt_ids": explainer.prompt_ids.tolist()}
-    digest.update(json.dumps(identity, sort_keys=True).encode())
-    for name, tensor in sorted(explainer.adapter.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def check_output_run(path: Path, run: dict, has_records: bool = True) -> None:
-    """Refuse to resume `path` when its recorded run differs from `run`; record `run` when there is
-    none yet (an output written before manifests resumes as before) or when the output holds no
-    record (a deleted output's leftover manifest describes nothing)."""
-    manifest = path.with_name(path.name + ".run.json")
-    if manifest.exists() and has_records:
-        saved = read_json(manifest)
-        if saved.get("explainer") != run["explainer"]:
-            raise RunMismatchError(f"{path} holds labels of another explainer (its weights, template or site differ); "
-                                   f"resume it with that explainer, or choose another output (or delete {path} and "
-                                   f"{manifest.name}).")
-        for key, value in run["sampling"].items():
-            old = (saved.get("sampling") or {}).get(key)
-            if old != value:
-                flag = f" ({SAMPLING_FLAGS[key]} {old})" if key in SAMPLING_FLAGS else ""
-                raise RunMismatchError(f"{path} was written with sampling {key}={old!r}, this run asks {value!r}; rerun "
-                                       f"with {key}={old!r}{flag}, or choose another output (or delete {path} and "
-                                       f"{manifest.name}).")
-        return
-    write_json(run, manifest)
 
 
 def check_run_options(scales, samples: int, batch_size: int) -> None:
@@ -118,7 +79,7 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
         try:
             for n, record in enumerate(read_jsonl(path), 1):
                 done[_job_key(record, path, n)] = record
-            check_output_run(path, {"explainer": explainer_digest(explainer), "sampling": asdict(sampling)}, bool(done))
+            check_output_run(path, explain_run(explainer, sampling), bool(done))
         except BaseException:
             writer.close()
             raise

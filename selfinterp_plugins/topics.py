@@ -16,6 +16,7 @@ import torch
 from .datasets import VectorLabelDataset
 from .errors import ArtifactError, BackendError
 from .sites import Site
+from .vector_spec import prompt_text
 
 # public: the shipped topic benchmark, for plugins' commands (hidden topics) and the examples
 __all__ = ["TOPIC_PROMPT", "load_topics", "topic_prompt_ids", "topic_vectors"]
@@ -41,10 +42,7 @@ def load_topics(limit_per_split: dict | None = None) -> list[dict]:
 
 def topic_prompt_ids(tokenizer, title: str) -> list[int]:
     """Token ids of the chat prompt asking about `title`, generation prompt included."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": TOPIC_PROMPT.format(title=title)}], tokenize=False, add_generation_prompt=True
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return prompt_text(tokenizer, TOPIC_PROMPT, title, "chat", tokenize=True)
 
 
 def topic_vectors(

@@ -10,7 +10,6 @@ Checkpoints are safetensors + JSON, written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -20,8 +19,9 @@ from typing import Annotated
 
 import torch
 
-from .errors import ArtifactError, RunMismatchError
+from .errors import ArtifactError
 from .locks import DirectoryLock
+from .run_manifests import check_same_run, run_manifest
 from .serialization import (
     _step,
     load_safetensors,
@@ -35,7 +35,7 @@ from .validation import LossValue, Name, NonNegativeFloat, between, check_finite
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
-# check_same_run refuses a resume with other settings, for the plugins' checkpoints as for the core's
+# check_same_run (run_manifests) refuses a resume with other settings; also here, where plugins found it first
 __all__ = ["TrainConfig", "check_same_run", "optimizer_state", "restore_optimizer"]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -211,9 +211,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
         if validation is not None:
             history["validation_loss_at_init"] = evaluate_loss(explainer, validation, clamp=config.loss_clamp)
 
-    if out:
-        with output_errors(out):
-            out.mkdir(parents=True, exist_ok=True)
+    if out:  # made by train's DirectoryLock
         if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
             _truncate_log(out / "train_log.jsonl", step)
         with output_errors(out / "train_log.jsonl"):
@@ -267,73 +265,6 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
     history["steps"] = step
     adapter.eval()
     return history
-
-
-#: TrainConfig fields a resume may change: how often the run is saved, and `max_steps`, where it
-#: stops (stopping within the warm-up and resuming with the full config is a supported way to
-#: split a run; tests/test_training.py checks it replays the uninterrupted run)
-NOT_RUN_DEFINING = ("checkpoint_every", "max_steps")
-
-#: run-manifest keys -> the `selfinterp train` option that sets them, for the mismatch message
-RUN_OPTIONS = {"adapter": "--adapter", "adapter.kind": "--adapter", "model_fingerprint": "--model",
-               "template": "--template", "site": "--site", "training_rows": "--limit or the dataset",
-               "training_data_sha256": "the dataset", "epochs": "--epochs", "batch_size": "--batch-size",
-               "lr": "--lr", "seed": "--seed", "init": "--init", "bucket_by_length": "--bucket/--no-bucket"}
-
-
-def data_sha256(data) -> str:
-    """SHA-256 of the training rows: their vectors (float32 bytes, shape included) and labels."""
-    digest = hashlib.sha256()
-    vectors = data.vectors.detach().to("cpu", torch.float32).contiguous()
-    digest.update(json.dumps(list(vectors.shape)).encode())
-    digest.update(vectors.numpy().tobytes())
-    digest.update(json.dumps(list(data.labels), ensure_ascii=False).encode())
-    return digest.hexdigest()
-
-
-def run_manifest(explainer, data, config: TrainConfig, base_lr: float) -> dict:
-    """What defines a training run, recorded in its checkpoint so a resume with other settings is
-    refused: the adapter's config (kind included), the model's embedding fingerprint, template,
-    site, the training rows (count and hash) and every TrainConfig field that changes the result,
-    with `lr` as resolved. JSON-normalised, so it compares equal to what state.json gives back."""
-    settings = {key: value for key, value in config.to_dict().items() if key not in NOT_RUN_DEFINING}
-    manifest = {"adapter": explainer.adapter.config.to_dict(), "model_fingerprint": explainer.backend.fingerprint(),
-                "template": explainer.template.to_dict(), "site": explainer.site.to_dict(),
-                "training_rows": len(data), "training_data_sha256": data_sha256(data), **settings, "lr": base_lr}
-    return json.loads(json.dumps(manifest))
-
-
-def _first_difference(old, new, key: str = ""):
-    """(key, old, new) of the first setting that differs, descending into dicts; None if equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = [*new, *(k for k in old if k not in new)]
-        # a kind or a name says more than the first field that differs (a template's whole prompt)
-        for sub in sorted(keys, key=lambda k: k not in ("kind", "name")):
-            found = _first_difference(old.get(sub), new.get(sub), f"{key}.{sub}" if key else sub)
-            if found:
-                return found
-        return None
-    return None if old == new else (key, old, new)
-
-
-def check_same_run(ckpt: Path, saved, current, options: dict[str, str] | None = None) -> None:
-    """Refuse to resume a checkpoint written with other settings (one line: which, old vs new, and
-    how to start afresh). `saved` / `current`: the run manifests (JSON objects) of the checkpoint
-    and of the run resuming it; `options`: manifest key (or its first part) -> the CLI option that
-    sets it, named in the message (default: `selfinterp train`'s). A checkpoint from before
-    manifests were recorded (`saved` None) resumes."""
-    if saved is None or current is None:
-        return
-    found = _first_difference(saved, current)
-    if found:
-        key, old, new = found
-        options = RUN_OPTIONS if options is None else options
-        option = options.get(key) or options.get(key.split(".")[0])
-        setting = f"{key} ({option})" if option else key
-        raise RunMismatchError(
-            f"{ckpt} is the checkpoint of a run with other settings: {setting} was {json.dumps(old)}, "
-            f"this run has {json.dumps(new)}; to start afresh delete {ckpt} or choose another --out "
-            f"(or rerun with the old settings to resume).")
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -10,18 +10,41 @@ tells them apart. So the artifact records the recipe (`VectorSpec`, in `explaine
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
-from .errors import ArtifactError
+from .errors import ArtifactError, BackendError
+from .sites import Site
+from .validation import Name, PositiveFloat, Text, check_fields, validate
 
 # public: plugins' vector sources describe their vectors with one (dataset meta -> VectorSpec.from_meta)
 __all__ = ["VectorSpec"]
 
 #: prompt forms: the prompt text as is, or wrapped by the tokenizer's chat template as one user turn
-#: with the generation prompt (what `topics.topic_prompt_ids` does)
-PROMPT_FORMATS = ("raw", "chat")
-CENTRINGS = ("none", "mean")
+#: with the generation prompt (`prompt_text` builds either)
+PromptFormat = Literal["raw", "chat"]
+Centring = Literal["none", "mean"]
+PROMPT_FORMATS, CENTRINGS = get_args(PromptFormat), get_args(Centring)
+#: the metadata key of the mean a centred dataset's vectors had subtracted
+MEAN_KEY = "topic_mean"
+FIX = "re-save the explainer."
+
+
+class _SpecProblem(ArtifactError):
+    """Fields that are each well-typed but do not fit together (`from_dict` adds the file's name)."""
+
+
+def prompt_text(tokenizer, prompt: str, title: str, prompt_format: str = "chat", tokenize: bool = False):
+    """The prompt a vector is read from, for `title`: `prompt` filled in (`{title}` or `{topic}`),
+    wrapped by the chat template as one user turn with the generation prompt when `prompt_format`
+    is 'chat'; its token ids with `tokenize=True`, tokenised without special tokens (the chat
+    markup holds any BOS already: a tokenizer adding one would put two). The one builder of these
+    prompts, so `topic_vectors` and `Explainer.vector_prompt` cannot drift apart."""
+    text = prompt.format(title=title, topic=title)
+    if prompt_format == "chat":
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if tokenize else text
 
 
 @dataclass(frozen=True)
@@ -37,39 +60,22 @@ class VectorSpec:
     - `vector_norm`: the median norm of the training vectors (how large a prepared vector should be).
     """
 
-    source: str
-    site: str
-    prompt: str | None = None
-    prompt_format: str = "chat"
-    position: str = "last"
-    centring: str = "none"
-    mean_key: str | None = None
-    vector_norm: float | None = None
+    source: Name
+    site: Name
+    prompt: Text | None = None
+    prompt_format: PromptFormat = "chat"
+    position: Name = "last"
+    centring: Centring = "none"
+    mean_key: Name | None = None
+    vector_norm: PositiveFloat | None = None
 
     def __post_init__(self):
-        for name in ("source", "site", "position"):
-            if not isinstance(getattr(self, name), str):
-                raise ArtifactError(f"vector_spec.{name} must be a string; re-save the explainer.")
-        for name in ("prompt", "mean_key"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise ArtifactError(f"vector_spec.{name} must be a string or null; re-save the explainer.")
-        norm = self.vector_norm
-        if norm is not None and (isinstance(norm, bool) or not isinstance(norm, (int, float)) or not math.isfinite(norm)
-                                 or norm <= 0):
-            raise ArtifactError(f"vector_spec.vector_norm must be a positive number or null, got {norm!r}; "
-                                "re-save the explainer.")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise ArtifactError(f"vector_spec.prompt_format {self.prompt_format!r} is not one of {PROMPT_FORMATS}; "
-                                "re-save the explainer.")
-        if self.centring not in CENTRINGS:
-            raise ArtifactError(f"vector_spec.centring {self.centring!r} is not one of {CENTRINGS}; re-save the explainer.")
+        check_fields(self, "VectorSpec", FIX)  # the same rules as a loaded explainer_config.json
         if self.centring == "mean" and not self.mean_key:
-            raise ArtifactError("vector_spec.centring is 'mean' but names no mean_key; re-save the explainer.")
+            raise _SpecProblem(f"field vector_spec.mean_key is missing (centring is 'mean'); {FIX}")
 
     @property
     def layer(self) -> int | None:
-        from .sites import Site
-
         return Site.parse(self.site).layer
 
     @classmethod
@@ -89,7 +95,7 @@ class VectorSpec:
             prompt_format=meta.get("prompt_format", "chat" if source == "topics" else "raw"),
             position=meta.get("position", "last"),
             centring="mean" if centred else "none",
-            mean_key="topic_mean" if centred else None,
+            mean_key=MEAN_KEY if centred else None,
             vector_norm=vector_norm,
         )
 
@@ -100,18 +106,17 @@ class VectorSpec:
 
     @classmethod
     def from_dict(cls, data: dict, path="explainer_config.json") -> VectorSpec:
-        if not isinstance(data, dict) or not isinstance(data.get("source"), str) or not isinstance(data.get("site"), str):
-            raise ArtifactError(f"{path}: 'vector_spec' needs string fields 'source' and 'site'; re-save the explainer.")
-        known = {f.name for f in fields(cls)}
+        """The spec saved as `vector_spec` in `path`, checked by the validation layer (`layer` is
+        derived from `site`, so it is not read back; fields of a newer version are ignored)."""
         try:
-            spec = cls(**{k: v for k, v in data.items() if k in known})
+            spec = validate(cls, data, str(path), FIX, prefix="vector_spec", unknown="ignore")
+        except _SpecProblem as err:
+            raise ArtifactError(f"{path}: {err}") from None
+        try:
             spec.layer  # noqa: B018 - the site must parse
-        except (TypeError, ValueError) as err:
-            raise ArtifactError(f"{path}: malformed 'vector_spec' ({err}); re-save the explainer.") from None
-        except ArtifactError:
-            raise
-        except Exception as err:  # a BackendError from an unreadable site
-            raise ArtifactError(f"{path}: 'vector_spec' {err}") from None
+        except BackendError:
+            raise ArtifactError(f"{path}: field vector_spec.site should be a site name such as 'resid_post.10' (got "
+                                f"{spec.site!r:.60}); {FIX}") from None
         return spec
 
     def describe(self) -> str:

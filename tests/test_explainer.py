@@ -436,3 +436,23 @@ def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path
     with pytest.raises(ArtifactError, match=r"scores.jsonl:1 is not an explain record"):
         explainer.explain(vectors, sampling=FAST, output=scores, progress=False)
     assert scores.read_text() == json.dumps({"id": "0", "label": "cat", "hit_rate": 0.5}) + "\n"
+
+
+def test_an_output_manifest_is_compared_as_a_checkpoints_is(explainer, tmp_path):
+    """Explain outputs and training checkpoints find "the same run" with one comparison
+    (run_manifests.first_difference): a sampling field only the saved manifest has (a newer
+    version's option) is a difference too, named in the one line, instead of being ignored."""
+    from selfinterp_plugins.errors import RunMismatchError
+
+    vectors = _vectors(2, seed=6)
+    out = tmp_path / "labels.jsonl"
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    manifest = tmp_path / "labels.jsonl.run.json"
+    saved = json.loads(manifest.read_text())
+    saved["sampling"]["min_p"] = 0.1
+    manifest.write_text(json.dumps(saved))
+    before = out.read_bytes()
+    with pytest.raises(RunMismatchError, match=r"written with sampling min_p=0.1, this run asks None; rerun with "
+                                              r"min_p=0.1, or choose another output"):
+        explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    assert out.read_bytes() == before

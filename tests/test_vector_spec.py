@@ -59,6 +59,25 @@ def test_an_artifact_saved_before_specs_still_loads(trained, tiny_llama):
     assert Explainer.from_pretrained(path, model=tiny_llama[0], tokenizer=tiny_llama[1]).vector_spec is None
 
 
+@pytest.mark.parametrize(("meta", "want"), [
+    ({"source": "topics", "site": "resid_post.1", "layer": 1, "mean_subtracted": True, "mean": [0.5] * 64},
+     {"source": "topics", "site": "resid_post.1", "layer": 1, "topic_mean": [0.5] * 64}),
+    ({"source": "x", "layer": 2, "mean_subtracted": True, "mean": [0.5] * 64},  # no site: no spec, the rest kept
+     {"source": "x", "layer": 2, "topic_mean": [0.5] * 64}),
+])
+def test_train_records_the_datasets_source_layer_site_and_mean(tiny_llama, meta, want):
+    """What an explainer records from its dataset is decided in one place: `Explainer.train`
+    records what `selfinterp train` recorded (it used to add site and, without a site, the
+    source, layer and mean by hand)."""
+    from selfinterp_plugins import VectorLabelDataset
+
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in "abcd"], meta)
+    explainer = Explainer.create(*tiny_llama, adapter="scalar_affine", template="echo")
+    explainer.train(data, config=TrainConfig(epochs=1, batch_size=4, max_steps=1), progress=False)
+    assert explainer.metadata == want
+    assert (explainer.vector_spec is None) == ("site" not in meta)
+
+
 @pytest.mark.parametrize("spec", [{"site": "resid_post.1"}, {"source": "x", "site": "resid_mid.1"},
                                   {"source": "x", "site": "resid_post.1", "centring": "median"}, ["x"]])
 def test_a_malformed_spec_is_refused_naming_the_file(trained, tiny_llama, tmp_path, spec):
@@ -155,14 +174,16 @@ def test_vector_prompt_needs_a_spec(tiny_llama):
 
 
 @pytest.mark.parametrize("field, value", [("vector_norm", "abc"), ("vector_norm", float("nan")), ("prompt", 5),
-                                          ("position", 1), ("mean_key", ["topic_mean"])])
+                                          ("position", 1), ("mean_key", ["topic_mean"]), ("prompt_format", "md"),
+                                          ("centring", "median"), ("site", "resid_mid.1")])
 def test_a_mistyped_vector_spec_field_is_one_line_at_load(field, value):
-    """`vector_norm: "abc"` or `prompt: 5` loaded and crashed later, in prepare_vectors or vector_prompt."""
+    """`vector_norm: "abc"` or `prompt: 5` loaded and crashed later, in prepare_vectors or vector_prompt.
+    The message has the validation layer's form, naming the file as every other file's does."""
     from selfinterp_plugins.errors import ArtifactError
     from selfinterp_plugins.vector_spec import VectorSpec
 
     data = {"source": "topic_vectors", "site": "resid_post.1", field: value}
-    with pytest.raises(ArtifactError, match=f"vector_spec.{field}"):
+    with pytest.raises(ArtifactError, match=rf"^c\.json: field vector_spec\.{field} .*\(got .*\); re-save the explainer\.$"):
         VectorSpec.from_dict(data, "c.json")
 
 

@@ -6,16 +6,9 @@ exactly as the hf backend does: `run` is an nnsight trace that injects through t
 and stops once the model's body has run (decoding steps, which inject nothing, call the wrapped
 model directly); `read` is one trace that reads the sites and stops.
 
-Remote, a verb is one request, so this backend overrides three verbs: `logits`, `loss` and
-`generate` (`capture` and `capture_all` are one `read` request either way). A request cannot be
-built from the primitives, because each primitive would be a round trip carrying hidden states and
-caches, and the LM head and loss would run here, where a remote-only model has no weights. So the
-adapter itself runs inside the intervention: the request carries the vectors, the adapter's own
-tensors (d_model + 1 floats for scalar affine) and its kind's `math` function, never soft tokens or
-the model; training computes the loss *and* the adapter's gradients next to the model, so only a
-scalar and the gradients come back (`loss`); labels are one nnsight `generate`. This backend knows
-no adapter kind: it calls whatever `math` the adapter's class defines (`Adapter.forward` calls the
-same), shipped by value (its source, `remote.code_by_value`), so NDIF runs it without selfinterp.
+Remote, a verb is one request: `remote_verbs.RemoteVerbs` overrides `logits`, `loss` and
+`generate` (`capture` and `capture_all` are one `read` request either way); `_request` below is the
+intervention every request runs, the adapter's own `math` inside it.
 
 `remote` is False (run here), True (NDIF; needs an API key), "local" (nnsight serialises the
 request exactly as for NDIF, deserialises it with this package hidden, and runs it here: the
@@ -29,14 +22,15 @@ import contextlib
 
 import torch
 
-from selfinterp_plugins.backends import AdapterInput, Backend, Sampling, pad_token_id
+from selfinterp_plugins.backends import Backend
 from selfinterp_plugins.backends.hf import expand_cache, find_blocks, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
 
 from .remote import RetryPolicy, check_api_key, check_remote_value, check_servable, code_by_value, with_retries
+from .remote_verbs import RemoteVerbs
 
 
-class NNsightBackend(Backend):
+class NNsightBackend(RemoteVerbs, Backend):
     """Backend for nnsight's `LanguageModel` / `TransformersModel` (nnsight 0.8) over a causal LM."""
 
     name = "nnsight"
@@ -75,7 +69,8 @@ class NNsightBackend(Backend):
         return not self.remote and self.is_local
 
     def _call(self, what: str, request):
-        """One request: here directly, remote with the API key checked and transient failures retried."""
+        """One request: here directly, remote with the API key checked and transient failures retried.
+        The one trace check of every entry sending a request (`run`, local only, checks itself)."""
         refuse_inside_trace()
         if not self.remote:
             return request()
@@ -174,8 +169,8 @@ class NNsightBackend(Backend):
         """One nnsight request injecting at `site`, returning what `want` asks for: "hidden" (the
         body's last hidden states and cache; the trace stops before the LM head), "logits", "loss"
         (loss, gradients) or "generate" (token ids). Everything inside the `with` block runs where
-        the model is, so it is plain torch and calls nothing of this package."""
-        refuse_inside_trace()
+        the model is, so it is plain torch and calls nothing of this package. Its callers have
+        refused to run inside a user's trace (`_call`, `run`)."""
         lm = self.model
         envoy = self._site_envoy(site)
         body = self._envoy(self.body_path)
@@ -255,7 +250,6 @@ class NNsightBackend(Backend):
 
     def read(self, input_ids, sites, positions=None):
         """One traced pass (here or remote) reading the sites in the order the model reaches them."""
-        refuse_inside_trace()
         order = sorted(range(len(sites)), key=lambda i: _execution_order(sites[i]))
         reads = [(self._site_envoy(sites[i]), sites[i].kind) for i in order]
         rows = torch.arange(input_ids.shape[0])
@@ -287,96 +281,6 @@ class NNsightBackend(Backend):
     def select_past(self, past, rows):
         return select_cache_rows(past, rows, self.device)
 
-    # ---- verbs overridden for the remote path: one request each ----------------------------
-
-    def _tensors(self, soft, want_grad: bool) -> tuple[dict, list[str], torch.Tensor | None]:
-        """What travels: the vectors (+ scales), the adapter's tensors and its kind's `math`, or soft
-        tokens when the caller passed soft tokens.
-
-        Returns the request's inputs, the names of the adapter tensors whose gradients to compute,
-        and the local soft tokens to chain gradients back through (when soft tokens travel)."""
-        if isinstance(soft, AdapterInput):
-            adapter = soft.adapter
-            params = {name: t.detach().requires_grad_(want_grad and t.requires_grad)
-                      for name, t in adapter.tensors().items()}
-            scales = None if soft.scales is None else soft.scales.to(adapter.param_dtype).cpu()
-            inputs = {"math": type(adapter).math, "params": params, "scales": scales,
-                      "vectors": soft.vectors.detach().to(adapter.param_dtype).cpu()}
-            return inputs, [n for n, t in params.items() if t.requires_grad], None
-        shipped = soft.detach().requires_grad_(want_grad and soft.requires_grad)
-        return {"soft": shipped}, (["soft"] if shipped.requires_grad else []), soft
-
-    def _scoring_request(self, want, input_ids, tensors, inject_mask, site, positions, extra):
-        """Shared by the remote `logits` and `loss`: logits only at `positions`, no prefix cache (a
-        request carries no key/value tensors)."""
-        input_ids, positions = torch.as_tensor(input_ids), torch.as_tensor(positions)
-        if bool((positions == positions[:1]).all()):
-            extra["logits_to_keep"] = positions[0].to(self.device)  # the head runs at these positions only
-        else:
-            extra["gather"] = (torch.arange(positions.shape[0])[:, None], positions)
-        return self._request(want, input_ids.to(self.device), tensors, inject_mask, site, extra)
-
-    def logits(self, input_ids, soft, inject_mask, site, positions, prefix_len=0):
-        """Here: the base class's. Remote: one request; not differentiable (train with `loss`)."""
-        if self._here():
-            return super().logits(input_ids, soft, inject_mask, site, positions, prefix_len)
-        self.check_site(site)
-        tensors = self._tensors(soft, want_grad=False)[0] if isinstance(soft, AdapterInput) else {"soft": soft.detach()}
-        return self._call("logits", lambda: self._scoring_request(
-            "logits", input_ids, tensors, inject_mask, site, positions, {}))
-
-    def loss(self, input_ids, soft, inject_mask, site, positions, gold, clamp=100.0, prefix_len=0):
-        """Here: the base class's. Remote: the loss computed next to the model with the adapter's
-        gradients, in one request. The returned scalar backpropagates into the adapter: its gradient
-        with respect to each parameter is the one computed in the request (value + <p, g> - <p, g>.detach())."""
-        if self._here():
-            return super().loss(input_ids, soft, inject_mask, site, positions, gold, clamp, prefix_len)
-        self.check_site(site)
-        want_grad = torch.is_grad_enabled()
-        tensors, names, local = self._tensors(soft, want_grad)
-        extra = {"grad_names": names, "gold": gold, "clamp": clamp}
-        value, grads = self._call("training step" if want_grad else "loss", lambda: self._scoring_request(
-            "loss", input_ids, tensors, inject_mask, site, positions, dict(extra)))
-        if not names:
-            return value.to(self.device)
-        targets = [local] if local is not None else [soft.adapter.tensors()[n] for n in names]
-        link = sum((t * g.to(t.device, t.dtype)).sum() for t, g in zip(targets, grads))
-        return value.to(link.device) + (link - link.detach())
-
-    @torch.no_grad()
-    def generate(self, input_ids, soft, inject_mask, site, sampling: Sampling, is_finished, prefix_len=0):
-        """Here: the base class's (prefill trace, shared decoding loop). Remote: one `generate`
-        request, the tokens that end a label acting as end-of-sequence (every row runs until the
-        longest label ends; rows are cut where their label ended)."""
-        if self._here():
-            return super().generate(input_ids, soft, inject_mask, site, sampling, is_finished, prefix_len)
-        self.check_site(site)
-        tensors, _, _ = self._tensors(soft, want_grad=False)
-        input_ids = torch.as_tensor(input_ids)
-        stop = sorted(_finishing_ids(is_finished, self.tokenizer))
-        extra = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy, "eos_token_id": stop,
-                 "pad_token_id": pad_token_id(self.tokenizer), "attention_mask": torch.ones_like(input_ids)}
-        if sampling.greedy:
-            extra.update(temperature=None, top_p=None, top_k=None)
-        else:
-            # top_k=None would be transformers' default 50, not what the local path draws
-            extra.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-
-        def request():
-            return self._request("generate", input_ids.to(self.device), tensors, inject_mask, site, dict(extra))
-
-        sequences = self._call("generation", request)
-        outputs = []
-        for row in sequences[:, input_ids.shape[1]:].tolist():
-            ids: list[int] = []
-            for token in row:  # cut where the row's label ended, as the shared decode loop does
-                ids.append(token)
-                if is_finished(ids):
-                    break
-            outputs.append(ids)
-        return outputs
-
-
 def refuse_inside_trace() -> None:
     """An explainer runs traces of its own on the model; started from inside a user's `trace`
     block, nnsight runs that code in the block's worker greenlet, and a second trace there fails
@@ -397,14 +301,6 @@ def _execution_order(site) -> tuple[int, int]:
     if site.kind == "embed":
         return (-1, 0)
     return (site.layer, 0 if site.kind == "resid_pre" else 1)
-
-
-def _finishing_ids(is_finished, tokenizer) -> frozenset[int]:
-    """Token ids that end a row: the explainer lists them; any other callable is asked per token."""
-    listed = getattr(is_finished, "token_ids", None)
-    if listed is not None:
-        return listed()
-    return frozenset(i for i in range(len(tokenizer)) if is_finished([i]))
 
 
 def _path_of(root: torch.nn.Module, module: torch.nn.Module) -> str:

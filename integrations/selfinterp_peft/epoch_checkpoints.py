@@ -8,7 +8,7 @@ where an uninterrupted run ends (the caller replays its seeded batch order).
 The checkpoint directory is locked while a run writes it (a second run into it fails at once),
 and `state.json` holds the run's manifest (the caller's settings, the data's count and SHA-256,
 the base model's fingerprint): a resume with another setting is refused by
-`selfinterp_plugins.training.check_same_run`, naming it, before any weight is loaded; only the
+`selfinterp_plugins.run_manifests.check_same_run`, naming it, before any weight is loaded; only the
 number of epochs may grow (these loops have no schedule tied to it). A checkpoint written before
 manifests were recorded resumes as before.
 """
@@ -16,7 +16,6 @@ manifests were recorded resumes as before.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch
 
 from selfinterp_plugins.errors import ArtifactError, RunMismatchError
 from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.run_manifests import sha256_hex
 from selfinterp_plugins.serialization import load_safetensors, output_errors, read_json, save_safetensors, write_json
 from selfinterp_plugins.validation import LossValue, between, check_finite_tensors, validate
 
@@ -47,18 +47,18 @@ class EpochState:
 def rows_sha256(rows) -> str:
     """SHA-256 of training rows, each a sequence of parts: tensors (dtype, shape and values) or
     JSON values (None included). For the run manifest: a resume on other data is refused."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(b"\x1erow")
-        for part in row:
-            if isinstance(part, torch.Tensor):
-                tensor = part.detach().cpu()
-                tensor = tensor.float() if tensor.is_floating_point() else tensor
-                digest.update(json.dumps(["tensor", str(part.dtype), list(tensor.shape)]).encode())
-                digest.update(tensor.contiguous().numpy().tobytes())
-            else:
-                digest.update(json.dumps(["json", part], sort_keys=True, ensure_ascii=False).encode())
-    return digest.hexdigest()
+
+    def parts():
+        for row in rows:
+            yield b"\x1erow"
+            for part in row:
+                if isinstance(part, torch.Tensor):
+                    yield json.dumps(["tensor", str(part.dtype), list(part.shape)])
+                    yield part  # floating point as float32, as the stored digests were made
+                else:
+                    yield json.dumps(["json", part], sort_keys=True, ensure_ascii=False)
+
+    return sha256_hex(parts())
 
 
 def normalised(manifest: dict) -> dict:
@@ -94,7 +94,8 @@ def resume_epochs(directory, named, optimizer, run: dict | None = None, run_opti
     the run's length, refused if the checkpoint has more done. A run may be lengthened: epoch k's
     batches and learning rate do not depend on the total (see `epoch_batches`), so it ends where
     an uninterrupted run of the new length ends; the manifests leave `epochs` out."""
-    from selfinterp_plugins.training import check_same_run, restore_optimizer
+    from selfinterp_plugins.run_manifests import check_same_run
+    from selfinterp_plugins.training import restore_optimizer
 
     if directory is None or not (Path(directory) / "state.json").exists():
         return [], 0

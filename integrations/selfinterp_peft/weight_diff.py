@@ -31,7 +31,6 @@ from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.serialization import (
     check_artifact_dir,
     load_safetensors,
-    output_errors,
     read_json,
     save_safetensors,
     write_json,
@@ -277,9 +276,7 @@ class WeightDiff:
         Low-rank modules are zero-padded to one rank; dense ones are factorised by SVD at `rank`
         (default: exact, full rank; a rank: truncated SVD). Linears, Conv1D and embeddings only; a
         bias change (IA3, lora_bias, modules_to_save) has no place in a plain LoRA and is refused."""
-        directory = Path(directory)
-        with output_errors(directory):
-            directory.mkdir(parents=True, exist_ok=True)
+        directory = Path(directory)  # made by the DirectoryLock below, once the diff is known to fit
         targets = _weight_modules(base_model)
         factors = {}
         for name, diff in self.modules.items():

@@ -80,8 +80,6 @@ def _measure(config: ReportConfig, out: Path, progress: bool, backend, topics: l
     from .scoring import recall_at_k, sentence_embedder
     from .sensitivity import best_point, plot_sensitivity, sweep
 
-    with output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
     if backend is None:
         from ..backends import HFBackend
 

@@ -5,6 +5,7 @@ deserialised with this package hidden, then run)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -273,3 +274,38 @@ def test_the_deprecated_language_model_still_works(pair):
     sampling = Sampling(max_new_tokens=4)
     assert ([r["text"] for r in ours.explain(vectors, sampling=sampling, progress=False)]
             == [r["text"] for r in theirs.explain(vectors, sampling=sampling, progress=False)])
+
+
+def test_each_entry_checks_for_a_trace_once(pair, monkeypatch):
+    """`refuse_inside_trace` runs once per public entry, here and remote: `read` and the remote
+    verbs go through `_call`, `run` checks itself, and `_request` (behind both) no longer checks
+    again (read, run and every remote verb used to check twice)."""
+    import selfinterp_nnsight.backend as module
+
+    ours, _ = twins(pair, "resid_pre.1")
+    backend, site = ours.backend, ours.site
+    calls = []
+    monkeypatch.setattr(module, "refuse_inside_trace", lambda: calls.append(1))
+    ids, mask = ours.prompt_ids[None], ours.inject_mask[None]
+    vectors = torch.randn(1, backend.d_model)
+    adapter_input = AdapterInput(vectors, ours.adapter)
+    positions = torch.tensor([[len(ours.prompt_ids) - 1]])
+    from selfinterp_plugins.backends.base import Injection
+
+    entries = {
+        "read": lambda: backend.read(ids, [site]),
+        "run": lambda: backend.run(ids, Injection(site, ours.soft_tokens(vectors), mask)),
+        "embedding_rows": lambda: backend.embedding_rows(torch.tensor([0, 1])),
+        "remote logits": lambda: backend.logits(ids, adapter_input, mask, site, positions),
+        "remote loss": lambda: backend.loss(ids, adapter_input, mask, site, positions, torch.tensor([[5]])),
+        "remote generate": lambda: backend.generate(ids, adapter_input, mask, site, Sampling(max_new_tokens=2),
+                                                    ours._is_finished),
+    }
+    counted = {}
+    for name, call in entries.items():
+        calls.clear()
+        with backend.remote_mode("local") if name.startswith("remote") else contextlib.nullcontext():
+            with torch.no_grad():
+                call()
+        counted[name] = len(calls)
+    assert counted == dict.fromkeys(entries, 1)

@@ -10,7 +10,7 @@ import torch
 peft = pytest.importorskip("peft")
 
 from selfinterp_peft.low_rank import ENERGY_TOLERANCE  # noqa: E402
-from selfinterp_peft.weight_diff import WeightDiff, WeightDiffError  # noqa: E402
+from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff, WeightDiffError  # noqa: E402
 from selfinterp_plugins.errors import ArtifactError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
@@ -109,3 +109,13 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     (tmp_path / "pickled" / "adapter_model.bin").write_bytes(b"not read")
     with pytest.raises(ArtifactError, match="safetensors"):
         WeightDiff.from_pretrained(tmp_path / "pickled")
+
+
+def test_a_refused_save_leaves_no_directory(tmp_path):
+    """A diff a plain LoRA cannot hold is refused before anything is made: the directory used to be
+    made first (a second time, beside the DirectoryLock that makes it) and left behind empty."""
+    base, _ = tiny_model("llama", seed=0)
+    diff = WeightDiff({"model.norm": ModuleDiff(dense=torch.zeros(base.model.norm.weight.shape))})
+    with pytest.raises(WeightDiffError, match="not a linear or an embedding"):
+        diff.save_pretrained(tmp_path / "diff", base)
+    assert not (tmp_path / "diff").exists()

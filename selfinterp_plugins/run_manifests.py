@@ -1,0 +1,159 @@
+"""A run's manifest: what makes a run's output what it is, recorded beside that output, and the
+one-line refusal to resume a different run into it.
+
+Two kinds of output are resumed. Training checkpoints (the core's `state.json`, and the plugins'
+epoch checkpoints) hold the run's manifest; `check_same_run` compares it. An explain output holds
+its run (the explainer's digest and the sampling) in `<output>.run.json`; `check_output_run`
+compares it. Both find the difference with `first_difference`, so "the same run" means one thing;
+their messages differ only in what to rerun with or delete.
+
+What a manifest cannot hold as JSON (weights, vectors) it holds as a digest built with
+`sha256_hex`. Each digest's byte layout is the one of the values already stored in users'
+checkpoints and outputs: changing it would refuse their resumes, so the layouts stay as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from .errors import RunMismatchError
+from .serialization import read_json, write_json
+
+# public: the plugins' epoch checkpoints hash their rows with sha256_hex and refuse another run's
+# checkpoint with check_same_run
+__all__ = ["check_same_run", "sha256_hex"]
+
+#: TrainConfig fields a resume may change: how often the run is saved, and `max_steps`, where it
+#: stops (stopping within the warm-up and resuming with the full config is a supported way to
+#: split a run; tests/test_training.py checks it replays the uninterrupted run)
+NOT_RUN_DEFINING = ("checkpoint_every", "max_steps")
+
+#: run-manifest keys -> the `selfinterp train` option that sets them, for the mismatch message
+RUN_OPTIONS = {"adapter": "--adapter", "adapter.kind": "--adapter", "model_fingerprint": "--model",
+               "template": "--template", "site": "--site", "training_rows": "--limit or the dataset",
+               "training_data_sha256": "the dataset", "epochs": "--epochs", "batch_size": "--batch-size",
+               "lr": "--lr", "seed": "--seed", "init": "--init", "bucket_by_length": "--bucket/--no-bucket"}
+
+#: the explain options behind each sampling field, for the one-line refusal
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "max_new_tokens": "--max-new-tokens"}
+
+
+def sha256_hex(parts: Iterable) -> str:
+    """SHA-256 (hex) of `parts` fed in order: bytes as they are, a str as UTF-8, a tensor as its
+    values' bytes (on the CPU, contiguous; floating point as float32, other dtypes as they are).
+    The caller lays out what is hashed (shapes, names, separators): that layout is the digest."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            tensor = part.detach().cpu()
+            tensor = tensor.float() if tensor.is_floating_point() else tensor
+            part = tensor.contiguous().numpy().tobytes()
+        elif isinstance(part, str):
+            part = part.encode()
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def first_difference(old, new, key: str = ""):
+    """(key, old, new) of the first setting that differs, descending into dicts; None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*new, *(k for k in old if k not in new)]
+        # a kind or a name says more than the first field that differs (a template's whole prompt)
+        for sub in sorted(keys, key=lambda k: k not in ("kind", "name")):
+            found = first_difference(old.get(sub), new.get(sub), f"{key}.{sub}" if key else sub)
+            if found:
+                return found
+        return None
+    return None if old == new else (key, old, new)
+
+
+# ---- training runs ------------------------------------------------------------------------
+
+def data_sha256(data) -> str:
+    """SHA-256 of the training rows: their vectors (float32 bytes, shape included) and labels."""
+    vectors = data.vectors.detach().to("cpu", torch.float32)
+    return sha256_hex([json.dumps(list(vectors.shape)), vectors, json.dumps(list(data.labels), ensure_ascii=False)])
+
+
+def run_manifest(explainer, data, config, base_lr: float) -> dict:
+    """What defines a training run, recorded in its checkpoint so a resume with other settings is
+    refused: the adapter's config (kind included), the model's embedding fingerprint, template,
+    site, the training rows (count and hash) and every TrainConfig field that changes the result,
+    with `lr` as resolved. JSON-normalised, so it compares equal to what state.json gives back."""
+    settings = {key: value for key, value in config.to_dict().items() if key not in NOT_RUN_DEFINING}
+    manifest = {"adapter": explainer.adapter.config.to_dict(), "model_fingerprint": explainer.backend.fingerprint(),
+                "template": explainer.template.to_dict(), "site": explainer.site.to_dict(),
+                "training_rows": len(data), "training_data_sha256": data_sha256(data), **settings, "lr": base_lr}
+    return json.loads(json.dumps(manifest))
+
+
+def check_same_run(ckpt: Path, saved, current, options: dict[str, str] | None = None) -> None:
+    """Refuse to resume a checkpoint written with other settings (one line: which, old vs new, and
+    how to start afresh). `saved` / `current`: the run manifests (JSON objects) of the checkpoint
+    and of the run resuming it; `options`: manifest key (or its first part) -> the CLI option that
+    sets it, named in the message (default: `selfinterp train`'s). A checkpoint from before
+    manifests were recorded (`saved` None) resumes."""
+    if saved is None or current is None:
+        return
+    found = first_difference(saved, current)
+    if found:
+        key, old, new = found
+        options = RUN_OPTIONS if options is None else options
+        option = options.get(key) or options.get(key.split(".")[0])
+        setting = f"{key} ({option})" if option else key
+        raise RunMismatchError(
+            f"{ckpt} is the checkpoint of a run with other settings: {setting} was {json.dumps(old)}, "
+            f"this run has {json.dumps(new)}; to start afresh delete {ckpt} or choose another --out "
+            f"(or rerun with the old settings to resume).")
+
+
+# ---- explain runs -------------------------------------------------------------------------
+
+def explainer_digest(explainer) -> str:
+    """SHA-256 of what decides an explainer's labels here: its adapter (kind and weights), template,
+    site and prompt ids."""
+    identity = {"kind": explainer.adapter.config.kind, "template": explainer.template.to_dict(),
+                "site": explainer.site.to_dict(), "prompt_ids": explainer.prompt_ids.tolist()}
+
+    def parts():
+        yield json.dumps(identity, sort_keys=True)
+        for name, tensor in sorted(explainer.adapter.state_dict().items()):
+            yield name
+            yield tensor.detach().float()  # every dtype as float32, as the stored digests were made
+
+    return sha256_hex(parts())
+
+
+def explain_run(explainer, sampling) -> dict:
+    """What makes an explain output's labels what they are: the explainer's digest and the sampling."""
+    from dataclasses import asdict
+
+    return {"explainer": explainer_digest(explainer), "sampling": asdict(sampling)}
+
+
+def check_output_run(path: Path, run: dict, has_records: bool = True) -> None:
+    """Refuse to resume `path` when its recorded run differs from `run`; record `run` when there is
+    none yet (an output written before manifests resumes as before) or when the output holds no
+    record (a deleted output's leftover manifest describes nothing)."""
+    manifest = path.with_name(path.name + ".run.json")
+    if not (manifest.exists() and has_records):
+        write_json(run, manifest)
+        return
+    found = first_difference(read_json(manifest), run)
+    if found is None:
+        return
+    key, old, new = found
+    start_over = f"choose another output (or delete {path} and {manifest.name})"
+    if key == "explainer":
+        raise RunMismatchError(f"{path} holds labels of another explainer (its weights, template or site differ); "
+                               f"resume it with that explainer, or {start_over}.")
+    name = key.removeprefix("sampling.")
+    setting = f"sampling {name}" if name != key else key
+    flag = f" ({SAMPLING_FLAGS[name]} {old})" if name in SAMPLING_FLAGS else ""
+    raise RunMismatchError(f"{path} was written with {setting}={old!r}, this run asks {new!r}; rerun "
+                           f"with {name}={old!r}{flag}, or {start_over}.")
