@@ -86,7 +86,7 @@ def test_plugins_json_keeps_its_keys(capsys):
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     assert list(json.loads(out)) == ["plugins", "backends", "adapters", "vector_sources", "scorers", "tasks",
-                                     "baselines", "errors"]
+                                     "baselines", "explainers", "errors"]
 
 
 def test_plugins_prints_a_table(capsys, monkeypatch):
@@ -111,7 +111,9 @@ def test_plugins_prints_a_table(capsys, monkeypatch):
     assert rows["adapters"].endswith("register_adapters")
     kinds = dict(line.strip().split("  ", 1) for line in blocks[1].splitlines()[1:])
     kinds = {title: names.strip().split(", ") for title, names in kinds.items()}
-    assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines"]
+    assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines",
+                           "shipped explainers"]
+    assert kinds["shipped explainers"] == ["smollm2-topics"]  # the core's; the broken plugin added none
     assert "hf" in kinds["backends"] and "scalar_affine" in kinds["adapter kinds"]
     assert {"exact_match", "recall_at_k"} <= set(kinds["scorers"]) and kinds["tasks"] == ["-"]
     assert blocks[2].splitlines()[1:] == ["  broken_plugin: RuntimeError: first line second line"]
