@@ -41,7 +41,10 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
         return rows
     if features is not None:
         raise VectorError("features= selects an SAE's latents; for activations index the tensor yourself.")
-    if hasattr(x, "cache_dict") and spec is not None:  # a TransformerLens ActivationCache: read the spec's site
+    if hasattr(x, "cache_dict"):  # a TransformerLens ActivationCache: read site= or else the spec's site
+        if given_site is None and spec is None:
+            raise VectorError("This explainer records no site to read from a whole cache; pass site= (e.g. "
+                              "site='blocks.10.hook_resid_post') or the cache entry itself.")
         key = (given_site or Site.parse(spec.site)).hook_name
         if key not in x.cache_dict:
             raise VectorError(f"The cache holds no {key!r}; run the model with that hook cached (names_filter).")

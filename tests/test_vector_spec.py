@@ -142,6 +142,19 @@ def test_prepare_vectors_reads_the_spec_site_from_an_activation_cache(trained):
         explainer.prepare_vectors(cache, site="resid_post.0")
 
 
+def test_an_explainer_without_a_spec_reads_a_cache_at_the_site_given(tiny_llama):
+    """Without a vector_spec (an explainer made, not trained on a dataset) a whole cache is read at
+    site=, and without site= the error says to pass one (it was "Cannot read a _Cache as vectors")."""
+    model, tok = tiny_llama
+    explainer = Explainer.create(model, tok, adapter="scalar_affine", template="echo")
+    assert explainer.vector_spec is None
+    entry = torch.randn(1, 5, model.config.hidden_size)
+    cache = _Cache({"blocks.1.hook_resid_post": entry})
+    torch.testing.assert_close(explainer.prepare_vectors(cache, site="blocks.1.hook_resid_post"), entry[:, -1])
+    with pytest.raises(VectorError, match="pass site="):
+        explainer.prepare_vectors(cache)
+
+
 def test_prepare_vectors_warns_on_another_site_and_on_uncentred_vectors(trained):
     explainer, _, data, _ = trained
     with warnings.catch_warnings(record=True) as caught:
