@@ -6,6 +6,7 @@
   label               label every latent (or a range) with a trained explainer; resumable JSONL
                       plus a Neuronpedia-format copy
   score               generation or detection scoring of a labels file
+  demo                the shipped explainer on held-out latents of the shipped SAE (offline)
 """
 
 from __future__ import annotations
@@ -86,6 +87,33 @@ def register(cli):
     @cli.group()
     def sae():
         """SAE-Lens features: datasets, labels in Neuronpedia's format, generation and detection scoring."""
+
+    @sae.command("demo")
+    @model_option()
+    @click.option("--n", "n_latents", type=COUNT, default=12, show_default=True, help="held-out latents to label")
+    def demo(model_name, n_latents):
+        """Label held-out latents of the shipped SAE (smollm2-resid6-topk) with the shipped SAE-feature
+        explainer (smollm2-sae-features), next to their weak labels (offline, under a minute)."""
+        from selfinterp_plugins import Explainer, Sampling
+        from selfinterp_plugins.evaluation.scoring import exact_match
+
+        from .shipped import SHIPPED_SAE, SHIPPED_SAE_EXPLAINER, shipped_held_out
+        from .source import load_sae
+
+        rows = shipped_held_out()[:n_latents]
+        sae_obj = load_sae(SHIPPED_SAE)
+        explainer = Explainer.from_pretrained(SHIPPED_SAE_EXPLAINER, model=load_backend(model_name))
+        vectors = explainer.prepare_vectors(sae_obj, features=[r["feature"] for r in rows])
+        records = explainer.explain(vectors, ids=[str(r["feature"]) for r in rows], sampling=Sampling(max_new_tokens=16),
+                                    progress=False)
+        named = 0
+        click.echo(f"{'latent':>7}  {'weak label':<14}  explainer's label")
+        for row, record in zip(rows, records):
+            hit = exact_match([dict(record, scale=0.0)], {record["id"]: row["label"]})[0.0] == 1.0
+            named += hit
+            click.echo(f"{row['feature']:>7}  {row['label']:<14}  {record['label']}{'   <- same' if hit else ''}")
+        click.echo(f"same as the weak label on {named} of {len(rows)} held-out latents (weak labels: each latent's "
+                   "dominant top-activating word; generation scores and baselines in docs/sae_lens.md)")
 
     @sae.command("train-sae")
     @model_option()

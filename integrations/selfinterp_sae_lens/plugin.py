@@ -45,6 +45,15 @@ def register_scorers(register):
 
 
 @hookimpl
+def register_explainers(register):
+    """The SAE-feature explainer shipped with this plugin (`smollm2-sae-features`)."""
+    from .shipped import shipped_explainer_dirs
+
+    for name, directory in shipped_explainer_dirs().items():
+        register(name, directory)
+
+
+@hookimpl
 def register_commands(cli):
     from .cli import register
 

@@ -23,7 +23,8 @@ __all__ = ["build_sae_dataset", "feature_indices", "feature_vectors", "hook_name
 
 
 def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, device: str = "cpu"):
-    """An SAE-Lens `SAE` from an object, a saved directory, or `release` + `sae_id`."""
+    """An SAE-Lens `SAE` from an object, a saved directory (or a shipped SAE's name,
+    `smollm2-resid6-topk`), or `release` + `sae_id`."""
     if sae is not None and (release or sae_id):
         raise ArtifactError("Give an SAE directory (--sae) or an SAE-Lens release and SAE id (--release, --sae-id), "
                             "not both: the one left over would be ignored.")
@@ -31,8 +32,9 @@ def load_sae(sae=None, release: str | None = None, sae_id: str | None = None, de
         return sae
     if sae is not None:
         from .sae_training import TRAIN_FILE, load_saved_sae
+        from .shipped import sae_location
 
-        path = Path(sae)
+        path = sae_location(sae)  # a directory, or a shipped SAE's name
         if not (path / "cfg.json").is_file() and not (path / TRAIN_FILE).is_file():
             raise ArtifactError(f"No SAE at {path} (no cfg.json); save one with `sae.save_model(path)`.")
         check_artifact_dir(path)
