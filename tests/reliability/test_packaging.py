@@ -63,6 +63,12 @@ def test_wheel_carries_every_package_and_the_shipped_data(wheel):
         assert f"{package}/plugin.py" in names or f"{package}/__init__.py" in names, package
     assert "selfinterp_plugins/data/topics.jsonl" in names
     assert any(n.startswith("selfinterp_plugins/data/explainers/smollm2-topics/") for n in names)
+    for shipped in ("selfinterp_peft/data/dit/smollm2-hidden-topics/dit_config.json",
+                    "selfinterp_peft/data/dit/smollm2-hidden-topics/held_out/index.jsonl",
+                    "selfinterp_sae_lens/data/saes/smollm2-resid6-topk/sae_weights.safetensors",
+                    "selfinterp_sae_lens/data/explainers/smollm2-sae-features/explainer_config.json",
+                    "selfinterp_sae_lens/data/explainers/smollm2-sae-features/held_out.jsonl"):
+        assert shipped in names, shipped
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[selfinterp]" in text and "selfinterp_peft.plugin" in text
