@@ -1,0 +1,45 @@
+"""Each user's docs page opens with the lines that user would type and what they print: those
+lines run here as written, and must print exactly what the page shows, so the pages never rot."""
+
+from __future__ import annotations
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = {"nnsight.md": "nnsight", "transformer_lens.md": "transformer_lens", "sae_lens.md": "sae_lens", "peft.md": "peft"}
+
+
+def opening(page: str) -> tuple[str, str]:
+    """The page's first python block and the text block that follows it (what it prints)."""
+    text = (DOCS / page).read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code, f"{page} does not open with a python block"
+    shown = re.search(r"```text\n(.*?)```", text[code.end():], re.S)
+    assert shown, f"{page}: no ```text block showing what the opening lines print"
+    return code.group(1), shown.group(1)
+
+
+def test_every_users_page_opens_with_its_lines_and_their_output():
+    for page in PAGES:
+        code, shown = opening(page)
+        before = (DOCS / page).read_text().split("```python", 1)[0]
+        assert len(before.splitlines()) <= 4, f"{page}: the code should come first, after the title and install line"
+        assert 5 <= len(code.splitlines()) <= 15 and shown.strip()
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(PAGES[page])
+    code, shown = opening(page)
+    script = tmp_path / f"opening_of_{page.replace('.md', '')}.py"  # not named like the library it imports
+    script.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines() == shown.strip().splitlines()
