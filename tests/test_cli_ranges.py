@@ -48,6 +48,7 @@ REST = {
     "sae import-neuronpedia": ["{tmp}", "--out", "{out}"],
     "sae label": ["{tmp}", "--sae", "{tmp}", "--output", "{out}"],
     "sae score": ["{tmp}", "--sae", "{tmp}", "--output", "{out}"],
+    "sae demo": [],
 }
 
 RANGES = {
@@ -77,6 +78,7 @@ RANGES = {
     "sae import-neuronpedia": {"--seed": NONNEG},
     "sae label": {"--scale": FINITE, "--batch-size": COUNT, "--max-new-tokens": COUNT},
     "sae score": {"--samples": COUNT, "--max-new-tokens": COUNT, "--windows": COUNT},
+    "sae demo": {"--n": COUNT},
 }
 
 CASES = [(command, option, value) for command, options in RANGES.items()

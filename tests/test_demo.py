@@ -22,10 +22,12 @@ def test_demo_trained_beats_untrained(capsys):
 
 
 def test_an_unknown_explainer_name_lists_the_shipped_ones(tiny_llama):
-    from selfinterp_plugins import Explainer
+    from selfinterp_plugins import Explainer, shipped_explainer_names
     from selfinterp_plugins.errors import ArtifactError
 
-    with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics\)"):
+    names = ", ".join(["shipped", *shipped_explainer_names()])  # the core's and the installed plugins' (SAE-Lens's)
+    assert "smollm2-topics" in names
+    with pytest.raises(ArtifactError, match=rf"shipped explainer's name \({names}\)\.$"):
         Explainer.from_pretrained("smollm2-topicz", model=tiny_llama[0], tokenizer=tiny_llama[1])
 
 
