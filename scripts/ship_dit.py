@@ -86,7 +86,10 @@ def main() -> None:
             shutil.rmtree(diff_dir(staged / "held_out", row["id"]))
         rows = [{k: r[k] for k in ("id", "topic", "trigger", "rank", "split", "kind") if k in r} for r in held_out[: args.n]]
         (staged / "held_out" / INDEX).write_text("".join(json.dumps(r) + "\n" for r in rows))
-        shutil.copytree(staged, args.out)  # a new directory: the old one was never deleted first (refused above)
+        # a new directory (the old one was never deleted first: refused above), appearing whole or not at all
+        partial = args.out.with_name(args.out.name + ".partial")
+        shutil.copytree(staged, partial)
+        partial.rename(args.out)
     print(f"wrote {args.out} ({sum(f.stat().st_size for f in args.out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 

@@ -88,8 +88,10 @@ def main() -> None:
             raise SystemExit("labels through the bfloat16 SAE differ; ship float32 instead")
         explainer.save_pretrained(explainer_dir)
         (explainer_dir / "held_out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
-        shutil.copytree(sae_dir, args.sae_out)
-        shutil.copytree(explainer_dir, args.explainer_out)
+        for staged, out in ((sae_dir, args.sae_out), (explainer_dir, args.explainer_out)):
+            partial = out.with_name(out.name + ".partial")  # each directory appears whole or not at all
+            shutil.copytree(staged, partial)
+            partial.rename(out)
     for out in (args.sae_out, args.explainer_out):
         print(f"wrote {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 

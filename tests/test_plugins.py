@@ -223,6 +223,7 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     taken over, and a directory that exists under the name still wins."""
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.defaults import explainer_location, shipped_explainer_dir, shipped_explainer_names
+    from selfinterp_plugins.errors import ArtifactError
 
     model, tok = tiny_llama
     saved = tmp_path / "plugin-data" / "tiny-features"
@@ -245,5 +246,5 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-features").mkdir()
     assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
-    with pytest.raises(Exception, match="shipped, smollm2-topics, tiny-features"):
+    with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, tiny-features\)\.$"):
         Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)
