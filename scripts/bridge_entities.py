@@ -34,7 +34,7 @@ def main() -> None:
     from selfinterp_plugins.cli import _explainer_dir
     from selfinterp_plugins.evaluation.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.models import load_model
-    from selfinterp_plugins.serialization import write_bytes_atomic, write_text_atomic
+    from selfinterp_plugins.storage import write_bytes_atomic, write_text_atomic
 
     started = time.time()
     out = Path(args.out)

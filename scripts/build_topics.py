@@ -289,7 +289,7 @@ def main() -> None:
     args = parser.parse_args()
 
     topics = build(args.wordnet_dir, args.count)
-    from selfinterp_plugins.serialization import write_text_atomic
+    from selfinterp_plugins.storage import write_text_atomic
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, "".join(json.dumps(topic, ensure_ascii=False) + "\n" for topic in topics))

@@ -45,7 +45,7 @@ def main() -> None:
     from selfinterp_plugins.evaluation import evaluate_explainer
     from selfinterp_plugins.evaluation.scoring import sentence_embedder
     from selfinterp_plugins.models import load_model
-    from selfinterp_plugins.serialization import write_text_atomic
+    from selfinterp_plugins.storage import write_text_atomic
     from selfinterp_plugins.topics import load_topics, topic_vectors
 
     out = Path(args.out)

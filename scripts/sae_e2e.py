@@ -53,7 +53,7 @@ def main(argv=None):
     from selfinterp_plugins import Explainer, HFBackend, Sampling, TrainConfig, VectorLabelDataset
     from selfinterp_plugins.evaluation.baselines import get_baseline
     from selfinterp_plugins.models import load_model
-    from selfinterp_plugins.serialization import write_text_atomic
+    from selfinterp_plugins.storage import write_text_atomic
     from selfinterp_sae_lens.corpus import shakespeare_texts, token_windows
     from selfinterp_sae_lens.detection_scoring import ContextPool, ModelJudge, detection_score
     from selfinterp_sae_lens.generation_scoring import generation_score

@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 from selfinterp_peft.diff_store import INDEX, diff_dir, read_index
 from selfinterp_peft.dit import DITAdapter
 from selfinterp_peft.weight_diff import WeightDiff
-from selfinterp_plugins.artifact_files import STAGED_SUFFIX, committed_files, record_free
 from selfinterp_plugins.models import load_model
+from selfinterp_plugins.storage import committed_files, record_free
+from selfinterp_plugins.storage._commits import STAGED_SUFFIX
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the config names the base by hub id; it is never loaded from there
 

@@ -35,7 +35,7 @@ from selfinterp_plugins.backends import HFBackend
 from selfinterp_plugins.evaluation import evaluate_explainer, ridge_probe_recall
 from selfinterp_plugins.evaluation.scoring import sentence_embedder
 from selfinterp_plugins.models import load_model
-from selfinterp_plugins.serialization import write_text_atomic
+from selfinterp_plugins.storage import write_text_atomic
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 UNTRAINED_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

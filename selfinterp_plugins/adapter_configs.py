@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Annotated
 
 from .errors import ArtifactError, UnknownNameError
-from .validation import Name, PositiveFloat, between, check_fields, validate
+from .storage.validation import Name, PositiveFloat, between, check_fields, validate
 
 #: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
 #: in a config file is corruption, and a full-rank adapter of it would exhaust memory

@@ -23,7 +23,7 @@ from .cli_options import (
 )
 from .defaults import explainer_location
 from .errors import SelfInterpError
-from .locks import DirectoryLock
+from .storage._locks import DirectoryLock
 
 
 def _explainer_dir(path: str) -> Path:
@@ -217,7 +217,7 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     """Trained explainers vs untrained baselines vs the knowledge control: one HTML report + JSON.
     Resumable: rerun with the same options and finished sweeps are reused."""
     from .evaluation.report import ReportConfig, run_report
-    from .serialization import read_json
+    from .storage._files import read_json
 
     options = read_json(Path(config_path)) if config_path else {}
     given = {"model": model_name, "explainers": list(explainers) or None, "baselines": list(baselines) or None,

@@ -3,7 +3,7 @@
 On disk, a directory with three plain files that any tool can read:
 `vectors.safetensors` (one tensor "vectors", N × d_model), `labels.jsonl` (one record per row:
 id, label, split and anything else) and `dataset.json` (model, site, source, d_model, count, and
-the names and SHA-256 of the other two: it commits them, see `artifact_files`).
+the names and SHA-256 of the other two: it commits them, see `storage`).
 No pickle anywhere.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, LabelError, VectorError
-from .validation import NonNegativeInt, PositiveInt, validate
+from .storage.validation import NonNegativeInt, PositiveInt, validate
 
 # public: what every vector source returns (hookspecs.register_vector_sources)
 __all__ = ["VectorLabelDataset"]
@@ -96,11 +96,11 @@ class VectorLabelDataset:
         return self if n is None or n >= len(self) else self.select(range(n))
 
     def save(self, directory: str | Path) -> Path:
-        """Write the three files as one commit (`artifact_files`): `dataset.json`, written last,
+        """Write the three files as one commit (`storage`): `dataset.json`, written last,
         names the vectors and labels files with their SHA-256, so a kill at any moment leaves the
         old dataset or the new one, never new vectors with old labels."""
-        from .artifact_files import record_free, save_committed
-        from .serialization import save_safetensors, write_text_atomic
+        from .storage._commits import record_free, save_committed
+        from .storage._files import save_safetensors, write_text_atomic
 
         directory = Path(directory)
         vectors = {"vectors": self.vectors.contiguous().float()}
@@ -114,8 +114,8 @@ class VectorLabelDataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> VectorLabelDataset:
-        from .artifact_files import committed_file, record_free
-        from .serialization import load_safetensors, read_json, read_jsonl
+        from .storage._commits import committed_file, record_free
+        from .storage._files import load_safetensors, read_json, read_jsonl
 
         directory = Path(directory)
         if not directory.is_dir():

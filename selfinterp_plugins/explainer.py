@@ -19,15 +19,15 @@ import torch
 
 from ._version import __version__
 from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
-from .artifact_files import save_weights_and_config, weights_file
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
 from .errors import ArtifactError, ModelMismatchError, UnknownNameError, VectorError
-from .locks import DirectoryLock
-from .serialization import check_artifact_dir, load_safetensors, read_json
 from .sites import Site
+from .storage._commits import save_weights_and_config, weights_file
+from .storage._files import check_artifact_dir, load_safetensors, read_json
+from .storage._locks import DirectoryLock
+from .storage.validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
 from .templates import PromptTemplate
-from .validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
 from .vector_spec import MEAN_KEY, VectorSpec, prompt_text
 
 CONFIG_FILE = "explainer_config.json"

@@ -5,7 +5,7 @@ With `output`, every finished batch is appended (flushed) to a JSONL file, and a
 the jobs already there, so a crash or Ctrl-C loses at most one batch. Beside the output,
 `<output>.run.json` records what makes its labels what they are (the explainer's weights, template
 and site; the sampling settings): a rerun with another explainer or other settings is refused in
-one line (`run_manifests.check_output_run`) instead of mixing two runs' labels in one file. Ids,
+one line (`storage._manifests.check_output_run`) instead of mixing two runs' labels in one file. Ids,
 scales and samples may grow (each record is its own (id, scale, sample) job).
 """
 
@@ -22,8 +22,8 @@ from .adapters import check_vectors
 from .backends.base import Sampling
 from .errors import ArtifactError, OptionError, VectorError
 from .results import ExplainResults
-from .run_manifests import check_output_run, explain_run
-from .serialization import JsonlWriter, read_jsonl
+from .storage._files import JsonlWriter, read_jsonl
+from .storage._manifests import check_output_run, explain_run
 
 
 def _job_key(record: dict, path, n: int) -> tuple:

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from .errors import BackendError
-from .validation import NonNegativeInt, check_fields, validate
+from .storage.validation import NonNegativeInt, check_fields, validate
 
 # public: backends and vector sources say where a vector lives with a Site
 __all__ = ["Site"]

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import LabelError, TemplateError
-from .validation import Name, Text, check_fields, validate
+from .storage.validation import Name, Text, check_fields, validate
 
 # public: besides PromptTemplate, the chat-format helpers plugins build their own prompts and stop
 # conditions with, so every prompt in a model's chat format is written the same way

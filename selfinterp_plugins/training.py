@@ -20,9 +20,7 @@ from typing import Annotated
 import torch
 
 from .errors import ArtifactError
-from .locks import DirectoryLock
-from .run_manifests import check_same_run, run_manifest
-from .serialization import (
+from .storage._files import (
     _step,
     load_safetensors,
     output_errors,
@@ -31,11 +29,13 @@ from .serialization import (
     write_json,
     write_text_atomic,
 )
-from .validation import LossValue, Name, NonNegativeFloat, between, check_finite_tensors, validate
+from .storage._locks import DirectoryLock
+from .storage._manifests import check_same_run, run_manifest
+from .storage.validation import LossValue, Name, NonNegativeFloat, between, check_finite_tensors, validate
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
-# check_same_run (run_manifests) refuses a resume with other settings; also here, where plugins found it first
+# check_same_run (storage) refuses a resume with other settings; also here, where plugins found it first
 __all__ = ["TrainConfig", "check_same_run", "optimizer_state", "restore_optimizer"]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -270,7 +270,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
 def _truncate_log(path: Path, step: int) -> None:
     """Keep the log's records up to the checkpoint's step: the steps after it are replayed, and
     logging them twice would make the log disagree with the run."""
-    from .serialization import read_jsonl
+    from .storage._files import read_jsonl
 
     kept = [r for r in read_jsonl(path, tolerate_torn_tail=True) if r.get("step", 0) <= step]
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))

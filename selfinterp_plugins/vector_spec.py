@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 from .errors import ArtifactError, BackendError
 from .sites import Site
-from .validation import Name, PositiveFloat, Text, check_fields, validate
+from .storage.validation import Name, PositiveFloat, Text, check_fields, validate
 
 # public: plugins' vector sources describe their vectors with one (dataset meta -> VectorSpec.from_meta)
 __all__ = ["VectorSpec"]

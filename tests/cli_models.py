@@ -11,7 +11,7 @@ import torch
 
 from selfinterp_plugins import VectorLabelDataset
 from selfinterp_plugins.models import tiny_model
-from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+from selfinterp_plugins.storage._files import load_safetensors, read_jsonl
 
 from plugin_fakes import run_cli
 

@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from selfinterp_plugins.locks import DirectoryLock
+from selfinterp_plugins.storage._locks import DirectoryLock
 
-HOLD = ("import sys\nfrom selfinterp_plugins.locks import DirectoryLock\n"
+HOLD = ("import sys\nfrom selfinterp_plugins.storage._locks import DirectoryLock\n"
         "with DirectoryLock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
 
 

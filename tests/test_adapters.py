@@ -22,7 +22,7 @@ from selfinterp_plugins.adapters import (
     normalize,
 )
 from selfinterp_plugins.errors import ArtifactError, UnknownNameError, UnsupportedInitError, VectorError
-from selfinterp_plugins.serialization import load_safetensors, save_safetensors
+from selfinterp_plugins.storage._files import load_safetensors, save_safetensors
 
 D = 32
 RANK = 4

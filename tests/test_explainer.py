@@ -359,7 +359,8 @@ def test_a_save_killed_at_any_step_leaves_the_old_explainer_or_the_new_one(tiny_
     save (weights staged, config commit, move, config rewrite) is interrupted in turn."""
     import os as os_module
 
-    from selfinterp_plugins import artifact_files, serialization
+    from selfinterp_plugins.storage import _commits as artifact_files
+    from selfinterp_plugins.storage import _files as serialization
 
     model, tok = tiny_llama
     old = Explainer.create(model, tokenizer=tok, adapter="scalar_affine", template="echo")
@@ -440,7 +441,7 @@ def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path
 
 def test_an_output_manifest_is_compared_as_a_checkpoints_is(explainer, tmp_path):
     """Explain outputs and training checkpoints find "the same run" with one comparison
-    (run_manifests.first_difference): a sampling field only the saved manifest has (a newer
+    (storage._manifests.first_difference): a sampling field only the saved manifest has (a newer
     version's option) is a difference too, named in the one line, instead of being ignored."""
     from selfinterp_plugins.errors import RunMismatchError
 

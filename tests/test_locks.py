@@ -1,4 +1,4 @@
-"""One writer per output directory (`selfinterp_plugins.locks`): a second writer, from another
+"""One writer per output directory (`selfinterp_plugins.storage._locks`): a second writer, from another
 process or another thread, fails at once with one line naming the holder's pid and writes nothing;
 the lock goes with its holder, also when the holder is killed; loaders never mind the lock file."""
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 from lock_holders import held_by_process, holder, snapshot
 
-from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset, locks
+from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.errors import OutputLockedError
-from selfinterp_plugins.locks import LOCK_FILE, DirectoryLock
+from selfinterp_plugins.storage import _locks as locks
+from selfinterp_plugins.storage._locks import LOCK_FILE, DirectoryLock
 
 WORDS = ["cat", "dog", "river", "sun"]
 

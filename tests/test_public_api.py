@@ -104,7 +104,10 @@ def test_plugins_and_examples_import_only_public_names():
 
 @pytest.mark.parametrize("source, expected", [
     ("from selfinterp_plugins import Explainer", []),
-    ("from selfinterp_plugins.serialization import read_json", []),
+    ("from selfinterp_plugins.storage import read_json", []),
+    ("from selfinterp_plugins.storage.validation import validate", []),
+    ("from selfinterp_plugins.storage._files import read_json", ["selfinterp_plugins.storage._files is a private module"]),
+    ("from selfinterp_plugins.storage import _step", ["_step is not in selfinterp_plugins.storage.__all__"]),
     ("import selfinterp_plugins.models", []),
     ("from selfinterp_plugins import models", []),
     ("from selfinterp_plugins.explainer import _pad_id", ["_pad_id is not in selfinterp_plugins.explainer.__all__"]),

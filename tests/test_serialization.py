@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from selfinterp_plugins.errors import ArtifactError
-from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
+from selfinterp_plugins.storage._files import JsonlWriter, read_jsonl
 
 RECORDS = [{"id": str(i), "scale": 1.0, "label": f"label {i}"} for i in range(3)]
 
@@ -62,7 +62,7 @@ def test_a_second_writer_fails_at_once_and_writes_nothing(tmp_path):
     path = tmp_path / "out.jsonl"
     first = JsonlWriter(path)
     first.write(RECORDS[0])
-    other = subprocess.run([sys.executable, "-c", "import sys\nfrom selfinterp_plugins.serialization import JsonlWriter\n"
+    other = subprocess.run([sys.executable, "-c", "import sys\nfrom selfinterp_plugins.storage._files import JsonlWriter\n"
                             "try:\n    JsonlWriter(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, e)\n",
                             str(path)], capture_output=True, text=True, timeout=120)
     assert other.stdout.startswith("OutputLockedError") and "being written by another run" in other.stdout  # an ArtifactError
@@ -91,7 +91,7 @@ def test_saved_weights_are_readable_as_the_umask_allows(tmp_path, umask):
     were 0600, unreadable by the rest of a team sharing a results directory."""
     import torch
 
-    from selfinterp_plugins.serialization import save_safetensors, write_json
+    from selfinterp_plugins.storage._files import save_safetensors, write_json
 
     mask = os.umask(umask)
     try:
@@ -109,7 +109,7 @@ def test_a_file_that_cannot_be_read_is_an_artifact_error(tmp_path, monkeypatch):
     from pathlib import Path
 
     from selfinterp_plugins.errors import ArtifactError
-    from selfinterp_plugins.serialization import read_json
+    from selfinterp_plugins.storage._files import read_json
 
     (tmp_path / "c.json").write_text("{}")
 
@@ -124,8 +124,8 @@ def test_a_file_that_cannot_be_read_is_an_artifact_error(tmp_path, monkeypatch):
 def test_a_library_save_with_a_sub_folder_is_refused_not_half_committed(tmp_path):
     """Only files are committed; a sub-folder a library writes (PEFT's non-default adapters) was
     dropped silently with the scratch folder."""
-    from selfinterp_plugins.artifact_files import SCRATCH_DIR, save_serialised_committed
     from selfinterp_plugins.errors import ArtifactError
+    from selfinterp_plugins.storage._commits import SCRATCH_DIR, save_serialised_committed
 
     def serialise(folder):
         (folder / "adapter_config.json").write_text("{}")

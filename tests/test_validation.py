@@ -26,8 +26,8 @@ from selfinterp_plugins.errors import (
     UnknownNameError,
 )
 from selfinterp_plugins.evaluation.report import ReportConfig
-from selfinterp_plugins.serialization import read_bytes, read_json, read_jsonl
-from selfinterp_plugins.validation import (
+from selfinterp_plugins.storage._files import read_bytes, read_json, read_jsonl
+from selfinterp_plugins.storage.validation import (
     MAX_TEXT_CHARS,
     LossValue,
     Name,

@@ -24,8 +24,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
-from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.serialization import write_text_atomic
+from selfinterp_plugins.storage import DirectoryLock, write_text_atomic
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
@@ -43,7 +42,7 @@ def _load(model_name):
 
 def _named_base(adapter) -> str | None:
     """The base model an adapter's config names, only to say it in an error (never loaded)."""
-    from selfinterp_plugins.serialization import read_json
+    from selfinterp_plugins.storage import read_json
 
     try:
         return read_json(Path(adapter) / "adapter_config.json").get("base_model_name_or_path")

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError
-from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
+from selfinterp_plugins.storage import JsonlWriter, read_jsonl
 
 from .weight_diff import WeightDiff
 

@@ -17,12 +17,24 @@ from typing import Literal
 
 import torch
 
-from selfinterp_plugins.artifact_files import record_free, save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.models import embedding_fingerprint
-from selfinterp_plugins.serialization import check_artifact_dir, read_json
-from selfinterp_plugins.validation import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Text, validate
+from selfinterp_plugins.storage import (
+    DirectoryLock,
+    check_artifact_dir,
+    read_json,
+    record_free,
+    save_serialised_committed,
+    usual_names,
+)
+from selfinterp_plugins.storage.validation import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Text,
+    validate,
+)
 
 from .batched import per_row_diffs
 from .chat import chat_ids
@@ -126,13 +138,13 @@ class DITAdapter:
         directory = check_artifact_dir(dit_location(directory))
         raw = read_json(directory / CONFIG_FILE)
         config = DITConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
-        with usual_names(directory, raw) as files:  # the committed adapter files (artifact_files)
+        with usual_names(directory, raw) as files:  # the committed adapter files (storage)
             return cls(PeftModel.from_pretrained(model, str(files)), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the adapter (the directory locked while written: a second writer fails at once):
         PEFT's files committed with dit_config.json as the record, so a kill leaves the old adapter
-        or the new one, never new weights under an old config (artifact_files)."""
+        or the new one, never new weights under an old config (storage)."""
         directory = Path(directory)
         with DirectoryLock(directory):
             save_serialised_committed(directory, lambda folder: self.model.save_pretrained(str(folder), safe_serialization=True),

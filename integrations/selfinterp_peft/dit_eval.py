@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from selfinterp_plugins.evaluation.scoring import exact_match, recall_at_k
-from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
+from selfinterp_plugins.storage import JsonlWriter, read_jsonl
 
 from .hidden_topics import TRIGGER_TEMPLATE, mentions
 

@@ -8,7 +8,7 @@ where an uninterrupted run ends (the caller replays its seeded batch order).
 The checkpoint directory is locked while a run writes it (a second run into it fails at once),
 and `state.json` holds the run's manifest (the caller's settings, the data's count and SHA-256,
 the base model's fingerprint): a resume with another setting is refused by
-`selfinterp_plugins.run_manifests.check_same_run`, naming it, before any weight is loaded; only the
+`selfinterp_plugins.storage.check_same_run`, naming it, before any weight is loaded; only the
 number of epochs may grow (these loops have no schedule tied to it). A checkpoint written before
 manifests were recorded resumes as before.
 """
@@ -25,10 +25,16 @@ from typing import Annotated
 import torch
 
 from selfinterp_plugins.errors import ArtifactError, RunMismatchError
-from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.run_manifests import sha256_hex
-from selfinterp_plugins.serialization import load_safetensors, output_errors, read_json, save_safetensors, write_json
-from selfinterp_plugins.validation import LossValue, between, check_finite_tensors, validate
+from selfinterp_plugins.storage import (
+    DirectoryLock,
+    load_safetensors,
+    output_errors,
+    read_json,
+    save_safetensors,
+    sha256_hex,
+    write_json,
+)
+from selfinterp_plugins.storage.validation import LossValue, between, check_finite_tensors, validate
 
 #: more epochs than any run has: a larger `epochs_done` is corruption
 MAX_EPOCHS = 10**6
@@ -94,7 +100,7 @@ def resume_epochs(directory, named, optimizer, run: dict | None = None, run_opti
     the run's length, refused if the checkpoint has more done. A run may be lengthened: epoch k's
     batches and learning rate do not depend on the total (see `epoch_batches`), so it ends where
     an uninterrupted run of the new length ends; the manifests leave `epochs` out."""
-    from selfinterp_plugins.run_manifests import check_same_run
+    from selfinterp_plugins.storage import check_same_run
     from selfinterp_plugins.training import restore_optimizer
 
     if directory is None or not (Path(directory) / "state.json").exists():

@@ -25,24 +25,26 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from selfinterp_plugins.artifact_files import committed_files, save_serialised_committed, usual_names
 from selfinterp_plugins.errors import ArtifactError, SelfInterpError
-from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.serialization import (
+from selfinterp_plugins.storage import (
+    DirectoryLock,
     check_artifact_dir,
+    committed_files,
     load_safetensors,
     read_json,
     save_safetensors,
+    save_serialised_committed,
+    usual_names,
     write_json,
 )
-from selfinterp_plugins.validation import Name, NonNegativeInt, between, check_finite_tensors, validate
+from selfinterp_plugins.storage.validation import Name, NonNegativeInt, between, check_finite_tensors, validate
 
 from .low_rank import factor_svd, truncated_factors
 from .peft_conversion import base_copies, module_changes, unload_keeping_base
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
-#: our own file beside PEFT's, and the commit record of a saved diff (artifact_files)
+#: our own file beside PEFT's, and the commit record of a saved diff (storage)
 INFO_FILE = "weight_diff.json"
 _PREFIX = "base_model.model."
 FIX = "re-save the adapter (save_pretrained) or re-download it."

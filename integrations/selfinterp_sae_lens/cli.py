@@ -26,7 +26,7 @@ from selfinterp_plugins.cli_options import (
     model_option,
 )
 from selfinterp_plugins.errors import VectorError
-from selfinterp_plugins.serialization import write_text_atomic
+from selfinterp_plugins.storage import write_text_atomic
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -60,7 +60,7 @@ def sae_options(command):
 
 def read_label_records(path) -> list[dict]:
     """Label records from explain / `sae label` JSONL, or from a Neuronpedia explanations file."""
-    from selfinterp_plugins.serialization import read_jsonl
+    from selfinterp_plugins.storage import read_jsonl
 
     path = Path(path)
     rows = read_jsonl(path) if path.suffix == ".jsonl" else []

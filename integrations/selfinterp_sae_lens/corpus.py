@@ -56,7 +56,7 @@ def read_texts(source: str | Path | None = None) -> list[str]:
             raise ArtifactError(f"{path} has no .txt files; point --corpus at a directory of text files.")
         return [f.read_text(encoding="utf-8", errors="replace") for f in files]
     if path.suffix == ".jsonl":
-        from selfinterp_plugins.serialization import read_jsonl
+        from selfinterp_plugins.storage import read_jsonl
 
         rows = read_jsonl(path)
         bad = [i for i, r in enumerate(rows, 1) if not isinstance(r.get("text"), str)]

@@ -22,7 +22,7 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.backends.base import Sampling
-from selfinterp_plugins.serialization import JsonlWriter, read_jsonl
+from selfinterp_plugins.storage import JsonlWriter, read_jsonl
 
 from .latents import latent_acts, max_acts
 

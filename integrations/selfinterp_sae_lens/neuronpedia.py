@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError, LabelError
-from selfinterp_plugins.serialization import (
+from selfinterp_plugins.storage import (
     output_errors,
     parse_json,
     read_bytes,
     write_bytes_atomic,
     write_text_atomic,
 )
-from selfinterp_plugins.validation import MAX_INFLATED_BYTES, MAX_JSONL_BYTES
+from selfinterp_plugins.storage.validation import MAX_INFLATED_BYTES, MAX_JSONL_BYTES
 
 EXPORT_URL = "https://www.neuronpedia.org/api/explanation/export?modelId={model}&saeId={sae}"
 

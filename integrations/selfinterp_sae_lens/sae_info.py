@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from selfinterp_plugins.errors import BackendError
 from selfinterp_plugins.sites import Site
-from selfinterp_plugins.validation import Name, PositiveInt, validate
+from selfinterp_plugins.storage.validation import Name, PositiveInt, validate
 
 FIX = "fix the SAE's cfg.json (metadata.hook_name such as 'blocks.10.hook_resid_post', d_sae a positive integer) or re-save it."
 #: what this integration reads of an SAE's metadata (the rest is SAE-Lens's business)

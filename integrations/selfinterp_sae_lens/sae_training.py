@@ -18,13 +18,11 @@ from pathlib import Path
 
 import torch
 
-from selfinterp_plugins.artifact_files import save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.serialization import read_json
 from selfinterp_plugins.sites import Site
+from selfinterp_plugins.storage import DirectoryLock, read_json, save_serialised_committed, usual_names
 
-#: the training settings beside SAE-Lens's files, and the commit record of a saved SAE (artifact_files)
+#: the training settings beside SAE-Lens's files, and the commit record of a saved SAE (storage)
 TRAIN_FILE = "selfinterp_sae_train.json"
 
 

@@ -14,7 +14,7 @@ import torch
 
 from selfinterp_plugins.datasets import VectorLabelDataset
 from selfinterp_plugins.errors import ArtifactError, VectorError
-from selfinterp_plugins.serialization import check_artifact_dir
+from selfinterp_plugins.storage import check_artifact_dir
 
 from .sae_info import hook_name, sae_info, sae_metadata, sae_site
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 
 from ..errors import OptionError
-from ..validation import NonNegativeFloat, NonNegativeInt, PositiveInt, between, check_fields
+from ..storage.validation import NonNegativeFloat, NonNegativeInt, PositiveInt, between, check_fields
 
 
 @dataclass

@@ -22,9 +22,9 @@ import torch
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import OptionError
-from ..locks import DirectoryLock
-from ..serialization import output_errors, write_text_atomic
-from ..validation import Name, NonNegativeInt, PositiveInt, validate
+from ..storage._files import output_errors, write_text_atomic
+from ..storage._locks import DirectoryLock
+from ..storage.validation import Name, NonNegativeInt, PositiveInt, validate
 from .sensitivity import PLOTLY_JS
 
 

@@ -10,7 +10,7 @@ import base64
 import html
 from pathlib import Path
 
-from ..serialization import write_text_atomic
+from ..storage._files import write_text_atomic
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

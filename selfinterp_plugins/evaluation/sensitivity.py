@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..serialization import output_errors, write_bytes_atomic, write_text_atomic
+from ..storage._files import output_errors, write_bytes_atomic, write_text_atomic
 from .topics_eval import evaluate_explainer
 
 TRAINED_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfinterp_plugins import Explainer, VectorLabelDataset, serialization
+from selfinterp_plugins import Explainer, VectorLabelDataset
 from selfinterp_plugins.errors import OutputError
-from selfinterp_plugins.serialization import JsonlWriter, load_safetensors, read_json, read_jsonl, write_json
+from selfinterp_plugins.storage import _files as serialization
+from selfinterp_plugins.storage._files import JsonlWriter, load_safetensors, read_json, read_jsonl, write_json
 
 
 class Killed(BaseException):
@@ -297,7 +298,7 @@ def _trained_sae_kind(d_in: int) -> Kind:
     pytest.importorskip("sae_lens")
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
-    from selfinterp_plugins.artifact_files import record_free
+    from selfinterp_plugins.storage._commits import record_free
     from selfinterp_sae_lens.sae_training import TRAIN_FILE, SAETrainConfig, load_saved_sae, save_trained_sae
 
     def made(d_sae, seed):

@@ -258,7 +258,7 @@ def test_any_report_config(tmp_path_factory, config):
 
     path = tmp_path_factory.mktemp("report") / "report.json"
     path.write_text(json.dumps(config))
-    from selfinterp_plugins.serialization import read_json
+    from selfinterp_plugins.storage._files import read_json
 
     result = outcome(lambda: ReportConfig.from_dict(read_json(path), source=str(path)))
     if isinstance(result, ReportConfig):
@@ -269,7 +269,7 @@ def test_any_report_config(tmp_path_factory, config):
 @FUZZ
 @given(depth=st.integers(1, 3000), wrapper=st.sampled_from(["list", "dict"]), junk=st.binary(max_size=20))
 def test_any_nesting_or_bytes_in_a_json_file(tmp_path_factory, depth, wrapper, junk):
-    from selfinterp_plugins.serialization import read_json, read_jsonl
+    from selfinterp_plugins.storage._files import read_json, read_jsonl
 
     directory = tmp_path_factory.mktemp("deep")
     inner = "[" * depth + "]" * depth if wrapper == "list" else '{"a":' * depth + "1" + "}" * depth

@@ -212,7 +212,7 @@ DIT_FIELDS = ["rank", "alpha", "init", "lr", "weight_decay", "epochs", "batch_si
 def test_any_dit_config(tmp_path_factory, config):
     pytest.importorskip("peft")
     from selfinterp_peft.dit import CONFIG_FILE, DITConfig
-    from selfinterp_plugins.serialization import read_json
+    from selfinterp_plugins.storage._files import read_json
 
     path = tmp_path_factory.mktemp("dit") / CONFIG_FILE
     path.write_text(json.dumps(config, allow_nan=True))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from selfinterp_plugins import VectorLabelDataset
-from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+from selfinterp_plugins.storage._files import load_safetensors, read_jsonl
 
 from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 

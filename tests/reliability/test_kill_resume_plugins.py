@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfinterp_plugins.serialization import load_safetensors, read_jsonl
+from selfinterp_plugins.storage._files import load_safetensors, read_jsonl
 
 from kill_harness import CLI, KILLS_PER_RUN, lines, run, run_with_kills
 
@@ -39,7 +39,7 @@ def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp
     from selfinterp_peft.li import act_patch_task
     from selfinterp_plugins import HFBackend
     from selfinterp_plugins.models import tiny_model
-    from selfinterp_plugins.serialization import JsonlWriter
+    from selfinterp_plugins.storage._files import JsonlWriter
     from selfinterp_plugins.topics import load_topics
 
     model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)

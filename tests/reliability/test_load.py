@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from selfinterp_plugins import Explainer, Sampling
-from selfinterp_plugins.serialization import read_jsonl
+from selfinterp_plugins.storage._files import read_jsonl
 
 pytestmark = pytest.mark.slow
 

@@ -128,7 +128,7 @@ def read_task_rows(path, check) -> list[dict]:
     elif path.suffix == ".json":
         rows = json.loads(path.read_text(encoding="utf-8"))
     else:
-        from selfinterp_plugins.serialization import read_jsonl
+        from selfinterp_plugins.storage import read_jsonl
 
         rows = read_jsonl(path)
     return [check(row, n) for n, row in enumerate(rows, 1)]

@@ -22,8 +22,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
-from selfinterp_plugins.locks import DirectoryLock
-from selfinterp_plugins.serialization import output_errors, write_text_atomic
+from selfinterp_plugins.storage import DirectoryLock, output_errors, write_text_atomic
 
 from .tasks import TASK_DEFAULTS, TASKS
 
@@ -64,7 +63,7 @@ def _data(task: str, path, split: str):
 
 def _make_data(task, backend, n_train, n_test, layers, seed, out):
     """The rows of each split not yet written, each split file appearing only when complete."""
-    from selfinterp_plugins.serialization import JsonlWriter
+    from selfinterp_plugins.storage import JsonlWriter
     from selfinterp_plugins.topics import load_topics
 
     from . import act_patch_task, input_ablation_task

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, get_args
 import torch
 
 from selfinterp_plugins.errors import TemplateError
-from selfinterp_plugins.validation import (
+from selfinterp_plugins.storage.validation import (
     Name,
     NonNegativeFloat,
     NonNegativeInt,

@@ -32,16 +32,19 @@ from pathlib import Path
 
 import torch
 
-from selfinterp_plugins.artifact_files import committed_files, record_free, save_serialised_committed, usual_names
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
-from selfinterp_plugins.locks import DirectoryLock
 from selfinterp_plugins.models import embedding_fingerprint
-from selfinterp_plugins.serialization import (
+from selfinterp_plugins.storage import (
+    DirectoryLock,
     check_artifact_dir,
+    committed_files,
     load_safetensors,
     read_json,
+    record_free,
     save_safetensors,
+    save_serialised_committed,
+    usual_names,
 )
 
 from .config import (
@@ -166,7 +169,7 @@ class LoRAExplainer:
         raw = read_json(directory / CONFIG_FILE)
         config = LoRAExplainerConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
         config.markers = config.markers or pick_markers(tokenizer)  # what create() picks for this tokenizer
-        committed = committed_files(directory, raw)  # the files the config commits to (artifact_files)
+        committed = committed_files(directory, raw)  # the files the config commits to (storage)
         projections = cls._projections(config, model.config.hidden_size)
         if len(projections):
             projections.load_state_dict(load_safetensors(committed.get(PROJECTIONS_FILE, directory / PROJECTIONS_FILE)))

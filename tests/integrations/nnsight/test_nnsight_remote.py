@@ -23,7 +23,7 @@ from selfinterp_plugins import Explainer, Sampling  # noqa: E402
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS  # noqa: E402
 from selfinterp_plugins.errors import BackendError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
-from selfinterp_plugins.serialization import read_jsonl  # noqa: E402
+from selfinterp_plugins.storage._files import read_jsonl  # noqa: E402
 
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)
 SAMPLING = Sampling(max_new_tokens=4)
@@ -253,7 +253,7 @@ def test_remote_training_through_faults_and_a_failure_equals_an_uninterrupted_ru
     a run that fails for good resumes from its checkpoint, and the adapter ends equal to an
     uninterrupted run from the same seed with every step logged once."""
     from selfinterp_plugins import TrainConfig, VectorLabelDataset
-    from selfinterp_plugins.serialization import read_jsonl
+    from selfinterp_plugins.storage._files import read_jsonl
 
     def fresh():
         return Explainer.create(lm, template="echo", backend_options={"retry": NO_WAIT})

@@ -16,8 +16,8 @@ pytest.importorskip("peft")
 from lock_holders import held_by_process, holder, snapshot  # noqa: E402
 
 from selfinterp_plugins.errors import OutputLockedError  # noqa: E402
-from selfinterp_plugins.locks import LOCK_FILE  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
+from selfinterp_plugins.storage._locks import LOCK_FILE  # noqa: E402
 
 from cli_models import assert_refused_by_setting, ok, refused, replace_flag  # noqa: E402
 

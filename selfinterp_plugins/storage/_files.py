@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError, OutputError, OutputLockedError
+from ..errors import ArtifactError, OutputError, OutputLockedError
+from ._paths import open_for_write
 from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSONL_BYTES, json_depth_ok
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
@@ -49,8 +50,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
 #: changes a file ("write" a temporary file, "replace", "unlink", "truncate" or "newline" to
 #: repair a JSONL tail, "open" to append, "append" a record, "serialise" another library's files
-#: into a scratch folder: artifact_files.save_serialised_committed). Raising from it simulates a kill (a
-#: BaseException nothing catches) or a failing disk (an OSError). Writers elsewhere (artifact_files,
+#: into a scratch folder: storage.save_serialised_committed). Raising from it simulates a kill (a
+#: BaseException nothing catches) or a failing disk (an OSError). Writers elsewhere (storage._commits,
 #: training) call `_step` too, inside their `output_errors`.
 _step_hook: Callable[[str, Path], None] | None = None
 
@@ -129,7 +130,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     with output_errors(path):
         try:
             _step("write", tmp)
-            with open(tmp, "wb") as f:
+            tmp.unlink(missing_ok=True)  # a leftover, or a link planted there: never written through
+            with os.fdopen(open_for_write(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -287,7 +289,7 @@ class JsonlWriter:
         with output_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _step("open", self.path)
-            self._file = open(self.path, "a+b")
+            self._file = os.fdopen(open_for_write(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND), "a+b")
             try:
                 self._lock()
                 self._repair_tail()

@@ -19,8 +19,9 @@ import os
 import threading
 from pathlib import Path
 
-from .errors import OutputLockedError
-from .serialization import output_errors, try_flock
+from ..errors import OutputLockedError
+from ._files import output_errors, try_flock
+from ._paths import open_for_write
 
 # public: plugins lock their output directories (checkpoints, artifacts) as the core does
 __all__ = ["LOCK_FILE", "DirectoryLock"]
@@ -68,7 +69,7 @@ class DirectoryLock:
     def _acquire(self) -> int:
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                fd = open_for_write(self.path, os.O_RDWR | os.O_CREAT)  # never through a planted link
             except FileNotFoundError:  # the directory was removed meanwhile (a refused run tidying up)
                 self.directory.mkdir(parents=True, exist_ok=True)
                 continue

@@ -17,7 +17,7 @@ hand-written model), in strict mode with `allow_inf_nan=False`; the dataclass is
 the validated values, so its `__post_init__` sees checked types. (Validating the dataclass itself
 in strict mode would demand an instance, not a dict, and would re-enter `__post_init__`.)
 
-Size bounds shared by the readers (serialization.py) and the fields live here too, each a
+Size bounds shared by the readers (_files.py) and the fields live here too, each a
 documented default that callers may override.
 """
 
@@ -33,7 +33,7 @@ import torch
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, Required, TypedDict
 
-from .errors import ArtifactError, SelfInterpError
+from ..errors import ArtifactError, SelfInterpError
 
 __all__ = ["LossValue", "MAX_INFLATED_BYTES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSONL_BYTES", "MAX_TEXT_CHARS",
            "Name", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Text", "between",

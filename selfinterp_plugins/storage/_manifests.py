@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import RunMismatchError
-from .serialization import read_json, write_json
+from ..errors import RunMismatchError
+from ._files import read_json, write_json
 
 # public: the plugins' epoch checkpoints hash their rows with sha256_hex and refuse another run's
 # checkpoint with check_same_run

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError
-from .serialization import _step, output_errors, read_json, save_safetensors, write_json
+from ..errors import ArtifactError
+from ._files import _step, output_errors, read_json, save_safetensors, write_json
+from ._paths import bare_name_problem, member
 
 __all__ = ["SCRATCH_DIR", "STAGED_SUFFIX", "committed_file", "committed_files", "file_role", "record_free",
            "save_committed", "save_serialised_committed", "save_weights_and_config", "usual_names", "weights_file"]
@@ -85,7 +86,8 @@ def _finish(directory: Path, config_name: str) -> None:
         config = read_json(config_path)
     except ArtifactError:
         return
-    staged = {f"{role}_file": _unstaged(named) for role, named in _record_roles(config).items() if _unstaged(named)}
+    staged = {f"{role}_file": _unstaged(named) for role, named in _record_roles(config, strict=False).items()
+              if _unstaged(named)}
     if not staged:
         return
     for name in staged.values():
@@ -135,12 +137,12 @@ def committed_file(directory: str | Path, config: dict, role: str, name: str) ->
     directory = Path(directory)
     named = config.get(f"{role}_file", name)
     if named not in (name, _staged(name)):
-        raise ArtifactError(f"{directory} names {role} {named!r}; only {name} belongs to it. Re-save it.")
-    path = directory / named
+        raise ArtifactError(f"{directory} names {role} {named!r:.80}; only {name} belongs to it. Re-save it.")
+    path = member(directory, named, what=role)
     if path.is_file() or named == name:
         return path
     # the save stopped after moving the staged file: the usual file must be the committed one
-    usual = directory / name
+    usual = member(directory, name, what=role)
     if usual.is_file() and config.get(f"{role}_sha256") == _sha256(usual):
         return usual
     raise ArtifactError(f"{directory} holds no {role} matching its config (an interrupted save?); re-save it.")
@@ -197,15 +199,31 @@ def _renamed_from(source: Path) -> Callable[[Path], None]:
     return write
 
 
-def _record_roles(config: dict) -> dict[str, str]:
-    """role -> the file name (staged or usual) for every file the config's record names."""
+def _record_entries(config: dict) -> dict[str, object]:
+    """role -> what the config's record says its file is called, for each `<role>_file` key with a
+    `<role>_sha256` beside it (unchecked: a stranger's record may name anything)."""
     return {key[: -len("_file")]: named for key, named in config.items()
-            if key.endswith("_file") and isinstance(named, str) and f"{key[: -len('_file')]}_sha256" in config}
+            if key.endswith("_file") and f"{key[: -len('_file')]}_sha256" in config}
+
+
+def _record_roles(config: dict, directory: Path | None = None, strict: bool = True) -> dict[str, str]:
+    """role -> the file name (staged or usual) for every file the config's record names. A name that
+    is not a bare file name (a path: absolute, `..`, a separator; not a string) is refused
+    (`strict`), or skipped: a save over such a directory replaces its record rather than act on it."""
+    roles = {}
+    for role, named in _record_entries(config).items():
+        if bare_name_problem(named) is None:
+            roles[role] = named
+        elif strict:
+            raise ArtifactError(f"The record of {directory or 'an artifact'} names its {role} {named!r:.80} "
+                                f"({role}_file): {bare_name_problem(named)}; an artifact's files are bare names "
+                                "inside its directory. Re-save or re-download it.")
+    return roles
 
 
 def record_free(config: dict) -> dict:
     """The config without its commit record (for a reader that refuses unknown keys)."""
-    record = {f"{role}{suffix}" for role in _record_roles(config) for suffix in ("_file", "_sha256")}
+    record = {f"{role}{suffix}" for role in _record_entries(config) for suffix in ("_file", "_sha256")}
     return {key: value for key, value in config.items() if key not in record}
 
 
@@ -213,7 +231,7 @@ def committed_files(directory: str | Path, config: dict) -> dict[str, Path]:
     """usual name -> the committed file, for every file the config's record names; empty for an
     artifact saved before the record (its files are the usual ones in the directory)."""
     files = {}
-    for role, named in _record_roles(config).items():
+    for role, named in _record_roles(config, Path(directory)).items():
         name = _unstaged(named) or named
         files[name] = committed_file(directory, config, role, name)
     return files

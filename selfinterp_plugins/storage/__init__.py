@@ -1,0 +1,46 @@
+"""The storage layer: every read and write of an artifact, by the core and by every plugin.
+
+An artifact is a directory the library wrote, or a stranger did (a download). Whatever its files
+say, reading it never writes, and nothing it names reaches outside it:
+
+- a file name that a record gives (`weights_file` in a config, a diff id in an index) is a bare
+  name inside the artifact's directory, resolved by `member` (no separator, no `..`, not
+  absolute, not a symlink leading out), or an `ArtifactError`;
+- readers are bounded and never unpickle (`read_json`, `read_jsonl`, `read_bytes`,
+  `load_safetensors`; `check_artifact_dir` refuses pickle files and symlinks out by name);
+- writers are atomic and never follow a link planted where they write (`write_json`,
+  `write_text_atomic`, `write_bytes_atomic`, `save_safetensors`, `JsonlWriter`); a directory's
+  lock file is created without following links (`DirectoryLock`);
+- an artifact of several files commits them together (`save_serialised_committed`, read back
+  with `committed_files` / `usual_names`), so a kill leaves the old artifact or the new one;
+- a resumable run refuses another run's output (`check_same_run`, digests by `sha256_hex`).
+
+Field checks of the files' contents (ranges, types) are `selfinterp_plugins.storage.validation`.
+The modules with a leading underscore are this layer's machinery; plugins use the names below.
+"""
+
+from ._commits import committed_files, record_free, save_serialised_committed, usual_names
+from ._files import (
+    JsonlWriter,
+    check_artifact_dir,
+    load_safetensors,
+    output_errors,
+    parse_json,
+    read_bytes,
+    read_json,
+    read_jsonl,
+    save_safetensors,
+    write_bytes_atomic,
+    write_json,
+    write_text_atomic,
+)
+from ._locks import DirectoryLock
+from ._manifests import check_same_run, sha256_hex
+from ._paths import member
+
+__all__ = [
+    "DirectoryLock", "JsonlWriter", "check_artifact_dir", "check_same_run", "committed_files", "load_safetensors",
+    "member", "output_errors", "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free",
+    "save_safetensors", "save_serialised_committed", "sha256_hex", "usual_names", "write_bytes_atomic", "write_json",
+    "write_text_atomic",
+]
