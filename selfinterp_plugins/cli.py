@@ -24,6 +24,7 @@ from .cli_options import (
 from .defaults import explainer_location
 from .errors import SelfInterpError
 from .storage._locks import DirectoryLock
+from .storage._paths import member
 
 
 def _explainer_dir(path: str) -> Path:
@@ -97,7 +98,7 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
         runner = load_backend(model_name, backend, remote, dtype, device)
         topics = load_topics()[:limit] if limit else load_topics()
         for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
-            path = data.save(Path(out) / f"layer{layer}")
+            path = data.save(member(out, f"layer{layer}", what="layer folder"))
             click.echo(f"wrote {len(data)} vectors (resid_post.{layer}) to {path}")
 
 

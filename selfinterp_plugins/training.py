@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from .storage._files import (
 )
 from .storage._locks import DirectoryLock
 from .storage._manifests import check_same_run, run_manifest
+from .storage._paths import member, open_for_write
 from .storage.validation import LossValue, Name, NonNegativeFloat, between, check_finite_tensors, validate
 
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
@@ -195,7 +197,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
     schedule = _lr_lambda(total, config.warmup_steps)
 
     out = Path(output_dir) if output_dir else None
-    ckpt = out / CHECKPOINT_DIR if out else None
+    ckpt = member(out, CHECKPOINT_DIR, what="checkpoint folder") if out else None  # never a link out of --out
     step, history = 0, {"train_loss": [], "validation_loss": [], "config": dict(config.to_dict(), lr=base_lr)}
     run = run_manifest(explainer, data, config, base_lr) if ckpt else None
     if ckpt and (ckpt / "state.json").exists():
@@ -212,11 +214,12 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
             history["validation_loss_at_init"] = evaluate_loss(explainer, validation, clamp=config.loss_clamp)
 
     if out:  # made by train's DirectoryLock
-        if (out / "train_log.jsonl").exists():  # steps after the checkpoint (or all, without one) are replayed
-            _truncate_log(out / "train_log.jsonl", step)
-        with output_errors(out / "train_log.jsonl"):
-            _step("open", out / "train_log.jsonl")
-            log = open(out / "train_log.jsonl", "a")
+        log_path = member(out, "train_log.jsonl", what="training log")
+        if log_path.exists():  # steps after the checkpoint (or all, without one) are replayed
+            _truncate_log(log_path, step)
+        with output_errors(log_path):
+            _step("open", log_path)
+            log = os.fdopen(open_for_write(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a")  # never through a link
     else:
         log = None
     lengths = [len(explainer.template.target_ids(explainer.backend.tokenizer, label)) for label in data.labels] \
@@ -333,7 +336,6 @@ def _read_state(ckpt: Path) -> CheckpointState:
 def _checkpoint_files(ckpt: Path, state: CheckpointState) -> dict[str, Path]:
     """The weight files state.json commits (plain names inside the checkpoint directory only)."""
     files = state.files or {"adapter": "adapter.safetensors", "optimizer": "optimizer.safetensors"}
-    if set(files) != {"adapter", "optimizer"} or not all(
-            Path(name).name == name and name not in (".", "..") for name in files.values()):
+    if set(files) != {"adapter", "optimizer"}:
         raise ArtifactError(f"{ckpt / 'state.json'} names bad checkpoint files; delete {ckpt} to restart training.")
-    return {key: ckpt / name for key, name in files.items()}
+    return {key: member(ckpt, name, source=ckpt / "state.json", what=f"{key} checkpoint") for key, name in files.items()}

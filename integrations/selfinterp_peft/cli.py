@@ -24,7 +24,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
-from selfinterp_plugins.storage import DirectoryLock, write_text_atomic
+from selfinterp_plugins.storage import DirectoryLock, member, write_text_atomic
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
 #: one epoch at lr 1e-3 (a CPU cannot make hundreds of such diffs); measured in docs/results.md
@@ -184,7 +184,7 @@ def register(cli):
             dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=alpha, init=init, lr=lr, weight_decay=weight_decay,
                                                            epochs=epochs, batch_size=batch_size, seed=seed))
             history = dit.train(load_diffs(diffs_dir, rows), [r["topic"] for r in rows], progress=True,
-                                checkpoint_dir=Path(out) / "checkpoint")
+                                checkpoint_dir=member(out, "checkpoint", what="checkpoint folder"))
             dit.save_pretrained(out)
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from selfinterp_plugins.errors import ArtifactError
-from selfinterp_plugins.storage import JsonlWriter, read_jsonl
+from selfinterp_plugins.storage import JsonlWriter, member, read_jsonl
 
 from .weight_diff import WeightDiff
 
@@ -21,7 +21,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 def diff_dir(root: str | Path, diff_id: str) -> Path:
     if not _SAFE_ID.match(diff_id) or diff_id in (".", ".."):
         raise ArtifactError(f"Diff id {diff_id!r} is not a plain name; use letters, digits, '.', '_' or '-'.")
-    return Path(root) / "diffs" / diff_id
+    # the folder and the id are members: a planted `diffs` symlink or an id with a path in it stays inside
+    return member(member(root, "diffs", what="folder of diffs"), diff_id, what="diff")
 
 
 def read_index(root: str | Path) -> list[dict]:

@@ -22,6 +22,7 @@ from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
+    foreign_read_errors,
     read_json,
     record_free,
     save_serialised_committed,
@@ -138,7 +139,7 @@ class DITAdapter:
         directory = check_artifact_dir(dit_location(directory))
         raw = read_json(directory / CONFIG_FILE)
         config = DITConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
-        with usual_names(directory, raw) as files:  # the committed adapter files (storage)
+        with usual_names(directory, raw) as files, foreign_read_errors(directory, "PEFT"):  # the committed files
             return cls(PeftModel.from_pretrained(model, str(files)), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -30,6 +30,7 @@ from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
     committed_files,
+    foreign_read_errors,
     load_safetensors,
     read_json,
     save_safetensors,
@@ -164,7 +165,7 @@ class WeightDiff:
                 saved = base_copies(handle.keys(), base)
         except Exception as err:  # safetensors raises several types for a bad header
             raise ArtifactError(f"{weights} is not a valid safetensors file ({err}); re-save the adapter.") from None
-        with usual_names(directory, record) as files:
+        with usual_names(directory, record) as files, foreign_read_errors(directory, "PEFT"):
             peft_model = PeftModel.from_pretrained(base, str(files), adapter_name=adapter_name)
         try:
             for name, (param, original) in saved.items():

@@ -20,7 +20,13 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.sites import Site
-from selfinterp_plugins.storage import DirectoryLock, read_json, save_serialised_committed, usual_names
+from selfinterp_plugins.storage import (
+    DirectoryLock,
+    foreign_read_errors,
+    read_json,
+    save_serialised_committed,
+    usual_names,
+)
 
 #: the training settings beside SAE-Lens's files, and the commit record of a saved SAE (storage)
 TRAIN_FILE = "selfinterp_sae_train.json"
@@ -130,7 +136,7 @@ def load_saved_sae(directory: str | Path, device: str = "cpu"):
 
     directory = Path(directory)
     record = read_json(directory / TRAIN_FILE) if (directory / TRAIN_FILE).is_file() else {}
-    with usual_names(directory, record) as files:
+    with usual_names(directory, record) as files, foreign_read_errors(directory, "SAE-Lens"):
         return SAE.load_from_disk(files, device=device)
 
 

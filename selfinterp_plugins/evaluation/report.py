@@ -13,6 +13,7 @@ report resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..defaults import DEFAULT_MODEL
 from ..errors import OptionError
 from ..storage._files import output_errors, write_text_atomic
 from ..storage._locks import DirectoryLock
+from ..storage._paths import open_for_write
 from ..storage.validation import Name, NonNegativeInt, PositiveInt, validate
 from .sensitivity import PLOTLY_JS
 
@@ -209,6 +211,7 @@ def _read_rows(path: Path, config: ReportConfig) -> dict:
 
 
 def _append_rows(path: Path, config: ReportConfig, name: str, rows: list[dict]) -> None:
-    with output_errors(path), path.open("a") as handle:  # a torn line from a kill is skipped by _read_rows
+    with output_errors(path), os.fdopen(open_for_write(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as handle:
+        # (never through a planted link; a torn line from a kill is skipped by _read_rows)
         handle.write(json.dumps({"config": json.dumps(asdict(config), sort_keys=True), "method": name, "rows": rows}) + "\n")
         handle.flush()

@@ -39,7 +39,7 @@ from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
 # the core's: no pickle, atomic files, resumable JSONL, bounded readers, an ArtifactError (reading) or
 # OutputError (writing) naming the file and the fix
-__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "load_safetensors", "output_errors", "parse_json",
+__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "foreign_read_errors", "load_safetensors", "output_errors", "parse_json",
            "read_bytes", "read_json", "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json",
            "write_text_atomic"]
 
@@ -103,6 +103,24 @@ def output_errors(path: str | Path) -> Iterator[None]:
         yield
     except OSError as err:
         raise OutputError(_describe_output_error(err, path)) from None
+
+
+@contextlib.contextmanager
+def foreign_read_errors(source: str | Path, library: str) -> Iterator[None]:
+    """Turn what another library's loader raises on a file it cannot read (PEFT on an
+    adapter_config.json whose `r` is a string, SAE-Lens on a cfg.json with an unknown
+    architecture: a TypeError, KeyError or ValueError from deep inside it) into one
+    ArtifactError naming the file and the fix. Our own refusals pass through unchanged."""
+    from ..errors import SelfInterpError
+
+    try:
+        yield
+    except SelfInterpError:
+        raise
+    except Exception as err:  # a stranger's file reaches code paths of theirs we cannot enumerate
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ArtifactError(f"{source} could not be read by {library} ({type(err).__name__}: {reason}); "
+                            "re-save it with this library, or re-download it.") from None
 
 
 def _fsync_dir(directory: Path) -> None:

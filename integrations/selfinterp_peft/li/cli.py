@@ -22,7 +22,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
-from selfinterp_plugins.storage import DirectoryLock, output_errors, write_text_atomic
+from selfinterp_plugins.storage import DirectoryLock, member, output_errors, write_text_atomic
 
 from .tasks import TASK_DEFAULTS, TASKS
 
@@ -147,7 +147,7 @@ def register(cli):
                                          shuffle=shuffle)
             explainer = family.create(model, tok, config)
             examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
-            history = explainer.train(examples, progress=True, checkpoint_dir=Path(out) / "checkpoint")
+            history = explainer.train(examples, progress=True, checkpoint_dir=member(out, "checkpoint", what="checkpoint folder"))
             explainer.save_pretrained(out)
         click.echo(json.dumps({"examples": len(examples), "steps": len(history), "first_loss": history[0] if history else None,
                                "last_loss": history[-1] if history else None, "finetune": config.finetune, "saved": out}))

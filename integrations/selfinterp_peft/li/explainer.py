@@ -39,6 +39,7 @@ from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
     committed_files,
+    foreign_read_errors,
     load_safetensors,
     read_json,
     record_free,
@@ -177,7 +178,7 @@ class LoRAExplainer:
             tuned = _load_full(directory, model, committed)
             tuned.eval()
             return cls(tuned, tokenizer, config, projections)
-        with usual_names(directory, raw) as files:
+        with usual_names(directory, raw) as files, foreign_read_errors(directory, "PEFT"):
             peft_model = PeftModel.from_pretrained(model, str(files))
         peft_model.eval()
         return cls(peft_model, tokenizer, config, projections)
