@@ -156,3 +156,71 @@ def test_sentence_embedder_similarity():
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert embedder.encode([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("what", ["smollm2-135m-instruct", "gemma-3-270m", "smollm2-135m-instruct tokenizer"])
+def test_loads_started_together_convert_once_and_all_read_the_result(what, tiny_llama, tmp_path, monkeypatch):
+    """Two loads of a model not yet converted, at the same moment (two test workers, two jobs of a
+    user on a fresh machine): one converts while the other waits for it and reads its checkpoint.
+    (The conversion is a stand-in writing the tiny llama, slow enough that the two overlap. Threads
+    stand in for processes: the lock is an `flock` per open file, which threads contend for too;
+    transformers' `from_pretrained` is not thread-safe (it patches torch globally while it loads),
+    so the reads after the conversion take turns.)"""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    from selfinterp_plugins.models import gemma_offline, loading
+    from selfinterp_plugins.models.gguf_conversion import write_atomically
+
+    model, tok = tiny_llama
+    conversions = []
+
+    def convert(target):
+        conversions.append(target)
+        time.sleep(0.5)
+        write_atomically(target, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)))
+
+    def slow_tokenizer():
+        conversions.append("tokenizer")
+        time.sleep(0.5)
+        return tok
+
+    real_from_pretrained, reading = AutoModelForCausalLM.from_pretrained, threading.Lock()
+
+    def one_at_a_time(*args, **kwargs):
+        with reading:
+            return real_from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", one_at_a_time)
+    monkeypatch.setattr(loading, "_convert_smollm2", convert)
+    monkeypatch.setattr(gemma_offline, "convert", convert)
+    monkeypatch.setattr(loading, "_smollm2_tokenizer_from_gguf", slow_tokenizer)
+    cache = tmp_path / "cache" / "model"
+    if what.endswith(" tokenizer"):
+        def load():
+            return load_tokenizer(cache_dir=cache)
+    else:
+        def load():
+            return load_model(what.split()[0], cache_dir=cache)[1]
+
+    start, results = threading.Barrier(2), []
+
+    def worker():
+        start.wait()
+        try:
+            results.append(load())
+        except Exception as err:  # noqa: BLE001 - reported below
+            results.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(conversions) == 1, conversions
+    assert [len(r) for r in results] == [len(tok)] * 2, results
+    leftovers = sorted(p.name for p in cache.parent.iterdir())
+    expected = ["model-tokenizer"] if what.endswith(" tokenizer") else ["model"]
+    assert [name for name in leftovers if not name.endswith(".lock")] == expected, leftovers
