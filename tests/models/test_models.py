@@ -148,6 +148,20 @@ def test_real_smollm2_loads_and_generates():
 
 
 @pytest.mark.real_model
+def test_the_tiny_models_share_the_real_smollm2s_tokenizer(smollm2, tokenizer):
+    """What lets tokenizer-only tests (tests/test_templates.py) run on the tiny models' tokenizer
+    alone: it is the real model's, not a look-alike."""
+    real = smollm2[1]
+    assert type(tokenizer) is type(real)
+    assert tokenizer.backend_tokenizer.to_str() == real.backend_tokenizer.to_str()  # vocabulary, merges, normalisation
+    assert tokenizer.chat_template == real.chat_template
+    assert tokenizer.special_tokens_map == real.special_tokens_map
+    assert {i: str(t) for i, t in tokenizer.added_tokens_decoder.items()} == {i: str(t) for i, t in real.added_tokens_decoder.items()}
+    chat = [{"role": "user", "content": 'What is the meaning of "<empty_output>"?'}]
+    assert tokenizer.apply_chat_template(chat, add_generation_prompt=True) == real.apply_chat_template(chat, add_generation_prompt=True)
+
+
+@pytest.mark.real_model
 def test_sentence_embedder_similarity():
     embedder = load_sentence_embedder()
     vectors = embedder.encode(["a cat", "a kitten", "a volcano"])
