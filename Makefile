@@ -7,6 +7,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch that these machines keep on local disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# `make test` runs on this many cores (pytest-xdist workers; docs/testing.md)
+TEST_WORKERS ?= 2
 CORPORA ?= $(or $(SELFINTERP_CORPUS_DIR),$(or $(SELFINTERP_CACHE),$(HOME)/.cache/selfinterp)/corpora)
 
 .PHONY: install demo test benchmark clean
@@ -30,7 +32,7 @@ demo: install
 	$(BIN)/selfinterp demo
 
 test: install
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 benchmark: install
 	$(BIN)/python scripts/topic_benchmark.py --out runs/topic_benchmark

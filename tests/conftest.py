@@ -7,12 +7,31 @@ weights build their own with ``tiny_model(arch, seed=...)``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from selfinterp_plugins.models import TINY_ARCHS, tiny_model
 
 _TINY: dict[tuple[str, int], tuple] = {}
+
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), each worker gets its share of the cores: torch
+    defaults to one thread per core in every process, so two workers on two cores would run four
+    spinning OpenMP threads and each go slower than alone. The variables reach the subprocesses
+    the tests start (the CLI, the kill harness, the packaging venvs) as well."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_among_workers()
 
 
 def get_tiny(arch: str, seed: int = 0):

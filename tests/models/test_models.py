@@ -148,6 +148,20 @@ def test_real_smollm2_loads_and_generates():
 
 
 @pytest.mark.real_model
+def test_the_tiny_models_share_the_real_smollm2s_tokenizer(smollm2, tokenizer):
+    """What lets tokenizer-only tests (tests/test_templates.py) run on the tiny models' tokenizer
+    alone: it is the real model's, not a look-alike."""
+    real = smollm2[1]
+    assert type(tokenizer) is type(real)
+    assert tokenizer.backend_tokenizer.to_str() == real.backend_tokenizer.to_str()  # vocabulary, merges, normalisation
+    assert tokenizer.chat_template == real.chat_template
+    assert tokenizer.special_tokens_map == real.special_tokens_map
+    assert {i: str(t) for i, t in tokenizer.added_tokens_decoder.items()} == {i: str(t) for i, t in real.added_tokens_decoder.items()}
+    chat = [{"role": "user", "content": 'What is the meaning of "<empty_output>"?'}]
+    assert tokenizer.apply_chat_template(chat, add_generation_prompt=True) == real.apply_chat_template(chat, add_generation_prompt=True)
+
+
+@pytest.mark.real_model
 def test_sentence_embedder_similarity():
     embedder = load_sentence_embedder()
     vectors = embedder.encode(["a cat", "a kitten", "a volcano"])
@@ -156,3 +170,71 @@ def test_sentence_embedder_similarity():
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert embedder.encode([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("what", ["smollm2-135m-instruct", "gemma-3-270m", "smollm2-135m-instruct tokenizer"])
+def test_loads_started_together_convert_once_and_all_read_the_result(what, tiny_llama, tmp_path, monkeypatch):
+    """Two loads of a model not yet converted, at the same moment (two test workers, two jobs of a
+    user on a fresh machine): one converts while the other waits for it and reads its checkpoint.
+    (The conversion is a stand-in writing the tiny llama, slow enough that the two overlap. Threads
+    stand in for processes: the lock is an `flock` per open file, which threads contend for too;
+    transformers' `from_pretrained` is not thread-safe (it patches torch globally while it loads),
+    so the reads after the conversion take turns.)"""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    from selfinterp_plugins.models import gemma_offline, loading
+    from selfinterp_plugins.models.gguf_conversion import write_atomically
+
+    model, tok = tiny_llama
+    conversions = []
+
+    def convert(target):
+        conversions.append(target)
+        time.sleep(0.5)
+        write_atomically(target, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)))
+
+    def slow_tokenizer():
+        conversions.append("tokenizer")
+        time.sleep(0.5)
+        return tok
+
+    real_from_pretrained, reading = AutoModelForCausalLM.from_pretrained, threading.Lock()
+
+    def one_at_a_time(*args, **kwargs):
+        with reading:
+            return real_from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", one_at_a_time)
+    monkeypatch.setattr(loading, "_convert_smollm2", convert)
+    monkeypatch.setattr(gemma_offline, "convert", convert)
+    monkeypatch.setattr(loading, "_smollm2_tokenizer_from_gguf", slow_tokenizer)
+    cache = tmp_path / "cache" / "model"
+    if what.endswith(" tokenizer"):
+        def load():
+            return load_tokenizer(cache_dir=cache)
+    else:
+        def load():
+            return load_model(what.split()[0], cache_dir=cache)[1]
+
+    start, results = threading.Barrier(2), []
+
+    def worker():
+        start.wait()
+        try:
+            results.append(load())
+        except Exception as err:  # noqa: BLE001 - reported below
+            results.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(conversions) == 1, conversions
+    assert [len(r) for r in results] == [len(tok)] * 2, results
+    leftovers = sorted(p.name for p in cache.parent.iterdir())
+    expected = ["model-tokenizer"] if what.endswith(" tokenizer") else ["model"]
+    assert [name for name in leftovers if not name.endswith(".lock")] == expected, leftovers

@@ -1,7 +1,7 @@
 """Packaging, for real: the wheel builds, installs into a fresh virtualenv with only the core
 dependencies, imports, and `selfinterp plugins` runs there and reports each ecosystem plugin as
-absent (with the install line), never crashing; installing an extra alone (each into its own copy of
-that venv) makes its plugin appear and leaves the others reported as absent.
+absent (with the install line), never crashing; installing an extra alone (each into its own venv
+layered on that one) makes its plugin appear and leaves the others reported as absent.
 Also a throwaway third-party plugin, installed through a real entry point (a .dist-info on the
 path), that fails to import, is reported and leaves the others working.
 
@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# one worker builds the core venv once and runs every test on it (under xdist, `make test`)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRAS = {"peft": "peft", "nnsight": "nnsight", "transformer-lens": "transformer_lens", "sae-lens": "sae_lens"}  # extra -> plugin
 PLUGINS = set(EXTRAS.values())
 ENV = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 ENV.pop("SELFINTERP_PLUGINS", None)
+ENV.pop("PYTHONPATH", None)  # a checkout on it (its egg-info from the wheel build) would pass for the installed wheel
 
 
 def _run(*cmd, cwd=None) -> str:
@@ -88,11 +89,18 @@ def test_core_only_install_runs_and_reports_absent_plugins(core_venv):
 
 @pytest.mark.parametrize("extra", list(EXTRAS))
 def test_each_extra_alone_makes_its_plugin_appear(core_venv, wheel, extra, tmp_path):
-    """Each extra into its own copy of the core venv (the copy saves re-installing torch; pip and
-    the CLI run through the copy's own python, so nothing reaches the original)."""
+    """Each extra into its own venv layered on the core one: a `.pth` file puts the core venv's
+    packages after its own, so pip finds torch and the wheel installed and adds only the extra's
+    packages, into the layer (a version the extra needs that differs from the core's goes into the
+    layer too: pip leaves alone what lies outside the environment it installs into), and nothing
+    reaches the core venv. Copying the core venv (torch included) for each extra cost more than
+    the installs."""
     venv = tmp_path / "venv"
-    shutil.copytree(core_venv, venv, symlinks=True)
+    _run(sys.executable, "-m", "venv", "--without-pip", venv)
     python = venv / "bin" / "python"
+    own, core = (_run(p, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip()
+                 for p in (python, core_venv / "bin" / "python"))
+    (Path(own) / "core_venv.pth").write_text(core + "\n")
     _run(python, "-m", "pip", "install", "-q", f"{wheel}[{extra}]")
     report = json.loads(_run(python, "-c", "from selfinterp_plugins.cli import main; main()", "plugins", "--json"))
     names = {p["name"] for p in report["plugins"]}
