@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from selfinterp_plugins import Explainer
+from selfinterp_plugins.adapters import AdapterConfig, make_adapter
+
 from selfie_adapter_files import (
     KINDS,
     LLAMA31_TEMPLATE,
@@ -16,9 +20,6 @@ from selfie_adapter_files import (
     reference_transform,
     write_reference_file,
 )
-
-from selfinterp_plugins import Explainer
-from selfinterp_plugins.adapters import AdapterConfig, make_adapter
 
 D = 64
 SCALES = (0.5, 0.8, 1.3, 2.1, 3.4, 5.5)  # evals/generation_scoring/configs/example_label_generator.json
