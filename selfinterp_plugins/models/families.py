@@ -13,7 +13,7 @@ and never imported, only located (`wheels._wheel_dir`):
   `<|start_header_id|>`, `<|eot_id|>` = 128009 ...), but it names 128005 `<|step_id|>`, shifts the
   names of the reserved tokens from 2 on by one slot and adds `<|image|>` (128256). `LLAMA31_LAYOUT`
   renames them to Llama 3.1's layout (128005 = reserved 2, 128011-128255 = reserved 3-247) and drops
-  `<|image|>`, so the vocabulary is Llama 3.1's 128,256 tokens. The wheel has no chat template:
+  `<|image|>`, so the vocabulary is Llama 3.1's 128,256 tokens (built once into the model cache). The wheel has no chat template:
   `LLAMA31_CHAT_TEMPLATE` is Llama-3.1-Instruct's for plain messages (its default system turn with
   the knowledge-cutoff date included; the tool-calling branches left out), and the end of the
   instruct model's turn, `<|eot_id|>`, is its EOS as in Llama-3.1-Instruct's tokenizer config.
@@ -72,6 +72,20 @@ def _llama31_name(token_id: int) -> str | None:
 
 
 def _llama31_tokenizer():
+    """Built from the wheel's file once, saved to the model cache and read from there: a tokenizer
+    read from a directory can be reloaded by name (TransformerLens does so to add a BOS)."""
+    from transformers import AutoTokenizer
+
+    from .cache import _is_complete_tokenizer, default_cache_root
+    from .gguf_conversion import write_atomically
+
+    directory = default_cache_root() / "llama3.1-tokenizer"
+    if not _is_complete_tokenizer(directory):
+        write_atomically(directory, _llama31_from_wheel().save_pretrained)
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _llama31_from_wheel():
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
