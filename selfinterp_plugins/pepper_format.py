@@ -246,7 +246,7 @@ def is_selfie_adapter(source, filename: str | None) -> bool:
                                     and not Path(source).is_dir())
 
 
-def _topic_spec(mean_path, layer, backend, hub_repo, d_model):
+def _topic_spec(mean_path, layer, backend, repo, d_model):
     """The vector spec and mean of a topic adapter: `Tell me about {title}.` in the chat template,
     the residual after `layer` at the last token, minus `mean-vectors.safetensors[layer_{L}]`
     (`data_prep/wikipedia_topics/extract_wikipedia_vectors.py`, `examples/contrastive_topic_vector.py`)."""
@@ -256,8 +256,8 @@ def _topic_spec(mean_path, layer, backend, hub_repo, d_model):
     from .vector_spec import MEAN_KEY, VectorSpec
 
     path = Path(mean_path)
-    if not path.is_file() and hub_repo is not None:
-        path = _download(hub_repo, str(mean_path))
+    if not path.is_file() and repo is not None:
+        path = resolve(repo, str(mean_path))  # a file of the adapter's repo (a local folder, or the hub)
     means = load_safetensors(path)
     layers = sorted(int(k.removeprefix("layer_")) for k in means if k.startswith("layer_") and k[6:].isdigit())
     if layer is None:
@@ -285,7 +285,7 @@ def load_explainer(source, model, tokenizer=None, filename=None, template=None, 
     from .vector_spec import VectorSpec
 
     path = resolve(source, filename)
-    hub_repo = str(source) if filename is not None and not Path(source).is_dir() else None
+    repo = source if filename is not None else None
     read = read_selfie_adapter(path)
     backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
     if read.model_dim != backend.d_model:
@@ -324,7 +324,7 @@ def load_explainer(source, model, tokenizer=None, filename=None, template=None, 
         metadata["trained_for"] = trained_for
     spec = VectorSpec.from_dict(ours["vector_spec"], path) if isinstance(ours.get("vector_spec"), dict) else None
     if mean_vectors is not None:
-        spec, topic = _topic_spec(mean_vectors, layer, backend, hub_repo, read.model_dim)
+        spec, topic = _topic_spec(mean_vectors, layer, backend, repo, read.model_dim)
         metadata.update(topic, source="topics")
     explainer = Explainer(backend, adapter, template, backend.check_site(site), trained_for or given, metadata, spec)
     if recorded and isinstance(ours.get("prompt_ids"), list):

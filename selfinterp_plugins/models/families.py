@@ -102,7 +102,7 @@ def _llama31_from_wheel():
     spec["added_tokens"] = added
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-        pad_token="<|finetune_right_pad_id|>", chat_template=LLAMA31_CHAT_TEMPLATE, clean_up_tokenization_spaces=True,
+        pad_token="<|finetune_right_pad_id|>", chat_template=LLAMA31_CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
         model_max_length=131072)
 
 
