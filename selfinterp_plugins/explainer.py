@@ -260,12 +260,16 @@ class Explainer:
         PromptTemplate) and the embedding site; a topic adapter takes `mean_vectors=` (the repo's
         `mean-vectors.safetensors`, keys `layer_{L}`; `layer=` picks one) as its vectors' centring."""
         from .defaults import explainer_location, shipped_explainer_names
-        from .pepper_format import is_selfie_adapter, load_explainer
+        from .pepper_format import is_selfie_adapter, load_parts
         from .plugins import backend_for
 
         if is_selfie_adapter(directory, filename):
-            return load_explainer(directory, model, tokenizer, filename, template, mean_vectors, layer, check_model,
-                                  backend_options)
+            parts, prompt_ids = load_parts(directory, model, tokenizer, filename, template, mean_vectors, layer,
+                                           check_model, backend_options)
+            explainer = cls(**parts)
+            if prompt_ids is not None:  # the prompt as trained, or a tokenizer that differs refused
+                explainer._use_prompt_ids(prompt_ids, directory if filename is None else filename)
+            return explainer
         if template is not None or mean_vectors is not None or layer is not None:
             raise OptionError("template=, mean_vectors= and layer= complete a selfie-adapters file; an explainer folder "
                               "records its own. Pass a .safetensors file (or filename=), or leave them out.")

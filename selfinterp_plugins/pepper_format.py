@@ -10,7 +10,7 @@ and, in the header's `__metadata__`, either `config_json` (a JSON config whose `
 has type, normalize_input, init_scale, low_rank_rank, low_rank_init_factor) or the flat keys
 `projection_type`, `normalize_input`, `init_scale`, `low_rank_rank`; plus `model_dim`,
 `global_step`, `best_val_loss`. Nothing says which prompt, site or model it was trained with: the
-file is an adapter, not an explainer, so `load_explainer` completes it with the reference's
+file is an adapter, not an explainer, so `load_parts` completes it with the reference's
 choices (its prompt for the model's family, the embedding site) and says so in the explainer's
 metadata; `save_selfie_adapter` writes a file the reference's loader accepts, and records this
 library's own explainer config beside the reference's keys so a round trip loses nothing.
@@ -34,7 +34,7 @@ from .storage._files import PICKLE_SUFFIXES, load_safetensors_with_metadata, out
 from .storage.validation import check_finite_tensors
 from .templates import PromptTemplate
 
-__all__ = ["FORMAT", "KINDS", "LABEL_PRESETS", "label_preset", "load_explainer", "read_selfie_adapter",
+__all__ = ["FORMAT", "KINDS", "LABEL_PRESETS", "label_preset", "load_parts", "read_selfie_adapter",
            "reference_template", "save_selfie_adapter"]
 
 FORMAT = "selfie-adapters"
@@ -274,11 +274,12 @@ def _topic_spec(mean_path, layer, backend, repo, d_model):
     return spec, {MEAN_KEY: mean.float().tolist(), "layer": layer, "mean_vectors_file": path.name}
 
 
-def load_explainer(source, model, tokenizer=None, filename=None, template=None, mean_vectors=None, layer=None,
-                   check_model: bool = True, backend_options: dict | None = None):
-    """An `Explainer` from a selfie-adapters file (see `Explainer.from_pretrained`)."""
+def load_parts(source, model, tokenizer=None, filename=None, template=None, mean_vectors=None, layer=None,
+               check_model: bool = True, backend_options: dict | None = None) -> tuple[dict, list | None]:
+    """What `Explainer.from_pretrained` builds an explainer of from a selfie-adapters file: the
+    constructor's arguments (backend, adapter, template, site, model_id, metadata, vector_spec), and
+    the prompt ids it was trained with when the file records them (written by this library)."""
     from .adapters import AdapterConfig, make_adapter
-    from .explainer import Explainer
     from .models.identity import check_same_model, model_id_of
     from .plugins import backend_for
     from .sites import Site
@@ -326,10 +327,9 @@ def load_explainer(source, model, tokenizer=None, filename=None, template=None, 
     if mean_vectors is not None:
         spec, topic = _topic_spec(mean_vectors, layer, backend, repo, read.model_dim)
         metadata.update(topic, source="topics")
-    explainer = Explainer(backend, adapter, template, backend.check_site(site), trained_for or given, metadata, spec)
-    if recorded and isinstance(ours.get("prompt_ids"), list):
-        explainer._use_prompt_ids(ours["prompt_ids"], path)  # the prompt as trained, or a tokenizer mismatch refused
-    return explainer
+    parts = dict(backend=backend, adapter=adapter, template=template, site=backend.check_site(site),
+                 model_id=trained_for or given, metadata=metadata, vector_spec=spec)
+    return parts, (ours["prompt_ids"] if recorded and isinstance(ours.get("prompt_ids"), list) else None)
 
 
 def _short(name: str) -> str:
