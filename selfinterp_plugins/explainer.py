@@ -21,7 +21,7 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
-from .errors import ArtifactError, ModelMismatchError, UnknownNameError, VectorError
+from .errors import ArtifactError, ModelMismatchError, OptionError, UnknownNameError, VectorError
 from .sites import Site
 from .storage._commits import save_weights_and_config, weights_file
 from .storage._files import check_artifact_dir, load_safetensors, read_json
@@ -228,9 +228,17 @@ class Explainer:
             "metadata": self.metadata,
         }
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, format: str = "selfinterp") -> Path:
         """Write the artifact (the directory is made, and locked while written: a second writer to
-        it fails at once instead of mixing two explainers' files)."""
+        it fails at once instead of mixing two explainers' files). `format="selfie-adapters"` writes
+        instead one `.safetensors` file the reference code of Pepper et al. loads (`pepper_format`),
+        so an adapter trained here can be handed to anyone using it."""
+        if format == "selfie-adapters":
+            from .pepper_format import save_selfie_adapter
+
+            return save_selfie_adapter(self, directory)
+        if format != "selfinterp":
+            raise OptionError(f"Unknown format {format!r}; use 'selfinterp' (an explainer folder) or 'selfie-adapters'.")
         directory = Path(directory)
         with DirectoryLock(directory):
             save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE,
@@ -239,12 +247,32 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
-                        backend_options: dict | None = None) -> Explainer:
+                        backend_options: dict | None = None, filename: str | None = None, template=None,
+                        mean_vectors=None, layer: int | None = None) -> Explainer:
         """Load a saved explainer onto `model`; refuses a model it was not trained for. `directory` is
         a folder written by `save_pretrained`, or a shipped explainer's name (`"smollm2-topics"`, or
-        `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them)."""
+        `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them).
+
+        It may also be a selfie-adapters file (Pepper et al.'s published adapters): a `.safetensors`
+        path, or a hub repo with `filename=` (`"keenanpepper/selfie-adapters-llama-3.1-8b-instruct"`,
+        `filename="goodfire-sae-scalar-affine.safetensors"`). Such a file is an adapter only, so it gets
+        the reference's prompt for the model's family (`template=` overrides: a name or a
+        PromptTemplate) and the embedding site; a topic adapter takes `mean_vectors=` (the repo's
+        `mean-vectors.safetensors`, keys `layer_{L}`; `layer=` picks one) as its vectors' centring."""
         from .defaults import explainer_location, shipped_explainer_names
+        from .pepper_format import is_selfie_adapter, load_parts
         from .plugins import backend_for
+
+        if is_selfie_adapter(directory, filename):
+            parts, prompt_ids = load_parts(directory, model, tokenizer, filename, template, mean_vectors, layer,
+                                           check_model, backend_options)
+            explainer = cls(**parts)
+            if prompt_ids is not None:  # the prompt as trained, or a tokenizer that differs refused
+                explainer._use_prompt_ids(prompt_ids, directory if filename is None else filename)
+            return explainer
+        if template is not None or mean_vectors is not None or layer is not None:
+            raise OptionError("template=, mean_vectors= and layer= complete a selfie-adapters file; an explainer folder "
+                              "records its own. Pass a .safetensors file (or filename=), or leave them out.")
 
         directory = explainer_location(directory)
         if not directory.is_dir():

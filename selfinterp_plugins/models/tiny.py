@@ -98,3 +98,45 @@ def tiny_model(
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return _finish(model), tokenizer
+
+
+def _family_config(family: str, tokenizer, overrides: dict):
+    """Config of a tiny model shaped like the family's real ones (hidden 64, 2-3 layers): Llama-3.1's
+    rope (theta 5e5, llama3 scaling) and untied head, Qwen3's q/k norms and tied head, Gemma3's mixed
+    sliding/full layers; the vocabulary is the real tokenizer's."""
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen3Config
+
+    special = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if family == "llama3.1":
+        rope = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=8192)
+        cls, fields = LlamaConfig, dict(small, max_position_embeddings=131072, rope_parameters=rope, tie_word_embeddings=False)
+    elif family == "qwen3":
+        cls, fields = Qwen3Config, dict(small, head_dim=16, max_position_embeddings=40960, tie_word_embeddings=True)
+    elif family == "gemma3":
+        cls = Gemma3TextConfig
+        fields = dict(small, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=512,
+                      layer_types=["sliding_attention", "sliding_attention", "full_attention"], tie_word_embeddings=True)
+    else:
+        from .families import FAMILIES
+
+        raise ModelLoadError(f"Unknown model family {family!r}; fix: use one of {', '.join(FAMILIES)}")
+    return cls(**{**fields, **special, **overrides})
+
+
+def tiny_family_model(family: str, seed: int = 0, **overrides) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny random model of a paper's model family (`models.families.FAMILIES`: `llama3.1`,
+    `qwen3`, `gemma3`) carrying that family's real tokenizer, for tests of the real prompts and of
+    the papers' artifacts on stand-ins. Deterministic in `(family, seed, overrides)`; the global RNG
+    is left untouched."""
+    from .families import family_tokenizer
+
+    tokenizer = family_tokenizer(family)
+    config = _family_config(family, tokenizer, overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.config._name_or_path = f"tiny-{family}"
+    return _finish(model), tokenizer

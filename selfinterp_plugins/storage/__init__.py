@@ -7,7 +7,8 @@ say, reading it never writes, and nothing it names reaches outside it:
   name inside the artifact's directory, resolved by `member` (no separator, no `..`, not
   absolute, not a symlink leading out), or an `ArtifactError`;
 - readers are bounded and never unpickle (`read_json`, `read_jsonl`, `read_bytes`,
-  `load_safetensors`; `check_artifact_dir` refuses pickle files and symlinks out by name); what
+  `load_safetensors`, `load_safetensors_with_metadata` for a header's `__metadata__`;
+  `check_artifact_dir` refuses pickle files and symlinks out by name); what
   another library's loader raises on a file is one ArtifactError (`foreign_read_errors`);
 - writers are atomic and never follow a link planted where they write (`write_json`,
   `write_text_atomic`, `write_bytes_atomic`, `save_safetensors`, `JsonlWriter`); a directory's
@@ -26,6 +27,7 @@ from ._files import (
     check_artifact_dir,
     foreign_read_errors,
     load_safetensors,
+    load_safetensors_with_metadata,
     output_errors,
     parse_json,
     read_bytes,
@@ -43,7 +45,7 @@ from ._paths import member
 __all__ = [
     "DirectoryLock", "JsonlWriter", "check_artifact_dir", "check_same_run", "committed_files", "foreign_read_errors",
     "load_safetensors",
-    "member", "output_errors", "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free",
+    "load_safetensors_with_metadata", "member", "output_errors", "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free",
     "save_safetensors", "save_serialised_committed", "sha256_hex", "usual_names", "write_bytes_atomic", "write_json",
     "write_text_atomic",
 ]

@@ -39,7 +39,8 @@ from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
 # the core's: no pickle, atomic files, resumable JSONL, bounded readers, an ArtifactError (reading) or
 # OutputError (writing) naming the file and the fix
-__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "foreign_read_errors", "load_safetensors", "output_errors", "parse_json",
+__all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "foreign_read_errors", "load_safetensors",
+           "load_safetensors_with_metadata", "output_errors", "parse_json",
            "read_bytes", "read_json", "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json",
            "write_text_atomic"]
 
@@ -196,15 +197,50 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise ArtifactError(f"{path} is not a valid safetensors file ({err}); re-save or re-download it.") from None
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Write atomically: a crash mid-write leaves the old file, never half a file.
+def load_safetensors_with_metadata(path: str | Path, max_header_bytes: int = MAX_JSON_BYTES) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A safetensors file's tensors and its header's `__metadata__` (a dict of strings, or None),
+    for formats that keep their config there (the selfie-adapters files). The header is read by a
+    bounded read of its own (its 8-byte length first: a length past the file or `max_header_bytes`
+    is a truncated or hostile file, refused before anything is allocated); the tensors by
+    `load_safetensors`. Every failure is an ArtifactError naming the file."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ArtifactError(f"{path} is a pickle-format file, which is never read (it can run code); pass the "
+                            ".safetensors file instead.")
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or length > min(max_header_bytes, size - 8):
+                raise ArtifactError(f"{path} is not a complete safetensors file (its header says {length} bytes, the "
+                                    f"file holds {size}); re-download it.")
+            text = f.read(length).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{path} has a safetensors header that is not UTF-8 JSON; re-download it.") from None
+    except OSError as err:
+        raise ArtifactError(f"Cannot read {path} ({err.strerror or err}); check its permissions, or re-download it.") from None
+    header = parse_json(text, f"{path} (safetensors header)")
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path} has a safetensors header that is not a JSON object; re-download it.")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ArtifactError(f"{path}: its safetensors __metadata__ should map names to strings; re-download it.")
+    return load_safetensors(path), metadata
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write atomically: a crash mid-write leaves the old file, never half a file. `metadata` goes
+    into the header's `__metadata__` (strings only, as the format requires).
 
     Serialised in memory and written by `write_bytes_atomic`, not by `safetensors.torch.save_file`:
     that reports a full disk or a read-only directory as a `SafetensorError` rather than an OSError,
     and writes through a private temporary file (mode 0600, whatever the umask)."""
     from safetensors.torch import save
 
-    write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+    write_bytes_atomic(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata))
 
 
 def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, max_inflated: int = MAX_INFLATED_BYTES) -> bytes:
