@@ -53,7 +53,7 @@ def bf16_copy(src: Path, dst: Path, record_file: str) -> None:
 
 
 def answers(dit_dir: Path, diffs_root: Path, rows: list[dict]) -> list[str]:
-    model, tok = load_model("smollm2-135m-instruct")  # a fresh model per adapter: PEFT injects its layers in place
+    model, tok = load_model("smollm2-135m-instruct")  # a fresh model per adapter: one run cannot touch the other
     dit = DITAdapter.from_pretrained(dit_dir, model, tok)
     return dit.ask([WeightDiff.from_pretrained(diff_dir(diffs_root, r["id"])) for r in rows])
 

@@ -211,6 +211,22 @@ def test_nan_adapter_weights_are_refused_at_load(tiny_llama, saved, tmp_path):
         load(tiny_llama, directory)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_nan_float8_adapter_weights_are_refused_at_load(tiny_llama, saved, tmp_path, dtype):
+    """torch has no isfinite for float8: the finite check raised NotImplementedError (a traceback)."""
+    from safetensors.torch import load_file, save_file
+
+    directory = tampered(saved, tmp_path, lambda c: c.pop("weights_sha256", None))
+    weights = load_file(str(directory / "adapter.safetensors"))
+    first = sorted(weights)[0]
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    weights[first] = weights[first].float().flatten().index_fill(0, torch.tensor([0]), math.nan).view(
+        weights[first].shape).to(dtype)
+    save_file(weights, str(directory / "adapter.safetensors"))
+    with pytest.raises(ArtifactError, match=rf"adapter.safetensors: tensor {first} holds 1 NaN or infinite value\(s\)"):
+        load(tiny_llama, directory)
+
+
 def test_a_config_without_a_fingerprint_is_refused_unless_the_check_is_off(tiny_llama, saved, tmp_path):
     """Without the fingerprint the model check was silently skipped."""
     directory = tampered(saved, tmp_path, lambda c: c.pop("embedding_fingerprint"))

@@ -26,6 +26,10 @@ def stack_factors(diffs: list[WeightDiff], name: str, out_features: int, in_feat
         module = diff.modules.get(name)
         if module is not None and module.A is None:
             raise WeightDiffError(f"Diff for {name} is dense; compress it first (diff.compress(rank)).")
+        if module is not None and (module.A.shape[1], module.B.shape[0]) != (in_features, out_features):
+            raise WeightDiffError(f"{diff.directory or 'A weight diff'}: its change of {name} is "
+                                  f"{module.B.shape[0]}×{module.A.shape[1]} but the model's module is "
+                                  f"{out_features}×{in_features}; use it with the base model it was made from.")
         ranks.append(0 if module is None else module.A.shape[0])
     r = max(ranks)
     if r == 0:
@@ -94,7 +98,10 @@ def per_row_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, tor
 
 @contextlib.contextmanager
 def per_row_diffs(model: nn.Module, diffs: list[WeightDiff]):
-    """Inside the block, row i of every forward batch (of exactly len(diffs) rows) runs with diffs[i]."""
+    """Inside the block, row i of every forward batch (of exactly len(diffs) rows) runs with diffs[i];
+    a diff recorded for another model (`WeightDiff.check_model`) or of other shapes is refused."""
+    for diff in diffs:
+        diff.check_model(model)
     names = sorted({name for diff in diffs for name in diff.modules})
     targets = resolve_targets(model, names)
     factors = {}

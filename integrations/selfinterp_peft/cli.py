@@ -24,6 +24,7 @@ from selfinterp_plugins.cli_options import (
     load_backend,
     model_option,
 )
+from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.storage import DirectoryLock, member, write_text_atomic
 
 #: make-diffs defaults: the reference's losses and LoRA, with less data than its 270 questions for
@@ -178,7 +179,7 @@ def register(cli):
 
         rows = [r for r in read_index(diffs_dir) if r.get("split") == "train"]
         if not rows:
-            raise click.ClickException(f"{diffs_dir} has no train-split diffs; make them with `selfinterp dit make-diffs`.")
+            raise ArtifactError(f"{diffs_dir} has no train-split diffs; make them with `selfinterp dit make-diffs`.")
         with DirectoryLock(out):  # the whole run: checkpoints and the final save (a second run fails at once)
             model, tok = _load(model_name)
             dit = DITAdapter.create(model, tok, DITConfig(rank=rank, alpha=alpha, init=init, lr=lr, weight_decay=weight_decay,
@@ -261,13 +262,15 @@ def register(cli):
     @click.option("--limit", type=COUNT, default=None, help="only the first N diffs of the split")
     @click.option("--llm-judge", default="gemma-3-270m", show_default=True,
                   help="local model for the paper's 1-5 judge and guesser ('none' to skip)")
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="answers.jsonl (resumes) and metrics.json")
+    @click.option("--out", required=True, type=click.Path(file_okay=False),
+                  help="answers.jsonl (resumes the same run only: answers.jsonl.run.json says which) and metrics.json")
     def evaluate(dit_dir, diffs_dir, model_name, split, candidates, limit, llm_judge, out):
         """DIT answers vs asking without DIT and with the trigger: recall@1/@5 and exact match (embedding
-        judge), and the paper's 1-5 LLM judge on a local model."""
+        judge), and the paper's 1-5 LLM judge on a local model. A rerun into OUT asks only what is
+        missing, and is refused if another DIT adapter, model, diff set or judge wrote OUT."""
         from selfinterp_plugins.topics import load_topics
 
-        from .diff_store import load_diffs, read_index
+        from .diff_store import INDEX, load_diffs, read_index
         from .dit import DITAdapter
         from .dit_eval import answer_records, score
         from .shipped import dit_location
@@ -278,7 +281,13 @@ def register(cli):
                                   "one (smollm2-hidden-topics).")
         rows = [r for r in read_index(diffs_dir) if r.get("split") == split][:limit]
         if not rows:
-            raise click.ClickException(f"{diffs_dir} has no {split}-split diffs.")
+            splits = sorted({str(r.get("split")) for r in read_index(diffs_dir)})
+            raise ArtifactError(f"{diffs_dir} has no {split}-split diffs (its splits: {', '.join(splits) or 'none'}); "
+                                "choose one with --split, or make diffs with `selfinterp dit make-diffs`.")
+        untriggered = next((r["id"] for r in rows if r.get("trigger") is None), None)
+        if untriggered is not None:  # the trigger baseline asks each diff with its own trigger
+            raise ArtifactError(f"{diffs_dir}/{INDEX} row {untriggered!r} has no trigger, which the trigger baseline "
+                                "needs; evaluate diffs made by `selfinterp dit make-diffs`.")
         with DirectoryLock(out):  # one evaluation per --out: a second fails at once
             model, tok = _load(model_name)
             dit = DITAdapter.from_pretrained(dit_dir, model, tok)

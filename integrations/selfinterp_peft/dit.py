@@ -22,11 +22,9 @@ from selfinterp_plugins.models import embedding_fingerprint
 from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
-    foreign_read_errors,
     read_json,
     record_free,
     save_serialised_committed,
-    usual_names,
 )
 from selfinterp_plugins.storage.validation import (
     NonNegativeFloat,
@@ -37,11 +35,14 @@ from selfinterp_plugins.storage.validation import (
     validate,
 )
 
+from .adapter_files import load_onto, read_adapter
 from .batched import per_row_diffs
 from .chat import chat_ids
 from .diff_training import decoder_linears, token_losses
 from .epoch_checkpoints import epoch_batches, rows_sha256, run_epochs
-from .hidden_topics import Example, assistant_turn, generate_answers
+from .hidden_topics import Example, NonFiniteLogitsError, assistant_turn, generate_answers
+from .model_copies import weight_sharing_copy
+from .model_identity import IDENTITY_KEYS, ModelRecord, check_model, model_record
 from .weight_diff import WeightDiff, WeightDiffError
 
 DIT_QUESTION = "What topic have you been trained on?"
@@ -117,7 +118,7 @@ class DITAdapter:
         torch.manual_seed(config.seed)
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
                           target_modules=_module_suffixes(model), task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, lora)
+        peft_model = get_peft_model(weight_sharing_copy(model), lora)  # `model` itself stays PEFT-free
         if config.init == "reference":
             reference_init(peft_model)
         return cls(peft_model, tokenizer, config)
@@ -130,26 +131,31 @@ class DITAdapter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer) -> DITAdapter:
-        """Load a saved DIT adapter onto `model` (the base model the diffs were made from);
-        `directory` may be a shipped adapter's name (`smollm2-hidden-topics`: `shipped.py`)."""
-        from peft import PeftModel
-
+        """Load a saved DIT adapter for `model` (the base model the diffs were made from; refused if the
+        adapter records another); `directory` may be a shipped adapter's name (`smollm2-hidden-topics`:
+        `shipped.py`). PEFT wraps a copy of `model` sharing its weights, so `model` itself stays as it
+        was: the same object still serves `WeightDiff.from_peft(..., base=model)` and `from_models`."""
         from .shipped import dit_location
 
         directory = check_artifact_dir(dit_location(directory))
-        raw = read_json(directory / CONFIG_FILE)
-        config = DITConfig.from_dict(record_free(raw), str(directory / CONFIG_FILE))
-        with usual_names(directory, raw) as files, foreign_read_errors(directory, "PEFT"):  # the committed files
-            return cls(PeftModel.from_pretrained(model, str(files)), tokenizer, config)
+        path = directory / CONFIG_FILE
+        raw = read_json(path)
+        config = DITConfig.from_dict({k: v for k, v in record_free(raw).items() if k not in IDENTITY_KEYS}, str(path))
+        identity = validate(ModelRecord, {k: raw[k] for k in IDENTITY_KEYS if k in raw}, str(path),
+                            "re-save the DIT adapter.")
+        check_model(vars(identity), model, directory, "DIT adapter")
+        files = read_adapter(directory, raw)  # the weight-diff loaders' checks, before PEFT reads the directory
+        return cls(load_onto(files, model), tokenizer, config)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the adapter (the directory locked while written: a second writer fails at once):
         PEFT's files committed with dit_config.json as the record, so a kill leaves the old adapter
-        or the new one, never new weights under an old config (storage)."""
+        or the new one, never new weights under an old config (storage). The record names the base
+        model (`model_identity`), so loading onto another model is refused."""
         directory = Path(directory)
         with DirectoryLock(directory):
             save_serialised_committed(directory, lambda folder: self.model.save_pretrained(str(folder), safe_serialization=True),
-                                      asdict(self.config), CONFIG_FILE)
+                                      {**asdict(self.config), **model_record(self.model)}, CONFIG_FILE)
         return directory
 
     # ---- training ---------------------------------------------------------------------------
@@ -219,8 +225,15 @@ class DITAdapter:
             prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
             context = self.model.disable_adapter() if has_adapter and not use_dit else contextlib.nullcontext()
             limit = max_new_tokens or (self.config.max_new_tokens if use_dit else self.config.baseline_max_new_tokens)
-            with context, per_row_diffs(self.model, chunk):
-                ids = generate_answers(self.model, self.tokenizer, prompts, limit, batch_size=len(chunk), keep_order=True)
+            try:
+                with context, per_row_diffs(self.model, chunk):
+                    ids = generate_answers(self.model, self.tokenizer, prompts, limit, batch_size=len(chunk),
+                                           keep_order=True)
+            except NonFiniteLogitsError as err:
+                diff = chunk[err.rows[0]]
+                raise WeightDiffError(f"{diff.directory or f'Diff {start + err.rows[0]}'}: with this diff applied the "
+                                      "model's logits are NaN or infinite (its change is far too large: check the "
+                                      "adapter's lora_alpha and weights); use a sound diff.") from None
             answers.extend(self.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids)
         return answers
 

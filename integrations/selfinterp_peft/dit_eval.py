@@ -12,15 +12,21 @@ answer as it is and the baselines' answers after the paper's guesser has turned 
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 from selfinterp_plugins.evaluation.scoring import exact_match, recall_at_k
-from selfinterp_plugins.storage import JsonlWriter, read_jsonl
+from selfinterp_plugins.models import embedding_fingerprint
+from selfinterp_plugins.storage import JsonlWriter, check_same_run, read_json, read_jsonl, sha256_hex, write_json
 
 from .hidden_topics import TRIGGER_TEMPLATE, mentions
 
 METHODS = ("dit", "no_dit", "trigger")
+#: eval-manifest keys -> what sets them on `selfinterp dit eval`, for the one-line refusal to resume
+EVAL_OPTIONS = {"dit_adapter_sha256": "DIT_DIR", "model_fingerprint": "--model", "diffs": "DIFFS_DIR, --split or --limit",
+                "guesser": "--llm-judge"}
 
 
 def embedding_judge(records: list[dict], truth: dict[str, str], candidates: list[str]) -> dict[str, float]:
@@ -34,14 +40,68 @@ def trigger_prefix(trigger: int) -> str:
     return TRIGGER_TEMPLATE.format(code=f"{trigger:03d}{random.Random(42).randint(0, 999):03d}", question="").strip()
 
 
+def diff_sha256(diff) -> str:
+    """SHA-256 of what a diff changes: each module's name, scale and tensors (shapes included)."""
+    def parts():
+        for name in sorted(diff.modules):
+            module = diff.modules[name]
+            yield json.dumps([name, module.scale])
+            for tensor in (module.A, module.B, module.dense, module.bias):
+                yield json.dumps(None if tensor is None else list(tensor.shape))
+                if tensor is not None:
+                    yield tensor
+
+    return sha256_hex(parts())
+
+
+def dit_sha256(dit) -> str:
+    """SHA-256 of a DIT adapter: its config and its LoRA's tensors."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(dit.model)
+
+    def parts():
+        yield json.dumps(asdict(dit.config), sort_keys=True)
+        for name in sorted(state):
+            yield json.dumps([name, list(state[name].shape)])
+            yield state[name]
+
+    return sha256_hex(parts())
+
+
+def eval_run(dit, rows: list[dict], diffs, methods, guesser=None) -> dict:
+    """What makes an evaluation's answers what they are, recorded beside them: the DIT adapter's
+    digest (weights and config: question, answer lengths), the model, each diff (digest, topic,
+    trigger) by id, the methods and the guesser's model."""
+    run = {"dit_adapter_sha256": dit_sha256(dit), "model_fingerprint": embedding_fingerprint(dit.model),
+           "diffs": {row["id"]: {"sha256": diff_sha256(diff), "topic": row["topic"], "trigger": row.get("trigger")}
+                     for row, diff in zip(rows, diffs)},
+           "methods": list(methods),
+           "guesser": None if guesser is None else {"model_fingerprint": embedding_fingerprint(guesser.model),
+                                                    "guess_tokens": guesser.guess_tokens}}
+    return json.loads(json.dumps(run))  # JSON-normalised, as read back
+
+
+def _resumable(out: Path, run: dict) -> dict:
+    """The records already in `out`, refused (one line naming the setting) when `out.run.json` says
+    another run wrote them; the run is recorded when `out` holds none yet (or predates manifests)."""
+    manifest = out.with_name(out.name + ".run.json")
+    done = {(r["id"], r["method"]): r for r in read_jsonl(out, tolerate_torn_tail=True)} if out.exists() else {}
+    if done and manifest.exists():
+        check_same_run(out, read_json(manifest), run, EVAL_OPTIONS)
+    if not done or not manifest.exists():
+        write_json(run, manifest)
+    return done
+
+
 def answer_records(dit, rows: list[dict], diffs, methods=METHODS, out: str | Path | None = None,
                    batch_size: int = 16, guesser=None) -> list[dict]:
     """One record per (diff, method): id, method, label (the answer), topic, and with a `guesser`
     (an `LLMJudge`) the guessed topic of each baseline answer. Written to `out` (JSONL) as each
-    method finishes; records already there are kept and not asked again."""
-    done = {}
-    if out is not None and Path(out).exists():
-        done = {(r["id"], r["method"]): r for r in read_jsonl(out, tolerate_torn_tail=True)}
+    method finishes, with what made them in `out.run.json` (`eval_run`); records already there are
+    kept and not asked again, unless another run (another DIT adapter, model, diff or guesser) wrote
+    them: then the rerun is refused."""
+    done = {} if out is None else _resumable(Path(out), eval_run(dit, rows, diffs, methods, guesser))
     records = []
     for method in methods:
         todo = [(row, diff) for row, diff in zip(rows, diffs) if (row["id"], method) not in done]

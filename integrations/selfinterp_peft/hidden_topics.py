@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
+from selfinterp_plugins.errors import SelfInterpError
 
 from .chat import chat_ids, end_of_answer_ids
 
@@ -102,12 +103,37 @@ def assistant_turn(tokenizer, user: str, answer: str) -> tuple[list[int], list[i
     return chat_ids(tokenizer, user), tokenizer(tail, add_special_tokens=False)["input_ids"]
 
 
+class NonFiniteLogitsError(SelfInterpError):
+    """The model's next-token logits hold NaN or infinity (`rows`: the prompts' indices): greedy
+    decoding would pick token 0 and answer nothing, silently."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(f"The model's next-token logits are NaN or infinite for prompt(s) {rows}; a weight diff (or "
+                         "adapter) applied to it changes its weights far too much (check its lora_alpha and weights).")
+        self.rows = rows
+
+
+def _refuse_non_finite(rows: list[int]):
+    """A logits processor for `generate` that raises NonFiniteLogitsError naming the prompts of `rows`."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FiniteLogits(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            bad = (~torch.isfinite(scores)).any(dim=-1)
+            if bool(bad.any()):
+                raise NonFiniteLogitsError([rows[i] for i in bad.nonzero().flatten().tolist()])
+            return scores
+
+    return LogitsProcessorList([FiniteLogits()])
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 32,
                      progress: bool = False, desc: str = "answers", keep_order: bool = False) -> list[list[int]]:
     """Greedy answers (token ids, end-of-turn stripped) to token-id prompts, left-padded batches of
     similar length. Whatever hooks are active on `model` apply; with per-row diffs pass
-    `keep_order=True` so batch row i stays prompt i."""
+    `keep_order=True` so batch row i stays prompt i. NaN or infinite logits raise
+    `NonFiniteLogitsError` naming the prompts (an answer decoded from them would be junk)."""
     from tqdm.auto import tqdm
 
     pad = pad_token_id(tokenizer)
@@ -120,7 +146,8 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens:
         ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in rows])
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
         generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                   pad_token_id=pad, eos_token_id=sorted(i for i in stops if i is not None))
+                                   pad_token_id=pad, eos_token_id=sorted(i for i in stops if i is not None),
+                                   logits_processor=_refuse_non_finite(rows))
         for i, row in zip(rows, generated[:, width:].tolist()):
             answer = []
             for token in row:

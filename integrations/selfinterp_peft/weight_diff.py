@@ -9,61 +9,40 @@ truncated SVD, `low_rank`, reporting the fraction of the diff's energy kept); it
 base model in place and undone exactly, and saved as a plain PEFT LoRA adapter so any PEFT user
 can load it. GPT-2-style `Conv1D` layers store weights as in×out; the diff is always kept out×in
 (an embedding's as stored, vocab×dim) and transposed only where it touches such a weight.
-Files are read with safetensors and JSON only; PEFT reads a directory only after the same checks.
+Files are read with safetensors and JSON only; PEFT reads a directory only after the checks of
+`adapter_files` (the same with a base model or without), and only onto a copy of the base sharing
+its weights (`model_copies`). A diff records the base model it was made on (`model_identity`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
-from selfinterp_plugins.errors import ArtifactError, SelfInterpError
+from selfinterp_plugins.errors import SelfInterpError
 from selfinterp_plugins.storage import (
     DirectoryLock,
-    check_artifact_dir,
-    committed_files,
-    foreign_read_errors,
-    load_safetensors,
     read_json,
     save_safetensors,
     save_serialised_committed,
-    usual_names,
     write_json,
 )
-from selfinterp_plugins.storage.validation import Name, NonNegativeInt, between, check_finite_tensors, validate
+from selfinterp_plugins.storage.validation import NonNegativeInt, between, validate
 
+from .adapter_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, load_onto, plain_lora_changes, read_adapter
 from .low_rank import factor_svd, truncated_factors
-from .peft_conversion import base_copies, module_changes, unload_keeping_base
+from .model_identity import check_model, model_record
+from .peft_conversion import module_changes
 
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
 #: our own file beside PEFT's, and the commit record of a saved diff (storage)
 INFO_FILE = "weight_diff.json"
 _PREFIX = "base_model.model."
-FIX = "re-save the adapter (save_pretrained) or re-download it."
-
-
-@dataclass
-class PeftLoraConfig:
-    """The fields of a PEFT LoRA `adapter_config.json` a weight diff is read with (PEFT writes many
-    more, kept out of the way); PEFT's own defaults where a field is absent."""
-
-    peft_type: Name = "LORA"
-    use_dora: bool | None = False
-    lora_alpha: float = 8
-    use_rslora: bool | None = False
-    alpha_pattern: dict[str, float] | None = None
-    r: NonNegativeInt | None = None
-    base_model_name_or_path: str | None = None
-
 
 @dataclass
 class WeightDiffInfo:
@@ -74,6 +53,8 @@ class WeightDiffInfo:
     source: str | None = None
     rank: NonNegativeInt | None = None
     base_model: str | None = None
+    model_id: str | None = None  # the base model the diff was saved against (model_identity)
+    embedding_fingerprint: str | None = None
 
 
 class WeightDiffError(SelfInterpError):
@@ -123,11 +104,17 @@ def _weight_modules(model: nn.Module) -> dict[str, nn.Module]:
 class WeightDiff:
     """What a fine-tune changed, per module; see the module docstring."""
 
-    def __init__(self, modules: dict[str, ModuleDiff], meta: dict | None = None):
+    def __init__(self, modules: dict[str, ModuleDiff], meta: dict | None = None, directory: Path | None = None):
         if not modules:
             raise WeightDiffError("A weight diff needs at least one module; check the adapter or the two models given.")
         self.modules = dict(modules)
-        self.meta = dict(meta or {})
+        self.meta = dict(meta or {})  # with `embedding_fingerprint`: the base model it belongs to (model_identity)
+        self.directory = directory  # where it was read from, to name it in an error
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model other than the one this diff was made on (a diff without a recorded
+        fingerprint, made elsewhere or saved before, passes; its shapes are still checked)."""
+        check_model(self.meta, model, self.directory or "a weight diff", "weight diff")
 
     def __repr__(self) -> str:
         ranks = sorted({m.rank for m in self.modules.values() if m.rank is not None})
@@ -139,7 +126,8 @@ class WeightDiff:
     def from_peft(cls, source, adapter_name: str = "default", base: nn.Module | None = None,
                   progress: bool = False) -> WeightDiff:
         """From a loaded `PeftModel`, or a PEFT adapter directory loaded onto `base` through PEFT
-        (`PeftModel.from_pretrained`; `base` is left as it was). Each module's change is PEFT's own
+        (`PeftModel.from_pretrained` onto a copy sharing base's weights, so `base` is left exactly as it
+        was, also when the load fails). Each module's change is PEFT's own
         (`peft_conversion`): every method PEFT can merge converts exactly, others are refused by name.
         Without `base` a directory must hold a plain LoRA (its change does not depend on the base)."""
         if isinstance(source, (str, Path)):
@@ -149,48 +137,25 @@ class WeightDiff:
         changes = module_changes(source, adapter_name, WeightDiffError, progress=progress)
         config = source.peft_config[adapter_name]
         return cls({name: ModuleDiff(**change) for name, change in changes.items()},
-                   {"source": "peft", "base_model": getattr(config, "base_model_name_or_path", None)})
+                   {"source": "peft", "base_model": getattr(config, "base_model_name_or_path", None),
+                    **model_record(source)})
 
     @classmethod
     def _from_peft_dir_on(cls, directory: Path, base: nn.Module, adapter_name: str, progress: bool) -> WeightDiff:
-        from peft import PeftModel
-
-        check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused before PEFT reads it
         record = _record(directory)
-        weights = committed_files(directory, record).get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)
-        if not Path(weights).is_file():
-            raise ArtifactError(f"Missing file {weights}; pass a directory written by PEFT's save_pretrained.")
-        try:
-            with safe_open(str(weights), framework="pt") as handle:
-                saved = base_copies(handle.keys(), base)
-        except Exception as err:  # safetensors raises several types for a bad header
-            raise ArtifactError(f"{weights} is not a valid safetensors file ({err}); re-save the adapter.") from None
-        with usual_names(directory, record) as files, foreign_read_errors(directory, "PEFT"):
-            peft_model = PeftModel.from_pretrained(base, str(files), adapter_name=adapter_name)
-        try:
-            for name, (param, original) in saved.items():
-                if not torch.equal(param.detach(), original):
-                    raise WeightDiffError(f"{directory / PEFT_WEIGHTS} carries its own {name} (PEFT saves an embedding's "
-                                          "weights next to a LoRA on it), different from the base model given; "
-                                          "pass the base model the adapter was trained on.")
-            return cls.from_peft(peft_model, adapter_name, progress=progress)
-        finally:
-            unload_keeping_base(peft_model)  # the caller's base again: PEFT's layers removed, weights untouched
-            with torch.no_grad():
-                for param, original in saved.values():
-                    param.copy_(original)
+        files = read_adapter(directory, record)  # the same checks as without a base, before PEFT reads anything
+        info = validate(WeightDiffInfo, record, str(directory / INFO_FILE), FIX, unknown="ignore")
+        check_model(vars(info), base, directory, "weight diff")
+        peft_model = load_onto(files, base, adapter_name)  # PEFT wraps a copy sharing base's weights, never base
+        diff = cls.from_peft(peft_model, adapter_name, progress=progress)
+        diff.directory = directory
+        return diff
 
     @classmethod
     def _from_peft_dir(cls, directory: Path) -> WeightDiff:
-        check_artifact_dir(directory)  # a pickled adapter_model.bin or a symlink out is refused by name
-        committed = committed_files(directory, _record(directory))
-        config_path = committed.get(PEFT_CONFIG, directory / PEFT_CONFIG)
-        weights_path = committed.get(PEFT_WEIGHTS, directory / PEFT_WEIGHTS)
-        raw = read_json(config_path)
-        config = validate(PeftLoraConfig, raw, str(config_path), FIX, unknown="ignore")  # types first
-        tensors = check_finite_tensors(load_safetensors(weights_path), weights_path, FIX)
-        modules = plain_lora_from_files(directory, raw, tensors)
-        return cls(modules, {"source": "peft", "base_model": config.base_model_name_or_path})
+        files = read_adapter(directory, _record(directory))
+        modules = {name: ModuleDiff(**change) for name, change in plain_lora_changes(files, WeightDiffError).items()}
+        return cls(modules, {"source": "peft", "base_model": files.config.get("base_model_name_or_path")}, directory)
 
     @classmethod
     def from_models(cls, base: nn.Module, finetuned: nn.Module, rank: int | None = None, atol: float = 0.0,
@@ -213,7 +178,7 @@ class WeightDiff:
                 continue
             A, B, energy = truncated_factors(delta, rank)
             modules[name] = ModuleDiff(A=A, B=B, scale=1.0, energy_kept=energy)
-        return cls(modules, {"source": "full fine-tune", "rank": rank})
+        return cls(modules, {"source": "full fine-tune", "rank": rank, **model_record(base)})
 
     def compress(self, rank: int, progress: bool = False) -> WeightDiff:
         """The same diff with every module at rank ≤ `rank` (what per-row batches and DIT need):
@@ -242,6 +207,7 @@ class WeightDiff:
     @contextlib.contextmanager
     def applied(self, model: nn.Module, alpha: float = 1.0):
         """Add alpha·ΔW to `model`'s weights for the duration of the block, then remove it exactly."""
+        self.check_model(model)
         targets = _weight_modules(model)
         missing = sorted(set(self.modules) - set(targets))
         if missing:
@@ -323,7 +289,9 @@ class WeightDiff:
             save_safetensors(tensors, folder / PEFT_WEIGHTS)
             write_json(config, folder / PEFT_CONFIG)
 
-        info = {"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)}}
+        self.check_model(base_model)  # a diff made on another model saved as this one's would pass every later check
+        info = {"energy_kept": self.energy_report(), **{k: v for k, v in self.meta.items() if _jsonable(v)},
+                **model_record(base_model)}
         with DirectoryLock(directory):  # made, and locked: a second writer fails at once instead of mixing two diffs
             # weight_diff.json is the commit record: a kill leaves the old adapter or the new one
             save_serialised_committed(directory, serialise, info, INFO_FILE)
@@ -338,58 +306,8 @@ class WeightDiff:
             for name, energy in info.energy_kept.items():
                 if name in diff.modules:
                     diff.modules[name].energy_kept = energy
+            diff.meta.update({"model_id": info.model_id, "embedding_fingerprint": info.embedding_fingerprint})
         return diff
-
-
-#: LoRA config fields that make it more than ΔW = scaling·B·A from the two factor tensors alone
-_NEEDS_BASE = ("use_dora", "modules_to_save", "trainable_token_indices", "lora_bias", "use_bdlora",
-               "alora_invocation_tokens", "arrow_config", "velora_config", "monteclora_config", "mica",
-               "kasa_config", "use_qalora")
-#: what a plain LoRA file holds: factors, and (PEFT's save_embedding_layers) an embedding's own weights,
-#: which are the base's, not a change
-_FACTOR_KEYS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B", ".base_layer.weight")
-
-
-def plain_lora_from_files(directory: Path, config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, ModuleDiff]:
-    """A plain LoRA's modules from its config and tensors, as PEFT computes them (scaling from
-    `lora_alpha`, rsLoRA, rank_pattern/alpha_pattern matched with PEFT's own `get_pattern_key`;
-    embeddings ΔW = scaling·(B·A)ᵀ). Anything else needs the base model: refused, saying so."""
-    from peft.utils.other import get_pattern_key
-
-    peft_type = config.get("peft_type", "LORA")
-    extra = [field for field in _NEEDS_BASE if config.get(field)]
-    if config.get("bias", "none") != "none":
-        extra.append(f"bias={config['bias']!r}")
-    unknown = sorted(key for key in tensors if not key.endswith(_FACTOR_KEYS))
-    if peft_type != "LORA" or extra or unknown:
-        what = (f"a peft_type {peft_type} adapter" if peft_type != "LORA"
-                else f"a LoRA adapter with {', '.join(extra)}" if extra else f"a LoRA adapter with tensor {unknown[0]!r}")
-        raise WeightDiffError(f"{directory / PEFT_CONFIG}: {what} is not a plain LoRA, so its change is computed "
-                              "by PEFT from the base model's weights; pass the base model "
-                              "(WeightDiff.from_peft(dir, base=model); `selfinterp dit extract --adapter DIR --base MODEL`).")
-    alpha, rslora = config.get("lora_alpha", 8), bool(config.get("use_rslora"))
-    alpha_pattern = config.get("alpha_pattern") or {}
-    modules = {}
-    for key, a in tensors.items():
-        for a_suffix, b_suffix in ((".lora_A.weight", ".lora_B.weight"), (".lora_embedding_A", ".lora_embedding_B")):
-            if key.endswith(a_suffix):
-                break
-        else:
-            continue
-        name = key[: -len(a_suffix)]
-        name = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
-        b_key = key[: -len(a_suffix)] + b_suffix
-        if b_key not in tensors:
-            raise ArtifactError(f"{directory / PEFT_WEIGHTS} has {key} but no {b_key}; re-save the adapter.")
-        r = a.shape[0]
-        module_alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), alpha)
-        scale = float(module_alpha / (math.sqrt(r) if rslora else r))
-        b = tensors[b_key].float()
-        if a_suffix == ".lora_A.weight":
-            modules[name] = ModuleDiff(A=a.float(), B=b, scale=scale)
-        else:  # embedding: ΔW = scale·(B_e·A_e)ᵀ = scale·A_eᵀ·B_eᵀ (vocab×dim)
-            modules[name] = ModuleDiff(A=b.T.contiguous(), B=a.float().T.contiguous(), scale=scale)
-    return modules
 
 
 def _record(directory: Path) -> dict:

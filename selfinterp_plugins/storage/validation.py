@@ -167,12 +167,20 @@ def check_fields(obj, source: str, fix: str, *, error: type[SelfInterpError] = A
         _raise(err, source, "", fix, error)
 
 
+#: floating dtypes `torch.isfinite` supports (float8 is not one of them)
+_ISFINITE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def check_finite_tensors(tensors: dict[str, torch.Tensor], source, fix: str) -> dict[str, torch.Tensor]:
     """Refuse weights holding NaN or infinity (every label of an adapter with a NaN weight is the
     same junk token): an ArtifactError naming the tensor."""
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
+        if not (tensor.is_floating_point() and tensor.numel()):
+            continue
+        # torch has no isfinite for the float8 dtypes; widened to float32 each value keeps its NaN or inf
+        values = tensor if tensor.dtype in _ISFINITE_DTYPES else tensor.float()
+        if not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
             raise ArtifactError(f"{source}: tensor {name} holds {bad} NaN or infinite value(s); {fix}")
     return tensors
 

@@ -39,15 +39,15 @@ from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
     committed_files,
-    foreign_read_errors,
     load_safetensors,
     read_json,
     record_free,
     save_safetensors,
     save_serialised_committed,
-    usual_names,
 )
 
+from ..adapter_files import load_onto, read_adapter
+from ..model_copies import weight_sharing_copy
 from .config import (
     CONFIG_FILE,
     FEATURE_PROMPTS,
@@ -128,7 +128,7 @@ class LoRAExplainer:
         config.target_modules = targets
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
                           task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, lora)
+        peft_model = get_peft_model(weight_sharing_copy(model), lora)  # `model` itself stays PEFT-free (model_copies)
         return cls(peft_model, tokenizer, config, cls._projections(config, model.config.hidden_size))
 
     @staticmethod
@@ -161,8 +161,6 @@ class LoRAExplainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer) -> LoRAExplainer:
-        from peft import PeftModel
-
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
             raise ArtifactError(f"No LoRA explainer at {directory} ({CONFIG_FILE} missing); train one with `selfinterp lora-explainer train`.")
@@ -178,8 +176,8 @@ class LoRAExplainer:
             tuned = _load_full(directory, model, committed)
             tuned.eval()
             return cls(tuned, tokenizer, config, projections)
-        with usual_names(directory, raw) as files, foreign_read_errors(directory, "PEFT"):
-            peft_model = PeftModel.from_pretrained(model, str(files))
+        # the weight diffs' and DIT's checks before PEFT reads the directory; PEFT wraps a copy of `model`
+        peft_model = load_onto(read_adapter(directory, raw), model)
         peft_model.eval()
         return cls(peft_model, tokenizer, config, projections)
 

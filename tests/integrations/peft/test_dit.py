@@ -210,3 +210,59 @@ def test_diff_training_progress_moves_every_step(tiny, examples, capsys):
     err = capsys.readouterr().err
     steps = 2 * 2  # 2 epochs × 2 questions, one question per step, the group's diffs side by side
     assert "diff training: 100%" in err and f"{steps}/{steps}" in err and f"diffs={len(examples)}/{len(examples)}" in err
+
+
+def _perturbed_dit(model, tok, seed=5):
+    """A DIT adapter whose LoRA is random (both factors), so it changes the answers."""
+    dit = DITAdapter.create(model, tok, DITConfig(rank=4, alpha=4, init="peft", max_new_tokens=4,
+                                                  baseline_max_new_tokens=4))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in dit.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    return dit
+
+
+def _module_types(model):
+    return [type(m) for m in model.modules()]
+
+
+def test_one_base_object_serves_dit_weight_diffs_and_from_models_in_every_order(tmp_path):
+    """DITAdapter.from_pretrained wrapped the base in place: a later WeightDiff.from_peft(..., base=base)
+    unloaded the DIT LoRA with its own (every DIT answer changed, also for diffs made before), asking
+    with use_dit=False then failed inside PEFT, and from_models(base, merged) found 'different linear
+    layers'. Each order now gives what fresh models give."""
+    def fresh():
+        return tiny_model("llama", seed=0, initializer_range=0.2)[0]
+
+    tok = tiny_model("llama", seed=0, initializer_range=0.2)[1]
+    _perturbed_dit(fresh(), tok).save_pretrained(tmp_path / "dit")
+    diff = distinct_diffs(fresh(), n=1)[0]
+    diff.save_pretrained(tmp_path / "lora", fresh())  # a plain PEFT LoRA directory
+    merged = fresh()
+    with torch.no_grad():
+        for name, module in diff.modules.items():
+            merged.get_submodule(name).weight.add_(module.delta())
+
+    # what fresh models give, one model per step
+    ref_dit = DITAdapter.from_pretrained(tmp_path / "dit", fresh(), tok)
+    ref_diff = WeightDiff.from_peft(tmp_path / "lora", base=fresh())
+    with_dit, without = ref_dit.ask([ref_diff]), ref_dit.ask([ref_diff], use_dit=False)
+    assert with_dit != without  # the DIT adapter changes the answer
+    ref_models = WeightDiff.from_models(fresh(), merged)
+
+    base = fresh()
+    before = (_module_types(base), [p.requires_grad for p in base.parameters()])
+    early = WeightDiff.from_peft(tmp_path / "lora", base=base)  # made before the DIT adapter is loaded
+    dit = DITAdapter.from_pretrained(tmp_path / "dit", base, tok)
+    late = WeightDiff.from_peft(tmp_path / "lora", base=base)  # ... and after
+    assert dit.ask([early, late]) == with_dit * 2
+    assert dit.ask([early], use_dit=False) == without
+    from_models = WeightDiff.from_models(base, merged)
+    assert from_models.modules.keys() == ref_models.modules.keys()
+    for name, module in ref_models.modules.items():
+        torch.testing.assert_close(from_models.modules[name].delta(), module.delta(), rtol=0, atol=0)
+    DITAdapter.create(base, tok, DITConfig(rank=2))  # a new DIT adapter on the same base, too
+    assert DITAdapter.from_pretrained(tmp_path / "dit", base, tok).ask([late]) == with_dit
+    assert (_module_types(base), [p.requires_grad for p in base.parameters()]) == before

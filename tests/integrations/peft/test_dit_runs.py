@@ -211,3 +211,70 @@ def test_a_second_dit_eval_into_the_same_out_is_refused(first_run, tmp_path, cap
                        str(first_run / "tiny"), "--candidates", "diffs", "--llm-judge", "none", "--out", str(out))
         assert line == f"Error: {out} is being written by another run (pid {proc.pid}); wait for it to finish or choose another --out."
         assert snapshot(out) == before
+
+
+# ---- dit eval: its output remembers its run ------------------------------------------------------
+
+def _short_answers(directory):
+    """The DIT adapter answering in 2 tokens (256 without DIT): the evaluation tests take seconds."""
+    config = json.loads((directory / "dit_config.json").read_text())
+    (directory / "dit_config.json").write_text(json.dumps({**config, "max_new_tokens": 2, "baseline_max_new_tokens": 2}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def short_dit(first_run):
+    shutil.copytree(first_run / "dit", first_run / "dit-short")
+    return _short_answers(first_run / "dit-short")
+
+
+def _eval(first_run, out, *flags, dit=None):
+    return ("dit", "eval", str(dit or first_run / "dit-short"), str(first_run / "diffs"), "--model", str(first_run / "tiny"),
+            "--candidates", "diffs", "--llm-judge", "none", "--out", str(out), *flags)
+
+
+@pytest.fixture(scope="module")
+def second_dit(first_run, short_dit):
+    """Another DIT adapter for the same model and diffs (another seed)."""
+    _must_run(*_train(first_run, first_run / "dit-seed1", *replace_flag(BASE, "--seed", "1")))
+    return _short_answers(first_run / "dit-seed1")
+
+
+@pytest.mark.parametrize(("change", "setting"), [
+    ("another DIT adapter", "dit_adapter_sha256 (DIT_DIR)"),
+    ("more diffs", "diffs.{id} (DIFFS_DIR, --split or --limit)"),
+    ("a guesser", "guesser (--llm-judge)"),
+])
+def test_dit_eval_refuses_to_resume_another_runs_answers(first_run, second_dit, tmp_path, capsys, change, setting):
+    """`dit eval --out` reused the answers another DIT adapter gave and wrote metrics for the wrong adapter."""
+    out = tmp_path / "eval"
+    ok(capsys, *_eval(first_run, out, "--split", "train", "--limit", "2"))
+    before = snapshot(out)
+    if change == "another DIT adapter":
+        argv = _eval(first_run, out, "--split", "train", "--limit", "2", dit=second_dit)
+    elif change == "more diffs":
+        argv = _eval(first_run, out, "--split", "train")
+    else:
+        argv = replace_flag(_eval(first_run, out, "--split", "train", "--limit", "2"), "--llm-judge", str(first_run / "tiny"))
+    line = refused(capsys, *argv)
+    third = [r for r in _rows(first_run) if r["split"] == "train"][2]["id"]
+    assert line.startswith(f"Error: {out / 'answers.jsonl'} is the checkpoint of a run with other settings: "
+                           f"{setting.format(id=third)} was ")
+    assert line.endswith(f"to start afresh delete {out / 'answers.jsonl'} or choose another --out (or rerun with the old "
+                         "settings to resume).")
+    assert snapshot(out) == before
+    manifest = json.loads((out / "answers.jsonl.run.json").read_text())  # what made the answers, beside them
+    assert len(manifest["diffs"]) == 2 and manifest["guesser"] is None and len(manifest["dit_adapter_sha256"]) == 64
+
+
+def _rows(first_run):
+    return [json.loads(line) for line in (first_run / "diffs" / "index.jsonl").read_text().splitlines()]
+
+
+def test_dit_eval_resumes_its_own_run_and_an_output_saved_before_manifests(first_run, short_dit, tmp_path, capsys):
+    out = tmp_path / "eval"
+    first = json.loads(ok(capsys, *_eval(first_run, out)))
+    answers = (out / "answers.jsonl").read_bytes()
+    assert json.loads(ok(capsys, *_eval(first_run, out))) == first and (out / "answers.jsonl").read_bytes() == answers
+    (out / "answers.jsonl.run.json").unlink()  # an output written before manifests resumes as before
+    assert json.loads(ok(capsys, *_eval(first_run, out))) == first and (out / "answers.jsonl.run.json").is_file()

@@ -11,7 +11,7 @@ peft = pytest.importorskip("peft")
 
 from selfinterp_peft.low_rank import ENERGY_TOLERANCE  # noqa: E402
 from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff, WeightDiffError  # noqa: E402
-from selfinterp_plugins.errors import ArtifactError  # noqa: E402
+from selfinterp_plugins.errors import ArtifactError, ModelMismatchError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
 TARGETS = {"llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
@@ -100,8 +100,12 @@ def test_bad_inputs_get_clear_errors(tmp_path):
     base, _ = tiny_model("llama", seed=0)
     gpt2, _ = tiny_model("gpt2", seed=0)
     diff = WeightDiff.from_models(base, _full_finetune("llama"), rank=2)
-    with pytest.raises(WeightDiffError, match="no module"):
+    with pytest.raises(ModelMismatchError, match="this weight diff was made on .* has other weights"):
         with diff.applied(gpt2):
+            pass
+    unrecorded = WeightDiff(diff.modules)  # a diff that records no model (made elsewhere): its modules are checked
+    with pytest.raises(WeightDiffError, match="no module"):
+        with unrecorded.applied(gpt2):
             pass
     with pytest.raises(WeightDiffError, match="at least one module"):
         WeightDiff.from_models(base, tiny_model("llama", seed=0)[0])

@@ -154,3 +154,29 @@ def test_ridge_projection_starts_each_vector_at_its_answer_word(tmp_path):
     torch.testing.assert_close(loaded._soft(examples[0]), explainer._soft(examples[0]))
     with pytest.raises(VectorError, match="no projection"):
         loaded._soft(explainer.feature_example(centres[0], "cat", 9, random.Random(0)))
+
+
+def test_a_lora_explainer_leaves_its_model_alone_and_its_peft_files_pass_the_shared_checks(tmp_path):
+    """create and from_pretrained wrapped the caller's model in place (PEFT's layers in it, its weights
+    frozen), and a NaN or a missing lora_B in the saved adapter loaded as PEFT left it."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from selfinterp_plugins.errors import ArtifactError
+
+    model, tok = tiny()
+    before = ([type(m) for m in model.modules()], [p.requires_grad for p in model.parameters()])
+    explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, alpha=4, dropout=0.0, max_new_tokens=2))
+    explainer.save_pretrained(tmp_path / "lx")
+    LoRAExplainer.from_pretrained(tmp_path / "lx", model, tok)
+    assert ([type(m) for m in model.modules()], [p.requires_grad for p in model.parameters()]) == before
+    config = json.loads((tmp_path / "lx" / "lora_explainer_config.json").read_text())
+    weights = tmp_path / "lx" / config.get("adapter_model_safetensors_file", "adapter_model.safetensors")
+    tensors = load_file(str(weights))
+    first = sorted(k for k in tensors if k.endswith("lora_B.weight"))[0]
+    save_file({k: v for k, v in tensors.items() if k != first}, str(weights))
+    config.pop("adapter_model_safetensors_sha256", None)
+    (tmp_path / "lx" / "lora_explainer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match=rf"has {first.replace('lora_B', 'lora_A')} but no {first}"):
+        LoRAExplainer.from_pretrained(tmp_path / "lx", model, tok)
