@@ -15,7 +15,7 @@ choices (its prompt for the model's family, the embedding site) and says so in t
 metadata; `save_selfie_adapter` writes a file the reference's loader accepts, and records this
 library's own explainer config beside the reference's keys so a round trip loses nothing.
 
-The reference's legacy `.pt` checkpoints are pickles (`torch.load(weights_only=False)`): refused by
+The reference's legacy `.pt` checkpoints are pickles (the reference unpickles them in full): refused by
 name, never read. Docs: docs/artifacts.md; the settings mapped, with file and line: docs/fidelity.md.
 """
 
