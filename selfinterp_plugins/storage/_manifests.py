@@ -26,8 +26,9 @@ from ..errors import RunMismatchError
 from ._files import read_json, write_json
 
 # public: the plugins' epoch checkpoints hash their rows with sha256_hex and refuse another run's
-# checkpoint with check_same_run
-__all__ = ["check_same_run", "sha256_hex"]
+# checkpoint with check_same_run; their resumable outputs (make-data splits, scoring files) record
+# their run with check_output_run, the frozen weights' dtype as model_dtype gives it
+__all__ = ["check_output_run", "check_same_run", "model_dtype", "sha256_hex"]
 
 #: manifest keys added after manifests were first stored: a saved manifest without one was written
 #: before it was recorded, so it is compared without it (and, for an output, recorded from then on)
