@@ -179,9 +179,10 @@ def _output_mismatch(path: Path, key: str, old, new, flags: dict[str, str]) -> s
     if key == "explainer":
         return (f"{path} holds labels of another explainer (its weights, template or site differ); "
                 f"resume it with that explainer, or {start_over}.")
-    if key == "model_fingerprint":
-        return (f"{path} holds labels made on another model (embedding fingerprint {old}, this one's {new}); "
-                f"resume it with that model (--model), or {start_over}.")
+    if key.endswith("model_fingerprint"):
+        option = flags.get(key, "--model")
+        return (f"{path} holds results made with another model{' at ' + key if '.' in key else ''} (embedding "
+                f"fingerprint {old}, this one's {new}); resume it with that model ({option}), or {start_over}.")
     if key == "model_dtype":
         return (f"{path} was written with the frozen weights in {old}, this run holds them in {new}; rerun "
                 f"with --dtype {old} (or load the model in {old}), or {start_over}.")
@@ -194,6 +195,10 @@ def _output_mismatch(path: Path, key: str, old, new, flags: dict[str, str]) -> s
     if key == "inputs.scales":
         old_flags = " ".join(f"--scale {s:g}" for s in old) if isinstance(old, list) else old
         return (f"{path} was written with scales {old}, this run asks {new}; rerun with {old_flags}, or {start_over}.")
+    if key.endswith("_sha256"):
+        what = key.removesuffix("_sha256").rsplit(".", 1)[-1]
+        return (f"{path} was written from another {what} (its SHA-256 differs); resume it with the {what} it was "
+                f"written from, or {start_over}.")
     name = key.rsplit(".", 1)[-1]
     setting = f"sampling {name}" if key.startswith("sampling.") else key
     flag = f" ({flags[name]} {old})" if name in flags else ""
