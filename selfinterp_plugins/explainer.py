@@ -174,15 +174,28 @@ class Explainer:
         return prepare_vectors(self.vector_spec, self.metadata, x, site, features)
 
     def vector_prompt(self, topic: str, tokenize: bool = False):
-        """The prompt this explainer's training vectors were read from, for `topic`: the text to
-        trace (chat markup included), or its token ids (`tokenize=True`), exactly as
-        `topic_vectors` builds them. Read `vector_spec.site` at the last token, then pass the
+        """The prompt this explainer's training vectors were read from, for `topic`: its token ids
+        (`tokenize=True`), exactly as `topic_vectors` builds them, or a text that this model's
+        library runs as those ids (`model.run_with_cache(text)`, `lm.trace(text)`). The chat markup
+        starts with BOS, and a library that prepends one (TransformerLens does) would run a second:
+        the text then leaves its own out. Read `vector_spec.site` at the last token, then pass the
         activation to `prepare_vectors`."""
         spec = self.vector_spec
         if spec is None or not spec.prompt:
             raise VectorError("This explainer records no prompt its vectors were read from (no vector_spec, or vectors "
                               "not from prompts); see explainer.metadata for where they came from.")
-        return prompt_text(self.backend.tokenizer, spec.prompt, topic, spec.prompt_format, tokenize)
+        tok = self.backend.tokenizer
+        ids = prompt_text(tok, spec.prompt, topic, spec.prompt_format, tokenize=True)
+        if tokenize:
+            return ids
+        text = prompt_text(tok, spec.prompt, topic, spec.prompt_format)
+        bos = getattr(tok, "bos_token", None)
+        for candidate in (text, text[len(bos):] if bos and text.startswith(bos) else None):
+            if candidate is not None and self.backend.text_ids(candidate) == ids:
+                return candidate
+        raise VectorError(f"No text runs as this explainer's prompt for {topic!r} on this model (its tokenizer adds "
+                          "special tokens the prompt does not hold); run the ids instead: "
+                          "ids = explainer.vector_prompt(topic, tokenize=True), then model(torch.tensor([ids])).")
 
     def _record_vector_spec(self, data) -> None:
         """What an explainer records from the dataset it is trained on, decided here only (the CLI's

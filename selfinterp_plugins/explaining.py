@@ -4,9 +4,10 @@ Work is the list of (vector, scale, sample) jobs; each batch of jobs is one `gen
 With `output`, every finished batch is appended (flushed) to a JSONL file, and a rerun skips
 the jobs already there, so a crash or Ctrl-C loses at most one batch. Beside the output,
 `<output>.run.json` records what makes its labels what they are (the explainer's weights, template
-and site; the sampling settings): a rerun with another explainer or other settings is refused in
-one line (`storage._manifests.check_output_run`) instead of mixing two runs' labels in one file. Ids,
-scales and samples may grow (each record is its own (id, scale, sample) job).
+and site; the model and its dtype; what was read: a digest of the vectors and their ids, the scales
+and samples; the sampling settings): a rerun with another explainer, other vectors or other
+settings is refused in one line (`storage._manifests.check_output_run`) instead of mixing two runs'
+labels in one file, or keeping labels of vectors that have since changed under the same ids.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def check_run_options(scales, samples: int, batch_size: int) -> None:
             finite = False
         if not finite:
             raise OptionError(f"Scales must be finite numbers, got {scale!r}; pass e.g. --scale 1.0.")
+    repeated = [float(s) for n, s in enumerate(scales) if float(s) in map(float, scales[:n])]
+    if repeated:  # each (vector, scale, sample) is one record: a repeated scale wrote every record twice
+        raise OptionError(f"Scale {repeated[0]:g} is given more than once; give each scale once "
+                          f"(--scale {repeated[0]:g}).")
     for name, value in (("samples", samples), ("batch size", batch_size)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise OptionError(f"The {name} must be a whole number of at least 1, got {value!r}.")
@@ -68,6 +73,7 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     if samples > 1 and sampling.greedy:
         raise VectorError("samples > 1 with greedy decoding repeats one label; set a temperature (e.g. 0.7).")
 
+    scales = list(scales) if not isinstance(scales, (str, bytes)) else [scales]  # read twice below: not a generator
     check_run_options(scales, samples, batch_size)
 
     jobs = [(i, float(s), k) for i in range(len(ids)) for s in scales for k in range(samples)]
@@ -79,7 +85,7 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
         try:
             for n, record in enumerate(read_jsonl(path), 1):
                 done[_job_key(record, path, n)] = record
-            check_output_run(path, explain_run(explainer, sampling), bool(done))
+            check_output_run(path, explain_run(explainer, sampling, vectors, ids, scales, samples), bool(done))
         except BaseException:
             writer.close()
             raise

@@ -10,6 +10,7 @@ explainer fluently naming the wrong thing.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import torch
@@ -31,11 +32,7 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
     if hasattr(x, "W_dec"):  # an SAE-Lens SAE (duck-typed: the core never imports sae_lens)
         rows = torch.as_tensor(x.W_dec).detach().float().cpu()
         if features is not None:
-            try:
-                rows = rows[torch.as_tensor(list(features), dtype=torch.long)]
-            except (TypeError, ValueError, IndexError):
-                raise VectorError(f"features= takes latent indices 0..{len(rows) - 1} (a list or range), got "
-                                  f"{features!r:.60}.") from None
+            rows = rows[torch.tensor(_latent_indices(features, len(rows)), dtype=torch.long)]
         _check_site(spec, given_site or _sae_site(x))
         # decoder rows are directions (differences of activations), not activations: no mean to remove
         return rows
@@ -63,6 +60,27 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
         rows = rows - mean
     _check_scale(spec, metadata, rows)
     return rows
+
+
+def _latent_indices(features, n: int) -> list[int]:
+    """`features` as whole numbers in 0..n-1, at least one: a cast to long took 2.7 as latent 2, and
+    indexing took -1 as the last latent, each another latent's decoder row without a word."""
+    fix = f"features= takes latent indices 0..{n - 1} (a list or range, at least one), got {features!r:.60}."
+    try:
+        values = list(features)
+    except TypeError:
+        raise VectorError(fix) from None
+    indices = []
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = int(value)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 0 <= int(value) < n:
+            raise VectorError(fix)
+        indices.append(int(value))
+    if not indices or isinstance(features, (str, bytes)):
+        raise VectorError(fix)
+    return indices
 
 
 def _rows(x) -> torch.Tensor:

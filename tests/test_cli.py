@@ -218,6 +218,9 @@ def _one_error_line(code, stdout, err) -> str:
     ("--limit", "8", "training_rows (--limit or the dataset)", "12", "8"),
     ("--template", "chat", "template.name (--template)", '"echo"', '"chat"'),
     ("--site", "resid_post.1", "site.kind (--site)", '"embed"', '"resid_post"'),
+    # the frozen weights' dtype changes every step, and the embedding fingerprint (rounded to
+    # bfloat16 so that one checkpoint is one model) cannot tell: it resumed under the other dtype
+    ("--dtype", "bfloat16", "model_dtype (--dtype)", '"float32"', '"bfloat16"'),
 ])
 def test_resume_with_other_settings_is_one_line_naming_the_setting(capsys, trained_run, tmp_path, option, value,
                                                                    setting, old, new):
@@ -264,6 +267,48 @@ def test_a_checkpoint_without_a_manifest_resumes_as_before(capsys, trained_run, 
                             "--out", str(out))
     assert code in (0, None), err
     assert json.loads(stdout.strip().splitlines()[-1])["steps"] == 3
+
+
+def test_a_manifest_without_the_dtype_resumes_as_before(capsys, trained_run, tmp_path):
+    """A checkpoint whose manifest predates `model_dtype` is compared without it (not refused as
+    'null, this run has float32'), and still refused on what it does record."""
+    model, data, out = _first_run(capsys, trained_run, tmp_path)
+    path = out / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    del state["run"]["model_dtype"]
+    path.write_text(json.dumps(state))
+    code, stdout, err = run(capsys, "train", data, "--model", model, *BASE_FLAGS, "--out", str(out))
+    assert code in (0, None), err
+    code, stdout, err = run(capsys, "train", data, "--model", model, *replace_flag(BASE_FLAGS, "--seed", "4"),
+                            "--out", str(out))
+    assert "seed (--seed) was 3, this run has 4" in _one_error_line(code, stdout, err)
+
+
+def test_explain_resumes_only_from_the_same_vectors(capsys, trained_run, tmp_path):
+    """The tester's case: `explain --output OUT` again after the dataset was rebuilt with other
+    vectors under the same ids kept every old label and exited 0; now exit 2 and one line, the
+    output unchanged. `--scale 1 --scale 1` (every record written twice) is refused the same way."""
+    model, data, run_dir = _first_run(capsys, trained_run, tmp_path)
+    out = tmp_path / "labels.jsonl"
+    flags = ("--model", model, "--max-new-tokens", "3", "--output", str(out))
+    code, stdout, err = run(capsys, "explain", str(run_dir), "--vectors", data, *flags)
+    assert code in (0, None), err
+    before = out.read_bytes()
+    assert len(before.splitlines()) == 20
+    rebuilt = VectorLabelDataset.load(data)
+    rebuilt = VectorLabelDataset(rebuilt.vectors * 2, rebuilt.records).save(tmp_path / "rebuilt")  # same ids
+    code, stdout, err = run(capsys, "explain", str(run_dir), "--vectors", str(rebuilt), *flags)
+    line = _one_error_line(code, stdout, err)
+    assert "holds labels of other vectors or ids" in line and "choose another output" in line, line
+    code, stdout, err = run(capsys, "explain", str(run_dir), "--vectors", data, "--split", "test", *flags)
+    assert "holds labels of 20 vectors, this run gives 4" in _one_error_line(code, stdout, err)
+    code, stdout, err = run(capsys, "explain", str(run_dir), "--vectors", data, "--dtype", "bfloat16", *flags)
+    assert "rerun with --dtype float32" in _one_error_line(code, stdout, err)
+    assert out.read_bytes() == before
+    fresh = tmp_path / "twice.jsonl"
+    code, stdout, err = run(capsys, "explain", str(run_dir), "--vectors", data, "--scale", "1", "--scale", "1.0",
+                            *replace_flag(flags, "--output", str(fresh)))
+    assert "Scale 1 is given more than once" in _one_error_line(code, stdout, err) and not fresh.exists()
 
 
 def test_vectors_topics_then_train_records_the_vector_spec(capsys, tmp_path):

@@ -168,6 +168,16 @@ def test_explain_refuses_options_that_would_do_nothing_or_never_resume(explainer
     assert not output.exists()
 
 
+@pytest.mark.parametrize("scales", [(1.0, 1.0), (1, 1.0), (2.0, 1.0, 2)])
+def test_a_repeated_scale_is_refused(explainer, tmp_path, scales):
+    """`--scale 1 --scale 1` wrote every record twice (one job per (vector, scale, sample), and the
+    scale listed twice); each scale must now be given once."""
+    output = tmp_path / "labels.jsonl"
+    with pytest.raises(OptionError, match=r"given more than once; give each scale once"):
+        explainer.explain(_vectors(2), scales=scales, sampling=FAST, progress=False, output=output)
+    assert not output.exists()
+
+
 def test_adapter_for_another_width_is_refused(tiny_llama):
     model, tok = tiny_llama
     backend = HFBackend(model, tok)
@@ -437,6 +447,61 @@ def test_an_output_resumes_only_for_the_same_run(explainer, tiny_llama, tmp_path
     with pytest.raises(ArtifactError, match=r"scores.jsonl:1 is not an explain record"):
         explainer.explain(vectors, sampling=FAST, output=scores, progress=False)
     assert scores.read_text() == json.dumps({"id": "0", "label": "cat", "hit_rate": 0.5}) + "\n"
+
+
+def test_an_output_resumes_only_for_the_vectors_it_was_written_from(explainer, tiny_llama, tmp_path, monkeypatch):
+    """`explain --output OUT` resumed into an output made from other vectors under the same ids:
+    every record found was kept, so a dataset rebuilt with other vectors got its old labels (the
+    tester's 298 of 300 stale, exit 0). `<output>.run.json` now records what was read (the vectors
+    and ids as one SHA-256, their count, the scales, the samples, and the frozen weights' dtype),
+    and each difference is one line naming it and the fix, the output untouched."""
+    import copy
+
+    from selfinterp_plugins.errors import RunMismatchError
+
+    vectors = _vectors(3, seed=11)
+    out = tmp_path / "labels.jsonl"
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    before = out.read_bytes()
+    saved = json.loads((tmp_path / "labels.jsonl.run.json").read_text())
+    assert saved["inputs"]["vectors"] == 3 and saved["inputs"]["scales"] == [1.0] and saved["model_dtype"] == "float32"
+
+    changed = vectors.clone()
+    changed[1, 0] += 0.5  # one vector of three differs, its id the same
+    refusals = [
+        (dict(vectors=changed), r"labels.jsonl holds labels of other vectors or ids \(their SHA-256 differs"),
+        (dict(vectors=vectors, ids=["0", "1", "x"]), r"holds labels of other vectors or ids"),
+        (dict(vectors=_vectors(4, seed=11)), r"holds labels of 3 vectors, this run gives 4; resume it with the vectors"),
+        (dict(vectors=vectors, scales=(1.0, 2.0)), r"written with scales \[1.0\], this run asks \[1.0, 2.0\]; rerun "
+                                                   r"with --scale 1, or choose another output"),
+    ]
+    for options, match in refusals:
+        with pytest.raises(RunMismatchError, match=match):
+            explainer.explain(sampling=FAST, output=out, progress=False, **options)
+        assert out.read_bytes() == before
+
+    model, tok = tiny_llama
+    half = Explainer.create(copy.deepcopy(model).to(torch.bfloat16), tok, adapter="scalar_affine", template="chat")
+    half.adapter.load_state_dict(explainer.adapter.state_dict())  # the same explainer, bfloat16 frozen weights
+    with pytest.raises(RunMismatchError, match=r"written with the frozen weights in float32, this run holds them in "
+                                              r"bfloat16; rerun with --dtype float32"):
+        half.explain(vectors, sampling=FAST, output=out, progress=False)
+    assert out.read_bytes() == before
+
+    hot = tmp_path / "sampled.jsonl"
+    sampled = Sampling(temperature=0.7, max_new_tokens=FAST.max_new_tokens)
+    explainer.explain(vectors, sampling=sampled, samples=1, output=hot, progress=False)
+    with pytest.raises(RunMismatchError, match=r"samples=1, this run asks 2; rerun with samples=1 \(--samples 1\)"):
+        explainer.explain(vectors, sampling=sampled, samples=2, output=hot, progress=False)
+
+    # a manifest written before inputs were recorded: resumed (nothing to redo), and completed
+    legacy = {k: v for k, v in saved.items() if k in ("explainer", "sampling")}
+    (tmp_path / "labels.jsonl.run.json").write_text(json.dumps(legacy))
+    generated = []
+    monkeypatch.setattr(explainer, "generate_labels", lambda *a: generated.append(1) or [])
+    explainer.explain(vectors, sampling=FAST, output=out, progress=False)
+    assert not generated and out.read_bytes() == before
+    assert json.loads((tmp_path / "labels.jsonl.run.json").read_text()) == saved
 
 
 def test_an_output_manifest_is_compared_as_a_checkpoints_is(explainer, tmp_path):

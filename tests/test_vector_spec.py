@@ -208,6 +208,10 @@ def test_an_sae_features_argument_that_is_not_latent_indices_is_one_line(tiny_ll
         W_dec = torch.randn(4, 64)
 
     explainer = Explainer.create(*tiny_llama, template="echo")
-    for features in (5, [7], ["a"]):
+    # -1 was W_dec[-1] (latent 3), 2.7 was cast to latent 2, True to latent 1, [] and range(3, 1)
+    # gave no row at all: each silently another latent (or none), now refused like the rest
+    for features in (5, [7], ["a"], [-1], [2.7], [True], [], range(3, 1), "12", torch.tensor([0.5])):
         with pytest.raises(VectorError, match="features= takes latent indices 0..3"):
             explainer.prepare_vectors(FakeSAE(), features=features)
+    torch.testing.assert_close(explainer.prepare_vectors(FakeSAE(), features=torch.tensor([3, 0])),
+                               FakeSAE.W_dec[[3, 0]])

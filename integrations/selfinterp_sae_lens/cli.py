@@ -31,16 +31,25 @@ from selfinterp_plugins.storage import write_text_atomic
 
 
 def parse_features(spec: str | None) -> list[int] | None:
-    """'all' / None, '0:100' (a range), or '3,17,42'."""
-    if spec in (None, "", "all"):
+    """'all' / None, '0:100' (a range), or '3,17,42'. A selection of no latent (' ', '5:2') or
+    anything else is a one-line error: it used to run, label nothing and exit 0."""
+    if spec is None or spec.strip() == "all":
         return None
-    try:
-        if ":" in spec:
-            start, stop = spec.split(":")
-            return list(range(int(start or 0), int(stop)))
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise VectorError(f"Cannot read features {spec!r}; write 'all', a range like '0:100' or a list like '3,17,42'.") from None
+    text = spec.strip()
+    how = "write 'all', a range like '0:100' or a list like '3,17,42' (latent numbers >= 0)"
+    if ":" in text:
+        parts = [p.strip() for p in text.split(":")]
+        if len(parts) != 2 or not all(p.isdecimal() for p in (parts[0] or "0", parts[1])):
+            raise VectorError(f"Cannot read features {spec!r}; {how}.")
+        chosen = list(range(int(parts[0] or 0), int(parts[1])))
+    else:
+        items = [x.strip() for x in text.split(",")]
+        if not all(x.isdecimal() for x in items):
+            raise VectorError(f"Cannot read features {spec!r}; {how}.")
+        chosen = [int(x) for x in items]
+    if not chosen:
+        raise VectorError(f"Features {spec!r} select no latent; {how}.")
+    return chosen
 
 
 def _sae(path, release=None, sae_id=None):
@@ -206,18 +215,41 @@ def register(cli):
     @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
     @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
                   help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
+    @click.option("--model-id", "np_model_id", default=None,
+                  help="Neuronpedia modelId of the export (default: the SAE's neuronpedia_id, else its model's name)")
+    @click.option("--np-sae-id", default=None,
+                  help="Neuronpedia SAE id of the export, its rows' 'layer' (default: the SAE's, else "
+                       "{layer}-{res|att|mlp}-selfinterp); give each SAE of one hook its own")
     def label(explainer_dir, sae_dir, release, sae_id, features, model_name, scales, batch_size, max_new_tokens, output,
-              np_output):
+              np_output, np_model_id, np_sae_id):
         """Label an SAE's latents with a trained explainer (EXPLAINER_DIR, or a shipped explainer's name)."""
+        import warnings
+
         from selfinterp_plugins import Explainer, Sampling
 
         from .labelling import label_features
+        from .neuronpedia import check_export_path, neuronpedia_ids
+
+        if np_output is not None:
+            check_export_path(np_output)
+        elif np_model_id is not None or np_sae_id is not None:
+            raise click.UsageError("--model-id and --np-sae-id name the Neuronpedia export; give --neuronpedia FILE too.")
+
+        from .source import feature_indices
 
         indices, sae_obj = parse_features(features), _sae(sae_dir, release, sae_id)  # user errors before the model loads
+        indices = feature_indices(sae_obj, indices)  # a latent past the SAE's width too
         explainer = Explainer.from_pretrained(explainer_dir, model=load_backend(model_name))
-        records = label_features(explainer, sae_obj, indices, output, scales,
-                                 Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
-        click.echo(json.dumps({"labels": len(records), "output": output, "neuronpedia": np_output}))
+        with warnings.catch_warnings():  # the export's count of empty labels is said in the JSON line instead
+            warnings.filterwarnings("ignore", message=".*labels are empty and left out")
+            records = label_features(explainer, sae_obj, indices, output, scales, Sampling(max_new_tokens=max_new_tokens),
+                                     batch_size, np_output, neuronpedia_model_id=np_model_id, neuronpedia_sae_id=np_sae_id)
+        said = {"labels": len(records), "output": output, "neuronpedia": np_output}
+        if np_output is not None:
+            model_id, built_sae_id = neuronpedia_ids(sae_obj)
+            said.update(model_id=np_model_id or model_id, np_sae_id=np_sae_id or built_sae_id,
+                        neuronpedia_empty_left_out=sum(not str(r["label"]).strip() for r in records))
+        click.echo(json.dumps(said))
 
     @sae.command("score")
     @click.argument("labels", type=click.Path())
@@ -234,9 +266,18 @@ def register(cli):
     def score(labels, sae_dir, release, sae_id, scorer, model_name, writer_model, judge_model, samples, max_new_tokens,
               corpus, n_windows, output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
+        from .generation_scoring import feature_of
+        from .sae_info import sae_info
+
         sae_obj = _sae(sae_dir, release, sae_id)  # user errors before the model loads
-        backend = load_backend(model_name)
         records = read_label_records(labels)
+        if not records:
+            from selfinterp_plugins.errors import LabelError
+
+            raise LabelError(f"{labels} holds no label records; score the output of `sae label` or a Neuronpedia export.")
+        d_sae = sae_info(sae_obj).d_sae
+        features = [feature_of(r, None, d_sae, n) for n, r in enumerate(records, 1)]  # ids that name no latent: refused
+        backend = load_backend(model_name)
         if scorer == "generation":
             from .generation_scoring import ConversationWriter, generation_score
 
@@ -247,9 +288,7 @@ def register(cli):
             from .detection_scoring import ContextPool, ModelJudge, detection_score
 
             windows = token_windows(backend.tokenizer, read_texts(corpus), 32, limit=n_windows, seed=2)
-            from .generation_scoring import _feature_of
-
-            pool = ContextPool.build(backend, sae_obj, windows, [_feature_of(r, None) for r in records])
+            pool = ContextPool.build(backend, sae_obj, windows, features)
             judge = ModelJudge(load_backend(judge_model) if judge_model else backend)
             result = detection_score(records, pool, judge, backend.tokenizer)
             if output:

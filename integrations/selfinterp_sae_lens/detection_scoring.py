@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
-from selfinterp_plugins.errors import ArtifactError
+from selfinterp_plugins.errors import ArtifactError, LabelError
 
 from .latents import latent_acts, max_acts
 
@@ -36,12 +36,16 @@ class ContextPool:
     windows: list[list[int]]
     peaks: torch.Tensor  # (n_windows, n_features)
     features: list[int]
+    d_sae: int | None = None  # the SAE's width, when built from it (a record's latent is checked against it)
 
     @classmethod
     def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> ContextPool:
-        features = sorted(set(int(f) for f in features))
+        from .source import feature_index, sae_info
+
+        d_sae = sae_info(sae).d_sae
+        features = sorted({feature_index(f, d_sae) for f in features})  # int(2.7) or -1 would be another latent
         peaks = max_acts(latent_acts(backend, sae, windows, features, batch_size))
-        return cls(windows, peaks, features)
+        return cls(windows, peaks, features, d_sae)
 
     def examples(self, feature: int, n_active: int = 20, n_inactive: int = 20, quantiles: int = 10,
                  seed: int = 0) -> tuple[list[int], list[int]]:
@@ -139,11 +143,13 @@ def detection_score(records, pool: ContextPool, judge, tokenizer, n_active: int 
     the means (nothing can be detected for them)."""
     from tqdm.auto import tqdm
 
-    from .generation_scoring import _feature_of
+    from .generation_scoring import feature_of
 
     per_label, skipped = [], []
-    for r in tqdm(records, disable=not progress, desc="detection scoring", unit="label"):
-        feature = _feature_of(r, None)
+    features = [feature_of(r, None, pool.d_sae, n) for n, r in enumerate(records, 1)]  # all checked before any judging
+    if not features:
+        raise LabelError("No label records to score; pass the records of `sae label` or of a Neuronpedia export.")
+    for r, feature in zip(tqdm(records, disable=not progress, desc="detection scoring", unit="label"), features):
         active, inactive = pool.examples(feature, n_active, n_inactive, seed=seed)
         if not active or not inactive:
             skipped.append(feature)

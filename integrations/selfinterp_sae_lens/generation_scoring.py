@@ -22,7 +22,8 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.backends.base import Sampling
-from selfinterp_plugins.storage import JsonlWriter, read_jsonl
+from selfinterp_plugins.errors import LabelError, VectorError
+from selfinterp_plugins.storage import JsonlWriter, check_output_run, model_dtype, read_jsonl, sha256_hex
 
 from .latents import latent_acts, max_acts
 
@@ -176,14 +177,52 @@ def hit_rates(backend, sae, features: list[int], conversations: list[list[str]],
     return [sum(hits[k]) / len(hits[k]) if hits[k] else 0.0 for k in range(len(features))]
 
 
-def _feature_of(record: dict, dataset) -> int:
+#: a label record's id names its latent: `17`, or `17.1` for a latent's second explanation
+#: (`neuronpedia.labelled_dataset`)
+_LATENT_ID = re.compile(r"(\d+)(?:\.\d+)?")
+
+
+def feature_of(record: dict, dataset, d_sae: int | None, n: int = 0) -> int:
+    """The latent a label record describes: its `feature`, else its dataset row's, else its id's
+    number; each checked against the SAE's `d_sae` latents. An id that names no latent ('cat')
+    used to be a ValueError traceback, and a feature past the SAE's width or negative another
+    latent's row; both are now one line naming the record (its 1-based number `n`)."""
+    from .source import feature_index
+
+    where = f"Label record {n} (id {str(record.get('id'))!r:.40})" if n else f"Label record id {str(record.get('id'))!r:.40}"
     if "feature" in record:
-        return int(record["feature"])
+        return feature_index(record["feature"], d_sae, f"{where}: feature")
     if dataset is not None:
         for r in dataset.records:
             if r["id"] == record["id"] and "feature" in r:
-                return int(r["feature"])
-    return int(str(record["id"]).split(".")[0])
+                return feature_index(r["feature"], d_sae, f"{where}: feature")
+    match = _LATENT_ID.fullmatch(str(record.get("id", "")).strip())
+    if match is None:
+        raise VectorError(f"{where} names no SAE latent: it has no 'feature' and its id is not a latent number; "
+                          "score the labels of `sae label` (or of explain over an SAE dataset), or add 'feature'.")
+    return feature_index(match.group(1), d_sae, f"{where}: latent")
+
+
+#: a scoring output's manifest keys -> the `sae score` option that sets each
+SCORING_FLAGS = {"samples": "--samples", "max_new_tokens": "--max-new-tokens", "model_fingerprint": "--model",
+                 "writer.model_fingerprint": "--writer-model"}
+
+
+def scoring_run(sae, backend, writer, n_samples: int) -> dict:
+    """What a label's hit rate depends on besides the label: the SAE (its weights), the subject
+    model and its dtype, the conversations per label and their writer (model and sampling; a
+    custom writer by its type). Recorded beside a scoring output, so a rerun with another SAE or
+    other settings is refused instead of keeping the old rates under the same (id, scale, label)."""
+    from dataclasses import asdict
+
+    sae_weights = sha256_hex(part for name, tensor in sorted(sae.state_dict().items()) for part in (name, tensor))
+    if isinstance(writer, ConversationWriter):
+        who = {"model_fingerprint": writer.backend.fingerprint(), "model_dtype": model_dtype(writer.backend),
+               **asdict(writer.sampling)}
+    else:
+        who = {"callable": f"{type(writer).__module__}.{type(writer).__qualname__}"}
+    return {"sae_sha256": sae_weights, "model_fingerprint": backend.fingerprint(), "model_dtype": model_dtype(backend),
+            "samples": int(n_samples), "writer": who}
 
 
 def generation_score(records, sae, backend, writer=None, n_samples: int = 10, dataset=None, output=None,
@@ -191,18 +230,31 @@ def generation_score(records, sae, backend, writer=None, n_samples: int = 10, da
     """Mean-max hit rate of label records (id, scale, label) for an SAE's latents.
 
     `writer(labels, n_samples) -> list of lists of texts` writes the conversations (default: the
-    subject model). With `output`, each scored label is appended to that JSONL and a rerun skips it.
+    subject model). With `output`, each scored label is appended to that JSONL and a rerun skips it;
+    `<output>.run.json` records the run (`scoring_run`), and a rerun with another SAE, subject, writer
+    or sample count is refused in one line.
     """
     from tqdm.auto import tqdm
 
+    from .sae_info import sae_info
+
+    d_sae = sae_info(sae).d_sae
     writer = writer or ConversationWriter(backend)
-    keyed = [(str(r["id"]), float(r.get("scale", 1.0)), r["label"], _feature_of(r, dataset)) for r in records]
+    keyed = [(str(r["id"]), float(r.get("scale", 1.0)), r["label"], feature_of(r, dataset, d_sae, n))
+             for n, r in enumerate(records, 1)]
+    if not keyed:
+        raise LabelError("No label records to score; pass the records of `sae label` or of a Neuronpedia export.")
     done = {}
     writer_out = None
     if output is not None:
         path = Path(output)
         writer_out = JsonlWriter(path)  # locks the file and repairs a torn tail before it is read
-        done = {(d["id"], float(d["scale"]), d["label"]): d for d in read_jsonl(path)}
+        try:
+            done = {(d["id"], float(d["scale"]), d["label"]): d for d in read_jsonl(path)}
+            check_output_run(path, scoring_run(sae, backend, writer, n_samples), bool(done), SCORING_FLAGS)
+        except BaseException:
+            writer_out.close()
+            raise
     todo = [k for k in keyed if k[:3] not in done]
     results = dict(done)
     bar = tqdm(total=len(keyed), initial=len(keyed) - len(todo), disable=not progress, desc="generation scoring", unit="label")

@@ -29,7 +29,11 @@ def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def latent_acts(backend, sae, sequences: list[list[int]], features: list[int] | None = None,
                 batch_size: int = 16) -> list[torch.Tensor]:
-    """Per sequence, a (len, n_features) tensor of latent activations (all latents if None)."""
+    """Per sequence, a (len, n_features) tensor of latent activations (all latents if None; each
+    index checked, since `acts[..., [-1]]` would be the last latent's)."""
+    from .source import feature_indices
+
+    features = None if features is None else feature_indices(sae, features)
     site = sae_site(sae)
     pad = pad_token_id(backend.tokenizer)
     dtype = sae.W_dec.dtype

@@ -196,24 +196,54 @@ def neuronpedia_ids(sae, source_set: str = "selfinterp") -> tuple[str, str]:
     return model, f"{hook or 'unknown'}-{source_set}"
 
 
+#: the export formats `write_explanations` writes, each read back by `read_explanations`
+EXPORT_SUFFIXES = (".json", ".jsonl")
+
+
+def check_export_path(path) -> Path:
+    """An export file name `read_explanations` reads back as written: `.json` or `.jsonl` (a `.csv`
+    or `.gz` name would hold JSON that the reader parses as CSV or gunzips, and refuses)."""
+    path = Path(path)
+    if path.suffix not in EXPORT_SUFFIXES:
+        raise ArtifactError(f"Neuronpedia explanations are written as .json or .jsonl, not {path.name!r}; "
+                            f"name the file e.g. {path.stem or 'explanations'}.json.")
+    return path
+
+
 def to_neuronpedia(records, model_id: str, sae_id: str, explanation_model: str) -> list[dict]:
-    """Label records (id = latent index, label) as Neuronpedia explanation rows, in Neuronpedia's
-    own fields only (modelId, layer, index, description, explanationModelName, typeName). A label
-    read at a scale other than 1 says so in its explanation model's name (`...@scale=2`)."""
+    """Label records (`feature`, or an id naming the latent; label) as Neuronpedia explanation rows,
+    in Neuronpedia's own fields only (modelId, layer, index, description, explanationModelName,
+    typeName). A label read at a scale other than 1 says so in its explanation model's name
+    (`...@scale=2`). An empty label is left out: Neuronpedia has no empty explanation, and
+    `read_explanations` refuses one (`write_explanations` counts them)."""
+    from .generation_scoring import feature_of
+
     rows = []
-    for r in records:
-        index = int(r.get("feature", str(r["id"]).split(".")[0]))
+    for n, r in enumerate(records, 1):
+        description = str(r["label"]).strip()
+        if not description:
+            continue
         scale = float(r.get("scale", 1.0))
         name = explanation_model if scale == 1.0 else f"{explanation_model}@scale={scale:g}"
-        rows.append({"modelId": model_id, "layer": sae_id, "index": str(index), "description": r["label"],
-                     "explanationModelName": name, "typeName": "selfinterp"})
+        rows.append({"modelId": model_id, "layer": sae_id, "index": str(feature_of(r, None, None, n)),
+                     "description": description, "explanationModelName": name, "typeName": "selfinterp"})
     return rows
 
 
 def write_explanations(records, path, model_id: str, sae_id: str, explanation_model: str) -> Path:
-    """Write labels as a Neuronpedia explanations file (.json list, or .jsonl)."""
-    path = Path(path)
+    """Write labels as a Neuronpedia explanations file (.json list, or .jsonl) that reads back through
+    `read_explanations`. Empty labels are left out with a warning saying how many; a file that would
+    hold none is refused."""
+    import warnings
+
+    path = check_export_path(path)
+    records = list(records)
     rows = to_neuronpedia(records, model_id, sae_id, explanation_model)
+    if records and not rows:
+        raise LabelError(f"Every one of the {len(records)} labels is empty; nothing to write to {path}.")
+    if len(rows) < len(records):
+        warnings.warn(f"{len(records) - len(rows)} of {len(records)} labels are empty and left out of {path} "
+                      "(Neuronpedia has no empty explanation).", stacklevel=2)
     with output_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":

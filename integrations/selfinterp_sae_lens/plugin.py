@@ -19,11 +19,12 @@ def generation_scorer(records, dataset=None, *, sae, backend, writer=None, n_sam
 def detection_scorer(records, dataset=None, *, sae, backend, windows, judge=None, **options):
     """Accuracy / F1 / AUC of a judge telling activating from non-activating corpus contexts."""
     from .detection_scoring import ContextPool, ModelJudge, detection_score
-    from .generation_scoring import _feature_of
+    from .generation_scoring import feature_of
+    from .sae_info import sae_info
 
-    features = sorted({_feature_of(r, dataset) for r in records})
-    pool = ContextPool.build(backend, sae, windows, features)
-    rows = [dict(r, feature=_feature_of(r, dataset)) for r in records]
+    d_sae = sae_info(sae).d_sae
+    rows = [dict(r, feature=feature_of(r, dataset, d_sae, n)) for n, r in enumerate(records, 1)]
+    pool = ContextPool.build(backend, sae, windows, [r["feature"] for r in rows])
     return {"detection": detection_score(rows, pool, judge or ModelJudge(backend), backend.tokenizer, **options)}
 
 

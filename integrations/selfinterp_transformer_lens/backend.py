@@ -76,6 +76,11 @@ class TransformerLensBackend(Backend):
                 return self.model.original_model.get_input_embeddings()(ids.to(self.device))
             return self.model.embed(ids.to(self.device))
 
+    def text_ids(self, text: str) -> list[int]:
+        """What `model.run_with_cache(text)` runs: TransformerLens tokenises a string with
+        `to_tokens`, which prepends BOS (unless the model's `default_prepend_bos` is off)."""
+        return self.model.to_tokens(text, truncate=False)[0].tolist()
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             from selfinterp_plugins.models import embedding_fingerprint, fingerprint_digest, fingerprint_rows

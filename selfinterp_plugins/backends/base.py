@@ -3,7 +3,8 @@
 The verbs the rest of the library calls (`logits`, `loss`, `generate`, `capture`, `capture_all`)
 are written once, here, over a few primitives that each backend supplies:
 
-- facts: `d_model`, `n_layers`, `device`, `tokenizer`, `embed_tokens(ids)`, `fingerprint()`;
+- facts: `d_model`, `n_layers`, `device`, `tokenizer`, `embed_tokens(ids)`, `fingerprint()` (and, with
+  defaults, `dtype` and `text_ids(text)`);
 - `run(input_ids, injection, past, keep_past)`: one forward pass over right-padded ids,
   continuing from `past`, injecting where `injection` says, returning the final hidden states;
 - `head(hidden)`: the LM head (final norm if `run` did not apply it, unembedding, softcapping);
@@ -73,6 +74,19 @@ class Backend(ABC):
         """What the `embed` site holds for `ids`: the token embedding as the model's embedding
         module outputs it (scaling included, e.g. Gemma's √d), before position embeddings are
         added (GPT-2's learned positions)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the frozen weights compute in (`--dtype`): a trained adapter and its labels
+        depend on it, so run manifests record it. Default: what `embed_tokens` returns."""
+        return self.embed_tokens(torch.zeros(1, dtype=torch.long, device=self.device)).dtype
+
+    def text_ids(self, text: str) -> list[int]:
+        """The token ids this backend's model runs for a string prompt, tokenised as its library
+        tokenises a string passed to it (transformers and nnsight: `tokenizer(text)`, special tokens
+        added; TransformerLens overrides this: `to_tokens`, which prepends BOS). `vector_prompt`
+        uses it to give a text that runs as the prompt's ids, not with a second BOS."""
+        return list(self.tokenizer(text)["input_ids"])
 
     @abstractmethod
     def fingerprint(self) -> str:

@@ -7,13 +7,13 @@ its scales and injection layers on *validation* topics, read at its best point o
 trained explainers are read at s = 1 (swept too, for the sensitivity picture); the prompted
 description (the model asked to describe the topic without naming it) is scored the same way.
 Every finished sweep is appended to `rows.jsonl` in the output directory, so an interrupted
-report resumes where it stopped.
+report resumes where it stopped; a sweep is reused only for the same sweep options, the layer the
+run resolved and, for a trained explainer, the same explainer (its digest).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,9 +23,8 @@ import torch
 
 from ..defaults import DEFAULT_MODEL
 from ..errors import OptionError
-from ..storage._files import output_errors, write_text_atomic
+from ..storage._files import JsonlWriter, write_text_atomic
 from ..storage._locks import DirectoryLock
-from ..storage._paths import open_for_write
 from ..storage.validation import Name, NonNegativeInt, PositiveInt, validate
 from .sensitivity import PLOTLY_JS
 
@@ -74,6 +73,7 @@ def _measure(config: ReportConfig, out: Path, progress: bool, backend, topics: l
     """`run_report`'s work, with its options checked and its directory locked."""
     from .. import Explainer, Sampling
     from ..models import load_model
+    from ..storage._manifests import explainer_digest
     from ..topics import topic_vectors
     from .baselines import get_baseline
     from .bridge import mentions
@@ -107,20 +107,21 @@ def _measure(config: ReportConfig, out: Path, progress: bool, backend, topics: l
     sampling = Sampling(max_new_tokens=config.max_new_tokens)
     common = dict(sampling=sampling, candidate_embeddings=embeddings)
 
-    done = _read_rows(out / "rows.jsonl", config)
+    done = _read_rows(out / "rows.jsonl", config, layer)
     rows, headline, examples = [], [], {}
     methods = [(b.name, b) for b in baselines] + [(_name(e, i), e) for i, e in enumerate(explainers)]
     for name, method in methods:
-        if name not in done:
+        key = (name, explainer_digest(method) if isinstance(method, Explainer) else None)
+        if key not in done:
             kwargs = {"layers": config.sweep_layers} if config.sweep_layers and not isinstance(method, Explainer) else {}
             found = sweep(method, backend, val_data, candidates, name=name, progress=progress, **kwargs, **common)
-            _append_rows(out / "rows.jsonl", config, name, found)
-            done[name] = found
-        rows += done[name]
+            _append_rows(out / "rows.jsonl", config, layer, key, found)
+            done[key] = found
+        rows += done[key]
         if isinstance(method, Explainer):
             point, explainer, scale = {"layer": method.site.layer, "scale": 1.0}, method, 1.0
         else:
-            point = best_point(done[name])
+            point = best_point(done[key])
             coef = point["scale"] if method.mode == "add_normmatched" else 1.0
             explainer = method.explainer(backend, point["layer"], coef=coef)
             scale = 1.0 if method.mode == "add_normmatched" else point["scale"]
@@ -188,30 +189,36 @@ def _score(name, records, data, candidates, embeddings, point, recall_at_k) -> d
 SWEEP_KEYS = ("model", "layer", "validation_topics", "seed", "max_new_tokens", "sweep_layers")
 
 
-def _sweep_key(config) -> dict:
+def _sweep_key(config, layer) -> dict:
+    """The sweep options, with the layer the run resolved (`layer: null` takes the explainer's, so
+    the option alone does not say which layer a sweep ran at)."""
     data = config if isinstance(config, dict) else asdict(config)
-    return {k: data.get(k) for k in SWEEP_KEYS}
+    return {**{k: data.get(k) for k in SWEEP_KEYS}, "layer": layer}
 
 
-def _read_rows(path: Path, config: ReportConfig) -> dict:
-    """Sweeps finished by an earlier run with the same sweep options."""
+def _read_rows(path: Path, config: ReportConfig, layer) -> dict:
+    """Sweeps finished by an earlier run with the same sweep options, by (method, explainer digest):
+    a method's name says only an explainer's adapter kind, so another explainer of that kind took
+    the first one's sweep (rows written before the digest was recorded are run again)."""
     if not path.exists():
         return {}
     done = {}
-    key = _sweep_key(config)
+    key = _sweep_key(config, layer)
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
             stored = json.loads(record["config"])
+            method = (record["method"], record.get("explainer"))
         except (json.JSONDecodeError, KeyError, TypeError):  # a torn last line from a killed run
             continue
-        if _sweep_key(stored) == key:
-            done[record["method"]] = record["rows"]
+        if _sweep_key(stored, stored.get("layer")) == key:
+            done[method] = record["rows"]
     return done
 
 
-def _append_rows(path: Path, config: ReportConfig, name: str, rows: list[dict]) -> None:
-    with output_errors(path), os.fdopen(open_for_write(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as handle:
-        # (never through a planted link; a torn line from a kill is skipped by _read_rows)
-        handle.write(json.dumps({"config": json.dumps(asdict(config), sort_keys=True), "method": name, "rows": rows}) + "\n")
-        handle.flush()
+def _append_rows(path: Path, config: ReportConfig, layer, key: tuple, rows: list[dict]) -> None:
+    name, digest = key
+    record = {"config": json.dumps(dict(asdict(config), layer=layer), sort_keys=True), "method": name,
+              "explainer": digest, "rows": rows}
+    with JsonlWriter(path) as writer:  # repairs a killed run's torn line before appending
+        writer.write(record)

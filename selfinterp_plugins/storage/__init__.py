@@ -15,7 +15,8 @@ say, reading it never writes, and nothing it names reaches outside it:
   lock file is created without following links (`DirectoryLock`);
 - an artifact of several files commits them together (`save_serialised_committed`, read back
   with `committed_files` / `usual_names`), so a kill leaves the old artifact or the new one;
-- a resumable run refuses another run's output (`check_same_run`, digests by `sha256_hex`).
+- a resumable run refuses another run's output (`check_same_run` for checkpoints, `check_output_run`
+  for an output file's `<file>.run.json`; digests by `sha256_hex`, the weights' dtype by `model_dtype`).
 
 Field checks of the files' contents (ranges, types) are `selfinterp_plugins.storage.validation`.
 The modules with a leading underscore are this layer's machinery; plugins use the names below.
@@ -39,13 +40,12 @@ from ._files import (
     write_text_atomic,
 )
 from ._locks import DirectoryLock
-from ._manifests import check_same_run, sha256_hex
+from ._manifests import check_output_run, check_same_run, model_dtype, sha256_hex
 from ._paths import member
 
 __all__ = [
-    "DirectoryLock", "JsonlWriter", "check_artifact_dir", "check_same_run", "committed_files", "foreign_read_errors",
-    "load_safetensors",
-    "load_safetensors_with_metadata", "member", "output_errors", "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free",
-    "save_safetensors", "save_serialised_committed", "sha256_hex", "usual_names", "write_bytes_atomic", "write_json",
-    "write_text_atomic",
+    "DirectoryLock", "JsonlWriter", "check_artifact_dir", "check_output_run", "check_same_run", "committed_files",
+    "foreign_read_errors", "load_safetensors", "load_safetensors_with_metadata", "member", "model_dtype", "output_errors",
+    "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free", "save_safetensors", "save_serialised_committed",
+    "sha256_hex", "usual_names", "write_bytes_atomic", "write_json", "write_text_atomic",
 ]

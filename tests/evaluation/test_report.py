@@ -183,3 +183,23 @@ def test_plotly_js_inline_cdn_or_refused(tmp_path):
     assert {t.line.color for t in figure.data if t.name == "layer 1"} == {figure.data[1].line.color}
     with pytest.raises(OptionError, match="plotly_js takes"):
         plot_sensitivity(rows, html=tmp_path / "x.html", plotly_js="embedded")
+
+
+def test_a_resumed_report_sweeps_another_explainer_of_the_same_kind(report_dir, backend, tmp_path, monkeypatch):
+    """`report --out R --explainer B` after `--explainer A`, both scalar_affine: the sweep was found
+    under its name, "trained scalar_affine", and A's rows were reported as B's. Sweeps are now
+    reused by the explainer's digest: B is swept, the baselines are not."""
+    import selfinterp_plugins.evaluation.sensitivity as sensitivity
+
+    out, config, results = report_dir
+    copy = shutil.copytree(out, tmp_path / "report")
+    other = Explainer.create(backend, adapter="scalar_affine", template="echo")
+    with torch.no_grad():
+        for p in other.adapter.parameters():
+            p.add_(1.0)
+    other.save_pretrained(tmp_path / "other")
+    swept, real = [], sensitivity.sweep
+    monkeypatch.setattr(sensitivity, "sweep", lambda method, *a, name, **k: swept.append(name) or real(method, *a, name=name, **k))
+    config = ReportConfig(**{**config.__dict__, "explainers": [str(tmp_path / "other")]})
+    run_report(config, copy, progress=False, backend=backend)
+    assert swept == ["trained scalar_affine"]

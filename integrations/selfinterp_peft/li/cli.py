@@ -61,30 +61,53 @@ def _data(task: str, path, split: str):
     return chosen
 
 
+#: make-data's manifest keys -> the option that sets each, for the one-line refusal
+MAKE_DATA_FLAGS = {"task": "--task", "n_train": "--n-train", "n_test": "--n-test", "layers": "--layers", "seed": "--seed"}
+
+
+def parse_layers(layers: str) -> list[int]:
+    """`start:stop:step` as the layers it names; a spec naming none (or not of that form) is one line."""
+    from selfinterp_plugins.errors import OptionError
+
+    try:
+        start, stop, step = (int(x) for x in layers.split(":"))
+        chosen = list(range(start, stop, step))
+    except ValueError:
+        chosen = []
+    if not chosen or min(chosen) < 0:
+        raise OptionError(f"--layers takes start:stop:step naming at least one layer >= 0 (e.g. 0:30:3), got {layers!r}.")
+    return chosen
+
+
 def _make_data(task, backend, n_train, n_test, layers, seed, out):
-    """The rows of each split not yet written, each split file appearing only when complete."""
-    from selfinterp_plugins.storage import JsonlWriter
+    """The rows of each split not yet written. A split's rows are all computed before its file is
+    written, whole and atomically, so a kill leaves the file complete or absent (an earlier
+    version's leftover `<split>.partial` was appended to, doubling its rows, and is discarded). A
+    split file beside its `<split>.jsonl.run.json` is kept only for the same task, model, dtype,
+    row count, layers and seed; other settings are refused in one line."""
+    from selfinterp_plugins.storage import check_output_run, model_dtype
     from selfinterp_plugins.topics import load_topics
 
     from . import act_patch_task, input_ablation_task
 
-    start, stop, step = (int(x) for x in layers.split(":"))
+    chosen = parse_layers(layers) if task == "activation_patching" else None
     for split, n in (("train", n_train), ("test", n_test)):
         path = out / f"{split}.jsonl"
+        run = {"task": task, "model_fingerprint": backend.fingerprint(), "model_dtype": model_dtype(backend),
+               f"n_{split}": n, "layers": chosen, "seed": seed}
+        check_output_run(path, run, path.exists(), MAKE_DATA_FLAGS)
         if path.exists():
-            click.echo(f"{path} exists; skipped", err=True)
+            click.echo(f"{path} exists (the same settings); skipped", err=True)
             continue
+        with output_errors(path):
+            path.with_suffix(".partial").unlink(missing_ok=True)
         topics = [t for t in load_topics() if t["split"] == split]
         if task == "activation_patching":
             pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
-            rows = act_patch_task.patching_rows(backend, pairs, list(range(start, stop, step)), seed=seed, progress=True)
+            rows = act_patch_task.patching_rows(backend, pairs, chosen, seed=seed, progress=True)
         else:
             rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(topics, n, seed), progress=True)
-        partial = path.with_suffix(".partial")
-        with JsonlWriter(partial) as writer:
-            for row in rows:
-                writer.write(row)
-        partial.replace(path)  # a split file exists only when complete
+        write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         changed = sum(bool(r.get("is_different", r.get("changed_pred_bc_hint"))) for r in rows)
         click.echo(json.dumps({"split": split, "rows": len(rows), "changed": changed, "file": str(path)}))
 
@@ -105,6 +128,8 @@ def register(cli):
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
         out = Path(out)
+        if task == "activation_patching":
+            parse_layers(layers)  # a bad --layers is one line before the model loads
         with DirectoryLock(out):  # one writer: a second make-data into the same --out fails at once
             _make_data(task, load_backend(model_name), n_train, n_test, layers, seed, out)
 

@@ -161,3 +161,78 @@ def test_neuronpedia_export_speaks_neuronpedia(tmp_path):
     (tmp_path / "mixed.json").write_text(json.dumps(mixed))
     with pytest.raises(ArtifactError, match="--np-sae-id"):
         labelled_dataset(sae, read_explanations(tmp_path / "mixed.json"))
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A tiny model and an untrained explainer on disk, and two SAEs at the same hook (widths 4, 6)."""
+    root = tmp_path_factory.mktemp("sae-label")
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    Explainer.create(model, tok, adapter="scalar_affine", template="echo", site="embed").save_pretrained(root / "explainer")
+    for name, width in (("narrow", 4), ("wide", 6)):
+        random_sae(d_in=64, d_sae=width, hook="blocks.1.hook_resid_post", seed=width).save_model(root / name)
+    return root
+
+
+def _label(root, *flags, sae="narrow"):
+    return ["sae", "label", str(root / "explainer"), "--sae", str(root / sae), "--model", str(root / "tiny"),
+            "--max-new-tokens", "3", *flags]
+
+
+@pytest.mark.parametrize("features, message", [
+    (" ", "Cannot read features ' '"), ("5:2", "Features '5:2' select no latent"),
+    ("0:99", "Feature index 4 is outside this SAE's 4 latents"), ("-1", "Cannot read features '-1'"),
+])
+def test_sae_label_of_no_latent_or_another_is_one_line(labelled, tmp_path, capsys, features, message):
+    """`sae label --features " "` (or `5:2`) labelled nothing and exited 0; `0:99` on a 4-latent SAE
+    was refused only after the model loaded. Each is now one line before anything loads."""
+    _, err = run(_label(labelled, "--features", features, "--output", str(tmp_path / "l.jsonl")), capsys, code=2)
+    assert err.startswith(f"Error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "l.jsonl").exists()
+
+
+def test_sae_score_of_records_that_name_no_latent_is_one_line(labelled, tmp_path, capsys):
+    """`sae score` on an explain output whose ids are words died on `int('cat')` (a traceback), and
+    one whose ids run past the SAE's width indexed another row or raised IndexError."""
+    for rows, message in (([{"id": "cat", "scale": 1.0, "label": "x"}], "(id 'cat') names no SAE latent"),
+                          ([{"id": "7", "scale": 1.0, "label": "x"}], "latent 7 is outside this SAE's 4 latents")):
+        (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _, err = run(["sae", "score", str(tmp_path / "labels.jsonl"), "--sae", str(labelled / "narrow"), "--model",
+                      str(labelled / "tiny")], capsys, code=2)
+        assert err.startswith("Error: Label record 1") and message in err and "Traceback" not in err, err
+    (tmp_path / "none.json").write_text("[]")
+    _, err = run(["sae", "score", str(tmp_path / "none.json"), "--sae", str(labelled / "narrow")], capsys, code=2)
+    assert "holds no label records" in err
+
+
+def test_two_saes_of_one_hook_export_under_their_own_ids(labelled, tmp_path, capsys):
+    """Two SAEs on one model and hook exported as the same Neuronpedia model and SAE id (both
+    `1-res-selfinterp`), so a file holding both could not be told apart; `--model-id` and
+    `--np-sae-id` (Neuronpedia's modelId and SAE id) now set them, the export reads back through
+    the library's reader, and the ids it used are printed."""
+    from selfinterp_sae_lens.neuronpedia import labelled_dataset, read_explanations
+    from selfinterp_sae_lens.source import load_sae
+
+    out, _ = run(_label(labelled, "--features", "0:3", "--output", str(tmp_path / "a.jsonl"), "--neuronpedia",
+                        str(tmp_path / "a.json")), capsys)
+    said = json.loads(out)
+    assert (said["model_id"], said["np_sae_id"], said["neuronpedia_empty_left_out"]) == ("tiny", "1-res-selfinterp", 0)
+    out, _ = run(_label(labelled, "--features", "0:5", "--output", str(tmp_path / "b.jsonl"), "--neuronpedia",
+                        str(tmp_path / "b.jsonl.np.jsonl"), "--model-id", "tiny-model", "--np-sae-id", "1-res-wide",
+                        sae="wide"), capsys)
+    assert (json.loads(out)["model_id"], json.loads(out)["np_sae_id"]) == ("tiny-model", "1-res-wide")
+    a, b = read_explanations(tmp_path / "a.json"), read_explanations(tmp_path / "b.jsonl.np.jsonl")
+    assert [(e.model_id, e.sae_id, e.index) for e in b] == [("tiny-model", "1-res-wide", i) for i in range(5)]
+    labels = [json.loads(line)["label"].strip() for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert [e.description for e in b] == labels
+    (tmp_path / "both.json").write_text(json.dumps(json.loads((tmp_path / "a.json").read_text()) +
+                                                   [json.loads(line) for line in (tmp_path / "b.jsonl.np.jsonl").read_text().splitlines()]))
+    wide = labelled_dataset(load_sae(labelled / "wide"), read_explanations(tmp_path / "both.json"), sae_id="1-res-wide")
+    assert wide.ids == ["0", "1", "2", "3", "4"] and wide.meta["skipped_other_sae"] == len(a) == 3
+    _, err = run(_label(labelled, "--np-sae-id", "x", "--output", str(tmp_path / "c.jsonl")), capsys, code=2)
+    assert "give --neuronpedia FILE too" in err and not (tmp_path / "c.jsonl").exists()
+    _, err = run(_label(labelled, "--neuronpedia", str(tmp_path / "c.csv"), "--output", str(tmp_path / "c.jsonl")),
+                 capsys, code=2)
+    assert "written as .json or .jsonl" in err and not (tmp_path / "c.jsonl").exists()

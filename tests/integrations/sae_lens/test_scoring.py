@@ -147,3 +147,62 @@ def test_conversation_writing_shows_progress_per_step_and_writes_the_same(tiny_b
     assert "write conversations" in err and "0/12" in err  # 2 generate calls × 6 steps (the bar clears at the end)
     assert [line for line in err.replace("\r", "\n").splitlines() if "write conversations" in line and "/12" in line
             and not line.strip().startswith("write conversations: 100%")]  # it moved before the end
+
+
+@pytest.mark.parametrize("record, match", [
+    ({"id": "cat", "label": "x"}, r"Label record 1 \(id 'cat'\) names no SAE latent"),  # was ValueError: int('cat')
+    ({"id": "-1", "label": "x"}, r"names no SAE latent"),
+    ({"id": "0", "feature": -1, "label": "x"}, r"feature -1 is outside this SAE's 8 latents"),  # was the last latent
+    ({"id": "0", "feature": 2.5, "label": "x"}, r"feature 2.5 is not a latent number"),  # was latent 2
+    ({"id": "9", "label": "x"}, r"latent 9 is outside this SAE's 8 latents"),  # was an IndexError traceback
+])
+def test_a_record_that_names_no_latent_or_another_is_refused(tiny_backend, record, match):
+    from selfinterp_plugins.errors import VectorError
+
+    sae = planted_sae(tiny_backend)
+    writer = EchoWriter()
+    with pytest.raises(VectorError, match=match):
+        generation_score([record], sae, tiny_backend, writer, n_samples=1, progress=False)
+    assert writer.calls == 0  # refused before any conversation is written
+    pool = ContextPool.build(tiny_backend, sae, [[1, 2, 3]], [0])
+    with pytest.raises(VectorError, match=match):
+        detection_score([record], pool, keyword_judge, tiny_backend.tokenizer, progress=False)
+
+
+def test_feature_lists_are_checked_where_latents_are_read(tiny_backend):
+    from selfinterp_plugins.errors import LabelError, VectorError
+    from selfinterp_sae_lens.generation_scoring import feature_of
+
+    sae = planted_sae(tiny_backend)
+    for features in ([-1], [8], [1.5]):
+        with pytest.raises(VectorError, match="latent"):
+            latent_acts(tiny_backend, sae, [[1, 2, 3]], features)
+        with pytest.raises(VectorError, match="latent"):
+            ContextPool.build(tiny_backend, sae, [[1, 2, 3]], features)
+    assert feature_of({"id": "3.1"}, None, 8) == 3  # a latent's second explanation (labelled_dataset's ids)
+    with pytest.raises(LabelError, match="No label records to score"):
+        generation_score([], sae, tiny_backend, EchoWriter(), progress=False)
+    with pytest.raises(LabelError, match="No label records to score"):
+        detection_score([], ContextPool.build(tiny_backend, sae, [[1, 2, 3]], [0]), keyword_judge,
+                        tiny_backend.tokenizer, progress=False)
+
+
+def test_a_scoring_output_resumes_only_for_the_same_sae_and_settings(tiny_backend, tmp_path):
+    """A rerun into a scoring output kept every hit rate found under (id, scale, label), whatever
+    SAE, subject or sample count made it; `<output>.run.json` now records them."""
+    from selfinterp_plugins.errors import RunMismatchError
+
+    records = [{"id": "0", "scale": 1.0, "label": "the cat"}, {"id": "1", "scale": 1.0, "label": "tax law"}]
+    out = tmp_path / "gen.jsonl"
+    sae = planted_sae(tiny_backend)
+    generation_score(records, sae, tiny_backend, EchoWriter(), n_samples=3, output=out, progress=False)
+    before = out.read_bytes()
+    with pytest.raises(RunMismatchError, match=r"gen.jsonl was written from another sae \(its SHA-256 differs\)"):
+        generation_score(records, planted_sae(tiny_backend, margin=0.5), tiny_backend, EchoWriter(), n_samples=3,
+                         output=out, progress=False)
+    with pytest.raises(RunMismatchError, match=r"samples=3, this run asks 2; rerun with samples=3 \(--samples 3\)"):
+        generation_score(records, sae, tiny_backend, EchoWriter(), n_samples=2, output=out, progress=False)
+    assert out.read_bytes() == before
+    again = EchoWriter()
+    generation_score(records, sae, tiny_backend, again, n_samples=3, output=out, progress=False)
+    assert again.calls == 0 and out.read_bytes() == before  # the same run: nothing rescored

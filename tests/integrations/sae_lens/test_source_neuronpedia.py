@@ -118,3 +118,66 @@ def test_write_round_trip_and_splits(tmp_path):
     splits = split_features([5, 1, 1, 3, 9, 7, 2, 8, 6, 4], seed=0)
     assert sorted(splits) == list(range(1, 10)) and list(splits.values()).count("train") == 7
     assert splits == split_features(range(1, 10), seed=0)
+
+
+@pytest.mark.parametrize("features, match", [
+    ([2.5], "2.5 is not a latent number"),         # was int(2.5): latent 2's row
+    ([True], "True is not a latent number"),       # was latent 1
+    ([3, "x"], "'x' is not a latent number"),
+    ([-1], "-1 is outside this SAE's 16 latents"),
+    ([16], "16 is outside this SAE's 16 latents"),
+    ([], "The feature selection is empty"),        # was no latent, and a run that did nothing
+    (range(5, 2), "The feature selection is empty"),
+    ("3", "takes a list or range"),
+])
+def test_a_selection_that_names_another_latent_or_none_is_refused(features, match):
+    sae = random_sae(d_in=64, d_sae=16)
+    with pytest.raises(VectorError, match=match):
+        feature_vectors(sae, features)
+
+
+def test_whole_numbers_of_any_integer_type_are_latents():
+    import numpy as np
+
+    sae = random_sae(d_in=64, d_sae=16)
+    assert torch.equal(feature_vectors(sae, [np.int64(3), torch.tensor(4), "5"]), sae.W_dec.detach()[[3, 4, 5]])
+
+
+@pytest.mark.parametrize("spec", [" ", "", "5:2", "3:3", "-1", "-2:3", "3,,4", "1:2:3", "2.5", "a:b"])
+def test_a_features_option_naming_no_latent_is_one_line(spec):
+    """`sae label --features " "` (or `5:2`) labelled nothing and exited 0."""
+    from selfinterp_sae_lens.cli import parse_features
+
+    with pytest.raises(VectorError, match=r"(select no latent|Cannot read features)"):
+        parse_features(spec)
+
+
+def test_a_features_option_names_its_latents():
+    from selfinterp_sae_lens.cli import parse_features
+
+    assert parse_features("all") is None and parse_features(None) is None
+    assert parse_features("0:3") == [0, 1, 2] and parse_features(":2") == [0, 1] and parse_features(" 3, 17 ") == [3, 17]
+
+
+def test_an_export_reads_back_through_the_librarys_reader(tmp_path):
+    """Neuronpedia export -> `read_explanations` -> `labelled_dataset`, in both formats: an empty label
+    was written as an empty description, which the reader then refused (LabelError); a `.csv` or
+    `.gz` name got JSON inside that the reader could not read. Empty labels are now left out with
+    their count said, and only names the reader reads are written."""
+    sae = random_sae(d_in=64, d_sae=16)
+    records = [{"id": "4", "feature": 4, "scale": 1.0, "label": "rivers"}, {"id": "5", "feature": 5, "scale": 1.0, "label": ""},
+               {"id": "6", "feature": 6, "scale": 2.0, "label": "  "}, {"id": "9", "feature": 9, "scale": 1.0, "label": " ök "}]
+    for name in ("out.json", "out.jsonl"):
+        with pytest.warns(UserWarning, match=r"2 of 4 labels are empty and left out"):
+            path = write_explanations(records, tmp_path / name, "tiny", "1-res-test", "selfinterp:test")
+        back = read_explanations(path)
+        assert [(e.index, e.description, e.model_id, e.sae_id) for e in back] == [
+            (4, "rivers", "tiny", "1-res-test"), (9, "ök", "tiny", "1-res-test")]
+        data = labelled_dataset(sae, back, "tiny", "1-res-test")
+        assert data.ids == ["4", "9"] and torch.equal(data.vectors[1], sae.W_dec.detach()[9])
+    for name in ("out.csv", "out.json.gz", "out"):
+        with pytest.raises(ArtifactError, match="written as .json or .jsonl"):
+            write_explanations(records, tmp_path / name, "tiny", "1-res-test", "selfinterp:test")
+        assert not (tmp_path / name).exists()
+    with pytest.raises(LabelError, match="Every one of the 2 labels is empty"):
+        write_explanations(records[1:3], tmp_path / "none.json", "tiny", "1-res-test", "selfinterp:test")

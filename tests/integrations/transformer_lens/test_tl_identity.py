@@ -146,6 +146,34 @@ def test_topic_vectors_and_prepare_vectors_from_a_tl_cache(llama):
                                        want.vectors[2], rtol=0, atol=1e-4)
 
 
+def test_the_vector_prompt_text_runs_as_its_ids_through_transformer_lens(gpt2, llama):
+    """`model.run_with_cache(explainer.vector_prompt(topic))`, a string: TransformerLens prepends BOS
+    to a string and the chat markup starts with one, so the text ran with two and the activation
+    was another prompt's (a fluent, wrong label). The text now runs as the prompt's ids, and its
+    activation is the training vector, on a BOS-prepending bridge and on a HookedTransformer with
+    `default_prepend_bos` on and off."""
+    model, tok, _, _ = gpt2
+    gpt2_topics, llama_topics = load_topics()[:4], load_topics()[4:8]
+    bridge = bridge_of(3)  # the gpt2 fixture's weights, its own BOS-prepending tokenizer
+    llama_model, llama_tok, tl = llama
+    prepending = hooked(llama_model, llama_tok, process=False)
+    prepending.cfg.default_prepend_bos = True
+    cases = [(bridge, model, tok, gpt2_topics), (tl, llama_model, llama_tok, llama_topics),
+             (prepending, llama_model, llama_tok, llama_topics)]
+    for tl_model, hf_model, hf_tok, topics in cases:
+        want = topic_vectors(HFBackend(hf_model, hf_tok), topics, [1], progress=False)[1]
+        explainer = Explainer.create(tl_model, adapter="scalar_affine", template="echo")
+        explainer._record_vector_spec(want)
+        for i, topic in enumerate(topics):
+            text = explainer.vector_prompt(topic["title"])
+            assert tl_model.to_tokens(text)[0].tolist() == explainer.vector_prompt(topic["title"], tokenize=True)
+            _, cache = tl_model.run_with_cache(text)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = explainer.prepare_vectors(cache, site="blocks.1.hook_resid_post")[0]
+            torch.testing.assert_close(got, want.vectors[i], rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("site, match", [("blocks.1.hook_resid_mid", "blocks.K.hook_resid_post"),
                                          ("blocks.99.hook_resid_pre", "past the last layer")])
 def test_sites_are_checked_when_created(llama, site, match):

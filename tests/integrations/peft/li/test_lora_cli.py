@@ -29,7 +29,8 @@ def test_lora_explainer_commands(tmp_path, capsys, task):
     lines = [json.loads(line) for line in out.splitlines()]
     assert [line["rows"] for line in lines] == [6, 4]
     first = (data / "train.jsonl").read_text()
-    run(["lora-explainer", "make-data", "--task", task, *m, "--out", str(data)], capsys)  # resumed: nothing redone
+    run(["lora-explainer", "make-data", "--task", task, *m, "--n-train", "6", "--n-test", "4", "--layers", "0:3:1",
+         "--out", str(data)], capsys)  # resumed: nothing redone
     assert (data / "train.jsonl").read_text() == first
 
     out = run(["lora-explainer", "train", "--task", task, "--data", str(data), *m, "--rank", "4", "--epochs", "2",
@@ -45,3 +46,36 @@ def test_lora_explainer_commands(tmp_path, capsys, task):
         run(["lora-explainer", "eval", str(tmp_path / "lx"), "--task", task, "--data", str(data), *m, "--max-new-tokens", "8",
              "--control", "shuffled-vectors", "--out", str(tmp_path / "control.json")], capsys)
         assert json.loads((tmp_path / "control.json").read_text())["control"] == "shuffled-vectors"
+
+
+def test_make_data_never_appends_to_a_leftover_and_resumes_only_the_same_settings(tmp_path, capsys):
+    """A killed make-data left `train.partial`; the rerun appended a whole split to it, so
+    train.jsonl held the leftover rows twice (the printed count still right). The leftover is now
+    discarded and each split written whole, equal byte for byte to an uninterrupted run's; and a
+    split file is kept only for the settings it was made with (a rerun with other --n-train kept
+    the old rows and said "skipped"), other settings being one line naming the option."""
+    from cli_models import refused
+
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    flags = ["lora-explainer", "make-data", "--task", "activation_patching", "--model", str(tmp_path / "tiny"),
+             "--n-train", "5", "--n-test", "2", "--layers", "0:3:1"]
+    run([*flags, "--out", str(tmp_path / "clean")], capsys)
+    want = (tmp_path / "clean" / "train.jsonl").read_text()
+    assert len(want.splitlines()) == 5
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "train.partial").write_text("".join(want.splitlines(keepends=True)[:3]))  # the leftover of a kill
+    out = run([*flags, "--out", str(killed)], capsys)
+    assert [json.loads(line)["rows"] for line in out.splitlines()] == [5, 2]
+    assert (killed / "train.jsonl").read_text() == want and not (killed / "train.partial").exists()
+
+    line = refused(capsys, *[("6" if f == "5" else f) for f in flags], "--out", str(killed))
+    assert "n_train=5, this run asks 6; rerun with n_train=5 (--n-train 5)" in line, line
+    line = refused(capsys, *flags[:-1], "0:4:1", "--out", str(killed))
+    assert "layers=[0, 1, 2], this run asks [0, 1, 2, 3]" in line and "--layers" in line, line
+    assert (killed / "train.jsonl").read_text() == want
+    for bad in ("0:3", "3:1:1", "0:3:0", "a:b:c"):
+        assert "--layers takes start:stop:step" in refused(capsys, *flags[:-1], bad, "--out", str(tmp_path / "bad"))
