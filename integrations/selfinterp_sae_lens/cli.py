@@ -235,7 +235,7 @@ def register(cli):
         elif np_model_id is not None or np_sae_id is not None:
             raise click.UsageError("--model-id and --np-sae-id name the Neuronpedia export; give --neuronpedia FILE too.")
 
-        from .source import feature_indices
+        from .latent_ids import feature_indices
 
         indices, sae_obj = parse_features(features), _sae(sae_dir, release, sae_id)  # user errors before the model loads
         indices = feature_indices(sae_obj, indices)  # a latent past the SAE's width too

@@ -40,7 +40,8 @@ class ContextPool:
 
     @classmethod
     def build(cls, backend, sae, windows: list[list[int]], features: list[int], batch_size: int = 32) -> ContextPool:
-        from .source import feature_index, sae_info
+        from .latent_ids import feature_index
+        from .sae_info import sae_info
 
         d_sae = sae_info(sae).d_sae
         features = sorted({feature_index(f, d_sae) for f in features})  # int(2.7) or -1 would be another latent
@@ -143,7 +144,7 @@ def detection_score(records, pool: ContextPool, judge, tokenizer, n_active: int 
     the means (nothing can be detected for them)."""
     from tqdm.auto import tqdm
 
-    from .generation_scoring import feature_of
+    from .latent_ids import feature_of
 
     per_label, skipped = [], []
     features = [feature_of(r, None, pool.d_sae, n) for n, r in enumerate(records, 1)]  # all checked before any judging

@@ -22,9 +22,10 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.backends.base import Sampling
-from selfinterp_plugins.errors import LabelError, VectorError
+from selfinterp_plugins.errors import LabelError
 from selfinterp_plugins.storage import JsonlWriter, check_output_run, model_dtype, read_jsonl, sha256_hex
 
+from .latent_ids import feature_of
 from .latents import latent_acts, max_acts
 
 WRITER_SYSTEM = ("You are a helpful AI assistant who generates EXTREMELY SHORT example conversations. The conversations "
@@ -175,32 +176,6 @@ def hit_rates(backend, sae, features: list[int], conversations: list[list[str]],
     for row, k in enumerate(owner):
         hits[k].append(bool(peaks[row, column[features[k]]] > 0))
     return [sum(hits[k]) / len(hits[k]) if hits[k] else 0.0 for k in range(len(features))]
-
-
-#: a label record's id names its latent: `17`, or `17.1` for a latent's second explanation
-#: (`neuronpedia.labelled_dataset`)
-_LATENT_ID = re.compile(r"(\d+)(?:\.\d+)?")
-
-
-def feature_of(record: dict, dataset, d_sae: int | None, n: int = 0) -> int:
-    """The latent a label record describes: its `feature`, else its dataset row's, else its id's
-    number; each checked against the SAE's `d_sae` latents. An id that names no latent ('cat')
-    used to be a ValueError traceback, and a feature past the SAE's width or negative another
-    latent's row; both are now one line naming the record (its 1-based number `n`)."""
-    from .source import feature_index
-
-    where = f"Label record {n} (id {str(record.get('id'))!r:.40})" if n else f"Label record id {str(record.get('id'))!r:.40}"
-    if "feature" in record:
-        return feature_index(record["feature"], d_sae, f"{where}: feature")
-    if dataset is not None:
-        for r in dataset.records:
-            if r["id"] == record["id"] and "feature" in r:
-                return feature_index(r["feature"], d_sae, f"{where}: feature")
-    match = _LATENT_ID.fullmatch(str(record.get("id", "")).strip())
-    if match is None:
-        raise VectorError(f"{where} names no SAE latent: it has no 'feature' and its id is not a latent number; "
-                          "score the labels of `sae label` (or of explain over an SAE dataset), or add 'feature'.")
-    return feature_index(match.group(1), d_sae, f"{where}: latent")
 
 
 #: a scoring output's manifest keys -> the `sae score` option that sets each

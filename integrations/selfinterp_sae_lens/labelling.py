@@ -12,9 +12,9 @@ from pathlib import Path
 from selfinterp_plugins.backends.base import Sampling
 from selfinterp_plugins.errors import OptionError
 
+from .latent_ids import feature_indices
 from .neuronpedia import check_export_path, neuronpedia_ids, write_explanations
 from .sae_info import sae_site
-from .source import feature_indices
 
 
 def label_features(explainer, sae, features=None, output=None, scales=(1.0,), sampling: Sampling | None = None,

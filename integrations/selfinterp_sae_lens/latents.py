@@ -31,7 +31,7 @@ def latent_acts(backend, sae, sequences: list[list[int]], features: list[int] | 
                 batch_size: int = 16) -> list[torch.Tensor]:
     """Per sequence, a (len, n_features) tensor of latent activations (all latents if None; each
     index checked, since `acts[..., [-1]]` would be the last latent's)."""
-    from .source import feature_indices
+    from .latent_ids import feature_indices
 
     features = None if features is None else feature_indices(sae, features)
     site = sae_site(sae)

@@ -216,7 +216,7 @@ def to_neuronpedia(records, model_id: str, sae_id: str, explanation_model: str) 
     typeName). A label read at a scale other than 1 says so in its explanation model's name
     (`...@scale=2`). An empty label is left out: Neuronpedia has no empty explanation, and
     `read_explanations` refuses one (`write_explanations` counts them)."""
-    from .generation_scoring import feature_of
+    from .latent_ids import feature_of
 
     rows = []
     for n, r in enumerate(records, 1):

@@ -19,7 +19,7 @@ def generation_scorer(records, dataset=None, *, sae, backend, writer=None, n_sam
 def detection_scorer(records, dataset=None, *, sae, backend, windows, judge=None, **options):
     """Accuracy / F1 / AUC of a judge telling activating from non-activating corpus contexts."""
     from .detection_scoring import ContextPool, ModelJudge, detection_score
-    from .generation_scoring import feature_of
+    from .latent_ids import feature_of
     from .sae_info import sae_info
 
     d_sae = sae_info(sae).d_sae

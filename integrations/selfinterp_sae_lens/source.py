@@ -8,17 +8,16 @@ recorded in the dataset metadata so an explainer trained on them knows where the
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from selfinterp_plugins.datasets import VectorLabelDataset
-from selfinterp_plugins.errors import ArtifactError, VectorError
+from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.storage import check_artifact_dir
 
-from .sae_info import hook_name, sae_info, sae_metadata, sae_site
+from .latent_ids import feature_index, feature_indices
+from .sae_info import hook_name, sae_metadata, sae_site
 
 __all__ = ["build_sae_dataset", "feature_index", "feature_indices", "feature_vectors", "hook_name", "load_sae", "pretrained_sae",
            "sae_dataset", "sae_metadata", "sae_site"]
@@ -76,42 +75,6 @@ def pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
     if known and not sae.cfg.metadata.get("neuronpedia_id"):
         sae.cfg.metadata.neuronpedia_id = known
     return sae
-
-
-def feature_index(value, d_sae: int | None, what: str = "Feature index") -> int:
-    """`value` as a latent index of an SAE with `d_sae` latents: a whole number (an int, a numpy or
-    0-d torch integer, or a string of digits) in 0..d_sae-1 (>= 0 when the width is not known).
-    Anything else is refused, never converted: `int(2.7)` is latent 2 and W_dec[-1] the last row,
-    each another latent's row."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
-            and value.dtype != torch.bool:
-        value = int(value)
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
-    span = f"0..{d_sae - 1}" if d_sae is not None else "0, 1, 2, ..."
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise VectorError(f"{what} {value!r:.40} is not a latent number; give whole numbers {span}.")
-    if int(value) < 0 or (d_sae is not None and int(value) >= d_sae):
-        latents = f"this SAE's {d_sae} latents" if d_sae is not None else "the SAE's latents"
-        raise VectorError(f"{what} {int(value)} is outside {latents}; use {span}.")
-    return int(value)
-
-
-def feature_indices(sae, features=None) -> list[int]:
-    """`features` as a checked list of latent indices (None: every latent; `range`s are fine). An
-    empty selection is refused: labelling or scoring nothing would end 'done' having done nothing."""
-    d_sae = sae_info(sae).d_sae
-    if features is None:
-        return list(range(d_sae))
-    if isinstance(features, (str, bytes)) or not isinstance(features, Iterable):
-        raise VectorError(f"features= takes a list or range of latent indices, got {features!r:.40}.")
-    indices = [feature_index(i, d_sae) for i in features]
-    if not indices:
-        raise VectorError(f"The feature selection is empty; give at least one latent of 0..{d_sae - 1} "
-                          "(e.g. range(0, 100), or --features 0:100).")
-    if len(set(indices)) != len(indices):
-        raise VectorError("Feature indices repeat; give each feature once.")
-    return indices
 
 
 def feature_vectors(sae, features=None) -> torch.Tensor:

@@ -23,8 +23,6 @@ WRITING_CALLS = {"write_text", "write_bytes", "replace", "rename", "copyfile", "
 ALLOWED = {
     ("selfinterp_plugins/models/gguf_conversion.py", "rename"):
         "the converted model cache: a folder the library made under ~/.cache, renamed into place whole",
-    ("integrations/selfinterp_peft/li/cli.py", "replace"):
-        "a finished JSONL split renamed to its name: a rename replaces a planted link, never writes through it",
 }
 
 
