@@ -25,6 +25,9 @@ ALLOWED = {
         "the converted model cache: a folder the library made under ~/.cache, renamed into place whole",
     ("integrations/selfinterp_peft/li/cli.py", "replace"):
         "a finished JSONL split renamed to its name: a rename replaces a planted link, never writes through it",
+    ("integrations/selfinterp_peft/dit_stand_in.py", "save"):
+        "torch.save into memory of plain tensors, lists and dicts (the DIT reference's own format, for the offline "
+        "stand-in), written by write_bytes_atomic",
 }
 
 
