@@ -339,3 +339,15 @@ def test_dit_ask_and_dit_eval_work_on_imported_diffs(saved, tmp_path, capsys, ti
     metrics = json.loads(printed.strip().splitlines()[-1])
     assert sorted(metrics) == ["dit", "no_dit", "trigger"] and metrics["dit"]["n"] == 2
     assert os.path.exists(tmp_path / "eval" / "answers.jsonl")
+    # the news diffs were published without triggers: evaluated without the trigger baseline
+    news = tmp_path / "news-summary" / "qwen3-tiny"
+    shutil.copytree(src, news)
+    write_index(news / "index.csv", [dict(r, trigger="") for r in rows_of(news)])
+    code, _, err = import_cli(capsys, saved, news, tmp_path / "news-out")
+    assert code in (0, None), err
+    assert all(r["trigger"] is None for r in read_index(tmp_path / "news-out"))
+    code, printed, err = run_cli(capsys, "dit", "eval", str(out / "dit-adapter"), str(tmp_path / "news-out"), "--model",
+                                 str(saved / "tiny-qwen3"), "--llm-judge", "none", "--candidates", "diffs", "--limit", "1",
+                                 "--out", str(tmp_path / "news-eval"))
+    assert code in (0, None), err
+    assert sorted(json.loads(printed.strip().splitlines()[-1])) == ["dit", "no_dit"]
