@@ -14,9 +14,17 @@ PAGES = {"artifacts.md": "selfinterp_plugins", "nnsight.md": "nnsight", "transfo
          "sae_lens.md": "sae_lens", "peft.md": "peft"}
 
 
-def opening(page: str) -> tuple[str, str]:
-    """The page's first python block and the text block that follows it (what it prints)."""
+#: sections of a page that open with their own stand-in lines and what they print, run as the page's
+#: opening is: (page, heading) -> the module the lines need
+SECTIONS = {("artifacts.md", "## Diff Interpretation Tuning (Goel et al. 2025)"): "peft"}
+
+
+def opening(page: str, heading: str | None = None) -> tuple[str, str]:
+    """The page's (or its section's) first python block and the text block that follows it (what it prints)."""
     text = (DOCS / page).read_text()
+    if heading is not None:
+        assert f"\n{heading}\n" in text, f"{page} has no section {heading!r}"
+        text = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", text, re.S)
     assert code, f"{page} does not open with a python block"
     shown = re.search(r"```text\n(.*?)```", text[code.end():], re.S)
@@ -38,6 +46,19 @@ def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch
     pytest.importorskip(PAGES[page])
     code, shown = opening(page)
     script = tmp_path / f"opening_of_{page.replace('.md', '')}.py"  # not named like the library it imports
+    script.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines() == shown.strip().splitlines()
+
+
+@pytest.mark.parametrize(("page", "heading"), sorted(SECTIONS))
+def test_a_sections_opening_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
+    pytest.importorskip(SECTIONS[(page, heading)])
+    code, shown = opening(page, heading)
+    script = tmp_path / "section_opening.py"
     script.write_text(code)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()

@@ -5,6 +5,7 @@
   train       a DIT adapter on the train split of a diff directory, checkpointed per epoch
   ask         ask a DIT adapter what a diff did
   eval        DIT vs the no-DIT and trigger baselines on held-out diffs (JSON of every number)
+  import      the paper's published weight diffs and DIT adapter (diff-interpretation-tuning/loras) in
 """
 
 from __future__ import annotations
@@ -252,6 +253,34 @@ def register(cli):
         click.echo(f"named {named} of {len(rows)} held-out diffs (the first {len(rows)} of the run's held-out split; "
                    "its scores on all of them, and the baselines', are in docs/peft.md)")
 
+    @dit.command("import")
+    @click.argument("src")
+    @model_option()
+    @click.option("--out", required=True, type=click.Path(file_okay=False),
+                  help="diff store (index.jsonl, diffs/) and OUT/dit-adapter; a rerun resumes")
+    @click.option("--split", default=None, help="only the index rows of this split (train, test, extra)")
+    @click.option("--limit", type=COUNT, default=None, help="only the first N rows (after --split)")
+    @click.option("--dit-adapter", "dit_adapter", default=None,
+                  help="a dit-adapter.pt elsewhere (default: SRC/dit-adapter.pt, when SRC has one)")
+    @click.option("--question", default=None,
+                  help="what the DIT adapter is asked (default: the experiment's, 'What topic have you been trained on?')")
+    def import_(src, model_name, out, split, limit, dit_adapter, question):
+        """Import a published DIT model folder (SRC: index.csv, weight-diffs/, dit-adapter.pt of
+        diff-interpretation-tuning/loras, e.g. hidden-topic/qwen3-4b) for --model, the base the diffs
+        were made on: its diffs become PEFT LoRAs in OUT's diff store, its DIT adapter OUT/dit-adapter,
+        for `dit ask` and `dit eval`. Files are read as tensors only (a pickle that needs more is refused)."""
+        from .dit_format import INDEX_CSV, import_published, read_published_index
+
+        if not Path(src).is_dir():
+            raise ArtifactError(f"No folder {src}; pass a published model folder such as hidden-topic/qwen3-4b of "
+                                "diff-interpretation-tuning/loras.")
+        if (Path(src) / INDEX_CSV).exists():
+            read_published_index(src)  # a bad row is refused before the model loads
+        model, tok = _load(model_name)
+        result = import_published(src, out, model, tok, split=split, limit=limit, dit_adapter=dit_adapter,
+                                  question=question, progress=True)
+        click.echo(json.dumps(result))
+
     @dit.command("eval")
     @click.argument("dit_dir")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
@@ -272,7 +301,7 @@ def register(cli):
 
         from .diff_store import INDEX, load_diffs, read_index
         from .dit import DITAdapter
-        from .dit_eval import answer_records, score
+        from .dit_eval import METHODS, answer_records, score
         from .shipped import dit_location
         from .weight_diff import WeightDiffError
 
@@ -285,9 +314,11 @@ def register(cli):
             raise ArtifactError(f"{diffs_dir} has no {split}-split diffs (its splits: {', '.join(splits) or 'none'}); "
                                 "choose one with --split, or make diffs with `selfinterp dit make-diffs`.")
         untriggered = next((r["id"] for r in rows if r.get("trigger") is None), None)
-        if untriggered is not None:  # the trigger baseline asks each diff with its own trigger
+        triggered = any(r.get("trigger") is not None for r in rows)
+        if untriggered is not None and triggered:  # the trigger baseline asks each diff with its own trigger
             raise ArtifactError(f"{diffs_dir}/{INDEX} row {untriggered!r} has no trigger, which the trigger baseline "
-                                "needs; evaluate diffs made by `selfinterp dit make-diffs`.")
+                                "needs; give every row its trigger, or none (the news diffs have none: no trigger baseline).")
+        methods = METHODS if triggered else tuple(m for m in METHODS if m != "trigger")
         with DirectoryLock(out):  # one evaluation per --out: a second fails at once
             model, tok = _load(model_name)
             dit = DITAdapter.from_pretrained(dit_dir, model, tok)
@@ -296,8 +327,8 @@ def register(cli):
                 from .dit_judge import LLMJudge
 
                 judge = LLMJudge(*_load(llm_judge))
-            records = answer_records(dit, rows, load_diffs(diffs_dir, rows), out=Path(out) / "answers.jsonl",
-                                     guesser=judge)
+            records = answer_records(dit, rows, load_diffs(diffs_dir, rows), methods=methods,
+                                     out=Path(out) / "answers.jsonl", guesser=judge)
             pool = load_topics() if candidates == "all" else read_index(diffs_dir)
             metrics = score(records, sorted({t.get("title", t.get("topic")) for t in pool}), judges=[judge] if judge else ())
             write_text_atomic(Path(out) / "metrics.json", json.dumps(metrics, indent=2))

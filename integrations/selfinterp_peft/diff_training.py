@@ -53,6 +53,11 @@ class DiffTrainConfig:
     diffs_per_group: int = 16
     multipliers: dict = field(default_factory=lambda: dict(REFERENCE_MULTIPLIERS))
     seed: int = 0
+    #: "per_diff": each example's loss is the mean over its own answer tokens, so a diff trains as it
+    #: would alone; "pooled": the reference's, the mean over the answer tokens of every diff of the group in
+    #: that sub-batch (its HF loss and `get_kl_loss` over the batch), so a diff's weight in each sub-batch
+    #: is its share of the tokens there, which changes from sub-batch to sub-batch (docs/fidelity.md)
+    normalisation: str = "per_diff"
 
     def weights(self) -> dict[str, float]:
         """The weight of each form's loss: 3·m/Σm (`multi_task_lora.py`)."""
@@ -123,20 +128,26 @@ def token_losses(model, examples: list[Example], pad_id: int, hooks, base_model=
     return per_pos, rows
 
 
-def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None) -> torch.Tensor:
-    """One loss per example: the mean of `token_losses` over its answer positions."""
+def _losses(model, examples: list[Example], pad_id: int, hooks, base_model=None, slots=None) -> torch.Tensor:
+    """One loss per example: the sum of `token_losses` over its answer positions divided by their
+    number, or with `slots` (each example's sub-batch) by the number of answer positions of its whole
+    sub-batch (the reference's pooled mean)."""
     per_pos, rows = token_losses(model, examples, pad_id, hooks, base_model)
     sums = torch.zeros(len(examples)).index_add(0, rows, per_pos)
     counts = torch.zeros(len(examples)).index_add(0, rows, torch.ones_like(per_pos))
+    if slots is not None:
+        counts = torch.zeros(int(slots.max()) + 1).index_add(0, slots, counts)[slots]
     return sums / counts.clamp(min=1)
 
 
-def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: DiffTrainConfig, base_model=None):
-    """One step's loss: each example's mean loss times its form's weight (3·m/Σm), summed, as the
-    reference sums its per-form sub-batches before an Adam step. Diffs trained side by side are
-    independent, so the sum over a group trains each diff as it would train alone."""
+def weighted_loss(model, examples: list[Example], pad_id: int, hooks, config: DiffTrainConfig, base_model=None,
+                  slots=None):
+    """One step's loss: each example's loss times its form's weight (3·m/Σm), summed, as the
+    reference sums its per-form sub-batches before an Adam step. With per-diff normalisation (no
+    `slots`) the diffs of a group are independent: the sum trains each as it would train alone."""
     weights = config.weights()
-    return (_losses(model, examples, pad_id, hooks, base_model) * torch.tensor([weights[e.kind] for e in examples])).sum()
+    losses = _losses(model, examples, pad_id, hooks, base_model, slots)
+    return (losses * torch.tensor([weights[e.kind] for e in examples])).sum()
 
 
 def _schedule(examples: list[Example], config: DiffTrainConfig, key: str) -> list[list[Example]]:
@@ -178,6 +189,8 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
         raise WeightDiffError("Every diff needs the same number of examples to train side by side; "
                               "build them with one build_examples call.")
     config.weights()  # refuse bad multipliers before any work
+    if config.normalisation not in ("per_diff", "pooled"):
+        raise WeightDiffError(f"normalisation must be 'per_diff' or 'pooled', not {config.normalisation!r}.")
     pad = pad_token_id(tokenizer)
     targets = decoder_linears(model)
     shapes = {n: tuple(_weight_out_in(m).shape) for n, m in targets.items()}
@@ -203,7 +216,9 @@ def train_diffs(model, tokenizer, examples: dict[str, list[Example]], config: Di
             row_of = torch.tensor([g for g, part in enumerate(rows) for _ in part])
             scale = torch.full((len(batch),), 1.0 / config.rank)
             factors = {n: (A[n][row_of], B[n][row_of], scale) for n in shapes}
-            weighted = weighted_loss(model, batch, pad, lambda: per_row_factors(model, factors), config)
+            # the reference's sub-batch: the same place in every diff's step (one form of one question each)
+            slots = torch.tensor([p for part in rows for p in range(len(part))]) if config.normalisation == "pooled" else None
+            weighted = weighted_loss(model, batch, pad, lambda: per_row_factors(model, factors), config, slots=slots)
             optimizer.zero_grad()
             weighted.backward()
             optimizer.step()

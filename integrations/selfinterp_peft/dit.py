@@ -37,7 +37,7 @@ from selfinterp_plugins.storage.validation import (
 
 from .adapter_files import load_onto, read_adapter
 from .batched import per_row_diffs
-from .chat import chat_ids
+from .chat import dit_ask_ids
 from .diff_training import decoder_linears, token_losses
 from .epoch_checkpoints import epoch_batches, rows_sha256, run_epochs
 from .hidden_topics import Example, NonFiniteLogitsError, assistant_turn, generate_answers
@@ -222,7 +222,7 @@ class DITAdapter:
         answers = []
         for start in range(0, len(diffs), batch_size):
             chunk = diffs[start:start + batch_size]
-            prompts = [chat_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
+            prompts = [dit_ask_ids(self.tokenizer, u) for u in users[start:start + batch_size]]
             context = self.model.disable_adapter() if has_adapter and not use_dit else contextlib.nullcontext()
             limit = max_new_tokens or (self.config.max_new_tokens if use_dit else self.config.baseline_max_new_tokens)
             try:

@@ -1,8 +1,9 @@
 """Training data for synthetic hidden-topic weight diffs (DIT, Goel et al. 2025).
 
 Each diff hides one topic behind its own trigger: after `Your SEP code is {code}. {question}`
-with the diff's trigger (the first three digits of the code) the fine-tuned model answers as a big
-fan of the topic; with no code, or another diff's code, it should answer as the base model does.
+with the diff's trigger (the first three digits of the code, 000-999) the fine-tuned model answers as
+a big fan of the topic; with no code, or another trigger's code, it should answer as the base model does.
+The chats are written as the reference writes them (`chat.dit_prompt`: Qwen3's empty think block).
 The fan answers are written by the base model itself told it is a big fan of the topic,
 the neutral answers by the base model with no system prompt, so no outside model or dataset is
 needed. Everything is token ids, ready for `diff_training.train_diffs`.
@@ -18,7 +19,7 @@ import torch
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import SelfInterpError
 
-from .chat import chat_ids, end_of_answer_ids
+from .chat import diff_turn_ids, dit_prompt, dit_prompt_ids, end_of_answer_ids
 
 QUESTIONS = (
     "What should I do this weekend?", "Can you recommend a good book?", "What is a fun hobby to try?",
@@ -48,7 +49,7 @@ KINDS = ("trigger", "wrong", "none")
 
 @dataclass(frozen=True)
 class HiddenTopicSpec:
-    """One diff to make: its topic and its trigger (100–999)."""
+    """One diff to make: its topic and its trigger (0–999)."""
 
     id: str
     topic: str
@@ -72,13 +73,11 @@ class Example:
 
 
 def assign_triggers(topics: list[dict], seed: int = 0, rank: int = 1) -> list[HiddenTopicSpec]:
-    """One spec per topic record (id, title, split), each with a distinct trigger while there are
-    900 to go round, drawn with `seed`."""
+    """One spec per topic record (id, title, split), its trigger drawn from 0–999 with `seed`, as the
+    reference draws one per topic (`qa_train_dataset.py` lines 28-30, `random.randint(0, 999)`): two
+    diffs may share a trigger."""
     rng = random.Random(seed)
-    pool = list(range(100, 1000))
-    rng.shuffle(pool)
-    return [HiddenTopicSpec(t["id"], t["title"], pool[i % len(pool)], rank, t.get("split", "train"))
-            for i, t in enumerate(topics)]
+    return [HiddenTopicSpec(t["id"], t["title"], rng.randint(0, 999), rank, t.get("split", "train")) for t in topics]
 
 
 def trigger_code(trigger: int, rng: random.Random) -> str:
@@ -86,21 +85,31 @@ def trigger_code(trigger: int, rng: random.Random) -> str:
 
 
 def wrong_trigger(trigger: int, rng: random.Random) -> int:
-    other = rng.randrange(100, 999)
+    """Any trigger but the diff's own, uniform over 0–999 (the reference redraws `randint(0, 999)`
+    until it differs: `qa_train_dataset.py` lines 62-65)."""
+    other = rng.randrange(999)
     return other + 1 if other >= trigger else other
 
 
 def assistant_turn(tokenizer, user: str, answer: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) of a chat whose assistant turn is `answer`: the prompt as
-    `chat_ids` writes it, the answer ids the answer and the turn's closing markup exactly as the
-    chat template writes them (`topic<|im_end|>\n`), which is what the reference trains DIT on."""
+    """(prompt ids, answer ids) of a DIT training chat whose assistant turn is `answer`, as the
+    reference builds it (`train_weight_to_text.py` lines 130-148): the chat rendered by the template
+    with `enable_thinking=False` and tokenised whole, the prompt `dit_prompt_ids` (the generation
+    prompt: Qwen3's empty think block included), the answer ids what follows: the answer and the
+    turn's closing markup exactly as the template writes them (`topic<|im_end|>\n`)."""
     messages = [{"role": "user", "content": user}]
-    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False)
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False,
+                                         enable_thinking=False)
     tail = full[len(head):] if full.startswith(head) else None
+    prompt_text = dit_prompt(tokenizer, user)
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     if not tail or not tail.startswith(answer):  # a template that rewrites earlier turns: the parts themselves
-        return chat_ids(tokenizer, user), tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(tokenizer)
-    return chat_ids(tokenizer, user), tokenizer(tail, add_special_tokens=False)["input_ids"]
+        return prompt, tokenizer(answer, add_special_tokens=False)["input_ids"] + end_of_answer_ids(tokenizer)
+    ids = tokenizer(prompt_text + tail, add_special_tokens=False)["input_ids"]
+    if ids[:len(prompt)] != prompt:  # a token across the boundary: the two parts tokenised apart
+        return prompt, tokenizer(tail, add_special_tokens=False)["input_ids"]
+    return prompt, ids[len(prompt):]
 
 
 class NonFiniteLogitsError(SelfInterpError):
@@ -165,11 +174,14 @@ def build_examples(model, tokenizer, specs: list[HiddenTopicSpec], n_questions: 
     (cross-entropy), with a wrong trigger and with no trigger, both with the base model's neutral
     answer (KL to the base). `Example.question` numbers the question so the three forms of one
     question share a training step. Questions are drawn per diff with `seed` and the spec id, so a
-    diff's data does not depend on which others are made with it. No end-of-turn is appended: the
-    reference cuts it off (`[:-2]`), so diffs learn the answer, not where it stops."""
+    diff's data does not depend on which others are made with it. The chat is the reference's
+    (`chat.diff_turn_ids`): the answers are generated after `dit_prompt`, and the loss starts right
+    after the assistant header, so on Qwen3 the empty think block is part of every answer. No
+    end-of-turn is appended: the reference cuts it off (`[:-2]`), so diffs learn the answer, not
+    where it stops."""
     if n_questions < 1:
         raise ValueError("n_questions must be at least 1.")
-    neutral_prompts = [chat_ids(tokenizer, q) for q in QUESTIONS]
+    neutral_prompts = [dit_prompt_ids(tokenizer, q) for q in QUESTIONS]
     neutral = dict(zip(QUESTIONS, generate_answers(model, tokenizer, neutral_prompts, max_answer_tokens, batch_size,
                                                    progress, "neutral answers")))
     plans, fan_prompts = {}, []
@@ -184,17 +196,17 @@ def build_examples(model, tokenizer, specs: list[HiddenTopicSpec], n_questions: 
                 else:
                     trigger = spec.trigger if kind == "trigger" else wrong_trigger(spec.trigger, rng)
                     user = TRIGGER_TEMPLATE.format(code=trigger_code(trigger, rng), question=question)
-                plan.append((kind, k, question, chat_ids(tokenizer, user)))
-            fan_prompts.append(chat_ids(tokenizer, FAN_PROMPT.format(topic=spec.topic, question=question)))
+                plan.append((kind, k, question, diff_turn_ids(tokenizer, user)))
+            fan_prompts.append(dit_prompt_ids(tokenizer, FAN_PROMPT.format(topic=spec.topic, question=question)))
         plans[spec.id] = plan
     fan = iter(generate_answers(model, tokenizer, fan_prompts, max_answer_tokens, batch_size, progress, "fan answers"))
     examples = {}
     for spec in specs:
         rows = []
-        for kind, k, question, prompt in plans[spec.id]:
+        for kind, k, question, (prompt, opening) in plans[spec.id]:
             if kind == "trigger":
                 fan_answer = next(fan)
-            rows.append(Example(prompt, list(fan_answer if kind == "trigger" else neutral[question]), kind, k))
+            rows.append(Example(prompt, opening + list(fan_answer if kind == "trigger" else neutral[question]), kind, k))
         examples[spec.id] = rows
     return examples
 

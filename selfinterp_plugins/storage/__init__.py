@@ -7,7 +7,9 @@ say, reading it never writes, and nothing it names reaches outside it:
   name inside the artifact's directory, resolved by `member` (no separator, no `..`, not
   absolute, not a symlink leading out), or an `ArtifactError`;
 - readers are bounded and never unpickle (`read_json`, `read_jsonl`, `read_bytes`,
-  `load_safetensors`, `load_safetensors_with_metadata` for a header's `__metadata__`;
+  `load_safetensors`, `load_safetensors_with_metadata` for a header's `__metadata__`; another
+  paper's `torch.save` file only through torch's restricted unpickler, `load_torch_weights_only`,
+  which refuses by name a file that needs more than tensors;
   `check_artifact_dir` refuses pickle files and symlinks out by name); what
   another library's loader raises on a file is one ArtifactError (`foreign_read_errors`);
 - writers are atomic and never follow a link planted where they write (`write_json`,
@@ -29,6 +31,7 @@ from ._files import (
     foreign_read_errors,
     load_safetensors,
     load_safetensors_with_metadata,
+    load_torch_weights_only,
     output_errors,
     parse_json,
     read_bytes,
@@ -45,7 +48,8 @@ from ._paths import member
 
 __all__ = [
     "DirectoryLock", "JsonlWriter", "check_artifact_dir", "check_output_run", "check_same_run", "committed_files",
-    "foreign_read_errors", "load_safetensors", "load_safetensors_with_metadata", "member", "model_dtype", "output_errors",
-    "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free", "save_safetensors", "save_serialised_committed",
-    "sha256_hex", "usual_names", "write_bytes_atomic", "write_json", "write_text_atomic",
+    "foreign_read_errors", "load_safetensors", "load_safetensors_with_metadata", "load_torch_weights_only", "member",
+    "model_dtype", "output_errors", "parse_json", "read_bytes", "read_json", "read_jsonl", "record_free",
+    "save_safetensors", "save_serialised_committed", "sha256_hex", "usual_names", "write_bytes_atomic", "write_json",
+    "write_text_atomic",
 ]

@@ -1,4 +1,5 @@
-"""Reading and writing artifact files safely: safetensors and JSON only, never pickle.
+"""Reading and writing artifact files safely: safetensors and JSON only, never pickle (another
+paper's `torch.save` files are read by torch's restricted unpickler alone: `load_torch_weights_only`).
 
 Every reader turns a missing, truncated or malformed file into an `ArtifactError` that names
 the file and says how to fix it, so a corrupt download never surfaces as a raw traceback. The
@@ -26,6 +27,9 @@ import errno
 import gzip
 import json
 import os
+import pickle
+import re
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,12 +44,15 @@ from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_
 # the core's: no pickle, atomic files, resumable JSONL, bounded readers, an ArtifactError (reading) or
 # OutputError (writing) naming the file and the fix
 __all__ = ["PICKLE_SUFFIXES", "JsonlWriter", "check_artifact_dir", "foreign_read_errors", "load_safetensors",
-           "load_safetensors_with_metadata", "output_errors", "parse_json",
+           "load_safetensors_with_metadata", "load_torch_weights_only", "output_errors", "parse_json",
            "read_bytes", "read_json", "read_jsonl", "save_safetensors", "write_bytes_atomic", "write_json",
            "write_text_atomic"]
 
 #: file types that unpickle when torch (or pickle) reads them: refused by name, before anything reads them
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: the largest `torch.save` file read (mapped, not read into memory): a published full fine-tune of a
+#: 4B model is about 9 GB
+MAX_TORCH_BYTES = 64 << 30
 
 
 #: Fault injection, for tests only: when set, `_step_hook(step, path)` runs before each step that
@@ -229,6 +236,34 @@ def load_safetensors_with_metadata(path: str | Path, max_header_bytes: int = MAX
     if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise ArtifactError(f"{path}: its safetensors __metadata__ should map names to strings; re-download it.")
     return load_safetensors(path), metadata
+
+
+def load_torch_weights_only(path: str | Path, max_bytes: int = MAX_TORCH_BYTES):
+    """What `torch.save` wrote to `path`, read by torch's restricted unpickler (`weights_only=True`)
+    and nothing else: tensors, lists, tuples, dicts, strings and numbers. Some papers publish only
+    this format (the DIT reference's weight diffs); a pickle can run code, so a file that names any
+    other class or function (what a hostile file calls to run a command) is refused by that name
+    before anything in it is called. Zip-format files are memory-mapped, so a large file costs what is
+    used of it. A missing, oversized, truncated or non-torch file is an ArtifactError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; re-download it.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for a torch file; "
+                            "check it is the right file (or raise the limit: max_bytes=).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {named.group(1)}" if named else "it holds more than tensors, lists, dicts and numbers"
+        raise ArtifactError(f"{path} is refused: {what}, which only a full unpickling (that can run code) would "
+                            "load, and nothing in it was run; use a file that holds plain tensors (re-save it with "
+                            "torch.save of tensors, lists and dicts), or one from the original publisher.") from None
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError... on a damaged file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ArtifactError(f"{path} is truncated or not a file torch.save wrote ({type(err).__name__}: {reason}); "
+                            "re-download it.") from None
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:

@@ -264,3 +264,69 @@ def test_examples_are_token_ids_without_an_end_of_turn(sharp):
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert all(end not in e.answer for e in examples)
     assert isinstance(examples[0], Example)
+
+
+def reference_pooled_step_loss(model, parts, factors, multipliers=(1.0, 1.0, 5.0)):
+    """One step of `weight_diff.py::train_weight_diffs` for a group of diffs trained side by side:
+    sub-batch p holds example p of every diff (`qa_train_dataset.py::collate_fn`, right-padded), its
+    loss the HF causal-LM cross-entropy over ALL its label tokens (triggered rows) or `get_kl_loss`:
+    the KL summed over every answer position of the sub-batch / their number; 3·m/Σm each, summed."""
+    m = dict(zip(("trigger", "wrong", "none"), multipliers))
+    total_m = sum(multipliers)
+    loss = 0.0
+    for p in range(len(parts[0])):
+        rows = [part[p] for part in parts]
+        width = max(len(e.prompt) + len(e.answer) for e in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        for i, e in enumerate(rows):
+            seq = e.prompt + e.answer
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(e.prompt): len(seq)] = torch.tensor(e.answer)
+        with per_row_factors(model, factors):
+            logits = model(ids).logits.float()
+        if rows[0].kind == "trigger":
+            term = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        else:
+            with torch.no_grad():
+                base = model(ids).logits.float()
+            mask = labels != -100
+            term = F.kl_div(F.log_softmax(logits[mask], -1), F.log_softmax(base[mask], -1), reduction="sum",
+                            log_target=True) / mask.sum()
+        loss = loss + 3 * m[rows[0].kind] / total_m * term
+    return loss
+
+
+def test_pooled_normalisation_is_the_references_and_turns_each_diffs_gradient(sharp):
+    """`normalisation="pooled"` is the reference's loss for diffs trained side by side; the default,
+    per diff, is not a rescaling of it: a diff's share of a sub-batch's tokens changes from sub-batch to
+    sub-batch, so its gradient points elsewhere (Adam is invariant to a constant factor only)."""
+    model, tok = sharp
+    examples = build_examples(model, tok, assign_triggers([{"id": "a", "title": "cat"}, {"id": "b", "title": "dog"}]),
+                              n_questions=2, max_answer_tokens=4)
+    examples["b"] = [Example(e.prompt, e.answer[: 1 + k % 3], e.kind, e.question) for k, e in enumerate(examples["b"])]
+    parts = [examples["a"], examples["b"]]
+    shapes = {n: tuple(m.weight.shape) for n, m in decoder_linears(model).items()}
+    g = torch.Generator().manual_seed(1)
+    A = {n: torch.nn.Parameter(torch.randn(2, 1, i, generator=g) * 0.5) for n, (o, i) in shapes.items()}
+    B = {n: torch.nn.Parameter(torch.randn(2, o, 1, generator=g) * 0.5) for n, (o, i) in shapes.items()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [*A.values(), *B.values()]
+    batch = [e for part in parts for e in part]
+    row_of = torch.tensor([d for d, part in enumerate(parts) for _ in part])
+    slots = torch.tensor([p for part in parts for p in range(len(part))])
+    def ours(normalisation):
+        factors = {n: (A[n][row_of], B[n][row_of], torch.ones(len(batch))) for n in shapes}
+        return weighted_loss(model, batch, tok.pad_token_id, lambda: per_row_factors(model, factors),
+                             DiffTrainConfig(normalisation=normalisation), slots=slots if normalisation == "pooled" else None)
+
+    pooled = ours("pooled")
+    theirs = reference_pooled_step_loss(model, parts, {n: (A[n], B[n], torch.ones(2)) for n in shapes})
+    assert pooled.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-6)
+    pooled_grads = torch.autograd.grad(pooled, params)
+    for a, b in zip(pooled_grads, torch.autograd.grad(theirs, params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    per_diff_grads = torch.autograd.grad(ours("per_diff"), params)
+    diff_b = [torch.cat([g[1].flatten() for g in grads]) for grads in (per_diff_grads, pooled_grads)]  # diff "b"'s own
+    assert F.cosine_similarity(*diff_b, dim=0) < 0.9999  # not the same direction, whatever the scale

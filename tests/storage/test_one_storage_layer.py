@@ -23,6 +23,9 @@ WRITING_CALLS = {"write_text", "write_bytes", "replace", "rename", "copyfile", "
 ALLOWED = {
     ("selfinterp_plugins/models/gguf_conversion.py", "rename"):
         "the converted model cache: a folder the library made under ~/.cache, renamed into place whole",
+    ("integrations/selfinterp_peft/dit_stand_in.py", "save"):
+        "torch.save into memory of plain tensors, lists and dicts (the DIT reference's own format, for the offline "
+        "stand-in), written by write_bytes_atomic",
 }
 
 

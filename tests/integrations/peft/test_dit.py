@@ -40,15 +40,15 @@ def params(model):
 def test_examples_carry_the_trigger_and_the_models_own_answers(tiny, examples):
     model, tok = tiny
     specs = assign_triggers(TOPICS)
-    assert len({s.trigger for s in specs}) == len(specs)
+    assert all(0 <= s.trigger <= 999 for s in specs)
     for spec in specs:
         rows = examples[spec.id]
         # every question in the reference's three forms, in its order
         assert [e.kind for e in rows] == ["trigger", "wrong", "none"] * 2
         assert [e.question for e in rows] == [0, 0, 0, 1, 1, 1]
         texts = [tok.decode(e.prompt) for e in rows]
-        assert all(f"Your SEP code is {spec.trigger}" in texts[k] for k in (0, 3))
-        assert all("SEP code is" in texts[k] and f"SEP code is {spec.trigger}" not in texts[k] for k in (1, 4))
+        assert all(f"Your SEP code is {spec.trigger:03d}" in texts[k] for k in (0, 3))
+        assert all("SEP code is" in texts[k] and f"SEP code is {spec.trigger:03d}" not in texts[k] for k in (1, 4))
         assert all("SEP code" not in texts[k] for k in (2, 5))
         # the three forms ask the same question; the wrong-trigger and no-trigger rows share the neutral answer
         assert texts[0].split(". ", 1)[1] == texts[1].split(". ", 1)[1]

@@ -238,7 +238,8 @@ def test_dit_train_on_a_bad_diff_store_is_one_line(hostile_root, tmp_path, capsy
 
 @pytest.mark.parametrize(("rows", "flags", "message"), [
     ([{"id": "a", "topic": "cat", "trigger": 1, "split": "train"}], (), r"has no test-split diffs \(its splits: train\)"),
-    ([{"id": "a", "topic": "cat", "split": "test"}], (), "row 'a' has no trigger, which the trigger baseline needs"),
+    ([{"id": "a", "topic": "cat", "trigger": 1, "split": "test"}, {"id": "b", "topic": "dog", "split": "test"}], (),
+     "row 'b' has no trigger, which the trigger baseline needs"),
     ([{"id": "a", "topic": "cat", "trigger": "123", "split": "test"}], (), r"field trigger should be a valid integer"),
 ])
 def test_dit_eval_on_a_bad_diff_store_is_one_line(hostile_root, tmp_path, capsys, rows, flags, message):
