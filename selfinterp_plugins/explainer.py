@@ -12,7 +12,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
-from .errors import ArtifactError, ModelMismatchError, UnknownNameError, VectorError
+from .errors import ArtifactError, ModelMismatchError, OptionError, UnknownNameError, VectorError
 from .sites import Site
 from .storage._commits import save_weights_and_config, weights_file
 from .storage._files import check_artifact_dir, load_safetensors, read_json
@@ -55,9 +55,39 @@ class Explainer:
         self.vector_spec = vector_spec
         tok = backend.tokenizer
         self.prompt_ids = template.prompt_ids(tok)
-        self.inject_mask = self.prompt_ids == template.placeholder_id(tok)
+        self.inject_mask = template.injection_mask(self.prompt_ids, tok)
         self.prefix_len = int(self.inject_mask.nonzero()[0])
         self._is_finished = LabelEnd(tok, template)
+        #: a change to the frozen model's linear layers while this explainer runs (an Activation
+        #: Oracle's LoRA, set by the PEFT plugin): `backends.LowRankPatch`, None for the model as it is
+        self.model_patch = None
+        #: how `explain` decodes when no sampling is given (a method's published settings); None: Sampling()
+        self.default_sampling: Sampling | None = None
+
+    @property
+    def slots(self) -> int:
+        """Vectors per prompt: 1 (one soft token at every placeholder), or K for a template of K slots."""
+        return self.template.slots or 1
+
+    def vector_rows(self, vectors) -> torch.Tensor:
+        """`vectors` as rows of this explainer's prompts: (N, d_model), or (N, K, d_model) for a prompt
+        of K slots; one vector (d_model,) or one row (K, d_model) is a batch of one."""
+        vectors = torch.as_tensor(vectors) if not isinstance(vectors, torch.Tensor) else vectors
+        given, k, d = tuple(vectors.shape), self.slots, self.backend.d_model
+        if k == 1 and vectors.dim() == 3 and vectors.shape[1] == 1:
+            vectors = vectors[:, 0]
+        wanted = 2 if k == 1 else 3
+        if vectors.dim() == wanted - 1:
+            vectors = vectors[None]
+        if vectors.dim() != wanted or (k > 1 and vectors.shape[1] != k):
+            if k == 1:
+                fix = "reshape them to one row per vector"
+            else:
+                fix = f"pass {k} vectors per row, or build the prompt for as many as you have (positions=...)"
+            shape = "(N, d_model)" if k == 1 else f"(N, {k}, d_model)"
+            raise VectorError(f"This explainer takes vectors of shape {shape}, got {given}; {fix}.")
+        check_vectors(vectors, d)
+        return vectors
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -107,9 +137,9 @@ class Explainer:
     def loss(self, vectors: torch.Tensor, labels: list[str], clamp: float = 100.0) -> torch.Tensor:
         """Cross-entropy of the labels' targets, per token clamped, mean over tokens then rows."""
         tok = self.backend.tokenizer
-        vectors = torch.as_tensor(vectors)
-        if vectors.dim() != 2 or vectors.shape[0] != len(labels) or not labels:
-            raise VectorError(f"loss() takes vectors of shape (N, d_model) and N labels, got {tuple(vectors.shape)} and "
+        vectors = self.vector_rows(vectors)
+        if vectors.shape[0] != len(labels) or not labels:
+            raise VectorError(f"loss() takes N rows of vectors and N labels, got {tuple(vectors.shape)} and "
                               f"{len(labels)} labels; pass one label per vector row.")
         soft = self._backend_input(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
@@ -125,7 +155,8 @@ class Explainer:
         positions = (prompt_len - 1 + torch.arange(width)).expand(batch, width)
         # the backend's loss: cross-entropy of its logits, or (nnsight on NDIF) computed next to the
         # model so that only the loss and the adapter's gradients travel
-        return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
+        with self.backend.patched(self.model_patch):
+            return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
 
     @torch.no_grad()
     def generate_labels(self, vectors: torch.Tensor, scales, sampling: Sampling) -> list[tuple[str, str]]:
@@ -135,7 +166,8 @@ class Explainer:
         batch = len(vectors)
         ids = self.prompt_ids.expand(batch, -1)
         mask = self.inject_mask.expand(batch, -1)
-        outputs = self.backend.generate(ids, soft, mask, self.site, sampling, self._is_finished, self.prefix_len)
+        with self.backend.patched(self.model_patch):
+            outputs = self.backend.generate(ids, soft, mask, self.site, sampling, self._is_finished, self.prefix_len)
         texts = [tok.decode(out, skip_special_tokens=False) for out in outputs]
         return [(self.template.parse_label(text), text) for text in texts]
 
@@ -158,7 +190,8 @@ class Explainer:
         from .explaining import explain
 
         with self._remote(remote):
-            return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+            return explain(self, vectors, ids, scales, sampling or self.default_sampling or Sampling(), batch_size,
+                           samples, output, progress)
 
     # ---- what vectors it reads ------------------------------------------------------------
 
@@ -225,12 +258,17 @@ class Explainer:
             "embedding_signature": _signature(self.backend),
             "prompt_ids": self.prompt_ids.tolist(),
             "vector_spec": self.vector_spec.to_dict() if self.vector_spec else None,
+            "default_sampling": asdict(self.default_sampling) if self.default_sampling else None,
             "metadata": self.metadata,
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the artifact (the directory is made, and locked while written: a second writer to
         it fails at once instead of mixing two explainers' files)."""
+        if self.model_patch is not None:
+            raise ArtifactError("This explainer changes the model's weights while it runs (an Activation Oracle's LoRA), "
+                                "which an explainer folder does not hold; keep the oracle's own directory and load it "
+                                "again with Explainer.from_pretrained.")
         directory = Path(directory)
         with DirectoryLock(directory):
             save_weights_and_config(directory, dict(self.adapter.state_dict()), self.config_dict(), CONFIG_FILE,
@@ -239,13 +277,27 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
-                        backend_options: dict | None = None) -> Explainer:
+                        backend_options: dict | None = None, format: str | None = None, **options) -> Explainer:
         """Load a saved explainer onto `model`; refuses a model it was not trained for. `directory` is
         a folder written by `save_pretrained`, or a shipped explainer's name (`"smollm2-topics"`, or
-        `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them)."""
+        `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them).
+
+        It may also be an explainer published in another format that a plugin loads (its
+        `register_explainer_formats`), a local folder or a hub id: with the PEFT plugin, an
+        Activation Oracle (`"adamkarvonen/checkpoints_latentqa_cls_past_lens_addition_Qwen3-8B"`,
+        with `layer=` and `question=`). `format=` names the format when more than one claims a
+        source; `options` go to that format's loader."""
         from .defaults import explainer_location, shipped_explainer_names
         from .plugins import backend_for
 
+        load = _foreign_loader(directory, format)
+        if load is not None:
+            return load(directory, model, tokenizer=tokenizer, check_model=check_model, backend_options=backend_options,
+                        **options)
+        if options:
+            raise OptionError(f"Option(s) {sorted(options)} are for an explainer in another format (an Activation "
+                              "Oracle's layer= and question=); an explainer folder records its own settings: leave "
+                              "them out.")
         directory = explainer_location(directory)
         if not directory.is_dir():
             raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
@@ -279,6 +331,8 @@ class Explainer:
         site = Site.from_dict(config.site, source=str(path), prefix="site")
         spec = VectorSpec.from_dict(config.vector_spec, path) if config.vector_spec is not None else _legacy_spec(config.metadata)
         explainer = cls(backend, adapter, template, site, config.model_id, config.metadata, spec)
+        if config.default_sampling is not None:
+            explainer.default_sampling = validate(Sampling, config.default_sampling, str(path), FIX, prefix="default_sampling")
         if config.prompt_ids is not None:
             explainer._use_prompt_ids(config.prompt_ids, path)
         return explainer
@@ -300,7 +354,7 @@ class Explainer:
                                      "one it was trained with; pass tokenizer= the model's own tokenizer "
                                      "(AutoTokenizer.from_pretrained(<model id>)).")
         self.prompt_ids = saved
-        self.inject_mask = saved == self.template.placeholder_id(self.backend.tokenizer)
+        self.inject_mask = self.template.injection_mask(saved, self.backend.tokenizer)
         self.prefix_len = int(self.inject_mask.nonzero()[0])
 
 
@@ -349,11 +403,45 @@ class ConfigFile:
     embedding_signature: list[list[float]] | None = None
     prompt_ids: list[NonNegativeInt] | None = None
     vector_spec: dict | None = None
+    default_sampling: dict | None = None
     model_id: str | None = None
     metadata: dict = field(default_factory=dict)
     library_version: str | None = None
     weights_file: str | None = None
     weights_sha256: str | None = None
+
+
+#: the config file of a PEFT adapter directory (a published oracle, a weight diff, a DIT adapter)
+_PEFT_ADAPTER = "adapter_config.json"
+
+
+def _foreign_loader(source, format: str | None):
+    """The loader of the format `source` is in, when it is not an explainer folder: the one named by
+    `format`, or the only registered format that recognises it; None for an explainer folder or a
+    shipped name. A PEFT adapter that no format takes is refused here, saying which plugin would."""
+    from .defaults import explainer_location
+    from .plugins import registry
+
+    formats = {name: value for name, (_plugin, value) in registry().explainer_formats.items()}
+    if format is not None:
+        if format not in formats:
+            raise UnknownNameError(f"Unknown explainer format {format!r}; installed: {', '.join(sorted(formats)) or 'none'} "
+                                   "(the PEFT plugin adds 'activation-oracle').")
+        return formats[format][1]
+    location = explainer_location(source)
+    if (location / CONFIG_FILE).is_file():
+        return None
+    claims = [name for name, (recognise, _load) in formats.items() if recognise(source)]
+    if len(claims) > 1:
+        raise OptionError(f"{source} could be an explainer of the formats {', '.join(sorted(claims))}; pass format= one "
+                          "of them.")
+    if claims:
+        return formats[claims[0]][1]
+    if (location / _PEFT_ADAPTER).is_file():
+        raise ArtifactError(f"{location} is a PEFT adapter directory, not an explainer folder, and no installed plugin "
+                            "takes it as an explainer; for an Activation Oracle install the PEFT plugin "
+                            "(pip install 'selfinterp-plugins[peft]').")
+    return None
 
 
 def _signature(backend):

@@ -52,6 +52,7 @@ class Registry:
     tasks: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
     explainers: dict = field(default_factory=dict)
+    explainer_formats: dict = field(default_factory=dict)
 
 
 pm = pluggy.PluginManager("selfinterp")
@@ -193,6 +194,8 @@ def registry() -> Registry:
         _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
         _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
         _collect("register_explainers", reg.explainers, lambda name, directory: (name, Path(directory)))
+        _collect("register_explainer_formats", reg.explainer_formats,
+                 lambda name, recognise, load: (name, (recognise, load)))
         _registry = reg
     return _registry
 
