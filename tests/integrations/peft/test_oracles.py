@@ -225,3 +225,53 @@ def test_the_size_formula_counts_what_a_patch_holds(deep, oracle_dir):
     model, tok = deep
     shape = (64, 128, 4, 4, 2, 16)  # the tiny model's hidden, intermediate, layers, heads, kv heads, head dim
     assert oracle_patch(oracle_dir, HFBackend(model, tok)).num_floats == lora_floats(shape, 4)
+
+
+def test_two_oracles_never_share_an_output(deep, oracle_dir, tmp_path):
+    """Two oracles have the same prompt and a parameterless adapter and differ only in their LoRA:
+    resuming one's answers with the other is refused, not mixed (the output's run record holds the
+    LoRA). Before, the second run resumed the first's file and returned its answers."""
+    from selfinterp_plugins.errors import RunMismatchError
+
+    model, tok = deep
+    other = peft_saved(model, tmp_path / "other", seed=7)
+    out = tmp_path / "answers.jsonl"
+    v = vectors(2, 1)[:, 0]
+    first = Explainer.from_pretrained(oracle_dir, model=model, tokenizer=tok, layer=2, question=QUESTION)
+    first.explain(v, sampling=Sampling(max_new_tokens=3), output=out, progress=False)
+    second = Explainer.from_pretrained(other, model=model, tokenizer=tok, layer=2, question=QUESTION)
+    with pytest.raises(RunMismatchError, match="holds labels of another explainer"):
+        second.explain(v, sampling=Sampling(max_new_tokens=3), output=out, progress=False)
+    first.explain(v, sampling=Sampling(max_new_tokens=3), output=out, progress=False)  # the same one resumes
+
+
+def test_the_ask_command(deep, oracle_dir, tmp_path, capsys):
+    from selfinterp_plugins import VectorLabelDataset
+
+    from cli_models import ok, refused
+
+    model, tok = deep
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    data = VectorLabelDataset(vectors(3, 1)[:, 0], [{"label": "x"} for _ in range(3)]).save(tmp_path / "vecs")
+    out = tmp_path / "answers.jsonl"
+    args = ["oracle", "ask", str(oracle_dir), "--vectors", str(data), "--model", str(tmp_path / "base"), "--layer", "2",
+            "--question", QUESTION, "--max-new-tokens", "4", "--output", str(out)]
+    assert ok(capsys, *args).strip() == f"3 answers in {out}"
+    oracle = Explainer.from_pretrained(oracle_dir, model=model, tokenizer=tok, layer=2, question=QUESTION)
+    expected = oracle.explain(vectors(3, 1)[:, 0], sampling=Sampling(max_new_tokens=4), progress=False)
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == [r["text"] for r in expected]
+    bad = {"--layer": "9", "--model": str(tmp_path / "elsewhere")}
+    for flag, value in bad.items():
+        changed = [value if args[i - 1] == flag else a for i, a in enumerate(args)]
+        changed[-1] = str(tmp_path / f"bad{flag}.jsonl")
+        assert refused(capsys, *changed)
+    from selfinterp_plugins.models import tiny_model
+
+    narrow, narrow_tok = tiny_model("llama", hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                    num_hidden_layers=4)
+    narrow.save_pretrained(tmp_path / "narrow")
+    narrow_tok.save_pretrained(tmp_path / "narrow")
+    line = refused(capsys, *[str(tmp_path / "narrow") if a == str(tmp_path / "base") else a for a in args[:-1]],
+                          str(tmp_path / "n.jsonl"))
+    assert "d_model is 32; load it onto tiny/llama-4-layers" in line
