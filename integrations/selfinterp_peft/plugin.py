@@ -15,9 +15,11 @@ require("peft", "peft")
 def register_commands(cli):
     from .cli import register
     from .li.cli import register as register_lora
+    from .oracle_cli import register as register_oracle
 
     register(cli)
     register_lora(cli)
+    register_oracle(cli)
 
 
 def diff_interpretation(model, tokenizer, config=None):
