@@ -138,3 +138,14 @@ def merged_by_hand(model, adapter_dir) -> torch.nn.Module:
             b = tensors[key.replace(".lora_A.", ".lora_B.")]
             modules[name].weight += scale * (b.float() @ a.float()).to(modules[name].weight.dtype)
     return merged
+
+
+def eval_prompt_ids(tokenizer, layer: int, num_positions: int, question: str) -> list[int]:
+    """What the reference evaluates with: the prompt + "N/A" answer rendering cut to the prompt's
+    length (`create_training_datapoint` then `get_prompt_tokens_only`, dataset_utils.py 320-337 and
+    136-156; eval.py 128-129)."""
+    messages = [{"role": "user", "content": introspection_prefix(layer, num_positions) + question},
+                {"role": "assistant", "content": "N/A"}]
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False, enable_thinking=False)
+    full = list(out if isinstance(out, list) else out["input_ids"])
+    return full[: len(prompt_ids(tokenizer, layer, num_positions, question))]

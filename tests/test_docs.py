@@ -43,3 +43,35 @@ def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch
     runpy.run_path(str(script), run_name="__main__")
     printed = capsys.readouterr().out
     assert printed.strip().splitlines() == shown.strip().splitlines()
+
+
+def section(page: str, heading: str) -> tuple[str, str]:
+    """The first python block under `heading` (a `## ` line) and the text block after it."""
+    text = (DOCS / page).read_text()
+    assert f"\n{heading}\n" in text, f"{page} has no section {heading!r}"
+    return opening_of(text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0], f"{page}, {heading}")
+
+
+def opening_of(text: str, where: str) -> tuple[str, str]:
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code, f"{where} has no python block"
+    shown = re.search(r"```text\n(.*?)```", text[code.end():], re.S)
+    assert shown, f"{where}: no ```text block showing what its lines print"
+    return code.group(1), shown.group(1)
+
+
+#: sections of pages with several papers' artifacts, each opening with its own lines and output
+SECTIONS = {("artifacts.md", "## Activation Oracles (Karvonen et al. 2025)"): ("peft", "nnsight")}
+
+
+@pytest.mark.parametrize("page, heading", sorted(SECTIONS))
+def test_each_artifact_section_prints_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
+    for module in SECTIONS[(page, heading)]:
+        pytest.importorskip(module)
+    code, shown = section(page, heading)
+    script = tmp_path / "section_lines.py"
+    script.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    assert capsys.readouterr().out.strip().splitlines() == shown.strip().splitlines()

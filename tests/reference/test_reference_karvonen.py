@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ao_reference import cut, pattern_positions, prompt_ids, reference_answers, reference_run, steering_hook
+from ao_reference import (
+    cut,
+    eval_prompt_ids,
+    pattern_positions,
+    prompt_ids,
+    reference_answers,
+    reference_run,
+    steering_hook,
+)
 
 from selfinterp_plugins import Sampling
 from selfinterp_plugins.oracles import ORACLE_SAMPLING, activation_oracle
@@ -38,7 +46,7 @@ def test_the_prompt_and_its_slots_are_the_references(deep, k):
     model, tok = deep
     oracle = activation_oracle(model, tok, layer=2, question=QUESTION, positions=k)
     ids = prompt_ids(tok, 2, k, QUESTION)
-    assert oracle.prompt_ids.tolist() == ids
+    assert oracle.prompt_ids.tolist() == ids == eval_prompt_ids(tok, 2, k, QUESTION)
     assert oracle.inject_mask.nonzero().flatten().tolist() == pattern_positions(ids, tok, k)
 
 
