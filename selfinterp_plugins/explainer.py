@@ -288,9 +288,10 @@ class Explainer:
         with `layer=` and `question=`). `format=` names the format when more than one claims a
         source; `options` go to that format's loader."""
         from .defaults import explainer_location, shipped_explainer_names
+        from .explainer_formats import foreign_loader
         from .plugins import backend_for
 
-        load = _foreign_loader(directory, format)
+        load = foreign_loader(directory, format, CONFIG_FILE)
         if load is not None:
             return load(directory, model, tokenizer=tokenizer, check_model=check_model, backend_options=backend_options,
                         **options)
@@ -409,39 +410,6 @@ class ConfigFile:
     library_version: str | None = None
     weights_file: str | None = None
     weights_sha256: str | None = None
-
-
-#: the config file of a PEFT adapter directory (a published oracle, a weight diff, a DIT adapter)
-_PEFT_ADAPTER = "adapter_config.json"
-
-
-def _foreign_loader(source, format: str | None):
-    """The loader of the format `source` is in, when it is not an explainer folder: the one named by
-    `format`, or the only registered format that recognises it; None for an explainer folder or a
-    shipped name. A PEFT adapter that no format takes is refused here, saying which plugin would."""
-    from .defaults import explainer_location
-    from .plugins import registry
-
-    formats = {name: value for name, (_plugin, value) in registry().explainer_formats.items()}
-    if format is not None:
-        if format not in formats:
-            raise UnknownNameError(f"Unknown explainer format {format!r}; installed: {', '.join(sorted(formats)) or 'none'} "
-                                   "(the PEFT plugin adds 'activation-oracle').")
-        return formats[format][1]
-    location = explainer_location(source)
-    if (location / CONFIG_FILE).is_file():
-        return None
-    claims = [name for name, (recognise, _load) in formats.items() if recognise(source)]
-    if len(claims) > 1:
-        raise OptionError(f"{source} could be an explainer of the formats {', '.join(sorted(claims))}; pass format= one "
-                          "of them.")
-    if claims:
-        return formats[claims[0]][1]
-    if (location / _PEFT_ADAPTER).is_file():
-        raise ArtifactError(f"{location} is a PEFT adapter directory, not an explainer folder, and no installed plugin "
-                            "takes it as an explainer; for an Activation Oracle install the PEFT plugin "
-                            "(pip install 'selfinterp-plugins[peft]').")
-    return None
 
 
 def _signature(backend):

@@ -231,7 +231,7 @@ def oracle_stand_in(directory, model, rank: int = 8, alpha: int = 16, seed: int 
     `save_pretrained` writes for a LoRA on every linear of the decoder layers (the reference's
     all-linear), `adapter_config.json` naming the base model and `adapter_model.safetensors` with
     random factors (both nonzero, so the LoRA changes the answers). Written through the storage
-    layer's writers; PEFT loads it (tests/integrations/peft/test_oracles.py)."""
+    layer's writers; PEFT loads it (tests/integrations/peft/test_peft_oracles.py)."""
     directory = Path(directory)
     g = torch.Generator().manual_seed(seed)
     tensors, short = {}, set()
