@@ -42,10 +42,11 @@ def normalize(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tenso
 
 
 def scaled(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """x times the evaluation-time scale: one number, or one per row (a 1-d tensor)."""
+    """x times the evaluation-time scale: one number, or one per row (a 1-d tensor; a row may hold
+    several vectors, (N, K, d), for a prompt that takes K)."""
     if scale is None:
         return x
-    return x * (scale.unsqueeze(-1) if scale.dim() == 1 else scale)
+    return x * (scale.reshape(-1, *[1] * (x.dim() - 1)) if scale.dim() == 1 else scale)
 
 
 class Adapter(nn.Module):

@@ -39,7 +39,7 @@ def cli():
 
 KINDS = (("backends", "backends"), ("adapters", "adapter kinds"), ("vector_sources", "vector sources"),
          ("scorers", "scorers"), ("tasks", "tasks"), ("baselines", "baselines"),
-         ("explainers", "shipped explainers"))
+         ("explainers", "shipped explainers"), ("explainer_formats", "explainer formats"))
 
 
 def _plugins_report() -> dict:

@@ -12,7 +12,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,9 +55,39 @@ class Explainer:
         self.vector_spec = vector_spec
         tok = backend.tokenizer
         self.prompt_ids = template.prompt_ids(tok)
-        self.inject_mask = self.prompt_ids == template.placeholder_id(tok)
+        self.inject_mask = template.injection_mask(self.prompt_ids, tok)
         self.prefix_len = int(self.inject_mask.nonzero()[0])
         self._is_finished = LabelEnd(tok, template)
+        #: a change to the frozen model's linear layers while this explainer runs (an Activation
+        #: Oracle's LoRA, set by the PEFT plugin): `backends.LowRankPatch`, None for the model as it is
+        self.model_patch = None
+        #: how `explain` decodes when no sampling is given (a method's published settings); None: Sampling()
+        self.default_sampling: Sampling | None = None
+
+    @property
+    def slots(self) -> int:
+        """Vectors per prompt: 1 (one soft token at every placeholder), or K for a template of K slots."""
+        return self.template.slots or 1
+
+    def vector_rows(self, vectors) -> torch.Tensor:
+        """`vectors` as rows of this explainer's prompts: (N, d_model), or (N, K, d_model) for a prompt
+        of K slots; one vector (d_model,) or one row (K, d_model) is a batch of one."""
+        vectors = torch.as_tensor(vectors) if not isinstance(vectors, torch.Tensor) else vectors
+        given, k, d = tuple(vectors.shape), self.slots, self.backend.d_model
+        if k == 1 and vectors.dim() == 3 and vectors.shape[1] == 1:
+            vectors = vectors[:, 0]
+        wanted = 2 if k == 1 else 3
+        if vectors.dim() == wanted - 1:
+            vectors = vectors[None]
+        if vectors.dim() != wanted or (k > 1 and vectors.shape[1] != k):
+            if k == 1:
+                fix = "reshape them to one row per vector"
+            else:
+                fix = f"pass {k} vectors per row, or build the prompt for as many as you have (positions=...)"
+            shape = "(N, d_model)" if k == 1 else f"(N, {k}, d_model)"
+            raise VectorError(f"This explainer takes vectors of shape {shape}, got {given}; {fix}.")
+        check_vectors(vectors, d)
+        return vectors
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -107,9 +137,9 @@ class Explainer:
     def loss(self, vectors: torch.Tensor, labels: list[str], clamp: float = 100.0) -> torch.Tensor:
         """Cross-entropy of the labels' targets, per token clamped, mean over tokens then rows."""
         tok = self.backend.tokenizer
-        vectors = torch.as_tensor(vectors)
-        if vectors.dim() != 2 or vectors.shape[0] != len(labels) or not labels:
-            raise VectorError(f"loss() takes vectors of shape (N, d_model) and N labels, got {tuple(vectors.shape)} and "
+        vectors = self.vector_rows(vectors)
+        if vectors.shape[0] != len(labels) or not labels:
+            raise VectorError(f"loss() takes N rows of vectors and N labels, got {tuple(vectors.shape)} and "
                               f"{len(labels)} labels; pass one label per vector row.")
         soft = self._backend_input(vectors)
         targets = [self.template.target_ids(tok, label) for label in labels]
@@ -125,7 +155,8 @@ class Explainer:
         positions = (prompt_len - 1 + torch.arange(width)).expand(batch, width)
         # the backend's loss: cross-entropy of its logits, or (nnsight on NDIF) computed next to the
         # model so that only the loss and the adapter's gradients travel
-        return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
+        with self.backend.patched(self.model_patch):
+            return self.backend.loss(ids, soft, mask, self.site, positions, gold, clamp, self.prefix_len)
 
     @torch.no_grad()
     def generate_labels(self, vectors: torch.Tensor, scales, sampling: Sampling) -> list[tuple[str, str]]:
@@ -135,7 +166,8 @@ class Explainer:
         batch = len(vectors)
         ids = self.prompt_ids.expand(batch, -1)
         mask = self.inject_mask.expand(batch, -1)
-        outputs = self.backend.generate(ids, soft, mask, self.site, sampling, self._is_finished, self.prefix_len)
+        with self.backend.patched(self.model_patch):
+            outputs = self.backend.generate(ids, soft, mask, self.site, sampling, self._is_finished, self.prefix_len)
         texts = [tok.decode(out, skip_special_tokens=False) for out in outputs]
         return [(self.template.parse_label(text), text) for text in texts]
 
@@ -158,7 +190,8 @@ class Explainer:
         from .explaining import explain
 
         with self._remote(remote):
-            return explain(self, vectors, ids, scales, sampling or Sampling(), batch_size, samples, output, progress)
+            return explain(self, vectors, ids, scales, sampling or self.default_sampling or Sampling(), batch_size,
+                           samples, output, progress)
 
     # ---- what vectors it reads ------------------------------------------------------------
 
@@ -238,6 +271,7 @@ class Explainer:
             "embedding_signature": _signature(self.backend),
             "prompt_ids": self.prompt_ids.tolist(),
             "vector_spec": self.vector_spec.to_dict() if self.vector_spec else None,
+            "default_sampling": asdict(self.default_sampling) if self.default_sampling else None,
             "metadata": self.metadata,
         }
 
@@ -246,6 +280,10 @@ class Explainer:
         it fails at once instead of mixing two explainers' files). `format="selfie-adapters"` writes
         instead one `.safetensors` file the reference code of Pepper et al. loads (`pepper_format`),
         so an adapter trained here can be handed to anyone using it."""
+        if self.model_patch is not None:
+            raise ArtifactError("This explainer changes the model's weights while it runs (an Activation Oracle's LoRA), "
+                                "which an explainer folder does not hold; keep the oracle's own directory and load it "
+                                "again with Explainer.from_pretrained.")
         if format == "selfie-adapters":
             from .pepper_format import save_selfie_adapter
 
@@ -260,33 +298,32 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model, tokenizer=None, check_model: bool = True,
-                        backend_options: dict | None = None, filename: str | None = None, template=None,
-                        mean_vectors=None, layer: int | None = None) -> Explainer:
+                        backend_options: dict | None = None, format: str | None = None, **options) -> Explainer:
         """Load a saved explainer onto `model`; refuses a model it was not trained for. `directory` is
         a folder written by `save_pretrained`, or a shipped explainer's name (`"smollm2-topics"`, or
         `"shipped"` for the default: `defaults.shipped_explainer_names()` lists them).
 
-        It may also be a selfie-adapters file (Pepper et al.'s published adapters): a `.safetensors`
-        path, or a hub repo with `filename=` (`"keenanpepper/selfie-adapters-llama-3.1-8b-instruct"`,
-        `filename="goodfire-sae-scalar-affine.safetensors"`). Such a file is an adapter only, so it gets
-        the reference's prompt for the model's family (`template=` overrides: a name or a
-        PromptTemplate) and the embedding site; a topic adapter takes `mean_vectors=` (the repo's
-        `mean-vectors.safetensors`, keys `layer_{L}`; `layer=` picks one) as its vectors' centring."""
+        It may also be an explainer published in another format that a plugin loads (its
+        `register_explainer_formats`), a local file or folder or a hub id: the core's
+        `selfie-adapters` (Pepper et al.'s published adapters: a `.safetensors` path, or a hub repo
+        with `filename=`, e.g. `"keenanpepper/selfie-adapters-llama-3.1-8b-instruct"`,
+        `filename="goodfire-sae-scalar-affine.safetensors"`; `template=`, `mean_vectors=`, `layer=`:
+        `pepper_format.load_selfie_explainer`), and with the PEFT plugin an Activation Oracle
+        (`"adamkarvonen/checkpoints_latentqa_cls_past_lens_addition_Qwen3-8B"`, with `layer=` and
+        `question=`). `format=` names the format when more than one claims a source; `options` go to
+        that format's loader."""
         from .defaults import explainer_location, shipped_explainer_names
-        from .pepper_format import is_selfie_adapter, load_parts
+        from .explainer_formats import foreign_loader
         from .plugins import backend_for
 
-        if is_selfie_adapter(directory, filename):
-            parts, prompt_ids = load_parts(directory, model, tokenizer, filename, template, mean_vectors, layer,
-                                           check_model, backend_options)
-            explainer = cls(**parts)
-            if prompt_ids is not None:  # the prompt as trained, or a tokenizer that differs refused
-                explainer._use_prompt_ids(prompt_ids, directory if filename is None else filename)
-            return explainer
-        if template is not None or mean_vectors is not None or layer is not None:
-            raise OptionError("template=, mean_vectors= and layer= complete a selfie-adapters file; an explainer folder "
-                              "records its own. Pass a .safetensors file (or filename=), or leave them out.")
-
+        load = foreign_loader(directory, format, CONFIG_FILE, options)
+        if load is not None:
+            return load(directory, model, tokenizer=tokenizer, check_model=check_model, backend_options=backend_options,
+                        **options)
+        if options:
+            raise OptionError(f"Option(s) {sorted(options)} are for an explainer in another format (a selfie-adapters "
+                              "file's template=, mean_vectors=, layer=; an Activation Oracle's layer= and question=); an "
+                              "explainer folder records its own settings: leave them out.")
         directory = explainer_location(directory)
         if not directory.is_dir():
             raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
@@ -320,6 +357,8 @@ class Explainer:
         site = Site.from_dict(config.site, source=str(path), prefix="site")
         spec = VectorSpec.from_dict(config.vector_spec, path) if config.vector_spec is not None else _legacy_spec(config.metadata)
         explainer = cls(backend, adapter, template, site, config.model_id, config.metadata, spec)
+        if config.default_sampling is not None:
+            explainer.default_sampling = validate(Sampling, config.default_sampling, str(path), FIX, prefix="default_sampling")
         if config.prompt_ids is not None:
             explainer._use_prompt_ids(config.prompt_ids, path)
         return explainer
@@ -341,7 +380,7 @@ class Explainer:
                                      "one it was trained with; pass tokenizer= the model's own tokenizer "
                                      "(AutoTokenizer.from_pretrained(<model id>)).")
         self.prompt_ids = saved
-        self.inject_mask = saved == self.template.placeholder_id(self.backend.tokenizer)
+        self.inject_mask = self.template.injection_mask(saved, self.backend.tokenizer)
         self.prefix_len = int(self.inject_mask.nonzero()[0])
 
 
@@ -390,6 +429,7 @@ class ConfigFile:
     embedding_signature: list[list[float]] | None = None
     prompt_ids: list[NonNegativeInt] | None = None
     vector_spec: dict | None = None
+    default_sampling: dict | None = None
     model_id: str | None = None
     metadata: dict = field(default_factory=dict)
     library_version: str | None = None

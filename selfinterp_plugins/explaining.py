@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from .adapters import check_vectors
 from .backends.base import Sampling
 from .errors import ArtifactError, OptionError, VectorError
 from .results import ExplainResults
@@ -60,13 +59,7 @@ def check_run_options(scales, samples: int, batch_size: int) -> None:
 def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int, samples: int, output, progress: bool):
     from tqdm.auto import tqdm
 
-    vectors = torch.as_tensor(vectors)
-    if vectors.dim() == 1:
-        vectors = vectors[None]
-    if vectors.dim() != 2:
-        raise VectorError(f"Explain takes vectors of shape (d_model,) or (N, d_model), got {tuple(vectors.shape)}; "
-                          "reshape them to one row per vector.")
-    check_vectors(vectors, explainer.backend.d_model)
+    vectors = explainer.vector_rows(vectors)  # (N, d_model), or (N, K, d_model) for a prompt of K slots
     ids = [str(i) for i in (ids if ids is not None else range(len(vectors)))]
     if len(ids) != len(vectors) or len(set(ids)) != len(ids):
         raise VectorError("`ids` must give one distinct id per vector; pass ids=None to number them 0..N-1.")

@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "selfinterp_plugins.default_plugins.topics",
     "selfinterp_plugins.default_plugins.scorers",
     "selfinterp_plugins.default_plugins.baselines",
+    "selfinterp_plugins.default_plugins.formats",
 )
 FAILED = object()  # what `call_hook` returns when the plugin raised (None is a legitimate answer)
 
@@ -52,6 +53,7 @@ class Registry:
     tasks: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
     explainers: dict = field(default_factory=dict)
+    explainer_formats: dict = field(default_factory=dict)
 
 
 pm = pluggy.PluginManager("selfinterp")
@@ -193,6 +195,8 @@ def registry() -> Registry:
         _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
         _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
         _collect("register_explainers", reg.explainers, lambda name, directory: (name, Path(directory)))
+        _collect("register_explainer_formats", reg.explainer_formats,
+                 lambda name, recognise, load: (name, (recognise, load)))
         _registry = reg
     return _registry
 

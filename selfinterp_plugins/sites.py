@@ -4,8 +4,13 @@ A site is the input embedding (`embed`), or the residual stream entering (`resid
 leaving (`resid_post`) decoder block k. The combination is `replace` (the paper's adapters,
 SelfIE, Patchscopes) or `add_normmatched` (Activation Oracles: h + c·‖h‖·v̂).
 
+A row carries one soft token, used at every marked position of its prompt (the paper's template
+holds its placeholder twice), or K of them, the k-th at the k-th marked position (an Activation
+Oracle reads K activations at K ` ?` tokens).
+
 The arithmetic lives here so every backend (torch hooks, nnsight, TransformerLens) injects
-the same way; each backend only decides *how to reach* the site.
+the same way; each backend only decides *how to reach* the site. `combine` is plain torch so
+that nnsight can ship it by value inside a remote request, where this package is not installed.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from .errors import BackendError
 from .storage.validation import NonNegativeInt, check_fields, validate
 
-# public: backends and vector sources say where a vector lives with a Site
-__all__ = ["Site"]
+# public: backends and vector sources say where a vector lives with a Site; a backend that cannot run
+# `inject` where the model is (nnsight on NDIF) ships `combine`, its arithmetic, by value
+__all__ = ["Site", "check_slots", "combine"]
 
 KINDS = ("embed", "resid_pre", "resid_post")
 MODES = ("replace", "add_normmatched")
@@ -93,15 +100,41 @@ class Site:
 def inject(hidden: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, site: Site) -> torch.Tensor:
     """Combine soft tokens into `hidden` at the masked positions; differentiable in `soft`.
 
-    hidden: (B, T, d); soft: (B, d), one soft token per row, used at every masked position
-    of that row; mask: (B, T) bool.
-    """
-    # the soft token follows the hidden state: its dtype (bf16 models, fp32 adapters) and its device
-    # (a model sharded with device_map may hold layer k on another device than the adapter)
-    soft = soft.to(device=hidden.device, dtype=hidden.dtype)[:, None, :].expand_as(hidden)
-    where = mask[:, :, None].to(hidden.device)
-    if site.mode == "replace":
-        return torch.where(where, soft, hidden)
-    direction = soft / (soft.norm(dim=-1, keepdim=True) + 1e-8)
-    added = hidden + site.coef * hidden.norm(dim=-1, keepdim=True) * direction
-    return torch.where(where, added, hidden)
+    hidden: (B, T, d); soft: (B, d), one soft token per row used at every masked position of that
+    row, or (B, K, d), K per row, the k-th at the row's k-th masked position; mask: (B, T) bool."""
+    check_slots(soft, mask)
+    return combine(hidden, soft, mask, site.mode, float(site.coef))
+
+
+def check_slots(soft: torch.Tensor, mask: torch.Tensor) -> None:
+    """K soft tokens per row need exactly K marked positions in every row: with fewer the last ones
+    would be dropped, with more one would be used twice, silently."""
+    if soft.dim() == 3 and soft.shape[1] > 1:
+        counts = torch.as_tensor(mask).sum(dim=1)
+        if not bool((counts == soft.shape[1]).all()):
+            raise BackendError(f"{soft.shape[1]} soft tokens per row but the prompt marks {sorted(set(counts.tolist()))} "
+                               "positions; build the prompt with as many placeholders as vectors per row.")
+
+
+def combine(hidden: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, mode: str, coef: float) -> torch.Tensor:
+    """`inject`'s arithmetic, torch only.
+
+    `replace` writes the soft token over the hidden state. `add_normmatched` is the Activation
+    Oracles' steering hook (activation_oracles `nl_probes/utils/steering_hooks.py`, lines 155 and
+    181-191): h + (normalize(v)·‖h‖·c) cast to h's dtype, where normalize is torch's (v / max(‖v‖,
+    1e-12)) taken in v's own dtype, and ‖h‖ carries no gradient (the reference detaches the added
+    term; here the soft token keeps its gradient, so an adapter can still be trained through it)."""
+    if soft.dim() == 2:
+        soft = soft[:, None, :]
+    soft = soft.to(device=hidden.device)
+    where = mask.to(hidden.device)
+    # the k-th marked position of a row takes the row's k-th soft token (a single one: every position)
+    slot = (torch.cumsum(where.long(), dim=1) - 1).clamp(min=0, max=soft.shape[1] - 1)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    placed = soft[rows, slot]
+    if mode == "add_normmatched":
+        norms = hidden.norm(dim=-1, keepdim=True).detach()
+        placed = hidden + (F.normalize(placed, dim=-1) * norms * coef).to(hidden.dtype)
+    else:
+        placed = placed.to(hidden.dtype)
+    return torch.where(where[:, :, None], placed, hidden)

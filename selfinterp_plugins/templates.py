@@ -7,7 +7,10 @@ written that way and generated text is parsed back the same way.
 
 The placeholder must be ONE token that ordinary text never produces (a special or added
 token), otherwise a label or prompt could contain it by accident and the injection would hit
-the wrong position.
+the wrong position. The one exception is a method whose published prompt uses an ordinary
+token (Activation Oracles: ` ?`): such a template says so (`ordinary_placeholder`) and how
+many vectors it takes (`slots`), and the vectors go at the first `slots` occurrences, which
+must be consecutive, as the reference finds them; a later ` ?` in the question is left alone.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import LabelError, TemplateError
-from .storage.validation import Name, Text, check_fields, validate
+from .storage.validation import Name, PositiveInt, Text, check_fields, validate
 
 # public: besides PromptTemplate, the chat-format helpers plugins build their own prompts and stop
 # conditions with, so every prompt in a model's chat format is written the same way
-__all__ = ["PromptTemplate", "end_of_turn", "end_of_turn_id", "user_turn"]
+__all__ = ["ORACLE_PLACEHOLDER", "PromptTemplate", "end_of_turn", "end_of_turn_id", "oracle_text", "user_turn"]
 
 #: special tokens that chat models rarely see, tried in order for the default placeholder
 PLACEHOLDER_CANDIDATES = (
@@ -49,6 +52,17 @@ PATCHSCOPES_PROMPT = (
 SELFIE_USER = "{placeholder}" * 5
 SELFIE_ANSWER = "Sure, I'll summarize your message:"
 
+#: the Activation Oracles' placeholder, an ordinary token (activation_oracles
+#: `nl_probes/utils/dataset_utils.py`, line 10: SPECIAL_TOKEN = " ?")
+ORACLE_PLACEHOLDER = " ?"
+
+
+def oracle_text(layer: int, positions: int, question: str) -> str:
+    """The user turn of an Activation Oracle: `Layer: {L}\n`, the placeholder once per vector, ` \n`,
+    then the question (the reference's `get_introspection_prefix` + prompt, dataset_utils.py
+    lines 13-17 and 304-306)."""
+    return f"Layer: {layer}\n" + ORACLE_PLACEHOLDER * positions + " \n" + question
+
 
 @dataclass
 class PromptTemplate:
@@ -69,6 +83,12 @@ class PromptTemplate:
     #: stop generating a row at the first closing string, not only at the end-of-turn: the label is
     #: complete there, and an untrained model rarely ends its turn within the token budget
     stop_at_closing: bool = True
+    #: the placeholder is an ordinary token (the Activation Oracles' ` ?`), not a special one: then
+    #: `slots` says how many of its first occurrences take a vector
+    ordinary_placeholder: bool = False
+    #: vectors per prompt: None, one vector at every occurrence of the placeholder; K, K vectors, the
+    #: k-th at the k-th occurrence (an Activation Oracle reads K activations)
+    slots: PositiveInt | None = None
 
     def __post_init__(self):
         check_fields(self, "Prompt template", "pass strings (prompt at most MAX_TEXT_CHARS characters).",
@@ -143,6 +163,21 @@ class PromptTemplate:
                         name="selfie")
 
     @classmethod
+    def activation_oracle(cls, tokenizer, layer: int, question: str, positions: int = 1) -> PromptTemplate:
+        """An Activation Oracle's prompt (Karvonen et al. 2025): `oracle_text` as the only user turn,
+        rendered by the tokenizer's own chat template with the generation prompt and
+        `enable_thinking=False`, as the reference renders it (dataset_utils.py lines 307-316: so a
+        template's default system prompt, SmolLM2's or Llama 3's dated one, is part of it). `layer`
+        is the layer the vectors were read at, `positions` how many vectors a prompt takes; the
+        answer is the assistant's text up to its end of turn."""
+        _check_oracle_fields(layer, question, positions)
+        _require_chat_template(tokenizer)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": oracle_text(layer, positions, question)}],
+                                               tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        return cls(prompt=prompt, placeholder=ORACLE_PLACEHOLDER, closing="", end=end_of_turn(tokenizer),
+                   name="activation_oracle", ordinary_placeholder=True, slots=positions)
+
+    @classmethod
     def named(cls, name: str, tokenizer) -> PromptTemplate:
         """Look a built-in template up by name (`chat`, `tokenizer_chat`, `echo`, `patchscopes`, `selfie`)."""
         builders = {"chat": cls.chat, "tokenizer_chat": cls.tokenizer_chat, "echo": cls.echo,
@@ -164,8 +199,31 @@ class PromptTemplate:
     # ---- tokenisation -------------------------------------------------------------------
 
     def placeholder_id(self, tokenizer) -> int:
-        """The placeholder's token id, after checking it is one rare token present in the prompt."""
-        return placeholder_token_id(tokenizer, self.placeholder, self.prompt)
+        """The placeholder's token id, after checking it is one rare token present in the prompt (one
+        token of any kind for an `ordinary_placeholder`)."""
+        if self.ordinary_placeholder and self.slots is None:
+            raise TemplateError("A template with an ordinary-token placeholder must say how many of its occurrences "
+                                "take a vector; set slots=K (PromptTemplate.activation_oracle does).")
+        return placeholder_token_id(tokenizer, self.placeholder, self.prompt, ordinary=self.ordinary_placeholder)
+
+    def injection_mask(self, prompt_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+        """Where the vectors go in `prompt_ids` (1-D): every occurrence of the placeholder, or with
+        `slots` = K the first K, which must be consecutive for an ordinary token (the reference's
+        `find_pattern_in_tokens`, dataset_utils.py lines 261-285) and all of them for a special one."""
+        hits = torch.as_tensor(prompt_ids) == self.placeholder_id(tokenizer)
+        if self.slots is None:
+            return hits
+        found = hits.nonzero().flatten()
+        if len(found) < self.slots or (not self.ordinary_placeholder and len(found) != self.slots):
+            raise TemplateError(f"The prompt holds the placeholder {self.placeholder!r} {len(found)} times but takes "
+                                f"{self.slots} vectors; put it once per vector.")
+        first = found[: self.slots]
+        if int(first[-1] - first[0]) != self.slots - 1:
+            raise TemplateError(f"The first {self.slots} occurrences of {self.placeholder!r} are not consecutive tokens "
+                                f"(positions {first.tolist()}); write the placeholders side by side before any other.")
+        mask = torch.zeros_like(hits)
+        mask[first] = True
+        return mask
 
     def prompt_ids(self, tokenizer) -> torch.Tensor:
         """Token ids of the prompt (1-D), tokenised with its markup and no extra BOS."""
@@ -228,18 +286,31 @@ def default_placeholder(tokenizer) -> str:
     )
 
 
-def placeholder_token_id(tokenizer, placeholder: str, prompt: str) -> int:
-    """Check the placeholder is one special token that appears in the prompt; return its id."""
+def _check_oracle_fields(layer, question, positions) -> None:
+    for name, value, low in (("layer", layer, 0), ("positions", positions, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise TemplateError(f"An Activation Oracle's {name} must be a whole number >= {low}, got {value!r}.")
+    if not isinstance(question, str) or not question.strip():
+        raise TemplateError("An Activation Oracle needs a question about the activations, e.g. "
+                            "question='Can you describe what is happening in this text?'.")
+
+
+def placeholder_token_id(tokenizer, placeholder: str, prompt: str, ordinary: bool = False) -> int:
+    """Check the placeholder is one special token (one token of any kind if `ordinary`) that appears
+    in the prompt; return its id."""
     if placeholder not in prompt:
         raise TemplateError(f"The prompt does not contain the placeholder {placeholder!r}; put it where the vector should go.")
     ids = tokenizer(placeholder, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 and ordinary:
+        raise TemplateError(f"Placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer, and the prompt needs it "
+                            "as one (the Activation Oracles' reference asserts so); use a tokenizer of the oracle's model.")
     if len(ids) != 1:
         raise TemplateError(
             f"Placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer; use one special token such as "
             f"{default_placeholder(tokenizer)!r}."
         )
     special_ids = set(getattr(tokenizer, "added_tokens_decoder", {}) or {}) | set(tokenizer.all_special_ids)
-    if ids[0] not in special_ids:
+    if not ordinary and ids[0] not in special_ids:
         raise TemplateError(
             f"Placeholder {placeholder!r} is an ordinary token that normal text can contain; use a special token such as "
             f"{default_placeholder(tokenizer)!r}."

@@ -86,7 +86,7 @@ def test_plugins_json_keeps_its_keys(capsys):
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     assert list(json.loads(out)) == ["plugins", "backends", "adapters", "vector_sources", "scorers", "tasks",
-                                     "baselines", "explainers", "errors"]
+                                     "baselines", "explainers", "explainer_formats", "errors"]
 
 
 def test_plugins_prints_a_table(capsys, monkeypatch):
@@ -112,7 +112,8 @@ def test_plugins_prints_a_table(capsys, monkeypatch):
     kinds = dict(line.strip().split("  ", 1) for line in blocks[1].splitlines()[1:])
     kinds = {title: names.strip().split(", ") for title, names in kinds.items()}
     assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines",
-                           "shipped explainers"]
+                           "shipped explainers", "explainer formats"]
+    assert kinds["explainer formats"] == ["-"]  # the PEFT plugin's activation-oracle is not loaded here
     assert kinds["shipped explainers"] == ["smollm2-topics"]  # the core's; the broken plugin added none
     assert "hf" in kinds["backends"] and "scalar_affine" in kinds["adapter kinds"]
     assert {"exact_match", "recall_at_k"} <= set(kinds["scorers"]) and kinds["tasks"] == ["-"]

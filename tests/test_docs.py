@@ -16,7 +16,8 @@ PAGES = {"artifacts.md": "selfinterp_plugins", "nnsight.md": "nnsight", "transfo
 
 #: sections of a page that open with their own stand-in lines and what they print, run as the page's
 #: opening is: (page, heading) -> the module the lines need
-SECTIONS = {("artifacts.md", "## Diff Interpretation Tuning (Goel et al. 2025)"): "peft"}
+SECTIONS = {("artifacts.md", "## Diff Interpretation Tuning (Goel et al. 2025)"): ("peft",),
+            ("artifacts.md", "## Activation Oracles (Karvonen et al. 2025)"): ("peft", "nnsight")}
 
 
 def opening(page: str, heading: str | None = None) -> tuple[str, str]:
@@ -56,7 +57,8 @@ def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch
 
 @pytest.mark.parametrize(("page", "heading"), sorted(SECTIONS))
 def test_a_sections_opening_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
-    pytest.importorskip(SECTIONS[(page, heading)])
+    for module in SECTIONS[(page, heading)]:
+        pytest.importorskip(module)
     code, shown = opening(page, heading)
     script = tmp_path / "section_opening.py"
     script.write_text(code)

@@ -128,3 +128,43 @@ def test_inject_casts_soft_to_hidden_dtype():
     hidden, soft, mask = _case(4)
     out = inject(hidden.to(torch.bfloat16), soft, mask, Site())
     assert out.dtype == torch.bfloat16
+
+
+# ---- K soft tokens per row (an Activation Oracle's K activations) ---------------------------
+
+
+def test_k_soft_tokens_go_to_the_k_masked_positions_in_order():
+    g = torch.Generator().manual_seed(5)
+    hidden, soft = torch.randn(2, 6, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, [1, 2, 3]] = True
+    mask[1, [0, 4, 5]] = True  # any three positions: the k-th marked one takes the k-th vector
+    out = inject(hidden, soft, mask, Site())
+    for row, cols in ((0, [1, 2, 3]), (1, [0, 4, 5])):
+        for k, col in enumerate(cols):
+            assert torch.equal(out[row, col], soft[row, k])
+    assert torch.equal(out[~mask], hidden[~mask])
+    added = inject(hidden, soft, mask, Site("resid_post", 1, "add_normmatched", 2.0))
+    h, v = hidden[1, 4], soft[1, 1]
+    torch.testing.assert_close(added[1, 4], h + 2.0 * h.norm() * v / v.norm())
+
+
+def test_one_soft_token_of_shape_b_1_d_is_used_at_every_masked_position():
+    hidden, soft, mask = _case(6)
+    assert torch.equal(inject(hidden, soft[:, None, :], mask, Site()), inject(hidden, soft, mask, Site()))
+
+
+@pytest.mark.parametrize("marked", [2, 4])
+def test_k_soft_tokens_need_exactly_k_masked_positions(marked):
+    hidden, soft = torch.zeros(1, 6, 4), torch.ones(1, 3, 4)
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, :marked] = True
+    with pytest.raises(BackendError, match=r"3 soft tokens per row but the prompt marks \[" + str(marked) + r"\] positions"):
+        inject(hidden, soft, mask, Site())
+
+
+def test_a_zero_vector_adds_nothing():
+    """torch's normalize (v / max(‖v‖, 1e-12), as the reference's hook): 0 stays 0, no NaN."""
+    hidden, soft, mask = _case(7)
+    out = inject(hidden, soft * 0, mask, Site("resid_post", 0, "add_normmatched", 1.0))
+    assert torch.equal(out, hidden)

@@ -228,3 +228,49 @@ def test_to_dict_from_dict_round_trip(tok, name):
 def test_from_dict_incomplete():
     with pytest.raises(TemplateError, match="field placeholder is missing"):
         PromptTemplate.from_dict({"prompt": "x <PH>"})
+
+
+# ---- an ordinary-token placeholder (Activation Oracles) -------------------------------------
+
+
+def test_an_oracle_template_marks_its_first_k_placeholders(tokenizer):
+    from selfinterp_plugins.templates import oracle_text
+
+    assert oracle_text(7, 3, "Why?") == "Layer: 7\n ? ? ? \nWhy?"
+    template = PromptTemplate.activation_oracle(tokenizer, layer=7, question="What is it ? Really ?", positions=3)
+    ids = template.prompt_ids(tokenizer)
+    q = tokenizer.encode(" ?", add_special_tokens=False)[0]
+    first = (ids == q).nonzero().flatten()[:3]
+    assert template.injection_mask(ids, tokenizer).nonzero().flatten().tolist() == first.tolist()
+    assert int((ids == q).sum()) == 5  # the question's own two stay text
+    assert (template.closing, template.end, template.ordinary_placeholder, template.slots) == ("", "<|im_end|>", True, 3)
+    assert PromptTemplate.from_dict(template.to_dict()) == template
+
+
+def test_an_ordinary_placeholder_is_refused_without_slots(tokenizer):
+    template = PromptTemplate(prompt="a ? b", placeholder=" ?", ordinary_placeholder=True)
+    with pytest.raises(TemplateError, match="set slots=K"):
+        template.prompt_ids(tokenizer)
+    with pytest.raises(TemplateError, match="ordinary token"):
+        PromptTemplate(prompt="a ? b", placeholder=" ?", slots=1).prompt_ids(tokenizer)
+
+
+def test_slots_must_be_consecutive_and_present(tokenizer):
+    apart = PromptTemplate(prompt="x ? y ? z", placeholder=" ?", ordinary_placeholder=True, slots=2)
+    with pytest.raises(TemplateError, match="not consecutive"):
+        apart.injection_mask(apart.prompt_ids(tokenizer), tokenizer)
+    short = PromptTemplate(prompt="x ? ? z", placeholder=" ?", ordinary_placeholder=True, slots=3)
+    with pytest.raises(TemplateError, match="2 times but takes 3 vectors"):
+        short.injection_mask(short.prompt_ids(tokenizer), tokenizer)
+    special = PromptTemplate(prompt="a <empty_output> b <empty_output>", placeholder="<empty_output>", slots=1)
+    with pytest.raises(TemplateError, match="2 times but takes 1 vectors"):
+        special.injection_mask(special.prompt_ids(tokenizer), tokenizer)
+
+
+@pytest.mark.parametrize("field, value, match", [("layer", -1, "layer must be a whole number >= 0"),
+                                                 ("layer", 1.5, "layer must be"), ("positions", 0, "positions must be"),
+                                                 ("question", "  ", "needs a question")])
+def test_oracle_template_fields_are_refused_in_one_line(tokenizer, field, value, match):
+    fields = {"layer": 1, "question": "What?", "positions": 1, field: value}
+    with pytest.raises(TemplateError, match=match):
+        PromptTemplate.activation_oracle(tokenizer, **fields)

@@ -22,9 +22,10 @@ import contextlib
 
 import torch
 
-from selfinterp_plugins.backends import Backend
+from selfinterp_plugins.backends import Backend, LowRankPatch
 from selfinterp_plugins.backends.hf import expand_cache, find_blocks, select_cache_rows, softcapped
 from selfinterp_plugins.errors import BackendError
+from selfinterp_plugins.sites import check_slots, combine
 
 from .remote import RetryPolicy, check_api_key, check_remote_value, check_servable, code_by_value, with_retries
 from .remote_verbs import RemoteVerbs
@@ -51,6 +52,8 @@ class NNsightBackend(RemoteVerbs, Backend):
         self.body_path = _path_of(self.hf, self.hf.base_model)
         self.softcap = getattr(self.hf.config, "final_logit_softcapping", None)
         self._fingerprint: str | None = None
+        #: the explainer's patch while a remote call runs: it travels inside each request
+        self._remote_patch: LowRankPatch | None = None
 
     # ---- remote switch --------------------------------------------------------------------
 
@@ -63,6 +66,37 @@ class NNsightBackend(RemoteVerbs, Backend):
             yield self
         finally:
             self.remote = previous
+
+    def patch_root(self):
+        return self.hf
+
+    @contextlib.contextmanager
+    def patched(self, patch):
+        """Here, the patch is forward hooks on the wrapped model (the base class's). Remote, the
+        server has the base weights only, so the patch's factors travel inside every request and
+        its term is added to each patched module's output there (`_request`); no hook is set here,
+        where `remote="local"` runs the request, so the term is added once either way."""
+        if patch is None or self._here():
+            with super().patched(patch):
+                yield self
+            return
+        patch.targets(self.hf)  # a module the model lacks is refused before anything is sent
+        previous, self._remote_patch = self._remote_patch, patch
+        try:
+            yield self
+        finally:
+            self._remote_patch = previous
+
+    def _patch_steps(self) -> list | None:
+        """(envoy, A, B, scale) per patched module in the order the forward pass reaches them (the
+        model's own module order: nnsight's interventions must follow it), or None."""
+        patch = self._remote_patch
+        if patch is None or self._here():
+            return None
+        order = {name: i for i, (name, _m) in enumerate(self.hf.named_modules())}
+        names = sorted(patch.modules, key=lambda name: order.get(name, len(order)))
+        return [(self._envoy(name), a.detach().cpu(), b.detach().cpu(), float(scale))
+                for name in names for a, b, scale in [patch.modules[name]]]
 
     def _here(self) -> bool:
         """True when the verbs run here through the primitives; False: one request per verb."""
@@ -183,51 +217,67 @@ class NNsightBackend(RemoteVerbs, Backend):
         remote = self.remote
         adapter_math = tensors.get("math")
         params = tensors.get("params", {})
-        # remote: nnsight ships the kind's math by value, with the helpers it calls (see remote.py)
-        shipping = code_by_value(adapter_math) if remote and adapter_math is not None else contextlib.nullcontext()
-        # nnsight finds the block from the line that opens the tracer, so everything opens there
-        with shipping, (lm.generate if want == "generate" else lm.trace)(input_ids, remote=remote, **extra) as tracer:
-            if adapter_math is None:
-                soft = tensors["soft"]
-            else:  # the kind's own function, the one Adapter.forward calls
-                soft = adapter_math(params, tensors["vectors"], tensors["scales"])
-            if kind == "resid_pre":
-                hidden = envoy.input
-            else:
-                out = envoy.output
-                hidden = out[0] if isinstance(out, tuple) else out
-            soft = soft.to(device=hidden.device, dtype=hidden.dtype)[:, None, :].expand_as(hidden)
-            if mode == "add_normmatched":
-                direction = soft / (soft.norm(dim=-1, keepdim=True) + 1e-8)
-                soft = hidden + coef * hidden.norm(dim=-1, keepdim=True) * direction
-            hidden = torch.where(mask[:, :, None].to(hidden.device), soft, hidden)
-            if kind == "resid_pre":
-                envoy.input = hidden
-            elif isinstance(out, tuple):
-                envoy.output = (hidden,) + tuple(out[1:])
-            else:
-                envoy.output = hidden
-            if want == "generate":
-                result = tracer.result.detach().cpu().save()
-            elif want == "hidden":
-                state = body.output
-                result = (state[0], state.past_key_values).save()
-                tracer.stop()  # the LM head is not run: `head` runs it at the positions needed
-            else:
-                logits = lm.output.logits
-                if gather is not None:
-                    logits = logits[gather[0].to(logits.device), gather[1].to(logits.device)]
-                if want == "logits":
-                    result = logits.save()
+        if adapter_math is None:
+            check_slots(tensors["soft"], mask)
+        patch_steps = self._patch_steps()  # remote with a patch: its factors travel in the request
+        delta, every_step = LowRankPatch.delta, want == "generate"
+        # remote: nnsight ships the kind's math, the injection's arithmetic and the patch's term by
+        # value, with the helpers they call (see remote.py)
+        shipping = (code_by_value(*[fn for fn in (adapter_math, combine, delta) if fn is not None]) if remote
+                    else contextlib.nullcontext())
+        # with a patch, the inputs go to an invoke of their own, beside the patch's (see below); without
+        # one they stay the tracer's own (an explicit invoke does not continue a prefix cache the same way)
+        inputs = () if patch_steps is not None else (input_ids,)
+        # nnsight finds the block from the line that opens the tracer, so everything opens there. With a
+        # patch, the patch is a second invoke over the whole batch, so that a generation's open loop over
+        # its steps (the patch is on at every step, the injection at the prefill only) leaves the first
+        # free to save its result (nnsight runs nothing after such a loop). The block holds one line per
+        # statement and no comment lines: nnsight re-parses it to find the invokes, and the rehearsal
+        # (remote="local") looks them up in this file by line number.
+        with shipping, (lm.generate if want == "generate" else lm.trace)(*inputs, remote=remote, **extra) as tracer:
+            with (tracer.invoke(input_ids) if patch_steps is not None else contextlib.nullcontext()):
+                if adapter_math is None:
+                    soft = tensors["soft"]
+                else:  # the kind's own function, the one Adapter.forward calls
+                    soft = adapter_math(params, tensors["vectors"], tensors["scales"])
+                if kind == "resid_pre":
+                    hidden = envoy.input
                 else:
-                    gold = gold.to(logits.device)
-                    per_token = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), gold,
-                                                                  ignore_index=-100, reduction="none")
-                    valid = (gold != -100).float()
-                    loss = ((per_token.clamp(max=clamp) * valid).sum(1) / valid.sum(1)).mean()
-                    wrt = [tensors["soft"]] if adapter_math is None else [params[n] for n in grad_names]
-                    grads = torch.autograd.grad(loss, wrt) if grad_names else ()
-                    result = (loss.detach().cpu(), [g.detach().cpu() for g in grads]).save()
+                    out = envoy.output
+                    hidden = out[0] if isinstance(out, tuple) else out
+                hidden = combine(hidden, soft, mask, mode, coef)  # the injection every backend runs (sites.py)
+                if kind == "resid_pre":
+                    envoy.input = hidden
+                elif isinstance(out, tuple):
+                    envoy.output = (hidden,) + tuple(out[1:])
+                else:
+                    envoy.output = hidden
+                if want == "generate":
+                    result = tracer.result.detach().cpu().save()
+                elif want == "hidden":
+                    state = body.output
+                    result = (state[0], state.past_key_values).save()
+                    tracer.stop()  # the LM head is not run: `head` runs it at the positions needed
+                else:
+                    logits = lm.output.logits
+                    if gather is not None:
+                        logits = logits[gather[0].to(logits.device), gather[1].to(logits.device)]
+                    if want == "logits":
+                        result = logits.save()
+                    else:
+                        gold = gold.to(logits.device)
+                        flat = logits.float().transpose(1, 2)
+                        per_token = torch.nn.functional.cross_entropy(flat, gold, ignore_index=-100, reduction="none")
+                        valid = (gold != -100).float()
+                        loss = ((per_token.clamp(max=clamp) * valid).sum(1) / valid.sum(1)).mean()
+                        wrt = [tensors["soft"]] if adapter_math is None else [params[n] for n in grad_names]
+                        grads = torch.autograd.grad(loss, wrt) if grad_names else ()
+                        result = (loss.detach().cpu(), [g.detach().cpu() for g in grads]).save()
+            with (tracer.invoke() if patch_steps is not None else contextlib.nullcontext()):
+                for _step in (tracer.all() if patch_steps is not None and every_step else [0]):
+                    for module, a, b, scale in patch_steps or ():
+                        x = module.input
+                        module.output = delta(x, module.output, a.to(x.device), b.to(x.device), scale)
         return result
 
     # ---- primitives (used when running here) ----------------------------------------------

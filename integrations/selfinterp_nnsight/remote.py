@@ -177,8 +177,9 @@ ADAPTERS_MODULE = "selfinterp_plugins.adapters"
 
 
 @contextlib.contextmanager
-def code_by_value(fn):
-    """Make the requests sent inside the block carry `fn` (an adapter kind's `math`) as code.
+def code_by_value(*fns):
+    """Make the requests sent inside the block carry `fns` (an adapter kind's `math`, the core's
+    injection arithmetic `sites.combine`, a patch's term) as code.
 
     Why this is needed: nnsight pickles a request with cloudpickle, which writes a function of an
     importable module as a reference (module and name) to be imported where the request runs.
@@ -187,7 +188,7 @@ def code_by_value(fn):
     code instead (nnsight's pickler sends their source and the globals they read), which is what
     `nnsight.register(module)` is for. So, for one request, the module defining `fn` and this
     package's adapters module (the helpers kinds call) are registered, then unregistered, leaving
-    cloudpickle as it was. Only what `fn` reads is sent: a few hundred bytes of source.
+    cloudpickle as it was. Only what the functions read is sent: a few hundred bytes of source.
 
     The kind's function is passed to the traced code as a value, rather than the traced code
     knowing the kinds, so the math has one source, `Adapter.math`, here and on the server.
@@ -197,7 +198,7 @@ def code_by_value(fn):
     from nnsight.ndif import pull_env
 
     pull_env()
-    names = {fn.__module__, ADAPTERS_MODULE} - {"__main__"} - set(cloudpickle.list_registry_pickle_by_value())
+    names = {*(fn.__module__ for fn in fns), ADAPTERS_MODULE} - {"__main__"} - set(cloudpickle.list_registry_pickle_by_value())
     added = [sys.modules[name] for name in sorted(names) if name in sys.modules]
     for module in added:
         cloudpickle.register_pickle_by_value(module)

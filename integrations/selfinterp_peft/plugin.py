@@ -1,8 +1,9 @@
 """PEFT bridge plugin: weight diffs (`weight_diff.WeightDiff`: from PEFT LoRA adapters or full
 fine-tunes, applied to a base model, saved as PEFT adapters), synthetic hidden-topic diffs trained
 many at once, Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands and
-the DIT task; and the LoRA-tuned explainer (`li.explainer.LoRAExplainer`, the `li` sub-package) with its three task
-families and `selfinterp lora-explainer …`. Loading it imports nothing heavy."""
+the DIT task; the LoRA-tuned explainer (`li.explainer.LoRAExplainer`, the `li` sub-package) with its three task
+families and `selfinterp lora-explainer …`; and the Activation Oracles' published LoRAs as explainers
+(`oracles`, the "activation-oracle" explainer format). Loading it imports nothing heavy."""
 
 from selfinterp_plugins.hookspecs import hookimpl
 from selfinterp_plugins.plugins import require
@@ -14,9 +15,11 @@ require("peft", "peft")
 def register_commands(cli):
     from .cli import register
     from .li.cli import register as register_lora
+    from .oracle_cli import register as register_oracle
 
     register(cli)
     register_lora(cli)
+    register_oracle(cli)
 
 
 def diff_interpretation(model, tokenizer, config=None):
@@ -33,3 +36,18 @@ def register_tasks(register):
     register("diff_interpretation", diff_interpretation)
     for name in TASKS:  # the fine-tuned explainer's families (Li et al. 2025)
         register(name, LoRATask(name))
+
+
+@hookimpl
+def register_explainer_formats(register):
+    def recognise(source, options):
+        from .oracles import is_oracle
+
+        return is_oracle(source)
+
+    def load(source, model, **options):
+        from .oracles import load_oracle
+
+        return load_oracle(source, model, **options)
+
+    register("activation-oracle", recognise, load)

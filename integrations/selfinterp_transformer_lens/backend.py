@@ -16,9 +16,17 @@ prefill only, finished rows leaving the batch, capture stopped after the deepest
   forward computes logits at every position, which is why the body is called.)
 TransformerLens would build an attention mask from the pad token on its own; the backend always
 passes an all-ones mask instead (see `_ones`).
+
+An explainer's `LowRankPatch` (an Activation Oracle's LoRA, named in transformers' modules) is
+forward hooks on the bridge's wrapped model, as on `hf`; a HookedTransformer has no such modules,
+so the patch is added to its own weights for the explainer's calls and taken off exactly after
+(`_hooked_weights_patched`).
 """
 
 from __future__ import annotations
+
+import contextlib
+import re
 
 import torch
 
@@ -139,6 +147,22 @@ class TransformerLensBackend(Backend):
         rows = torch.arange(ids.shape[0])
         return [cache[name][rows.to(cache[name].device), positions.to(cache[name].device)] for name in names]
 
+    def patch_root(self):
+        return self.model.original_model if self.bridge else None
+
+    @contextlib.contextmanager
+    def patched(self, patch):
+        if patch is None or self.bridge:
+            with super().patched(patch):
+                yield self
+            return
+        self._prefix_store = None
+        try:
+            with _hooked_weights_patched(self.model, patch):
+                yield self
+        finally:
+            self._prefix_store = None
+
     def expand_past(self, past, batch):
         if self.bridge:
             return expand_cache(past, batch, self.model.original_model.config)
@@ -166,3 +190,58 @@ def _ones(ids: torch.Tensor) -> torch.Tensor:
     in a causal model; left to itself TransformerLens would mask every token equal to the pad id,
     and SmolLM2's pad token is its end-of-turn token, which chat templates contain."""
     return torch.ones_like(ids)
+
+
+#: a decoder layer's transformers linears and where TransformerLens keeps each (its own conversion,
+#: `convert_llama_weights`: W_Q = (n h) m -> n m h, W_O = m (n h) -> n h m, the MLP's transposed)
+_LAYER_LINEAR = re.compile(r"^(?:.*\.)?layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$")
+_TL_WEIGHT = {"self_attn.q_proj": ("attn", "W_Q"), "self_attn.k_proj": ("attn", "W_K"), "self_attn.v_proj": ("attn", "W_V"),
+              "self_attn.o_proj": ("attn", "W_O"), "mlp.gate_proj": ("mlp", "W_gate"), "mlp.up_proj": ("mlp", "W_in"),
+              "mlp.down_proj": ("mlp", "W_out")}
+
+
+def _tl_delta(delta: torch.Tensor, where: str, shape: tuple) -> torch.Tensor:
+    """ΔW (out, in) in TransformerLens' layout for `where`."""
+    if where in ("W_Q", "W_K", "W_V"):
+        return delta.reshape(shape[0], shape[2], shape[1]).permute(0, 2, 1)
+    if where == "W_O":
+        return delta.T.reshape(shape)
+    return delta.T
+
+
+@contextlib.contextmanager
+def _hooked_weights_patched(model, patch):
+    """`patch` added to a HookedTransformer's weights (W + scale·B·A in its layout) for the block.
+    Refused where the layout cannot take it: norms folded into the weights (from_pretrained's
+    default fold_ln=True leaves no norm weight to put the change under), or a module that is not a
+    decoder layer's attention or MLP linear of a Llama-style model."""
+    if model.cfg.normalization_type in ("LNPre", "RMSPre"):
+        raise BackendError("This HookedTransformer has its norms folded into its weights (fold_ln=True), so the LoRA "
+                           "cannot be added to them; load it with HookedTransformer.from_pretrained(..., fold_ln=False), "
+                           "or use a TransformerBridge.")
+    changes = []
+    for name, (a, b, scale) in patch.modules.items():
+        match = _LAYER_LINEAR.match(name)
+        if match is None or int(match.group(1)) >= model.cfg.n_layers:
+            raise BackendError(f"A HookedTransformer has no place for a change to {name!r}; use a TransformerBridge (it "
+                               "runs the transformers modules themselves).")
+        part, where = _TL_WEIGHT[match.group(2)]
+        block = getattr(model.blocks[int(match.group(1))], part)
+        param = getattr(block, "_" + where, None) if where in ("W_K", "W_V") else None
+        param = param if isinstance(param, torch.nn.Parameter) else getattr(block, where)
+        delta = _tl_delta(scale * (b.float() @ a.float()), where, tuple(param.shape))
+        if tuple(delta.shape) != tuple(param.shape):
+            raise BackendError(f"{name} is {tuple(param.shape)} in this HookedTransformer but the change is "
+                               f"{tuple(delta.shape)}; load the adapter onto the model it was trained for.")
+        changes.append((param, delta))
+    saved = []
+    try:
+        with torch.no_grad():
+            for param, delta in changes:
+                saved.append((param, param.detach().clone()))
+                param.add_(delta.to(device=param.device, dtype=param.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for param, original in saved:
+                param.copy_(original)

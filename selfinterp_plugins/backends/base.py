@@ -10,7 +10,9 @@ are written once, here, over a few primitives that each backend supplies:
 - `head(hidden)`: the LM head (final norm if `run` did not apply it, unembedding, softcapping);
 - `read(input_ids, sites, positions)`: the residual stream at sites, stopped after the deepest;
 - `expand_past(past, batch)`, `select_past(past, rows)`: the key-value cache's batch dimension
-  (defaults for a cache made of tensors whose first dimension is the batch).
+  (defaults for a cache made of tensors whose first dimension is the batch);
+- `patch_root()`: the torch module whose linear layers a `LowRankPatch` names (default: `model`
+  when it is one), for `patched`, which turns an explainer's patch on for its calls.
 
 So the choices that make a backend fast and correct are made once, for every backend: the shared
 prefix of a template is run once and its cache reused (`prefix_len`); the LM head runs only at the
@@ -37,9 +39,10 @@ from ..errors import BackendError
 from ..sites import KINDS, Site
 from .decoding import Sampling, decode, pick_next
 from .inputs import AdapterInput, Injection, capture_batch, clamped_cross_entropy, pad_token_id, soft_tokens
+from .patches import LowRankPatch
 
-__all__ = ["AdapterInput", "Backend", "Injection", "Sampling", "capture_batch", "clamped_cross_entropy", "decode",
-           "pick_next"]
+__all__ = ["AdapterInput", "Backend", "Injection", "LowRankPatch", "Sampling", "capture_batch", "clamped_cross_entropy",
+           "decode", "pick_next"]
 
 
 class Backend(ABC):
@@ -140,6 +143,32 @@ class Backend(ABC):
     def reuses_prefix(self) -> bool:
         """Whether the shared-prefix cache may be used now (hf turns it off under checkpointing)."""
         return True
+
+    # ---- a change to the model while an explainer runs ------------------------------------
+
+    def patch_root(self):
+        """The torch module whose submodules a `LowRankPatch` names (transformers naming), or None
+        when this backend's model has none (override `patched` then)."""
+        return self.model if isinstance(self.model, torch.nn.Module) else None
+
+    @contextlib.contextmanager
+    def patched(self, patch: LowRankPatch | None):
+        """`patch` on the model's linear layers for the enclosed calls (nothing when None). The
+        shared-prefix cache is dropped on the way in and out: a prefix run with the patch is not
+        the model's, nor the other way round."""
+        if patch is None:
+            yield self
+            return
+        root = self.patch_root()
+        if root is None:
+            raise BackendError(f"The {self.name or type(self).__name__} backend cannot change its model's linear layers; "
+                               "run this explainer on a transformers model (hf, nnsight or a TransformerBridge).")
+        self._prefix_store = None
+        try:
+            with patch.hooked(root):
+                yield self
+        finally:
+            self._prefix_store = None
 
     # ---- capabilities ---------------------------------------------------------------------
 

@@ -140,15 +140,21 @@ def check_same_run(ckpt: Path, saved, current, options: dict[str, str] | None = 
 
 def explainer_digest(explainer) -> str:
     """SHA-256 of what decides an explainer's labels here: its adapter (kind and weights), template,
-    site and prompt ids."""
+    site and prompt ids, and the change it makes to the model while it runs (an Activation Oracle's
+    LoRA: two oracles share a prompt and a parameterless adapter, and differ only there)."""
     identity = {"kind": explainer.adapter.config.kind, "template": explainer.template.to_dict(),
                 "site": explainer.site.to_dict(), "prompt_ids": explainer.prompt_ids.tolist()}
+    patch = getattr(explainer, "model_patch", None)
 
     def parts():
         yield json.dumps(identity, sort_keys=True)
         for name, tensor in sorted(explainer.adapter.state_dict().items()):
             yield name
             yield tensor.detach().float()  # every dtype as float32, as the stored digests were made
+        for name, (a, b, scale) in sorted((patch.modules if patch is not None else {}).items()):
+            yield f"patch {name} {float(scale)!r}"
+            yield a.detach().float()
+            yield b.detach().float()
 
     return sha256_hex(parts())
 

@@ -134,7 +134,7 @@ def test_without_shipping_the_math_a_request_would_name_this_package(lm, monkeyp
 
     import selfinterp_nnsight.backend
 
-    monkeypatch.setattr(selfinterp_nnsight.backend, "code_by_value", lambda fn: contextlib.nullcontext())
+    monkeypatch.setattr(selfinterp_nnsight.backend, "code_by_value", lambda *fns: contextlib.nullcontext())
     explainer = Explainer.create(lm, adapter="scalar_affine", template="echo")
     # the rehearsal itself passes or fails by where that finder points (another checkout's copy
     # of the package may lack `math`); the request's bytes are what NDIF would get either way
