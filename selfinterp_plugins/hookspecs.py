@@ -91,8 +91,9 @@ def register_explainer_formats(register):
     """Provide loaders for explainers published in another library's format (an Activation
     Oracle's PEFT LoRA directory): call `register(name, recognise, load)`. `recognise(source,
     options) -> bool` says, from its files and the keyword options given to `from_pretrained`
-    (a dict) only, whether `source` (a path or a hub id that is not an explainer folder) is one; `load(source, model, tokenizer=None, check_model=True, backend_options=None,
-    **options) -> Explainer` builds it. `Explainer.from_pretrained` asks every format for such a
+    (a dict) only, whether `source` (a path or a hub id that is not an explainer folder) is one;
+    `load(source, model, tokenizer=None, check_model=True, backend_options=None, **options) ->
+    Explainer` builds it. `Explainer.from_pretrained` asks every format for such a
     source (`format=name` picks one), passing on the keyword options it does not know itself."""
 
 
