@@ -308,7 +308,7 @@ class Explainer:
         `selfie-adapters` (Pepper et al.'s published adapters: a `.safetensors` path, or a hub repo
         with `filename=`, e.g. `"keenanpepper/selfie-adapters-llama-3.1-8b-instruct"`,
         `filename="goodfire-sae-scalar-affine.safetensors"`; `template=`, `mean_vectors=`, `layer=`:
-        `pepper_format.load_selfie_explainer`), and with the PEFT plugin an Activation Oracle
+        `default_plugins.formats.load_selfie_explainer`), and with the PEFT plugin an Activation Oracle
         (`"adamkarvonen/checkpoints_latentqa_cls_past_lens_addition_Qwen3-8B"`, with `layer=` and
         `question=`). `format=` names the format when more than one claims a source; `options` go to
         that format's loader."""

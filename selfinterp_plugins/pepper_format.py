@@ -274,22 +274,6 @@ def _topic_spec(mean_path, layer, backend, repo, d_model):
     return spec, {MEAN_KEY: mean.float().tolist(), "layer": layer, "mean_vectors_file": path.name}
 
 
-def load_selfie_explainer(source, model, tokenizer=None, check_model: bool = True, backend_options: dict | None = None,
-                          filename: str | None = None, template=None, mean_vectors=None, layer: int | None = None):
-    """The `selfie-adapters` format's loader (`Explainer.from_pretrained` of a selfie-adapters file):
-    the reference's adapter with the reference's prompt for the model's family (`template=`
-    overrides), the embedding site, and for a topic adapter `mean_vectors=` (`layer=` picks its
-    `layer_{L}`) as the vectors' centring."""
-    from .explainer import Explainer
-
-    parts, prompt_ids = load_parts(source, model, tokenizer, filename, template, mean_vectors, layer, check_model,
-                                   backend_options)
-    explainer = Explainer(**parts)
-    if prompt_ids is not None:  # the prompt as trained, or a tokenizer that differs refused
-        explainer._use_prompt_ids(prompt_ids, source if filename is None else filename)
-    return explainer
-
-
 def load_parts(source, model, tokenizer=None, filename=None, template=None, mean_vectors=None, layer=None,
                check_model: bool = True, backend_options: dict | None = None) -> tuple[dict, list | None]:
     """What `Explainer.from_pretrained` builds an explainer of from a selfie-adapters file: the

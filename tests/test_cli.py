@@ -113,7 +113,7 @@ def test_plugins_prints_a_table(capsys, monkeypatch):
     kinds = {title: names.strip().split(", ") for title, names in kinds.items()}
     assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines",
                            "shipped explainers", "explainer formats"]
-    assert kinds["explainer formats"] == ["-"]  # the PEFT plugin's activation-oracle is not loaded here
+    assert kinds["explainer formats"] == ["selfie-adapters"]  # the core's; the PEFT plugin's activation-oracle is not loaded here
     assert kinds["shipped explainers"] == ["smollm2-topics"]  # the core's; the broken plugin added none
     assert "hf" in kinds["backends"] and "scalar_affine" in kinds["adapter kinds"]
     assert {"exact_match", "recall_at_k"} <= set(kinds["scorers"]) and kinds["tasks"] == ["-"]

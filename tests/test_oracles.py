@@ -72,7 +72,7 @@ def test_a_peft_adapter_folder_without_a_plugin_for_it_says_which_plugin(tiny_ll
     try:
         with pytest.raises(ArtifactError, match=r"is a PEFT adapter directory.*pip install 'selfinterp-plugins\[peft\]'"):
             Explainer.from_pretrained(tmp_path, model=model, tokenizer=tok)
-        with pytest.raises(Exception, match="Unknown explainer format 'activation-oracle'; installed: none"):
+        with pytest.raises(Exception, match="Unknown explainer format 'activation-oracle'; installed: selfie-adapters"):
             Explainer.from_pretrained(tmp_path, model=model, tokenizer=tok, format="activation-oracle")
     finally:
         monkeypatch.delenv("SELFINTERP_PLUGINS")

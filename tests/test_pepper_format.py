@@ -120,8 +120,10 @@ def test_a_topic_adapter_takes_the_mean_vectors_as_its_centring(good, tmp_path, 
     activation = torch.randn(3, D)
     assert torch.equal(explainer.prepare_vectors(activation, site="resid_post.1"), activation - mean)
     _, tok = tiny_llama31
-    assert explainer.vector_prompt("Moon") == tok.apply_chat_template(
-        [{"role": "user", "content": "Tell me about Moon."}], tokenize=False, add_generation_prompt=True)
+    # the text runs as the chat template's ids (the tokenizer adds the BOS the text then leaves out)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Tell me about Moon."}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert tok(explainer.vector_prompt("Moon")).input_ids == tok(chat, add_special_tokens=False).input_ids
 
 
 def test_mean_vectors_of_another_width_or_layer_are_refused(good, tmp_path, tiny_llama31):
@@ -156,7 +158,7 @@ def test_an_unreachable_hub_is_one_line(tiny_llama31, monkeypatch):
 def test_a_folder_explainer_refuses_the_file_only_options(tmp_path, tiny_llama31):
     model, tok = tiny_llama31
     Explainer.create(model, tok).save_pretrained(tmp_path / "ex")
-    refuse(tmp_path / "ex", tiny_llama31, "complete a selfie-adapters file", OptionError, layer=3)
+    refuse(tmp_path / "ex", tiny_llama31, "are for an explainer in another format .a selfie-adapters file", OptionError, layer=3)
 
 
 def test_exports_refuse_what_the_format_cannot_hold(tmp_path, tiny_llama31):

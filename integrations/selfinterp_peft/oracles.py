@@ -34,7 +34,8 @@ from selfinterp_plugins.oracles import INJECTION_LAYER, STEERING_COEFFICIENT, ac
 from selfinterp_plugins.storage import check_artifact_dir, output_errors, read_json, save_safetensors, write_json
 from selfinterp_plugins.storage.validation import validate
 
-from .weight_diff import FIX, PEFT_CONFIG, PEFT_WEIGHTS, PeftLoraConfig, WeightDiff
+from .adapter_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, PeftAdapterConfig
+from .weight_diff import WeightDiff
 
 FORMAT = "activation-oracle"
 #: the oracles published with the paper (its Hugging Face collection `adamkarvonen/activation-oracles`)
@@ -78,7 +79,7 @@ def load_oracle(source, model, tokenizer=None, *, layer: int | None = None, ques
     if not weights_path.is_file():
         raise ArtifactError(f"Missing file {weights_path}; an oracle directory holds {PEFT_CONFIG} and {PEFT_WEIGHTS} "
                             "(PEFT's save_pretrained writes both).")
-    config = validate(PeftLoraConfig, read_json(config_path), str(config_path), FIX, unknown="ignore")
+    config = validate(PeftAdapterConfig, read_json(config_path), str(config_path), FIX, unknown="ignore")
     if config.peft_type != "LORA":
         raise ArtifactError(f"{config_path} is a {config.peft_type} adapter; an Activation Oracle is a LoRA.")
     shapes = factor_shapes(weights_path)

@@ -71,7 +71,7 @@ def test_the_peft_plugin_registers_the_dit_task_and_commands(capsys):
 
     assert "diff_interpretation" in plugins.registry().tasks
     names = {p["name"]: p["hooks"] for p in plugins.list_plugins()}
-    assert names["peft"] == ["register_commands", "register_tasks"]
+    assert names["peft"] == ["register_commands", "register_explainer_formats", "register_tasks"]
     assert "make-diffs" in run(["dit", "--help"], capsys)
 
 
