@@ -21,13 +21,8 @@ from .cli_options import (
     load_backend,
     model_option,
 )
-from .defaults import explainer_location
 from .errors import SelfInterpError
 from .storage._locks import DirectoryLock
-
-
-def _explainer_dir(path: str) -> Path:
-    return explainer_location(path)
 
 
 @click.group()
@@ -155,10 +150,11 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
     from . import Explainer, Sampling, VectorLabelDataset
 
     check_backend_options(backend, remote, dtype, device)
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     data = data.split(split) if split else data
     runner = load_backend(model_name, backend, remote, dtype, device)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
+    explainer = Explainer.from_pretrained(location, model=runner)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     records = explainer.explain(data.vectors, ids=data.ids, scales=scales, sampling=sampling, batch_size=batch_size,
                                 samples=samples, output=output)
@@ -179,9 +175,10 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
     from .evaluation import evaluate_explainer
 
     check_backend_options(backend, remote, dtype, device)
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     runner = load_backend(model_name, backend, remote, dtype, device)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
+    explainer = Explainer.from_pretrained(location, model=runner)
     result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
@@ -192,11 +189,13 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
 @click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
 def demo(n_topics, show, explainer_dir):
     """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
+    from . import Explainer
     from .defaults import SMOLLM2_ALIAS
     from .demo import run_demo
 
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     click.echo("Loading SmolLM2-135M-Instruct (offline; the first run converts the GGUF once, ~30 s) ...")
-    run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo, backend=load_backend(SMOLLM2_ALIAS))
+    run_demo(location, n_topics, show, echo=click.echo, backend=load_backend(SMOLLM2_ALIAS))
 
 
 @cli.command()

@@ -16,7 +16,7 @@ import torch
 
 from .errors import VectorError
 from .sites import Site
-from .vector_spec import VectorSpec
+from .vector_spec import VectorSpec, mean_problem
 
 __all__ = ["prepare_vectors"]
 
@@ -52,11 +52,11 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
     rows = _rows(x)
     _check_site(spec, given_site)
     if spec is not None and spec.centring == "mean":
-        mean = metadata.get(spec.mean_key)
-        if mean is None:
-            raise VectorError(f"The explainer's vector_spec subtracts metadata[{spec.mean_key!r}], which it lacks; "
-                              "re-save the explainer with its mean.")
-        mean = torch.as_tensor(mean, dtype=torch.float32)
+        problem = mean_problem(metadata.get(spec.mean_key), f"metadata[{spec.mean_key!r}]")
+        if problem:
+            raise VectorError(f"The explainer's vector_spec subtracts its mean, but {problem}; re-save the explainer "
+                              "with its mean.")
+        mean = torch.tensor(metadata[spec.mean_key], dtype=torch.float32)
         if mean.shape[-1] != rows.shape[-1]:
             raise VectorError(f"Vectors have width {rows.shape[-1]} but the explainer's mean {mean.shape[-1]}; "
                               "read them from the model the explainer was trained on.")

@@ -198,7 +198,8 @@ def register(cli):
         from .labelling import label_features
 
         indices, sae_obj = parse_features(features), _sae(sae_dir, release, sae_id)  # user errors before the model loads
-        explainer = Explainer.from_pretrained(explainer_dir, model=load_backend(model_name))
+        location = Explainer.check_pretrained(explainer_dir)
+        explainer = Explainer.from_pretrained(location, model=load_backend(model_name))
         records = label_features(explainer, sae_obj, indices, output, scales,
                                  Sampling(max_new_tokens=max_new_tokens), batch_size, np_output)
         click.echo(json.dumps({"labels": len(records), "output": output, "neuronpedia": np_output}))
