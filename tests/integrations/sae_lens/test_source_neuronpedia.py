@@ -118,3 +118,15 @@ def test_write_round_trip_and_splits(tmp_path):
     splits = split_features([5, 1, 1, 3, 9, 7, 2, 8, 6, 4], seed=0)
     assert sorted(splits) == list(range(1, 10)) and list(splits.values()).count("train") == 7
     assert splits == split_features(range(1, 10), seed=0)
+
+
+def test_a_lone_surrogate_in_an_explanation_is_refused_and_a_line_separator_kept(tmp_path):
+    """A JSONL export's description holding `\\ud800` loaded (then failed when tokenised or written);
+    one holding a raw U+2028 was cut in two by `splitlines` ('line 1 is not valid JSON')."""
+    row = {"modelId": "m", "layer": "s", "index": 3, "description": "a\u2028b"}
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [e.description for e in read_explanations(path)] == ["a\u2028b"]
+    path.write_text(json.dumps({**row, "description": "x\ud800"}) + "\n")
+    with pytest.raises(ArtifactError, match=r"e\.jsonl line 1 holds a lone surrogate"):
+        read_explanations(path)
