@@ -29,8 +29,9 @@ import click
 from .defaults import DEFAULT_MODEL
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "MODEL_HELP", "NONNEGATIVE", "POSITIVE", "REMOTE_VALUES", "FiniteFloat",
-           "backend_options", "check_backend", "check_backend_options", "check_device", "load_backend", "model_option"]
+__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "MAX_LAYERS", "MODEL_HELP", "NONNEGATIVE", "POSITIVE",
+           "REMOTE_VALUES", "FiniteFloat", "LayerRange", "backend_options", "check_backend", "check_backend_options",
+           "check_device", "check_layers", "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
 BACKEND_PLUGINS = {"nnsight": "nnsight", "transformer_lens": "transformer-lens"}
@@ -90,6 +91,46 @@ class FiniteFloat(click.ParamType):
 
     def __repr__(self):
         return f"FiniteFloat{self._describe()}"
+
+
+class LayerRange(click.ParamType):
+    """`start:stop:step` (three whole numbers, as in Python's `range`): the layers a command reads,
+    given as a `range`. Malformed, empty or zero-step ranges are click's usage error (exit 2)
+    before the command runs; whether `stop` fits the model is `check_layers`'s, once its layer
+    count is known."""
+
+    name = "start:stop:step"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, range):
+            return value
+        parts = str(value).split(":")
+        if len(parts) != 3 or not all(part.strip().isdigit() and part.strip().isascii() for part in parts):
+            self.fail(f"{value!r} is not start:stop:step (three whole numbers, e.g. 0:30:3; every layer from 0 "
+                      "to 29 is 0:30:1).", param, ctx)
+        start, stop, step = (int(part) for part in parts)
+        if step == 0:
+            self.fail(f"{value!r} has step 0; the step is at least 1 (0:30:1 is every layer).", param, ctx)
+        if stop > MAX_LAYERS:
+            self.fail(f"{value!r} stops past layer {MAX_LAYERS:,}; no model has that many layers.", param, ctx)
+        if start >= stop:
+            self.fail(f"{value!r} holds no layer (start must be below stop, e.g. 0:30:3).", param, ctx)
+        return range(start, stop, step)
+
+
+#: `LayerRange`'s bound: past any model's depth, so a stop this large is a typo, not a model
+MAX_LAYERS = 65_536
+
+
+def check_layers(layers: range, n_layers: int | None, option: str = "--layers") -> None:
+    """Refuse layers past the model's last (`n_layers` from its config before loading, or from the
+    loaded model; None: not known yet, checked again later) in one line with the fix."""
+    if n_layers is None or layers[-1] < n_layers:
+        return
+    start = layers.start if layers.start < n_layers else 0
+    raise OptionError(f"{option} {layers.start}:{layers.stop}:{layers.step} reads layer {layers[-1]}, past the model's "
+                      f"last ({n_layers - 1}: it has {n_layers}); give a stop of at most {n_layers}, e.g. "
+                      f"{option} {start}:{n_layers}:{layers.step}.")
 
 
 #: counts that must be at least 1 (batch sizes, epochs, samples, limits, ranks, tokens)

@@ -19,6 +19,8 @@ from selfinterp_plugins.cli_options import (
     MODEL_HELP,
     NONNEGATIVE,
     POSITIVE,
+    LayerRange,
+    check_layers,
     load_backend,
     model_option,
 )
@@ -61,23 +63,36 @@ def _data(task: str, path, split: str):
     return chosen
 
 
-def _make_data(task, backend, n_train, n_test, layers, seed, out):
-    """The rows of each split not yet written, each split file appearing only when complete."""
+def _make_data(task, model_name, n_train, n_test, layers: range, seed, out):
+    """The rows of each split not yet written, each split file appearing only when complete. The
+    model loads only if a split is missing, and `--layers` is checked against its depth first from
+    its config (no weights read), then on the loaded model where the config was not at hand."""
+    from selfinterp_plugins.models import layer_count
     from selfinterp_plugins.storage import JsonlWriter
     from selfinterp_plugins.topics import load_topics
 
     from . import act_patch_task, input_ablation_task
 
-    start, stop, step = (int(x) for x in layers.split(":"))
+    todo = []
     for split, n in (("train", n_train), ("test", n_test)):
+        if (out / f"{split}.jsonl").exists():
+            click.echo(f"{out / f'{split}.jsonl'} exists; skipped", err=True)
+        else:
+            todo.append((split, n))
+    if not todo:
+        return
+    patching = task == "activation_patching"
+    if patching:
+        check_layers(layers, layer_count(model_name))
+    backend = load_backend(model_name)
+    if patching:
+        check_layers(layers, backend.n_layers)
+    for split, n in todo:
         path = out / f"{split}.jsonl"
-        if path.exists():
-            click.echo(f"{path} exists; skipped", err=True)
-            continue
         topics = [t for t in load_topics() if t["split"] == split]
         if task == "activation_patching":
             pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
-            rows = act_patch_task.patching_rows(backend, pairs, list(range(start, stop, step)), seed=seed, progress=True)
+            rows = act_patch_task.patching_rows(backend, pairs, list(layers), seed=seed, progress=True)
         else:
             rows = input_ablation_task.ablation_rows(backend, input_ablation_task.build_questions(topics, n, seed), progress=True)
         partial = path.with_suffix(".partial")
@@ -99,14 +114,15 @@ def register(cli):
     @model_option(f"the subject model: {MODEL_HELP}")
     @click.option("--n-train", type=NONNEGATIVE, default=600, show_default=True)
     @click.option("--n-test", type=NONNEGATIVE, default=150, show_default=True)
-    @click.option("--layers", default="0:30:3", show_default=True, help="patched layers, start:stop:step (activation patching)")
+    @click.option("--layers", type=LayerRange(), default="0:30:3", show_default=True,
+                  help="patched layers, start:stop:step (activation patching)")
     @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
         out = Path(out)
         with DirectoryLock(out):  # one writer: a second make-data into the same --out fails at once
-            _make_data(task, load_backend(model_name), n_train, n_test, layers, seed, out)
+            _make_data(task, model_name, n_train, n_test, layers, seed, out)
 
     @lora_explainer.command()
     @click.option("--task", type=click.Choice(TASKS), required=True)
