@@ -13,8 +13,12 @@ import click
 
 from .cli_options import (
     COUNT,
+    LAYER,
     NONNEGATIVE,
     POSITIVE,
+    SAMPLES,
+    SEED,
+    TOKENS,
     FiniteFloat,
     backend_options,
     check_backend_options,
@@ -80,7 +84,7 @@ def vectors():
 @vectors.command("topics")
 @model_option()
 @backend_options
-@click.option("--layer", "layers", type=NONNEGATIVE, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
+@click.option("--layer", "layers", type=LAYER, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
 @click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
 @click.option("--limit", type=COUNT, default=None, help="only the first N topics (quick tries)")
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
@@ -109,7 +113,7 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=COUNT, default=None, help="train on the first N training rows only")
-@click.option("--seed", type=NONNEGATIVE, default=42, show_default=True)
+@click.option("--seed", type=SEED, default=42, show_default=True)
 @click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
@@ -140,8 +144,8 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
 @click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0 = greedy")
 @click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=0.9, show_default=True)
-@click.option("--samples", type=COUNT, default=1, show_default=True)
-@click.option("--max-new-tokens", type=COUNT, default=30, show_default=True)
+@click.option("--samples", type=SAMPLES, default=1, show_default=True)
+@click.option("--max-new-tokens", type=TOKENS, default=30, show_default=True)
 @click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
 def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, scales, temperature, top_p, samples, max_new_tokens,
@@ -207,7 +211,7 @@ def demo(n_topics, show, explainer_dir):
 @click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
 @click.option("--validation-topics", type=COUNT, default=None, help="topics the sweeps run on [default: 48]")
 @click.option("--test-topics", type=COUNT, default=None, help="held-out topics scored [default: 200]")
-@click.option("--layer", type=NONNEGATIVE, default=None, help="layer the topic vectors are read after")
+@click.option("--layer", type=LAYER, default=None, help="layer the topic vectors are read after")
 @click.option("--plotly-js", type=click.Choice(["directory", "inline", "cdn"]), default=None,
               help="plotly's JavaScript: one plotly.min.js beside the pages (offline), inline in each page, or from "
                    "its CDN [default: directory]")

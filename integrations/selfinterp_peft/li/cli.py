@@ -19,6 +19,9 @@ from selfinterp_plugins.cli_options import (
     MODEL_HELP,
     NONNEGATIVE,
     POSITIVE,
+    RANK,
+    SEED,
+    TOKENS,
     LayerRange,
     check_layers,
     load_backend,
@@ -116,7 +119,7 @@ def register(cli):
     @click.option("--n-test", type=NONNEGATIVE, default=150, show_default=True)
     @click.option("--layers", type=LayerRange(), default="0:30:3", show_default=True,
                   help="patched layers, start:stop:step (activation patching)")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
@@ -130,7 +133,7 @@ def register(cli):
     @model_option(f"the explainer model: {MODEL_HELP}")
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
-    @click.option("--rank", type=COUNT, default=None, help="LoRA rank (reference: 128)")
+    @click.option("--rank", type=RANK, default=None, help="LoRA rank (reference: 128)")
     @click.option("--lr", type=POSITIVE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
     @click.option("--epochs", type=NONNEGATIVE, default=None,
                   help="default: the reference's (10 / 20 / 30); 0 saves the start (with --projection ridge: the ridge start alone)")
@@ -143,7 +146,7 @@ def register(cli):
     @click.option("--limit", type=COUNT, default=None, help="first N training examples only")
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
     def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
               projection, seed, out):
@@ -175,7 +178,7 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @model_option()
     @click.option("--limit", type=COUNT, default=None)
-    @click.option("--max-new-tokens", type=COUNT, default=None, help="answer length limit (default: the explainer's)")
+    @click.option("--max-new-tokens", type=TOKENS, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
