@@ -70,15 +70,18 @@ def _rows(x) -> torch.Tensor:
     try:
         x = torch.as_tensor(x).detach()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise VectorError(f"Cannot read a {type(x).__name__} as vectors ({err}); pass a tensor (d), (N, d) or "
+        raise VectorError(f"Cannot read a {type(x).__name__} as vectors ({str(err).splitlines()[0]:.80}); pass a tensor (d), (N, d) or "
                           "(N, T, d), a TransformerLens cache entry, or an SAE-Lens SAE.") from None
+    if x.dim() not in (1, 2, 3) or not x.is_floating_point():
+        raise VectorError(f"Vectors must be float (d), (N, d) or (N, T, d), got {x.dtype} of shape "
+                          f"{tuple(x.shape)}; pass the residual stream you captured.")
+    if 0 in x.shape:  # an empty trace: (N, 0, d) has no last position, and no rows would explain nothing
+        raise VectorError(f"Got empty vectors of shape {tuple(x.shape)}; pass at least one vector of the model's width "
+                          "(activations with at least one position).")
     if x.dim() == 1:
         x = x[None]
     elif x.dim() == 3:
         x = x[:, -1]  # the last position: where topic vectors are read (right padding would break it)
-    if x.dim() != 2 or not x.is_floating_point():
-        raise VectorError(f"Vectors must be float (d), (N, d) or (N, T, d), got {x.dtype} of shape "
-                          f"{tuple(x.shape)}; pass the residual stream you captured.")
     return x.float().cpu()
 
 
