@@ -13,22 +13,21 @@ import click
 
 from .cli_options import (
     COUNT,
+    LAYER,
     NONNEGATIVE,
     POSITIVE,
+    SAMPLES,
+    SEED,
+    TOKENS,
     FiniteFloat,
     backend_options,
     check_backend_options,
     load_backend,
     model_option,
 )
-from .defaults import explainer_location
 from .errors import SelfInterpError
 from .storage._locks import DirectoryLock
 from .storage._paths import member
-
-
-def _explainer_dir(path: str) -> Path:
-    return explainer_location(path)
 
 
 @click.group()
@@ -86,7 +85,7 @@ def vectors():
 @vectors.command("topics")
 @model_option()
 @backend_options
-@click.option("--layer", "layers", type=NONNEGATIVE, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
+@click.option("--layer", "layers", type=LAYER, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
 @click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
 @click.option("--limit", type=COUNT, default=None, help="only the first N topics (quick tries)")
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
@@ -115,7 +114,7 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=COUNT, default=None, help="train on the first N training rows only")
-@click.option("--seed", type=NONNEGATIVE, default=42, show_default=True)
+@click.option("--seed", type=SEED, default=42, show_default=True)
 @click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
 @click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
@@ -146,8 +145,8 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
 @click.option("--temperature", type=FiniteFloat(min=0), default=0.0, show_default=True, help="0 = greedy")
 @click.option("--top-p", type=FiniteFloat(min=0, max=1, min_open=True), default=0.9, show_default=True)
-@click.option("--samples", type=COUNT, default=1, show_default=True)
-@click.option("--max-new-tokens", type=COUNT, default=30, show_default=True)
+@click.option("--samples", type=SAMPLES, default=1, show_default=True)
+@click.option("--max-new-tokens", type=TOKENS, default=30, show_default=True)
 @click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
 def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, scales, temperature, top_p, samples, max_new_tokens,
@@ -156,10 +155,11 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
     from . import Explainer, Sampling, VectorLabelDataset
 
     check_backend_options(backend, remote, dtype, device)
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     data = data.split(split) if split else data
     runner = load_backend(model_name, backend, remote, dtype, device)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
+    explainer = Explainer.from_pretrained(location, model=runner)
     sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     records = explainer.explain(data.vectors, ids=data.ids, scales=scales, sampling=sampling, batch_size=batch_size,
                                 samples=samples, output=output)
@@ -180,9 +180,10 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
     from .evaluation import evaluate_explainer
 
     check_backend_options(backend, remote, dtype, device)
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     runner = load_backend(model_name, backend, remote, dtype, device)
-    explainer = Explainer.from_pretrained(_explainer_dir(explainer_dir), model=runner)
+    explainer = Explainer.from_pretrained(location, model=runner)
     result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
@@ -193,11 +194,13 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
 @click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
 def demo(n_topics, show, explainer_dir):
     """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
+    from . import Explainer
     from .defaults import SMOLLM2_ALIAS
     from .demo import run_demo
 
+    location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     click.echo("Loading SmolLM2-135M-Instruct (offline; the first run converts the GGUF once, ~30 s) ...")
-    run_demo(_explainer_dir(explainer_dir), n_topics, show, echo=click.echo, backend=load_backend(SMOLLM2_ALIAS))
+    run_demo(location, n_topics, show, echo=click.echo, backend=load_backend(SMOLLM2_ALIAS))
 
 
 @cli.command()
@@ -209,7 +212,7 @@ def demo(n_topics, show, explainer_dir):
 @click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
 @click.option("--validation-topics", type=COUNT, default=None, help="topics the sweeps run on [default: 48]")
 @click.option("--test-topics", type=COUNT, default=None, help="held-out topics scored [default: 200]")
-@click.option("--layer", type=NONNEGATIVE, default=None, help="layer the topic vectors are read after")
+@click.option("--layer", type=LAYER, default=None, help="layer the topic vectors are read after")
 @click.option("--plotly-js", type=click.Choice(["directory", "inline", "cdn"]), default=None,
               help="plotly's JavaScript: one plotly.min.js beside the pages (offline), inline in each page, or from "
                    "its CDN [default: directory]")

@@ -26,11 +26,13 @@ import math
 
 import click
 
-from .defaults import DEFAULT_MODEL
+from .defaults import DEFAULT_MODEL, MAX_NEW_TOKENS, MAX_SEED
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "MODEL_HELP", "NONNEGATIVE", "POSITIVE", "REMOTE_VALUES", "FiniteFloat",
-           "backend_options", "check_backend", "check_backend_options", "check_device", "load_backend", "model_option"]
+__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "LAYER", "MAX_COUNT", "MAX_LAYERS", "MODEL_HELP",
+           "NONNEGATIVE", "POSITIVE", "RANK", "REMOTE_VALUES", "SAMPLES", "SEED", "TOKENS", "FiniteFloat", "LayerRange",
+           "backend_options", "check_backend", "check_backend_options", "check_device", "check_layers", "count",
+           "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
 BACKEND_PLUGINS = {"nnsight": "nnsight", "transformer_lens": "transformer-lens"}
@@ -92,10 +94,72 @@ class FiniteFloat(click.ParamType):
         return f"FiniteFloat{self._describe()}"
 
 
-#: counts that must be at least 1 (batch sizes, epochs, samples, limits, ranks, tokens)
-COUNT = click.IntRange(min=1)
-#: integers that may be 0 but not negative (seeds, layers, sizes where 0 means none)
-NONNEGATIVE = click.IntRange(min=0)
+#: `LayerRange`'s and `LAYER`'s bound: past any model's depth, so a layer this large is a typo
+MAX_LAYERS = 65_536
+
+
+class LayerRange(click.ParamType):
+    """`start:stop:step` (three whole numbers, as in Python's `range`): the layers a command reads,
+    given as a `range`. Malformed, empty or zero-step ranges are click's usage error (exit 2)
+    before the command runs; whether `stop` fits the model is `check_layers`'s, once its layer
+    count is known."""
+
+    name = "start:stop:step"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, range):
+            return value
+        parts = str(value).split(":")
+        if len(parts) != 3 or not all(part.strip().isdigit() and part.strip().isascii() for part in parts):
+            self.fail(f"{value!r} is not start:stop:step (three whole numbers, e.g. 0:30:3; every layer from 0 "
+                      "to 29 is 0:30:1).", param, ctx)
+        start, stop, step = (int(part) for part in parts)
+        if step == 0:
+            self.fail(f"{value!r} has step 0; the step is at least 1 (0:30:1 is every layer).", param, ctx)
+        if stop > MAX_LAYERS:
+            self.fail(f"{value!r} stops past layer {MAX_LAYERS:,}; no model has that many layers.", param, ctx)
+        if start >= stop:
+            self.fail(f"{value!r} holds no layer (start must be below stop, e.g. 0:30:3).", param, ctx)
+        return range(start, stop, step)
+
+
+def check_layers(layers: range, n_layers: int | None, option: str = "--layers") -> None:
+    """Refuse layers past the model's last (`n_layers` from its config before loading, or from the
+    loaded model; None: not known yet, checked again later) in one line with the fix."""
+    if n_layers is None or layers[-1] < n_layers:
+        return
+    start = layers.start if layers.start < n_layers else 0
+    raise OptionError(f"{option} {layers.start}:{layers.stop}:{layers.step} reads layer {layers[-1]}, past the model's "
+                      f"last ({n_layers - 1}: it has {n_layers}); give a stop of at most {n_layers}, e.g. "
+                      f"{option} {start}:{n_layers}:{layers.step}.")
+
+
+#: the largest count any option takes: what an int32 holds (C libraries, tensor sizes). Every
+#: integer option is bounded where it is declared: unbounded, `--seed 100000000000000000000` was
+#: torch's overflow RuntimeError and `--samples 10000000000` a list that filled memory
+MAX_COUNT = 2**31 - 1
+
+
+def count(maximum: int = MAX_COUNT, minimum: int = 1) -> click.IntRange:
+    """An integer option's range: at least `minimum` (1 for a count), at most `maximum` (the most
+    the option can use: memory per unit, a model's context, int32)."""
+    return click.IntRange(min=minimum, max=maximum)
+
+
+#: counts that must be at least 1 (batch sizes, epochs, limits, steps, windows)
+COUNT = count()
+#: integers that may be 0 but not negative (sizes where 0 means none)
+NONNEGATIVE = count(minimum=0)
+#: seeds: 0 .. 2**32 - 1 (NumPy's range; torch's takes it)
+SEED = count(MAX_SEED, minimum=0)
+#: a layer index (`MAX_LAYERS` is past any model's depth; the model's own is checked when known)
+LAYER = count(MAX_LAYERS - 1, minimum=0)
+#: tokens in one generation or window (`MAX_NEW_TOKENS`: SmolLM2's context)
+TOKENS = count(MAX_NEW_TOKENS)
+#: samples per vector or label: each is a generation kept in memory with its record
+SAMPLES = count(1000)
+#: LoRA / SVD ranks (AdapterConfig's bound too)
+RANK = count(65_536)
 #: finite floats above 0 (learning rates, LoRA alpha)
 POSITIVE = FiniteFloat(min=0, min_open=True)
 

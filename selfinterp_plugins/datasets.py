@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ArtifactError, LabelError, VectorError
-from .storage.validation import NonNegativeInt, PositiveInt, validate
+from .storage.validation import NonNegativeInt, PositiveInt, unencodable_text, validate
 
 # public: what every vector source returns (hookspecs.register_vector_sources)
 __all__ = ["VectorLabelDataset"]
@@ -63,6 +63,9 @@ class VectorLabelDataset:
         for i, record in enumerate(self.records):
             if "label" not in record or not isinstance(record["label"], str) or not record["label"].strip():
                 raise LabelError(f"Row {i} ({record.get('id', '?')}) has an empty or missing label; fix or drop that row.")
+            if unencodable_text(record["label"]) is not None:  # it would fail in the tokenizer or at save
+                raise LabelError(f"Row {i} ({record.get('id', '?')}) has a label holding a lone surrogate (such as "
+                                 "'\\ud800', half of a pair), which no text encoding can write; fix that row's label.")
             record.setdefault("id", str(i))
         self.meta.setdefault("d_model", int(self.vectors.shape[1]))
 

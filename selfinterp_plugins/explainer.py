@@ -28,7 +28,7 @@ from .storage._files import check_artifact_dir, load_safetensors, read_json
 from .storage._locks import DirectoryLock
 from .storage.validation import NonNegativeInt, PositiveInt, check_finite_tensors, validate
 from .templates import PromptTemplate
-from .vector_spec import MEAN_KEY, VectorSpec, prompt_text
+from .vector_spec import MEAN_KEY, VectorSpec, mean_problem, prompt_text
 
 CONFIG_FILE = "explainer_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -72,7 +72,14 @@ class Explainer:
     def vector_rows(self, vectors) -> torch.Tensor:
         """`vectors` as rows of this explainer's prompts: (N, d_model), or (N, K, d_model) for a prompt
         of K slots; one vector (d_model,) or one row (K, d_model) is a batch of one."""
-        vectors = torch.as_tensor(vectors) if not isinstance(vectors, torch.Tensor) else vectors
+        if not isinstance(vectors, torch.Tensor):
+            try:
+                vectors = torch.as_tensor(vectors)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise VectorError(f"Cannot read a {type(vectors).__name__} as vectors ({str(err).splitlines()[0]:.80}); "
+                                  "pass a float tensor (d_model,) or (N, d_model).") from None
+        if vectors.numel() == 0:
+            raise VectorError(f"Got empty vectors of shape {tuple(vectors.shape)}; pass at least one (d_model,) row.")
         given, k, d = tuple(vectors.shape), self.slots, self.backend.d_model
         if k == 1 and vectors.dim() == 3 and vectors.shape[1] == 1:
             vectors = vectors[:, 0]
@@ -241,10 +248,15 @@ class Explainer:
         for key in ("source", "layer", "site"):
             if key in meta:
                 self.metadata.setdefault(key, meta[key])
-        if meta.get("mean_subtracted") and "mean" in meta:
-            self.metadata[MEAN_KEY] = list(meta["mean"])
+        centred = meta.get("mean_subtracted") and "mean" in meta
         norms = torch.as_tensor(data.vectors).float().norm(dim=-1)
         spec = VectorSpec.from_meta(meta, vector_norm=float(f"{float(norms.median()):.5g}") if len(norms) else None)
+        if centred:
+            problem = mean_problem(meta["mean"], "its meta's 'mean'", data.vectors.shape[-1])
+            if problem:
+                raise ArtifactError(f"The training dataset is centred, but {problem}; rebuild the dataset (its "
+                                    "dataset.json) with the mean its vectors were centred with.")
+            self.metadata[MEAN_KEY] = list(meta["mean"])
         if spec is None:
             return
         self.metadata.setdefault("source", meta.get("source"))
@@ -312,7 +324,6 @@ class Explainer:
         (`"adamkarvonen/checkpoints_latentqa_cls_past_lens_addition_Qwen3-8B"`, with `layer=` and
         `question=`). `format=` names the format when more than one claims a source; `options` go to
         that format's loader."""
-        from .defaults import explainer_location, shipped_explainer_names
         from .explainer_formats import foreign_loader
         from .plugins import backend_for
 
@@ -324,14 +335,7 @@ class Explainer:
             raise OptionError(f"Option(s) {sorted(options)} are for an explainer in another format (a selfie-adapters "
                               "file's template=, mean_vectors=, layer=; an Activation Oracle's layer= and question=); an "
                               "explainer folder records its own settings: leave them out.")
-        directory = explainer_location(directory)
-        if not directory.is_dir():
-            raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
-                                f"or a shipped explainer's name ({', '.join(['shipped', *shipped_explainer_names()])}).")
-        check_artifact_dir(directory)
-        path = directory / CONFIG_FILE
-        raw = read_json(path)
-        config = validate(ConfigFile, raw, str(path), FIX)
+        directory, path, raw, config, spec = _read_saved(directory)
         backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
         if check_model and config.embedding_fingerprint is None:
             raise ModelMismatchError(
@@ -355,13 +359,26 @@ class Explainer:
             raise ArtifactError(f"{weights} does not match its config ({err}); re-save the explainer.") from None
         template = PromptTemplate.from_dict(config.template, source=str(path), prefix="template")
         site = Site.from_dict(config.site, source=str(path), prefix="site")
-        spec = VectorSpec.from_dict(config.vector_spec, path) if config.vector_spec is not None else _legacy_spec(config.metadata)
         explainer = cls(backend, adapter, template, site, config.model_id, config.metadata, spec)
         if config.default_sampling is not None:
             explainer.default_sampling = validate(Sampling, config.default_sampling, str(path), FIX, prefix="default_sampling")
         if config.prompt_ids is not None:
             explainer._use_prompt_ids(config.prompt_ids, path)
         return explainer
+
+    @staticmethod
+    def check_pretrained(directory: str | Path) -> Path:
+        """Every check of a saved explainer that needs no model (where it is, its config's fields,
+        its vector spec and recorded mean against its own width), so that a command refuses a bad
+        explainer before minutes of model loading; returns its directory (a shipped name resolved).
+        `from_pretrained` runs the same checks, then those that need the model. A source in another
+        format (a selfie-adapters file, an Activation Oracle) is returned as given: its loader
+        checks it when it loads."""
+        from .explainer_formats import foreign_loader
+
+        if foreign_loader(directory, None, CONFIG_FILE) is not None:
+            return directory
+        return _read_saved(directory)[0]
 
     def _use_prompt_ids(self, saved, path) -> None:
         """Run the prompt as trained. A tokenizer that only adds or drops a leading BOS
@@ -435,6 +452,27 @@ class ConfigFile:
     library_version: str | None = None
     weights_file: str | None = None
     weights_sha256: str | None = None
+
+
+def _read_saved(directory):
+    """(directory, config path, raw config, ConfigFile, VectorSpec or None) of a saved explainer,
+    after every check that needs no model."""
+    from .defaults import explainer_location, shipped_explainer_names
+
+    directory = explainer_location(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"No explainer directory at {directory}; pass the folder written by save_pretrained(), "
+                            f"or a shipped explainer's name ({', '.join(['shipped', *shipped_explainer_names()])}).")
+    check_artifact_dir(directory)
+    path = directory / CONFIG_FILE
+    raw = read_json(path)
+    config = validate(ConfigFile, raw, str(path), FIX)
+    spec = VectorSpec.from_dict(config.vector_spec, path) if config.vector_spec is not None else _legacy_spec(config.metadata)
+    centred = spec is not None and spec.centring == "mean"
+    problem = centred and mean_problem(config.metadata.get(spec.mean_key), f"metadata[{spec.mean_key!r}]", config.d_model)
+    if problem:
+        raise ArtifactError(f"{path}: {problem}; {FIX}")
+    return directory, path, raw, config, spec
 
 
 def _signature(backend):

@@ -37,7 +37,14 @@ def _job_key(record: dict, path, n: int) -> tuple:
 def check_run_options(scales, samples: int, batch_size: int) -> None:
     """Refuse what would otherwise run and do nothing, or write what a resume cannot match: a NaN
     scale never equals itself, so every resume would label its vectors again."""
-    scales = list(scales)
+    if isinstance(scales, (str, bytes, numbers.Number)) or (isinstance(scales, torch.Tensor) and scales.dim() == 0):
+        raise OptionError(f"scales= takes a sequence of numbers, got the single {scales!r:.40}; pass a tuple, e.g. "
+                          "scales=(1.0,).")
+    try:
+        scales = list(scales)
+    except TypeError:
+        raise OptionError(f"scales= takes a sequence of numbers, got {type(scales).__name__}; pass e.g. "
+                          "scales=(1.0,).") from None
     if not scales:
         raise OptionError("Give at least one scale (e.g. scales=(1.0,)).")
     for scale in scales:

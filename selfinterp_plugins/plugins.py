@@ -167,19 +167,50 @@ def require(module: str, extra: str) -> None:
         raise ImportError(f"{module} is not installed; pip install 'selfinterp-plugins[{extra}]'")
 
 
+def _name_problem(name) -> str | None:
+    """Why `name` cannot be registered, or None. A name is looked up as the word a user types, and
+    every listing sorts the names: one that is not a non-empty string (3, None, a tuple) could never
+    be asked for, and sorting it with the others broke `selfinterp plugins` and every lookup."""
+    if not isinstance(name, str):
+        return f"the name {name!r:.60} is of type {type(name).__name__}, not a string"
+    if not name.strip():
+        return f"the name {name!r} is empty"
+    return None
+
+
 def _collect(hook_name: str, store: dict, key_of) -> None:
     """Call each plugin's `hook_name(register)`; what it registers goes in `store` as (plugin, value).
-    A name already in `store` stays with its first owner and the later plugin is reported."""
+    A name already in `store` stays with its first owner and the later plugin is reported. A
+    registration that cannot be used (a name that is not a string, arguments `key_of` cannot read)
+    is reported against the plugin and skipped; its other registrations still count."""
     for impl in impls_in_registration_order(hook_name):
 
         def register(*args, _plugin=impl.plugin_name):
-            name, value = key_of(*args)
+            try:
+                name, value = key_of(*args)
+            except Exception as err:  # noqa: BLE001 - the plugin passed what this kind cannot hold
+                what = repr(args[0])[:60] if args else "nothing"
+                record_error(_plugin, f"{hook_name}: cannot register {what} ({type(err).__name__}: "
+                                      f"{' '.join(str(err).split())}); not registered")
+                return
+            problem = _name_problem(name)
+            if problem:
+                record_error(_plugin, f"{hook_name}: {problem}; not registered (names are non-empty strings)")
+                return
             if name in store:
                 record_error(_plugin, f"{hook_name}: {name!r} is already registered by {store[name][0]}; kept that one")
                 return
             store[name] = (_plugin, value)
 
         call_hook(hook_name, impl, register=register)
+
+
+def _explainer_entry(name, directory):
+    """(name, directory) of a shipped explainer; a name `explainer_location` could never resolve
+    (a path, `.`, `..`, or the core's alias `shipped`) is refused like any unusable name."""
+    if isinstance(name, str) and (any(sep in name for sep in "/\\") or name in (".", "..", "shipped")):
+        raise ValueError(f"the explainer name {name!r} is a path or the reserved 'shipped', which never resolves to it")
+    return name, Path(directory)
 
 
 def registry() -> Registry:
@@ -194,7 +225,7 @@ def registry() -> Registry:
         _collect("register_scorers", reg.scorers, lambda name, fn: (name, fn))
         _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
         _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
-        _collect("register_explainers", reg.explainers, lambda name, directory: (name, Path(directory)))
+        _collect("register_explainers", reg.explainers, _explainer_entry)
         _collect("register_explainer_formats", reg.explainer_formats,
                  lambda name, recognise, load: (name, (recognise, load)))
         _registry = reg

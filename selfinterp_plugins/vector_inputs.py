@@ -17,7 +17,7 @@ import torch
 
 from .errors import VectorError
 from .sites import Site
-from .vector_spec import VectorSpec
+from .vector_spec import VectorSpec, mean_problem
 
 __all__ = ["prepare_vectors"]
 
@@ -49,11 +49,11 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
     rows = _rows(x)
     _check_site(spec, given_site)
     if spec is not None and spec.centring == "mean":
-        mean = metadata.get(spec.mean_key)
-        if mean is None:
-            raise VectorError(f"The explainer's vector_spec subtracts metadata[{spec.mean_key!r}], which it lacks; "
-                              "re-save the explainer with its mean.")
-        mean = torch.as_tensor(mean, dtype=torch.float32)
+        problem = mean_problem(metadata.get(spec.mean_key), f"metadata[{spec.mean_key!r}]")
+        if problem:
+            raise VectorError(f"The explainer's vector_spec subtracts its mean, but {problem}; re-save the explainer "
+                              "with its mean.")
+        mean = torch.tensor(metadata[spec.mean_key], dtype=torch.float32)
         if mean.shape[-1] != rows.shape[-1]:
             raise VectorError(f"Vectors have width {rows.shape[-1]} but the explainer's mean {mean.shape[-1]}; "
                               "read them from the model the explainer was trained on.")
@@ -88,15 +88,18 @@ def _rows(x) -> torch.Tensor:
     try:
         x = torch.as_tensor(x).detach()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise VectorError(f"Cannot read a {type(x).__name__} as vectors ({err}); pass a tensor (d), (N, d) or "
+        raise VectorError(f"Cannot read a {type(x).__name__} as vectors ({str(err).splitlines()[0]:.80}); pass a tensor (d), (N, d) or "
                           "(N, T, d), a TransformerLens cache entry, or an SAE-Lens SAE.") from None
+    if x.dim() not in (1, 2, 3) or not x.is_floating_point():
+        raise VectorError(f"Vectors must be float (d), (N, d) or (N, T, d), got {x.dtype} of shape "
+                          f"{tuple(x.shape)}; pass the residual stream you captured.")
+    if 0 in x.shape:  # an empty trace: (N, 0, d) has no last position, and no rows would explain nothing
+        raise VectorError(f"Got empty vectors of shape {tuple(x.shape)}; pass at least one vector of the model's width "
+                          "(activations with at least one position).")
     if x.dim() == 1:
         x = x[None]
     elif x.dim() == 3:
         x = x[:, -1]  # the last position: where topic vectors are read (right padding would break it)
-    if x.dim() != 2 or not x.is_floating_point():
-        raise VectorError(f"Vectors must be float (d), (N, d) or (N, T, d), got {x.dtype} of shape "
-                          f"{tuple(x.shape)}; pass the residual stream you captured.")
     return x.float().cpu()
 
 

@@ -10,6 +10,8 @@ tells them apart. So the artifact records the recipe (`VectorSpec`, in `explaine
 
 from __future__ import annotations
 
+import math
+import string
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
@@ -28,10 +30,30 @@ PROMPT_FORMATS, CENTRINGS = get_args(PromptFormat), get_args(Centring)
 #: the metadata key of the mean a centred dataset's vectors had subtracted
 MEAN_KEY = "topic_mean"
 FIX = "re-save the explainer."
+#: the fields `prompt_text` fills in a prompt (both with the title)
+PROMPT_FIELDS = ("title", "topic")
 
 
 class _SpecProblem(ArtifactError):
     """Fields that are each well-typed but do not fit together (`from_dict` adds the file's name)."""
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why `prompt` cannot be filled in by `prompt_text`, or None. Checked when a spec is made or
+    loaded: `str.format` raised KeyError for `{name}`, IndexError for `{0}` and ValueError for a
+    lone brace at the first `vector_prompt`, and a prompt with no field gave every topic one prompt."""
+    try:
+        fields = [(name, spec, conversion) for _text, name, spec, conversion in string.Formatter().parse(prompt)
+                  if name is not None]
+    except ValueError as err:
+        return f"is not a prompt template ({err}; write {{{{ and }}}} for literal braces)"
+    if not fields:
+        return "has no {title} field, so every topic would get the same prompt; put {title} where the topic goes"
+    for name, spec, conversion in fields:
+        if name not in PROMPT_FIELDS or spec or conversion:
+            return (f"names the field {{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}; "
+                    "a prompt fills only {title} (or {topic}), as is; write {{ and }} for literal braces")
+    return None
 
 
 def prompt_text(tokenizer, prompt: str, title: str, prompt_format: str = "chat", tokenize: bool = False):
@@ -73,6 +95,10 @@ class VectorSpec:
         check_fields(self, "VectorSpec", FIX)  # the same rules as a loaded explainer_config.json
         if self.centring == "mean" and not self.mean_key:
             raise _SpecProblem(f"field vector_spec.mean_key is missing (centring is 'mean'); {FIX}")
+        if self.prompt is not None:
+            problem = prompt_problem(self.prompt)
+            if problem:
+                raise _SpecProblem(f"field vector_spec.prompt {problem} (got {self.prompt!r:.60}); {FIX}")
 
     @property
     def layer(self) -> int | None:
@@ -127,3 +153,21 @@ class VectorSpec:
             where += f" of the {form}prompt {self.prompt!r}"
         centre = f", minus metadata[{self.mean_key!r}]" if self.centring == "mean" else ""
         return f"{self.source} vectors: {where}{centre}"
+
+
+
+def mean_problem(mean, where: str, d_model: int | None = None) -> str | None:
+    """Why `mean`, the recorded mean a centred spec subtracts (`where` names it), cannot be
+    subtracted: missing, not a list of finite numbers (a string, a scalar, a nested list) or not
+    `d_model` wide; None if it can. Loading and training check it before any model is needed, so
+    that `prepare_vectors` never meets it as torch's TypeError or a silent broadcast."""
+    if mean is None:
+        return f"{where} is missing (vector_spec.centring is 'mean')"
+    numbers = isinstance(mean, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean)
+    if not numbers or not mean:
+        return f"{where} should be a list of numbers, the mean the vectors were centred with (got {mean!r:.40})"
+    if not all(math.isfinite(v) for v in mean):
+        return f"{where} holds NaN or infinite values"
+    if d_model is not None and len(mean) != d_model:
+        return f"{where} has {len(mean)} values, but the model's width is {d_model}"
+    return None

@@ -123,9 +123,9 @@ def test_plugins_prints_a_table(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["explain", "/nonexistent", "--vectors", "/nonexistent", "--output", "x.jsonl"],
+        ["explain", "shipped", "--vectors", "/nonexistent", "--output", "x.jsonl"],  # the explainer is read first
         ["train", "/nonexistent", "--out", "out"],
-        ["eval", "/nonexistent", "--vectors", "/nonexistent"],
+        ["eval", "shipped", "--vectors", "/nonexistent"],
     ],
     ids=["explain", "train", "eval"],
 )
@@ -327,3 +327,30 @@ def test_vectors_topics_then_train_records_the_vector_spec(capsys, tmp_path):
         ("topic_vectors", "resid_post.1", 1, "Tell me about {title}.", "chat", "mean")
     data = json.loads((tmp_path / "v" / "layer1" / "dataset.json").read_text())
     assert config["metadata"][spec["mean_key"]] == pytest.approx(data["mean"])
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"metadata": {"topic_mean": "abc"}}, "metadata['topic_mean'] should be a list of numbers"),
+    ({"metadata": {"topic_mean": [0.5] * 3}}, "metadata['topic_mean'] has 3 values, but the model's width is 64"),
+    ({"vector_spec": {"source": "topic_vectors", "site": "resid_post.1", "prompt": "About {name}."}},
+     "field vector_spec.prompt names the field {name}"),
+])
+@pytest.mark.parametrize("command", ["explain", "eval"])
+def test_a_bad_explainer_is_refused_before_the_model_loads(capsys, tiny_llama, tmp_path, command, change, why):
+    """`explain` and `eval` loaded the model (minutes for a real one) before reading the explainer,
+    whose broken mean or prompt then failed later, or never. Now its model-free checks come first:
+    with a model that does not exist the error is still the explainer's."""
+    from selfinterp_plugins import Explainer
+
+    path = Explainer.create(*tiny_llama, adapter="scalar_affine", template="echo").save_pretrained(tmp_path / "ex")
+    config = json.loads((path / "explainer_config.json").read_text())
+    config["vector_spec"] = {"source": "topic_vectors", "site": "resid_post.1", "centring": "mean",
+                             "mean_key": "topic_mean"}
+    config.update(change)
+    (path / "explainer_config.json").write_text(json.dumps(config))
+    data = VectorLabelDataset(torch.zeros(2, 64), [{"label": "a", "split": "test"}, {"label": "b", "split": "test"}])
+    data.save(tmp_path / "ds")
+    argv = [command, str(path), "--vectors", str(tmp_path / "ds"), "--model", str(tmp_path / "no-such-model")]
+    code, out, err = run(capsys, *argv, *(["--output", str(tmp_path / "x.jsonl")] if command == "explain" else []))
+    assert code == 2 and "Traceback" not in out + err
+    assert err.startswith(f"Error: {path / 'explainer_config.json'}: ") and why in err and err.count("\n") == 1, err

@@ -19,8 +19,14 @@ from selfinterp_plugins.cli_options import FiniteFloat
 
 from plugin_fakes import run_cli
 
-COUNT = ("0", "-1")                 # integers >= 1
-NONNEG = ("-1",)                    # integers >= 0
+COUNT = ("0", "-1", "2147483648")   # integers in 1 .. 2**31 - 1
+NONNEG = ("-1", "2147483648")       # integers in 0 .. 2**31 - 1
+SEED = ("-1", "4294967296", "100000000000000000000")  # 0 .. 2**32 - 1 (past int64 was torch's overflow)
+LAYER = ("-1", "65536")             # 0 .. 65,535
+TOKENS = ("0", "8193")              # 1 .. 8,192 tokens of one generation or window
+SAMPLES = ("0", "1001", "10000000000")  # 1 .. 1,000 samples (10**10 filled memory)
+RANK = ("0", "65537")               # 1 .. 65,536
+D_SAE = ("0", "1048577")            # 1 .. 2**20 latents
 POSITIVE = ("0", "-1e-3", "nan", "inf")   # finite floats > 0
 NONNEG_F = ("-0.5", "nan", "inf", "-inf")  # finite floats >= 0
 FINITE = ("nan", "inf", "-inf")     # finite floats
@@ -52,32 +58,32 @@ REST = {
 }
 
 RANGES = {
-    "vectors topics": {"--layer": NONNEG, "--limit": COUNT, "--batch-size": COUNT},
-    "train": {"--epochs": COUNT, "--batch-size": COUNT, "--lr": POSITIVE, "--limit": COUNT, "--seed": NONNEG,
+    "vectors topics": {"--layer": LAYER, "--limit": COUNT, "--batch-size": COUNT},
+    "train": {"--epochs": COUNT, "--batch-size": COUNT, "--lr": POSITIVE, "--limit": COUNT, "--seed": SEED,
               "--checkpoint-every": COUNT},
-    "explain": {"--scale": FINITE, "--temperature": NONNEG_F, "--top-p": TOP_P, "--samples": COUNT,
-                "--max-new-tokens": COUNT, "--batch-size": COUNT},
+    "explain": {"--scale": FINITE, "--temperature": NONNEG_F, "--top-p": TOP_P, "--samples": SAMPLES,
+                "--max-new-tokens": TOKENS, "--batch-size": COUNT},
     "eval": {"--limit": COUNT, "--scale": FINITE},
     "demo": {"--n": COUNT, "--show": NONNEG},
-    "report": {"--validation-topics": COUNT, "--test-topics": COUNT, "--layer": NONNEG},
-    "dit extract": {"--rank": COUNT},
-    "dit make-diffs": {"--n-train": NONNEG, "--n-test": NONNEG, "--rank": COUNT, "--questions": COUNT,
-                       "--answer-tokens": COUNT, "--lr": POSITIVE, "--epochs": COUNT, "--questions-per-step": COUNT,
-                       "--group": COUNT, "--seed": NONNEG},
-    "dit train": {"--rank": COUNT, "--alpha": POSITIVE, "--lr": POSITIVE, "--weight-decay": NONNEG_F,
-                  "--epochs": COUNT, "--batch-size": COUNT, "--seed": NONNEG},
+    "report": {"--validation-topics": COUNT, "--test-topics": COUNT, "--layer": LAYER},
+    "dit extract": {"--rank": RANK},
+    "dit make-diffs": {"--n-train": NONNEG, "--n-test": NONNEG, "--rank": RANK, "--questions": COUNT,
+                       "--answer-tokens": TOKENS, "--lr": POSITIVE, "--epochs": COUNT, "--questions-per-step": COUNT,
+                       "--group": COUNT, "--seed": SEED},
+    "dit train": {"--rank": RANK, "--alpha": POSITIVE, "--lr": POSITIVE, "--weight-decay": NONNEG_F,
+                  "--epochs": COUNT, "--batch-size": COUNT, "--seed": SEED},
     "dit eval": {"--limit": COUNT},
-    "lora-explainer make-data": {"--n-train": NONNEG, "--n-test": NONNEG, "--seed": NONNEG},
+    "lora-explainer make-data": {"--n-train": NONNEG, "--n-test": NONNEG, "--seed": SEED},
     # --epochs 0 is documented: the start alone (with --projection ridge, "the ridge start alone")
-    "lora-explainer train": {"--rank": COUNT, "--lr": POSITIVE, "--epochs": NONNEG, "--batch-size": COUNT,
-                             "--limit": COUNT, "--seed": NONNEG},
-    "lora-explainer eval": {"--limit": COUNT, "--max-new-tokens": COUNT},
-    "sae train-sae": {"--context": COUNT, "--d-sae": COUNT, "--k": COUNT, "--tokens": COUNT, "--lr": POSITIVE,
-                      "--seed": NONNEG},
-    "sae weak-labels": {"--context": COUNT, "--windows": COUNT, "--min-share": SHARE, "--seed": NONNEG},
-    "sae import-neuronpedia": {"--seed": NONNEG},
-    "sae label": {"--scale": FINITE, "--batch-size": COUNT, "--max-new-tokens": COUNT},
-    "sae score": {"--samples": COUNT, "--max-new-tokens": COUNT, "--windows": COUNT},
+    "lora-explainer train": {"--rank": RANK, "--lr": POSITIVE, "--epochs": NONNEG, "--batch-size": COUNT,
+                             "--limit": COUNT, "--seed": SEED},
+    "lora-explainer eval": {"--limit": COUNT, "--max-new-tokens": TOKENS},
+    "sae train-sae": {"--context": TOKENS, "--d-sae": D_SAE, "--k": D_SAE, "--tokens": COUNT, "--lr": POSITIVE,
+                      "--seed": SEED},
+    "sae weak-labels": {"--context": TOKENS, "--windows": COUNT, "--min-share": SHARE, "--seed": SEED},
+    "sae import-neuronpedia": {"--seed": SEED},
+    "sae label": {"--scale": FINITE, "--batch-size": COUNT, "--max-new-tokens": TOKENS},
+    "sae score": {"--samples": SAMPLES, "--max-new-tokens": TOKENS, "--windows": COUNT},
     "sae demo": {"--n": COUNT},
 }
 
@@ -131,12 +137,13 @@ def test_out_of_range_value_is_a_usage_error(capsys, tmp_path, command, option, 
 
 
 def test_every_numeric_option_is_listed():
-    """Each INT/FLOAT option of every command is ranged (IntRange with a bound, or FiniteFloat) and
-    has a row in RANGES; each row names an option that exists."""
+    """Each INT/FLOAT option of every command is ranged (IntRange with both bounds: an integer
+    without a maximum reached torch as an overflow or filled memory; or FiniteFloat) and has a row
+    in RANGES; each row names an option that exists."""
     found = _numeric_options()
     unranged = [(name, option) for name, options in found.items() for option, kind in options.items()
                 if not isinstance(kind, (click.IntRange, FiniteFloat))
-                or (isinstance(kind, click.IntRange) and kind.min is None and kind.max is None)]
+                or (isinstance(kind, click.IntRange) and (kind.min is None or kind.max is None))]
     assert unranged == []
     listed = {(c, o) for c, options in RANGES.items() for o in options}
     assert {(c, o) for c, options in found.items() for o in options} == listed

@@ -132,3 +132,41 @@ def test_corrupt_meta_file(tmp_path):
     (path / META_FILE).write_text("{oops")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         VectorLabelDataset.load(path)
+
+
+def _labels_file(tmp_path, text: str):
+    path = make(n=2).save(tmp_path / "ds")
+    (path / META_FILE).unlink()  # no commit record: labels.jsonl is read as written here
+    (path / LABELS_FILE).write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_lone_surrogate_in_labels_jsonl_is_refused_naming_the_line(tmp_path):
+    """`"\\ud800"` in labels.jsonl decoded to a str holding a lone surrogate: the dataset loaded,
+    then training failed in the tokenizer (TypeError) and a save in the writer (UnicodeEncodeError)."""
+    path = _labels_file(tmp_path, '{"label": "ok"}\n{"label": "bad \\ud800 label"}\n')
+    with pytest.raises(ArtifactError) as caught:
+        VectorLabelDataset.load(path)
+    assert str(caught.value) == (
+        f"{path / LABELS_FILE}:2 holds a lone surrogate in the string 'bad \\\\ud800 label' (an escape such as \\ud800 "
+        "without its pair, which no text encoding can write); fix that escape (a pair such as \\ud83d\\ude00 is one "
+        "character) or re-save the file.")
+
+
+def test_a_surrogate_pair_is_one_character_and_loads(tmp_path):
+    path = _labels_file(tmp_path, '{"label": "smile \\ud83d\\ude00"}\n{"label": "\\\\ud800 is text here"}\n')
+    assert VectorLabelDataset.load(path).labels == ["smile 😀", "\\ud800 is text here"]
+
+
+def test_a_label_with_a_lone_surrogate_is_refused_in_python():
+    with pytest.raises(LabelError, match=r"^Row 1 \(b\) has a label holding a lone surrogate"):
+        VectorLabelDataset(torch.zeros(2, 4), [{"id": "a", "label": "fine"}, {"id": "b", "label": "x\ud800"}])
+
+
+def test_labels_holding_line_separators_survive_a_save(tmp_path):
+    """U+2028, U+2029 and U+0085 are kept raw in labels.jsonl (JSON allows them in strings), and
+    the reader split lines at them too (`str.splitlines`): a dataset saved with such a label could
+    not be loaded back ('labels.jsonl:1 is not valid JSON')."""
+    labels = ["a\u2028b", "c\u2029d", "e\x85f", "g\x1ch"]
+    path = VectorLabelDataset(torch.zeros(4, 4), [{"label": label} for label in labels]).save(tmp_path / "ds")
+    assert VectorLabelDataset.load(path).labels == labels

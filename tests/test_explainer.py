@@ -175,6 +175,27 @@ def test_a_repeated_scale_is_refused(explainer, tmp_path, scales):
     output = tmp_path / "labels.jsonl"
     with pytest.raises(OptionError, match=r"given more than once; give each scale once"):
         explainer.explain(_vectors(2), scales=scales, sampling=FAST, progress=False, output=output)
+
+
+@pytest.mark.parametrize("vectors", [torch.zeros(0, 64), torch.zeros(0), torch.zeros(2, 0, 64), "abc", None,
+                                     {"a": 1}, [[1.0], [1.0, 2.0]]],
+                         ids=["no rows", "zero width", "(N, 0, d)", "str", "None", "dict", "ragged list"])
+def test_explain_refuses_empty_or_non_tensor_vectors(explainer, tmp_path, vectors):
+    """No rows returned no labels (silent success, an empty output); a str, None or a dict was
+    torch's TypeError or RuntimeError. Now one line each, before the output file exists."""
+    output = tmp_path / "labels.jsonl"
+    with pytest.raises(VectorError) as info:
+        explainer.explain(vectors, sampling=FAST, progress=False, output=output)
+    assert "\n" not in str(info.value) and not output.exists()
+
+
+@pytest.mark.parametrize("scales", [1.0, 2, "1.0", None, torch.tensor(1.0)])
+def test_explain_refuses_a_scale_that_is_not_a_sequence(explainer, tmp_path, scales):
+    """scales=1.0 was `TypeError: 'float' object is not iterable`; "1.0" was read as the scales
+    '1', '.', '0'."""
+    output = tmp_path / "labels.jsonl"
+    with pytest.raises(OptionError, match=r"scales= takes a sequence of numbers.*scales=\(1\.0,\)"):
+        explainer.explain(_vectors(1), scales=scales, sampling=FAST, progress=False, output=output)
     assert not output.exists()
 
 

@@ -248,3 +248,47 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
     with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, tiny-features\)\.$"):
         Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)
+
+
+def test_a_name_that_is_not_a_string_is_that_plugins_error(monkeypatch, capsys, tmp_path):
+    """`register(3, dir)` through `register_explainers` (or a non-string name of any kind) used to
+    be stored, and sorting the names with the others (`selfinterp plugins`, every lookup's list)
+    raised TypeError. Each unusable registration is now the plugin's reported error, skipped; its
+    good registrations and every other plugin still count."""
+    from selfinterp_plugins.defaults import explainer_location, shipped_explainer_names
+
+    from plugin_fakes import run_cli
+
+    good = tmp_path / "good"
+
+    def register_explainers(register):
+        register(3, tmp_path / "three")
+        register(None, tmp_path / "none")
+        register("", tmp_path / "empty")
+        register("a/b", tmp_path / "path")
+        register("late", 5)  # a directory that is not a path
+        register("good", good)
+
+    def register_scorers(register):
+        register(("tuple",), lambda records, dataset: {})
+
+    plugin = module("bad_names", register_explainers=register_explainers, register_scorers=register_scorers)
+    install_entry_points(monkeypatch, FakeEntryPoint("bad_names", lambda: plugin))
+    plugins.reset()
+    assert shipped_explainer_names() == ["good", "smollm2-topics"]
+    assert explainer_location("good") == good
+    assert "exact_match" in plugins.registry().scorers and ("tuple",) not in plugins.registry().scorers
+    errors = [e["error"] for e in plugins.plugin_errors()]
+    assert errors == [
+        "register_scorers: the name ('tuple',) is of type tuple, not a string; not registered (names are non-empty strings)",
+        "register_explainers: the name 3 is of type int, not a string; not registered (names are non-empty strings)",
+        "register_explainers: the name None is of type NoneType, not a string; not registered (names are non-empty strings)",
+        "register_explainers: the name '' is empty; not registered (names are non-empty strings)",
+        "register_explainers: cannot register 'a/b' (ValueError: the explainer name 'a/b' is a path or the reserved "
+        "'shipped', which never resolves to it); not registered",
+        "register_explainers: cannot register 'late' (TypeError: expected str, bytes or os.PathLike object, not int); "
+        "not registered",
+    ]
+    code, out, err = run_cli(capsys, "plugins")
+    assert code == 0 and "Traceback" not in out + err
+    assert "shipped explainers  good, smollm2-topics" in out and "bad_names: register_explainers: the name 3" in out

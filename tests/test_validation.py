@@ -455,3 +455,14 @@ def test_neuronpedia_gzip_csv_and_depth_failures_are_artifact_errors(tmp_path):
     with pytest.raises(ArtifactError, match="nests JSON deeper"):
         neuronpedia.read_explanations(deep)
 
+
+
+
+def test_a_lone_surrogate_in_an_explainer_config_is_refused_by_the_reader(tiny_llama, saved, tmp_path):
+    """Every JSON file is checked for lone surrogates as it is read, so a `str` field that pydantic
+    would let through unconstrained is covered too (here the template's, which its length bound
+    already refused: this pins where the check runs, it was not a defect)."""
+    directory = tampered(saved, tmp_path, lambda c: c["template"].update({"prompt": "What is \ud800 <empty_output>?"}))
+    with pytest.raises(ArtifactError, match=r"explainer_config\.json holds a lone surrogate in the string "
+                                            r"'What is \\\\ud800 <empty_output>\?'"):
+        load(tiny_llama, directory)

@@ -215,3 +215,93 @@ def test_an_sae_features_argument_that_is_not_latent_indices_is_one_line(tiny_ll
             explainer.prepare_vectors(FakeSAE(), features=features)
     torch.testing.assert_close(explainer.prepare_vectors(FakeSAE(), features=torch.tensor([3, 0])),
                                FakeSAE.W_dec[[3, 0]])
+
+
+@pytest.mark.parametrize(("prompt", "why"), [
+    ("Tell me about {name}.", "names the field {name}; a prompt fills only {title} (or {topic})"),
+    ("Tell me about {0}.", "names the field {0};"),
+    ("Tell me about {}.", "names the field {};"),
+    ("Tell me about {title.upper}.", "names the field {title.upper};"),
+    ("Tell me about {title[0]}.", "names the field {title[0]};"),
+    ("Tell me about {title!r}.", "names the field {title!r};"),
+    ("Tell me about {title:>9}.", "names the field {title:>9};"),
+    ("Tell me about {title", "is not a prompt template (expected '}' before end of string;"),
+    ("Tell me about } {title}", "is not a prompt template (Single '}' encountered in format string;"),
+    ("Tell me about it.", "has no {title} field, so every topic would get the same prompt"),
+])
+def test_a_prompt_naming_another_field_is_refused_at_load(prompt, why):
+    """A saved vector_spec.prompt of `Tell me about {name}.` loaded, then `vector_prompt` raised
+    KeyError ({0}: IndexError, a lone brace: ValueError); one without a field gave every topic the
+    same prompt. Now the load is one line naming the file and the field."""
+    data = {"source": "topic_vectors", "site": "resid_post.1", "prompt": prompt}
+    with pytest.raises(ArtifactError) as caught:
+        VectorSpec.from_dict(data, "c.json")
+    message = str(caught.value)
+    assert message.startswith("c.json: field vector_spec.prompt ") and why in message, message
+    assert message.endswith("re-save the explainer.") and "\n" not in message
+
+
+@pytest.mark.parametrize("prompt", ["Tell me about {topic}.", "{title}", "{{literal}} braces around {title}"])
+def test_a_prompt_of_title_or_topic_fields_is_kept(prompt, tokenizer):
+    spec = VectorSpec.from_dict({"source": "topic_vectors", "site": "resid_post.1", "prompt": prompt}, "c.json")
+    assert spec.prompt == prompt
+    from selfinterp_plugins.vector_spec import prompt_text
+
+    assert prompt_text(tokenizer, prompt, "volcano", "raw") == prompt.replace("{topic}", "volcano").replace(
+        "{title}", "volcano").replace("{{", "{").replace("}}", "}")
+
+
+BAD_MEANS = [("abc", "should be a list of numbers"), (5, "should be a list of numbers"),
+             ([[0.5] * 64], "should be a list of numbers"), ([True] * 64, "should be a list of numbers"),
+             ([], "should be a list of numbers"), ([0.5] * 63, "has 63 values, but the model's width is 64"),
+             ([float("nan")] * 64, "holds NaN or infinite values"), (None, "is missing")]
+
+
+@pytest.mark.parametrize(("mean", "why"), BAD_MEANS)
+def test_a_topic_mean_that_is_not_a_vector_of_the_models_width_is_refused_before_the_model(trained, tiny_llama,
+                                                                                           tmp_path, mean, why):
+    """A centred explainer whose metadata.topic_mean is a string, a scalar, a nested list or
+    another width loaded; `prepare_vectors` then raised torch's TypeError or IndexError, or (a
+    (1, d) list) broadcast silently. Now the load refuses it, checked against the config's own
+    d_model, so `check_pretrained` (what the commands run before loading a model) refuses it too."""
+    copy = trained[0].save_pretrained(tmp_path / "copy")  # not trained[3]: an earlier test rewrites its config
+    config = json.loads((copy / CONFIG_FILE).read_text())
+    assert config["vector_spec"]["centring"] == "mean"
+    config["metadata"]["topic_mean"] = mean
+    if mean is None:
+        del config["metadata"]["topic_mean"]
+    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    want = rf"^{copy / CONFIG_FILE}: metadata\['topic_mean'\] .*; re-save the explainer \(save_pretrained\) or re-download it\.$"
+    with pytest.raises(ArtifactError, match=want) as caught:
+        Explainer.from_pretrained(copy, model=tiny_llama[0], tokenizer=tiny_llama[1])
+    assert why in str(caught.value)
+    with pytest.raises(ArtifactError, match=want):
+        Explainer.check_pretrained(copy)
+
+
+@pytest.mark.parametrize(("mean", "why"), BAD_MEANS[:-1])
+def test_prepare_vectors_refuses_a_mean_changed_after_loading(trained, mean, why):
+    explainer = trained[1]
+    saved = explainer.metadata["topic_mean"]
+    explainer.metadata["topic_mean"] = mean
+    try:
+        if "width" in why:  # a mean of another width than the vectors: the vectors' message
+            why = "Vectors have width 64 but the explainer's mean 63"
+        with pytest.raises(VectorError) as caught:
+            explainer.prepare_vectors(torch.randn(2, 64))
+        assert why in str(caught.value)
+    finally:
+        explainer.metadata["topic_mean"] = saved
+
+
+@pytest.mark.parametrize("mean", ["abc", 5, [0.5] * 63, [[0.5] * 64]])
+def test_training_refuses_a_centred_dataset_whose_mean_is_not_a_vector(tiny_llama, mean):
+    """Training copied a dataset meta's `mean` with `list(...)`: an int raised TypeError, a string
+    became a list of characters saved as the explainer's mean."""
+    from selfinterp_plugins import VectorLabelDataset
+
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in "abcd"],
+                              {"source": "topics", "site": "resid_post.1", "mean_subtracted": True, "mean": mean})
+    explainer = Explainer.create(*tiny_llama, adapter="scalar_affine", template="echo")
+    with pytest.raises(ArtifactError, match=r"^The training dataset is centred, but its meta's 'mean' (should be|has 63)"):
+        explainer.train(data, config=TrainConfig(epochs=1, batch_size=4, max_steps=1), progress=False)

@@ -21,6 +21,9 @@ from selfinterp_plugins.cli_options import (
     DEFAULT_MODEL,
     NONNEGATIVE,
     POSITIVE,
+    RANK,
+    SEED,
+    TOKENS,
     FiniteFloat,
     load_backend,
     model_option,
@@ -63,7 +66,7 @@ def register(cli):
                   help="the base model (alias, hub id or local path); required with --adapter, "
                        "default smollm2-135m-instruct with --finetuned")
     @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
-    @click.option("--rank", type=COUNT, default=None, help="rank to keep (truncated SVD; adapter factors exactly by QR; default: as is, exact)")
+    @click.option("--rank", type=RANK, default=None, help="rank to keep (truncated SVD; adapter factors exactly by QR; default: as is, exact)")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def extract(adapter, base_name, finetuned, rank, out):
         """Write a weight diff as a PEFT LoRA adapter and report each module's kept energy."""
@@ -93,18 +96,18 @@ def register(cli):
     @model_option()
     @click.option("--n-train", type=NONNEGATIVE, default=200, show_default=True, help="diffs on train-split topics")
     @click.option("--n-test", type=NONNEGATIVE, default=40, show_default=True, help="held-out diffs on test-split topics")
-    @click.option("--rank", type=COUNT, default=1, show_default=True)
+    @click.option("--rank", type=RANK, default=1, show_default=True)
     @click.option("--full-finetune", is_flag=True, help="full fine-tunes, one at a time, compressed to --rank by SVD")
     @click.option("--questions", "n_questions", type=COUNT, default=QUESTIONS, show_default=True,
                   help="questions per diff, each in the three forms (reference: 270)")
-    @click.option("--answer-tokens", type=COUNT, default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
+    @click.option("--answer-tokens", type=TOKENS, default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
     @click.option("--lr", type=POSITIVE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
     @click.option("--epochs", type=COUNT, default=EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--questions-per-step", type=COUNT, default=QUESTIONS_PER_STEP, show_default=True,
                   help="questions (x3 forms) per Adam step (reference: 2)")
     @click.option("--group", "diffs_per_group", type=COUNT, default=16, show_default=True,
                   help="diffs trained side by side (memory grows with it: 16 diffs x 3 forms peaked at 10 GB on SmolLM2)")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
     def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_questions, answer_tokens, lr,
                    epochs, questions_per_step, diffs_per_group, seed, out):
@@ -164,14 +167,14 @@ def register(cli):
     @dit.command("train")
     @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
     @model_option()
-    @click.option("--rank", type=COUNT, default=16, show_default=True)
+    @click.option("--rank", type=RANK, default=16, show_default=True)
     @click.option("--alpha", type=POSITIVE, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
     @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
     @click.option("--lr", type=POSITIVE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
     @click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True)
     @click.option("--epochs", type=COUNT, default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--batch-size", type=COUNT, default=8, show_default=True)
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
     def train(diffs_dir, model_name, rank, alpha, init, lr, weight_decay, epochs, batch_size, seed, out):
         """Train a DIT adapter on the diffs of the train split (the reference's adapter and optimiser)."""

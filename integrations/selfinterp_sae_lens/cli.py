@@ -20,14 +20,21 @@ import click
 from selfinterp_plugins.cli_options import (
     COUNT,
     MODEL_HELP,
-    NONNEGATIVE,
     POSITIVE,
+    SAMPLES,
+    SEED,
+    TOKENS,
     FiniteFloat,
+    count,
     load_backend,
     model_option,
 )
 from selfinterp_plugins.errors import VectorError
 from selfinterp_plugins.storage import write_text_atomic
+
+#: SAE widths (and TopK's k): 2**20 latents, the widest SAE-Lens releases; one float32 encoder and
+#: decoder of that width over a 2,304-wide model is already ~19 GB
+D_SAE = count(2**20)
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -129,12 +136,12 @@ def register(cli):
     @model_option()
     @click.option("--site", default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
-    @click.option("--context", type=COUNT, default=64, show_default=True, help="tokens per window")
-    @click.option("--d-sae", type=COUNT, default=4608, show_default=True)
-    @click.option("--k", type=COUNT, default=32, show_default=True, help="active latents per token (TopK)")
+    @click.option("--context", type=TOKENS, default=64, show_default=True, help="tokens per window")
+    @click.option("--d-sae", type=D_SAE, default=4608, show_default=True)
+    @click.option("--k", type=D_SAE, default=32, show_default=True, help="active latents per token (TopK)")
     @click.option("--tokens", type=COUNT, default=400_000, show_default=True, help="training tokens")
     @click.option("--lr", type=POSITIVE, default=3e-4, show_default=True)
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def train_sae_cmd(model_name, site, corpus, context, d_sae, k, tokens, lr, seed, out):
         """Train an SAE on the model's activations with SAE-Lens's SAETrainer; saved with save_inference_model."""
@@ -151,11 +158,11 @@ def register(cli):
     @click.argument("sae_dir", type=click.Path())
     @model_option()
     @click.option("--corpus", default="shakespeare", show_default=True)
-    @click.option("--context", type=COUNT, default=64, show_default=True)
+    @click.option("--context", type=TOKENS, default=64, show_default=True)
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True, help="corpus windows streamed")
     @click.option("--min-share", type=FiniteFloat(min=0, max=1), default=0.5, show_default=True,
                   help="share of top activations the dominant word needs")
-    @click.option("--seed", type=NONNEGATIVE, default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
+    @click.option("--seed", type=SEED, default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def weak_labels_cmd(sae_dir, model_name, corpus, context, n_windows, min_share, seed, out):
         """Label latents by their dominant top-activating word; write a dataset split by latent."""
@@ -175,7 +182,7 @@ def register(cli):
     @sae_options
     @click.option("--model-id", default=None, help="keep only rows of this Neuronpedia modelId")
     @click.option("--np-sae-id", default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False))
     def import_neuronpedia(explanations, sae_dir, release, sae_id, model_id, np_sae_id, seed, out):
         """A Neuronpedia export -> a VectorLabelDataset (train / validation / test by latent)."""
@@ -211,7 +218,7 @@ def register(cli):
     @model_option()
     @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
     @click.option("--batch-size", type=COUNT, default=64, show_default=True)
-    @click.option("--max-new-tokens", type=COUNT, default=30, show_default=True)
+    @click.option("--max-new-tokens", type=TOKENS, default=30, show_default=True)
     @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
     @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
                   help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
@@ -239,7 +246,8 @@ def register(cli):
 
         indices, sae_obj = parse_features(features), _sae(sae_dir, release, sae_id)  # user errors before the model loads
         indices = feature_indices(sae_obj, indices)  # a latent past the SAE's width too
-        explainer = Explainer.from_pretrained(explainer_dir, model=load_backend(model_name))
+        location = Explainer.check_pretrained(explainer_dir)
+        explainer = Explainer.from_pretrained(location, model=load_backend(model_name))
         with warnings.catch_warnings():  # the export's count of empty labels is said in the JSON line instead
             warnings.filterwarnings("ignore", message=".*labels are empty and left out")
             records = label_features(explainer, sae_obj, indices, output, scales, Sampling(max_new_tokens=max_new_tokens),
@@ -258,8 +266,8 @@ def register(cli):
     @model_option(f"subject model (and default writer / judge): {MODEL_HELP}")
     @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
     @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
-    @click.option("--samples", type=COUNT, default=10, show_default=True, help="conversations per label (generation)")
-    @click.option("--max-new-tokens", type=COUNT, default=100, show_default=True, help="length limit of each conversation (generation)")
+    @click.option("--samples", type=SAMPLES, default=10, show_default=True, help="conversations per label (generation)")
+    @click.option("--max-new-tokens", type=TOKENS, default=100, show_default=True, help="length limit of each conversation (generation)")
     @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True)
     @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")

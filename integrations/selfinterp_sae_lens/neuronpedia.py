@@ -68,7 +68,8 @@ def _rows(path: Path) -> list[dict]:
     if kind == "csv":
         return _csv_rows(text, path)
     if kind == "jsonl":
-        return [parse_json(line, f"{path} line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        # lines end at "\n" only (splitlines() also cuts at U+2028, which a JSON string may hold raw)
+        return [parse_json(line, f"{path} line {n}") for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if kind == "json":
         data = parse_json(text, path)
         if isinstance(data, dict):

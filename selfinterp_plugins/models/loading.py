@@ -171,6 +171,33 @@ def load_model(
     return _finish(model), tokenizer
 
 
+def layer_count(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> int | None:
+    """How many layers the model has, read from its config alone (no weights), or None where the
+    config is not at hand without loading the model (a bundled model not converted yet, a hub id
+    outside the local cache). Lets a command refuse a layer the model lacks before minutes of
+    loading; the caller checks again on the loaded model when this is None."""
+    from transformers import AutoConfig
+
+    from . import gemma_offline
+
+    if _is_smollm2(name_or_path):
+        source = _smollm2_cache_dir(cache_dir)
+    elif gemma_offline.is_gemma(name_or_path):
+        source = Path(cache_dir) if cache_dir else default_cache_root() / gemma_offline.GEMMA_ALIAS
+    else:
+        source = Path(os.path.expanduser(name_or_path))
+        source = source if source.is_dir() else name_or_path
+    if isinstance(source, Path) and not (source / "config.json").is_file():
+        return None
+    try:
+        config = AutoConfig.from_pretrained(str(source), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not readable without loading: the loaded model is checked instead
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    return count if isinstance(count, int) and count > 0 else None
+
+
 def hub_id(name_or_path: str) -> str:
     """The hub id `name_or_path` stands for: a bundled model's alias becomes its hub id, the name a
     service that loads models from the hub (NDIF) knows it by; anything else is returned as is."""

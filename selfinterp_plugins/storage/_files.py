@@ -38,7 +38,14 @@ import torch
 
 from ..errors import ArtifactError, OutputError, OutputLockedError
 from ._paths import open_for_write
-from .validation import MAX_INFLATED_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_JSONL_BYTES, json_depth_ok
+from .validation import (
+    MAX_INFLATED_BYTES,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSONL_BYTES,
+    json_depth_ok,
+    unencodable_text,
+)
 
 # public: plugins write their artifacts (checkpoints, label files, diffs) with the same guarantees as
 # the core's: no pickle, atomic files, resumable JSONL, bounded readers, an ArtifactError (reading) or
@@ -305,9 +312,28 @@ def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, max_inflated: 
     return data
 
 
-def parse_json(text: str, source, max_depth: int = MAX_JSON_DEPTH):
-    """JSON text parsed, or an ArtifactError naming `source`: malformed, or nested deeper than
-    `max_depth` (Python's parser recurses; 100k levels would end in RecursionError)."""
+#: the only way valid UTF-8 JSON can hold a lone surrogate: a `\ud800`-`\udfff` escape
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_text(data, text: str, source) -> None:
+    """Refuse parsed JSON holding a string no encoding can write (a lone surrogate: the escape
+    `\ud800` without its pair), naming `source`; such a label or prompt loaded, then failed as a
+    tokenizer's TypeError or a writer's UnicodeEncodeError. Only text with such an escape is walked."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    bad = unencodable_text(data)
+    if bad is not None:
+        shown = bad.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise ArtifactError(f"{source} holds a lone surrogate in the string {shown[:60]!r} (an escape such as \\ud800 "
+                            "without its pair, which no text encoding can write); fix that escape (a pair such as "
+                            "\\ud83d\\ude00 is one character) or re-save the file.")
+
+
+def parse_json(text: str, source, max_depth: int = MAX_JSON_DEPTH, *, text_check: bool = True):
+    """JSON text parsed, or an ArtifactError naming `source`: malformed, nested deeper than
+    `max_depth` (Python's parser recurses; 100k levels would end in RecursionError), or (unless
+    `text_check=False`, for a caller that checks itself) holding a string no encoding can write."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -319,6 +345,8 @@ def parse_json(text: str, source, max_depth: int = MAX_JSON_DEPTH):
     if too_deep:
         raise ArtifactError(f"{source} nests JSON deeper than {max_depth} levels; no file of this library does: "
                             "re-save or re-download it.")
+    if text_check:
+        check_text(data, text, source)
     return data
 
 
@@ -345,18 +373,21 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False, max_bytes: in
     path = Path(path)
     records = []
     try:
-        lines = read_bytes(path, max_bytes).decode("utf-8").splitlines()
+        # "\n" only: splitlines() also cuts at U+2028, U+0085 ..., which JSON strings may hold
+        # raw (our writers keep them, ensure_ascii=False), so such a label made its line invalid
+        lines = read_bytes(path, max_bytes).decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise ArtifactError(f"{path} is not UTF-8 text ({err}); re-save or re-download it.") from None
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = parse_json(line, f"{path}:{n}")
+            record = parse_json(line, f"{path}:{n}", text_check=False)
         except ArtifactError:
             if tolerate_torn_tail and n == len(lines):
                 break
             raise ArtifactError(f"{path}:{n} is not valid JSON (or nests too deep); fix or delete that line.") from None
+        check_text(record, line, f"{path}:{n}")
         if not isinstance(record, dict):
             raise ArtifactError(f"{path}:{n} should be a JSON object; fix or delete that line.")
         records.append(record)

@@ -37,7 +37,7 @@ from ..errors import ArtifactError, SelfInterpError
 
 __all__ = ["LossValue", "MAX_INFLATED_BYTES", "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_JSONL_BYTES", "MAX_TEXT_CHARS",
            "Name", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Text", "between",
-           "check_fields", "check_finite_tensors", "length", "validate"]
+           "check_fields", "check_finite_tensors", "length", "unencodable_text", "validate"]
 
 #: a JSON config file larger than this is refused before it is read (the largest real one, an
 #: explainer config with a 64k-wide topic mean in its metadata, is ~1.5 MB)
@@ -63,13 +63,34 @@ def length(min_length: int | None = None, max_length: int | None = None):
     return Field(min_length=min_length, max_length=max_length)
 
 
+def unencodable_text(value) -> str | None:
+    """The first string in a parsed JSON value (keys included) that no encoding can write, or None.
+    JSON's `\\ud800` escape decodes to a lone surrogate, half of a UTF-16 pair: Python holds it,
+    but encoding it (a tokenizer, a file write) fails, far from the file that held it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 #: a recorded loss: NaN / infinity are facts of a diverged run, kept as they were written
 LossValue = Annotated[float, Field(allow_inf_nan=True)]
-#: prompt or template text, bounded (see MAX_TEXT_CHARS)
+#: prompt or template text, bounded (see MAX_TEXT_CHARS); a constrained str also refuses a lone
+#: surrogate (pydantic's "unable to parse raw data as a unicode string"), a plain `str` field does not
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 #: a non-empty, bounded name (a kind, a module, a token)
 Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]

@@ -19,6 +19,11 @@ from selfinterp_plugins.cli_options import (
     MODEL_HELP,
     NONNEGATIVE,
     POSITIVE,
+    RANK,
+    SEED,
+    TOKENS,
+    LayerRange,
+    check_layers,
     load_backend,
     model_option,
 )
@@ -65,32 +70,27 @@ def _data(task: str, path, split: str):
 MAKE_DATA_FLAGS = {"task": "--task", "n_train": "--n-train", "n_test": "--n-test", "layers": "--layers", "seed": "--seed"}
 
 
-def parse_layers(layers: str) -> list[int]:
-    """`start:stop:step` as the layers it names; a spec naming none (or not of that form) is one line."""
-    from selfinterp_plugins.errors import OptionError
-
-    try:
-        start, stop, step = (int(x) for x in layers.split(":"))
-        chosen = list(range(start, stop, step))
-    except ValueError:
-        chosen = []
-    if not chosen or min(chosen) < 0:
-        raise OptionError(f"--layers takes start:stop:step naming at least one layer >= 0 (e.g. 0:30:3), got {layers!r}.")
-    return chosen
-
-
-def _make_data(task, backend, n_train, n_test, layers, seed, out):
-    """The rows of each split not yet written. A split's rows are all computed before its file is
-    written, whole and atomically, so a kill leaves the file complete or absent (an earlier
-    version's leftover `<split>.partial` was appended to, doubling its rows, and is discarded). A
-    split file beside its `<split>.jsonl.run.json` is kept only for the same task, model, dtype,
-    row count, layers and seed; other settings are refused in one line."""
+def _make_data(task, model_name, n_train, n_test, layers: range, seed, out):
+    """The rows of each split not yet written. `--layers` is checked against the model's depth
+    from its config first (no weights read), then on the loaded model where no config was at hand.
+    A split's rows are all computed before its file is written, whole and atomically, so a kill
+    leaves the file complete or absent (an earlier version's leftover `<split>.partial` was
+    appended to, doubling its rows, and is discarded). A split file beside its
+    `<split>.jsonl.run.json` is kept only for the same task, model, dtype, row count, layers and
+    seed; other settings are refused in one line."""
+    from selfinterp_plugins.models import layer_count
     from selfinterp_plugins.storage import check_output_run, model_dtype
     from selfinterp_plugins.topics import load_topics
 
     from . import act_patch_task, input_ablation_task
 
-    chosen = parse_layers(layers) if task == "activation_patching" else None
+    patching = task == "activation_patching"
+    chosen = list(layers) if patching else None
+    if patching:
+        check_layers(layers, layer_count(model_name))
+    backend = load_backend(model_name)
+    if patching:
+        check_layers(layers, backend.n_layers)
     for split, n in (("train", n_train), ("test", n_test)):
         path = out / f"{split}.jsonl"
         run = {"task": task, "model_fingerprint": backend.fingerprint(), "model_dtype": model_dtype(backend),
@@ -102,7 +102,7 @@ def _make_data(task, backend, n_train, n_test, layers, seed, out):
         with output_errors(path):
             path.with_suffix(".partial").unlink(missing_ok=True)
         topics = [t for t in load_topics() if t["split"] == split]
-        if task == "activation_patching":
+        if patching:
             pairs = act_patch_task.counterfactual_pairs(topics, n, seed=seed)
             rows = act_patch_task.patching_rows(backend, pairs, chosen, seed=seed, progress=True)
         else:
@@ -122,16 +122,15 @@ def register(cli):
     @model_option(f"the subject model: {MODEL_HELP}")
     @click.option("--n-train", type=NONNEGATIVE, default=600, show_default=True)
     @click.option("--n-test", type=NONNEGATIVE, default=150, show_default=True)
-    @click.option("--layers", default="0:30:3", show_default=True, help="patched layers, start:stop:step (activation patching)")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--layers", type=LayerRange(), default="0:30:3", show_default=True,
+                  help="patched layers, start:stop:step (activation patching)")
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
         out = Path(out)
-        if task == "activation_patching":
-            parse_layers(layers)  # a bad --layers is one line before the model loads
         with DirectoryLock(out):  # one writer: a second make-data into the same --out fails at once
-            _make_data(task, load_backend(model_name), n_train, n_test, layers, seed, out)
+            _make_data(task, model_name, n_train, n_test, layers, seed, out)
 
     @lora_explainer.command()
     @click.option("--task", type=click.Choice(TASKS), required=True)
@@ -139,7 +138,7 @@ def register(cli):
     @model_option(f"the explainer model: {MODEL_HELP}")
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
-    @click.option("--rank", type=COUNT, default=None, help="LoRA rank (reference: 128)")
+    @click.option("--rank", type=RANK, default=None, help="LoRA rank (reference: 128)")
     @click.option("--lr", type=POSITIVE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
     @click.option("--epochs", type=NONNEGATIVE, default=None,
                   help="default: the reference's (10 / 20 / 30); 0 saves the start (with --projection ridge: the ridge start alone)")
@@ -152,7 +151,7 @@ def register(cli):
     @click.option("--limit", type=COUNT, default=None, help="first N training examples only")
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
-    @click.option("--seed", type=NONNEGATIVE, default=0, show_default=True)
+    @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
     def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
               projection, seed, out):
@@ -184,7 +183,7 @@ def register(cli):
     @click.option("--split", default="test", show_default=True)
     @model_option()
     @click.option("--limit", type=COUNT, default=None)
-    @click.option("--max-new-tokens", type=COUNT, default=None, help="answer length limit (default: the explainer's)")
+    @click.option("--max-new-tokens", type=TOKENS, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")

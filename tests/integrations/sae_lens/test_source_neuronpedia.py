@@ -181,3 +181,15 @@ def test_an_export_reads_back_through_the_librarys_reader(tmp_path):
         assert not (tmp_path / name).exists()
     with pytest.raises(LabelError, match="Every one of the 2 labels is empty"):
         write_explanations(records[1:3], tmp_path / "none.json", "tiny", "1-res-test", "selfinterp:test")
+
+
+def test_a_lone_surrogate_in_an_explanation_is_refused_and_a_line_separator_kept(tmp_path):
+    """A JSONL export's description holding `\\ud800` loaded (then failed when tokenised or written);
+    one holding a raw U+2028 was cut in two by `splitlines` ('line 1 is not valid JSON')."""
+    row = {"modelId": "m", "layer": "s", "index": 3, "description": "a\u2028b"}
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert [e.description for e in read_explanations(path)] == ["a\u2028b"]
+    path.write_text(json.dumps({**row, "description": "x\ud800"}) + "\n")
+    with pytest.raises(ArtifactError, match=r"e\.jsonl line 1 holds a lone surrogate"):
+        read_explanations(path)

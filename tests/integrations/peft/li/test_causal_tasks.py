@@ -123,3 +123,18 @@ def test_published_schema_rows_load(tmp_path):
     row = read_task_rows(tmp_path / "hint.json", input_ablation_task.check_row)[0]
     assert input_ablation_task.target_text(row) == "The most likely output would change to <<<Answer: C>>>."
     assert input_ablation_task.explainer_messages(row)[1]["content"].endswith("If the hint were removed how would the assistant answer change?")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[{"input_tokens": ["\\ud800"]}]', r"rows\.json holds a lone surrogate in the string '\\\\ud800'"),
+    ('{"rows": []}', r"rows\.json should hold a JSON list of rows"),
+    ("[1, 2", r"rows\.json is not valid JSON"),
+])
+def test_a_json_rows_file_is_read_like_every_json_file(tmp_path, text, message):
+    """The .json form of the task rows was `json.loads(read_text())`: unbounded, a lone surrogate
+    loaded (to fail in the tokenizer), a dict's keys were checked as rows, a torn file was a
+    JSONDecodeError traceback."""
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(ArtifactError, match=message):
+        read_task_rows(path, act_patch_task.check_row)

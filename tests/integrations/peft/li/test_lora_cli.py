@@ -77,5 +77,66 @@ def test_make_data_never_appends_to_a_leftover_and_resumes_only_the_same_setting
     line = refused(capsys, *flags[:-1], "0:4:1", "--out", str(killed))
     assert "layers=[0, 1, 2], this run asks [0, 1, 2, 3]" in line and "--layers" in line, line
     assert (killed / "train.jsonl").read_text() == want
-    for bad in ("0:3", "3:1:1", "0:3:0", "a:b:c"):
-        assert "--layers takes start:stop:step" in refused(capsys, *flags[:-1], bad, "--out", str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize(("layers", "why"), [
+    ("0:30", "'0:30' is not start:stop:step (three whole numbers, e.g. 0:30:3; every layer from 0 to 29 is 0:30:1)."),
+    ("a:b:c", "'a:b:c' is not start:stop:step"),
+    ("0:2:0", "'0:2:0' has step 0; the step is at least 1 (0:30:1 is every layer)."),
+    ("-1:2:1", "'-1:2:1' is not start:stop:step"),
+    ("3:3:1", "'3:3:1' holds no layer (start must be below stop, e.g. 0:30:3)."),
+    ("0:99999999999999999999:1", "'0:99999999999999999999:1' stops past layer 65,536"),
+    ("", "'' is not start:stop:step"),
+])
+def test_make_data_refuses_malformed_layers_before_the_model_loads(tmp_path, capsys, layers, why):
+    """`--layers 0:30` was a ValueError traceback (three names unpacked from two parts), `a:b:c`
+    another, and `0:2:0` range()'s ValueError after the model had loaded. Now click's usage error,
+    before the command runs: the model named here does not exist, and nothing is written."""
+    from cli_models import refused
+
+    line = refused(capsys, "lora-explainer", "make-data", "--task", "activation_patching", "--model",
+                   str(tmp_path / "no-model"), "--layers", layers, "--out", str(tmp_path / "out"))
+    assert line.startswith(f"Error: Invalid value for '--layers': {why}"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def four_layers(tmp_path_factory):
+    model, tok = tiny_model("llama", seed=3, initializer_range=0.2, num_hidden_layers=4)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_layers_past_the_model_are_refused_from_its_config_without_loading_it(tmp_path, capsys, monkeypatch, four_layers):
+    """The default 0:30:3 on a 4-layer model loaded it, then failed at the first patch past layer 3
+    (BackendError after the work of every earlier batch). The config says 4 layers: refused before
+    any weight is read."""
+    import selfinterp_plugins.models as models
+
+    from cli_models import refused
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    line = refused(capsys, "lora-explainer", "make-data", "--task", "activation_patching", "--model", four_layers,
+                   "--out", str(tmp_path / "out"))
+    assert line == ("Error: --layers 0:30:3 reads layer 27, past the model's last (3: it has 4); give a stop of at "
+                    "most 4, e.g. --layers 0:4:3.")
+    assert not list(tmp_path.rglob("*.jsonl"))  # nothing written
+
+
+def test_layers_past_the_model_are_refused_once_loaded_when_its_config_is_not_at_hand(tmp_path, capsys, monkeypatch,
+                                                                                      four_layers):
+    import selfinterp_plugins.models as models
+
+    from cli_models import refused
+
+    monkeypatch.setattr(models, "layer_count", lambda name: None)  # a hub id outside the local cache
+    line = refused(capsys, "lora-explainer", "make-data", "--task", "activation_patching", "--model", four_layers,
+                   "--layers", "2:6:2", "--out", str(tmp_path / "out"))
+    assert line == ("Error: --layers 2:6:2 reads layer 4, past the model's last (3: it has 4); give a stop of at most "
+                    "4, e.g. --layers 2:4:2.")
+    assert not list(tmp_path.rglob("*.jsonl"))  # nothing written
