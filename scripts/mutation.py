@@ -45,7 +45,7 @@ MODULES: dict[str, list[str]] = {
     "selfinterp_plugins/backends/hf.py": ["tests/backends/test_hf.py", "tests/backends/test_conformance.py"],
     "selfinterp_plugins/explaining.py": ["tests/test_explaining.py", "tests/test_explainer.py"],
     "selfinterp_plugins/training.py": ["tests/test_training.py", "tests/reference/test_reference_pepper.py"],
-    "selfinterp_plugins/evaluation/scoring.py": ["tests/evaluation/test_scoring.py"],
+    "selfinterp_plugins/evaluation/scoring.py": ["tests/evaluation/test_evaluation_scoring.py"],
     "selfinterp_plugins/storage/_files.py": ["tests/storage/test_files.py", "tests/test_serialization.py",
                                              "tests/reliability/test_atomic_writes.py"],
     "selfinterp_plugins/storage/_commits.py": ["tests/storage/test_commits.py", "tests/test_serialization.py",
