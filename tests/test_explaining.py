@@ -134,3 +134,12 @@ def test_check_run_options_refuses_what_would_do_nothing_or_never_resume(scales,
 
 def test_check_run_options_accepts_whole_numbers_and_finite_scales():
     check_run_options(iter([0.5, 2, torch.tensor(3.0)]), 1, 1)
+
+
+def test_a_record_without_sample_is_sample_0(tiny_llama, tmp_path):
+    """Outputs of earlier versions hold no `sample`: their records resume as sample 0."""
+    out = tmp_path / "old.jsonl"
+    out.write_text(json.dumps({"id": "0", "scale": 1.0, "label": "old", "text": "old"}) + "\n")
+    explainer, calls = fake_explainer(tiny_llama)
+    records = explainer.explain(vectors(1, explainer.backend.d_model), output=out, progress=False)
+    assert calls == [] and [r["label"] for r in records] == ["old"]
