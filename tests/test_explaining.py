@@ -143,3 +143,13 @@ def test_a_record_without_sample_is_sample_0(tiny_llama, tmp_path):
     explainer, calls = fake_explainer(tiny_llama)
     records = explainer.explain(vectors(1, explainer.backend.d_model), output=out, progress=False)
     assert calls == [] and [r["label"] for r in records] == ["old"]
+
+
+def test_a_resume_matches_records_by_their_sample(tiny_llama, tmp_path):
+    out = tmp_path / "labels.jsonl"
+    out.write_text(json.dumps({"id": "0", "scale": 1.0, "sample": 1, "label": "second", "text": "t"}) + "\n")
+    explainer, calls = fake_explainer(tiny_llama)
+    records = explainer.explain(vectors(1, explainer.backend.d_model), samples=2, batch_size=1,
+                                sampling=Sampling(temperature=0.5), output=out, progress=False)
+    assert calls == [([1], [1], 0, 0.5)]  # only sample 0 (the first batch) is generated
+    assert [(r["sample"], r["label"]) for r in records] == [(0, "v1s1@0"), (1, "second")]
