@@ -227,3 +227,56 @@ def test_to_dict_from_dict_round_trip(tok, name):
 def test_from_dict_incomplete():
     with pytest.raises(TemplateError, match="field placeholder is missing"):
         PromptTemplate.from_dict({"prompt": "x <PH>"})
+
+
+# ---- chat markup of each family, and of a template of no known family (fake tokenizers) ----------
+
+
+class _ChatTokenizer:
+    """What user_turn and end_of_turn read of a tokenizer: its chat template (a marker for the
+    family) and its rendering, here a made-up format with '[/turn]' closing each turn."""
+
+    def __init__(self, chat_template, bos_token="<s>", eos_token="</s>", system=False, closing="[/turn]"):
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        self.system, self.closing = system, closing
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        head = "[turn system]be brief[/turn]" if self.system else ""
+        body = "".join(f"[turn {m['role']}]{m['content']}{self.closing}" for m in messages)
+        return head + body + ("[turn assistant]" if add_generation_prompt else "")
+
+
+@pytest.mark.parametrize("marker, expected", [
+    ("<|start_header_id|>", "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("<|im_start|>", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+    ("<start_of_turn>", "<s><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"),
+])
+def test_user_turn_writes_each_known_family_out_with_no_system_turn(marker, expected):
+    from selfinterp_plugins.templates import user_turn
+
+    assert user_turn(_ChatTokenizer(f"... {marker} ...", system=True), "hi") == expected
+    assert user_turn(_ChatTokenizer(f"{marker}", bos_token=None), "hi") == expected.replace("<s>", "")
+
+
+def test_user_turn_of_another_family_is_its_own_rendering_and_a_system_turn_is_refused():
+    from selfinterp_plugins.errors import TemplateError
+    from selfinterp_plugins.templates import user_turn
+
+    assert user_turn(_ChatTokenizer("{% custom %}"), "hi") == "[turn user]hi[/turn][turn assistant]"
+    with pytest.raises(TemplateError) as err:
+        user_turn(_ChatTokenizer("{% custom %}", system=True), "hi")
+    assert str(err.value) == ("This tokenizer's chat template adds a system turn, which the paper's prompt does not have; "
+                              "write the prompt out: PromptTemplate(prompt='<your chat markup with {placeholder}>', "
+                              "placeholder=...).")
+    with pytest.raises(TemplateError) as err:
+        user_turn(_ChatTokenizer(None), "hi")
+    assert str(err.value) == ("This tokenizer has no chat template; use PromptTemplate.echo(tokenizer) or pass your own "
+                              "prompt string.")
+
+
+def test_end_of_turn_is_the_first_word_after_the_assistants_text_or_else_eos():
+    assert end_of_turn(_ChatTokenizer("{% custom %}")) == "[/turn]"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="  <eot> more\n")) == "<eot>"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="")) == "</s>"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="", eos_token=None)) == ""
