@@ -70,7 +70,7 @@ def test_check_site_names_the_last_layer_and_what_a_site_is():
 
 
 def _batch():
-    ids = torch.tensor([[0, 1, 2, 3], [0, 1, 3, 2]])
+    ids = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 1]])
     mask = torch.zeros(2, 4, dtype=torch.bool)
     mask[:, 2] = True
     return ids, torch.zeros(2, V), mask, torch.tensor([[3], [3]]), torch.tensor([[1], [0]])
@@ -88,8 +88,8 @@ def test_loss_clamps_each_token_at_100_by_default_and_runs_the_whole_batch_once(
 
 @pytest.mark.parametrize("prefix_len, start", [(1, 1), (2, 2), (3, 0), (4, 0), (0, 0)])
 def test_a_shared_prefix_runs_once_and_is_reused_unless_it_is_injected_or_the_whole_row(prefix_len, start):
-    """Rows share ids 0, 1; position 2 carries the injection: prefixes of 1 or 2 tokens are reused,
-    one reaching the injection (3) or the whole row (4) is not."""
+    """Rows share ids 0, 1, 2; position 2 carries the injection: prefixes of 1 or 2 tokens are reused,
+    one reaching the injection (3) or past the shared ids (4) is not."""
     backend = FakeBackend()
     ids, soft, mask, positions, gold = _batch()
     logits = backend.logits(ids, soft, mask, Site(), positions, prefix_len=prefix_len)
@@ -101,3 +101,20 @@ def test_a_shared_prefix_runs_once_and_is_reused_unless_it_is_injected_or_the_wh
         assert torch.equal(backend.calls[1][1]["ids"], ids[:, :start])  # the prefix's cache, expanded to both rows
     else:
         assert backend.calls == [(ids.tolist(), None, False)]
+
+
+def test_a_prefix_as_long_as_the_rows_is_not_reused():
+    """Identical rows, nothing injected: a prefix of every token would leave nothing to run."""
+    backend = FakeBackend()
+    ids = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    logits = backend.logits(ids, torch.zeros(2, V), mask, Site(), torch.tensor([[3], [3]]), prefix_len=4)
+    assert torch.equal(logits, 500.0 * torch.nn.functional.one_hot(ids[:, 3:4], V).float())
+    assert backend.calls == [(ids.tolist(), None, False)]
+
+
+def test_loss_reuses_the_shared_prefix_it_is_given():
+    backend = FakeBackend()
+    ids, soft, mask, positions, gold = _batch()
+    assert float(backend.loss(ids, soft, mask, Site(), positions, gold, prefix_len=2)) == pytest.approx(100.0)
+    assert [call[0] for call in backend.calls] == [[[0, 1]], ids[:, 2:].tolist()]
