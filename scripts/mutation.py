@@ -1,4 +1,4 @@
-"""Mutation testing of the core's method and storage modules (mutmut 3; not run in CI).
+"""Mutation testing of the core's method and storage modules and the plugins' method modules (mutmut 3; not run in CI).
 
 Each module is mutated alone and its mutants are run against the tests that cover it (the file
 mirroring it plus the others that exercise it, `MODULES` below), not the whole suite: a module
@@ -54,6 +54,19 @@ MODULES: dict[str, list[str]] = {
     "selfinterp_plugins/storage/_manifests.py": ["tests/storage/test_manifests.py", "tests/test_training.py"],
     "selfinterp_plugins/storage/_paths.py": ["tests/storage/test_paths.py", "tests/test_validation.py"],
     "selfinterp_plugins/storage/validation.py": ["tests/test_validation.py"],
+    # the plugins' method modules (scratch layout: see `layout`)
+    "integrations/selfinterp_peft/diff_training.py": ["tests/integrations/peft/test_dit.py",
+                                                      "tests/integrations/peft/test_dit_runs.py"],
+    "integrations/selfinterp_peft/batched.py": ["tests/integrations/peft/test_batched.py",
+                                                "tests/integrations/peft/test_dit.py",
+                                                "tests/integrations/peft/test_peft_variants.py"],
+    "integrations/selfinterp_peft/dit.py": ["tests/integrations/peft/test_dit.py", "tests/integrations/peft/test_dit_runs.py",
+                                            "tests/integrations/peft/test_dit_cli.py"],
+    "integrations/selfinterp_peft/li/explainer.py": ["tests/integrations/peft/li/test_lora_explainer.py",
+                                                     "tests/integrations/peft/li/test_lora_runs.py",
+                                                     "tests/integrations/peft/li/test_lora_tasks.py"],
+    "integrations/selfinterp_peft/li/causal_targets.py": ["tests/integrations/peft/li/test_causal_tasks.py"],
+    "integrations/selfinterp_sae_lens/generation_scoring.py": ["tests/integrations/sae_lens/test_scoring.py"],
 }
 
 #: mutmut's exit codes (mutmut/stats.py) folded into the columns docs/testing.md reports
@@ -61,13 +74,27 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           -24: "timeout", 152: "timeout", 255: "timeout"}
 
 
+def layout(module: str) -> tuple[str, str]:
+    """(the package, the module's path inside the scratch directory). A plugin's package is linked at
+    the scratch's top (integrations/selfinterp_peft -> selfinterp_peft): mutmut names a mutant after
+    the module's path, and its trampoline activates only where that name is the module's import name
+    (selfinterp_peft.dit, not integrations.selfinterp_peft.dit); mutmut's mutants/ then precedes
+    PYTHONPATH's integrations/ on sys.path, so the tests import the mutated copy."""
+    if module.startswith("integrations/"):
+        inner = module.removeprefix("integrations/")
+        return inner.split("/")[0], inner
+    return "selfinterp_plugins", module
+
+
 def mutmut_section(module: str, tests: list[str]) -> str:
     """The [tool.mutmut] table of one module's scratch pyproject.toml."""
     existing = [t for t in tests if (ROOT / t).exists()]
+    package, inner = layout(module)
+    sources = ["selfinterp_plugins"] + ([package] if package != "selfinterp_plugins" else [])
     return "\n".join([
         "", "[tool.mutmut]",
-        'source_paths = ["selfinterp_plugins"]',
-        f"only_mutate = [{json.dumps(module)}]",
+        f"source_paths = {json.dumps(sources)}",
+        f"only_mutate = [{json.dumps(inner)}]",
         f"pytest_add_cli_args_test_selection = {json.dumps(existing)}",
         'pytest_add_cli_args = ["-m", "not real_model and not slow", "-p", "no:cacheprovider"]',
         'also_copy = ["docs", "examples"]',
@@ -80,12 +107,15 @@ def scratch_for(module: str, base: Path) -> Path:
     """A fresh directory where mutmut can run on `module` alone: links to the sources (mutmut copies
     them into its own mutants/ before mutating, so nothing here is written through) and a
     pyproject.toml whose [tool.mutmut] names the module and its tests."""
-    work = base / module.removeprefix("selfinterp_plugins/").removesuffix(".py").replace("/", ".")
+    package, inner = layout(module)
+    work = base / inner.removeprefix("selfinterp_plugins/").removesuffix(".py").replace("/", ".")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     for name in ("selfinterp_plugins", "tests", "docs", "examples"):
         (work / name).symlink_to(ROOT / name)
+    if package != "selfinterp_plugins":
+        (work / package).symlink_to(ROOT / "integrations" / package)
     pyproject = (ROOT / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(pyproject + mutmut_section(module, MODULES[module]))
     return work
@@ -93,7 +123,7 @@ def scratch_for(module: str, base: Path) -> Path:
 
 def read_results(work: Path, module: str) -> dict[str, int]:
     """mutant name -> mutmut exit code, from the .meta file mutmut keeps beside the mutated module."""
-    meta = work / "mutants" / (module + ".meta")
+    meta = work / "mutants" / (layout(module)[1] + ".meta")
     if not meta.exists():
         return {}
     return json.loads(meta.read_text())["exit_code_by_key"]
