@@ -225,7 +225,8 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
     lengths = [len(explainer.template.target_ids(explainer.backend.tokenizer, label)) for label in data.labels] \
         if config.bucket_by_length else [0] * len(data)
     bar = tqdm(total=total, initial=step, disable=not progress, desc="train", unit="step")
-    started = time.time()
+    # the time of the steps before a resume comes from the checkpoint, which must carry it
+    prior_seconds, started = history.get("seconds", 0.0), time.time()
     batches, batches_epoch = [], None
     try:
         while step < total:
@@ -258,13 +259,14 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
                     log.write(json.dumps(record) + "\n")
                     log.flush()
             if ckpt and (step % config.checkpoint_every == 0 or end_of_epoch):
+                history["seconds"] = prior_seconds + time.time() - started
                 _save_checkpoint(ckpt, adapter, optimizer, named, step, history, run)
     finally:
         bar.close()
         if log:
             with output_errors(log.name):
                 log.close()
-    history["seconds"] = history.get("seconds", 0.0) + time.time() - started
+    history["seconds"] = prior_seconds + time.time() - started
     history["steps"] = step
     adapter.eval()
     return history

@@ -20,6 +20,7 @@ from selfinterp_plugins.adapters import (
     check_vectors,
     make_adapter,
     normalize,
+    ridge_fit,
 )
 from selfinterp_plugins.errors import ArtifactError, UnknownNameError, UnsupportedInitError, VectorError
 from selfinterp_plugins.storage._files import load_safetensors, save_safetensors
@@ -424,3 +425,74 @@ def test_wrong_size_message_names_both_sizes():
     with pytest.raises(VectorError) as info:
         check_vectors(torch.randn(2, 10), D)
     assert "10" in str(info.value) and str(D) in str(info.value)
+
+
+# ---- written out by hand (mutation survivors of adapters.py) --------------------------------
+
+
+def test_ridge_fit_is_the_penalised_least_squares_with_an_unpenalised_bias():
+    """min ‖XW + b − T‖² + ridge‖W‖², solved here from the normal equations of the augmented
+    system [X 1]: (AᵀA + diag(ridge, …, ridge, 0)) θ = AᵀT (no centring), against ridge_fit."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) + 2.0
+    t = torch.randn(40, 3, generator=g, dtype=torch.float64) * 3 + 7.0  # far from zero mean: the bias matters
+    ridge = 5.0
+    a = torch.cat([x, torch.ones(40, 1, dtype=torch.float64)], dim=1)
+    penalty = torch.diag(torch.tensor([ridge] * 5 + [0.0], dtype=torch.float64))
+    theta = torch.linalg.solve(a.T @ a + penalty, a.T @ t)
+    w, b = ridge_fit(x.float(), t.float(), ridge)
+    assert w.dtype == b.dtype == torch.float64
+    torch.testing.assert_close(w, theta[:5], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(b, theta[5], rtol=1e-6, atol=1e-6)
+
+
+def test_normalize_of_a_tiny_vector_uses_plus_eps():
+    """x / (‖x‖ + 1e-8): a vector of norm 1e-8 comes out at norm 1/2, not divided by zero."""
+    torch.testing.assert_close(normalize(torch.tensor([[1e-8, 0.0]])), torch.tensor([[0.5, 0.0]]))
+
+
+def test_raw_vector_is_scale_times_the_vector_as_it_is():
+    adapter = RawVector(AdapterConfig("raw", 2))
+    x = torch.tensor([[3.0, 4.0], [1.0, -2.0]])
+    assert torch.equal(adapter(x), x)
+    assert torch.equal(adapter(x, scale=3.0), torch.tensor([[9.0, 12.0], [3.0, -6.0]]))
+    assert torch.equal(adapter(x, scale=torch.tensor([2.0, -1.0])), torch.tensor([[6.0, 8.0], [-1.0, 2.0]]))
+
+
+def test_forward_reads_vectors_in_the_adapters_dtype_and_the_scale_too():
+    """float64 vectors into a float32 adapter come out float32; into a float64 adapter, the scale
+    0.1 is applied in float64 (as float32 it would be off by 1.5e-9)."""
+    adapter = perturbed(build("full_rank"))
+    x = torch.randn(3, D, dtype=torch.float64)
+    assert adapter(x).dtype == torch.float32
+    adapter = adapter.double()
+    p = dict(adapter.named_parameters())
+    x_hat = x / (x.norm(dim=-1, keepdim=True) + 1e-8)
+    torch.testing.assert_close(adapter(x, scale=0.1), (0.1 * x_hat) @ p["weight"].T + p["bias"], rtol=0, atol=1e-13)
+
+
+def test_make_adapter_looks_the_kind_up_in_the_registry_it_is_given():
+    class Doubler(RawVector):
+        kind = "doubler_not_registered_anywhere"
+
+    adapter = make_adapter(AdapterConfig(Doubler.kind, D), registry={Doubler.kind: Doubler})
+    assert type(adapter) is Doubler
+
+
+def test_messages_of_refused_vectors_and_of_a_kind_without_math():
+    cases = [
+        (torch.tensor(1.0), "Got a scalar where vectors were expected; pass shape (d_model,) or (N, d_model)."),
+        (torch.ones(2, D, dtype=torch.int64), "Vectors must be floating point, got torch.int64; convert them with .float()."),
+        (torch.randn(2, 10), f"Vector size 10 does not match the model's d_model {D}; pass vectors read from this model "
+                             "(same layer width)."),
+        (torch.full((1, D), float("nan")), "Vectors contain NaN or infinite values; drop or repair those rows before "
+                                           "explaining."),
+        ((1.0, 2.0), "Vectors must be a torch.Tensor, got tuple; wrap them with torch.as_tensor(...)."),
+    ]
+    for bad, message in cases:
+        with pytest.raises(VectorError) as info:
+            check_vectors(bad, D)
+        assert str(info.value) == message
+    with pytest.raises(NotImplementedError) as info:
+        Adapter.math({}, torch.ones(1, D))
+    assert str(info.value) == "An adapter kind must define math(params, x, scale) as a staticmethod."

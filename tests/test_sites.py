@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfinterp_plugins.errors import BackendError
+from selfinterp_plugins.errors import ArtifactError, BackendError
 from selfinterp_plugins.sites import Site, inject
 
 
@@ -168,3 +168,59 @@ def test_a_zero_vector_adds_nothing():
     hidden, soft, mask = _case(7)
     out = inject(hidden, soft * 0, mask, Site("resid_post", 0, "add_normmatched", 1.0))
     assert torch.equal(out, hidden)
+
+
+# ---- what a user reads when a site is wrong (each message names the fix) ---------------------
+
+SITES_HINT = ("the sites are 'embed', 'resid_pre.K' and 'resid_post.K' (K = 0 .. n_layers-1), or TransformerLens' "
+              "'hook_embed', 'blocks.K.hook_resid_pre' and 'blocks.K.hook_resid_post'.")
+INSIDE_A_BLOCK = " (a soft token or vector lives in the residual stream between blocks, not inside one)"
+
+
+@pytest.mark.parametrize("spec, hint", [("blocks.3.hook_attn_out", INSIDE_A_BLOCK), ("mlp_out.2", INSIDE_A_BLOCK),
+                                        ("layer3", "")])
+def test_parse_message_says_which_sites_exist_and_why_one_inside_a_block_is_not_one(spec, hint):
+    with pytest.raises(BackendError) as err:
+        Site.parse(spec)
+    assert str(err.value) == f"Cannot read site {spec!r}{hint}; {SITES_HINT}"
+
+
+def test_parse_of_a_non_string_names_its_type():
+    with pytest.raises(BackendError) as err:
+        Site.parse(3)
+    assert str(err.value) == "A site is a name such as 'embed' or 'resid_post.10' (or a Site), not int 3; pass one."
+
+
+def test_constructor_messages_name_the_field_and_the_fix():
+    with pytest.raises(BackendError) as err:
+        Site("attn_out", 1)
+    assert str(err.value) == ("Site: field kind should be 'embed', 'resid_pre' or 'resid_post' (got 'attn_out'); use a "
+                              "kind of ('embed', 'resid_pre', 'resid_post'), a layer >= 0, a mode of ('replace', "
+                              "'add_normmatched') and a finite coef.")
+    with pytest.raises(BackendError) as err:
+        Site("resid_pre", None)
+    assert str(err.value) == "Site resid_pre needs a layer index >= 0, e.g. 'resid_pre.10'."
+
+
+def test_parse_keeps_coef_for_every_spelling():
+    for spec in ("embed", "resid_pre.2", "blocks.2.hook_resid_post"):
+        assert Site.parse(spec, mode="add_normmatched", coef=0.25).coef == 0.25
+
+
+def test_from_dict_ignores_unknown_keys_and_names_file_and_field_in_its_message():
+    assert Site.from_dict({"kind": "resid_pre", "layer": 1, "written_by": "v9"}) == Site("resid_pre", 1)
+    with pytest.raises(ArtifactError) as err:
+        Site.from_dict({"kind": "resid_pre", "layer": -2})
+    assert str(err.value) == "Site config: field layer should be greater than or equal to 0 (got -2); re-save the explainer."
+    with pytest.raises(ArtifactError) as err:
+        Site.from_dict({"kind": "resid_pre", "layer": -2}, source="explainer_config.json", prefix="adapter.site")
+    assert str(err.value) == ("explainer_config.json: field adapter.site.layer should be greater than or equal to 0 "
+                              "(got -2); re-save the explainer.")
+
+
+def test_add_normmatched_direction_of_a_tiny_soft_token():
+    """v̂ = v / (‖v‖ + 1e-8): a soft token of norm 1e-8 gives a direction of norm 1/2, worked by hand."""
+    hidden = torch.tensor([[[3.0, 4.0]]])  # ‖h‖ = 5
+    soft = torch.tensor([[1e-8, 0.0]])
+    out = inject(hidden, soft, torch.ones(1, 1, dtype=torch.bool), Site("resid_pre", 0, "add_normmatched", 1.0))
+    torch.testing.assert_close(out, torch.tensor([[[3.0 + 5 * 0.5, 4.0]]]))

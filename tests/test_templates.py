@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from selfinterp_plugins.errors import LabelError, TemplateError
 from selfinterp_plugins.templates import PromptTemplate, default_placeholder, end_of_turn
@@ -274,3 +275,201 @@ def test_oracle_template_fields_are_refused_in_one_line(tokenizer, field, value,
     fields = {"layer": 1, "question": "What?", "positions": 1, field: value}
     with pytest.raises(TemplateError, match=match):
         PromptTemplate.activation_oracle(tokenizer, **fields)
+
+
+# ---- chat markup of each family, and of a template of no known family (fake tokenizers) ----------
+
+
+class _ChatTokenizer:
+    """What user_turn and end_of_turn read of a tokenizer: its chat template (a marker for the
+    family) and its rendering, here a made-up format with '[/turn]' closing each turn."""
+
+    def __init__(self, chat_template, bos_token="<s>", eos_token="</s>", system=False, closing="[/turn]"):
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        self.system, self.closing = system, closing
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        head = "[turn system]be brief[/turn]" if self.system else ""
+        body = "".join(f"[turn {m['role']}]{m['content']}{self.closing}" for m in messages)
+        return head + body + ("[turn assistant]" if add_generation_prompt else "")
+
+
+@pytest.mark.parametrize("marker, expected", [
+    ("<|start_header_id|>", "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>"
+                            "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ("<|im_start|>", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+    ("<start_of_turn>", "<s><start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"),
+])
+def test_user_turn_writes_each_known_family_out_with_no_system_turn(marker, expected):
+    from selfinterp_plugins.templates import user_turn
+
+    assert user_turn(_ChatTokenizer(f"... {marker} ...", system=True), "hi") == expected
+    assert user_turn(_ChatTokenizer(f"{marker}", bos_token=None), "hi") == expected.replace("<s>", "")
+
+
+def test_user_turn_of_another_family_is_its_own_rendering_and_a_system_turn_is_refused():
+    from selfinterp_plugins.errors import TemplateError
+    from selfinterp_plugins.templates import user_turn
+
+    assert user_turn(_ChatTokenizer("{% custom %}"), "hi") == "[turn user]hi[/turn][turn assistant]"
+    with pytest.raises(TemplateError) as err:
+        user_turn(_ChatTokenizer("{% custom %}", system=True), "hi")
+    assert str(err.value) == ("This tokenizer's chat template adds a system turn, which the paper's prompt does not have; "
+                              "write the prompt out: PromptTemplate(prompt='<your chat markup with {placeholder}>', "
+                              "placeholder=...).")
+    with pytest.raises(TemplateError) as err:
+        user_turn(_ChatTokenizer(None), "hi")
+    assert str(err.value) == ("This tokenizer has no chat template; use PromptTemplate.echo(tokenizer) or pass your own "
+                              "prompt string.")
+
+
+def test_end_of_turn_is_the_first_word_after_the_assistants_text_or_else_eos():
+    assert end_of_turn(_ChatTokenizer("{% custom %}")) == "[/turn]"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="  <eot> more\n")) == "<eot>"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="")) == "</s>"
+    assert end_of_turn(_ChatTokenizer("{% custom %}", closing="", eos_token=None)) == ""
+
+
+# ---- BOS handling, refusals word for word, each builder's fields (mutation survivors) ----------
+
+BOS = "<|im_start|>"  # the shared tokenizer's BOS token, id 1
+
+
+class _BosTokenizer:
+    """The shared tokenizer adding its BOS (id 1) when asked, as Llama 3's does, or always
+    (`forced`), as TransformerLens sets its tokenizers to; everything else delegated."""
+
+    def __init__(self, tok, forced=False):
+        self.tok, self.forced = tok, forced
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return {"input_ids": ([1] if add_special_tokens or self.forced else []) + ids}
+
+
+def _plain_ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_raw_prompt_gets_one_bos_and_a_chat_prompt_or_a_label_none(tokenizer):
+    """A prompt with no chat markup (echo) starts with exactly one BOS; a chat prompt (its own markup,
+    beginning with the BOS text) and a prompt written with its BOS are tokenised as written; a
+    target never has a BOS, even from a tokenizer that forces one."""
+    tok = _BosTokenizer(tokenizer)
+    echo, chat = PromptTemplate.echo(tokenizer), PromptTemplate.chat(tokenizer)
+    assert chat.prompt.startswith(BOS) and not echo.prompt.startswith(BOS)
+    assert echo.prompt_ids(tok).tolist() == [1] + _plain_ids(tokenizer, echo.prompt)
+    assert echo.prompt_ids(tok).dtype == torch.long
+    assert chat.prompt_ids(tok).tolist() == _plain_ids(tokenizer, chat.prompt)
+    custom = PromptTemplate(prompt=BOS + "say <empty_output> ->", placeholder="<empty_output>", closing="\n")
+    assert custom.prompt_ids(tok).tolist() == _plain_ids(tokenizer, custom.prompt)
+    assert chat.placeholder_id(tok) == tokenizer.convert_tokens_to_ids("<empty_output>")
+    for tok in (_BosTokenizer(tokenizer), _BosTokenizer(tokenizer, forced=True)):
+        assert chat.target_ids(tok, "dog") == _plain_ids(tokenizer, 'dog"<|im_end|>')
+        assert echo.target_ids(tok, "dog") == _plain_ids(tokenizer, " dog\n")
+
+
+def test_without_forced_bos_on_tokenizers_lacking_bos_attributes():
+    """A tokenizer-like object with no BOS attributes at all, or only one of them."""
+    from types import SimpleNamespace
+
+    from selfinterp_plugins.templates import _without_forced_bos
+
+    assert _without_forced_bos(SimpleNamespace(), [1, 5], "hi", False) == [1, 5]
+    assert _without_forced_bos(SimpleNamespace(bos_token_id=1), [1, 5], "hi", False) == [5]
+    assert _without_forced_bos(SimpleNamespace(bos_token="<s>"), [1, 5], "hi", False) == [1, 5]
+    assert _without_forced_bos(SimpleNamespace(bos_token_id=1, bos_token="<s>"), [1, 5], "<s>hi", False) == [1, 5]
+    assert _without_forced_bos(SimpleNamespace(bos_token_id=1, bos_token="<s>"), [1, 5], "hi", True) == [1, 5]
+    assert _without_forced_bos(SimpleNamespace(bos_token_id=1, bos_token="<s>"), [5, 1], "hi", False) == [5, 1]
+
+
+def test_a_tokenizer_without_a_bos_token_attribute_gets_no_bos(tokenizer):
+    """`_needs_bos` on a tokenizer-like object with no bos_token attribute: no BOS, no crash."""
+
+    class NoBos(_BosTokenizer):
+        def __getattr__(self, name):
+            if name in ("bos_token", "bos_token_id"):
+                raise AttributeError(name)
+            return getattr(self.tok, name)
+
+    echo = PromptTemplate.echo(tokenizer)
+    assert echo.prompt_ids(NoBos(tokenizer)).tolist() == _plain_ids(tokenizer, echo.prompt)
+
+
+def test_refusals_word_for_word():
+    with pytest.raises(TemplateError) as err:
+        PromptTemplate(prompt=3, placeholder="<ph>")
+    assert str(err.value) == ("Prompt template: field prompt should be a valid string (got 3); pass strings "
+                              "(prompt at most MAX_TEXT_CHARS characters).")
+    with pytest.raises(LabelError) as err:
+        PromptTemplate(prompt="<ph>", placeholder="<ph>").target_text(" ")
+    assert str(err.value) == "A label is empty; remove that example or give it a non-empty label."
+
+    class Plain:
+        def get_vocab(self):
+            return {"a": 0}
+
+    with pytest.raises(TemplateError) as err:
+        default_placeholder(Plain())
+    assert str(err.value) == ("No rare special token found for the placeholder; pass placeholder='<token>' naming a "
+                              "special token of this tokenizer.")
+
+
+def test_from_dict_requires_every_text_field_and_ignores_unknown_keys(tokenizer):
+    data = PromptTemplate.echo(tokenizer).to_dict()
+    assert PromptTemplate.from_dict({**data, "written_by": "v9"}) == PromptTemplate.echo(tokenizer)
+    without_end = {k: v for k, v in data.items() if k != "end"}
+    with pytest.raises(TemplateError) as err:
+        PromptTemplate.from_dict(without_end)
+    assert str(err.value) == "Template config: field end is missing; re-save the explainer."
+    with pytest.raises(TemplateError) as err:
+        PromptTemplate.from_dict(without_end, source="explainer.json", prefix="template")
+    assert str(err.value) == "explainer.json: field template.end is missing; re-save the explainer."
+
+
+def test_each_builders_fields(tokenizer):
+    """closing / end / label_prefix / name / placeholder of each built-in, as each docstring says."""
+    ph = "<|endoftext|>"
+    selfie = PromptTemplate.selfie(tokenizer, placeholder=ph)
+    assert (selfie.placeholder, selfie.closing, selfie.end, selfie.name) == (ph, ".", "<|im_end|>", "selfie")
+    assert selfie.prompt.count(ph) == 5
+    patch = PromptTemplate.patchscopes(tokenizer, placeholder=ph)
+    assert (patch.closing, patch.end, patch.label_prefix, patch.name) == (",", "", " ", "patchscopes")
+    assert patch.target_text("a city") == " a city,"
+    assert PromptTemplate.named("tokenizer_chat", tokenizer).name == "tokenizer_chat"
+
+
+def test_tokenizer_chat_is_the_templates_own_rendering():
+    """Built with the tokenizer's chat template (its system turn kept), the paper's answer after it."""
+    tok = _ChatTokenizer("{% custom %}", system=True)
+    t = PromptTemplate.tokenizer_chat(tok, placeholder="<ph>")
+    assert t.prompt == ('[turn system]be brief[/turn][turn user]What is the meaning of "<ph>"?[/turn]'
+                        '[turn assistant]The meaning of "<ph>" is "')
+    assert (t.placeholder, t.closing, t.end, t.label_prefix, t.name) == ("<ph>", '"', "[/turn]", "", "tokenizer_chat")
+
+
+def test_tokenizer_chat_of_the_shared_tokenizer_keeps_smollm2s_system_turn(tokenizer):
+    """SmolLM2's template (tokenizer_config.json) writes its default system turn before the user's."""
+    t = PromptTemplate.tokenizer_chat(tokenizer)
+    assert t.prompt == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                        '<|im_end|>\n<|im_start|>user\nWhat is the meaning of "<empty_output>"?<|im_end|>\n'
+                        '<|im_start|>assistant\nThe meaning of "<empty_output>" is "')
+
+
+def test_parse_label_cuts_at_the_first_end_and_the_first_whitespace_closing():
+    chat = PromptTemplate(prompt="<ph>", placeholder="<ph>", closing='"', end="<eot>")
+    assert chat.parse_label('dog"<eot>cat"<eot>') == "dog"
+    echo = PromptTemplate(prompt="<ph>", placeholder="<ph>", closing="\n", label_prefix=" ")
+    assert echo.parse_label(" dog\ncat\n") == "dog"
+    assert PromptTemplate(prompt="<ph>", placeholder="<ph>", closing="").parse_label(" dog ") == "dog"
+
+
+def test_user_turn_reads_a_family_off_named_chat_templates():
+    """transformers keeps several named templates as a dict; the family markup is looked for in it."""
+    from selfinterp_plugins.templates import user_turn
+
+    tok = _ChatTokenizer({"default": "{{ '<|im_start|>' }}", "tool_use": "..."}, system=True)
+    assert user_turn(tok, "hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

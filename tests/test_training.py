@@ -335,3 +335,235 @@ def test_resume_refuses_a_checkpoint_of_another_run(tiny_llama, data, tmp_path, 
     history = make(tiny_llama).train(data, None, TrainConfig(**{**base, "checkpoint_every": 5, "max_steps": 100}),
                                      output_dir=tmp_path, progress=False)
     assert history["steps"] == 4
+
+
+# ---- what the loop records, old and damaged checkpoints, failing disks (mutation survivors) ----
+
+
+def test_every_loss_is_clamped_at_the_configs_clamp(tiny_llama, data, validation):
+    """The tiny model's logits are near uniform over 49,152 tokens (cross-entropy about 10.8 on each
+    target token), so clamped at 0.5 every loss, training, validation and at the ridge init, is 0.5."""
+    config = TrainConfig(epochs=1, batch_size=16, init="ridge", loss_clamp=0.5)
+    history = make(tiny_llama).train(data, validation, config, progress=False)
+    assert history["train_loss"] == [0.5] * 4
+    assert history["validation_loss"] == [0.5]
+    assert history["validation_loss_at_init"] == 0.5
+
+
+def test_ridge_init_uses_the_configs_ridge(tiny_llama, data):
+    trained = make(tiny_llama, "full_rank")
+    trained.train(data, None, TrainConfig(init="ridge", ridge=1e3, max_steps=0), progress=False)
+    fitted, default = make(tiny_llama, "full_rank"), make(tiny_llama, "full_rank")
+    targets = first_token_embeddings(fitted, data.labels)
+    fitted.adapter.ridge_init(data.vectors, targets, 1e3)
+    default.adapter.ridge_init(data.vectors, targets, 1.0)
+    _assert_same_state(state(fitted), state(trained), atol=0)
+    assert not torch.allclose(state(default)["weight"], state(trained)["weight"])
+
+
+def test_the_log_records_each_steps_loss_and_learning_rate(tiny_llama, data, validation, tmp_path):
+    """lr None on scalar_affine is 1e-2; warm-up 2 of 4 steps: factors 1e-6, 1e-6 + (1 - 1e-6)/2,
+    then the cosine at progress 0 and 1/2: 1 and 0.5."""
+    config = TrainConfig(epochs=1, batch_size=16, warmup_steps=2)
+    history = make(tiny_llama).train(data, validation, config, output_dir=tmp_path, progress=False)
+    assert history["config"]["lr"] == 1e-2 and history["config"]["warmup_steps"] == 2
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    lrs = [1e-2 * f for f in (1e-6, 1e-6 + (1 - 1e-6) / 2, 1.0, 0.5)]
+    assert [set(r) for r in log] == [{"step", "loss", "lr"}] * 3 + [{"step", "loss", "lr", "validation_loss"}]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert [r["lr"] for r in log] == pytest.approx(lrs, rel=1e-12)
+    assert [r["loss"] for r in log] == history["train_loss"]
+    assert log[-1]["validation_loss"] == history["validation_loss"][0]
+
+
+def test_seconds_add_up_over_a_resume(tiny_llama, data, tmp_path, monkeypatch):
+    """On a fake clock (read at the start, at each checkpoint and at the end): 3.5 s for the first
+    two steps, saved with their checkpoint, then 1.25 s for the last two after the resume. Before
+    the fix the checkpoint carried no seconds and a resumed run reported only its own 1.25 s."""
+    from types import SimpleNamespace
+
+    import selfinterp_plugins.training as training
+
+    full = TrainConfig(epochs=1, batch_size=16, warmup_steps=4)
+    monkeypatch.setattr(training, "time", SimpleNamespace(time=iter([100.0, 103.5, 103.5]).__next__))
+    first = make(tiny_llama).train(data, None, TrainConfig(**dict(full.to_dict(), max_steps=2)), output_dir=tmp_path,
+                                   progress=False)
+    assert first["seconds"] == 3.5
+    assert json.loads((tmp_path / CHECKPOINT_DIR / "state.json").read_text())["history"]["seconds"] == 3.5
+    monkeypatch.setattr(training, "time", SimpleNamespace(time=iter([200.0, 201.25, 201.25]).__next__))
+    assert make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)["seconds"] == 4.75
+
+
+def _stopped_at_step_2(tiny_llama, data, tmp_path):
+    """A run of 4 steps (warm-up 4, so stopping changes no learning rate) stopped after 2."""
+    full = TrainConfig(epochs=1, batch_size=16, warmup_steps=4)
+    make(tiny_llama).train(data, None, TrainConfig(**dict(full.to_dict(), max_steps=2)), output_dir=tmp_path,
+                           progress=False)
+    return full, tmp_path / CHECKPOINT_DIR
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes(tiny_llama, data, validation, tmp_path):
+    """Fixed file names (no `files`), no validation_loss in the history, a key this version does not know."""
+    full, ckpt = _stopped_at_step_2(tiny_llama, data, tmp_path / "run")
+    (ckpt / "adapter-2.safetensors").rename(ckpt / "adapter.safetensors")
+    (ckpt / "optimizer-2.safetensors").rename(ckpt / "optimizer.safetensors")
+    saved = json.loads((ckpt / "state.json").read_text())
+    del saved["files"], saved["history"]["validation_loss"]
+    (ckpt / "state.json").write_text(json.dumps({**saved, "written_by": "0.1"}))
+    resumed = make(tiny_llama)
+    history = resumed.train(data, validation, full, output_dir=tmp_path / "run", progress=False)
+    reference = make(tiny_llama)
+    ref_history = reference.train(data, validation, full, progress=False)
+    _assert_same_state(state(reference), state(resumed))
+    assert history["validation_loss"] == pytest.approx(ref_history["validation_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: s.update(step="x"), "field step should be a valid integer (got 'x')"),
+    (lambda s: s["history"].update(seconds=-1.0),
+     "field history.seconds should be greater than or equal to 0 (got -1.0)"),
+    (lambda s: s.update(files={"adapter": "..", "optimizer": "optimizer-2.safetensors"}), None),
+])
+def test_a_damaged_state_json_is_refused_naming_it_and_the_fix(tiny_llama, data, tmp_path, edit, problem):
+    full, ckpt = _stopped_at_step_2(tiny_llama, data, tmp_path)
+    saved = json.loads((ckpt / "state.json").read_text())
+    edit(saved)
+    (ckpt / "state.json").write_text(json.dumps(saved))
+    with pytest.raises(ArtifactError) as err:
+        make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
+    fix = f"delete {ckpt} to restart training."
+    if problem is None:
+        assert str(err.value) == f"{ckpt / 'state.json'} names bad checkpoint files; {fix}"
+    else:
+        assert str(err.value) == f"{ckpt / 'state.json'}: {problem}; {fix}"
+
+
+def test_a_checkpoint_with_nan_weights_or_of_another_run_is_refused_by_name(tiny_llama, data, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from selfinterp_plugins.errors import RunMismatchError
+
+    full, ckpt = _stopped_at_step_2(tiny_llama, data, tmp_path)
+    with pytest.raises(RunMismatchError) as err:
+        make(tiny_llama).train(data, None, TrainConfig(**dict(full.to_dict(), seed=1)), output_dir=tmp_path,
+                               progress=False)
+    assert str(err.value) == (f"{ckpt} is the checkpoint of a run with other settings: seed (--seed) was 42, this "
+                              f"run has 1; to start afresh delete {ckpt} or choose another --out (or rerun with the "
+                              "old settings to resume).")
+    weights = load_file(str(ckpt / "adapter-2.safetensors"))
+    weights["bias"] = torch.full_like(weights["bias"], float("nan"))
+    save_file(weights, str(ckpt / "adapter-2.safetensors"))
+    with pytest.raises(ArtifactError) as err:
+        make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
+    assert str(err.value) == (f"{ckpt / 'adapter-2.safetensors'}: tensor bias holds 64 NaN or infinite value(s); "
+                              f"delete {ckpt} to restart training.")
+
+
+def test_a_resume_drops_the_replayed_steps_from_a_torn_log(tiny_llama, data, tmp_path):
+    """A kill mid-record leaves a torn last line; records without a step are kept."""
+    full, ckpt = _stopped_at_step_2(tiny_llama, data, tmp_path)
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"note": "kept"}\n{"step": 3, "loss": 1.0, "lr": 0.0}\n{"step": 4, "lo')
+    make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r.get("step", "note") for r in records] == [1, 2, "note", 3, 4]
+    assert records[3]["loss"] != 1.0
+
+
+@pytest.mark.parametrize("failing", ["open", "unlink", "write", "close"])
+def test_a_failing_disk_is_an_output_error_naming_the_file(tiny_llama, data, tmp_path, monkeypatch, failing):
+    """ENOSPC opening, writing or closing the log, or removing a stale checkpoint file."""
+    import errno
+
+    import selfinterp_plugins.storage._files as files
+    import selfinterp_plugins.training as training
+    from selfinterp_plugins.errors import OutputError
+
+    full = TrainConfig(epochs=1, batch_size=16, checkpoint_every=1)
+    full_disk = OSError(errno.ENOSPC, "No space left on device")
+    if failing in ("open", "unlink"):
+        def hook(step, path):
+            if step == failing and (path.suffix == ".jsonl" or path.name.startswith("adapter-")):
+                raise full_disk
+
+        monkeypatch.setattr(files, "_step_hook", hook)
+    else:
+        class FailingLog:
+            def __init__(self, handle):
+                self.handle, self.name = handle, handle.name
+
+            def write(self, text):
+                if failing == "write":
+                    raise full_disk
+                return self.handle.write(text)
+
+            def flush(self):
+                self.handle.flush()
+
+            def close(self):
+                self.handle.close()
+                if failing == "close":
+                    raise full_disk
+
+        monkeypatch.setattr(training, "open", lambda *a: FailingLog(open(*a)), raising=False)
+    with pytest.raises(OutputError) as err:
+        make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT_DIR / "adapter-1.safetensors" if failing == "unlink" else tmp_path / "train_log.jsonl"
+    assert str(err.value) == (f"Cannot write {path}: No space left on device; free space on the disk holding "
+                              f"{path.parent} or choose an output (--out / --output) on another disk.")
+
+
+def test_default_lr_at_the_size_boundary():
+    from types import SimpleNamespace
+
+    from selfinterp_plugins.training import default_lr
+
+    assert default_lr(SimpleNamespace(num_trainable=lambda: 65, d_model=64)) == 1e-2
+    assert default_lr(SimpleNamespace(num_trainable=lambda: 66, d_model=64)) == 1e-3
+
+
+def test_bucketed_batches_transcribed():
+    """The documented algorithm written out: the epoch's order (seed·1000 + epoch), windows of 16
+    batches sorted by length and cut, the batches shuffled (seed·1000 + epoch + 1). A checkpoint of
+    an earlier version resumes on exactly these batches."""
+    lengths = [int(x) for x in torch.randint(1, 9, (300,), generator=torch.Generator().manual_seed(5))]
+    for seed, epoch in ((3, 0), (3, 1), (0, 2)):
+        order = torch.randperm(300, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        cut = []
+        for start in range(0, 300, 4 * 16):
+            chunk = sorted(order[start : start + 64], key=lambda i: lengths[i])
+            cut += [chunk[i : i + 4] for i in range(0, len(chunk), 4)]
+        shuffle = torch.randperm(len(cut), generator=torch.Generator().manual_seed(seed * 1000 + epoch + 1)).tolist()
+        assert epoch_batches(lengths, 4, seed, epoch, True) == [cut[i] for i in shuffle]
+
+
+def test_bucketed_training_takes_the_batches_of_its_label_lengths(tiny_llama, monkeypatch):
+    labels = ["a", "golden retriever", "the French Revolution of 1789", "tree", "sourdough bread", "x y z w v u"] * 4
+    records = [{"id": str(i), "label": label} for i, label in enumerate(labels)]
+    rows = VectorLabelDataset(torch.randn(len(labels), 64), records, {"source": "test"})
+    explainer, seen = make(tiny_llama), []
+    loss = explainer.loss
+    monkeypatch.setattr(explainer, "loss", lambda vectors, batch, clamp: seen.append(batch) or loss(vectors, batch, clamp))
+    explainer.train(rows, None, TrainConfig(epochs=2, batch_size=4, bucket_by_length=True), progress=False)
+    tok = tiny_llama[1]
+    lengths = [len(tok(f'{label}"<|im_end|>', add_special_tokens=False)["input_ids"]) for label in labels]
+    expected = [[labels[i] for i in batch] for epoch in (0, 1) for batch in epoch_batches(lengths, 4, 42, epoch, True)]
+    assert seen == expected
+    assert expected != [[labels[i] for i in b] for e in (0, 1) for b in epoch_batches([0] * 24, 4, 42, e, True)]
+
+
+def test_optimizer_state_of_an_optimizer_that_has_not_stepped_is_empty():
+    from selfinterp_plugins.training import optimizer_state
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    assert optimizer_state(torch.optim.AdamW([p]), [("p", p)]) == {}
+
+
+def test_param_groups_spare_every_log_scale_however_deep():
+    from selfinterp_plugins.training import param_groups
+
+    named = [(name, torch.nn.Parameter(torch.zeros(1))) for name in ("a.b.log_scale", "a.weight", "log_scale")]
+    groups = param_groups(named, 0.01)
+    assert [(g["weight_decay"], [p is q for p, q in zip(g["params"], ps)]) for g, ps in
+            zip(groups, ([named[0][1], named[2][1]], [named[1][1]]))] == [(0.0, [True, True]), (0.01, [True])]
+    assert [len(g["params"]) for g in groups] == [2, 1]

@@ -4,13 +4,17 @@ capture and facts."""
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from selfinterp_plugins.backends import HFBackend, Sampling
-from selfinterp_plugins.backends.hf import find_blocks
+from selfinterp_plugins.backends.hf import find_blocks, softcapped
+from selfinterp_plugins.backends.inputs import Injection
 from selfinterp_plugins.errors import BackendError
+from selfinterp_plugins.models import tiny_model
 from selfinterp_plugins.sites import Site
 from selfinterp_plugins.templates import PromptTemplate
 
@@ -528,3 +532,148 @@ def test_smollm2_cached_path_equals_uncached(smollm2, spec):
     reused = explainer.backend.logits(ids, soft, mask, site, positions, prefix_len=first)
     # fp32 sums in another order (other matmul shapes): differences of ~1e-4 on logits of ~25
     assert (reused - full).abs().max() / full.abs().max() < 1e-5
+
+
+# ---- what the tiny models never exercise (mutation survivors of backends/hf.py) -------------
+
+
+class _Block(nn.Module):
+    """A decoder block multiplying its input by `scale`; `as_tuple` returns `(hidden, tag)` as
+    GPT-2-style blocks of some transformers versions do."""
+
+    def __init__(self, scale: float, as_tuple: bool):
+        super().__init__()
+        self.scale, self.as_tuple = scale, as_tuple
+
+    def forward(self, hidden_states):
+        out = hidden_states * self.scale
+        return (out, f"tag{self.scale}") if self.as_tuple else out
+
+
+class _Body(nn.Module):
+    """A model body calling its blocks by keyword (as some transformers models do) and requiring
+    each tuple output to keep its extra element."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.embed = nn.Embedding(8, 3)
+        self.layers = nn.ModuleList([_Block(2.0, as_tuple), _Block(3.0, as_tuple)])
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None):
+        hidden = self.embed(input_ids)
+        for block in self.layers:
+            out = block(hidden_states=hidden)
+            if block.as_tuple:
+                hidden, tag = out
+                assert tag == f"tag{block.scale}"
+            else:
+                hidden = out
+        return SimpleNamespace(last_hidden_state=hidden, past_key_values=None)
+
+
+class _LM(nn.Module):
+    """The few attributes HFBackend reads of a transformers causal LM."""
+
+    def __init__(self, config, as_tuple: bool = True):
+        super().__init__()
+        self.config = config
+        self.base_model = _Body(as_tuple)
+        self.lm_head = nn.Linear(3, 8, bias=False)
+
+    def get_input_embeddings(self):
+        return self.base_model.embed
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def _fake_backend(as_tuple=True):
+    torch.manual_seed(0)
+    return HFBackend(_LM(SimpleNamespace(n_layer=2), as_tuple), tokenizer=None)
+
+
+@pytest.mark.parametrize("as_tuple", [True, False])
+def test_read_and_inject_with_keyword_inputs_and_tuple_outputs(as_tuple):
+    """Blocks called by keyword and returning tuples: reading two sites returns each value, the
+    model runs on unchanged (x2 then x3); a replacement at either site is what the next block gets."""
+    backend = _fake_backend(as_tuple)
+    ids = torch.tensor([[1, 2, 3]])
+    embedded = backend.model.base_model.embed(ids).detach()
+    pre1, post1 = backend.read(ids, [Site.parse("resid_pre.1"), Site.parse("resid_post.1")])
+    torch.testing.assert_close(pre1, embedded * 2)
+    torch.testing.assert_close(post1, embedded * 6)
+    soft = torch.tensor([[10.0, 20.0, 30.0]])
+    mask = torch.tensor([[False, True, False]])
+    for spec in ("resid_pre.1", "resid_post.0"):
+        hidden, past = backend.run(ids, Injection(Site.parse(spec), soft, mask))
+        expected = embedded * 6
+        expected[0, 1] = soft[0] * 3
+        torch.testing.assert_close(hidden.detach(), expected)
+        assert past is None
+
+
+def test_find_blocks_by_n_layer_and_its_refusal():
+    """GPT-2 configs name the depth `n_layer`; a model with no block list of that length is refused."""
+    model = _LM(SimpleNamespace(n_layer=2))
+    assert find_blocks(model) is model.base_model.layers
+    with pytest.raises(BackendError) as info:
+        find_blocks(_LM(SimpleNamespace(n_layer=5)))
+    assert str(info.value) == "Cannot find the decoder blocks of _LM; use a standard transformers causal LM."
+
+
+def test_softcapped_by_hand():
+    """cap * tanh(logits / cap): 2 tanh(1.5) = 1.8102965, 2 tanh(-0.5) = -0.9242343; no cap, unchanged."""
+    logits = torch.tensor([3.0, -1.0])
+    torch.testing.assert_close(softcapped(logits, 2.0), torch.tensor([1.8102965, -0.9242343]))
+    assert softcapped(logits, None) is logits
+
+
+def test_head_softcaps_with_the_configs_cap():
+    model, tok = tiny_model("gemma3", final_logit_softcapping=1.5)
+    backend = HFBackend(model, tok)
+    assert backend.softcap == 1.5
+    hidden = torch.randn(2, 64)
+    raw = hidden @ model.get_output_embeddings().weight.T
+    torch.testing.assert_close(backend.head(hidden), 1.5 * torch.tanh(raw / 1.5))
+
+
+def test_checkpointing_recomputes_the_blocks_in_backward(tiny_llama):
+    """Off by default; on, each block runs again in the backward pass (its MLP is called twice;
+    counted on its forward, as the recomputation runs no module hooks)."""
+    model, tok = tiny_llama
+    ids = torch.tensor([[5, 17, 300, 42]])
+    mask = torch.tensor([[False, True, False, False]])
+    mlp, calls, counts = model.model.layers[1].mlp, [], []
+    forward = mlp.forward
+    mlp.forward = lambda x: calls.append(1) or forward(x)
+    try:
+        for backend in (HFBackend(model, tok), HFBackend(model, tok, checkpointing=True)):
+            calls.clear()
+            soft = torch.randn(1, 64, requires_grad=True)
+            hidden, _ = backend.run(ids, Injection(Site.parse("resid_pre.0"), soft, mask))
+            hidden.sum().backward()
+            counts.append(len(calls))
+    finally:
+        del mlp.forward  # back to the class's forward
+    assert counts == [1, 2]
+
+
+def test_run_keeps_a_cache_only_when_asked(tiny_llama):
+    """No cache unless keep_past; with it, one even when the config turns caching off."""
+    ids = torch.tensor([[5, 17, 300, 42, 7]])
+    assert HFBackend(*tiny_llama).run(ids)[1] is None
+    model, tok = tiny_model("llama", use_cache=False)
+    _, past = HFBackend(model, tok).run(ids, keep_past=True)
+    assert past.get_seq_length() == 5
+
+
+def test_caches_keep_gemma3s_sliding_window():
+    """The cache the backend builds, and its expansion to a batch, keep only the window on the
+    sliding layers (window 3: the last 2 keys), all keys on the full one: Gemma3's memory bound."""
+    model, tok = tiny_model("gemma3", sliding_window=3)
+    backend = HFBackend(model, tok)
+    _, past = backend.run(torch.tensor([[5, 17, 300, 42, 7]]), keep_past=True)
+    assert [layer.keys.shape[-2] for layer in past.layers] == [2, 2, 5]
+    expanded = backend.expand_past(past, 2)
+    _, grown = backend.run(torch.tensor([[9], [10]]), past=expanded)
+    assert [layer.keys.shape[-2] for layer in grown.layers] == [2, 2, 6]
