@@ -73,8 +73,8 @@ def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int
     if samples > 1 and sampling.greedy:
         raise VectorError("samples > 1 with greedy decoding repeats one label; set a temperature (e.g. 0.7).")
 
-    scales = list(scales) if not isinstance(scales, (str, bytes)) else [scales]  # read twice below: not a generator
     check_run_options(scales, samples, batch_size)
+    scales = list(scales)  # read twice below: not a generator
 
     jobs = [(i, float(s), k) for i in range(len(ids)) for s in scales for k in range(samples)]
     done: dict[tuple, dict] = {}

@@ -99,7 +99,7 @@ def test_refused_inputs_say_what_to_pass(tiny_llama):
     d = explainer.backend.d_model
     cases = [
         (dict(vectors=torch.randn(2, 3, d)), VectorError,
-         f"Explain takes vectors of shape (d_model,) or (N, d_model), got (2, 3, {d}); reshape them to one row per vector."),
+         f"This explainer takes vectors of shape (N, d_model), got (2, 3, {d}); reshape them to one row per vector."),
         (dict(vectors=torch.randn(2, d), ids=["a"]), VectorError,
          "`ids` must give one distinct id per vector; pass ids=None to number them 0..N-1."),
         (dict(vectors=torch.randn(2, d), ids=["a", "a"]), VectorError,

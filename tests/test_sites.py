@@ -219,8 +219,10 @@ def test_from_dict_ignores_unknown_keys_and_names_file_and_field_in_its_message(
 
 
 def test_add_normmatched_direction_of_a_tiny_soft_token():
-    """v̂ = v / (‖v‖ + 1e-8): a soft token of norm 1e-8 gives a direction of norm 1/2, worked by hand."""
+    """v̂ = v / max(‖v‖, 1e-12) (torch's normalize, as the reference's hook): a soft token of norm
+    1e-8 is still a unit direction, one of norm 1e-13 gives a direction of norm 0.1; by hand."""
     hidden = torch.tensor([[[3.0, 4.0]]])  # ‖h‖ = 5
-    soft = torch.tensor([[1e-8, 0.0]])
-    out = inject(hidden, soft, torch.ones(1, 1, dtype=torch.bool), Site("resid_pre", 0, "add_normmatched", 1.0))
-    torch.testing.assert_close(out, torch.tensor([[[3.0 + 5 * 0.5, 4.0]]]))
+    mask, site = torch.ones(1, 1, dtype=torch.bool), Site("resid_pre", 0, "add_normmatched", 1.0)
+    torch.testing.assert_close(inject(hidden, torch.tensor([[1e-8, 0.0]]), mask, site), torch.tensor([[[3.0 + 5, 4.0]]]))
+    torch.testing.assert_close(inject(hidden, torch.tensor([[1e-13, 0.0]]), mask, site),
+                               torch.tensor([[[3.0 + 5 * 0.1, 4.0]]]))
