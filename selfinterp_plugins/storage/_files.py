@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError, OutputError, OutputLockedError
-from ._paths import open_for_write
+from ._paths import link_stays_inside, open_for_write
 from .validation import (
     MAX_INFLATED_BYTES,
     MAX_JSON_BYTES,
@@ -189,12 +189,11 @@ def check_artifact_dir(directory: str | Path) -> Path:
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"No artifact directory at {directory}; pass the folder that was saved.")
-    root = directory.resolve()
     for path in sorted(directory.rglob("*")):
         if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
             raise ArtifactError(f"{path} is a pickle-format file, which is never read (it can run code); "
                                 "re-save the artifact as safetensors (save_pretrained(safe_serialization=True)).")
-        if path.is_symlink() and not path.resolve().is_relative_to(root):
+        if path.is_symlink() and not link_stays_inside(path, directory):
             raise ArtifactError(f"{path} is a symlink to {path.resolve()}, outside the artifact; copy the file in instead.")
     return directory
 

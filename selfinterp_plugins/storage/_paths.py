@@ -9,11 +9,18 @@ path component, resolved inside the directory and never out of it.
 Writers open their files with `O_NOFOLLOW` (and a new temporary file with `O_EXCL`): a symlink
 planted where the library writes (a lock file, `adapter.safetensors.tmp`) would otherwise make it
 truncate and overwrite the link's target.
+
+One layout of links is the norm rather than an attack: the Hugging Face hub cache, where every file
+of a downloaded snapshot (`<cache>/models--org--name/snapshots/<revision>/<file>`) is a symlink to
+a content-addressed blob of the same repository (`<cache>/models--org--name/blobs/<hash>`). A
+published artifact arrives that way (`snapshot_download`, `hf_hub_download`), so a link from a
+snapshot folder into its own repository's `blobs/` stays inside the artifact (`link_stays_inside`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -36,6 +43,30 @@ def bare_name_problem(name) -> str | None:
     return None
 
 
+#: a repository's folder in the Hugging Face hub cache (huggingface_hub's `repo_folder_name`)
+_HUB_REPO_FOLDER = re.compile(r"(models|datasets|spaces)--.+")
+
+
+def hub_blobs(directory: Path) -> Path | None:
+    """The `blobs/` folder of the hub-cache repository whose snapshot `directory` is (or is inside),
+    or None when `directory` is not in a snapshot of the hub cache."""
+    resolved = directory.resolve()
+    for folder in (resolved, *resolved.parents):
+        if folder.parent.name == "snapshots" and _HUB_REPO_FOLDER.fullmatch(folder.parent.parent.name):
+            return folder.parent.parent / "blobs"
+    return None
+
+
+def link_stays_inside(link: Path, directory: Path) -> bool:
+    """Whether the symlink `link`, in `directory`, leads to a file inside it, or (a snapshot of the
+    Hugging Face hub cache) to a regular file among its own repository's blobs."""
+    target = link.resolve()
+    if target.is_relative_to(directory.resolve()):
+        return True
+    blobs = hub_blobs(directory)
+    return blobs is not None and target.parent == blobs and target.is_file()
+
+
 def member(directory: str | Path, name, *, source: str | Path | None = None, what: str = "file") -> Path:
     """`directory / name` for a `name` a record gives, refused (an ArtifactError naming `source`,
     the record, and the fix) unless it is a bare file name that stays inside `directory`: no
@@ -47,10 +78,8 @@ def member(directory: str | Path, name, *, source: str | Path | None = None, wha
         raise ArtifactError(f"{where} names its {what} {name!r:.80}: {problem}; an artifact's files are bare names "
                             f"inside its directory. Re-save or re-download it.")
     path = directory / name
-    if path.is_symlink():
-        target = path.resolve()
-        if not target.is_relative_to(directory.resolve()):
-            raise ArtifactError(f"{path} is a symlink to {target}, outside the artifact; copy the file in instead.")
+    if path.is_symlink() and not link_stays_inside(path, directory):
+        raise ArtifactError(f"{path} is a symlink to {path.resolve()}, outside the artifact; copy the file in instead.")
     return path
 
 

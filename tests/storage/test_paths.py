@@ -91,3 +91,58 @@ def test_open_for_write_refuses_a_hard_link_and_a_non_regular_file(tmp_path):
 def test_open_for_write_passes_other_os_errors_on(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_for_write(tmp_path / "missing" / "f", os.O_WRONLY | os.O_CREAT)
+
+
+# ---- the Hugging Face hub cache: a snapshot's files are links into its repository's blobs ------
+
+
+def _hub_repo(root, name="models--org--name"):
+    repo = root / name
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "blobs" / "h1").write_text("{}")
+    (snapshot / "adapter_config.json").symlink_to("../../blobs/h1")
+    return repo, snapshot
+
+
+def test_a_hub_snapshots_links_into_its_own_blobs_stay_inside(tmp_path):
+    from selfinterp_plugins.storage import check_artifact_dir
+
+    _repo, snapshot = _hub_repo(tmp_path)
+    assert check_artifact_dir(snapshot) == snapshot
+    assert member(snapshot, "adapter_config.json") == snapshot / "adapter_config.json"
+
+
+@pytest.mark.parametrize("where", ["another repository's blobs", "outside the cache", "a folder of blobs",
+                                   "a blob linking out", "not a snapshot"])
+def test_other_links_from_a_hub_snapshot_are_refused(tmp_path, where):
+    from selfinterp_plugins.storage import check_artifact_dir
+
+    repo, snapshot = _hub_repo(tmp_path)
+    link = snapshot / "adapter_config.json"
+    link.unlink()
+    if where == "another repository's blobs":
+        other, _ = _hub_repo(tmp_path, "models--someone--else")
+        link.symlink_to(other / "blobs" / "h1")
+    elif where == "outside the cache":
+        (tmp_path / "secret").write_text("x")
+        link.symlink_to(tmp_path / "secret")
+    elif where == "a folder of blobs":
+        (repo / "blobs" / "sub").mkdir()
+        (repo / "blobs" / "sub" / "h2").write_text("x")
+        link.symlink_to("../../blobs/sub/h2")
+    elif where == "a blob linking out":
+        (tmp_path / "secret").write_text("x")
+        (repo / "blobs" / "h1").unlink()
+        (repo / "blobs" / "h1").symlink_to(tmp_path / "secret")
+        link.symlink_to("../../blobs/h1")
+    else:  # the same layout, but the folder is not under snapshots/ of a hub repository folder
+        plain = tmp_path / "plain" / "abc123"
+        plain.mkdir(parents=True)
+        (plain / "adapter_config.json").symlink_to(repo / "blobs" / "h1")
+        snapshot, link = plain, plain / "adapter_config.json"
+    with pytest.raises(ArtifactError, match=r"is a symlink to .*, outside the artifact; copy the file in instead\.$"):
+        check_artifact_dir(snapshot)
+    with pytest.raises(ArtifactError, match=r"outside the artifact"):
+        member(snapshot, "adapter_config.json")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +276,41 @@ def test_the_ask_command(deep, oracle_dir, tmp_path, capsys):
     line = refused(capsys, *[str(tmp_path / "narrow") if a == str(tmp_path / "base") else a for a in args[:-1]],
                           str(tmp_path / "n.jsonl"))
     assert "d_model is 32; load it onto tiny/llama-4-layers" in line
+
+
+def hub_cache_copy(directory, cache, repo_id, revision="0123456789abcdef0123456789abcdef01234567"):
+    """`directory`'s files laid out as huggingface_hub caches a download (its documented cache
+    layout): each file a content-addressed blob under `models--org--name/blobs/`, the snapshot's
+    files relative symlinks to them, `refs/main` naming the revision."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in sorted(Path(directory).iterdir()):
+        data = file.read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (repo / "blobs" / blob).write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob)
+    return snapshot
+
+
+def test_a_published_oracle_in_the_hub_cache_loads_by_its_hub_id(deep, oracle_dir, tmp_path, monkeypatch):
+    """A hub download is a snapshot of symlinks into the repository's blobs; the storage layer took
+    them for links out of the artifact, so every published oracle fetched by its hub id was
+    refused. Here huggingface_hub itself (offline) finds the cached snapshot."""
+    model, tok = deep
+    cache = tmp_path / "hub"
+    hub_cache_copy(oracle_dir, cache, PUBLISHED[0])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    v = vectors(2, 3)
+    want = Explainer.from_pretrained(oracle_dir, model=model, tokenizer=tok, layer=2, question=QUESTION, positions=3,
+                                     check_model=False)
+    got = Explainer.from_pretrained(PUBLISHED[0], model=model, tokenizer=tok, layer=2, question=QUESTION, positions=3,
+                                    check_model=False)
+    assert [r["label"] for r in got.explain(v, progress=False)] == [r["label"] for r in want.explain(v, progress=False)]
