@@ -111,7 +111,9 @@ def test_report_writes_every_number_and_resumes(report_dir, backend, monkeypatch
     methods = [h["method"] for h in saved["headline"]]
     assert methods[:4] == ["selfie", "scale_only", "trained scalar_affine", "prompted description"]
     assert methods[4:] in ([], ["prompted description, title not named"])
-    assert 0.0 <= saved["headline"][3]["title_named"] <= 1.0
+    # the fraction naming their title is what the "not named" row leaves out: (n - its n) / n
+    not_named = saved["headline"][4]["n"] if len(methods) > 4 else 0
+    assert saved["headline"][3]["title_named"] == (saved["n_test"] - not_named) / saved["n_test"]
     assert saved["n_validation"] == 4 and saved["n_test"] == 5
     sweep_methods = [r["method"] for r in saved["sweep"]]
     assert sweep_methods.count("selfie") == 2 * 5 and sweep_methods.count("scale_only") == 6

@@ -141,7 +141,7 @@ def test_real_smollm2_loads_and_generates():
     )
     out = model.generate(**batch, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert text.strip()
+    assert "Paris" in text, text  # the converted weights are the model's, not merely a model's
 
     same, _ = load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert embedding_fingerprint(same) == embedding_fingerprint(model)
