@@ -244,6 +244,19 @@ def load_safetensors_with_metadata(path: str | Path, max_header_bytes: int = MAX
     return load_safetensors(path), metadata
 
 
+def _existing_within(path: str | Path, max_bytes: int, what: str, fix: str) -> Path:
+    """`path`, refused (an ArtifactError with the fix) when it is not a file or is over `max_bytes`:
+    checked before a byte is read, so a huge or wrong file costs nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file {path}; {fix}.")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for {what}; "
+                            "check it is the right file (or raise the limit: max_bytes=).")
+    return path
+
+
 def load_torch_weights_only(path: str | Path, max_bytes: int = MAX_TORCH_BYTES):
     """What `torch.save` wrote to `path`, read by torch's restricted unpickler (`weights_only=True`)
     and nothing else: tensors, lists, tuples, dicts, strings and numbers. Some papers publish only
@@ -251,13 +264,7 @@ def load_torch_weights_only(path: str | Path, max_bytes: int = MAX_TORCH_BYTES):
     other class or function (what a hostile file calls to run a command) is refused by that name
     before anything in it is called. Zip-format files are memory-mapped, so a large file costs what is
     used of it. A missing, oversized, truncated or non-torch file is an ArtifactError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"Missing file {path}; re-download it.")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for a torch file; "
-                            "check it is the right file (or raise the limit: max_bytes=).")
+    path = _existing_within(path, max_bytes, "a torch file", "re-download it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
@@ -287,13 +294,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
 def read_bytes(path: str | Path, max_bytes: int = MAX_JSON_BYTES, max_inflated: int = MAX_INFLATED_BYTES) -> bytes:
     """A file's bytes, refused over `max_bytes`; a `.gz` file is inflated by a bounded, streamed
     read that stops past `max_inflated` bytes (a non-gzip or truncated one is an ArtifactError)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"Missing file {path}; re-save or re-download the artifact.")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ArtifactError(f"{path} is {size:,} bytes, over the {max_bytes:,}-byte limit for this file; "
-                            "check it is the right file (or raise the limit: max_bytes=).")
+    path = _existing_within(path, max_bytes, "this file", "re-save or re-download the artifact")
     if path.suffix.lower() != ".gz":
         try:
             return path.read_bytes()
