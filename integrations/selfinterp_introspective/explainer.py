@@ -34,7 +34,9 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
+from selfinterp_plugins.model_copies import weight_sharing_copy
 from selfinterp_plugins.models import embedding_fingerprint
+from selfinterp_plugins.peft_files import load_onto, read_adapter
 from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
@@ -46,8 +48,6 @@ from selfinterp_plugins.storage import (
     save_serialised_committed,
 )
 
-from ..adapter_files import load_onto, read_adapter
-from ..model_copies import weight_sharing_copy
 from .config import (
     CONFIG_FILE,
     FEATURE_PROMPTS,
@@ -194,7 +194,7 @@ class LoRAExplainer:
         reference tokenises its strings."""
         if self.config.prompt_format == "raw":
             return self.tokenizer((f"{system}\n\n" if system else "") + user)["input_ids"]
-        from ..chat import chat_ids
+        from selfinterp_plugins.chat import chat_ids
 
         return chat_ids(self.tokenizer, user, system)
 
@@ -264,7 +264,7 @@ class LoRAExplainer:
         if self.config.prompt_format == "raw":
             return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         if self._closing is None:
-            from ..chat import turn_closing
+            from selfinterp_plugins.chat import turn_closing
 
             self._closing = turn_closing(self.tokenizer)
         return self.tokenizer(answer + self._closing, add_special_tokens=False)["input_ids"]
@@ -304,7 +304,7 @@ class LoRAExplainer:
         shuffled with `shuffle=True`); returns the loss per step. With `checkpoint_dir`, the trained
         weights, projections and AdamW state are saved after every epoch and a rerun resumes after
         the last saved one."""
-        from ..epoch_checkpoints import epoch_batches, run_epochs
+        from selfinterp_plugins.epoch_checkpoints import epoch_batches, run_epochs
 
         cfg = self.config
         if cfg.projection == "ridge" and not len(self.projections):
@@ -326,7 +326,7 @@ class LoRAExplainer:
         refused: the config's training fields (the LoRA's only for a LoRA), the model's
         fingerprint (taken before training: a full fine-tune changes the embeddings), and the
         examples (count and SHA-256 of prompt ids, answers, vectors and their positions)."""
-        from ..epoch_checkpoints import rows_sha256
+        from selfinterp_plugins.epoch_checkpoints import rows_sha256
 
         skip = NOT_RUN_DEFINING + (LORA_ONLY if self.config.finetune == "full" else ())
         settings = {k: v for k, v in asdict(self.config).items() if k not in skip}
@@ -375,7 +375,7 @@ class LoRAExplainer:
         self.model.eval()
         tok = self.tokenizer
         pad = pad_token_id(tok)
-        from ..chat import end_of_answer_ids
+        from selfinterp_plugins.chat import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)
         answers = []

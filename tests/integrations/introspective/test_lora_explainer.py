@@ -11,8 +11,9 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.li.config import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.li.explainer import LoRAExplainer  # noqa: E402
+from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_introspective.explainer import LoRAExplainer  # noqa: E402
+
 from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
