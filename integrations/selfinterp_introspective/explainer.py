@@ -53,11 +53,11 @@ from .config import (
     FEATURE_PROMPTS,
     FEATURE_PROMPTS_RAW,
     PROJECTIONS_FILE,
-    STOP_STRINGS,
     LoRAExplainerConfig,
     TaskExample,
     cut_at_stop,
     pick_markers,
+    stop_strings,
 )
 
 #: config fields a resumed training run may change: answer length, and epochs (a run may be
@@ -371,13 +371,14 @@ class LoRAExplainer:
     @torch.no_grad()
     def generate(self, examples: list[TaskExample], batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers, batched (left-padded prompts, the soft token at its place), ending at the
-        end of turn, the end of sequence or one of the reference's stop strings."""
+        end of turn, the end of sequence or (not for a Qwen3 explainer) one of the reference's stop strings."""
         self.model.eval()
         tok = self.tokenizer
         pad = pad_token_id(tok)
         from selfinterp_plugins.chat import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)
+        stops = stop_strings(self.model)
         answers = []
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
@@ -385,10 +386,10 @@ class LoRAExplainer:
             out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.to(embeds.device), do_sample=False,
                                       max_new_tokens=max_new_tokens or self.config.max_new_tokens, pad_token_id=pad,
                                       eos_token_id=(stop + [tok.eos_token_id]) if tok.eos_token_id is not None else stop or None,
-                                      stop_strings=list(STOP_STRINGS), tokenizer=tok)
+                                      stop_strings=list(stops) or None, tokenizer=tok)
             for row in out.tolist():
                 ends = [row.index(t) for t in stop if t in row]
                 if ends:
                     row = row[: min(ends)]
-                answers.append(cut_at_stop(tok.decode(row, skip_special_tokens=True)).strip())
+                answers.append(cut_at_stop(tok.decode(row, skip_special_tokens=True), stops).strip())
         return answers

@@ -134,6 +134,27 @@ def test_a_qwen3_lora_answers_as_the_reference_generates(tiny_qwen3, tmp_path):
     assert explainer.generate([example], max_new_tokens=12) == [expected]
 
 
+def test_a_qwen3_explainer_has_no_stop_strings(tiny_qwen3, tmp_path):
+    """The reference gives a Qwen3 explainer no stop strings; ours cut its answers at the first
+    newline. A fine-tune whose head can only write ".\\n" or ",\\n" shows it."""
+    model, tok = tiny_qwen3
+    tuned = copy.deepcopy(model)
+    dot, comma = tok.encode(".\n", add_special_tokens=False), tok.encode(",\n", add_special_tokens=False)
+    assert len(dot) == len(comma) == 1
+    with torch.no_grad():  # the head sees hidden dimension 0 only, where just the two tokens have weight
+        tuned.model.norm.weight.zero_()
+        tuned.model.norm.weight[0] = 1.0
+        tuned.lm_head.weight[:, 0] = 0.0  # (tied to the input embeddings in the tiny Qwen3: column 0 only)
+        tuned.lm_head.weight[dot[0], 0] = 10.0
+        tuned.lm_head.weight[comma[0], 0] = -10.0
+    tuned.save_pretrained(tmp_path / "explainer")
+    explainer = load_transluce(tmp_path / "explainer", model, tok, ABLATION_QWEN)
+    example = explainer.text_example("What is 2 + 2?", "")
+    answer = explainer.generate([example], max_new_tokens=4)[0]
+    assert answer == _reference_answer(tuned.eval(), tok, example.prompt_ids, None, None, (), max_new_tokens=4)
+    assert answer.count("\n") >= 2
+
+
 def _refused(fn, *args, kind=SelfInterpError):
     with pytest.raises(kind) as err:
         fn(*args)
