@@ -3,7 +3,7 @@
 Unlike the frozen-model adapters, the explainer's weights change: a PEFT LoRA on q, k, v, o, gate,
 up, down (r 128, alpha 16, dropout 0.1) or, with `finetune="full"`, every weight, as the
 reference's configs choose per task (full for feature descriptions and input ablation, LoRA for
-activation patching; `tasks.TASK_DEFAULTS`); AdamW at a constant rate with weight decay 0.01,
+activation patching; `tasks.TASK_DEFAULTS`); AdamW at a constant rate with weight decay 0.01 (not on biases and norm weights),
 gradients clipped at 1.0 (the Hugging Face Trainer's defaults the reference runs with), each row's
 loss the sum of its answer tokens' cross-entropy over the padded length (the reference's
 `fixed_cross_entropy_batchwise`). A vector enters as ONE soft token replacing the input
@@ -26,6 +26,7 @@ paraphrased prompts per example), activation patching and input ablation (rows o
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict
 from fnmatch import fnmatch
 from pathlib import Path
@@ -72,6 +73,21 @@ RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "batch_
                "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
                "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",
                "training_rows": "--limit or --data", "training_data_sha256": "--data"}
+
+
+#: the Hugging Face Trainer's exemptions from weight decay (`Trainer.get_decay_parameter_names`), which
+#: the reference's training runs with: biases and norm weights are not decayed
+NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def decay_groups(named, modules, weight_decay: float) -> list[dict]:
+    """AdamW's two parameter groups as the reference's Trainer builds them: `weight_decay` for
+    every parameter but biases, norm weights (by name) and those of `nn.LayerNorm`s in `modules`."""
+    in_layer_norm = {id(p) for m in modules if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    exempt = [p for n, p in named if NO_DECAY.search(n) or id(p) in in_layer_norm]
+    exempt_ids = {id(p) for p in exempt}
+    decayed = [p for _, p in named if id(p) not in exempt_ids]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def _load_full(directory: Path, model, committed: dict[str, Path]):
@@ -311,7 +327,8 @@ class LoRAExplainer:
             self.ridge_projections(examples)
         named = [(f"{cfg.finetune}.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
-        optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        modules = [*self.model.modules(), *self.projections.modules()]
+        optimizer = torch.optim.AdamW(decay_groups(named, modules, cfg.weight_decay), lr=cfg.lr)
         run = self.run_manifest(examples) if checkpoint_dir is not None else None
         self.model.train()
         history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle),
