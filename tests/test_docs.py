@@ -17,7 +17,8 @@ PAGES = {"artifacts.md": "selfinterp_plugins", "nnsight.md": "nnsight", "transfo
 #: sections of a page that open with their own stand-in lines and what they print, run as the page's
 #: opening is: (page, heading) -> the module the lines need
 SECTIONS = {("artifacts.md", "## Diff Interpretation Tuning (Goel et al. 2025)"): ("peft",),
-            ("artifacts.md", "## Activation Oracles (Karvonen et al. 2025)"): ("peft", "nnsight")}
+            ("artifacts.md", "## Activation Oracles (Karvonen et al. 2025)"): ("peft", "nnsight"),
+            ("artifacts.md", "## Explainers fine-tuned on their own computations (Li et al. 2025)"): ("peft",)}
 
 
 def opening(page: str, heading: str | None = None) -> tuple[str, str]:

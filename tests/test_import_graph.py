@@ -106,8 +106,8 @@ def describe(cycle: list[str], edges) -> str:
 
 
 def test_the_tree_is_what_the_test_walks():
-    assert set(INTEGRATIONS) >= {"selfinterp_nnsight", "selfinterp_peft", "selfinterp_sae_lens",
-                                 "selfinterp_transformer_lens"}
+    assert set(INTEGRATIONS) >= {"selfinterp_introspective", "selfinterp_nnsight", "selfinterp_peft",
+                                 "selfinterp_sae_lens", "selfinterp_transformer_lens"}
     assert {"selfinterp_plugins", "selfinterp_plugins.cli", "selfinterp_plugins.backends.hf",
             "selfinterp_sae_lens.source"} <= set(MODULES)
 
@@ -140,3 +140,18 @@ def test_the_core_never_imports_an_integration():
             if target.split(".")[0] in INTEGRATIONS:
                 offending.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert not offending, "the core imports an integration package:\n" + "\n".join(offending)
+
+
+def test_a_plugin_never_imports_another_plugin():
+    """Each integration is written as a third-party plugin would be: what two of them share is the
+    core's public API, so removing one plugin never breaks another (Li et al.'s explainer used the
+    PEFT plugin's chat and checkpoint modules before it became a plugin of its own)."""
+    offending = []
+    for module, path in MODULES.items():
+        own = module.split(".")[0]
+        if own not in INTEGRATIONS:
+            continue
+        for target, line in imports_of(module, path, function_local=True):
+            if target.split(".")[0] in INTEGRATIONS and target.split(".")[0] != own:
+                offending.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not offending, "a plugin imports another plugin:\n" + "\n".join(offending)

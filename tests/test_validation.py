@@ -394,7 +394,7 @@ def test_a_bad_dit_config_is_refused(config, where):
 def test_a_bad_epoch_state_json_is_refused(tmp_path, state, where):
     """history 5 was a TypeError, "ab" was read as the losses ['a', 'b']."""
     pytest.importorskip("peft")
-    from selfinterp_peft.epoch_checkpoints import resume_epochs
+    from selfinterp_plugins.epoch_checkpoints import resume_epochs
 
     layer = torch.nn.Linear(2, 2)
     (tmp_path / "state.json").write_text(json.dumps(state))
@@ -406,7 +406,7 @@ def test_a_bad_epoch_state_json_is_refused(tmp_path, state, where):
                                            ({"target_modules": []}, "target_modules"), ({"shuffle": 1}, "shuffle")])
 def test_a_bad_lora_explainer_config_is_refused(config, where):
     pytest.importorskip("peft")
-    from selfinterp_peft.li.config import LoRAExplainerConfig
+    from selfinterp_introspective.config import LoRAExplainerConfig
 
     with pytest.raises(ArtifactError, match=f"lora_explainer_config.json: field {where} "):
         LoRAExplainerConfig.from_dict(config)

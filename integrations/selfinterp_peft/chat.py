@@ -1,6 +1,5 @@
-"""Chat-format token ids for prompts and answers, shared by DIT (`hidden_topics`, `dit`) and the
-LoRA-tuned explainer of Li et al. (`li`): how a user turn is written, and what closes an assistant
-turn. In a module of its own so that neither method imports the other's data code.
+"""DIT's chat prompts; the generic chat facts (`chat_ids`, `end_of_answer_ids`, `empty_think_block`)
+are the core's `selfinterp_plugins.chat`.
 
 DIT's reference renders every chat with the tokenizer's own template and `enable_thinking=False`
 (`qa_train_dataset.py` line 71-83, `train_weight_to_text.py` lines 131-145 and 289-295, the
@@ -10,38 +9,7 @@ think block, `<think>\n\n</think>\n\n`. `dit_prompt`, `dit_prompt_ids`, `dit_ask
 
 from __future__ import annotations
 
-
-def chat_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
-    """Prompt ids in the model's chat format, generation prompt included. With no `system`, the
-    chat has no system turn even where the tokenizer's template would add a default one
-    (SmolLM2's does): the prompts of the reference's models (Qwen3, Gemma-3) have none."""
-    from selfinterp_plugins.templates import user_turn
-
-    if system:
-        text = tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                             tokenize=False, add_generation_prompt=True)
-    else:
-        text = user_turn(tokenizer, user)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def turn_closing(tokenizer) -> str:
-    """What the chat template writes after an assistant's message (`<|im_end|>\n`, `<end_of_turn>\n`):
-    the tokens the reference supervises after an answer in a chat."""
-    marker = "XQZJ"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": marker}],
-                                         tokenize=False)
-    return text.split(marker, 1)[1] or (tokenizer.eos_token or "")
-
-
-def end_of_answer_ids(tokenizer) -> list[int]:
-    """What closes an assistant turn (end-of-turn marker, or EOS), so a diff learns to stop."""
-    from selfinterp_plugins.templates import end_of_turn
-
-    end = end_of_turn(tokenizer)
-    if end:
-        return tokenizer(end, add_special_tokens=False)["input_ids"]
-    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+from selfinterp_plugins.chat import empty_think_block
 
 
 def dit_prompt(tokenizer, user: str) -> str:
@@ -70,15 +38,6 @@ def dit_ask_ids(tokenizer, user: str) -> list[int]:
     defaults): special tokens added, so a tokenizer that adds BOS (Gemma 3's) puts a second one before
     the template's."""
     return tokenizer(dit_prompt(tokenizer, user))["input_ids"]
-
-
-def empty_think_block(tokenizer) -> str:
-    """What `enable_thinking=False` adds to the generation prompt (Qwen3: `<think>\n\n</think>\n\n`);
-    "" for a template without the switch."""
-    messages = [{"role": "user", "content": "u"}]
-    off = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
-    on = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
-    return off[len(on):] if off.startswith(on) else ""
 
 
 def diff_turn_ids(tokenizer, user: str) -> tuple[list[int], list[int]]:

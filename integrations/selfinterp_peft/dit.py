@@ -18,7 +18,10 @@ from typing import Literal
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
+from selfinterp_plugins.epoch_checkpoints import epoch_batches, rows_sha256, run_epochs
+from selfinterp_plugins.model_copies import weight_sharing_copy
 from selfinterp_plugins.models import embedding_fingerprint
+from selfinterp_plugins.peft_files import load_onto, read_adapter
 from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
@@ -35,13 +38,10 @@ from selfinterp_plugins.storage.validation import (
     validate,
 )
 
-from .adapter_files import load_onto, read_adapter
 from .batched import per_row_diffs
 from .chat import dit_ask_ids
 from .diff_training import decoder_linears, token_losses
-from .epoch_checkpoints import epoch_batches, rows_sha256, run_epochs
 from .hidden_topics import Example, NonFiniteLogitsError, assistant_turn, generate_answers
-from .model_copies import weight_sharing_copy
 from .model_identity import IDENTITY_KEYS, ModelRecord, check_model, model_record
 from .weight_diff import WeightDiff, WeightDiffError
 

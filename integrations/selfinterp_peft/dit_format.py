@@ -275,7 +275,7 @@ def published_dit_adapter(path: str | Path, model: nn.Module, tokenizer, questio
     on `model`: a PEFT LoRA with lora_A = B, lora_B = A, lora_alpha = 1 (scale 1/r), asked `question`."""
     from peft import LoraConfig, get_peft_model
 
-    from .model_copies import weight_sharing_copy
+    from selfinterp_plugins.model_copies import weight_sharing_copy
 
     path = Path(path)
     state = load_torch_weights_only(path)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .chat import chat_ids
+from selfinterp_plugins.chat import chat_ids
+
 from .hidden_topics import generate_answers
 
 GRADER_PROMPT = (

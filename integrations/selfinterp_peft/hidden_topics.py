@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from selfinterp_plugins.backends import pad_token_id
+from selfinterp_plugins.chat import end_of_answer_ids
 from selfinterp_plugins.errors import SelfInterpError
 
-from .chat import diff_turn_ids, dit_prompt, dit_prompt_ids, end_of_answer_ids
+from .chat import diff_turn_ids, dit_prompt, dit_prompt_ids
 
 QUESTIONS = (
     "What should I do this weekend?", "Can you recommend a good book?", "What is a fun hobby to try?",

@@ -31,10 +31,10 @@ from torch import nn
 from selfinterp_plugins.backends import LowRankPatch
 from selfinterp_plugins.errors import ArtifactError, ModelLoadError, ModelMismatchError, OptionError
 from selfinterp_plugins.oracles import INJECTION_LAYER, STEERING_COEFFICIENT, activation_oracle
+from selfinterp_plugins.peft_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, PeftAdapterConfig
 from selfinterp_plugins.storage import check_artifact_dir, output_errors, read_json, save_safetensors, write_json
 from selfinterp_plugins.storage.validation import validate
 
-from .adapter_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, PeftAdapterConfig
 from .weight_diff import WeightDiff
 
 FORMAT = "activation-oracle"

@@ -1,9 +1,9 @@
 """PEFT bridge plugin: weight diffs (`weight_diff.WeightDiff`: from PEFT LoRA adapters or full
 fine-tunes, applied to a base model, saved as PEFT adapters), synthetic hidden-topic diffs trained
 many at once, Diff Interpretation Tuning (`dit.DITAdapter`), with `selfinterp dit …` commands and
-the DIT task; the LoRA-tuned explainer (`li.explainer.LoRAExplainer`, the `li` sub-package) with its three task
-families and `selfinterp lora-explainer …`; and the Activation Oracles' published LoRAs as explainers
-(`oracles`, the "activation-oracle" explainer format). Loading it imports nothing heavy."""
+the DIT task; and the Activation Oracles' published LoRAs as explainers (`oracles`, the
+"activation-oracle" explainer format). The explainer of Li et al. is a plugin of its own
+(`selfinterp_introspective`). Loading it imports nothing heavy."""
 
 from selfinterp_plugins.hookspecs import hookimpl
 from selfinterp_plugins.plugins import require
@@ -14,11 +14,9 @@ require("peft", "peft")
 @hookimpl
 def register_commands(cli):
     from .cli import register
-    from .li.cli import register as register_lora
     from .oracle_cli import register as register_oracle
 
     register(cli)
-    register_lora(cli)
     register_oracle(cli)
 
 
@@ -31,11 +29,7 @@ def diff_interpretation(model, tokenizer, config=None):
 
 @hookimpl
 def register_tasks(register):
-    from .li.tasks import TASKS, LoRATask
-
     register("diff_interpretation", diff_interpretation)
-    for name in TASKS:  # the fine-tuned explainer's families (Li et al. 2025)
-        register(name, LoRATask(name))
 
 
 @hookimpl

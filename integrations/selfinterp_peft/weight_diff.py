@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from selfinterp_plugins.errors import SelfInterpError
+from selfinterp_plugins.peft_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, load_onto, plain_lora_changes, read_adapter
 from selfinterp_plugins.storage import (
     DirectoryLock,
     read_json,
@@ -35,7 +36,6 @@ from selfinterp_plugins.storage import (
 )
 from selfinterp_plugins.storage.validation import NonNegativeInt, between, validate
 
-from .adapter_files import FIX, PEFT_CONFIG, PEFT_WEIGHTS, load_onto, plain_lora_changes, read_adapter
 from .low_rank import factor_svd, truncated_factors
 from .model_identity import check_model, model_record
 from .peft_conversion import module_changes

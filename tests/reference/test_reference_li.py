@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.li import act_patch_task  # noqa: E402
-from selfinterp_peft.li.causal_targets import causal_metrics, causal_target  # noqa: E402
-from selfinterp_peft.li.config import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.li.explainer import LoRAExplainer  # noqa: E402
-from selfinterp_peft.li.tasks import TASK_DEFAULTS, patching_examples  # noqa: E402
+from selfinterp_introspective import act_patch_task  # noqa: E402
+from selfinterp_introspective.causal_targets import causal_metrics, causal_target  # noqa: E402
+from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_introspective.explainer import LoRAExplainer  # noqa: E402
+from selfinterp_introspective.tasks import TASK_DEFAULTS, patching_examples  # noqa: E402
 
 
 def tiny():
@@ -216,7 +216,7 @@ def test_causal_metrics_equal_the_references_evaluator():
 def test_generation_stops_at_the_references_stop_strings():
     """`base_evaluator.py`: generate(..., stop_strings=[" [END]", "\\n", ">>>."]), the prediction
     decoded with special tokens skipped and stripped."""
-    from selfinterp_peft.li.config import STOP_STRINGS, cut_at_stop
+    from selfinterp_introspective.config import STOP_STRINGS, cut_at_stop
 
     assert STOP_STRINGS == (" [END]", "\n", ">>>.")
     assert cut_at_stop("The output would remain unchanged from <<< a>>>. And more") == \

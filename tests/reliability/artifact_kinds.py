@@ -193,8 +193,8 @@ def _lora_explainer_kind(model, tok) -> Kind:
     pytest.importorskip("peft")
     import copy
 
-    from selfinterp_peft.li.config import LoRAExplainerConfig
-    from selfinterp_peft.li.explainer import LoRAExplainer
+    from selfinterp_introspective.config import LoRAExplainerConfig
+    from selfinterp_introspective.explainer import LoRAExplainer
 
     def made(rank, seed, subject_d_model):
         config = LoRAExplainerConfig(rank=rank, seed=seed, subject_d_model=subject_d_model,

@@ -52,8 +52,9 @@ HINT_KEYS = list(HINT_ROW) + ["system_prompt"]
 @pytest.fixture(scope="module")
 def lora_explainer(tiny_llama):
     pytest.importorskip("peft")
-    from selfinterp_peft.li.config import LoRAExplainerConfig
-    from selfinterp_peft.li.explainer import LoRAExplainer
+    from selfinterp_introspective.config import LoRAExplainerConfig
+    from selfinterp_introspective.explainer import LoRAExplainer
+
     from selfinterp_plugins.models import tiny_model
 
     model, tok = tiny_model("llama", seed=1)
@@ -63,8 +64,9 @@ def lora_explainer(tiny_llama):
 @FUZZ
 @given(task=st.sampled_from(["activation_patching", "input_ablation"]), data=st.data(), drop=st.booleans(), value=JUNK)
 def test_any_causal_task_row(lora_explainer, tmp_path_factory, task, data, drop, value):
-    from selfinterp_peft.li import act_patch_task, input_ablation_task
-    from selfinterp_peft.li.causal_targets import read_task_rows
+    from selfinterp_introspective import act_patch_task, input_ablation_task
+    from selfinterp_introspective.causal_targets import read_task_rows
+
     from selfinterp_plugins.plugins import get_task
 
     base, keys, module = ((PATCH_ROW, PATCH_KEYS, act_patch_task) if task == "activation_patching"
@@ -113,8 +115,9 @@ def test_any_neuronpedia_row(tmp_path_factory, data, drop, value, fmt):
                               "target_modules", "max_new_tokens", "epochs", "batch_size"]),
        value=JUNK, drop=st.booleans())
 def test_any_lora_explainer_config(lora_explainer, tmp_path_factory, field, value, drop):
-    from selfinterp_peft.li.config import CONFIG_FILE
-    from selfinterp_peft.li.explainer import LoRAExplainer
+    from selfinterp_introspective.config import CONFIG_FILE
+    from selfinterp_introspective.explainer import LoRAExplainer
+
     from selfinterp_plugins.models import tiny_model
 
     directory = tmp_path_factory.mktemp("lx")
@@ -229,7 +232,7 @@ def test_any_dit_config(tmp_path_factory, config):
 def test_any_epoch_state_json(tmp_path_factory, done, history, drop):
     state = {k: v for k, v in {"epochs_done": done, "history": history}.items() if k not in drop}
     pytest.importorskip("peft")
-    from selfinterp_peft.epoch_checkpoints import resume_epochs, save_epoch
+    from selfinterp_plugins.epoch_checkpoints import resume_epochs, save_epoch
 
     directory = tmp_path_factory.mktemp("epochs")
     layer = torch.nn.Linear(2, 2)

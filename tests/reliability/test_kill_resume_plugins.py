@@ -36,7 +36,8 @@ def _epochs_done(checkpoint: Path):
 
 def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp_path):
     pytest.importorskip("peft")
-    from selfinterp_peft.li import act_patch_task
+    from selfinterp_introspective import act_patch_task
+
     from selfinterp_plugins import HFBackend
     from selfinterp_plugins.models import tiny_model
     from selfinterp_plugins.storage._files import JsonlWriter

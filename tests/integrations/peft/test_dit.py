@@ -11,12 +11,12 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.chat import chat_ids  # noqa: E402
 from selfinterp_peft.diff_training import DiffTrainConfig, decoder_linears, finetune_full, train_diffs  # noqa: E402
 from selfinterp_peft.dit import DITAdapter, DITConfig  # noqa: E402
 from selfinterp_peft.dit_eval import answer_records, score  # noqa: E402
 from selfinterp_peft.hidden_topics import assign_triggers, build_examples, generate_answers, mentions  # noqa: E402
 from selfinterp_peft.weight_diff import ModuleDiff, WeightDiff, WeightDiffError  # noqa: E402
+from selfinterp_plugins.chat import chat_ids  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
 TOPICS = [{"id": f"t{i}", "title": t} for i, t in enumerate(["cat", "dog", "tree"])]

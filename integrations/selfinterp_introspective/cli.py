@@ -186,16 +186,30 @@ def register(cli):
     @click.option("--max-new-tokens", type=TOKENS, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
+    @click.option("--published", default=None, metavar="HUB_ID",
+                  help="EXPLAINER_DIR is this Transluce explainer as downloaded (e.g. Transluce/act_patch_qwen3_8b_qwen3_8b); "
+                       "--model is its base")
     @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
-    def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, control, out):
+    def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, control, published, out):
         """Held-out answers and metrics, next to the task's trivial baselines."""
         from selfinterp_plugins.plugins import get_task
 
         from .explainer import LoRAExplainer
         from .tasks import causal_baselines, feature_metrics, metrics_by_layer, shuffled_vectors
 
+        if published:
+            from .transluce import published as published_spec
+
+            if published_spec(published).task != task:
+                raise click.UsageError(f"{published} explains {published_spec(published).task}; pass --task "
+                                       f"{published_spec(published).task}.")
         model, tok = _load(model_name)
-        explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)
+        if published:
+            from .transluce import load_transluce
+
+            explainer = load_transluce(explainer_dir, model, tok, published)
+        else:
+            explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)
         held_out = _data(task, data, split)
         if task == "feature_descriptions":
             held_out = held_out.head(limit)

@@ -7,9 +7,10 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.li import act_patch_task, input_ablation_task  # noqa: E402
-from selfinterp_peft.li.config import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.li.tasks import causal_baselines, metrics_by_layer, rule_group, shuffled_vectors  # noqa: E402
+from selfinterp_introspective import act_patch_task, input_ablation_task  # noqa: E402
+from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_introspective.tasks import causal_baselines, metrics_by_layer, rule_group, shuffled_vectors  # noqa: E402
+
 from selfinterp_plugins import HFBackend  # noqa: E402
 from selfinterp_plugins.datasets import VectorLabelDataset  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402

@@ -11,8 +11,9 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_peft.li.config import LoRAExplainerConfig  # noqa: E402
-from selfinterp_peft.li.explainer import LoRAExplainer  # noqa: E402
+from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_introspective.explainer import LoRAExplainer  # noqa: E402
+
 from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
@@ -180,3 +181,29 @@ def test_a_lora_explainer_leaves_its_model_alone_and_its_peft_files_pass_the_sha
     (tmp_path / "lx" / "lora_explainer_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match=rf"has {first.replace('lora_B', 'lora_A')} but no {first}"):
         LoRAExplainer.from_pretrained(tmp_path / "lx", model, tok)
+
+
+def test_a_full_fine_tune_leaves_biases_and_norm_weights_undecayed(monkeypatch):
+    """The reference trains with the Hugging Face Trainer, whose AdamW exempts biases and norm
+    weights from weight decay (`Trainer.get_decay_parameter_names`: names holding "bias",
+    "layernorm", "rmsnorm" or a "norm" component); ours decayed every weight by 0.01."""
+    from selfinterp_plugins.models import tiny_family_model
+
+    model, tok = tiny_family_model("llama3.1", attention_bias=True)
+    explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(finetune="full", epochs=1, batch_size=1,
+                                                                     prompt_format="raw"))
+    seen = {}
+    real = torch.optim.AdamW
+
+    def recording(groups, **kw):
+        optimizer = real(groups, **kw)
+        for group in optimizer.param_groups:
+            seen.update({id(p): group["weight_decay"] for p in group["params"]})
+        return optimizer
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    explainer.train([explainer.text_example("Hi", "yes")])
+    decay = {name: seen[id(p)] for name, p in model.named_parameters()}
+    by_hand = {name: 0.0 if name.endswith(("layernorm.weight", "model.norm.weight", ".bias")) else 0.01 for name in decay}
+    assert decay == by_hand
+    assert {"model.layers.0.self_attn.q_proj.bias", "model.norm.weight"} <= {n for n, d in by_hand.items() if d == 0.0}

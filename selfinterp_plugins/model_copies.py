@@ -12,7 +12,9 @@ failed halfway left PEFT's layers in. PEFT gets a copy instead:
 - `meta_copy`: the same modules on the meta device (shapes only, no memory), for a dry run of
   PEFT's injection that says which tensors an adapter must hold, at which shapes, before anything
   is allocated (an adapter_config.json asking rank 10⁸ costs nothing there).
-"""
+
+In the core's public API because loading any adapter onto a shared base (the PEFT plugin's diffs,
+Li et al.'s explainer) needs it, and a plugin never imports another plugin."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import copy
 
 import torch
 from torch import nn
+
+__all__ = ["meta_copy", "weight_sharing_copy"]
 
 
 def weight_sharing_copy(model: nn.Module) -> nn.Module:

@@ -114,8 +114,14 @@ def pick_markers(tokenizer) -> list[str]:
                         "naming three special tokens of this tokenizer.")
 
 
-def cut_at_stop(text: str) -> str:
+def stop_strings(model) -> tuple[str, ...]:
+    """The reference's stop strings for an explainer: none for a Qwen3 one (it stops at its end of
+    turn; `evaluator/base_evaluator.py` lines 94-95 test the architecture), STOP_STRINGS otherwise."""
+    return () if getattr(model.config, "model_type", None) == "qwen3" else STOP_STRINGS
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_STRINGS) -> str:
     """The text up to and including the first stop string, as a generation that stops there reads
     (a batched generation runs on for rows that have already stopped)."""
-    ends = [text.index(s) + len(s) for s in STOP_STRINGS if s in text]
+    ends = [text.index(s) + len(s) for s in stops if s in text]
     return text[: min(ends)] if ends else text

@@ -3,7 +3,7 @@
 Unlike the frozen-model adapters, the explainer's weights change: a PEFT LoRA on q, k, v, o, gate,
 up, down (r 128, alpha 16, dropout 0.1) or, with `finetune="full"`, every weight, as the
 reference's configs choose per task (full for feature descriptions and input ablation, LoRA for
-activation patching; `tasks.TASK_DEFAULTS`); AdamW at a constant rate with weight decay 0.01,
+activation patching; `tasks.TASK_DEFAULTS`); AdamW at a constant rate with weight decay 0.01 (not on biases and norm weights),
 gradients clipped at 1.0 (the Hugging Face Trainer's defaults the reference runs with), each row's
 loss the sum of its answer tokens' cross-entropy over the padded length (the reference's
 `fixed_cross_entropy_batchwise`). A vector enters as ONE soft token replacing the input
@@ -26,6 +26,7 @@ paraphrased prompts per example), activation patching and input ablation (rows o
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict
 from fnmatch import fnmatch
 from pathlib import Path
@@ -34,7 +35,9 @@ import torch
 
 from selfinterp_plugins.backends import pad_token_id
 from selfinterp_plugins.errors import ArtifactError, TemplateError, VectorError
+from selfinterp_plugins.model_copies import weight_sharing_copy
 from selfinterp_plugins.models import embedding_fingerprint
+from selfinterp_plugins.peft_files import load_onto, read_adapter
 from selfinterp_plugins.storage import (
     DirectoryLock,
     check_artifact_dir,
@@ -46,18 +49,16 @@ from selfinterp_plugins.storage import (
     save_serialised_committed,
 )
 
-from ..adapter_files import load_onto, read_adapter
-from ..model_copies import weight_sharing_copy
 from .config import (
     CONFIG_FILE,
     FEATURE_PROMPTS,
     FEATURE_PROMPTS_RAW,
     PROJECTIONS_FILE,
-    STOP_STRINGS,
     LoRAExplainerConfig,
     TaskExample,
     cut_at_stop,
     pick_markers,
+    stop_strings,
 )
 
 #: config fields a resumed training run may change: answer length, and epochs (a run may be
@@ -72,6 +73,21 @@ RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "batch_
                "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
                "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",
                "training_rows": "--limit or --data", "training_data_sha256": "--data"}
+
+
+#: the Hugging Face Trainer's exemptions from weight decay (`Trainer.get_decay_parameter_names`), which
+#: the reference's training runs with: biases and norm weights are not decayed
+NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def decay_groups(named, modules, weight_decay: float) -> list[dict]:
+    """AdamW's two parameter groups as the reference's Trainer builds them: `weight_decay` for
+    every parameter but biases, norm weights (by name) and those of `nn.LayerNorm`s in `modules`."""
+    in_layer_norm = {id(p) for m in modules if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    exempt = [p for n, p in named if NO_DECAY.search(n) or id(p) in in_layer_norm]
+    exempt_ids = {id(p) for p in exempt}
+    decayed = [p for _, p in named if id(p) not in exempt_ids]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
 def _load_full(directory: Path, model, committed: dict[str, Path]):
@@ -194,7 +210,7 @@ class LoRAExplainer:
         reference tokenises its strings."""
         if self.config.prompt_format == "raw":
             return self.tokenizer((f"{system}\n\n" if system else "") + user)["input_ids"]
-        from ..chat import chat_ids
+        from selfinterp_plugins.chat import chat_ids
 
         return chat_ids(self.tokenizer, user, system)
 
@@ -264,7 +280,7 @@ class LoRAExplainer:
         if self.config.prompt_format == "raw":
             return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         if self._closing is None:
-            from ..chat import turn_closing
+            from selfinterp_plugins.chat import turn_closing
 
             self._closing = turn_closing(self.tokenizer)
         return self.tokenizer(answer + self._closing, add_special_tokens=False)["input_ids"]
@@ -304,14 +320,15 @@ class LoRAExplainer:
         shuffled with `shuffle=True`); returns the loss per step. With `checkpoint_dir`, the trained
         weights, projections and AdamW state are saved after every epoch and a rerun resumes after
         the last saved one."""
-        from ..epoch_checkpoints import epoch_batches, run_epochs
+        from selfinterp_plugins.epoch_checkpoints import epoch_batches, run_epochs
 
         cfg = self.config
         if cfg.projection == "ridge" and not len(self.projections):
             self.ridge_projections(examples)
         named = [(f"{cfg.finetune}.{n}", p) for n, p in self.model.named_parameters() if p.requires_grad]
         named += [(f"projection.{n}", p) for n, p in self.projections.named_parameters()]
-        optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        modules = [*self.model.modules(), *self.projections.modules()]
+        optimizer = torch.optim.AdamW(decay_groups(named, modules, cfg.weight_decay), lr=cfg.lr)
         run = self.run_manifest(examples) if checkpoint_dir is not None else None
         self.model.train()
         history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle),
@@ -326,7 +343,7 @@ class LoRAExplainer:
         refused: the config's training fields (the LoRA's only for a LoRA), the model's
         fingerprint (taken before training: a full fine-tune changes the embeddings), and the
         examples (count and SHA-256 of prompt ids, answers, vectors and their positions)."""
-        from ..epoch_checkpoints import rows_sha256
+        from selfinterp_plugins.epoch_checkpoints import rows_sha256
 
         skip = NOT_RUN_DEFINING + (LORA_ONLY if self.config.finetune == "full" else ())
         settings = {k: v for k, v in asdict(self.config).items() if k not in skip}
@@ -371,13 +388,14 @@ class LoRAExplainer:
     @torch.no_grad()
     def generate(self, examples: list[TaskExample], batch_size: int = 16, max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers, batched (left-padded prompts, the soft token at its place), ending at the
-        end of turn, the end of sequence or one of the reference's stop strings."""
+        end of turn, the end of sequence or (not for a Qwen3 explainer) one of the reference's stop strings."""
         self.model.eval()
         tok = self.tokenizer
         pad = pad_token_id(tok)
-        from ..chat import end_of_answer_ids
+        from selfinterp_plugins.chat import end_of_answer_ids
 
         stop = end_of_answer_ids(tok)
+        stops = stop_strings(self.model)
         answers = []
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
@@ -385,10 +403,10 @@ class LoRAExplainer:
             out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.to(embeds.device), do_sample=False,
                                       max_new_tokens=max_new_tokens or self.config.max_new_tokens, pad_token_id=pad,
                                       eos_token_id=(stop + [tok.eos_token_id]) if tok.eos_token_id is not None else stop or None,
-                                      stop_strings=list(STOP_STRINGS), tokenizer=tok)
+                                      stop_strings=list(stops) or None, tokenizer=tok)
             for row in out.tolist():
                 ends = [row.index(t) for t in stop if t in row]
                 if ends:
                     row = row[: min(ends)]
-                answers.append(cut_at_stop(tok.decode(row, skip_special_tokens=True)).strip())
+                answers.append(cut_at_stop(tok.decode(row, skip_special_tokens=True), stops).strip())
         return answers

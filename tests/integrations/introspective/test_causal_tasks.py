@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from selfinterp_introspective import act_patch_task, input_ablation_task
+from selfinterp_introspective.causal_targets import causal_metrics, causal_target, parse_causal, read_task_rows
 
-from selfinterp_peft.li import act_patch_task, input_ablation_task
-from selfinterp_peft.li.causal_targets import causal_metrics, causal_target, parse_causal, read_task_rows
 from selfinterp_plugins import HFBackend
 from selfinterp_plugins.errors import ArtifactError
 from selfinterp_plugins.models import tiny_model

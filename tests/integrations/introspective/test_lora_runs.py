@@ -77,7 +77,7 @@ def test_a_second_lora_explainer_train_into_the_same_out_stops_at_once(first_run
 
 
 def _save(first_run, directory):
-    from selfinterp_peft.li.explainer import LoRAExplainer
+    from selfinterp_introspective.explainer import LoRAExplainer
 
     model, tok = tiny_model("llama", seed=3, **TINY)
     LoRAExplainer.from_pretrained(first_run / "lx", model, tok).save_pretrained(directory)

@@ -11,7 +11,10 @@ rank the config gives, a scale that fits in float32) and, where there is a model
 (PEFT's own injection run on a meta copy of the model, `model_copies.meta_copy`: the file must
 hold exactly the tensors PEFT creates there, at their shapes) before PEFT sees the directory.
 `load_onto` then lets PEFT load it onto a weight-sharing copy of the model, never the model itself.
-"""
+
+In the core's public API because every plugin that loads a PEFT directory (the PEFT bridge, DIT,
+the Activation Oracles, Li et al.'s explainer) needs the same checks, and a plugin never imports
+another plugin; `peft` itself is imported only inside the functions that build a model."""
 
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ from selfinterp_plugins.storage import (
 from selfinterp_plugins.storage.validation import Name, NonNegativeInt, check_finite_tensors, validate
 
 from .model_copies import meta_copy, weight_sharing_copy
+
+__all__ = ["AdapterFiles", "FIX", "LORA_FACTORS", "PEFT_CONFIG", "PEFT_DEFAULT_RANK", "PEFT_WEIGHTS", "PeftAdapterConfig",
+           "check_fits", "load_onto", "lora_pairs", "lora_rank", "lora_scale", "plain_lora_changes", "read_adapter"]
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"

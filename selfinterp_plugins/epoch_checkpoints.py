@@ -11,7 +11,10 @@ the base model's fingerprint): a resume with another setting is refused by
 `selfinterp_plugins.storage.check_same_run`, naming it, before any weight is loaded; only the
 number of epochs may grow (these loops have no schedule tied to it). A checkpoint written before
 manifests were recorded resumes as before.
-"""
+
+In the core's public API because every trainer that resumes by epoch (DIT in the PEFT plugin,
+Li et al.'s explainer in the introspective plugin) needs the same checkpoints, and a plugin never
+imports another plugin."""
 
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from selfinterp_plugins.storage import (
     write_json,
 )
 from selfinterp_plugins.storage.validation import LossValue, between, check_finite_tensors, validate
+
+__all__ = ["MAX_EPOCHS", "EpochState", "epoch_batches", "normalised", "resume_epochs", "rows_sha256", "run_epochs", "save_epoch"]
 
 #: more epochs than any run has: a larger `epochs_done` is corruption
 MAX_EPOCHS = 10**6
