@@ -141,6 +141,38 @@ def test_duplicate_adapter_kind_is_reported_and_first_wins(monkeypatch):
     assert "hf" in plugins.registry().backends
 
 
+def test_adapters_and_baselines_register_by_name_like_every_other_kind(monkeypatch):
+    """`register(name, obj)` is the one form of every register_* hook: adapters and baselines took
+    only `register(obj)`, and the two-argument form was refused as "cannot register". Both forms
+    work now; a name that differs from the class's kind (or the baseline's name) is refused."""
+    import types
+
+    class Other(ScalarAffine):
+        kind = "other_kind"
+
+    def register_adapters(register):
+        register("extra_kind", Extra)
+        register(Other)  # the form of earlier versions still works
+        register("not_its_kind", DuplicateScalarAffine)
+
+    def register_baselines(register):
+        register("mine", types.SimpleNamespace(name="mine"))
+        register("wrong", types.SimpleNamespace(name="theirs"))
+
+    plugin = module("named", register_adapters=register_adapters, register_baselines=register_baselines)
+    install_entry_points(monkeypatch, FakeEntryPoint("named", lambda: plugin))
+    kinds = plugins.get_adapter_classes()
+    assert kinds["extra_kind"] is Extra and kinds["other_kind"] is Other
+    assert "not_its_kind" not in kinds and "mine" in plugins.registry().baselines
+    assert {"wrong", "theirs"}.isdisjoint(plugins.registry().baselines)
+    assert [e["error"] for e in plugins.plugin_errors()] == [
+        "register_adapters: cannot register 'not_its_kind' (ValueError: the name 'not_its_kind' differs from its kind "
+        "'scalar_affine'; register it as 'scalar_affine'); not registered",
+        "register_baselines: cannot register 'wrong' (ValueError: the name 'wrong' differs from its name 'theirs'; "
+        "register it as 'theirs'); not registered",
+    ]
+
+
 def test_register_hook_that_raises_is_reported_not_raised(monkeypatch):
     def register_scorers(register):
         register("good_before", lambda *a, **k: {})
