@@ -21,6 +21,7 @@ from .errors import (
     TemplateError,
     UnknownNameError,
     UnsupportedInitError,
+    UnsupportedModelError,
     VectorError,
 )
 from .explainer import Explainer
@@ -34,7 +35,7 @@ __all__ = [
     "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "OutputError", "PluginNotInstalledError",
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
-    "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
+    "UnsupportedModelError", "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
     "shipped_explainer_dir",
     "shipped_explainer_names",
 ]

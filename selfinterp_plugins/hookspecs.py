@@ -34,7 +34,13 @@ hookimpl = pluggy.HookimplMarker("selfinterp")
 @hookspec
 def register_backends(register):
     """Provide backends: call `register(name, factory)` where `factory(model, tokenizer=None,
-    **options)` returns a `selfinterp_plugins.Backend` running that model object."""
+    **options)` returns a `selfinterp_plugins.Backend` running that model object.
+
+    A factory handed a model object it cannot run raises `selfinterp_plugins.UnsupportedModelError`
+    saying what it takes (a `BackendError`: the CLI prints it as one line and exits 2). It must check
+    at once, not leave it to the first attribute it reads: `selfinterp train ... --backend NAME` hands
+    every backend the transformers model and tokenizer `load_model` loads, and `backend=NAME` in
+    Python hands it whatever the caller has."""
 
 
 @hookspec(firstresult=True)
