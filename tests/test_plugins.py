@@ -3,6 +3,8 @@ and SELFINTERP_PLUGINS."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selfinterp_plugins import plugins
@@ -280,6 +282,27 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
     with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, tiny-features\)\.$"):
         Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)
+
+
+def test_shipped_explainer_dir_gives_a_plugins_directory_and_refuses_unknown_names(monkeypatch, tmp_path):
+    """`shipped_explainer_dir(name)` (public) gave <core data>/explainers/<name> for a plugin's
+    shipped name, a folder that does not exist; it now gives the plugin's registered directory, the
+    core's for the core's names, and refuses a name nobody ships, listing the installed ones."""
+    from importlib import resources
+
+    from selfinterp_plugins import shipped_explainer_dir
+
+    plugin = module("shipping_plugin", register_explainers=lambda register: register("tiny-features", tmp_path / "tf"))
+    install_entry_points(monkeypatch, FakeEntryPoint("shipper", lambda: plugin))
+    plugins.reset()
+    core = Path(str(resources.files("selfinterp_plugins"))) / "data" / "explainers" / "smollm2-topics"
+    assert shipped_explainer_dir("tiny-features") == tmp_path / "tf"
+    assert shipped_explainer_dir() == shipped_explainer_dir("smollm2-topics") == core
+    for name in ("no-such-explainer", "../smollm2-topics"):
+        with pytest.raises(UnknownNameError) as err:
+            shipped_explainer_dir(name)
+        assert str(err.value) == (f"No shipped explainer named {name!r}; installed: smollm2-topics, tiny-features "
+                                  "(`selfinterp plugins` lists them).")
 
 
 def test_a_name_that_is_not_a_string_is_that_plugins_error(monkeypatch, capsys, tmp_path):
