@@ -143,21 +143,28 @@ def test_ridge_init_of_a_kind_without_one_says_to_use_the_paper_init(tiny_llama)
     assert history["steps"] == 1
 
 
-def test_the_cli_trains_a_plugin_kind_and_says_how_when_ridge_cannot(tiny_llama, tmp_path, capsys):
+def test_the_cli_trains_a_plugin_kind_without_a_ridge_start_by_default(tiny_llama, tmp_path, capsys):
+    """`--init ridge` was the default and failed for every kind without a ridge start: the default
+    is now paper for such kinds (`train --help` says so), and an explicit --init ridge is refused
+    in one line saying how."""
     model, tok = tiny_llama
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     dataset = data().save(tmp_path / "data")
     argv = ["train", str(dataset), "--model", str(tmp_path / "model"), "--adapter", "two_layer", "--epochs", "1",
             "--batch-size", "4"]
-    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "ridge"))  # --init ridge is the default
+    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "default"))
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
+    assert json.loads((tmp_path / "default" / CONFIG_FILE).read_text())["adapter"]["kind"] == "two_layer"
+    code, _, err = run_cli(capsys, *argv, "--init", "ridge", "--out", str(tmp_path / "ridge"))
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1] == ("Error: Adapter kind 'two_layer' has no ridge initialisation; train it with "
                                     "init='paper' (selfinterp train --init paper).")  # after transformers' progress bars
-    code, out, err = run_cli(capsys, *argv, "--init", "paper", "--out", str(tmp_path / "paper"))
-    assert code == 0, err
-    assert json.loads(out)["steps"] == 2
-    assert json.loads((tmp_path / "paper" / CONFIG_FILE).read_text())["adapter"]["kind"] == "two_layer"
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert "[default: ridge for a kind with a ridge start (every built-in one but raw), paper for a kind without " \
+           "one, where ridge fails]" in " ".join(out.split())
+    assert TwoLayer.has_ridge_init() is False and plugins.get_adapter_classes()["full_rank"].has_ridge_init() is True
 
 
 # ---- the example of docs/plugins.md ----------------------------------------------------------
