@@ -184,6 +184,22 @@ def docs_plugin(monkeypatch, tmp_path):
     return plugin
 
 
+def test_a_bad_option_of_a_plugin_kind_is_an_option_error(docs_plugin, tiny_llama):
+    """A keyword option out of its annotated range (the docs example's `max_scale: PositiveFloat`,
+    the core's `init_scale`) was `ArtifactError ... fix the config` from Python; it is an
+    OptionError naming the option."""
+    from selfinterp_plugins.errors import ArtifactError, OptionError
+
+    for option, kind, options in [({"max_scale": -1.0}, "diagonal_affine", "init_scale, max_scale"),
+                                  ({"init_scale": -1}, "scalar_affine", "init_scale")]:
+        with pytest.raises(OptionError) as err:
+            Explainer.create(*tiny_llama, adapter=kind, template="echo", **option)
+        (name, value), = option.items()
+        assert not isinstance(err.value, ArtifactError)
+        assert str(err.value) == (f"Adapter kind {kind!r}: option {name} should be greater than 0 (got {value}); fix "
+                                  f"that option (the kind's options: {options}).")
+
+
 def test_the_docs_example_runs_as_written(docs_plugin, tiny_llama, tmp_path, capsys):
     assert "diagonal_affine" in plugins.get_adapter_classes() and plugins.plugin_errors() == []
     explainer = Explainer.create(*tiny_llama, adapter="diagonal_affine", template="echo", max_scale=20.0)
