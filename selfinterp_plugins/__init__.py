@@ -26,12 +26,14 @@ from .errors import (
 )
 from .explainer import Explainer
 from .hookspecs import hookimpl
+from .results import ExplainRecord, ExplainResults
 from .sites import Site
 from .templates import PromptTemplate
 from .training import TrainConfig
 
 __all__ = [
-    "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
+    "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "ExplainRecord", "ExplainResults",
+    "Explainer", "HFBackend",
     "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "OutputError", "PluginNotInstalledError",
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",

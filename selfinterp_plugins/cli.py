@@ -187,17 +187,25 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
 @backend_options
 @click.option("--limit", type=COUNT, default=None)
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
-def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales):
-    """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
+@click.option("--scorer", "scorers", multiple=True,
+              help="a registered scorer, a plugin's included (repeatable; `selfinterp plugins` lists them); "
+                   "metrics of scorers other than the default two go under \"scores\" "
+                   "[default: recall_at_k, exact_match]")
+def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales, scorers):
+    """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split, or the
+    scorers named with --scorer."""
     from . import Explainer, VectorLabelDataset
-    from .evaluation import evaluate_explainer
+    from .evaluation import DEFAULT_SCORERS, evaluate_explainer
+    from .evaluation.topics_eval import check_scorers
 
     check_backend_options(backend, remote, dtype, device)
+    scorers = check_scorers(scorers or DEFAULT_SCORERS)  # an unknown scorer is refused before the model loads
     location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     runner = load_backend(model_name, backend, remote, dtype, device)
     explainer = Explainer.from_pretrained(location, model=runner)
-    result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
+    result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True,
+                                scorers=scorers)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 
