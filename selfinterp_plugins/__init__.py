@@ -21,20 +21,23 @@ from .errors import (
     TemplateError,
     UnknownNameError,
     UnsupportedInitError,
+    UnsupportedModelError,
     VectorError,
 )
 from .explainer import Explainer
 from .hookspecs import hookimpl
+from .results import ExplainRecord, ExplainResults
 from .sites import Site
 from .templates import PromptTemplate
 from .training import TrainConfig
 
 __all__ = [
-    "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "Explainer", "HFBackend",
+    "Adapter", "AdapterConfig", "ArtifactError", "Backend", "BackendError", "ExplainRecord", "ExplainResults",
+    "Explainer", "HFBackend",
     "LabelError", "LowRankConfig", "ModelLoadError", "ModelMismatchError", "OptionError", "OutputError", "PluginNotInstalledError",
     "PromptTemplate", "Sampling",
     "SelfInterpError", "Site", "TemplateError", "TrainConfig", "UnknownNameError", "UnsupportedInitError",
-    "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
+    "UnsupportedModelError", "VectorError", "VectorLabelDataset", "__version__", "hookimpl", "make_adapter",
     "shipped_explainer_dir",
     "shipped_explainer_names",
 ]

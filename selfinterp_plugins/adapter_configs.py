@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Annotated
 
-from .errors import ArtifactError, UnknownNameError
+from .errors import ArtifactError, OptionError, UnknownNameError
 from .storage.validation import Name, PositiveFloat, between, check_fields, validate
 
 #: the widest residual stream accepted (the largest open models are ~16k wide); a larger value
@@ -34,7 +34,9 @@ class AdapterConfig:
     LEGACY_KEYS = ("rank", "low_rank_init_factor")
 
     def __post_init__(self):
-        check_fields(self, f"Adapter config ({type(self).__name__})", "fix the config.")
+        """Built in Python, a bad field is the caller's option (OptionError); a saved file's fields
+        are checked by `from_dict` first, as an ArtifactError naming the file."""
+        check_fields(self, f"Adapter config ({type(self).__name__})", "pass a value in that range.", error=OptionError)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +54,9 @@ class AdapterConfig:
         if unknown:
             raise UnknownNameError(f"Adapter kind {kind!r} has no option(s) {unknown}; its options are: "
                                    f"{', '.join(sorted(known - {'kind', 'd_model'}))}.")
-        return target(kind=kind, d_model=d_model, **{k: v for k, v in options.items() if k in known})
+        values = {"kind": kind, "d_model": d_model, **{k: v for k, v in options.items() if k in known}}
+        return validate(target, values, f"Adapter kind {kind!r}", f"fix that option (the kind's options: "
+                        f"{', '.join(sorted(known - {'kind', 'd_model'}))}).", error=OptionError, noun="option")
 
     @classmethod
     def from_dict(cls, data: dict, registry: dict | None = None, source: str = "", prefix: str = "") -> AdapterConfig:

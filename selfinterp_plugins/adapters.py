@@ -103,6 +103,13 @@ class Adapter(nn.Module):
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    @classmethod
+    def has_ridge_init(cls) -> bool:
+        """Whether the kind has a closed-form ridge start: `selfinterp train` starts such kinds with
+        it by default and the others with their own init (`--init paper`), since `--init ridge` fails
+        for them. A kind that overrides `ridge_init` has one; override this to say otherwise."""
+        return cls.ridge_init is not Adapter.ridge_init
+
     @torch.no_grad()
     def ridge_init(self, vectors: torch.Tensor, targets: torch.Tensor, ridge: float = 1.0) -> None:
         """Set the adapter to the least-squares map from normalised vectors to `targets`.

@@ -109,7 +109,9 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
 @click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "tokenizer_chat", "echo", "patchscopes", "selfie"]),
               help="chat: the paper's prompt, no system turn; tokenizer_chat: built with the tokenizer's chat template")
 @click.option("--site", default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
-@click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
+@click.option("--init", default=None, type=click.Choice(["paper", "ridge"]),
+              help="ridge: a closed-form fit first; paper: the kind's own init. [default: ridge for a kind with a "
+                   "ridge start (every built-in one but raw), paper for a kind without one, where ridge fails]")
 @click.option("--epochs", type=COUNT, default=2, show_default=True)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
 @click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
@@ -124,6 +126,7 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
     from . import Explainer, TrainConfig, VectorLabelDataset
 
     check_backend_options(backend, remote, dtype, device)
+    init = init or _default_init(adapter)
     with DirectoryLock(out):  # the whole run: checkpoints, log and the final save (a second run fails at once)
         data = VectorLabelDataset.load(dataset)
         runner = load_backend(model_name, backend, remote, dtype, device)
@@ -134,6 +137,16 @@ def train(dataset, model_name, backend, remote, dtype, device, adapter, template
         history = explainer.train(data.split("train").head(limit), validation, config, output_dir=out)
         explainer.save_pretrained(out)
     click.echo(json.dumps({"validation_loss": history["validation_loss"], "steps": history["steps"], "saved": out}))
+
+
+def _default_init(adapter: str) -> str:
+    """`--init` when not given: ridge where the kind has a ridge start (it trains far better on small
+    models, docs/results.md), else paper, since ridge would only fail (`Adapter.has_ridge_init`). An
+    unknown kind gets ridge here and its UnknownNameError from `Explainer.create`."""
+    from .plugins import get_adapter_classes
+
+    kind = get_adapter_classes().get(adapter)
+    return "paper" if kind is not None and not kind.has_ridge_init() else "ridge"
 
 
 @cli.command()
@@ -174,17 +187,25 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
 @backend_options
 @click.option("--limit", type=COUNT, default=None)
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
-def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales):
-    """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split."""
+@click.option("--scorer", "scorers", multiple=True,
+              help="a registered scorer, a plugin's included (repeatable; `selfinterp plugins` lists them); "
+                   "metrics of scorers other than the default two go under \"scores\" "
+                   "[default: recall_at_k, exact_match]")
+def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, limit, scales, scorers):
+    """Recall@1/5 (retrieval over every title in the dataset) and exact match on a split, or the
+    scorers named with --scorer."""
     from . import Explainer, VectorLabelDataset
-    from .evaluation import evaluate_explainer
+    from .evaluation import DEFAULT_SCORERS, evaluate_explainer
+    from .evaluation.topics_eval import check_scorers
 
     check_backend_options(backend, remote, dtype, device)
+    scorers = check_scorers(scorers or DEFAULT_SCORERS)  # an unknown scorer is refused before the model loads
     location = Explainer.check_pretrained(explainer_dir)  # a bad explainer is refused before the model loads
     data = VectorLabelDataset.load(dataset)
     runner = load_backend(model_name, backend, remote, dtype, device)
     explainer = Explainer.from_pretrained(location, model=runner)
-    result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True)
+    result = evaluate_explainer(explainer, data.split(split).head(limit), sorted(set(data.labels)), scales, progress=True,
+                                scorers=scorers)
     click.echo(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
 
 

@@ -44,8 +44,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 REMOTE_VALUES = {"off": False, "local": "local", "ndif": True}
 
 MODEL_HELP = "alias, hub id or local path"
-BACKEND_HELP = ("library that runs the model: hf (transformers), nnsight or transformer_lens (each from its plugin; "
-                "`selfinterp plugins` lists the registered ones)")
+BACKEND_HELP = ("library that runs the model, one of the registered backends: {names} (hf: transformers; the "
+                "others from plugins, `selfinterp plugins` says whose)")
 REMOTE_HELP = ("nnsight only. off: run here; local: nnsight's offline rehearsal of NDIF (each request serialised "
                "as for NDIF, then run here); ndif: run on NDIF (needs NDIF_API_KEY; the weights stay there, "
                "so --model must be a hub id NDIF serves); or an NDIF host URL")
@@ -192,6 +192,18 @@ class BackendName(click.ParamType):
         return [CompletionItem(name) for name in sorted(registry().backends) if name.startswith(incomplete)]
 
 
+class BackendOption(click.Option):
+    """`--backend`, whose help names the registered backends, read when help is shown (as
+    `BackendName`'s metavar), not the three this project's plugins ship: a plugin's backend is a
+    valid value, and a plugin not loaded is not one."""
+
+    def get_help_record(self, ctx):
+        from .plugins import registry
+
+        self.help = BACKEND_HELP.format(names=", ".join(sorted(registry().backends)))
+        return super().get_help_record(ctx)
+
+
 DTYPE_HELP = "dtype of the frozen weights (adapters train in float32 whatever it is); bfloat16 halves memory on a GPU"
 DEVICE_HELP = ("cpu, cuda, cuda:N, or auto (transformers' device_map='auto': a model larger than one GPU is sharded "
                "and soft tokens follow the hidden state to the device of the injection site)")
@@ -206,7 +218,7 @@ def backend_options(command):
                            help=DTYPE_HELP)(command)
     command = click.option("--remote", default="off", show_default=True, metavar="off|local|ndif|URL",
                            help=REMOTE_HELP)(command)
-    return click.option("--backend", type=BackendName(), default="hf", show_default=True, help=BACKEND_HELP)(command)
+    return click.option("--backend", cls=BackendOption, type=BackendName(), default="hf", show_default=True)(command)
 
 
 def check_backend(name: str) -> None:

@@ -24,15 +24,37 @@ SHIPPED_EXPLAINER = "smollm2-topics"
 """The explainer shipped inside the package for SmolLM2 (trained by scripts/topic_benchmark.py)."""
 
 
+def _core_explainer_dir(name: str) -> Path:
+    """Where the core's package data would hold an explainer called `name` (it may not exist)."""
+    from importlib import resources
+
+    return Path(str(resources.files("selfinterp_plugins").joinpath(f"data/explainers/{name}")))
+
+
+def _is_bare_name(text: str) -> bool:
+    return bool(text) and "/" not in text and "\\" not in text and text not in (".", "..")
+
+
 def shipped_explainer_dir(name: str = SHIPPED_EXPLAINER) -> Path:
-    """The directory of an explainer shipped inside the package, for `Explainer.from_pretrained`.
+    """The directory of a shipped explainer, the core's or a plugin's (`register_explainers`), for
+    `Explainer.from_pretrained`. A name nobody ships is refused (UnknownNameError listing the
+    installed names): a plugin's name used to give a path under the core's data folder, which
+    does not exist, and the error came later from the loader.
 
     Public (also `selfinterp_plugins.shipped_explainer_dir`): the CLI's `shipped`, `selfinterp
     report` and the examples all load the shipped explainer without knowing where the package is
     installed."""
-    from importlib import resources
+    from .errors import UnknownNameError
 
-    return Path(str(resources.files("selfinterp_plugins").joinpath(f"data/explainers/{name}")))
+    if isinstance(name, str) and _is_bare_name(name) and (_core_explainer_dir(name) / "explainer_config.json").is_file():
+        return _core_explainer_dir(name)  # the core's own names resolve without loading any plugin
+    from .plugins import registry
+
+    registered = registry().explainers.get(name) if isinstance(name, str) else None
+    if registered is not None:
+        return registered[1]
+    raise UnknownNameError(f"No shipped explainer named {name!r:.80}; installed: "
+                           f"{', '.join(shipped_explainer_names()) or 'none'} (`selfinterp plugins` lists them).")
 
 
 def shipped_explainer_names() -> list[str]:
@@ -56,10 +78,10 @@ def explainer_location(name_or_path) -> Path:
         return path
     text = str(name_or_path)
     if text == "shipped":
-        return shipped_explainer_dir()
-    if text and "/" not in text and "\\" not in text and text not in (".", ".."):
-        if (shipped_explainer_dir(text) / "explainer_config.json").is_file():
-            return shipped_explainer_dir(text)
+        return _core_explainer_dir(SHIPPED_EXPLAINER)
+    if _is_bare_name(text):
+        if (_core_explainer_dir(text) / "explainer_config.json").is_file():
+            return _core_explainer_dir(text)
         from .plugins import registry
 
         registered = registry().explainers.get(text)

@@ -8,7 +8,7 @@ CLI can print it without a traceback and exit 2.
 # public: plugins raise these so the CLI reports their user errors in one line, like the core's
 __all__ = ["ArtifactError", "BackendError", "LabelError", "ModelLoadError", "ModelMismatchError", "OptionError",
            "OutputError", "OutputLockedError", "PluginNotInstalledError", "RunMismatchError", "SelfInterpError",
-           "TemplateError", "UnknownNameError", "UnsupportedInitError", "VectorError"]
+           "TemplateError", "UnknownNameError", "UnsupportedInitError", "UnsupportedModelError", "VectorError"]
 
 
 class SelfInterpError(Exception):
@@ -59,6 +59,12 @@ class ModelLoadError(SelfInterpError):
 
 class BackendError(SelfInterpError):
     """No installed backend can run the given model object, or a site does not exist on it."""
+
+
+class UnsupportedModelError(BackendError):
+    """A backend's factory was handed a model object it cannot run: the declared refusal of
+    `register_backends` (`selfinterp ... --backend NAME` hands every backend the transformers model
+    `load_model` loads). The message says what the backend takes."""
 
 
 class PluginNotInstalledError(UnknownNameError):

@@ -21,7 +21,9 @@ from ._version import __version__
 from .adapters import Adapter, AdapterConfig, check_vectors, make_adapter
 from .backends.base import AdapterInput, Backend, Sampling
 from .backends.inputs import IGNORE, pad_token_id
+from .datasets import VectorLabelDataset
 from .errors import ArtifactError, ModelMismatchError, OptionError, UnknownNameError, VectorError
+from .results import ExplainResults
 from .sites import Site
 from .storage._commits import save_weights_and_config, weights_file
 from .storage._files import check_artifact_dir, load_safetensors, read_json
@@ -190,9 +192,13 @@ class Explainer:
         with self._remote(remote):
             return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
-    def explain(self, vectors, ids=None, scales=(1.0,), sampling: Sampling | None = None, batch_size: int = 64,
-                samples: int = 1, output=None, progress: bool = True, remote=None) -> list[dict]:
-        """Labels for vectors: one record per (vector, scale, sample); streamed to `output` JSONL if given.
+    def explain(self, vectors: torch.Tensor | VectorLabelDataset, ids=None, scales=(1.0,), sampling: Sampling | None = None,
+                batch_size: int = 64, samples: int = 1, output=None, progress: bool = True,
+                remote=None) -> ExplainResults:
+        """Labels for vectors: one `ExplainRecord` per (vector, scale, sample); streamed to `output` JSONL if
+        given. Given a `VectorLabelDataset` (or a split of one), each record takes its row's dataset id,
+        so the scorers find its label (`ids=` other than the dataset's is refused); given a tensor,
+        rows are numbered '0', '1', ... unless `ids=` names them.
         `remote=True` (nnsight models) runs each batch on NDIF; `remote="local"` rehearses that offline."""
         from .explaining import explain
 

@@ -63,9 +63,29 @@ def check_run_options(scales, samples: int, batch_size: int) -> None:
             raise OptionError(f"The {name} must be a whole number of at least 1, got {value!r}.")
 
 
+def dataset_ids(dataset, ids) -> list[str]:
+    """The ids of a dataset's records, as explain records hold them (text). `ids` given as well must
+    be those: explaining a dataset under other ids would give records its scorers cannot match."""
+    own = [str(i) for i in dataset.ids]
+    if ids is None:
+        return own
+    given = [str(i) for i in ids]
+    if given != own:
+        row = next((n for n, (a, b) in enumerate(zip(given, own)) if a != b), min(len(given), len(own)))
+        first = f"row {row}: {given[row]!r} vs the dataset's {own[row]!r}" if row < min(len(given), len(own)) else \
+            f"{len(given)} ids for {len(own)} rows"
+        raise VectorError(f"ids= differ from the dataset's own ids ({first}); omit ids= to label each row with its "
+                          "dataset id.")
+    return own
+
+
 def explain(explainer, vectors, ids, scales, sampling: Sampling, batch_size: int, samples: int, output, progress: bool):
     from tqdm.auto import tqdm
 
+    from .datasets import VectorLabelDataset
+
+    if isinstance(vectors, VectorLabelDataset):  # its records' ids, so its scorers find each record's label
+        vectors, ids = vectors.vectors, dataset_ids(vectors, ids)
     vectors = explainer.vector_rows(vectors)  # (N, d_model), or (N, K, d_model) for a prompt of K slots
     ids = [str(i) for i in (ids if ids is not None else range(len(vectors)))]
     if len(ids) != len(vectors) or len(set(ids)) != len(ids):

@@ -7,7 +7,10 @@ and registered through the `selfinterp` entry-point group:
     my_plugin = "my_package.plugin"
 
 Registration is by callback, as in `llm`: the host calls `register_x(register)` and the
-plugin calls `register(...)` once per thing it provides. The host calls the `register_*` hooks
+plugin calls `register(name, thing)` once per thing it provides (one form for every kind; an
+adapter class and a baseline name themselves, so `register(adapter_class)` / `register(baseline)`,
+the form of earlier versions, still works, and a name that differs from the object's own `kind` /
+`name` is refused and reported). The host calls the `register_*` hooks
 (and `register_commands`) of the built-in plugins first, then of the others in the order the
 plugins were registered; tryfirst and trylast do not change this. So a name keeps its first
 owner: registering it again is refused and reported against the later plugin by
@@ -31,7 +34,13 @@ hookimpl = pluggy.HookimplMarker("selfinterp")
 @hookspec
 def register_backends(register):
     """Provide backends: call `register(name, factory)` where `factory(model, tokenizer=None,
-    **options)` returns a `selfinterp_plugins.Backend` running that model object."""
+    **options)` returns a `selfinterp_plugins.Backend` running that model object.
+
+    A factory handed a model object it cannot run raises `selfinterp_plugins.UnsupportedModelError`
+    saying what it takes (a `BackendError`: the CLI prints it as one line and exits 2). It must check
+    at once, not leave it to the first attribute it reads: `selfinterp train ... --backend NAME` hands
+    every backend the transformers model and tokenizer `load_model` loads, and `backend=NAME` in
+    Python hands it whatever the caller has."""
 
 
 @hookspec(firstresult=True)
@@ -45,8 +54,8 @@ def backend_for_model(model, options):
 
 @hookspec
 def register_adapters(register):
-    """Provide adapter kinds: call `register(adapter_class)` with a subclass of
-    `selfinterp_plugins.Adapter` whose `kind` attribute names it (e.g. "scalar_affine"), whose
+    """Provide adapter kinds: call `register(kind, adapter_class)` with a subclass of
+    `selfinterp_plugins.Adapter` whose `kind` attribute is that name (e.g. "scalar_affine"), whose
     `math(params, x, scale)` staticmethod is its whole computation (every backend calls it, nnsight
     inside its remote request), with an optional `config_class` (a subclass of `AdapterConfig`
     holding the kind's options) and an optional `ridge_init`. docs/plugins.md has an example."""
@@ -66,9 +75,9 @@ def register_scorers(register):
 
 @hookspec
 def register_baselines(register):
-    """Provide untrained explainers to compare against: call `register(baseline)` with a
+    """Provide untrained explainers to compare against: call `register(name, baseline)` with a
     `selfinterp_plugins.evaluation.baselines.Baseline` (prompt, site, adapter kind, scale and layer grid);
-    `selfinterp report` and the sensitivity sweep pick them up by `baseline.name`."""
+    `selfinterp report` and the sensitivity sweep pick them up by `baseline.name`, which `name` must equal."""
 
 
 @hookspec

@@ -306,7 +306,8 @@ def load_parts(source, model, tokenizer=None, filename=None, template=None, mean
     saved_kind = (ours.get("adapter") or {}).get("kind") if isinstance(ours.get("adapter"), dict) else None
     if EXPORTS.get(saved_kind) == read.projection_type:
         kind = saved_kind  # written by this library: bias_only travels as scalar_affine
-    adapter = make_adapter(AdapterConfig.for_kind(kind, read.model_dim, **options))
+    # the file's values: a bad one is the file's ArtifactError, not a Python caller's OptionError
+    adapter = make_adapter(AdapterConfig.from_dict({"kind": kind, "d_model": read.model_dim, **options}, source=str(path)))
     state = {k: (v.reshape(()) if k == "log_scale" else v).float() for k, v in read.state.items()}
     adapter.load_state_dict(state)
     tok = backend.tokenizer

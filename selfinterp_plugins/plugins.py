@@ -213,6 +213,24 @@ def _explainer_entry(name, directory):
     return name, Path(directory)
 
 
+def _named_by(attribute: str):
+    """The key of an adapter class (`kind`) or a baseline (`name`), which name themselves: taken as
+    `register(name, obj)`, the form of every other kind, or `register(obj)`, the form of earlier
+    versions (kept). A name that differs from the object's own is refused: the object's is the one
+    saved files and reports use, so the two would name one thing twice."""
+
+    def key(*args):
+        if len(args) == 1:
+            return getattr(args[0], attribute), args[0]
+        name, obj = args
+        own = getattr(obj, attribute)
+        if name != own:
+            raise ValueError(f"the name {name!r} differs from its {attribute} {own!r}; register it as {own!r}")
+        return name, obj
+
+    return key
+
+
 def registry() -> Registry:
     """The registry, built once on first use (call `reset()` after changing plugins)."""
     global _registry
@@ -220,11 +238,11 @@ def registry() -> Registry:
         _load_plugins()
         reg = Registry()
         _collect("register_backends", reg.backends, lambda name, factory: (name, factory))
-        _collect("register_adapters", reg.adapters, lambda cls: (cls.kind, cls))
+        _collect("register_adapters", reg.adapters, _named_by("kind"))
         _collect("register_vector_sources", reg.vector_sources, lambda name, fn: (name, fn))
         _collect("register_scorers", reg.scorers, lambda name, fn: (name, fn))
         _collect("register_tasks", reg.tasks, lambda name, task: (name, task))
-        _collect("register_baselines", reg.baselines, lambda baseline: (baseline.name, baseline))
+        _collect("register_baselines", reg.baselines, _named_by("name"))
         _collect("register_explainers", reg.explainers, _explainer_entry)
         _collect("register_explainer_formats", reg.explainer_formats,
                  lambda name, recognise, load: (name, (recognise, load)))

@@ -5,6 +5,7 @@ TransformerLens and SAE-Lens look at results."""
 from __future__ import annotations
 
 import html
+from typing import TypedDict
 
 from .errors import SelfInterpError
 
@@ -12,7 +13,19 @@ COLUMNS = ("id", "scale", "sample", "label", "text")
 HTML_ROWS = 50
 
 
-class ExplainResults(list):
+class ExplainRecord(TypedDict):
+    """One label: the vector's id (the dataset's own when a dataset was explained), the scale it was
+    read at, the sample number, the label and the raw text it was cut from. What `explain()` returns
+    and writes per JSONL line, and what a scorer receives."""
+
+    id: str
+    scale: float
+    sample: int
+    label: str
+    text: str
+
+
+class ExplainResults(list[ExplainRecord]):
     """A list of label records; `.to_pandas()` and a Jupyter table on top."""
 
     def to_pandas(self):

@@ -9,7 +9,7 @@ import pytest
 
 from selfinterp_plugins.adapter_configs import AdapterConfig, LowRankConfig, adapter_class
 from selfinterp_plugins.adapters import BUILTIN_ADAPTERS, RawVector
-from selfinterp_plugins.errors import ArtifactError, UnknownNameError
+from selfinterp_plugins.errors import ArtifactError, OptionError, UnknownNameError
 
 
 @dataclass
@@ -40,14 +40,26 @@ def test_from_dict_on_a_subclass_builds_that_subclass_whatever_the_kind_says():
 
 
 def test_messages_of_a_bad_config_in_python():
-    with pytest.raises(ArtifactError) as err:
+    """Built in Python, a bad field is the caller's OptionError, not a file's ArtifactError saying
+    "fix the config" (there is no config file); a keyword option of `for_kind` (what
+    `Explainer.create(..., init_scale=-1)` passes) is named as an option."""
+    with pytest.raises(OptionError) as err:
         AdapterConfig("scalar_affine", 0)
+    assert not isinstance(err.value, ArtifactError)
     assert str(err.value) == ("Adapter config (AdapterConfig): field d_model should be greater than or equal to 1 "
-                              "(got 0); fix the config.")
-    with pytest.raises(ArtifactError) as err:
+                              "(got 0); pass a value in that range.")
+    with pytest.raises(OptionError) as err:
         LowRankConfig(kind="low_rank", d_model=4, rank=0)
     assert str(err.value) == ("Adapter config (LowRankConfig): field rank should be greater than or equal to 1 (got 0); "
-                              "fix the config.")
+                              "pass a value in that range.")
+    with pytest.raises(OptionError) as err:
+        AdapterConfig.for_kind("scalar_affine", 4, registry=BUILTIN_ADAPTERS, init_scale=-1)
+    assert str(err.value) == ("Adapter kind 'scalar_affine': option init_scale should be greater than 0 (got -1); fix "
+                              "that option (the kind's options: init_scale).")
+    with pytest.raises(OptionError) as err:
+        AdapterConfig.for_kind("low_rank", 4, registry=BUILTIN_ADAPTERS, rank=2.5)
+    assert str(err.value) == ("Adapter kind 'low_rank': option rank should be a valid integer (got 2.5); fix that "
+                              "option (the kind's options: init_scale, low_rank_init_factor, rank).")
     with pytest.raises(UnknownNameError) as err:
         AdapterConfig.for_kind("scalar_affine", 4, registry=BUILTIN_ADAPTERS, rnk=2)
     assert str(err.value) == "Adapter kind 'scalar_affine' has no option(s) ['rnk']; its options are: init_scale."

@@ -143,21 +143,28 @@ def test_ridge_init_of_a_kind_without_one_says_to_use_the_paper_init(tiny_llama)
     assert history["steps"] == 1
 
 
-def test_the_cli_trains_a_plugin_kind_and_says_how_when_ridge_cannot(tiny_llama, tmp_path, capsys):
+def test_the_cli_trains_a_plugin_kind_without_a_ridge_start_by_default(tiny_llama, tmp_path, capsys):
+    """`--init ridge` was the default and failed for every kind without a ridge start: the default
+    is now paper for such kinds (`train --help` says so), and an explicit --init ridge is refused
+    in one line saying how."""
     model, tok = tiny_llama
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     dataset = data().save(tmp_path / "data")
     argv = ["train", str(dataset), "--model", str(tmp_path / "model"), "--adapter", "two_layer", "--epochs", "1",
             "--batch-size", "4"]
-    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "ridge"))  # --init ridge is the default
+    code, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "default"))
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 2
+    assert json.loads((tmp_path / "default" / CONFIG_FILE).read_text())["adapter"]["kind"] == "two_layer"
+    code, _, err = run_cli(capsys, *argv, "--init", "ridge", "--out", str(tmp_path / "ridge"))
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1] == ("Error: Adapter kind 'two_layer' has no ridge initialisation; train it with "
                                     "init='paper' (selfinterp train --init paper).")  # after transformers' progress bars
-    code, out, err = run_cli(capsys, *argv, "--init", "paper", "--out", str(tmp_path / "paper"))
-    assert code == 0, err
-    assert json.loads(out)["steps"] == 2
-    assert json.loads((tmp_path / "paper" / CONFIG_FILE).read_text())["adapter"]["kind"] == "two_layer"
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert "[default: ridge for a kind with a ridge start (every built-in one but raw), paper for a kind without " \
+           "one, where ridge fails]" in " ".join(out.split())
+    assert TwoLayer.has_ridge_init() is False and plugins.get_adapter_classes()["full_rank"].has_ridge_init() is True
 
 
 # ---- the example of docs/plugins.md ----------------------------------------------------------
@@ -175,6 +182,22 @@ def docs_plugin(monkeypatch, tmp_path):
     spec.loader.exec_module(plugin)
     install(monkeypatch, "docs_example", plugin)
     return plugin
+
+
+def test_a_bad_option_of_a_plugin_kind_is_an_option_error(docs_plugin, tiny_llama):
+    """A keyword option out of its annotated range (the docs example's `max_scale: PositiveFloat`,
+    the core's `init_scale`) was `ArtifactError ... fix the config` from Python; it is an
+    OptionError naming the option."""
+    from selfinterp_plugins.errors import ArtifactError, OptionError
+
+    for option, kind, options in [({"max_scale": -1.0}, "diagonal_affine", "init_scale, max_scale"),
+                                  ({"init_scale": -1}, "scalar_affine", "init_scale")]:
+        with pytest.raises(OptionError) as err:
+            Explainer.create(*tiny_llama, adapter=kind, template="echo", **option)
+        (name, value), = option.items()
+        assert not isinstance(err.value, ArtifactError)
+        assert str(err.value) == (f"Adapter kind {kind!r}: option {name} should be greater than 0 (got {value}); fix "
+                                  f"that option (the kind's options: {options}).")
 
 
 def test_the_docs_example_runs_as_written(docs_plugin, tiny_llama, tmp_path, capsys):

@@ -131,6 +131,46 @@ def test_help_lists_the_registered_backends_and_remote_values(capsys):
         assert "--remote off|local|ndif|URL" in out and "rehearsal" in out
 
 
+def test_backend_help_names_the_registry_not_three_fixed_names(capsys, monkeypatch):
+    """The help text said "hf (transformers), nnsight or transformer_lens" whatever was installed:
+    with only a plugin's `toy` next to hf it now names exactly those two."""
+    from plugin_fakes import module
+
+    plugin = module("toy_plugin", register_backends=lambda register: register("toy", lambda model, **o: None))
+    install_entry_points(monkeypatch, FakeEntryPoint("toy", lambda: plugin))
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    plugins.reset()
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code in (0, None)
+    backend_help = " ".join(out.split()).split("--backend [hf|toy]", 1)[1].split("--remote", 1)[0]
+    assert backend_help.startswith(" library that runs the model, one of the registered backends: hf, toy (hf: "
+                                   "transformers;"), backend_help
+    assert "nnsight" not in backend_help and "transformer_lens" not in backend_help
+
+
+def test_a_backend_refusing_the_loaded_model_is_one_line(capsys, data, tmp_path, monkeypatch):
+    """The example toy backend (docs/plugins.md) took the transformers model the CLI hands every
+    backend and failed later with AttributeError ('LlamaForCausalLM' has no attribute 'weights'), a
+    traceback; its factory now raises the declared UnsupportedModelError: one line, exit 2."""
+    import importlib.util
+    from pathlib import Path
+
+    from cli_models import refused, save_tiny_model
+
+    source = Path(__file__).resolve().parents[1] / "examples/selfinterp-toy-backend/selfinterp_toy_backend/__init__.py"
+    spec = importlib.util.spec_from_file_location("toy_backend_source", source)  # this checkout's, not an installed copy
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    install_entry_points(monkeypatch, FakeEntryPoint("toy", lambda: toy))
+    monkeypatch.delenv("SELFINTERP_PLUGINS", raising=False)
+    plugins.reset()
+    model = save_tiny_model(tmp_path / "model")
+    line = refused(capsys, "train", data, "--model", model, "--backend", "toy", "--out", str(tmp_path / "ex"))
+    assert line == ("Error: The toy backend runs a ToyModel, got a LlamaForCausalLM; build one in Python with "
+                    "ToyModel.from_gpt2(model, tokenizer), or use --backend hf.")
+    assert not (tmp_path / "ex" / "adapter.safetensors").exists()
+
+
 def test_subprocess_prints_one_line_without_traceback(data, tmp_path):
     result = subprocess.run([sys.executable, "-m", "selfinterp_plugins.cli", "train", data, "--out", str(tmp_path / "ex"),
                              "--remote", "local"], capture_output=True, text=True, timeout=180)

@@ -3,6 +3,8 @@ and SELFINTERP_PLUGINS."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selfinterp_plugins import plugins
@@ -141,6 +143,38 @@ def test_duplicate_adapter_kind_is_reported_and_first_wins(monkeypatch):
     assert "hf" in plugins.registry().backends
 
 
+def test_adapters_and_baselines_register_by_name_like_every_other_kind(monkeypatch):
+    """`register(name, obj)` is the one form of every register_* hook: adapters and baselines took
+    only `register(obj)`, and the two-argument form was refused as "cannot register". Both forms
+    work now; a name that differs from the class's kind (or the baseline's name) is refused."""
+    import types
+
+    class Other(ScalarAffine):
+        kind = "other_kind"
+
+    def register_adapters(register):
+        register("extra_kind", Extra)
+        register(Other)  # the form of earlier versions still works
+        register("not_its_kind", DuplicateScalarAffine)
+
+    def register_baselines(register):
+        register("mine", types.SimpleNamespace(name="mine"))
+        register("wrong", types.SimpleNamespace(name="theirs"))
+
+    plugin = module("named", register_adapters=register_adapters, register_baselines=register_baselines)
+    install_entry_points(monkeypatch, FakeEntryPoint("named", lambda: plugin))
+    kinds = plugins.get_adapter_classes()
+    assert kinds["extra_kind"] is Extra and kinds["other_kind"] is Other
+    assert "not_its_kind" not in kinds and "mine" in plugins.registry().baselines
+    assert {"wrong", "theirs"}.isdisjoint(plugins.registry().baselines)
+    assert [e["error"] for e in plugins.plugin_errors()] == [
+        "register_adapters: cannot register 'not_its_kind' (ValueError: the name 'not_its_kind' differs from its kind "
+        "'scalar_affine'; register it as 'scalar_affine'); not registered",
+        "register_baselines: cannot register 'wrong' (ValueError: the name 'wrong' differs from its name 'theirs'; "
+        "register it as 'theirs'); not registered",
+    ]
+
+
 def test_register_hook_that_raises_is_reported_not_raised(monkeypatch):
     def register_scorers(register):
         register("good_before", lambda *a, **k: {})
@@ -248,6 +282,27 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
     with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, tiny-features\)\.$"):
         Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)
+
+
+def test_shipped_explainer_dir_gives_a_plugins_directory_and_refuses_unknown_names(monkeypatch, tmp_path):
+    """`shipped_explainer_dir(name)` (public) gave <core data>/explainers/<name> for a plugin's
+    shipped name, a folder that does not exist; it now gives the plugin's registered directory, the
+    core's for the core's names, and refuses a name nobody ships, listing the installed ones."""
+    from importlib import resources
+
+    from selfinterp_plugins import shipped_explainer_dir
+
+    plugin = module("shipping_plugin", register_explainers=lambda register: register("tiny-features", tmp_path / "tf"))
+    install_entry_points(monkeypatch, FakeEntryPoint("shipper", lambda: plugin))
+    plugins.reset()
+    core = Path(str(resources.files("selfinterp_plugins"))) / "data" / "explainers" / "smollm2-topics"
+    assert shipped_explainer_dir("tiny-features") == tmp_path / "tf"
+    assert shipped_explainer_dir() == shipped_explainer_dir("smollm2-topics") == core
+    for name in ("no-such-explainer", "../smollm2-topics"):
+        with pytest.raises(UnknownNameError) as err:
+            shipped_explainer_dir(name)
+        assert str(err.value) == (f"No shipped explainer named {name!r}; installed: smollm2-topics, tiny-features "
+                                  "(`selfinterp plugins` lists them).")
 
 
 def test_a_name_that_is_not_a_string_is_that_plugins_error(monkeypatch, capsys, tmp_path):

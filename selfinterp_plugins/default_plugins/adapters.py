@@ -8,5 +8,5 @@ from ..hookspecs import hookimpl
 @hookimpl
 def register_adapters(register):
     for cls in BUILTIN_ADAPTERS.values():
-        register(cls)
-    register(RawVector)
+        register(cls.kind, cls)
+    register(RawVector.kind, RawVector)

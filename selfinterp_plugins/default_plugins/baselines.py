@@ -8,4 +8,4 @@ def register_baselines(register):
     from ..evaluation.baselines import BUILTIN_BASELINES
 
     for baseline in BUILTIN_BASELINES.values():
-        register(baseline)
+        register(baseline.name, baseline)

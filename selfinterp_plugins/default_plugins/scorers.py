@@ -3,22 +3,18 @@
 from ..hookspecs import hookimpl
 
 
-def _truth(dataset):
-    return {r["id"]: r["label"] for r in dataset.records}
-
-
-def recall_scorer(records, dataset, candidates=None, ks=(1, 5), candidate_embeddings=None):
-    from ..evaluation.scoring import recall_at_k
+def recall_scorer(records, dataset, candidates=None, ks=(1, 5), candidate_embeddings=None, **_):
+    from ..evaluation.scoring import recall_at_k, record_truth
 
     candidates = candidates or sorted(set(dataset.labels))
-    return {"recall_at_k": recall_at_k(records, _truth(dataset), candidates, ks,
+    return {"recall_at_k": recall_at_k(records, record_truth(records, dataset), candidates, ks,
                                        candidate_embeddings=candidate_embeddings)}
 
 
 def exact_match_scorer(records, dataset, **_):
-    from ..evaluation.scoring import exact_match
+    from ..evaluation.scoring import exact_match, record_truth
 
-    return {"exact_match": exact_match(records, _truth(dataset))}
+    return {"exact_match": exact_match(records, record_truth(records, dataset))}
 
 
 @hookimpl

@@ -18,9 +18,9 @@ def register_vector_sources(register):
 @hookimpl
 def register_explainers(register):
     """The topic explainers shipped in the core's package data (`smollm2-topics`)."""
-    from ..defaults import shipped_explainer_dir
+    from ..defaults import SHIPPED_EXPLAINER, _core_explainer_dir
 
-    root = shipped_explainer_dir().parent
+    root = _core_explainer_dir(SHIPPED_EXPLAINER).parent
     for directory in sorted(root.iterdir()):
         if (directory / "explainer_config.json").is_file():
             register(directory.name, directory)

@@ -12,6 +12,7 @@
 The method itself (adapters, explainer, training) never imports this package.
 """
 
-from .topics_eval import evaluate_explainer, ridge_probe_recall
+from .topics_eval import DEFAULT_SCORERS, EvalExample, EvalMetrics, ScaleMetrics, evaluate_explainer, ridge_probe_recall
 
-__all__ = ["evaluate_explainer", "ridge_probe_recall"]
+# public: the typed result of `evaluate_explainer` (EvalMetrics and its parts) for scripts and plugins
+__all__ = ["DEFAULT_SCORERS", "EvalExample", "EvalMetrics", "ScaleMetrics", "evaluate_explainer", "ridge_probe_recall"]

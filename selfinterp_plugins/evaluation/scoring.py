@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 
 # public: plugins' own evaluations (weight-diff and LoRA-task answers) score labels the way the core does
-__all__ = ["best_scale", "exact_match", "recall_at_k", "sentence_embedder"]
+__all__ = ["best_scale", "exact_match", "recall_at_k", "record_truth", "sentence_embedder"]
 
 _EMBEDDER = None
 
@@ -32,6 +32,22 @@ def sentence_embedder():
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def record_truth(records: list[dict], dataset) -> dict:
+    """Each record's true label, keyed by the record's id as the record holds it, from the dataset
+    the records came from (ids compared as text: a dataset's integer ids match explain's). A record
+    whose id the dataset lacks (vectors explained without their ids, numbered '0', '1', ...) is
+    refused here, naming the fix, where every scorer used to fail with KeyError: '0'."""
+    truth = {str(r["id"]): r["label"] for r in dataset.records}
+    stray = next((r["id"] for r in records if str(r["id"]) not in truth), None)
+    if stray is not None:
+        from ..errors import VectorError
+
+        known = ", ".join(repr(i) for i in list(truth)[:3]) + (", ..." if len(truth) > 3 else "")
+        raise VectorError(f"Record id {stray!r} is not an id of the dataset (its ids: {known}); explain the dataset "
+                          "itself, explainer.explain(dataset), or pass ids=dataset.ids.")
+    return {r["id"]: truth[str(r["id"])] for r in records}
 
 
 def exact_match(records: list[dict], truth: dict[str, str]) -> dict[float, float]:

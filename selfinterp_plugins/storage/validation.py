@@ -141,21 +141,23 @@ def _reason(error: dict) -> str:
     return f"{message[0].lower()}{message[1:]} (got {error['input']!r:.60})"
 
 
-def _raise(err: ValidationError, source: str, prefix: str, fix: str, error: type[SelfInterpError]):
+def _raise(err: ValidationError, source: str, prefix: str, fix: str, error: type[SelfInterpError], noun: str = "field"):
     first = err.errors()[0]
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    raise error(f"{source}: field {_where(first['loc'], prefix)} {_reason(first)}{more}; {fix}") from None
+    raise error(f"{source}: {noun} {_where(first['loc'], prefix)} {_reason(first)}{more}; {fix}") from None
 
 
 def validate(cls: type, data, source: str, fix: str, *, prefix: str = "", unknown: str = "forbid",
-             ignored: tuple = (), required: tuple = (), error: type[SelfInterpError] = ArtifactError):
+             ignored: tuple = (), required: tuple = (), error: type[SelfInterpError] = ArtifactError,
+             noun: str = "field"):
     """`data` (a dict read from `source`) checked against dataclass `cls`'s fields and built into it.
 
     `unknown` says what a key `cls` lacks does: "forbid" (an error naming it), "warn" (dropped with
     a warning: a file from a newer version still loads) or "ignore" (dropped; files with free-form
     extras). Keys in `ignored` are dropped silently whatever `unknown` says (legacy keys); keys in
     `required` must be present even where the dataclass has a default. `prefix` is the dotted path
-    of `data` inside its file ("adapter"), for the message."""
+    of `data` inside its file ("adapter"), for the message; `noun` what a key is called there
+    ("option" for keyword options given in Python, with `error=OptionError`)."""
     head = f"{source}: {prefix or 'the file'}"
     if not isinstance(data, dict):
         raise error(f"{head} should be a JSON object, got {type(data).__name__}; {fix}")
@@ -174,7 +176,7 @@ def validate(cls: type, data, source: str, fix: str, *, prefix: str = "", unknow
     try:
         values = _adapter(cls).validate_python({k: v for k, v in data.items() if k in names})
     except ValidationError as err:
-        _raise(err, source, prefix, fix, error)
+        _raise(err, source, prefix, fix, error, noun)
     return cls(**values)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfinterp_plugins import Backend, BackendError, hookimpl
+from selfinterp_plugins import Backend, BackendError, UnsupportedModelError, hookimpl
 from selfinterp_plugins.models import fingerprint_digest, fingerprint_rows
 
 
@@ -112,6 +112,9 @@ class ToyBackend(Backend):
 @hookimpl
 def register_backends(register):
     def make(model, tokenizer=None, **options):
+        if not isinstance(model, ToyModel):  # the declared refusal: the CLI hands every backend a transformers model
+            raise UnsupportedModelError(f"The toy backend runs a ToyModel, got a {type(model).__name__}; build one in "
+                                        "Python with ToyModel.from_gpt2(model, tokenizer), or use --backend hf.")
         if options:
             raise BackendError(f"The toy backend takes no options, got {sorted(options)}.")
         return ToyBackend(model, tokenizer)
