@@ -52,7 +52,7 @@ def test_a_traced_activation_of_the_vector_prompt_is_the_training_vector(setup):
 @pytest.mark.real_model
 def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
     """docs/nnsight.md: the shipped explainer on a trace of its own prompt form says the topic; the
-    plain prompt the report traced is warned about as uncentred."""
+    plain prompt the report traced is warned about as read elsewhere."""
     from selfinterp_plugins import Sampling, shipped_explainer_dir
 
     model, tok = smollm2
@@ -66,5 +66,5 @@ def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
     assert explainer.explain(vector, sampling=Sampling(max_new_tokens=12), progress=False)[0]["label"] == "volcano"
     with lm.trace("volcano"):
         plain = lm.model.layers[10].output.save()
-    with pytest.warns(UserWarning, match="look uncentred"):
+    with pytest.warns(UserWarning, match="not read where the training vectors were"):
         explainer.prepare_vectors(plain)
