@@ -11,11 +11,12 @@ import time
 import warnings
 
 import torch
-from _common import SHIPPED, machine
 
 from selfinterp_plugins import Explainer
 from selfinterp_plugins.models import load_model
 from selfinterp_plugins.topics import load_topics
+
+from _common import SHIPPED, machine
 
 
 def main() -> None:
