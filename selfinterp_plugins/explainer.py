@@ -208,16 +208,27 @@ class Explainer:
 
     # ---- what vectors it reads ------------------------------------------------------------
 
-    def prepare_vectors(self, x, site=None, features=None) -> torch.Tensor:
+    def prepare_vectors(self, x, site=None, features=None, pos=None, attention_mask=None,
+                        direction: bool = False) -> torch.Tensor:
         """What you hold, as this explainer's input (N, d_model): an activation (d), (N, d) or
-        (N, T, d) (the last position is taken), a TransformerLens cache entry or `ActivationCache`
-        (its entry at the spec's site), or an SAE-Lens SAE (its decoder rows; `features` picks
-        latents). Activations get the recorded centring (`vector_spec`: the mean subtracted).
-        `site` says where `x` was read ('resid_post.10', 'blocks.10.hook_resid_post'); a site
-        other than the spec's, or a result that still looks uncentred, is warned about."""
+        (N, T, d), a TransformerLens cache entry or `ActivationCache` (its entry at the spec's site),
+        or an SAE-Lens SAE (its decoder rows; `features` picks latents). Activations get the recorded
+        centring (`vector_spec`: the mean subtracted).
+
+        `pos` picks the position of (N, T, d) activations, as TransformerLens indexes them: an int
+        (negative from the end; default -1, the last token, where topic vectors are read) or one per
+        row. With `attention_mask` (N, T), the batch's mask, it counts among each row's real tokens,
+        so a left- or right-padded batch reads each prompt's own last token. `direction=True` takes
+        `x` as directions (a steering vector, a difference of means): no mean is subtracted, each row
+        is normalised, and explain's `scales=` scale it (the paper's evaluation convention).
+
+        `site` says where `x` was read ('resid_post.10', 'blocks.10.hook_resid_post'). A site other
+        than the spec's, and rows unlike a training vector (centred twice, a direction given as an
+        activation, read at another position, prompt or layer, one prompt's positions as rows) are
+        warned about in one line each, with the fix (vector_checks.py)."""
         from .vector_inputs import prepare_vectors
 
-        return prepare_vectors(self.vector_spec, self.metadata, x, site, features)
+        return prepare_vectors(self.vector_spec, self.metadata, x, site, features, pos, attention_mask, direction)
 
     def vector_prompt(self, topic: str, tokenize: bool = False):
         """The prompt this explainer's training vectors were read from, for `topic`: its token ids

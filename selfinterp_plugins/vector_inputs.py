@@ -17,19 +17,17 @@ import torch
 
 from .errors import VectorError
 from .sites import Site
+from .vector_checks import check_rows
 from .vector_spec import VectorSpec, mean_problem
 
 __all__ = ["prepare_vectors"]
 
-#: a prepared vector's norm (the rows' mean, for several) above this many times the training
-#: vectors' median norm looks uncentred: a raw activation holds the mean, often several times larger
-UNCENTRED_RATIO = 2.5
-
-
-def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, features=None) -> torch.Tensor:
+def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, features=None, pos=None,
+                    attention_mask=None, direction: bool = False) -> torch.Tensor:
     """(N, d) float32 rows for `Explainer.explain`; see `Explainer.prepare_vectors`."""
     given_site = Site.parse(site) if site is not None else None
     if hasattr(x, "W_dec"):  # an SAE-Lens SAE (duck-typed: the core never imports sae_lens)
+        _no_positions(pos, attention_mask, "an SAE's decoder rows")
         rows = torch.as_tensor(x.W_dec).detach().float().cpu()
         if features is not None:
             rows = rows[torch.tensor(_latent_indices(features, len(rows)), dtype=torch.long)]
@@ -46,8 +44,15 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
         if key not in x.cache_dict:
             raise VectorError(f"The cache holds no {key!r}; run the model with that hook cached (names_filter).")
         x, given_site = x[key], given_site or Site.parse(spec.site)
-    rows = _rows(x)
+    if direction:
+        _no_positions(pos, attention_mask, "directions")
+        rows = _rows(x)
+        _check_site(spec, given_site)
+        # the paper's evaluation convention: v/‖v‖, then explain's scales; no mean (a direction has none)
+        return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    rows = _rows(x, pos, attention_mask)
     _check_site(spec, given_site)
+    mean = None
     if spec is not None and spec.centring == "mean":
         problem = mean_problem(metadata.get(spec.mean_key), f"metadata[{spec.mean_key!r}]")
         if problem:
@@ -57,9 +62,10 @@ def prepare_vectors(spec: VectorSpec | None, metadata: dict, x, site=None, featu
         if mean.shape[-1] != rows.shape[-1]:
             raise VectorError(f"Vectors have width {rows.shape[-1]} but the explainer's mean {mean.shape[-1]}; "
                               "read them from the model the explainer was trained on.")
-        rows = rows - mean
-    _check_scale(spec, metadata, rows)
-    return rows
+    prepared = rows - mean if mean is not None else rows
+    # rows of a (T, d) input may be one prompt's positions (_rows has read x, so it converts)
+    check_rows(spec, mean, rows, prepared, as_rows=torch.as_tensor(x).dim() == 2)
+    return prepared
 
 
 def _latent_indices(features, n: int) -> list[int]:
@@ -83,8 +89,9 @@ def _latent_indices(features, n: int) -> list[int]:
     return indices
 
 
-def _rows(x) -> torch.Tensor:
-    """(N, d) from a vector (d), rows (N, d) or activations (N, T, d) whose last position is taken."""
+def _rows(x, pos=None, attention_mask=None) -> torch.Tensor:
+    """(N, d) from a vector (d), rows (N, d) or activations (N, T, d) read at `pos` (default the
+    last position; counted among each row's real tokens when `attention_mask` is given)."""
     try:
         x = torch.as_tensor(x).detach()
     except (TypeError, ValueError, RuntimeError) as err:
@@ -96,11 +103,57 @@ def _rows(x) -> torch.Tensor:
     if 0 in x.shape:  # an empty trace: (N, 0, d) has no last position, and no rows would explain nothing
         raise VectorError(f"Got empty vectors of shape {tuple(x.shape)}; pass at least one vector of the model's width "
                           "(activations with at least one position).")
-    if x.dim() == 1:
-        x = x[None]
-    elif x.dim() == 3:
-        x = x[:, -1]  # the last position: where topic vectors are read (right padding would break it)
-    return x.float().cpu()
+    if x.dim() < 3:
+        _no_positions(pos, attention_mask, f"vectors of shape {tuple(x.shape)}")
+        return (x[None] if x.dim() == 1 else x).float().cpu()
+    x = x.float().cpu()
+    return x[torch.arange(len(x)), positions(pos, attention_mask, tuple(x.shape[:2]))]
+
+
+def positions(pos, attention_mask, shape: tuple[int, int]) -> torch.Tensor:
+    """One absolute position per row of (N, T, d) activations from `pos` (TransformerLens's
+    convention: an int, negative from the end, or one per row) counted among each row's real tokens
+    of `attention_mask` (N, T), padding on either side; out of range is refused, never wrapped."""
+    n, t = shape
+    if attention_mask is None:
+        mask = torch.ones(n, t, dtype=torch.bool)
+    else:
+        try:
+            mask = torch.as_tensor(attention_mask).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            mask = None
+        if mask is None or tuple(mask.shape) != (n, t) or mask.is_floating_point() and not bool(((mask == 0) | (mask == 1)).all()):
+            raise VectorError(f"attention_mask= should be the (N, T) = {(n, t)} mask of 0s and 1s the batch ran with "
+                              f"(got {type(attention_mask).__name__} {tuple(getattr(mask, 'shape', ()))}); pass "
+                              "batch['attention_mask'].")
+        mask = mask.bool()
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        raise VectorError("attention_mask= has a row with no real token; pass the mask the batch ran with.")
+    want = -1 if pos is None else pos
+    try:
+        index = torch.as_tensor(want)
+    except (TypeError, ValueError, RuntimeError):
+        index = torch.tensor(0.5)
+    if index.is_floating_point() or index.dtype == torch.bool or index.dim() > 1 or \
+            (index.dim() == 1 and len(index) != n) or isinstance(want, bool):
+        raise VectorError(f"pos= is one position (an int, negative from the end) or one per row ({n} ints), got "
+                          f"{want!r:.60}; e.g. pos=-1 for the last token.")
+    index = index.long().expand(n).clone()
+    index = torch.where(index < 0, lengths + index, index)
+    if bool(((index < 0) | (index >= lengths)).any()):
+        row = int(((index < 0) | (index >= lengths)).nonzero()[0])
+        raise VectorError(f"pos= {want!r:.40} lies outside row {row}'s {int(lengths[row])} real tokens; pass a position "
+                          "within each prompt (negative counts from its end).")
+    # the k-th real token of each row: real tokens numbered 0.. in order, whichever side the padding is
+    rank = mask.long().cumsum(1) - 1
+    return ((rank == index[:, None]) & mask).float().argmax(1)
+
+
+def _no_positions(pos, attention_mask, what: str) -> None:
+    if pos is not None or attention_mask is not None:
+        raise VectorError(f"pos= and attention_mask= select positions of (N, T, d) activations, not of {what}; "
+                          "index the tensor yourself, or pass the (N, T, d) activation.")
 
 
 def _sae_site(sae) -> Site | None:
@@ -119,15 +172,3 @@ def _check_site(spec: VectorSpec | None, site: Site | None) -> None:
     if (site.kind, site.layer) != (want.kind, want.layer):
         warnings.warn(f"Vectors from {site.name} but this explainer was trained on {want.name} ({spec.describe()}); "
                       "its labels for them may be meaningless.", stacklevel=3)
-
-
-def _check_scale(spec: VectorSpec | None, metadata: dict, rows: torch.Tensor) -> None:
-    """Warn when the rows' mean is far larger than a training vector: still uncentred, centred
-    twice, or read from another site or prompt form."""
-    if spec is None or not spec.vector_norm:
-        return
-    size = float(rows.mean(0).norm())
-    if size > UNCENTRED_RATIO * spec.vector_norm:
-        how = "minus the mean it subtracts" if spec.centring == "mean" else "as is"
-        warnings.warn(f"These vectors look uncentred: their mean has norm {size:.3g}, training vectors {spec.vector_norm:.3g} "
-                      f"(pass raw activations of {spec.site}, {how}; see explainer.vector_spec).", stacklevel=3)

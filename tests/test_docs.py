@@ -19,6 +19,8 @@ PAGES = {"artifacts.md": "selfinterp_plugins", "nnsight.md": "nnsight", "transfo
 SECTIONS = {("artifacts.md", "## Diff Interpretation Tuning (Goel et al. 2025)"): ("peft",),
             ("artifacts.md", "## Activation Oracles (Karvonen et al. 2025)"): ("peft", "nnsight"),
             ("artifacts.md", "## Explainers fine-tuned on their own computations (Li et al. 2025)"): ("peft",)}
+#: sections whose lines run on the real model (SmolLM2, offline), as the pages' openings do
+REAL_MODEL_SECTIONS = {("concepts.md", "## Steering vectors"): ()}
 
 
 def opening(page: str, heading: str | None = None) -> tuple[str, str]:
@@ -59,6 +61,21 @@ def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch
 @pytest.mark.parametrize(("page", "heading"), sorted(SECTIONS))
 def test_a_sections_opening_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
     for module in SECTIONS[(page, heading)]:
+        pytest.importorskip(module)
+    code, shown = opening(page, heading)
+    script = tmp_path / "section_opening.py"
+    script.write_text(code)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines() == shown.strip().splitlines()
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(("page", "heading"), sorted(REAL_MODEL_SECTIONS))
+def test_a_real_model_sections_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
+    for module in REAL_MODEL_SECTIONS[(page, heading)]:
         pytest.importorskip(module)
     code, shown = opening(page, heading)
     script = tmp_path / "section_opening.py"

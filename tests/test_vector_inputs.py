@@ -38,3 +38,50 @@ def test_the_last_position_of_each_row_is_kept():
     rows = prepare_vectors(None, {}, x)
     # row i's last position starts at (i * 3 + 2) * D
     assert rows[:, 0].tolist() == [2 * D, 5 * D] and rows.shape == (2, D)
+
+
+def _positions(n=2, t=3):
+    """(n, t, D) activations whose value at row i, position j is i * 10 + j everywhere."""
+    return (torch.arange(n)[:, None] * 10 + torch.arange(t)[None])[..., None].expand(n, t, D).float()
+
+
+@pytest.mark.parametrize("pos, mask, want", [
+    (1, None, [1, 11]),
+    (-2, None, [1, 11]),
+    (torch.tensor([0, 2]), None, [0, 12]),
+    ([2, -3], None, [2, 10]),
+    (None, [[1, 1, 1], [0, 1, 1]], [2, 12]),  # left padding: the last token is last either way
+    (0, [[1, 1, 1], [0, 1, 1]], [0, 11]),  # ...but the first real token of row 1 is position 1
+    (None, [[1, 1, 1], [1, 1, 0]], [2, 11]),  # right padding: row 1's last real token is position 1
+    (-2, torch.tensor([[True, True, True], [False, True, True]]), [1, 11]),
+], ids=["int", "negative", "per row tensor", "per row list", "left padded, last", "left padded, first",
+        "right padded, last", "bool mask, negative"])
+def test_pos_and_attention_mask_pick_each_rows_position(pos, mask, want):
+    """There was no pos=: (N, T, d) gave the last position only, a pad token in a right-padded batch."""
+    rows = prepare_vectors(None, {}, _positions(), pos=pos, attention_mask=mask)
+    assert rows[:, 0].tolist() == want and rows.shape == (2, D)
+
+
+@pytest.mark.parametrize("pos, mask, match", [
+    (3, None, "outside row 0's 3 real tokens"),
+    (-3, [[1, 1, 1], [0, 1, 1]], "outside row 1's 2 real tokens"),
+    (1.5, None, "pos= is one position"),
+    (True, None, "pos= is one position"),
+    ([0, 1, 2], None, "pos= is one position"),
+    ("last", None, "pos= is one position"),
+    (None, [[1, 1, 1]], "attention_mask= should be the"),
+    (None, [[1, 1, 1], [0, 0, 0]], "no real token"),
+    (None, [[0.5, 1, 1], [1, 1, 1]], "attention_mask= should be the"),
+], ids=["past the end", "before a padded row's start", "float", "bool", "wrong length", "a word", "mask shape",
+        "empty row", "mask not 0/1"])
+def test_bad_positions_are_refused_in_one_line(pos, mask, match):
+    with pytest.raises(VectorError, match=match) as info:
+        prepare_vectors(None, {}, _positions(), pos=pos, attention_mask=mask)
+    assert "\n" not in str(info.value)
+
+
+def test_pos_on_rows_is_refused_rather_than_ignored():
+    with pytest.raises(VectorError, match="select positions of"):
+        prepare_vectors(None, {}, torch.zeros(3, D), pos=-1)
+    with pytest.raises(VectorError, match="select positions of"):
+        prepare_vectors(None, {}, torch.zeros(3, D), attention_mask=torch.ones(3, D))

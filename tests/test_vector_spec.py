@@ -155,13 +155,13 @@ def test_an_explainer_without_a_spec_reads_a_cache_at_the_site_given(tiny_llama)
         explainer.prepare_vectors(cache)
 
 
-def test_prepare_vectors_warns_on_another_site_and_on_uncentred_vectors(trained):
+def test_prepare_vectors_warns_on_another_site_and_on_vectors_centred_twice(trained):
     explainer, _, data, _ = trained
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explainer.prepare_vectors(_raw(explainer, data.labels[:1], "resid_post.0")[0], site="blocks.0.hook_resid_post")
     assert any("from resid_post.0 but this explainer was trained on resid_post.1" in str(w.message) for w in caught)
-    with pytest.warns(UserWarning, match="look uncentred"):  # already centred, then centred again
+    with pytest.warns(UserWarning, match="centred twice"):  # already centred, then centred again
         explainer.prepare_vectors(data.vectors[:2])
 
 

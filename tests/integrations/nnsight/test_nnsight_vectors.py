@@ -52,7 +52,7 @@ def test_a_traced_activation_of_the_vector_prompt_is_the_training_vector(setup):
 @pytest.mark.real_model
 def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
     """docs/nnsight.md: the shipped explainer on a trace of its own prompt form says the topic; the
-    plain prompt the report traced is warned about as uncentred."""
+    plain prompt the report traced is warned about as read elsewhere."""
     from selfinterp_plugins import Sampling, shipped_explainer_dir
 
     model, tok = smollm2
@@ -66,5 +66,36 @@ def test_the_docs_snippet_labels_a_volcano_and_warns_on_a_plain_prompt(smollm2):
     assert explainer.explain(vector, sampling=Sampling(max_new_tokens=12), progress=False)[0]["label"] == "volcano"
     with lm.trace("volcano"):
         plain = lm.model.layers[10].output.save()
-    with pytest.warns(UserWarning, match="look uncentred"):
+    with pytest.warns(UserWarning, match="not read where the training vectors were"):
         explainer.prepare_vectors(plain)
+
+
+def test_a_left_padded_batched_trace_read_at_pos_gives_every_training_vector(setup):
+    """docs/nnsight.md's batched form: one trace of prompts of different lengths, left-padded, read
+    at the last real token through attention_mask; each row is its topic's training vector."""
+    lm, data, path = setup
+    explainer = Explainer.from_pretrained(path, model=lm)
+    topics = [t for t in load_topics() if " " in t["title"]][:2] + load_topics()[:2]  # of different lengths
+    want = topic_vectors(lm, topics, [1], progress=False, means={1: data.meta["mean"]})[1].vectors
+    prompts = [explainer.vector_prompt(t["title"], tokenize=True) for t in topics]
+    assert len({len(p) for p in prompts}) > 1  # padding happens
+    for side in ("left", "right"):
+        batch = lm.tokenizer.pad({"input_ids": prompts}, padding_side=side, return_tensors="pt")
+        with lm.trace(dict(batch)):
+            hidden = lm.model.layers[1].output.save()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = explainer.prepare_vectors(hidden, site="resid_post.1", pos=-1, attention_mask=batch["attention_mask"])
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_output_0_of_a_one_prompt_trace_is_named_with_its_fix(setup):
+    """nnsight 0.8's layer output is a tensor, so the habit `output[0]` is (T, d): every position
+    became a vector and was labelled; now a warning says so."""
+    lm, data, path = setup
+    explainer = Explainer.from_pretrained(path, model=lm)
+    with lm.trace(torch.tensor([explainer.vector_prompt(data.labels[0], tokenize=True)])):
+        hidden = lm.model.layers[1].output[0].save()
+    assert hidden.dim() == 2
+    with pytest.warns(UserWarning, match=r"positions of one prompt \(T, d\).*output\[0\]"):
+        explainer.prepare_vectors(hidden, site="resid_post.1")

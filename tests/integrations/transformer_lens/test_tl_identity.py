@@ -197,3 +197,22 @@ def test_gemma3_through_a_processed_hooked_transformer_is_the_same_model_as_thro
     explainer = Explainer.create(tl, template="echo")
     assert explainer.backend.fingerprint() != HFBackend(model, tok).fingerprint() and explainer.model_id
     Explainer.from_pretrained(explainer.save_pretrained(tmp_path / "g"), model=model, tokenizer=tok)
+
+
+def test_a_padded_batch_through_run_with_cache_read_at_pos_gives_the_training_vectors(llama):
+    """docs/transformer_lens.md's batched form: prompts of different lengths, left-padded, one
+    `run_with_cache(ids, attention_mask=...)`, read with pos=-1 and the mask: each row is its
+    topic's training vector. Before, prepare_vectors took no pos= or mask."""
+    model, tok, tl = llama
+    topics = [t for t in load_topics() if " " in t["title"]][:2] + load_topics()[:2]
+    want = topic_vectors(HFBackend(model, tok), topics, [1], progress=False)[1]
+    explainer = Explainer.create(tl, tok, adapter="scalar_affine", template="echo")
+    explainer._record_vector_spec(want)
+    prompts = [explainer.vector_prompt(t["title"], tokenize=True) for t in topics]
+    assert len({len(p) for p in prompts}) > 1
+    batch = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+    _, cache = tl.run_with_cache(batch["input_ids"], attention_mask=batch["attention_mask"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = explainer.prepare_vectors(cache, pos=-1, attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(got, want.vectors, rtol=0, atol=1e-4)
