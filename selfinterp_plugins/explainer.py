@@ -12,6 +12,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,11 +183,17 @@ class Explainer:
     # ---- high-level verbs -----------------------------------------------------------------
 
     def train(self, train_data, validation=None, config=None, output_dir=None, progress: bool = True, remote=None):
-        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history.
-        `remote=True` (nnsight models) computes each step's loss and gradients on NDIF."""
-        from .training import TrainConfig, train
+        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history
+        (`training.TrainHistory`: `validation_loss_at_init` only with `init="ridge"` and a
+        validation set). `remote=True` (nnsight models) computes each step's loss and gradients on
+        NDIF. A training set smaller than any measured to work is warned about in one line
+        (`training.MIN_TRAIN_ROWS`)."""
+        from .training import TrainConfig, train, training_set_problem
 
         self._record_vector_spec(train_data)
+        problem = training_set_problem(getattr(train_data, "labels", []))
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         with self._remote(remote):
             return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
