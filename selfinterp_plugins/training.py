@@ -38,6 +38,7 @@ from .storage.validation import LossValue, Name, NonNegativeFloat, between, chec
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
 # check_same_run (storage) refuses a resume with other settings; also here, where plugins found it first
+# TrainHistory: the keys of the history Explainer.train returns, for code that reads it
 __all__ = ["TrainConfig", "TrainHistory", "check_same_run", "optimizer_state", "restore_optimizer"]
 
 CHECKPOINT_DIR = "checkpoint"
