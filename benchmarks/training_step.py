@@ -58,17 +58,18 @@ def floor_step(explainer, labels):
 
     tok, model = explainer.backend.tokenizer, explainer.backend.model
     body, head, prefix = model.base_model, model.get_output_embeddings(), explainer.prefix_len
-    prompt = explainer.prompt_ids
+    device = model.get_input_embeddings().weight.device  # benchmarks/gpu.py runs it on CUDA
+    prompt = explainer.prompt_ids.to(device)
     targets = [explainer.template.target_ids(tok, label) for label in labels]
     width = max(map(len, targets))
-    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long)
-    gold = torch.full((len(labels), width), -100)
+    ids = torch.full((len(labels), len(prompt) + width), pad_token_id(tok), dtype=torch.long, device=device)
+    gold = torch.full((len(labels), width), -100, device=device)
     ids[:, : len(prompt)] = prompt
     for i, target in enumerate(targets):
         ids[i, len(prompt) : len(prompt) + len(target)] = torch.tensor(target)
         gold[i, : len(target)] = torch.tensor(target)
-    positions = (len(prompt) - 1 - prefix + torch.arange(width)).expand(len(labels), width)
-    rows = torch.arange(len(labels))[:, None]
+    positions = (len(prompt) - 1 - prefix + torch.arange(width, device=device)).expand(len(labels), width)
+    rows = torch.arange(len(labels), device=device)[:, None]
     with torch.no_grad():
         stored = body(input_ids=prompt[None, :prefix], use_cache=True).past_key_values
         rest = model.get_input_embeddings()(ids[:, prefix:])
@@ -82,6 +83,18 @@ def floor_step(explainer, labels):
         logits = head(hidden[rows, positions])
         loss = F.cross_entropy(logits.float().transpose(1, 2), gold, ignore_index=-100)
         loss.backward()
+
+    return run
+
+
+def ours_step(explainer, vectors, labels, loss=None):
+    """One training step of ours (or of `loss(explainer, vectors, labels)`) as a function to time:
+    the adapter's gradients cleared, the loss computed and backpropagated."""
+    loss = loss or (lambda e, v, targets: e.loss(v, targets))
+
+    def run():
+        explainer.adapter.zero_grad(set_to_none=True)
+        loss(explainer, vectors, labels).backward()
 
     return run
 
@@ -108,10 +121,7 @@ def main() -> None:
     print(f"same loss: ours {ours.item():.6f}  naive {naive.item():.6f}  |diff| {abs(ours.item() - naive.item()):.2e}")
 
     def step(fn):
-        def run():
-            explainer.adapter.zero_grad(set_to_none=True)
-            fn(explainer, vectors, labels).backward()
-        return run
+        return ours_step(explainer, vectors, labels, fn)
 
     t_ours = median_time(step(lambda e, v, labels: e.loss(v, labels)), args.repeat)
     t_naive = median_time(step(naive_loss), args.repeat)

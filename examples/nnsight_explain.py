@@ -1,7 +1,7 @@
 """Label vectors you read in an nnsight script, with the explainer shipped for SmolLM2.
 
-1. Ordinary nnsight: read the residual stream after layer 10 at the last prompt token of
-   "Tell me about {topic}." (the paper's topic vectors, minus the shipped mean).
+1. Ordinary nnsight: trace the prompt the explainer was trained on (`vector_prompt`) and hand the
+   residual stream after its layer to `prepare_vectors` (the last token, minus the shipped mean).
 2. Label them with the shipped explainer: the soft token goes in and the labels come out as
    nnsight interventions on the same `TransformersModel`, several vectors per request.
 3. Train a small adapter of your own through nnsight for a few steps.
@@ -13,26 +13,23 @@ write `TransformersModel("HuggingFaceTB/SmolLM2-135M-Instruct", dispatch=True)` 
 import torch
 from nnsight import TransformersModel
 
-from selfinterp_plugins import Explainer, TrainConfig, shipped_explainer_dir
+from selfinterp_plugins import Explainer, TrainConfig
 from selfinterp_plugins.models import load_model
 from selfinterp_plugins.topics import load_topics, topic_vectors
 
 model, tokenizer = load_model("smollm2-135m-instruct")
 lm = TransformersModel(model, tokenizer=tokenizer)
-explainer = Explainer.from_pretrained(shipped_explainer_dir(), model=lm)  # picks the nnsight backend
-layer = explainer.metadata["layer"]
-mean = torch.tensor(explainer.metadata["topic_mean"])
+explainer = Explainer.from_pretrained("smollm2-topics", model=lm)  # the shipped explainer, by name; picks nnsight
+layer = explainer.vector_spec.layer  # 10: what it reads is explainer.vector_spec.describe()
 
 # 1. your nnsight code
 topics = ["volcano", "violin", "chess", "honey", "submarine", "tornado"]
-prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"Tell me about {t}."}], tokenize=False,
-                                         add_generation_prompt=True) for t in topics]
 vectors = []
-for prompt in prompts:  # one prompt per trace keeps "the last token" simple
-    with lm.trace(prompt):
-        hidden = lm.model.layers[layer].output[0, -1].save()
-    vectors.append(hidden - mean)
-vectors = torch.stack(vectors)
+for topic in topics:
+    with lm.trace(torch.tensor([explainer.vector_prompt(topic, tokenize=True)])):  # the prompt form it was trained on
+        hidden = lm.model.layers[layer].output.save()  # (1, T, d)
+    vectors.append(explainer.prepare_vectors(hidden, site=f"resid_post.{layer}"))
+vectors = torch.cat(vectors)
 
 # 2. labels
 for topic, record in zip(topics, explainer.explain(vectors, ids=topics, progress=False)):

@@ -10,12 +10,15 @@ No pickle anywhere.
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .errors import ArtifactError, LabelError, VectorError
+from .errors import ArtifactError, LabelError, OptionError, VectorError
 from .storage.validation import NonNegativeInt, PositiveInt, unencodable_text, validate
 
 # public: what every vector source returns (hookspecs.register_vector_sources)
@@ -92,8 +95,45 @@ class VectorLabelDataset:
         """Rows whose record has `split == name` (train / validation / test)."""
         chosen = [i for i, r in enumerate(self.records) if r.get("split") == name]
         if not chosen:
-            raise ArtifactError(f"The dataset has no rows in split {name!r}; check the 'split' field of labels.jsonl.")
+            counts = Counter(r.get("split") for r in self.records)
+            held = ", ".join(f"{n} {k!r}" for k, n in sorted(counts.items(), key=str) if k is not None)
+            missing = f"{counts[None]} with no 'split' field" if counts[None] else ""
+            raise ArtifactError(f"The dataset has no rows in split {name!r} (its rows: {', '.join(filter(None, [held, missing]))}); "
+                                "mark them with data = data.train_test_split(test_size=0.1) (rows become 'train' and "
+                                "'validation'), or fix the 'split' field of labels.jsonl.")
         return self.select(chosen)
+
+    def train_test_split(self, test_size=0.1, seed: int = 0, test_split: str = "validation") -> VectorLabelDataset:
+        """A copy whose every record's `split` is 'train' or `test_split`, drawn at random by `seed`
+        (the same seed, the same rows). Named and called as in HF datasets: `test_size` is a
+        fraction in (0, 1) or a row count, and the held-out part has ceil(test_size × N) rows.
+        Unlike there, one dataset comes back with its rows marked, because a saved dataset and
+        `selfinterp train` read splits from that field: take the parts with `.split("train")` and
+        `.split("validation")`. `test_split` is 'validation' by default, the split training
+        reports its loss on and the CLI's `train` reads; any split the records had is replaced.
+        Vectors, other fields and `meta` (where the vectors came from) are kept."""
+        n = len(self)
+        if n < 2:
+            raise OptionError(f"A dataset needs at least 2 rows to be split, this one has {n}; add rows.")
+        fix = (f"test_size= takes a fraction between 0 and 1 or a row count from 1 to {n - 1}, leaving rows on both "
+               f"sides, got {test_size!r:.40}; e.g. test_size=0.1.")
+        if isinstance(test_size, bool) or not isinstance(test_size, numbers.Real):
+            raise OptionError(fix)
+        if isinstance(test_size, numbers.Integral):
+            count = int(test_size)
+        elif math.isfinite(test_size) and 0 < test_size < 1:
+            count = math.ceil(test_size * n)
+        else:
+            raise OptionError(fix)
+        if not 1 <= count <= n - 1:
+            raise OptionError(fix)
+        if not isinstance(test_split, str) or not test_split.strip() or test_split == "train":
+            raise OptionError(f"test_split= names the held-out part ('validation' or 'test'), got {test_split!r:.40}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise OptionError(f"seed= takes a whole number, got {seed!r:.40}.")
+        held_out = set(torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:count].tolist())
+        records = [dict(record, split=test_split if i in held_out else "train") for i, record in enumerate(self.records)]
+        return VectorLabelDataset(self.vectors.clone(), records, dict(self.meta))
 
     def head(self, n: int | None) -> VectorLabelDataset:
         return self if n is None or n >= len(self) else self.select(range(n))

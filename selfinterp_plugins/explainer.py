@@ -12,6 +12,7 @@ records the model's embedding fingerprint, so loading onto another model is refu
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,11 +185,23 @@ class Explainer:
     # ---- high-level verbs -----------------------------------------------------------------
 
     def train(self, train_data, validation=None, config=None, output_dir=None, progress: bool = True, remote=None):
-        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history.
-        `remote=True` (nnsight models) computes each step's loss and gradients on NDIF."""
-        from .training import TrainConfig, train
+        """Train the adapter (frozen model); see `training.TrainConfig`. Returns the history
+        (`training.TrainHistory`: `validation_loss_at_init` only with `init="ridge"` and a
+        validation set). `remote=True` (nnsight models) computes each step's loss and gradients on
+        NDIF. A training set smaller than any measured to work is warned about in one line
+        (`training.MIN_TRAIN_ROWS`)."""
+        from .training import TrainConfig, train, training_set_problem
 
         self._record_vector_spec(train_data)
+        if self.vector_spec is None:
+            warnings.warn("The training dataset does not say where its vectors were read (its meta has no 'site'), so "
+                          "this explainer will save no vector_spec and prepare_vectors cannot help its users; build it "
+                          "from topic_vectors, or as VectorLabelDataset(vectors, records, meta=explainer.vector_meta()) "
+                          "for vectors from that explainer's prepare_vectors, or give meta={'site': 'resid_post.10'}.",
+                          stacklevel=2)
+        problem = training_set_problem(getattr(train_data, "labels", []))
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         with self._remote(remote):
             return train(self, train_data, validation, config or TrainConfig(), output_dir, progress)
 
@@ -253,6 +266,19 @@ class Explainer:
         raise VectorError(f"No text runs as this explainer's prompt for {topic!r} on this model (its tokenizer adds "
                           "special tokens the prompt does not hold); run the ids instead: "
                           "ids = explainer.vector_prompt(topic, tokenize=True), then model(torch.tensor([ids])).")
+
+    def vector_meta(self) -> dict:
+        """A dataset's `meta` for vectors this explainer's `prepare_vectors` made (its spec: site,
+        prompt, position, and the mean it subtracts), so that an explainer trained on
+        `VectorLabelDataset(vectors, records, meta=explainer.vector_meta())` records the same spec:
+        a tensor carries no trace of where it was read, and a dataset built from one without this
+        trained an explainer that saved `vector_spec=None`."""
+        spec = self.vector_spec
+        if spec is None:
+            raise VectorError("This explainer records no vector_spec, so there is no recipe to give its vectors; give "
+                              "the dataset meta={'site': ...} (where you read them) yourself.")
+        return dict(spec.to_meta(self.metadata.get(spec.mean_key) if spec.mean_key else None),
+                    model_fingerprint=self.backend.fingerprint())
 
     def _record_vector_spec(self, data) -> None:
         """What an explainer records from the dataset it is trained on, decided here only (the CLI's

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import torch
 
@@ -38,7 +38,8 @@ from .storage.validation import LossValue, Name, NonNegativeFloat, between, chec
 # public: optimizer_state / restore_optimizer save an optimiser's state as safetensors, for the
 # plugins' own training loops (PEFT's epoch checkpoints) as for the core's checkpoints
 # check_same_run (storage) refuses a resume with other settings; also here, where plugins found it first
-__all__ = ["TrainConfig", "check_same_run", "optimizer_state", "restore_optimizer"]
+# TrainHistory: the keys of the history Explainer.train returns, for code that reads it
+__all__ = ["TrainConfig", "TrainHistory", "check_same_run", "optimizer_state", "restore_optimizer"]
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -72,6 +73,55 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class _HistoryAlways(TypedDict):
+    train_loss: list[float]
+    validation_loss: list[float]
+    config: dict
+    seconds: float
+    steps: int
+
+
+class TrainHistory(_HistoryAlways, total=False):
+    """What `Explainer.train` returns (and a checkpoint's `state.json` keeps as `history`).
+
+    Always: `train_loss` (one per optimiser step, in order), `validation_loss` (one per epoch, the
+    mean loss over the validation set after it; empty without one), `config` (`TrainConfig.to_dict()`
+    with `lr` resolved, never None), `seconds` (wall time of the steps, a resumed run's included)
+    and `steps` (optimiser steps taken in all).
+    Only with `init="ridge"` and a validation set: `validation_loss_at_init`, the validation loss
+    of the ridge start before any step (it is the first number of docs/results.md's "val loss at
+    init → end"; with `init="paper"` there is no closed-form start to measure, so the key is absent).
+    """
+
+    validation_loss_at_init: float
+
+
+#: the smallest training set measured to work: docs/results.md, "Training-set size" (SmolLM2,
+#: layer 10, echo, full_rank, ridge init, validation split): 300 topics gave recall@1 0.31, 640
+#: gave 0.53, 1000 gave 0.71, the shipped 4,436 gave 0.53 on test. Below it nothing was measured
+#: to work, and what was tried failed without a word: 96 words trained to 'gold' for every
+#: vector, 53 words through TransformerLens to 'car' for six of them (issue 27). Each of those
+#: sets had one label per row, so the same number bounds the distinct labels.
+MIN_TRAIN_ROWS = 300
+
+
+def training_set_problem(labels: list[str]) -> str | None:
+    """Why a training set with these labels is smaller than any measured to work, or None. A
+    warning, not an error: a larger model or an easier mapping may need less, but below these
+    sizes the failure seen was silent (every vector the same fluent label)."""
+    measured = (f"docs/results.md's training-set-size rows: {MIN_TRAIN_ROWS} topics gave validation recall@1 "
+                "0.31, 1000 gave 0.71; 96 words gave 'gold' for every vector")
+    distinct = len({label.strip().lower() for label in labels})
+    if len(labels) < MIN_TRAIN_ROWS:
+        return (f"Training on {len(labels)} rows, fewer than the {MIN_TRAIN_ROWS} measured to work ({measured}); "
+                "add rows, and check the labels of held-out vectors before trusting them.")
+    if distinct < MIN_TRAIN_ROWS:
+        return (f"The {len(labels)} training rows hold only {distinct} distinct labels, fewer than the "
+                f"{MIN_TRAIN_ROWS} measured to work ({measured}); add rows with other labels, and check the "
+                "labels of held-out vectors before trusting them.")
+    return None
 
 
 def first_token_embeddings(explainer, labels: list[str]) -> torch.Tensor:
@@ -172,17 +222,17 @@ def evaluate_loss(explainer, data, batch_size: int = 64, clamp: float = 100.0) -
     return total / len(data)
 
 
-def train(explainer, data, validation, config: TrainConfig, output_dir=None, progress: bool = True) -> dict:
+def train(explainer, data, validation, config: TrainConfig, output_dir=None, progress: bool = True) -> TrainHistory:
     """Train `explainer.adapter` on `data` (a VectorLabelDataset). Resumes from `output_dir` if a
     checkpoint is there; writes `train_log.jsonl` there as it goes, the directory locked meanwhile
-    (a second run into it fails at once). Returns the history."""
+    (a second run into it fails at once). Returns the history (`TrainHistory`: its keys)."""
     if output_dir is None:
         return _train(explainer, data, validation, config, None, progress)
     with DirectoryLock(output_dir):
         return _train(explainer, data, validation, config, output_dir, progress)
 
 
-def _train(explainer, data, validation, config: TrainConfig, output_dir, progress: bool) -> dict:
+def _train(explainer, data, validation, config: TrainConfig, output_dir, progress: bool) -> TrainHistory:
     from tqdm.auto import tqdm
 
     torch.manual_seed(config.seed)

@@ -125,6 +125,19 @@ class VectorSpec:
             vector_norm=vector_norm,
         )
 
+    def to_meta(self, mean=None) -> dict:
+        """The dataset meta that `from_meta` reads back as this spec (its norm aside): for a
+        dataset of vectors made to this recipe by hand (`Explainer.vector_meta`), so an explainer
+        trained on them records the recipe too. `mean` is what a centred spec subtracted."""
+        meta = {"source": "topics" if self.source == "topic_vectors" else self.source, "site": self.site,
+                "layer": self.layer, "prompt_format": self.prompt_format, "position": self.position,
+                "mean_subtracted": self.centring == "mean"}
+        if self.prompt is not None:
+            meta["prompt"] = self.prompt
+        if self.centring == "mean":
+            meta["mean"] = list(mean) if mean is not None else None
+        return meta
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["layer"] = self.layer  # for readers of the JSON; derived from site on load

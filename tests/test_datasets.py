@@ -9,7 +9,7 @@ import torch
 
 from selfinterp_plugins import VectorLabelDataset
 from selfinterp_plugins.datasets import LABELS_FILE, META_FILE, VECTORS_FILE
-from selfinterp_plugins.errors import ArtifactError, LabelError, VectorError
+from selfinterp_plugins.errors import ArtifactError, LabelError, OptionError, VectorError
 
 
 def make(n=6, d=8):
@@ -170,3 +170,61 @@ def test_labels_holding_line_separators_survive_a_save(tmp_path):
     labels = ["a\u2028b", "c\u2029d", "e\x85f", "g\x1ch"]
     path = VectorLabelDataset(torch.zeros(4, 4), [{"label": label} for label in labels]).save(tmp_path / "ds")
     assert VectorLabelDataset.load(path).labels == labels
+
+
+def rows(n, **fields):
+    return VectorLabelDataset(torch.arange(n * 3, dtype=torch.float32).reshape(n, 3),
+                              [dict({"id": f"r{i}", "label": f"w{i}"}, **fields) for i in range(n)], {"site": "resid_post.1"})
+
+
+def test_train_test_split_marks_every_row_and_keeps_the_rest():
+    data = rows(96, split="test", note="kept")
+    marked = data.train_test_split(test_size=0.1, seed=0)
+    # ceil(0.1 x 96) = ceil(9.6) = 10 held out, as HF datasets' train_test_split counts
+    assert len(marked.split("validation")) == 10 and len(marked.split("train")) == 86
+    assert {r["split"] for r in marked.records} == {"train", "validation"}  # the old 'test' replaced
+    assert [r["note"] for r in marked.records] == ["kept"] * 96 and marked.ids == data.ids
+    assert torch.equal(marked.vectors, data.vectors) and marked.meta == data.meta
+    assert [r["split"] for r in data.records] == ["test"] * 96  # the original is left alone
+    assert len(rows(10).train_test_split(test_size=3, test_split="test").split("test")) == 3  # a count
+    assert len(rows(10).train_test_split(test_size=0.01).split("validation")) == 1  # ceil(0.1) = 1
+
+
+def test_train_test_split_is_a_function_of_the_seed():
+    data = rows(50)
+    held = [data.train_test_split(test_size=0.2, seed=seed).split("validation").ids for seed in (0, 0, 1)]
+    assert held[0] == held[1] and held[0] != held[2] and len(held[0]) == 10
+
+
+def test_a_marked_split_survives_a_save(tmp_path):
+    marked = rows(20).train_test_split(test_size=0.25, seed=3)
+    again = VectorLabelDataset.load(marked.save(tmp_path / "d"))
+    assert again.split("validation").ids == marked.split("validation").ids and len(again.split("validation")) == 5
+
+
+@pytest.mark.parametrize("bad", [0, 1.0, 0.0, -0.1, 1.5, float("nan"), float("inf"), True, 10, 11, -2, "0.1", None, 0.95])
+def test_train_test_split_refuses_a_size_that_leaves_a_side_empty_in_one_line(bad):
+    with pytest.raises(OptionError, match=r"^test_size= takes a fraction between 0 and 1 or a row count from 1 to 9") as err:
+        rows(10).train_test_split(test_size=bad)  # 0.95 x 10 rounds up to all 10 rows
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: d.train_test_split(test_split="train"), "test_split= names the held-out part"),
+    (lambda d: d.train_test_split(test_split=""), "test_split= names the held-out part"),
+    (lambda d: d.train_test_split(seed=0.5), "seed= takes a whole number"),
+    (lambda d: d.select([0]).train_test_split(), "at least 2 rows to be split, this one has 1"),
+])
+def test_train_test_split_refuses_other_nonsense(call, message):
+    with pytest.raises(OptionError, match=message):
+        call(rows(10))
+
+
+def test_a_missing_validation_split_names_the_splits_there_and_the_helper():
+    with pytest.raises(ArtifactError, match=r"no rows in split 'validation' \(its rows: 96 with no 'split' field\); "
+                                            r"mark them with data = data.train_test_split\(test_size=0.1\)"):
+        rows(96).split("validation")
+    mixed = VectorLabelDataset(torch.zeros(3, 2), [{"label": "a", "split": "train"}, {"label": "b", "split": "train"},
+                                                    {"label": "c"}])
+    with pytest.raises(ArtifactError, match=r"\(its rows: 2 'train', 1 with no 'split' field\)"):
+        mixed.split("validation")

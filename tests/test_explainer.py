@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from selfinterp_plugins import Explainer, HFBackend, Sampling
+from selfinterp_plugins import Explainer, HFBackend, Sampling, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.adapters import AdapterConfig, make_adapter
 from selfinterp_plugins.errors import ArtifactError, ModelMismatchError, OptionError, VectorError
 from selfinterp_plugins.explainer import CONFIG_FILE, WEIGHTS_FILE
@@ -543,3 +543,29 @@ def test_an_output_manifest_is_compared_as_a_checkpoints_is(explainer, tmp_path)
                                               r"min_p=0.1, or choose another output"):
         explainer.explain(vectors, sampling=FAST, output=out, progress=False)
     assert out.read_bytes() == before
+
+
+def test_own_vectors_through_hf_keep_their_vector_spec(tiny_llama, tmp_path):
+    from own_vectors import check_own_vectors
+
+    model, tok = tiny_llama
+
+    def read(explainer, word):
+        ids = torch.tensor([explainer.vector_prompt(word, tokenize=True)])
+        with torch.no_grad():
+            return model(input_ids=ids, output_hidden_states=True).hidden_states[2]  # after layer 1
+
+    check_own_vectors(model, tok, 1, read, tmp_path)
+
+
+def test_training_on_vectors_of_unknown_origin_says_no_spec_will_be_saved(tiny_llama):
+    model, tok = tiny_llama
+    data = VectorLabelDataset(torch.randn(4, 64), [{"label": w} for w in ("a", "b", "c", "d")])
+    with pytest.warns(UserWarning, match=r"meta has no 'site'\), so this explainer will save no vector_spec.*"
+                                         r"meta=explainer.vector_meta\(\)"):
+        Explainer.create(model, tok).train(data, config=TrainConfig(max_steps=1), progress=False)
+
+
+def test_vector_meta_needs_a_spec(tiny_llama):
+    with pytest.raises(VectorError, match="records no vector_spec"):
+        Explainer.create(*tiny_llama).vector_meta()

@@ -305,3 +305,14 @@ def test_training_refuses_a_centred_dataset_whose_mean_is_not_a_vector(tiny_llam
     explainer = Explainer.create(*tiny_llama, adapter="scalar_affine", template="echo")
     with pytest.raises(ArtifactError, match=r"^The training dataset is centred, but its meta's 'mean' (should be|has 63)"):
         explainer.train(data, config=TrainConfig(epochs=1, batch_size=4, max_steps=1), progress=False)
+
+
+@pytest.mark.parametrize("spec, mean", [
+    (VectorSpec("topic_vectors", "resid_post.10", "Tell me about {title}.", "chat", "last", "mean", "topic_mean"), [0.5, -1.0]),
+    (VectorSpec("sae_lens", "resid_pre.3", None, "raw"), None),
+])
+def test_to_meta_is_read_back_by_from_meta(spec, mean):
+    meta = spec.to_meta(mean)
+    assert VectorSpec.from_meta(meta) == spec
+    assert meta.get("mean") == mean and meta["layer"] == spec.layer
+    assert meta["source"] == ("topics" if spec.source == "topic_vectors" else spec.source)  # as topic_vectors writes it
