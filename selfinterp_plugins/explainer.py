@@ -272,7 +272,8 @@ class Explainer:
         prompt, position, and the mean it subtracts), so that an explainer trained on
         `VectorLabelDataset(vectors, records, meta=explainer.vector_meta())` records the same spec:
         a tensor carries no trace of where it was read, and a dataset built from one without this
-        trained an explainer that saved `vector_spec=None`."""
+        trained an explainer that saved `vector_spec=None`. Not for rows made with `direction=True`:
+        directions are read at no site and centred with no mean, so no spec describes them."""
         spec = self.vector_spec
         if spec is None:
             raise VectorError("This explainer records no vector_spec, so there is no recipe to give its vectors; give "

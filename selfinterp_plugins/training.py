@@ -269,7 +269,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
             _truncate_log(log_path, step)
         with output_errors(log_path):
             _step("open", log_path)
-            log = os.fdopen(open_for_write(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a")  # never through a link
+            log = _open_log(log_path)
     else:
         log = None
     lengths = [len(explainer.template.target_ids(explainer.backend.tokenizer, label)) for label in data.labels] \
@@ -305,7 +305,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
                 record = {"step": step, "loss": float(loss.detach()), "lr": lr}
                 if end_of_epoch and validation is not None:
                     record["validation_loss"] = history["validation_loss"][-1]
-                with output_errors(log.name):
+                with output_errors(log_path):
                     log.write(json.dumps(record) + "\n")
                     log.flush()
             if ckpt and (step % config.checkpoint_every == 0 or end_of_epoch):
@@ -314,7 +314,7 @@ def _train(explainer, data, validation, config: TrainConfig, output_dir, progres
     finally:
         bar.close()
         if log:
-            with output_errors(log.name):
+            with output_errors(log_path):
                 log.close()
     history["seconds"] = prior_seconds + time.time() - started
     history["steps"] = step
@@ -377,6 +377,11 @@ class History:
     seconds: NonNegativeFloat = 0.0
 
 
+def _open_log(path: Path):
+    """The training log, opened to append, never through a link (a text handle the loop writes)."""
+    return os.fdopen(open_for_write(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a")
+
+
 def _read_state(ckpt: Path) -> CheckpointState:
     path, fix = ckpt / "state.json", f"delete {ckpt} to restart training."
     state = validate(CheckpointState, read_json(path), str(path), fix, unknown="ignore")
@@ -390,4 +395,9 @@ def _checkpoint_files(ckpt: Path, state: CheckpointState) -> dict[str, Path]:
     files = state.files or {"adapter": "adapter.safetensors", "optimizer": "optimizer.safetensors"}
     if set(files) != {"adapter", "optimizer"}:
         raise ArtifactError(f"{ckpt / 'state.json'} names bad checkpoint files; delete {ckpt} to restart training.")
-    return {key: member(ckpt, name, source=ckpt / "state.json", what=f"{key} checkpoint") for key, name in files.items()}
+    try:
+        return {key: member(ckpt, name, source=ckpt / "state.json", what=f"{key} checkpoint") for key, name in files.items()}
+    except ArtifactError as err:  # not a bare name inside the checkpoint: the checkpoint's fix, not a re-save
+        why = str(err).split(": ", 1)[-1].split("; ", 1)[0]
+        raise ArtifactError(f"{ckpt / 'state.json'} names bad checkpoint files ({why}); delete {ckpt} to restart "
+                            "training.") from None

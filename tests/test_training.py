@@ -441,7 +441,7 @@ def test_a_damaged_state_json_is_refused_naming_it_and_the_fix(tiny_llama, data,
         make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
     fix = f"delete {ckpt} to restart training."
     if problem is None:
-        assert str(err.value) == f"{ckpt / 'state.json'} names bad checkpoint files; {fix}"
+        assert str(err.value) == f"{ckpt / 'state.json'} names bad checkpoint files ('..' is not a file name); {fix}"
     else:
         assert str(err.value) == f"{ckpt / 'state.json'}: {problem}; {fix}"
 
@@ -513,7 +513,8 @@ def test_a_failing_disk_is_an_output_error_naming_the_file(tiny_llama, data, tmp
                 if failing == "close":
                     raise full_disk
 
-        monkeypatch.setattr(training, "open", lambda *a: FailingLog(open(*a)), raising=False)
+        opened = training._open_log
+        monkeypatch.setattr(training, "_open_log", lambda path: FailingLog(opened(path)))
     with pytest.raises(OutputError) as err:
         make(tiny_llama).train(data, None, full, output_dir=tmp_path, progress=False)
     path = tmp_path / CHECKPOINT_DIR / "adapter-1.safetensors" if failing == "unlink" else tmp_path / "train_log.jsonl"
