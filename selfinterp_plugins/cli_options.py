@@ -99,6 +99,24 @@ def _blank(value) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def _nul(value) -> bool:
+    """A NUL cannot be in a file name or come from a shell; in-process (`main([...])`) it reached
+    the first `os.stat` as ValueError."""
+    return isinstance(value, str) and "\x00" in value
+
+
+def _unencodable(value) -> bool:
+    """A lone surrogate such as \\ud800 (not the \\udcXX that stands for a non-UTF-8 byte of a
+    shell argument, which encodes back): click.Path's own encoding raised UnicodeEncodeError."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 class Text(click.ParamType):
     """A name or a text (a model, a split, a site, a question) that says something: "" or only
     whitespace is click's usage error (exit 2) naming the option, before the command runs. Taken as
@@ -110,6 +128,11 @@ class Text(click.ParamType):
     def convert(self, value, param, ctx):
         if _blank(value):
             self.fail(f"{value!r} is empty; give a name or a text (see --help).", param, ctx)
+        if _nul(value):
+            self.fail(f"{value!r} holds a NUL character; give a name or a text without one.", param, ctx)
+        if _unencodable(value):
+            self.fail(f"{value!r} holds a lone surrogate, which is not text; give a name or a text without one.",
+                      param, ctx)
         return value
 
 
@@ -125,6 +148,10 @@ class NonBlankPath(click.Path):
     def convert(self, value, param, ctx):
         if _blank(value):
             self.fail(f"{value!r} is an empty path; give a file or directory.", param, ctx)
+        if _nul(value):
+            self.fail(f"{value!r} holds a NUL character, which no file name can; give a file or directory.", param, ctx)
+        if _unencodable(value):
+            self.fail(f"{value!r} holds a lone surrogate, which no file name can; give a file or directory.", param, ctx)
         return super().convert(value, param, ctx)
 
 
