@@ -14,8 +14,8 @@ import click
 from .cli_options import (
     COUNT,
     LAYER,
+    LEARNING_RATE,
     NONNEGATIVE,
-    POSITIVE,
     SAMPLES,
     SEED,
     TEXT,
@@ -122,7 +122,7 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
 @click.option("--init", default="ridge", show_default=True, type=click.Choice(["paper", "ridge"]))
 @click.option("--epochs", type=COUNT, default=2, show_default=True)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
-@click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=COUNT, default=None, help="train on the first N training rows only")
 @click.option("--seed", type=SEED, default=42, show_default=True)
 @click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")

@@ -29,7 +29,7 @@ import click
 from .defaults import DEFAULT_MODEL, MAX_NEW_TOKENS, MAX_SEED
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "LAYER", "MAX_COUNT", "MAX_LAYERS", "MODEL_HELP",
+__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "LAYER", "LEARNING_RATE", "MAX_COUNT", "MAX_LAYERS", "MODEL_HELP",
            "NONNEGATIVE", "POSITIVE", "RANK", "REMOTE_VALUES", "SAMPLES", "SEED", "TEXT", "TOKENS", "FiniteFloat", "LayerRange",
            "NonBlankPath", "Text",
            "backend_options", "check_backend", "check_backend_options", "check_device", "check_layer", "check_layers", "check_site", "count",
@@ -140,6 +140,11 @@ class Text(click.ParamType):
 TEXT = Text()
 
 
+#: the longest file name (one path component) Linux and macOS file systems hold, in bytes: a longer
+#: one was OSError (ENAMETOOLONG) at the first `is_dir()`
+NAME_MAX = 255
+
+
 class NonBlankPath(click.Path):
     """`click.Path`, refusing "" and whitespace-only paths: `Path("")` is the current directory, so
     `selfinterp explain ""` read the directory it ran in as the explainer (and an output of ""
@@ -152,6 +157,10 @@ class NonBlankPath(click.Path):
             self.fail(f"{value!r} holds a NUL character, which no file name can; give a file or directory.", param, ctx)
         if _unencodable(value):
             self.fail(f"{value!r} holds a lone surrogate, which no file name can; give a file or directory.", param, ctx)
+        if isinstance(value, str) and any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX
+                                          for part in value.split("/")):
+            self.fail(f"{value[:40]!r}... has a name longer than {NAME_MAX} bytes, which no file system holds; give a "
+                      "file or directory.", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -244,8 +253,11 @@ TOKENS = count(MAX_NEW_TOKENS)
 SAMPLES = count(1000)
 #: LoRA / SVD ranks (AdapterConfig's bound too)
 RANK = count(65_536)
-#: finite floats above 0 (learning rates, LoRA alpha)
+#: finite floats above 0 (LoRA alpha)
 POSITIVE = FiniteFloat(min=0, min_open=True)
+#: learning rates: above 0, at most 10 (far past any that trains; --lr 1.5e41 overflowed the float32
+#: optimiser state of SAE-Lens's trainer as torch's RuntimeError)
+LEARNING_RATE = FiniteFloat(min=0, max=10, min_open=True)
 
 
 def model_option(help: str = MODEL_HELP, default: str | None = DEFAULT_MODEL):

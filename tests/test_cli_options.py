@@ -87,6 +87,26 @@ def test_a_blank_name_or_path_is_a_usage_error_naming_it(capsys, tmp_path, value
     assert checked > 100  # the core's and the plugins' commands were all walked
 
 
+def test_a_file_name_past_255_bytes_is_a_usage_error(capsys, tmp_path):
+    """`dit ask` on a 5,000-character name was OSError (File name too long) from is_dir() (found by
+    test_fuzz_cli); every path parameter refuses such a name before the command runs."""
+    code, _out, err = run_cli(capsys, "dit", "ask", "x" * 5000, "--no-dit")
+    assert code == 2 and "longer than 255 bytes" in err.strip().splitlines()[-1], err
+    assert NonBlankPath().convert(str(tmp_path / ("x" * 255)), None, None).endswith("x" * 255)
+
+
+@pytest.mark.parametrize("command", [["train", "."], ["dit", "make-diffs"], ["dit", "train", "."],
+                                     ["lora-explainer", "train", "--task", "input_ablation", "--data", "."],
+                                     ["sae", "train-sae"]])
+def test_a_learning_rate_past_10_is_a_usage_error(capsys, tmp_path, monkeypatch, command):
+    """`sae train-sae --lr 1.5e41` was torch's RuntimeError (float overflow) inside SAE-Lens's
+    trainer (found by test_fuzz_cli); every --lr is at most 10, refused before anything runs."""
+    monkeypatch.setattr("selfinterp_plugins.models.load_model", _no_weights)
+    code, _out, err = run_cli(capsys, *command, "--lr", "1.5e41", "--out", str(tmp_path / "out"))
+    assert code == 2 and "Invalid value for '--lr'" in err and "<= 10" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_shell_argument_of_non_utf8_bytes_is_still_a_path():
     """Python hands a non-UTF-8 byte of argv over as \\udcXX, which encodes back: such a file name
     is a real one and must be taken."""

@@ -19,6 +19,7 @@ import click
 from selfinterp_plugins.cli_options import (
     COUNT,
     DEFAULT_MODEL,
+    LEARNING_RATE,
     NONNEGATIVE,
     POSITIVE,
     RANK,
@@ -103,7 +104,7 @@ def register(cli):
     @click.option("--questions", "n_questions", type=COUNT, default=QUESTIONS, show_default=True,
                   help="questions per diff, each in the three forms (reference: 270)")
     @click.option("--answer-tokens", type=TOKENS, default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
-    @click.option("--lr", type=POSITIVE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
+    @click.option("--lr", type=LEARNING_RATE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
     @click.option("--epochs", type=COUNT, default=EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--questions-per-step", type=COUNT, default=QUESTIONS_PER_STEP, show_default=True,
                   help="questions (x3 forms) per Adam step (reference: 2)")
@@ -172,7 +173,7 @@ def register(cli):
     @click.option("--rank", type=RANK, default=16, show_default=True)
     @click.option("--alpha", type=POSITIVE, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
     @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
-    @click.option("--lr", type=POSITIVE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
+    @click.option("--lr", type=LEARNING_RATE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
     @click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True)
     @click.option("--epochs", type=COUNT, default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--batch-size", type=COUNT, default=8, show_default=True)
@@ -196,7 +197,7 @@ def register(cli):
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 
     @dit.command()
-    @click.argument("dirs", type=TEXT, nargs=-1, required=True)
+    @click.argument("dirs", type=NonBlankPath(), nargs=-1, required=True)
     @model_option()
     @click.option("--question", type=TEXT, default=None, help="default: the question the adapter was trained on")
     @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline; no DIT directory needed)")

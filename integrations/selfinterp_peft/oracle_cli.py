@@ -29,7 +29,7 @@ def register(cli):
         """Activation Oracles (Karvonen et al. 2025): a published oracle's answers about activations."""
 
     @oracle.command()
-    @click.argument("oracle_dir", type=TEXT)
+    @click.argument("oracle_dir", type=NonBlankPath())
     @click.option("--vectors", "dataset", required=True, type=NonBlankPath(),
                   help="a VectorLabelDataset directory: one activation per prompt")
     @click.option("--split", type=TEXT, default=None, help="only rows of this split")

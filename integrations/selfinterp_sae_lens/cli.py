@@ -19,8 +19,8 @@ import click
 
 from selfinterp_plugins.cli_options import (
     COUNT,
+    LEARNING_RATE,
     MODEL_HELP,
-    POSITIVE,
     SAMPLES,
     SEED,
     TEXT,
@@ -143,7 +143,7 @@ def register(cli):
     @click.option("--d-sae", type=D_SAE, default=4608, show_default=True)
     @click.option("--k", type=D_SAE, default=32, show_default=True, help="active latents per token (TopK)")
     @click.option("--tokens", type=COUNT, default=400_000, show_default=True, help="training tokens")
-    @click.option("--lr", type=POSITIVE, default=3e-4, show_default=True)
+    @click.option("--lr", type=LEARNING_RATE, default=3e-4, show_default=True)
     @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def train_sae_cmd(model_name, site, corpus, context, d_sae, k, tokens, lr, seed, out):

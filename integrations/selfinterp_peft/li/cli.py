@@ -16,9 +16,9 @@ import click
 
 from selfinterp_plugins.cli_options import (
     COUNT,
+    LEARNING_RATE,
     MODEL_HELP,
     NONNEGATIVE,
-    POSITIVE,
     RANK,
     SEED,
     TEXT,
@@ -141,7 +141,7 @@ def register(cli):
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
     @click.option("--rank", type=RANK, default=None, help="LoRA rank (reference: 128)")
-    @click.option("--lr", type=POSITIVE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
+    @click.option("--lr", type=LEARNING_RATE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
     @click.option("--epochs", type=NONNEGATIVE, default=None,
                   help="default: the reference's (10 / 20 / 30); 0 saves the start (with --projection ridge: the ridge start alone)")
     @click.option("--batch-size", type=COUNT, default=None, help="default: the reference's (64 / 32 / 8)")
