@@ -14,14 +14,18 @@ import click
 from .cli_options import (
     COUNT,
     LAYER,
+    LEARNING_RATE,
     NONNEGATIVE,
-    POSITIVE,
     SAMPLES,
     SEED,
+    TEXT,
     TOKENS,
     FiniteFloat,
+    NonBlankPath,
     backend_options,
     check_backend_options,
+    check_layer,
+    check_site,
     load_backend,
     model_option,
 )
@@ -86,15 +90,21 @@ def vectors():
 @model_option()
 @backend_options
 @click.option("--layer", "layers", type=LAYER, multiple=True, default=(10,), show_default=True, help="resid_post layer (repeatable)")
-@click.option("--out", required=True, type=click.Path(), help="output directory (one sub-directory per layer)")
+@click.option("--out", required=True, type=NonBlankPath(), help="output directory (one sub-directory per layer)")
 @click.option("--limit", type=COUNT, default=None, help="only the first N topics (quick tries)")
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
 def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limit, batch_size):
     """Topic vectors of the shipped WordNet topic set (`Tell me about {title}.`, minus the mean)."""
+    from .models import layer_count
     from .topics import load_topics, topic_vectors
 
+    check_backend_options(backend, remote, dtype, device)
+    for layer in layers:  # from the config, before the lock and the weights; again once loaded
+        check_layer(layer, layer_count(model_name))
     with DirectoryLock(out):  # one writer: a second run into the same --out fails at once
         runner = load_backend(model_name, backend, remote, dtype, device)
+        for layer in layers:
+            check_layer(layer, runner.n_layers)
         topics = load_topics()[:limit] if limit else load_topics()
         for layer, data in topic_vectors(runner, topics, list(layers), batch_size).items():
             path = data.save(member(out, f"layer{layer}", what="layer folder"))
@@ -102,31 +112,33 @@ def vectors_topics(model_name, backend, remote, dtype, device, layers, out, limi
 
 
 @cli.command()
-@click.argument("dataset", type=click.Path())
+@click.argument("dataset", type=NonBlankPath())
 @model_option()
 @backend_options
-@click.option("--adapter", default="full_rank", show_default=True, help="adapter kind (see `selfinterp plugins`)")
+@click.option("--adapter", type=TEXT, default="full_rank", show_default=True, help="adapter kind (see `selfinterp plugins`)")
 @click.option("--template", default="echo", show_default=True, type=click.Choice(["chat", "tokenizer_chat", "echo", "patchscopes", "selfie"]),
               help="chat: the paper's prompt, no system turn; tokenizer_chat: built with the tokenizer's chat template")
-@click.option("--site", default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
+@click.option("--site", type=TEXT, default="embed", show_default=True, help="embed, resid_pre.K or resid_post.K")
 @click.option("--init", default=None, type=click.Choice(["paper", "ridge"]),
               help="ridge: a closed-form fit first; paper: the kind's own init. [default: ridge for a kind with a "
                    "ridge start (every built-in one but raw), paper for a kind without one, where ridge fails]")
 @click.option("--epochs", type=COUNT, default=2, show_default=True)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True)
-@click.option("--lr", type=POSITIVE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="default: 1e-2 for scalar/bias adapters, 1e-3 for matrix adapters")
 @click.option("--limit", type=COUNT, default=None, help="train on the first N training rows only")
 @click.option("--seed", type=SEED, default=42, show_default=True)
 @click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="steps between checkpoints (and at each epoch's end)")
 @click.option("--bucket/--no-bucket", default=False, show_default=True, help="length-bucketed batches (docs/performance.md)")
-@click.option("--out", required=True, type=click.Path(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
+@click.option("--out", required=True, type=NonBlankPath(), help="explainer directory; checkpoints go in OUT/checkpoint (resumes)")
 def train(dataset, model_name, backend, remote, dtype, device, adapter, template, site, init, epochs, batch_size, lr, limit, seed,
           checkpoint_every, bucket, out):
     """Train an adapter on DATASET's train split; validation loss on its validation split."""
     from . import Explainer, TrainConfig, VectorLabelDataset
+    from .models import layer_count
 
     check_backend_options(backend, remote, dtype, device)
     init = init or _default_init(adapter)
+    check_site(site, layer_count(model_name))  # from the config; the loaded model refuses it too
     with DirectoryLock(out):  # the whole run: checkpoints, log and the final save (a second run fails at once)
         data = VectorLabelDataset.load(dataset)
         runner = load_backend(model_name, backend, remote, dtype, device)
@@ -150,9 +162,9 @@ def _default_init(adapter: str) -> str:
 
 
 @cli.command()
-@click.argument("explainer_dir", type=click.Path())
-@click.option("--vectors", "dataset", required=True, type=click.Path(), help="a VectorLabelDataset directory")
-@click.option("--split", default=None, help="only rows of this split")
+@click.argument("explainer_dir", type=NonBlankPath())
+@click.option("--vectors", "dataset", required=True, type=NonBlankPath(), help="a VectorLabelDataset directory")
+@click.option("--split", type=TEXT, default=None, help="only rows of this split")
 @model_option()
 @backend_options
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
@@ -161,7 +173,7 @@ def _default_init(adapter: str) -> str:
 @click.option("--samples", type=SAMPLES, default=1, show_default=True)
 @click.option("--max-new-tokens", type=TOKENS, default=30, show_default=True)
 @click.option("--batch-size", type=COUNT, default=64, show_default=True)
-@click.option("--output", required=True, type=click.Path(), help="JSONL file; a rerun resumes where it stopped")
+@click.option("--output", required=True, type=NonBlankPath(), help="JSONL file; a rerun resumes where it stopped")
 def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, device, scales, temperature, top_p, samples, max_new_tokens,
             batch_size, output):
     """Label every vector of a dataset (EXPLAINER_DIR may be `shipped`)."""
@@ -180,9 +192,9 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
 
 
 @cli.command("eval")
-@click.argument("explainer_dir", type=click.Path())
-@click.option("--vectors", "dataset", required=True, type=click.Path())
-@click.option("--split", default="test", show_default=True)
+@click.argument("explainer_dir", type=NonBlankPath())
+@click.option("--vectors", "dataset", required=True, type=NonBlankPath())
+@click.option("--split", type=TEXT, default="test", show_default=True)
 @model_option()
 @backend_options
 @click.option("--limit", type=COUNT, default=None)
@@ -212,7 +224,7 @@ def evaluate(explainer_dir, dataset, split, model_name, backend, remote, dtype, 
 @cli.command()
 @click.option("--n", "n_topics", type=COUNT, default=200, show_default=True, help="held-out test topics to score")
 @click.option("--show", type=NONNEGATIVE, default=15, show_default=True, help="examples to print")
-@click.option("--explainer", "explainer_dir", default="shipped", show_default=True)
+@click.option("--explainer", "explainer_dir", type=TEXT, default="shipped", show_default=True)
 def demo(n_topics, show, explainer_dir):
     """The main job: held-out topics on SmolLM2, untrained vs trained labels, recall@1 for both."""
     from . import Explainer
@@ -225,12 +237,12 @@ def demo(n_topics, show, explainer_dir):
 
 
 @cli.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="directory for report.html, results.json, plots")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="JSON file of report options")
+@click.option("--out", "out_dir", required=True, type=NonBlankPath(file_okay=False), help="directory for report.html, results.json, plots")
+@click.option("--config", "config_path", type=NonBlankPath(exists=True, dir_okay=False), help="JSON file of report options")
 @model_option(default=None)
-@click.option("--explainer", "explainers", multiple=True, help="trained explainer directory, or 'shipped' (repeatable)")
+@click.option("--explainer", "explainers", type=TEXT, multiple=True, help="trained explainer directory, or 'shipped' (repeatable)")
 @click.option("--no-explainer", is_flag=True, help="compare untrained baselines and the knowledge control only")
-@click.option("--baseline", "baselines", multiple=True, help="baseline name (repeatable) [default: all five]")
+@click.option("--baseline", "baselines", type=TEXT, multiple=True, help="baseline name (repeatable) [default: all five]")
 @click.option("--validation-topics", type=COUNT, default=None, help="topics the sweeps run on [default: 48]")
 @click.option("--test-topics", type=COUNT, default=None, help="held-out topics scored [default: 200]")
 @click.option("--layer", type=LAYER, default=None, help="layer the topic vectors are read after")
@@ -252,10 +264,22 @@ def report(out_dir, config_path, model_name, explainers, no_explainer, baselines
     if no_explainer:
         options["explainers"] = []
     config = ReportConfig.from_dict(options, source=str(config_path or "report options"))
+    _check_report_layers(config)
     results = run_report(config, out_dir, backend=load_backend(config.model))
     for row in results["headline"]:
         click.echo(f"{row['method']:>24}: recall@1 {row['recall@1']:.3f}  recall@5 {row['recall@5']:.3f}")
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
+
+
+def _check_report_layers(config) -> None:
+    """The report's layers against the model's config, before any weights load (the loaded
+    model refused them too, but only after loading it)."""
+    from .models import layer_count
+
+    n_layers = layer_count(config.model)
+    check_layer(config.layer, n_layers)
+    for layer in config.sweep_layers or ():
+        check_layer(layer, n_layers, option="sweep_layers")
 
 
 BUILTIN_COMMANDS = dict(cli.commands)  # the commands defined above, before any plugin's

@@ -29,9 +29,10 @@ import click
 from .defaults import DEFAULT_MODEL, MAX_NEW_TOKENS, MAX_SEED
 from .errors import BackendError, ModelLoadError, OptionError, PluginNotInstalledError, UnknownNameError
 
-__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "LAYER", "MAX_COUNT", "MAX_LAYERS", "MODEL_HELP",
-           "NONNEGATIVE", "POSITIVE", "RANK", "REMOTE_VALUES", "SAMPLES", "SEED", "TOKENS", "FiniteFloat", "LayerRange",
-           "backend_options", "check_backend", "check_backend_options", "check_device", "check_layers", "count",
+__all__ = ["BACKEND_PLUGINS", "COUNT", "DEFAULT_MODEL", "DTYPES", "LAYER", "LEARNING_RATE", "MAX_COUNT", "MAX_LAYERS", "MODEL_HELP",
+           "NONNEGATIVE", "POSITIVE", "RANK", "REMOTE_VALUES", "SAMPLES", "SEED", "TEXT", "TOKENS", "FiniteFloat", "LayerRange",
+           "NonBlankPath", "Text",
+           "backend_options", "check_backend", "check_backend_options", "check_device", "check_layer", "check_layers", "check_site", "count",
            "load_backend", "model_option"]
 
 #: backends whose plugins ship with this project -> the pip extra that installs the plugin's library
@@ -94,6 +95,75 @@ class FiniteFloat(click.ParamType):
         return f"FiniteFloat{self._describe()}"
 
 
+def _blank(value) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _nul(value) -> bool:
+    """A NUL cannot be in a file name or come from a shell; in-process (`main([...])`) it reached
+    the first `os.stat` as ValueError."""
+    return isinstance(value, str) and "\x00" in value
+
+
+def _unencodable(value) -> bool:
+    """A lone surrogate such as \\ud800 (not the \\udcXX that stands for a non-UTF-8 byte of a
+    shell argument, which encodes back): click.Path's own encoding raised UnicodeEncodeError."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class Text(click.ParamType):
+    """A name or a text (a model, a split, a site, a question) that says something: "" or only
+    whitespace is click's usage error (exit 2) naming the option, before the command runs. Taken as
+    given, a blank name meant something else: `--split ""` was every split, a blank model a hub
+    lookup's traceback-like message."""
+
+    name = "text"
+
+    def convert(self, value, param, ctx):
+        if _blank(value):
+            self.fail(f"{value!r} is empty; give a name or a text (see --help).", param, ctx)
+        if _nul(value):
+            self.fail(f"{value!r} holds a NUL character; give a name or a text without one.", param, ctx)
+        if _unencodable(value):
+            self.fail(f"{value!r} holds a lone surrogate, which is not text; give a name or a text without one.",
+                      param, ctx)
+        return value
+
+
+#: every option or argument that takes a name or a text
+TEXT = Text()
+
+
+#: the longest file name (one path component) Linux and macOS file systems hold, in bytes: a longer
+#: one was OSError (ENAMETOOLONG) at the first `is_dir()`
+NAME_MAX = 255
+
+
+class NonBlankPath(click.Path):
+    """`click.Path`, refusing "" and whitespace-only paths: `Path("")` is the current directory, so
+    `selfinterp explain ""` read the directory it ran in as the explainer (and an output of ""
+    was a write to "." after the model loaded)."""
+
+    def convert(self, value, param, ctx):
+        if _blank(value):
+            self.fail(f"{value!r} is an empty path; give a file or directory.", param, ctx)
+        if _nul(value):
+            self.fail(f"{value!r} holds a NUL character, which no file name can; give a file or directory.", param, ctx)
+        if _unencodable(value):
+            self.fail(f"{value!r} holds a lone surrogate, which no file name can; give a file or directory.", param, ctx)
+        if isinstance(value, str) and any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX
+                                          for part in value.split("/")):
+            self.fail(f"{value[:40]!r}... has a name longer than {NAME_MAX} bytes, which no file system holds; give a "
+                      "file or directory.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 #: `LayerRange`'s and `LAYER`'s bound: past any model's depth, so a layer this large is a typo
 MAX_LAYERS = 65_536
 
@@ -134,6 +204,29 @@ def check_layers(layers: range, n_layers: int | None, option: str = "--layers") 
                       f"{option} {start}:{n_layers}:{layers.step}.")
 
 
+def check_layer(layer: int | None, n_layers: int | None, option: str = "--layer") -> None:
+    """`check_layers` for one layer (`--layer N`; None: the command picks one later)."""
+    if layer is None or n_layers is None or layer < n_layers:
+        return
+    raise OptionError(f"{option} {layer} is past the model's last layer ({n_layers - 1}: it has {n_layers}); give "
+                      f"{option} 0 to {n_layers - 1}.")
+
+
+def check_site(site: str, n_layers: int | None, option: str = "--site") -> None:
+    """A `--site` such as resid_post.K whose layer the model lacks, refused like `check_layer`. A
+    site that does not parse here (a TransformerLens hook name) is left to the command's own check."""
+    from .errors import SelfInterpError
+    from .sites import Site
+
+    try:
+        layer = Site.parse(site).layer
+    except SelfInterpError:
+        return
+    if layer is not None and n_layers is not None and layer >= n_layers:
+        raise OptionError(f"{option} {site} reads layer {layer}, past the model's last ({n_layers - 1}: it has "
+                          f"{n_layers}); give a layer 0 to {n_layers - 1}.")
+
+
 #: the largest count any option takes: what an int32 holds (C libraries, tensor sizes). Every
 #: integer option is bounded where it is declared: unbounded, `--seed 100000000000000000000` was
 #: torch's overflow RuntimeError and `--samples 10000000000` a list that filled memory
@@ -160,16 +253,19 @@ TOKENS = count(MAX_NEW_TOKENS)
 SAMPLES = count(1000)
 #: LoRA / SVD ranks (AdapterConfig's bound too)
 RANK = count(65_536)
-#: finite floats above 0 (learning rates, LoRA alpha)
+#: finite floats above 0 (LoRA alpha)
 POSITIVE = FiniteFloat(min=0, min_open=True)
+#: learning rates: above 0, at most 10 (far past any that trains; --lr 1.5e41 overflowed the float32
+#: optimiser state of SAE-Lens's trainer as torch's RuntimeError)
+LEARNING_RATE = FiniteFloat(min=0, max=10, min_open=True)
 
 
 def model_option(help: str = MODEL_HELP, default: str | None = DEFAULT_MODEL):
     """`--model`, passed as `model_name`. `default=None` is for a command that can also take the
     model from elsewhere (`report --config`); its help still names `DEFAULT_MODEL`."""
     if default is None:
-        return click.option("--model", "model_name", default=None, help=f"{help} [default: {DEFAULT_MODEL}]")
-    return click.option("--model", "model_name", default=default, show_default=True, help=help)
+        return click.option("--model", "model_name", type=TEXT, default=None, help=f"{help} [default: {DEFAULT_MODEL}]")
+    return click.option("--model", "model_name", type=TEXT, default=default, show_default=True, help=help)
 
 
 class BackendName(click.ParamType):
@@ -212,11 +308,11 @@ DEVICE_HELP = ("cpu, cuda, cuda:N, or auto (transformers' device_map='auto': a m
 def backend_options(command):
     """`--backend`, `--remote`, `--dtype` and `--device`, passed as `backend`, `remote`, `dtype` and
     `device` (give all four to `load_backend`)."""
-    command = click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|auto",
+    command = click.option("--device", type=TEXT, default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|auto",
                            help=DEVICE_HELP)(command)
     command = click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
                            help=DTYPE_HELP)(command)
-    command = click.option("--remote", default="off", show_default=True, metavar="off|local|ndif|URL",
+    command = click.option("--remote", type=TEXT, default="off", show_default=True, metavar="off|local|ndif|URL",
                            help=REMOTE_HELP)(command)
     return click.option("--backend", cls=BackendOption, type=BackendName(), default="hf", show_default=True)(command)
 

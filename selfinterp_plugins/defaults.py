@@ -72,7 +72,13 @@ def explainer_location(name_or_path) -> Path:
     (`smollm2-topics`, `shipped` for the default, or one a plugin registered), so the same word
     works in `Explainer.from_pretrained`, every command and `selfinterp report`, wherever the
     package is installed. Anything else is returned as given, for the loader's own
-    missing-directory error. The core's own names resolve without loading any plugin."""
+    missing-directory error. The core's own names resolve without loading any plugin. A blank name
+    is refused: `Path("")` is the current directory, which `explain ""` used to read as the explainer."""
+    if not str(name_or_path).strip():
+        from .errors import ArtifactError
+
+        raise ArtifactError(f"The explainer's name or directory is empty ({str(name_or_path)!r}); pass the folder written "
+                            f"by save_pretrained(), or a shipped explainer's name ({', '.join(['shipped', *shipped_explainer_names()])}).")
     path = Path(name_or_path)
     if path.is_dir():
         return path

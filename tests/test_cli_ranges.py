@@ -46,6 +46,8 @@ REST = {
     "dit make-diffs": ["--out", "{out}"],
     "dit train": ["{tmp}", "--out", "{out}"],
     "dit eval": ["{tmp}", "{tmp}", "--out", "{out}"],
+    "dit import": ["{tmp}", "--out", "{out}"],
+    "oracle ask": ["{tmp}", "--vectors", "{tmp}", "--question", "what?", "--output", "{out}"],
     "lora-explainer make-data": ["--task", "activation_patching", "--out", "{out}"],
     "lora-explainer train": ["--task", "feature_descriptions", "--data", "{tmp}", "--out", "{out}"],
     "lora-explainer eval": ["{tmp}", "--task", "feature_descriptions", "--data", "{tmp}", "--out", "{out}"],
@@ -73,6 +75,8 @@ RANGES = {
     "dit train": {"--rank": RANK, "--alpha": POSITIVE, "--lr": POSITIVE, "--weight-decay": NONNEG_F,
                   "--epochs": COUNT, "--batch-size": COUNT, "--seed": SEED},
     "dit eval": {"--limit": COUNT},
+    "dit import": {"--limit": COUNT},
+    "oracle ask": {"--layer": LAYER, "--max-new-tokens": TOKENS, "--batch-size": COUNT},
     "lora-explainer make-data": {"--n-train": NONNEG, "--n-test": NONNEG, "--seed": SEED},
     # --epochs 0 is documented: the start alone (with --projection ridge, "the ridge start alone")
     "lora-explainer train": {"--rank": RANK, "--lr": POSITIVE, "--epochs": NONNEG, "--batch-size": COUNT,

@@ -16,13 +16,15 @@ import click
 
 from selfinterp_plugins.cli_options import (
     COUNT,
+    LEARNING_RATE,
     MODEL_HELP,
     NONNEGATIVE,
-    POSITIVE,
     RANK,
     SEED,
+    TEXT,
     TOKENS,
     LayerRange,
+    NonBlankPath,
     check_layers,
     load_backend,
     model_option,
@@ -125,7 +127,7 @@ def register(cli):
     @click.option("--layers", type=LayerRange(), default="0:30:3", show_default=True,
                   help="patched layers, start:stop:step (activation patching)")
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="writes train.jsonl and test.jsonl")
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False), help="writes train.jsonl and test.jsonl")
     def make_data(task, model_name, n_train, n_test, layers, seed, out):
         """Run the real patches / hinted questions on the subject model; targets are what it does."""
         out = Path(out)
@@ -134,12 +136,12 @@ def register(cli):
 
     @lora_explainer.command()
     @click.option("--task", type=click.Choice(TASKS), required=True)
-    @click.option("--data", required=True, type=click.Path(exists=True), help="make-data directory, rows file, or dataset")
+    @click.option("--data", required=True, type=NonBlankPath(exists=True), help="make-data directory, rows file, or dataset")
     @model_option(f"the explainer model: {MODEL_HELP}")
     @click.option("--finetune", type=click.Choice(["lora", "full"]), default=None,
                   help="default: the reference's for the task (full: features, input ablation; lora: activation patching)")
     @click.option("--rank", type=RANK, default=None, help="LoRA rank (reference: 128)")
-    @click.option("--lr", type=POSITIVE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
+    @click.option("--lr", type=LEARNING_RATE, default=None, help="default: the reference's for the task (5e-5; 1e-5 input ablation)")
     @click.option("--epochs", type=NONNEGATIVE, default=None,
                   help="default: the reference's (10 / 20 / 30); 0 saves the start (with --projection ridge: the ridge start alone)")
     @click.option("--batch-size", type=COUNT, default=None, help="default: the reference's (64 / 32 / 8)")
@@ -152,7 +154,7 @@ def register(cli):
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
     def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
               projection, seed, out):
         """Fine-tune an explainer on one task's training data; unset options take the reference's
@@ -177,19 +179,19 @@ def register(cli):
                                "last_loss": history[-1] if history else None, "finetune": config.finetune, "saved": out}))
 
     @lora_explainer.command("eval")
-    @click.argument("explainer_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("explainer_dir", type=NonBlankPath(exists=True, file_okay=False))
     @click.option("--task", type=click.Choice(TASKS), required=True)
-    @click.option("--data", required=True, type=click.Path(exists=True))
-    @click.option("--split", default="test", show_default=True)
+    @click.option("--data", required=True, type=NonBlankPath(exists=True))
+    @click.option("--split", type=TEXT, default="test", show_default=True)
     @model_option()
     @click.option("--limit", type=COUNT, default=None)
     @click.option("--max-new-tokens", type=TOKENS, default=None, help="answer length limit (default: the explainer's)")
     @click.option("--control", type=click.Choice(["none", "shuffled-vectors"]), default="none", show_default=True,
                   help="shuffled-vectors: each vector swapped for another held-out example's of the same layer")
-    @click.option("--published", default=None, metavar="HUB_ID",
+    @click.option("--published", type=TEXT, default=None, metavar="HUB_ID",
                   help="EXPLAINER_DIR is this Transluce explainer as downloaded (e.g. Transluce/act_patch_qwen3_8b_qwen3_8b); "
                        "--model is its base")
-    @click.option("--out", required=True, type=click.Path(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
+    @click.option("--out", required=True, type=NonBlankPath(dir_okay=False), help="results JSON (answers in OUT.answers.jsonl)")
     def evaluate(explainer_dir, task, data, split, model_name, limit, max_new_tokens, control, published, out):
         """Held-out answers and metrics, next to the task's trivial baselines."""
         from selfinterp_plugins.plugins import get_task

@@ -19,12 +19,15 @@ import click
 from selfinterp_plugins.cli_options import (
     COUNT,
     DEFAULT_MODEL,
+    LEARNING_RATE,
     NONNEGATIVE,
     POSITIVE,
     RANK,
     SEED,
+    TEXT,
     TOKENS,
     FiniteFloat,
+    NonBlankPath,
     load_backend,
     model_option,
 )
@@ -61,13 +64,13 @@ def register(cli):
         """Weight diffs and Diff Interpretation Tuning (Goel et al. 2025)."""
 
     @dit.command()
-    @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="a PEFT LoRA adapter directory")
-    @click.option("--base", "base_name", default=None,
+    @click.option("--adapter", type=NonBlankPath(exists=True, file_okay=False), help="a PEFT LoRA adapter directory")
+    @click.option("--base", "base_name", type=TEXT, default=None,
                   help="the base model (alias, hub id or local path); required with --adapter, "
                        "default smollm2-135m-instruct with --finetuned")
-    @click.option("--finetuned", default=None, help="a full fine-tune of --base (local path or hub id)")
+    @click.option("--finetuned", type=TEXT, default=None, help="a full fine-tune of --base (local path or hub id)")
     @click.option("--rank", type=RANK, default=None, help="rank to keep (truncated SVD; adapter factors exactly by QR; default: as is, exact)")
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def extract(adapter, base_name, finetuned, rank, out):
         """Write a weight diff as a PEFT LoRA adapter and report each module's kept energy."""
         from .weight_diff import WeightDiff
@@ -101,14 +104,14 @@ def register(cli):
     @click.option("--questions", "n_questions", type=COUNT, default=QUESTIONS, show_default=True,
                   help="questions per diff, each in the three forms (reference: 270)")
     @click.option("--answer-tokens", type=TOKENS, default=24, show_default=True, help="answer length (reference: 100 fan / 200 neutral)")
-    @click.option("--lr", type=POSITIVE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
+    @click.option("--lr", type=LEARNING_RATE, default=LR, show_default=True, help="Adam lr (reference: 1e-3)")
     @click.option("--epochs", type=COUNT, default=EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--questions-per-step", type=COUNT, default=QUESTIONS_PER_STEP, show_default=True,
                   help="questions (x3 forms) per Adam step (reference: 2)")
     @click.option("--group", "diffs_per_group", type=COUNT, default=16, show_default=True,
                   help="diffs trained side by side (memory grows with it: 16 diffs x 3 forms peaked at 10 GB on SmolLM2)")
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="diff directory (a rerun resumes)")
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False), help="diff directory (a rerun resumes)")
     def make_diffs(model_name, n_train, n_test, rank, full_finetune, n_questions, answer_tokens, lr,
                    epochs, questions_per_step, diffs_per_group, seed, out):
         """Synthetic hidden-topic diffs: each talks about its topic only after its own trigger.
@@ -165,17 +168,17 @@ def register(cli):
             click.echo(json.dumps(stats))
 
     @dit.command("train")
-    @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("diffs_dir", type=NonBlankPath(exists=True, file_okay=False))
     @model_option()
     @click.option("--rank", type=RANK, default=16, show_default=True)
     @click.option("--alpha", type=POSITIVE, default=1.0, show_default=True, help="LoRA alpha; 1 = the reference's scale 1/rank")
     @click.option("--init", type=click.Choice(["reference", "peft"]), default="reference", show_default=True)
-    @click.option("--lr", type=POSITIVE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
+    @click.option("--lr", type=LEARNING_RATE, default=DIT_LR, show_default=True, help="AdamW lr (reference: 1e-4)")
     @click.option("--weight-decay", type=FiniteFloat(min=0), default=0.01, show_default=True)
     @click.option("--epochs", type=COUNT, default=DIT_EPOCHS, show_default=True, help="(reference: 1)")
     @click.option("--batch-size", type=COUNT, default=8, show_default=True)
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False), help="DIT adapter directory; OUT/checkpoint resumes")
     def train(diffs_dir, model_name, rank, alpha, init, lr, weight_decay, epochs, batch_size, seed, out):
         """Train a DIT adapter on the diffs of the train split (the reference's adapter and optimiser)."""
         from .diff_store import load_diffs, read_index
@@ -194,9 +197,9 @@ def register(cli):
         click.echo(json.dumps({"diffs": len(rows), "steps": len(history), "final_loss": history[-1], "saved": out}))
 
     @dit.command()
-    @click.argument("dirs", nargs=-1, required=True)
+    @click.argument("dirs", type=NonBlankPath(), nargs=-1, required=True)
     @model_option()
-    @click.option("--question", default=None, help="default: the question the adapter was trained on")
+    @click.option("--question", type=TEXT, default=None, help="default: the question the adapter was trained on")
     @click.option("--no-dit", is_flag=True, help="ask without the DIT adapter (baseline; no DIT directory needed)")
     def ask(dirs, model_name, question, no_dit):
         """Ask what each diff changed: [DIT_DIR] DIFF_DIR... (a DIT directory is told apart by its
@@ -229,7 +232,7 @@ def register(cli):
 
     @dit.command()
     @model_option()
-    @click.option("--name", default="smollm2-hidden-topics", show_default=True, help="shipped DIT adapter")
+    @click.option("--name", type=TEXT, default="smollm2-hidden-topics", show_default=True, help="shipped DIT adapter")
     def demo(model_name, name):
         """Ask the shipped DIT adapter what each of its shipped held-out diffs was trained on
         (diffs it never saw in training; about 30 s on 2 CPU cores, offline)."""
@@ -257,15 +260,15 @@ def register(cli):
                    "its scores on all of them, and the baselines', are in docs/peft.md)")
 
     @dit.command("import")
-    @click.argument("src")
+    @click.argument("src", type=TEXT)
     @model_option()
-    @click.option("--out", required=True, type=click.Path(file_okay=False),
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False),
                   help="diff store (index.jsonl, diffs/) and OUT/dit-adapter; a rerun resumes")
-    @click.option("--split", default=None, help="only the index rows of this split (train, test, extra)")
+    @click.option("--split", type=TEXT, default=None, help="only the index rows of this split (train, test, extra)")
     @click.option("--limit", type=COUNT, default=None, help="only the first N rows (after --split)")
-    @click.option("--dit-adapter", "dit_adapter", default=None,
+    @click.option("--dit-adapter", "dit_adapter", type=TEXT, default=None,
                   help="a dit-adapter.pt elsewhere (default: SRC/dit-adapter.pt, when SRC has one)")
-    @click.option("--question", default=None,
+    @click.option("--question", type=TEXT, default=None,
                   help="what the DIT adapter is asked (default: the experiment's, 'What topic have you been trained on?')")
     def import_(src, model_name, out, split, limit, dit_adapter, question):
         """Import a published DIT model folder (SRC: index.csv, weight-diffs/, dit-adapter.pt of
@@ -285,16 +288,16 @@ def register(cli):
         click.echo(json.dumps(result))
 
     @dit.command("eval")
-    @click.argument("dit_dir")
-    @click.argument("diffs_dir", type=click.Path(exists=True, file_okay=False))
+    @click.argument("dit_dir", type=TEXT)
+    @click.argument("diffs_dir", type=NonBlankPath(exists=True, file_okay=False))
     @model_option()
-    @click.option("--split", default="test", show_default=True)
+    @click.option("--split", type=TEXT, default="test", show_default=True)
     @click.option("--candidates", default="all", show_default=True, type=click.Choice(["all", "diffs"]),
                   help="topics the answer is ranked against: the whole topic set, or the diff directory's topics")
     @click.option("--limit", type=COUNT, default=None, help="only the first N diffs of the split")
-    @click.option("--llm-judge", default="gemma-3-270m", show_default=True,
+    @click.option("--llm-judge", type=TEXT, default="gemma-3-270m", show_default=True,
                   help="local model for the paper's 1-5 judge and guesser ('none' to skip)")
-    @click.option("--out", required=True, type=click.Path(file_okay=False),
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False),
                   help="answers.jsonl (resumes the same run only: answers.jsonl.run.json says which) and metrics.json")
     def evaluate(dit_dir, diffs_dir, model_name, split, candidates, limit, llm_judge, out):
         """DIT answers vs asking without DIT and with the trigger: recall@1/@5 and exact match (embedding

@@ -19,12 +19,15 @@ import click
 
 from selfinterp_plugins.cli_options import (
     COUNT,
+    LEARNING_RATE,
     MODEL_HELP,
-    POSITIVE,
     SAMPLES,
     SEED,
+    TEXT,
     TOKENS,
     FiniteFloat,
+    NonBlankPath,
+    check_site,
     count,
     load_backend,
     model_option,
@@ -69,9 +72,9 @@ def sae_options(command):
     """An SAE as SAE-Lens users name one: a directory saved with `sae.save_model` (--sae), or a
     pretrained release and SAE id (--release, --sae-id: `SAE.from_pretrained`, offline from the
     Hugging Face cache)."""
-    command = click.option("--sae-id", default=None, help="SAE id within --release (SAE.from_pretrained)")(command)
-    command = click.option("--release", default=None, help="SAE-Lens pretrained release (with --sae-id)")(command)
-    return click.option("--sae", "sae_dir", default=None, type=click.Path(),
+    command = click.option("--sae-id", type=TEXT, default=None, help="SAE id within --release (SAE.from_pretrained)")(command)
+    command = click.option("--release", type=TEXT, default=None, help="SAE-Lens pretrained release (with --sae-id)")(command)
+    return click.option("--sae", "sae_dir", default=None, type=NonBlankPath(),
                         help="SAE directory (sae.save_model); or --release and --sae-id")(command)
 
 
@@ -134,20 +137,23 @@ def register(cli):
 
     @sae.command("train-sae")
     @model_option()
-    @click.option("--site", default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
-    @click.option("--corpus", default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
+    @click.option("--site", type=TEXT, default="resid_post.6", show_default=True, help="residual site (or TL hook name)")
+    @click.option("--corpus", type=TEXT, default="shakespeare", show_default=True, help="'shakespeare', a directory of .txt, a .txt or .jsonl")
     @click.option("--context", type=TOKENS, default=64, show_default=True, help="tokens per window")
     @click.option("--d-sae", type=D_SAE, default=4608, show_default=True)
     @click.option("--k", type=D_SAE, default=32, show_default=True, help="active latents per token (TopK)")
     @click.option("--tokens", type=COUNT, default=400_000, show_default=True, help="training tokens")
-    @click.option("--lr", type=POSITIVE, default=3e-4, show_default=True)
+    @click.option("--lr", type=LEARNING_RATE, default=3e-4, show_default=True)
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def train_sae_cmd(model_name, site, corpus, context, d_sae, k, tokens, lr, seed, out):
         """Train an SAE on the model's activations with SAE-Lens's SAETrainer; saved with save_inference_model."""
+        from selfinterp_plugins.models import layer_count
+
         from .corpus import read_texts, token_windows
         from .sae_training import SAETrainConfig, train_sae
 
+        check_site(site, layer_count(model_name))  # from the config, before the weights load
         backend = load_backend(model_name)
         windows = token_windows(backend.tokenizer, read_texts(corpus), context, seed=seed)
         config = SAETrainConfig(d_sae=d_sae, k=k, total_tokens=tokens, lr=lr, seed=seed)
@@ -155,15 +161,15 @@ def register(cli):
         click.echo(json.dumps({"saved": out, "hook_name": sae.cfg.metadata.hook_name, "d_sae": sae.cfg.d_sae}))
 
     @sae.command("weak-labels")
-    @click.argument("sae_dir", type=click.Path())
+    @click.argument("sae_dir", type=NonBlankPath())
     @model_option()
-    @click.option("--corpus", default="shakespeare", show_default=True)
+    @click.option("--corpus", type=TEXT, default="shakespeare", show_default=True)
     @click.option("--context", type=TOKENS, default=64, show_default=True)
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True, help="corpus windows streamed")
     @click.option("--min-share", type=FiniteFloat(min=0, max=1), default=0.5, show_default=True,
                   help="share of top activations the dominant word needs")
     @click.option("--seed", type=SEED, default=1, show_default=True, help="window shuffle (use another than train-sae's) and splits")
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def weak_labels_cmd(sae_dir, model_name, corpus, context, n_windows, min_share, seed, out):
         """Label latents by their dominant top-activating word; write a dataset split by latent."""
         from .corpus import read_texts, token_windows
@@ -178,12 +184,12 @@ def register(cli):
         click.echo(json.dumps({**_save_with_splits(sae_obj, labels, out, seed, extra, report), "report": report}))
 
     @sae.command("import-neuronpedia")
-    @click.argument("explanations", type=click.Path())
+    @click.argument("explanations", type=NonBlankPath())
     @sae_options
-    @click.option("--model-id", default=None, help="keep only rows of this Neuronpedia modelId")
-    @click.option("--np-sae-id", default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
+    @click.option("--model-id", type=TEXT, default=None, help="keep only rows of this Neuronpedia modelId")
+    @click.option("--np-sae-id", type=TEXT, default=None, help="keep only rows of this Neuronpedia SAE id (its 'layer' field)")
     @click.option("--seed", type=SEED, default=0, show_default=True)
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def import_neuronpedia(explanations, sae_dir, release, sae_id, model_id, np_sae_id, seed, out):
         """A Neuronpedia export -> a VectorLabelDataset (train / validation / test by latent)."""
         from .neuronpedia import labelled_dataset, read_explanations, split_features
@@ -197,9 +203,9 @@ def register(cli):
                                "skipped_other_sae": data.meta["skipped_other_sae"], "saved": out}))
 
     @sae.command("import-labels")
-    @click.argument("labels", type=click.Path())
+    @click.argument("labels", type=NonBlankPath())
     @sae_options
-    @click.option("--out", required=True, type=click.Path(file_okay=False))
+    @click.option("--out", required=True, type=NonBlankPath(file_okay=False))
     def import_labels(labels, sae_dir, release, sae_id, out):
         """A selfie-adapters label file (data/goodfire_8b_sae_labels.json.gz of Pepper et al.'s repository)
         -> a VectorLabelDataset of the SAE's decoder rows with the file's train / val split (the paper's
@@ -212,19 +218,19 @@ def register(cli):
         click.echo(json.dumps({"latents": len(data), **counts, "saved": out}))
 
     @sae.command("label")
-    @click.argument("explainer_dir", type=click.Path())
+    @click.argument("explainer_dir", type=NonBlankPath())
     @sae_options
-    @click.option("--features", default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
+    @click.option("--features", type=TEXT, default="all", show_default=True, help="'all', '0:100' or '3,17,42'")
     @model_option()
     @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
     @click.option("--batch-size", type=COUNT, default=64, show_default=True)
     @click.option("--max-new-tokens", type=TOKENS, default=30, show_default=True)
-    @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL; a rerun resumes")
-    @click.option("--neuronpedia", "np_output", default=None, type=click.Path(dir_okay=False),
+    @click.option("--output", required=True, type=NonBlankPath(dir_okay=False), help="JSONL; a rerun resumes")
+    @click.option("--neuronpedia", "np_output", default=None, type=NonBlankPath(dir_okay=False),
                   help="also write the labels as Neuronpedia explanations (.json or .jsonl)")
-    @click.option("--model-id", "np_model_id", default=None,
+    @click.option("--model-id", "np_model_id", type=TEXT, default=None,
                   help="Neuronpedia modelId of the export (default: the SAE's neuronpedia_id, else its model's name)")
-    @click.option("--np-sae-id", default=None,
+    @click.option("--np-sae-id", type=TEXT, default=None,
                   help="Neuronpedia SAE id of the export, its rows' 'layer' (default: the SAE's, else "
                        "{layer}-{res|att|mlp}-selfinterp); give each SAE of one hook its own")
     def label(explainer_dir, sae_dir, release, sae_id, features, model_name, scales, batch_size, max_new_tokens, output,
@@ -260,17 +266,17 @@ def register(cli):
         click.echo(json.dumps(said))
 
     @sae.command("score")
-    @click.argument("labels", type=click.Path())
+    @click.argument("labels", type=NonBlankPath())
     @sae_options
     @click.option("--scorer", type=click.Choice(["generation", "detection"]), default="generation", show_default=True)
     @model_option(f"subject model (and default writer / judge): {MODEL_HELP}")
-    @click.option("--writer-model", default=None, help="model that writes the conversations (generation; default: the subject)")
-    @click.option("--judge-model", default=None, help="model that judges contexts (detection; default: the subject)")
+    @click.option("--writer-model", type=TEXT, default=None, help="model that writes the conversations (generation; default: the subject)")
+    @click.option("--judge-model", type=TEXT, default=None, help="model that judges contexts (detection; default: the subject)")
     @click.option("--samples", type=SAMPLES, default=10, show_default=True, help="conversations per label (generation)")
     @click.option("--max-new-tokens", type=TOKENS, default=100, show_default=True, help="length limit of each conversation (generation)")
-    @click.option("--corpus", default="shakespeare", show_default=True, help="contexts for detection")
+    @click.option("--corpus", type=TEXT, default="shakespeare", show_default=True, help="contexts for detection")
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True)
-    @click.option("--output", default=None, type=click.Path(dir_okay=False), help="per-label JSONL (generation resumes from it)")
+    @click.option("--output", default=None, type=NonBlankPath(dir_okay=False), help="per-label JSONL (generation resumes from it)")
     def score(labels, sae_dir, release, sae_id, scorer, model_name, writer_model, judge_model, samples, max_new_tokens,
               corpus, n_windows, output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""

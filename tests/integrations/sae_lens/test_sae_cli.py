@@ -182,14 +182,17 @@ def _label(root, *flags, sae="narrow"):
 
 
 @pytest.mark.parametrize("features, message", [
-    (" ", "Cannot read features ' '"), ("5:2", "Features '5:2' select no latent"),
+    (" ", "Invalid value for '--features': ' ' is empty"), ("5:2", "Features '5:2' select no latent"),
     ("0:99", "Feature index 4 is outside this SAE's 4 latents"), ("-1", "Cannot read features '-1'"),
 ])
 def test_sae_label_of_no_latent_or_another_is_one_line(labelled, tmp_path, capsys, features, message):
     """`sae label --features " "` (or `5:2`) labelled nothing and exited 0; `0:99` on a 4-latent SAE
-    was refused only after the model loaded. Each is now one line before anything loads."""
+    was refused only after the model loaded. Each is now one line before anything loads (a blank
+    value is click's usage error, whose Error line follows its Usage and Try lines)."""
     _, err = run(_label(labelled, "--features", features, "--output", str(tmp_path / "l.jsonl")), capsys, code=2)
-    assert err.startswith(f"Error: {message}") and len(err.strip().splitlines()) == 1, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"Error: {message}") and (len(lines) == 1 or lines[0].startswith("Usage:")), err
+    assert [line for line in lines if line.startswith("Error")] == lines[-1:], err
     assert not (tmp_path / "l.jsonl").exists()
 
 
