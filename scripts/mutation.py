@@ -66,7 +66,10 @@ MODULES: dict[str, list[str]] = {
                                                      "tests/integrations/introspective/test_lora_runs.py",
                                                      "tests/integrations/introspective/test_lora_tasks.py"],
     "integrations/selfinterp_introspective/causal_targets.py": ["tests/integrations/introspective/test_causal_tasks.py"],
-    "integrations/selfinterp_sae_lens/generation_scoring.py": ["tests/integrations/sae_lens/test_scoring.py"],
+    "integrations/selfinterp_sae_lens/generation_scoring.py": ["tests/integrations/sae_lens/test_scoring.py",
+                                                               "tests/integrations/sae_lens/test_conversations.py"],
+    "integrations/selfinterp_sae_lens/conversations.py": ["tests/integrations/sae_lens/test_scoring.py",
+                                                          "tests/integrations/sae_lens/test_conversations.py"],
 }
 
 #: mutmut's exit codes (mutmut/stats.py) folded into the columns docs/testing.md reports

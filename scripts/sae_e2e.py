@@ -147,8 +147,8 @@ def main(argv=None):
     for name, rows in label_sets.items():
         t = time.time()
         gen = generation_score(rows, sae, backend, n_samples=args.samples,
-                               output=out / "scores" / f"generation-{name}-{args.samples}samples.jsonl")
-        results["generation"][name] = {k: v for k, v in gen.items() if k != "per_feature"}
+                               output=out / "scores" / f"generation-{name}-{args.samples}samples-per-sample.jsonl")
+        results["generation"][name] = {k: v for k, v in gen.items() if k not in ("per_feature", "per_label")}
         results["generation"][name]["seconds"] = round(time.time() - t, 1)
         line = f"{name}: generation mean-max {gen['mean_max_hit_rate']:.3f}; exact {exact[name]:.3f}"
         if args.detection:

@@ -158,7 +158,8 @@ def register(cli):
         windows = token_windows(backend.tokenizer, read_texts(corpus), context, seed=seed)
         config = SAETrainConfig(d_sae=d_sae, k=k, total_tokens=tokens, lr=lr, seed=seed)
         sae = train_sae(backend, windows, site, config, out=out, model_name=model_name)
-        click.echo(json.dumps({"saved": out, "hook_name": sae.cfg.metadata.hook_name, "d_sae": sae.cfg.d_sae}))
+        click.echo(json.dumps({"saved": out, "hook_name": sae.cfg.metadata.hook_name, "d_sae": sae.cfg.d_sae,
+                               "reconstruction": sae.cfg.metadata.reconstruction}))
 
     @sae.command("weak-labels")
     @click.argument("sae_dir", type=NonBlankPath())
@@ -276,9 +277,14 @@ def register(cli):
     @click.option("--max-new-tokens", type=TOKENS, default=100, show_default=True, help="length limit of each conversation (generation)")
     @click.option("--corpus", type=TEXT, default="shakespeare", show_default=True, help="contexts for detection")
     @click.option("--windows", "n_windows", type=COUNT, default=2000, show_default=True)
-    @click.option("--output", default=None, type=NonBlankPath(dir_okay=False), help="per-label JSONL (generation resumes from it)")
+    @click.option("--drop-echoes", is_flag=True,
+                  help="leave samples that repeat the writer's instruction out of their label's hit rate (generation; "
+                       "the reference counts them)")
+    @click.option("--output", default=None, type=NonBlankPath(dir_okay=False),
+                  help="JSONL: one record per sample as it is written (generation; a rerun writes only the missing "
+                       "ones), one per label (detection)")
     def score(labels, sae_dir, release, sae_id, scorer, model_name, writer_model, judge_model, samples, max_new_tokens,
-              corpus, n_windows, output):
+              corpus, n_windows, drop_echoes, output):
         """Score the labels in LABELS (explain JSONL or a Neuronpedia file) against the SAE's latents."""
         from .generation_scoring import feature_of
         from .sae_info import sae_info
@@ -296,7 +302,7 @@ def register(cli):
             from .generation_scoring import ConversationWriter, generation_score
 
             writer = ConversationWriter(load_backend(writer_model) if writer_model else backend, max_new_tokens=max_new_tokens)
-            result = generation_score(records, sae_obj, backend, writer, samples, output=output)
+            result = generation_score(records, sae_obj, backend, writer, samples, output=output, drop_echoes=drop_echoes)
         else:
             from .corpus import read_texts, token_windows
             from .detection_scoring import ContextPool, ModelJudge, detection_score

@@ -80,6 +80,25 @@ def activation_batches(backend, windows: list[list[int]], site: Site, batch_toke
 
 
 NORM_ESTIMATE_BATCHES = 20  # batches SAE-Lens reads to estimate the activation norm before training
+RECONSTRUCTION_BATCHES = 8  # batches the finished SAE's reconstruction is measured on
+
+
+def reconstruction_metrics(acts: torch.Tensor, recon: torch.Tensor) -> dict:
+    """MSE (mean over tokens and dimensions) and explained variance, 1 - sum |x - x_hat|^2 /
+    sum |x - mean x|^2 over the tokens given (the fraction of the activations' variance around their
+    mean that the SAE reproduces; 0 for an SAE that outputs the mean, negative for a worse one)."""
+    acts, recon = acts.double(), recon.double()
+    residual = ((acts - recon) ** 2).sum()
+    total = ((acts - acts.mean(0)) ** 2).sum()
+    return {"mse": float(residual / acts.numel()), "explained_variance": float(1 - residual / total),
+            "tokens": int(acts.shape[0])}
+
+
+@torch.no_grad()
+def measure_reconstruction(sae, batches) -> dict:
+    """`reconstruction_metrics` of `sae.decode(sae.encode(x))` over the activation batches given."""
+    acts = torch.cat(list(batches))
+    return reconstruction_metrics(acts, sae.decode(sae.encode(acts.to(sae.W_dec.dtype))).float())
 
 
 def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | None = None, out=None,
@@ -89,7 +108,14 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
 
     Progress is one bar per activation batch drawn (the norm estimate's, then each training
     step's): SAE-Lens's own bar moves every 100 steps, so a short run's sat at 0 until the end;
-    it is silenced while ours runs."""
+    it is silenced while ours runs. The bar's total is the batches SAE-Lens draws: it steps while
+    fewer than `total_tokens` were seen, so a total that is not a whole number of batches takes one
+    batch more than the quotient.
+
+    The finished SAE's reconstruction (`reconstruction_metrics`: MSE, explained variance) is measured
+    on RECONSTRUCTION_BATCHES batches of the training windows drawn in another order, and kept in
+    `sae.cfg.metadata.reconstruction` (saved with its cfg.json): an SAE that does not reconstruct
+    shows it before any latent is labelled."""
     import tempfile
 
     from sae_lens.config import SAETrainerConfig
@@ -110,10 +136,13 @@ def train_sae(backend, windows: list[list[int]], site, config: SAETrainConfig | 
                                       n_batches_for_norm_estimate=NORM_ESTIMATE_BATCHES,
                                       dead_feature_window=200, feature_sampling_window=500)
     provider = activation_batches(backend, windows, site, config.batch_tokens, config.windows_per_chunk, config.seed)
-    steps = config.total_tokens // config.batch_tokens + NORM_ESTIMATE_BATCHES
+    steps = -(-config.total_tokens // config.batch_tokens) + NORM_ESTIMATE_BATCHES
     bar = tqdm(total=steps, disable=not progress, desc="SAE training (activation batches)", unit="batch")
     with bar, _quiet_sae_lens_bar() if progress else contextlib.nullcontext():
         trained = SAETrainer(trainer_config, sae, _counted(provider, bar)).fit()
+    held = activation_batches(backend, windows, site, config.batch_tokens, config.windows_per_chunk, config.seed + 1)
+    trained.cfg.metadata.reconstruction = measure_reconstruction(
+        trained, (next(held) for _ in range(RECONSTRUCTION_BATCHES)))
     target = Path(out) if out else Path(tempfile.mkdtemp(prefix="sae-"))
     save_trained_sae(trained, config, target)
     return load_saved_sae(target)

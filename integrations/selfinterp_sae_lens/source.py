@@ -53,6 +53,12 @@ def pretrained_sae(release: str, sae_id: str, device: str = "cpu"):
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
+    from .shipped import shipped_sae_names
+
+    if release in shipped_sae_names():
+        raise ArtifactError(f"{release!r} is an SAE shipped with selfinterp-sae-lens, not an SAE-Lens release, so "
+                            f"SAE.from_pretrained cannot find it; load it by name: load_sae({release!r}) (--sae {release}), "
+                            f"or with SAE-Lens: SAE.load_from_disk(shipped_sae_dir({release!r})).")
     releases = get_pretrained_saes_directory()
     if release not in releases:
         close = sorted(r for r in releases if release.split("-")[0] in r)[:5]

@@ -92,6 +92,41 @@ def test_train_sae_with_sae_lens_trainer(tiny_backend, tmp_path, capsys):
     fvu = ((recon - acts) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
     assert fvu < 0.5  # the trained SAE reconstructs; k=4 of 32 latents fire per token
     assert int((sae.encode(acts) > 0).sum(-1).max()) <= 4
+    # the reconstruction it reports is the one of the SAE it saved, on 8 batches drawn with seed + 1
+    held = activation_batches(tiny_backend, windows, Site.parse("resid_post.1"), 128, seed=1)
+    x = torch.cat([next(held) for _ in range(8)])
+    with torch.no_grad():
+        r = sae.decode(sae.encode(x))
+    said = sae.cfg.metadata.reconstruction
+    assert said["tokens"] == 8 * 128
+    assert said["mse"] == pytest.approx(float(((r - x) ** 2).mean()), rel=1e-4)
+    assert said["explained_variance"] == pytest.approx(float(1 - ((r - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()),
+                                                       rel=1e-4, abs=1e-5)
+
+
+def test_reconstruction_metrics_by_hand():
+    from selfinterp_sae_lens.sae_training import reconstruction_metrics
+
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    # squared errors 0 + 0 + 4 + 0 over 4 entries; variance around the mean (2, 0): 1 + 1
+    assert reconstruction_metrics(x, torch.tensor([[1.0, 0.0], [1.0, 0.0]])) == {"mse": 1.0, "explained_variance": -1.0,
+                                                                                 "tokens": 2}
+    assert reconstruction_metrics(x, x)["explained_variance"] == 1.0
+    assert reconstruction_metrics(x, torch.tensor([[2.0, 0.0], [2.0, 0.0]]))["explained_variance"] == 0.0
+
+
+def test_the_training_bar_counts_every_batch_drawn(tiny_backend, capsys):
+    """1000 tokens in batches of 128: SAE-Lens steps while fewer than 1000 were seen, 8 steps (0, 128
+    ... 896), after its 20 norm-estimate batches; the bar said 27 (1000 // 128 + 20) and ran to 28."""
+    import re
+
+    texts = ["The quick brown fox jumps over the lazy dog. Sing, O goddess, the anger of Achilles. " * 20]
+    windows = token_windows(tiny_backend.tokenizer, texts, context=16)
+    train_sae(tiny_backend, windows, "resid_post.1", SAETrainConfig(d_sae=16, k=2, total_tokens=1000, batch_tokens=128))
+    err = capsys.readouterr().err.replace("\r", "\n")
+    shown = [re.search(r"(\d+)/(\d+)", line).groups() for line in err.splitlines()
+             if line.startswith("SAE training") and re.search(r"\d+/\d+", line)]
+    assert shown[-1] == ("28", "28")
 
 
 def test_corpus_sources(tmp_path):

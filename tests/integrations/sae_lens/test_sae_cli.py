@@ -57,7 +57,7 @@ def test_sae_commands(tmp_path, capsys):
     out, _ = run([*score, "--samples", "2", "--max-new-tokens", "12", "--output", str(tmp_path / "gen.jsonl")], capsys)
     result = json.loads(out)
     assert result["labels"] == 8 and 0.0 <= result["mean_max_hit_rate"] <= 1.0
-    assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 8
+    assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 8 * 2  # one record per label and sample
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("The cat sat by the river while the dog slept under a tree. " * 40)
@@ -239,3 +239,18 @@ def test_two_saes_of_one_hook_export_under_their_own_ids(labelled, tmp_path, cap
     _, err = run(_label(labelled, "--neuronpedia", str(tmp_path / "c.csv"), "--output", str(tmp_path / "c.jsonl")),
                  capsys, code=2)
     assert "written as .json or .jsonl" in err and not (tmp_path / "c.jsonl").exists()
+
+
+def test_train_sae_prints_its_reconstruction(tmp_path, capsys):
+    """`sae train-sae` printed where it saved the SAE and nothing about how well it reconstructs."""
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    (tmp_path / "corpus.txt").write_text("The cat sat by the river while the dog slept under a tree. " * 60)
+    out, _ = run(["sae", "train-sae", "--model", str(tmp_path / "tiny"), "--site", "resid_post.1", "--corpus",
+                  str(tmp_path / "corpus.txt"), "--context", "16", "--d-sae", "16", "--k", "2", "--tokens", "2048",
+                  "--out", str(tmp_path / "sae")], capsys)
+    said = json.loads(out)
+    saved = json.loads((tmp_path / "sae" / "cfg.json").read_text())["metadata"]["reconstruction"]
+    assert said["reconstruction"] == saved and set(saved) == {"mse", "explained_variance", "tokens"}
+    assert saved["tokens"] == 8 * 1024  # 8 batches of the default 1,024 tokens

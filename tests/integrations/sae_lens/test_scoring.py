@@ -3,6 +3,7 @@ must beat an unrelated one; metrics, resume and the model judge's plumbing."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -68,13 +69,18 @@ def test_generation_score_names_the_token(tiny_backend, tmp_path):
     assert result["per_feature"] == {0: 1.0, 1: 0.0, 2: 1.0}  # max over a latent's labels
     assert result["mean_max_hit_rate"] == pytest.approx(2 / 3)
     assert writer.calls == 3  # "tax law" (two latents) is written about once
-    # resume: a crash after the first chunk loses nothing and redoes nothing that was written
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 * 3  # one record per (label record, sample)
+    # resume: a crash in the first batch ("the cat", "tax law": 3 + 2 x 3 rows) redoes that batch and
+    # writes only its missing rows; a crash after it redoes only "a river bank"
     lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
-    again = EchoWriter()
-    assert generation_score(records, sae, tiny_backend, again, n_samples=3, output=out, chunk=2, progress=False) == result
-    assert again.calls == 2
-    assert len(out.read_text().splitlines()) == 4
+    for kept, asked in ((5, 3), (9, 1)):
+        out.write_text("\n".join(lines[:kept]) + "\n" + lines[kept][:10])
+        again = EchoWriter()
+        assert generation_score(records, sae, tiny_backend, again, n_samples=3, output=out, chunk=2, progress=False) == result
+        assert again.calls == asked
+        keys = [(r["id"], r["scale"], r["label"], r["sample"]) for r in map(json.loads, out.read_text().splitlines())]
+        assert len(keys) == 12 and len(set(keys)) == 12
 
 
 def test_conversation_is_retokenised_with_the_chat_template(tiny_backend):

@@ -75,3 +75,21 @@ def test_sae_demo_and_label_by_name(smollm2, tmp_path, capsys):
     run(["sae", "label", SHIPPED_SAE_EXPLAINER, "--sae", SHIPPED_SAE, "--features", "0:2", "--max-new-tokens", "3",
          "--output", str(labels)], capsys)
     assert [json.loads(line)["id"] for line in labels.read_text().splitlines()] == ["0", "1"]
+
+
+def test_a_shipped_name_given_as_a_release_says_how_to_load_it(capsys):
+    """`--release smollm2-resid6-topk` (SAE.from_pretrained) said only that SAE-Lens has no such
+    release; a shipped name is loaded by name, or by SAE-Lens's own `SAE.load_from_disk`."""
+    from sae_lens import SAE
+
+    from selfinterp_plugins.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=r"shipped with selfinterp-sae-lens, not an SAE-Lens release.*"
+                                            r"load_sae\('smollm2-resid6-topk'\)"):
+        load_sae(release=SHIPPED_SAE, sae_id="layer_6")
+    assert SAE.load_from_disk(shipped_sae_dir(SHIPPED_SAE)).cfg.d_sae == 4608  # the fix the message gives works
+    with pytest.raises(SystemExit) as exit_:
+        main(["sae", "score", "none.json", "--release", SHIPPED_SAE, "--sae-id", "layer_6"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sae smollm2-resid6-topk" in err and "Traceback" not in err
