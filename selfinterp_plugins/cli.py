@@ -199,7 +199,7 @@ def explain(explainer_dir, dataset, split, model_name, backend, remote, dtype, d
 @backend_options
 @click.option("--limit", type=COUNT, default=None)
 @click.option("--scale", "scales", type=FiniteFloat(), multiple=True, default=(1.0,), show_default=True)
-@click.option("--scorer", "scorers", multiple=True,
+@click.option("--scorer", "scorers", type=TEXT, multiple=True,
               help="a registered scorer, a plugin's included (repeatable; `selfinterp plugins` lists them); "
                    "metrics of scorers other than the default two go under \"scores\" "
                    "[default: recall_at_k, exact_match]")

@@ -57,12 +57,12 @@ def test_killed_lora_explainer_training_resumes_to_the_uninterrupted_weights(tmp
                       "--model", str(tmp_path / "model"), "--rank", "4", "--epochs", "24", "--batch-size", "4",
                       "--lr", "1e-3", "--out", str(out)]
 
-    run(cmd(tmp_path / "reference"), plugins="peft")
+    run(cmd(tmp_path / "reference"), plugins="introspective")
     killed = tmp_path / "killed"
-    delivered = run_with_kills(cmd(killed), _epochs_done(killed / "checkpoint"), random.Random(3), plugins="peft")
+    delivered = run_with_kills(cmd(killed), _epochs_done(killed / "checkpoint"), random.Random(3), plugins="introspective")
     assert delivered == KILLS_PER_RUN
     assert 0 < _epochs_done(killed / "checkpoint")() < 24  # the kills left a part-trained run behind
-    run(cmd(killed), plugins="peft")
+    run(cmd(killed), plugins="introspective")
 
     reference = load_safetensors(tmp_path / "reference" / "adapter_model.safetensors")
     resumed = load_safetensors(killed / "adapter_model.safetensors")
