@@ -33,7 +33,7 @@ def main() -> None:
 
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.backends import HFBackend
-    from selfinterp_plugins.cli import _explainer_dir
+    from selfinterp_plugins.defaults import explainer_location
     from selfinterp_plugins.evaluation.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.models import load_model
     from selfinterp_plugins.storage import write_bytes_atomic, write_text_atomic
@@ -42,7 +42,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backend = HFBackend(*load_model(args.model))
-    trained = Explainer.from_pretrained(_explainer_dir(args.explainer), model=backend)
+    trained = Explainer.from_pretrained(explainer_location(args.explainer), model=backend)
     untrained = Explainer.create(backend, adapter="scale_only", template="tokenizer_chat", init_scale=1.0)
 
     built = build_two_hop(backend, progress=True)
