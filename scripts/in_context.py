@@ -45,8 +45,7 @@ SETTINGS = {
     "full_rank/ridge-only": ("full_rank", {"init": "ridge", "lr": 1e-3, "epochs": 0}),
 }
 
-#: the two run by default (scalar_affine scored 0.000-0.010 in every topic-benchmark setting: docs/results.md)
-DEFAULT_SETTINGS = ["full_rank/ridge-only", "full_rank/ridge/lr1e-3"]
+DEFAULT_SETTINGS = ["full_rank/ridge-only", "full_rank/ridge/lr1e-3", "scalar_affine/ridge/lr1e-2"]
 
 
 def main():

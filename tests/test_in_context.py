@@ -87,3 +87,18 @@ def test_each_vector_is_the_residual_at_its_words_position(tiny_llama):
     torch.testing.assert_close(data.vectors, raw - mean, atol=1e-4, rtol=1e-4)
     assert data.meta["site"] == "resid_post.0" and data.meta["position"] == "word"
     assert len(set(data.ids)) == len(data)
+
+
+def test_the_shipped_in_context_explainer_says_what_it_reads():
+    """`smollm2-words-in-context` (scripts/in_context.py, docs/results.md) is found by name and records
+    its vectors: resid_post.10 at the word's own token, centred by the training rows' mean."""
+    import json
+
+    from selfinterp_plugins.defaults import explainer_location, shipped_explainer_names
+
+    assert "smollm2-words-in-context" in shipped_explainer_names()
+    config = json.loads((explainer_location("smollm2-words-in-context") / "explainer_config.json").read_text())
+    spec = config["vector_spec"]
+    assert (spec["source"], spec["site"], spec["position"], spec["centring"]) == (
+        "words_in_context", "resid_post.10", "word", "mean")
+    assert len(config["metadata"][spec["mean_key"]]) == config["d_model"] == 576
