@@ -26,12 +26,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--explainer", default="shipped", help="trained explainer directory, or 'shipped' (SmolLM2)")
     parser.add_argument("--every", type=int, default=1, help="read every k-th layer (reference: every layer)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="read these layers instead of every --every-th (e.g. the explainer's own layer)")
     parser.add_argument("--samples", type=int, default=10, help="samples per vector (reference: 10)")
     args = parser.parse_args()
 
     from selfinterp_plugins import Explainer
     from selfinterp_plugins.backends import HFBackend
-    from selfinterp_plugins.cli import _explainer_dir
+    from selfinterp_plugins.defaults import explainer_location
     from selfinterp_plugins.evaluation.bridge import UNTRAINED_SCALE, bridge_cell_scores, bridge_vectors, build_two_hop
     from selfinterp_plugins.models import load_model
     from selfinterp_plugins.storage import write_bytes_atomic, write_text_atomic
@@ -40,12 +42,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     backend = HFBackend(*load_model(args.model))
-    trained = Explainer.from_pretrained(_explainer_dir(args.explainer), model=backend)
+    trained = Explainer.from_pretrained(explainer_location(args.explainer), model=backend)
     untrained = Explainer.create(backend, adapter="scale_only", template="tokenizer_chat", init_scale=1.0)
 
     built = build_two_hop(backend, progress=True)
     statements = [s for s in built["statements"] if s["two_hop_correct"] and not s["bridge_in_answer"]]
-    layers = sorted({*range(0, backend.n_layers, args.every), backend.n_layers - 1})
+    layers = sorted(set(args.layers) if args.layers else {*range(0, backend.n_layers, args.every), backend.n_layers - 1})
+    if not all(0 <= layer < backend.n_layers for layer in layers):
+        parser.error(f"--layers: {args.model} has layers 0 to {backend.n_layers - 1}")
     vectors, rows = bridge_vectors(backend, statements, layers)
     results = {"first_hop_correct": built["first_hop_correct"], "second_hop_correct": built["second_hop_correct"],
                "n_composed": len(built["statements"]), "n_two_hop_correct": built["n_two_hop_correct"],

@@ -114,7 +114,7 @@ def test_plugins_prints_a_table(capsys, monkeypatch):
     assert list(kinds) == ["backends", "adapter kinds", "vector sources", "scorers", "tasks", "baselines",
                            "shipped explainers", "explainer formats"]
     assert kinds["explainer formats"] == ["selfie-adapters"]  # the core's; the PEFT plugin's activation-oracle is not loaded here
-    assert kinds["shipped explainers"] == ["smollm2-topics"]  # the core's; the broken plugin added none
+    assert kinds["shipped explainers"] == ["smollm2-topics", "smollm2-words-in-context"]  # the core's; the broken plugin added none
     assert "hf" in kinds["backends"] and "scalar_affine" in kinds["adapter kinds"]
     assert {"exact_match", "recall_at_k"} <= set(kinds["scorers"]) and kinds["tasks"] == ["-"]
     assert blocks[2].splitlines()[1:] == ["  broken_plugin: RuntimeError: first line second line"]

@@ -270,7 +270,7 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     plugin = module("shipping_plugin", register_explainers=register_explainers)
     install_entry_points(monkeypatch, FakeEntryPoint("shipper", lambda: plugin))
     plugins.reset()  # saving above built the registry without the plugin
-    assert shipped_explainer_names() == ["smollm2-topics", "tiny-features"]
+    assert shipped_explainer_names() == ["smollm2-topics", "smollm2-words-in-context", "tiny-features"]
     assert explainer_location("tiny-features") == saved
     assert explainer_location("smollm2-topics") == shipped_explainer_dir()  # the core's, not the impostor
     errors = plugins.plugin_errors()
@@ -280,7 +280,7 @@ def test_a_plugins_shipped_explainer_is_found_by_name_everywhere(monkeypatch, tm
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-features").mkdir()
     assert explainer_location("tiny-features").resolve() == tmp_path / "tiny-features"  # a local folder wins, as in transformers
-    with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, tiny-features\)\.$"):
+    with pytest.raises(ArtifactError, match=r"shipped explainer's name \(shipped, smollm2-topics, smollm2-words-in-context, tiny-features\)\.$"):
         Explainer.from_pretrained("no-such-explainer", model=model, tokenizer=tok)
 
 
@@ -330,7 +330,7 @@ def test_a_name_that_is_not_a_string_is_that_plugins_error(monkeypatch, capsys, 
     plugin = module("bad_names", register_explainers=register_explainers, register_scorers=register_scorers)
     install_entry_points(monkeypatch, FakeEntryPoint("bad_names", lambda: plugin))
     plugins.reset()
-    assert shipped_explainer_names() == ["good", "smollm2-topics"]
+    assert shipped_explainer_names() == ["good", "smollm2-topics", "smollm2-words-in-context"]
     assert explainer_location("good") == good
     assert "exact_match" in plugins.registry().scorers and ("tuple",) not in plugins.registry().scorers
     errors = [e["error"] for e in plugins.plugin_errors()]
@@ -346,4 +346,4 @@ def test_a_name_that_is_not_a_string_is_that_plugins_error(monkeypatch, capsys, 
     ]
     code, out, err = run_cli(capsys, "plugins")
     assert code == 0 and "Traceback" not in out + err
-    assert "shipped explainers  good, smollm2-topics" in out and "bad_names: register_explainers: the name 3" in out
+    assert "shipped explainers  good, smollm2-topics, smollm2-words-in-context" in out and "bad_names: register_explainers: the name 3" in out
