@@ -301,7 +301,7 @@ def test_shipped_explainer_dir_gives_a_plugins_directory_and_refuses_unknown_nam
     for name in ("no-such-explainer", "../smollm2-topics"):
         with pytest.raises(UnknownNameError) as err:
             shipped_explainer_dir(name)
-        assert str(err.value) == (f"No shipped explainer named {name!r}; installed: smollm2-topics, tiny-features "
+        assert str(err.value) == (f"No shipped explainer named {name!r}; installed: smollm2-topics, smollm2-words-in-context, tiny-features "
                                   "(`selfinterp plugins` lists them).")
 
 
