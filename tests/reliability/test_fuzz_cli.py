@@ -36,6 +36,8 @@ from fuzzing import FUZZ
 # CI's budget: each example that gets past click runs the command on the tiny model
 EXAMPLES_PER_COMMAND = int(os.environ.get("SELFINTERP_CLI_FUZZ_EXAMPLES", "2"))
 RAN = {"examples": 0, "exit 0": 0, "exit 2": 0, "drawn": set()}
+#: one worker runs the whole file (`--dist loadgroup`): RAN is this process's, and the last test reads it
+pytestmark = pytest.mark.xdist_group("cli-fuzz")
 
 
 def _commands(group=cli, path=()):

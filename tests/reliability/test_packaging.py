@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,12 @@ def _plugins(venv: Path) -> dict:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, ROOT)
+    # built from a copy: setuptools writes build/ beside the sources, and two builds of one tree at
+    # once (another worker, another checkout's test run) fail on each other's build/bdist.../dist-info
+    source = tmp_path_factory.mktemp("source") / "selfinterp-plugins"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", "*.egg-info",
+                                                                  "__pycache__", ".pytest_cache", ".ruff_cache"))
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, source)
     (whl,) = out.glob("selfinterp_plugins-*.whl")
     return whl
 
