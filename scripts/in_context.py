@@ -21,12 +21,12 @@ finishes (a rerun skips what is there; vectors are cached under `<out>/vectors/<
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from result_log import ResultLog  # scripts/, on the path when a script runs
 
 from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
 from selfinterp_plugins.backends import HFBackend
@@ -34,7 +34,6 @@ from selfinterp_plugins.evaluation import evaluate_explainer, ridge_probe_recall
 from selfinterp_plugins.evaluation.scoring import sentence_embedder
 from selfinterp_plugins.in_context import in_context_vectors
 from selfinterp_plugins.models import load_model
-from selfinterp_plugins.storage import write_text_atomic
 from selfinterp_plugins.topics import load_topics
 
 #: (name, adapter kind, TrainConfig options) tried on the small training set
@@ -68,20 +67,7 @@ def main():
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.jsonl"
-    done = {}
-    if results_path.exists():
-        done = {r["name"]: r for r in map(json.loads, results_path.read_text().splitlines()) if r}
-
-    def record(name, fn):
-        if name in done:
-            return done[name]
-        started = time.time()
-        result = {"name": name, **fn(), "seconds": round(time.time() - started, 1)}
-        done[name] = result
-        write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in done.values()))
-        print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "per_scale")}), flush=True)
-        return result
+    record = ResultLog(out / "results.jsonl", quiet=("examples", "per_scale")).record
 
     backend = HFBackend(*load_model(args.model))
     topics = load_topics({"train": args.train_words, "validation": args.validation_words,

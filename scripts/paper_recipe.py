@@ -17,7 +17,6 @@ a rerun skips finished ones.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -40,31 +39,18 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
+    from result_log import ResultLog  # scripts/, on the path when a script runs
+
     from selfinterp_plugins import Explainer, TrainConfig, VectorLabelDataset
     from selfinterp_plugins.backends import HFBackend
     from selfinterp_plugins.evaluation import evaluate_explainer
     from selfinterp_plugins.evaluation.scoring import sentence_embedder
     from selfinterp_plugins.models import load_model
-    from selfinterp_plugins.storage import write_text_atomic
     from selfinterp_plugins.topics import load_topics, topic_vectors
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.jsonl"
-    done = {}
-    if results_path.exists():
-        done = {r["name"]: r for r in map(json.loads, results_path.read_text().splitlines()) if r}
-
-    def record(name, fn):
-        if name in done:
-            return done[name]
-        started = time.time()
-        result = {"name": name, **fn(), "seconds": round(time.time() - started, 1)}
-        done[name] = result
-        # rewritten whole and atomically: an append torn by a kill would stop the next run reading the file
-        write_text_atomic(results_path, "".join(json.dumps(r) + "\n" for r in done.values()))
-        print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "per_scale", "history")}), flush=True)
-        return result
+    record = ResultLog(out / "results.jsonl").record
 
     model, tokenizer = load_model(args.model)
     backend = HFBackend(model, tokenizer)

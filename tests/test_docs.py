@@ -60,22 +60,18 @@ def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch
 
 @pytest.mark.parametrize(("page", "heading"), sorted(SECTIONS))
 def test_a_sections_opening_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
-    for module in SECTIONS[(page, heading)]:
-        pytest.importorskip(module)
-    code, shown = opening(page, heading)
-    script = tmp_path / "section_opening.py"
-    script.write_text(code)
-    monkeypatch.chdir(tmp_path)
-    capsys.readouterr()
-    runpy.run_path(str(script), run_name="__main__")
-    printed = capsys.readouterr().out
-    assert printed.strip().splitlines() == shown.strip().splitlines()
+    _run_section(SECTIONS, page, heading, tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.real_model
 @pytest.mark.parametrize(("page", "heading"), sorted(REAL_MODEL_SECTIONS))
 def test_a_real_model_sections_lines_print_what_it_shows(page, heading, tmp_path, monkeypatch, capsys):
-    for module in REAL_MODEL_SECTIONS[(page, heading)]:
+    _run_section(REAL_MODEL_SECTIONS, page, heading, tmp_path, monkeypatch, capsys)
+
+
+def _run_section(sections, page, heading, tmp_path, monkeypatch, capsys):
+    """Run a section's code block as a script in an empty folder; it prints what the page shows."""
+    for module in sections[(page, heading)]:
         pytest.importorskip(module)
     code, shown = opening(page, heading)
     script = tmp_path / "section_opening.py"
