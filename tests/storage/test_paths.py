@@ -115,7 +115,7 @@ def test_a_hub_snapshots_links_into_its_own_blobs_stay_inside(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["another repository's blobs", "outside the cache", "a folder of blobs",
-                                   "a blob linking out", "not a snapshot"])
+                                   "a blob linking out", "not a snapshot", "snapshots of no hub repository"])
 def test_other_links_from_a_hub_snapshot_are_refused(tmp_path, where):
     from selfinterp_plugins.storage import check_artifact_dir
 
@@ -137,6 +137,13 @@ def test_other_links_from_a_hub_snapshot_are_refused(tmp_path, where):
         (repo / "blobs" / "h1").unlink()
         (repo / "blobs" / "h1").symlink_to(tmp_path / "secret")
         link.symlink_to("../../blobs/h1")
+    elif where == "snapshots of no hub repository":  # snapshots/ and blobs/, in a folder not named models--…
+        plain = tmp_path / "my-project" / "snapshots" / "abc123"
+        plain.mkdir(parents=True)
+        (tmp_path / "my-project" / "blobs").mkdir()
+        (tmp_path / "my-project" / "blobs" / "h1").write_text("x")
+        (plain / "adapter_config.json").symlink_to("../../blobs/h1")
+        snapshot, link = plain, plain / "adapter_config.json"
     else:  # the same layout, but the folder is not under snapshots/ of a hub repository folder
         plain = tmp_path / "plain" / "abc123"
         plain.mkdir(parents=True)
@@ -146,3 +153,14 @@ def test_other_links_from_a_hub_snapshot_are_refused(tmp_path, where):
         check_artifact_dir(snapshot)
     with pytest.raises(ArtifactError, match=r"outside the artifact"):
         member(snapshot, "adapter_config.json")
+
+
+def test_a_new_file_gets_the_usual_mode_under_the_umask(tmp_path):
+    """Created 0o666 less the umask, as open() would: never executable, never wider than asked."""
+    old = os.umask(0o022)
+    try:
+        fd = open_for_write(tmp_path / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    finally:
+        os.umask(old)
+    os.close(fd)
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o644
