@@ -49,13 +49,8 @@ def test_every_users_page_opens_with_its_lines_and_their_output():
 def test_the_opening_lines_print_what_the_page_shows(page, tmp_path, monkeypatch, capsys):
     pytest.importorskip(PAGES[page])
     code, shown = opening(page)
-    script = tmp_path / f"opening_of_{page.replace('.md', '')}.py"  # not named like the library it imports
-    script.write_text(code)
-    monkeypatch.chdir(tmp_path)
-    capsys.readouterr()
-    runpy.run_path(str(script), run_name="__main__")
-    printed = capsys.readouterr().out
-    assert printed.strip().splitlines() == shown.strip().splitlines()
+    # not named like the library it imports
+    _prints_what_is_shown(code, shown, tmp_path / f"opening_of_{page.replace('.md', '')}.py", monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(("page", "heading"), sorted(SECTIONS))
@@ -74,9 +69,13 @@ def _run_section(sections, page, heading, tmp_path, monkeypatch, capsys):
     for module in sections[(page, heading)]:
         pytest.importorskip(module)
     code, shown = opening(page, heading)
-    script = tmp_path / "section_opening.py"
+    _prints_what_is_shown(code, shown, tmp_path / "section_opening.py", monkeypatch, capsys)
+
+
+def _prints_what_is_shown(code, shown, script, monkeypatch, capsys):
+    """Run `code` as the script `script` from its folder; it must print `shown`, line for line."""
     script.write_text(code)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(script.parent)
     capsys.readouterr()
     runpy.run_path(str(script), run_name="__main__")
     printed = capsys.readouterr().out

@@ -125,16 +125,11 @@ def read_task_rows(path, check) -> list[dict]:
         rows = pd.read_parquet(path).to_dict("records")
         rows = [_plain(r) for r in rows]
     elif path.suffix == ".json":
-        from selfinterp_plugins.storage import parse_json, read_bytes
+        from selfinterp_plugins.storage import read_json
         from selfinterp_plugins.storage.validation import MAX_JSONL_BYTES
 
-        try:  # bounded, and checked like every JSON file (a lone surrogate in a prompt is refused here)
-            text = read_bytes(path, MAX_JSONL_BYTES).decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ArtifactError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-export it as UTF-8.") from None
-        rows = parse_json(text, path)
-        if not isinstance(rows, list):
-            raise ArtifactError(f"{path} should hold a JSON list of rows; export the dataset as a list (or as .jsonl).")
+        # bounded, and checked like every JSON file (a lone surrogate in a prompt is refused there)
+        rows = read_json(path, MAX_JSONL_BYTES, expect=list, fix="export the dataset as a list (or as .jsonl)")
     else:
         from selfinterp_plugins.storage import read_jsonl
 

@@ -350,16 +350,20 @@ def parse_json(text: str, source, max_depth: int = MAX_JSON_DEPTH, *, text_check
     return data
 
 
-def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """A JSON object from a file of at most `max_bytes`, nested at most MAX_JSON_DEPTH deep."""
+def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES, expect: type = dict,
+              fix: str = "re-save or re-download it"):
+    """The JSON value of a file of at most `max_bytes`, nested at most MAX_JSON_DEPTH deep: an object
+    (`expect=dict`, what artifacts' records are) or a list (`expect=list`, rows exported as one
+    JSON array); anything else is an ArtifactError ending in `fix`."""
     path = Path(path)
     try:
         text = read_bytes(path, max_bytes).decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); re-save or re-download it.") from None
+        raise ArtifactError(f"{path} is not valid JSON ({err}); {fix}.") from None
     data = parse_json(text, path)
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} should hold a JSON object; re-save or re-download it.")
+    if not isinstance(data, expect):
+        what = "a JSON object" if expect is dict else "a JSON list of rows"
+        raise ArtifactError(f"{path} should hold {what}; {fix}.")
     return data
 
 
