@@ -144,12 +144,13 @@ def epoch_batches(n: int, epochs: int, batch_size: int, seed: int, shuffle: bool
 
 def run_epochs(batches: list[list[list[int]]], loss_of, named, optimizer, checkpoint_dir=None, progress: bool = False,
                desc: str = "train", reseed: int | None = None, grad_clip: float | None = None, run: dict | None = None,
-               run_options: dict[str, str] | None = None) -> list[float]:
+               run_options: dict[str, str] | None = None, on_epoch=None) -> list[float]:
     """Optimise `loss_of(rows)` over `batches` (from `epoch_batches`), resuming after the last
     saved epoch in `checkpoint_dir` and saving after each one; returns the loss per step.
     `reseed`: seed torch with `reseed + epoch` at each epoch's start (dropout draws that a resumed
     run repeats). `grad_clip`: the global gradient norm is clipped to it before each step.
-    `run` / `run_options`: the run's manifest, kept in the checkpoint, see `resume_epochs`."""
+    `run` / `run_options`: the run's manifest, kept in the checkpoint, see `resume_epochs`.
+    `on_epoch(epoch)`: called at each epoch's start, resumed ones included (per-pass data draws)."""
     from tqdm.auto import tqdm
 
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -160,6 +161,8 @@ def run_epochs(batches: list[list[list[int]]], loss_of, named, optimizer, checkp
         for epoch in range(first, len(batches)):
             if reseed is not None:
                 torch.manual_seed(reseed + epoch)
+            if on_epoch is not None:
+                on_epoch(epoch)
             for rows in batches[epoch]:
                 loss = loss_of(rows)
                 optimizer.zero_grad()

@@ -95,7 +95,7 @@ def patching_rows(backend, pairs, layers: list[int], batch_size: int = 32, seed:
             cf_last = torch.tensor([[len(j["cf_ids"]) - 1] for j in group])
             cf_next = backend.logits(cf_ids, vectors, torch.zeros_like(cf_ids, dtype=torch.bool), site, cf_last)[:, 0].argmax(-1)
             for i, (n, j) in enumerate(numbered):
-                original, ablated = tok.decode([int(clean[i])]), tok.decode([int(patched[i])])
+                original, ablated = token_text(tok, clean[i]), token_text(tok, patched[i])
                 rows[n] = {
                     "layer": layer,
                     "input_tokens": tok.convert_ids_to_tokens(j["ids"]),
@@ -108,7 +108,7 @@ def patching_rows(backend, pairs, layers: list[int], batch_size: int = 32, seed:
                                        "intervention_vector": vectors[i].tolist()},
                     "counterfactual_text": PATCH_PROMPT.format(title=j["counterfactual"]["title"]),
                     "gt_original_target": original,
-                    "gt_counterfactual_target": tok.decode([int(cf_next[i])]),
+                    "gt_counterfactual_target": token_text(tok, cf_next[i]),
                     "topic": j["topic"]["title"], "counterfactual_topic": j["counterfactual"]["title"],
                     "split": j["topic"].get("split", "train"),
                 }
@@ -140,20 +140,49 @@ def check_row(row, n: int) -> dict:
     return row
 
 
-def target_text(row: dict) -> str:
-    """The answer for a schema row (first token of each continuation, as the published data has it)."""
-    def first(value):
-        return value[0] if isinstance(value, (list, tuple)) else str(value)
+def continuation_text(value, tokenizer) -> str:
+    """A continuation as the reference's `_format_causal_change` writes it (`dataloaders/act_patch.py`
+    lines 75-88): a string as it is, a list through the explainer tokenizer's
+    `convert_tokens_to_string`, so raw tokens (`ĠParis`) become text (` Paris`), text stays text
+    and several tokens join."""
+    return value if isinstance(value, str) else tokenizer.convert_tokens_to_string(list(value))
 
-    return causal_target(first(row["original_continuation"]), first(row["ablated_continuation"]))
+
+def target_text(row: dict, tokenizer) -> str:
+    """The answer for a schema row, its continuations written as `continuation_text`."""
+    return causal_target(continuation_text(row["original_continuation"], tokenizer),
+                         continuation_text(row["ablated_continuation"], tokenizer))
 
 
-def explainer_prompt(row: dict, feature_text: str, rng: random.Random, tokenizer=None) -> str:
-    """The question for one row: a random paraphrase with the input text, layer and patched token."""
-    tokens = row["input_tokens"]
-    text = tokenizer.convert_tokens_to_string(list(tokens)) if tokenizer is not None else "".join(tokens)
+def explainer_prompts(row: dict, feature_text: str, tokenizer) -> list[str]:
+    """Every paraphrase of the question for one row, with the input text, layer and patched token
+    written as text (`convert_tokens_to_string`, as the reference writes them: ` cat`, not `Ġcat`)."""
+    text = tokenizer.convert_tokens_to_string(list(row["input_tokens"]))
     patched = row["patch_position"].get("orig_text_token", "")
-    if tokenizer is not None and patched:
-        patched = tokenizer.convert_tokens_to_string([patched])
+    patched = tokenizer.convert_tokens_to_string([patched]) if patched else ""
     layer = row["layer"] if not isinstance(row["layer"], (list, tuple)) else ", ".join(str(x) for x in row["layer"])
-    return rng.choice(EXPLAINER_PROMPTS).format(feature=feature_text, layer=layer, tokens=f"<{patched}>", input=text)
+    return [p.format(feature=feature_text, layer=layer, tokens=f"<{patched}>", input=text) for p in EXPLAINER_PROMPTS]
+
+
+def explainer_prompt(row: dict, feature_text: str, rng: random.Random, tokenizer) -> str:
+    """The question for one row: one of `explainer_prompts` at random."""
+    return rng.choice(explainer_prompts(row, feature_text, tokenizer))
+
+
+def holds_eos(row: dict, tokenizer) -> bool:
+    """Whether the row's original or patched continuation holds the explainer's EOS token: the
+    reference drops such rows from training and evaluation (`dataloaders/act_patch.py` lines 99-103,
+    the same membership test)."""
+    eos = tokenizer.eos_token
+    return eos is not None and (eos in row["original_continuation"] or eos in row["ablated_continuation"])
+
+
+def drop_eos_rows(rows: list[dict], tokenizer) -> list[dict]:
+    """The rows the reference keeps (`holds_eos` false)."""
+    return [r for r in rows if not holds_eos(r, tokenizer)]
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """One token as the reference writes a continuation: `convert_tokens_to_string` of the token
+    (` Paris`), not `decode`, whose clean-up rules vary with the tokenizer and its version."""
+    return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([int(token_id)]))

@@ -49,9 +49,23 @@ def _rows(task: str, path):
     return read_task_rows(path, check)
 
 
-def _data(task: str, path, split: str):
+def _data(task: str, path, split: str, tokenizer=None):
     """Task data of one split: a VectorLabelDataset split, or the rows of `<path>/<split>.jsonl`
-    (or of a single file holding every split)."""
+    (or of a single file holding every split); activation-patching rows whose continuation holds
+    `tokenizer`'s EOS token dropped, as the reference drops them, and counted on stderr."""
+    rows = _split_rows(task, path, split)
+    if task == "activation_patching" and tokenizer is not None:
+        from .act_patch_task import drop_eos_rows
+
+        kept = drop_eos_rows(rows, tokenizer)
+        if len(kept) < len(rows):
+            click.echo(f"{split}: dropped {len(rows) - len(kept)} of {len(rows)} rows whose continuation holds the EOS token "
+                       "(as the reference does)", err=True)
+        rows = kept
+    return rows
+
+
+def _split_rows(task: str, path, split: str):
     if task == "feature_descriptions":
         from selfinterp_plugins.datasets import VectorLabelDataset
 
@@ -150,13 +164,18 @@ def register(cli):
     @click.option("--loss-reduction", type=click.Choice(["padded", "token"]), default="padded", show_default=True,
                   help="padded: the reference's (Σ answer CE / padded length); token: mean per answer token")
     @click.option("--shuffle/--no-shuffle", default=False, show_default=True, help="the reference keeps data order")
+    @click.option("--chat-prompt", type=click.Choice(["template", "user_turn"]), default="template", show_default=True,
+                  help="template: the reference's (the chat template's own rendering: system header, Qwen3's empty think "
+                       "block); user_turn: one written-out user turn")
+    @click.option("--paraphrases", type=click.Choice(["per_pass", "per_example"]), default="per_pass", show_default=True,
+                  help="per_pass: the reference's (a question paraphrase drawn anew each epoch); per_example: drawn once")
     @click.option("--limit", type=COUNT, default=None, help="first N training examples only")
     @click.option("--projection", type=click.Choice(["auto", "ridge"]), default="auto", show_default=True,
                   help="auto: the vector as is (Transluce); ridge: a ridge-initialised projection per layer, trained too")
     @click.option("--seed", type=SEED, default=0, show_default=True)
     @click.option("--out", required=True, type=NonBlankPath(file_okay=False), help="explainer directory; OUT/checkpoint resumes")
-    def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle, limit,
-              projection, seed, out):
+    def train(task, data, model_name, finetune, rank, lr, epochs, batch_size, prompt_format, loss_reduction, shuffle,
+              chat_prompt, paraphrases, limit, projection, seed, out):
         """Fine-tune an explainer on one task's training data; unset options take the reference's
         value for the task."""
         from selfinterp_plugins.plugins import get_task
@@ -170,9 +189,9 @@ def register(cli):
                      "prompt_format": prompt_format}
             settings = {**TASK_DEFAULTS[task], **{k: v for k, v in given.items() if v is not None}}
             config = LoRAExplainerConfig(**settings, seed=seed, projection=projection, loss_reduction=loss_reduction,
-                                         shuffle=shuffle)
+                                         shuffle=shuffle, chat_prompt=chat_prompt, paraphrases=paraphrases)
             explainer = family.create(model, tok, config)
-            examples = family.examples(explainer, _data(task, data, "train"), seed)[:limit]
+            examples = family.examples(explainer, _data(task, data, "train", tok), seed)[:limit]
             history = explainer.train(examples, progress=True, checkpoint_dir=member(out, "checkpoint", what="checkpoint folder"))
             explainer.save_pretrained(out)
         click.echo(json.dumps({"examples": len(examples), "steps": len(history), "first_loss": history[0] if history else None,
@@ -212,7 +231,7 @@ def register(cli):
             explainer = load_transluce(explainer_dir, model, tok, published)
         else:
             explainer = LoRAExplainer.from_pretrained(explainer_dir, model, tok)
-        held_out = _data(task, data, split)
+        held_out = _data(task, data, split, tok)
         if task == "feature_descriptions":
             held_out = held_out.head(limit)
             candidates = sorted(set(__import__("selfinterp_plugins").VectorLabelDataset.load(data).labels))
@@ -234,7 +253,7 @@ def register(cli):
             from .causal_targets import causal_metrics
 
             result = {"lora_explainer": causal_metrics(answers, [ex.answer for ex in examples]),
-                      **causal_baselines(examples, held_out, task, _data(task, data, "train"))}
+                      **causal_baselines(examples, held_out, task, _data(task, data, "train", tok), tok)}
             if task == "activation_patching":
                 result["lora_explainer_by_layer"] = metrics_by_layer(answers, examples)
         result["control"] = control

@@ -53,7 +53,11 @@ STOP_STRINGS = (" [END]", "\n", ">>>.")
 Finetune = Literal["lora", "full"]
 PromptFormat = Literal["chat", "raw"]
 LossReduction = Literal["padded", "token"]
+ChatPrompt = Literal["template", "user_turn"]
+Paraphrases = Literal["per_pass", "per_example"]
 FINETUNES, PROMPT_FORMATS, LOSS_REDUCTIONS = get_args(Finetune), get_args(PromptFormat), get_args(LossReduction)
+#: what an explainer saved before a field existed was trained with (its config file lacks the key)
+BEFORE_FIELD = {"chat_prompt": "user_turn", "paraphrases": "per_example"}
 
 
 @dataclass
@@ -73,6 +77,13 @@ class LoRAExplainerConfig:
     shuffle: bool = False  # the reference streams its data in order (an IterableDataset: the Trainer never shuffles)
     loss_reduction: LossReduction = "padded"  # "padded": Σ answer CE / padded length per row (the reference); "token": mean per token
     prompt_format: PromptFormat = "chat"  # "chat" or "raw" (the reference's base-model strings ending in a newline)
+    # "template": a chat prompt as the reference's format_messages renders it (the template's own
+    # rendering of the turns and an empty assistant turn, its closing cut, tokenised with the
+    # tokenizer's special tokens); "user_turn": one written-out user turn, no system turn, no think block
+    chat_prompt: ChatPrompt = "template"
+    # "per_pass": each training epoch draws each example's paraphrased prompt anew (the reference's
+    # `random.choice` in `__iter__`); "per_example": the one drawn when the examples were built
+    paraphrases: Paraphrases = "per_pass"
     max_new_tokens: PositiveInt = 50
     seed: NonNegativeInt = 0
     target_modules: Annotated[list[Name], length(1)] = field(
@@ -85,6 +96,10 @@ class LoRAExplainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = CONFIG_FILE) -> LoRAExplainerConfig:
+        """The config a file holds; a key it lacks takes the value the explainer was trained with
+        before that field existed (`BEFORE_FIELD`), not today's default."""
+        if isinstance(data, dict):
+            data = {**BEFORE_FIELD, **data}
         return validate(cls, data, source, f"fix it in {CONFIG_FILE} or re-save the explainer.", unknown="ignore")
 
     def validate(self) -> None:
@@ -103,6 +118,9 @@ class TaskExample:
     feature_pos: int | None = None
     subject_layer: int | None = None
     meta: dict = field(default_factory=dict)
+    #: every paraphrase of the prompt as (prompt ids, soft position), `prompt_ids` among them; training
+    #: with `paraphrases="per_pass"` draws one per epoch. Empty: the task has one prompt.
+    paraphrases: tuple[tuple[list[int], int | None], ...] = ()
 
 
 def pick_markers(tokenizer) -> list[str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -70,6 +70,7 @@ DERIVED = ("target_modules", "markers", "subject_d_model", "subject_layers")
 #: run-manifest keys -> the `selfinterp lora-explainer train` option that sets them, for the mismatch message
 RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "batch_size": "--batch-size",
                "shuffle": "--shuffle/--no-shuffle", "loss_reduction": "--loss-reduction", "prompt_format": "--prompt-format",
+               "chat_prompt": "--chat-prompt", "paraphrases": "--paraphrases",
                "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
                "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",
                "training_rows": "--limit or --data", "training_data_sha256": "--data"}
@@ -88,6 +89,19 @@ def decay_groups(named, modules, weight_decay: float) -> list[dict]:
     exempt_ids = {id(p) for p in exempt}
     decayed = [p for _, p in named if id(p) not in exempt_ids]
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def paraphrases_of_epoch(examples: list[TaskExample], seed: int, epoch: int) -> list[TaskExample]:
+    """The examples as one training pass sees them: each with paraphrases gets one drawn at random,
+    as the reference's dataset draws one (`random.choice`) each time it is iterated."""
+    rng = random.Random(f"paraphrases/{seed}/{epoch}")
+    out = []
+    for ex in examples:
+        if ex.paraphrases:
+            ids, pos = rng.choice(ex.paraphrases)
+            ex = replace(ex, prompt_ids=ids, feature_pos=pos)
+        out.append(ex)
+    return out
 
 
 def _load_full(directory: Path, model, committed: dict[str, Path]):
@@ -205,32 +219,45 @@ class LoRAExplainer:
         return f"{begin}{feature}{end}"
 
     def chat_prompt(self, user: str, system: str | None = None) -> list[int]:
-        """The prompt ids: a chat turn (generation prompt included), or with `prompt_format="raw"`
-        the text exactly as given (the caller writes the reference's ending), tokenised as the
-        reference tokenises its strings."""
+        """The prompt ids: a chat as the reference renders it (`chat_prompt="template"`: the
+        template's own turns, Qwen3's empty think block, Llama 3.1's system header; or one
+        written-out user turn, `"user_turn"`), or with `prompt_format="raw"` the text exactly as
+        given (the caller writes the reference's ending), tokenised as the reference tokenises its strings."""
         if self.config.prompt_format == "raw":
             return self.tokenizer((f"{system}\n\n" if system else "") + user)["input_ids"]
+        if self.config.chat_prompt == "template":
+            from .chat_prompts import reference_chat_ids
+
+            return reference_chat_ids(self.tokenizer, user, system)
         from selfinterp_plugins.chat import chat_ids
 
         return chat_ids(self.tokenizer, user, system)
 
-    def vector_example(self, user: str, vector, answer: str, layer: int | None, system: str | None = None, **meta) -> TaskExample:
-        """An example whose prompt holds `{feature}` once: the soft token goes there."""
+    def _vector_prompt(self, user: str, system: str | None) -> tuple[list[int], int]:
+        """The prompt ids of a text holding `{feature}` once, and the soft token's position."""
         if user.count("{feature}") != 1:
             raise TemplateError("A vector prompt needs exactly one {feature} slot.")
         ids = self.chat_prompt(user.replace("{feature}", self.feature_text), system)  # replace: the text may hold braces
-        positions = [i for i, t in enumerate(ids) if t == self.feature_id]
+        return ids, [i for i, t in enumerate(ids) if t == self.feature_id][0]
+
+    def vector_example(self, user: str, vector, answer: str, layer: int | None, system: str | None = None,
+                       paraphrases: tuple[str, ...] = (), **meta) -> TaskExample:
+        """An example whose prompt holds `{feature}` once: the soft token goes there. `paraphrases`:
+        every wording of the question (`user` among them), one drawn per training epoch with
+        `paraphrases="per_pass"`."""
+        ids, pos = self._vector_prompt(user, system)
         vector = torch.as_tensor(vector, dtype=torch.float32).flatten()
         if not torch.isfinite(vector).all():
             raise VectorError("The vector holds NaN or infinite values; fix it before explaining it.")
-        return TaskExample(ids, answer, vector, positions[0], layer, meta)
+        drawn = tuple(self._vector_prompt(p, system) for p in paraphrases) if len(paraphrases) > 1 else ()
+        return TaskExample(ids, answer, vector, pos, layer, meta, drawn)
 
     def feature_example(self, vector, label: str, layer: int, rng: random.Random, **meta) -> TaskExample:
         """Task 1: a feature description, with one of the paraphrased prompts at random (the
         reference's chat prompts, or its base-model ones for `prompt_format="raw"`)."""
-        prompts = FEATURE_PROMPTS_RAW if self.config.prompt_format == "raw" else FEATURE_PROMPTS
-        prompt = rng.choice(prompts).replace("{layer}", str(layer))
-        return self.vector_example(prompt, vector, label, layer, **meta)
+        prompts = [p.replace("{layer}", str(layer)) for p in
+                   (FEATURE_PROMPTS_RAW if self.config.prompt_format == "raw" else FEATURE_PROMPTS)]
+        return self.vector_example(rng.choice(prompts), vector, label, layer, paraphrases=tuple(prompts), **meta)
 
     def text_example(self, user: str, answer: str, system: str | None = None, **meta) -> TaskExample:
         """An example with no soft token (input ablation; a raw prompt ends in a newline, not the reference's)."""
@@ -330,11 +357,17 @@ class LoRAExplainer:
         modules = [*self.model.modules(), *self.projections.modules()]
         optimizer = torch.optim.AdamW(decay_groups(named, modules, cfg.weight_decay), lr=cfg.lr)
         run = self.run_manifest(examples) if checkpoint_dir is not None else None
+        drawn = list(examples)
+
+        def draw(epoch: int) -> None:  # seeded by epoch, so a resumed run draws what an uninterrupted one would
+            if cfg.paraphrases == "per_pass":
+                drawn[:] = paraphrases_of_epoch(examples, cfg.seed, epoch)
+
         self.model.train()
         history = run_epochs(epoch_batches(len(examples), cfg.epochs, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle),
-                             lambda rows: self.loss([examples[i] for i in rows]), named, optimizer, checkpoint_dir,
+                             lambda rows: self.loss([drawn[i] for i in rows]), named, optimizer, checkpoint_dir,
                              progress, f"{cfg.finetune} explainer", reseed=cfg.seed, grad_clip=cfg.grad_clip,
-                             run=run, run_options=RUN_OPTIONS)
+                             run=run, run_options=RUN_OPTIONS, on_epoch=draw)
         self.model.eval()
         return history
 
@@ -351,7 +384,7 @@ class LoRAExplainer:
         # difference names the option changed (--projection ridge also fills subject_layers)
         settings = {**{k: v for k, v in settings.items() if k not in DERIVED},
                     **{k: v for k, v in settings.items() if k in DERIVED}}
-        rows = ([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer] for ex in examples)
+        rows = ([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer, ex.paraphrases] for ex in examples)
         return {**settings, "model_fingerprint": embedding_fingerprint(self.model), "training_rows": len(examples),
                 "training_data_sha256": rows_sha256(rows)}
 

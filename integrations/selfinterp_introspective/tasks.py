@@ -15,6 +15,8 @@ import random
 import re
 from collections import Counter
 
+from selfinterp_plugins.errors import ArtifactError, OptionError
+
 from . import act_patch_task, input_ablation_task
 from .causal_targets import UNCHANGED, causal_metrics, parse_causal
 
@@ -43,14 +45,20 @@ def feature_examples(explainer, dataset, seed: int = 0):
 
 
 def patching_examples(explainer, rows: list[dict], seed: int = 0):
+    """One example per row, each with the five paraphrases (one drawn now, one per training epoch
+    with `paraphrases="per_pass"`). A row whose continuation holds the explainer's EOS token is
+    refused: the reference drops those rows (`act_patch_task.drop_eos_rows` first)."""
     rng = random.Random(seed)
     out = []
     ending = "\n" if explainer.config.prompt_format == "raw" else ""  # the reference's base-model strings end in a newline
-    for row in rows:
-        prompt = act_patch_task.explainer_prompt(row, "{feature}", rng, explainer.tokenizer) + ending
+    for n, row in enumerate(rows):
+        if act_patch_task.holds_eos(row, explainer.tokenizer):
+            raise ArtifactError(f"Activation-patching row {n} continues with the EOS token, which the reference drops; "
+                                "pass the rows through act_patch_task.drop_eos_rows(rows, tokenizer) first.")
+        prompts = tuple(p + ending for p in act_patch_task.explainer_prompts(row, "{feature}", explainer.tokenizer))
         layer = row["layer"] if not isinstance(row["layer"], (list, tuple)) else row["layer"][0]
-        out.append(explainer.vector_example(prompt, row["patch_position"]["intervention_vector"],
-                                            act_patch_task.target_text(row), layer))
+        out.append(explainer.vector_example(rng.choice(prompts), row["patch_position"]["intervention_vector"],
+                                            act_patch_task.target_text(row, explainer.tokenizer), layer, paraphrases=prompts))
     return out
 
 
@@ -62,14 +70,16 @@ def ablation_examples(explainer, rows: list[dict]):
     return out
 
 
-def _module(task: str):
-    return act_patch_task if task == "activation_patching" else input_ablation_task
+def _target(task: str, row: dict, tokenizer) -> str:
+    if task == "activation_patching":
+        return act_patch_task.target_text(row, tokenizer)
+    return input_ablation_task.target_text(row)
 
 
-def _unchanged_answer(task: str, row: dict) -> str:
+def _unchanged_answer(task: str, row: dict, tokenizer) -> str:
     """"Unchanged", with the model's true original output (what a rule could at best say)."""
     if task == "activation_patching":  # the row with its patch undone
-        return act_patch_task.target_text(dict(row, ablated_continuation=row["original_continuation"]))
+        return act_patch_task.target_text(dict(row, ablated_continuation=row["original_continuation"]), tokenizer)
     return UNCHANGED.format(token="Answer: " + str(row["random_hint_prediction"]).strip())
 
 
@@ -84,7 +94,7 @@ def rule_group(task: str, row: dict):
     return letters[-1] if letters else None
 
 
-def causal_baselines(examples, rows: list[dict], task: str, train_rows: list[dict] | None = None) -> dict:
+def causal_baselines(examples, rows: list[dict], task: str, train_rows: list[dict] | None = None, tokenizer=None) -> dict:
     """What trivial answers score on held-out `examples` (built from `rows`), each fitted on
     `train_rows` (on the held-out rows themselves if none are given):
     - always "unchanged", with the true original output (its exact match is the unchanged fraction);
@@ -92,11 +102,17 @@ def causal_baselines(examples, rows: list[dict], task: str, train_rows: list[dic
     - a rule per group (`rule_group`: layer / hinted letter): "changed" to the group's most frequent
       new output if most of the group's training rows change, else "unchanged" with the true
       original. When this rule matches the explainer, the explainer has not shown it reads more
-      than the layer or the hint letter."""
-    module = _module(task)
+      than the layer or the hint letter.
+    `tokenizer`: the explainer's, which writes activation-patching continuations as text (required there)."""
+    if task == "activation_patching" and tokenizer is None:
+        raise OptionError("Activation-patching baselines need the explainer's tokenizer to write the continuations; "
+                          "pass tokenizer=explainer.tokenizer.")
+    if len(examples) != len(rows):
+        raise ArtifactError(f"{len(examples)} examples for {len(rows)} rows; build the examples from these rows "
+                            "(after act_patch_task.drop_eos_rows, if you dropped any).")
     targets = [ex.answer for ex in examples]
     train_rows = train_rows or rows
-    train_targets = [module.target_text(r) for r in train_rows]
+    train_targets = [_target(task, r, tokenizer) for r in train_rows]
     majority = Counter(train_targets).most_common(1)[0][0]
     groups: dict = {}
     for row, target in zip(train_rows, train_targets):
@@ -105,8 +121,8 @@ def causal_baselines(examples, rows: list[dict], task: str, train_rows: list[dic
     for row in rows:
         group = groups.get(rule_group(task, row), train_targets)
         changed = [t for t in group if parse_causal(t)[0]]
-        rule.append(Counter(changed).most_common(1)[0][0] if 2 * len(changed) > len(group) else _unchanged_answer(task, row))
-    return {"always_unchanged": causal_metrics([_unchanged_answer(task, r) for r in rows], targets),
+        rule.append(Counter(changed).most_common(1)[0][0] if 2 * len(changed) > len(group) else _unchanged_answer(task, row, tokenizer))
+    return {"always_unchanged": causal_metrics([_unchanged_answer(task, r, tokenizer) for r in rows], targets),
             "majority_answer": causal_metrics([majority] * len(targets), targets), "majority_answer_text": majority,
             "rule_by_group": causal_metrics(rule, targets)}
 

@@ -24,10 +24,10 @@ from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
 from selfinterp_introspective.explainer import LoRAExplainer  # noqa: E402
 from selfinterp_introspective.tasks import TASK_DEFAULTS, patching_examples  # noqa: E402
 
+from selfinterp_plugins.models import tiny_model  # noqa: E402
+
 
 def tiny():
-    from selfinterp_plugins.models import tiny_model
-
     return tiny_model("llama", seed=0, initializer_range=0.2)
 
 
@@ -222,3 +222,54 @@ def test_generation_stops_at_the_references_stop_strings():
     assert cut_at_stop("The output would remain unchanged from <<< a>>>. And more") == \
         "The output would remain unchanged from <<< a>>>."
     assert cut_at_stop("first line\nsecond") == "first line\n"
+
+
+def reference_format_messages(tok, messages):
+    """`dataloaders/base_dataset.py::format_messages(tok, messages, remove_final_assistant_eot=True,
+    add_final_assistant_header=False)` as the collator calls it for `prompt_without_answer` (lines
+    17-55, 283-288): the template's rendering (no generation prompt), the final assistant turn's end
+    cut, the end chosen by the template's family."""
+    chat = tok.apply_chat_template(messages, tokenize=False)
+    template = tok.chat_template
+    if "<|start_header_id|>assistant<|end_header_id|>\\n\\n" in template or "<|start_header_id|>" in template:
+        eot = tok.eos_token
+    elif "<start_of_turn>model\n" in template or "<start_of_turn>" in template:
+        eot = "<end_of_turn>\n"
+    elif "<|im_start|>assistant" in template:
+        eot = "<|im_end|>\n"
+    else:
+        raise ValueError("unknown tokenizer")
+    if messages[-1]["role"] == "assistant" and chat.endswith(eot):
+        chat = chat[: -len(eot)]
+    return chat
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "qwen3", "gemma3", "smollm2"])
+@pytest.mark.parametrize("system", [None, "Answer with one letter."])
+def test_chat_prompts_are_the_references_rendering(family, system, tiny_family):
+    """The config prompts end in an empty assistant turn (`config/*/*.yaml`); the collator renders
+    them with `format_messages` and tokenises the text with the tokenizer's defaults (lines 310-316)."""
+    model, tok = tiny_model("llama", seed=0) if family == "smollm2" else tiny_family(family)
+    explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, dropout=0.0))
+    user = "What does {feature} encode at layer 3?"
+    ex = explainer.vector_example(user, torch.zeros(model.config.hidden_size), "x", 3, system)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user.replace("{feature}", explainer.feature_text)}, {"role": "assistant", "content": ""}]
+    assert ex.prompt_ids == tok(reference_format_messages(tok, messages))["input_ids"]
+    text = tok.decode(ex.prompt_ids)
+    if family == "qwen3":  # Qwen3's empty think block: the prompt is the template's with enable_thinking=False
+        assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        off = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        assert ex.prompt_ids == tok(off, add_special_tokens=False)["input_ids"]
+    if family in ("llama3.1", "gemma3"):  # the tokenizer's BOS before the template's own, as the reference trained
+        assert ex.prompt_ids[:2] == [tok.bos_token_id] * 2
+    if family == "llama3.1":
+        assert "Cutting Knowledge Date: December 2023" in text and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_the_user_turn_chat_prompt_is_one_written_out_turn(tiny_qwen3):
+    """`chat_prompt="user_turn"`, the form before the reference's: no think block, no system turn."""
+    model, tok = tiny_qwen3
+    explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, dropout=0.0, chat_prompt="user_turn"))
+    ex = explainer.text_example("Hi?", "x")
+    assert tok.decode(ex.prompt_ids) == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"

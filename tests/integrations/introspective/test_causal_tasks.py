@@ -56,9 +56,13 @@ def test_patching_rows_are_what_the_model_does(backend):
             hidden = model(torch.tensor([cf]), output_hidden_states=True).hidden_states[row["layer"] + 1][0, patch["counterfact_pos"]]
         torch.testing.assert_close(torch.tensor(patch["intervention_vector"]), hidden, atol=1e-4, rtol=1e-4)
         assert tok.convert_ids_to_tokens([ids[patch["orig_pos"]]])[0] == patch["orig_text_token"]
-        assert row["original_continuation"] == [tok.decode([next_token_with_patch(model, ids, row["layer"], 0, None)])]
+        # a continuation as the reference writes it (`act_patch.py` lines 248-253): the token's text, no Ġ
+        def text(token):
+            return tok.convert_tokens_to_string(tok.convert_ids_to_tokens([token]))
+
+        assert row["original_continuation"] == [text(next_token_with_patch(model, ids, row["layer"], 0, None))]
         patched = next_token_with_patch(model, ids, row["layer"], patch["orig_pos"], hidden)
-        assert row["ablated_continuation"] == [tok.decode([patched])]
+        assert row["ablated_continuation"] == [text(patched)]
         assert row["is_different"] == (row["original_continuation"] != row["ablated_continuation"])
     assert any(r["is_different"] for r in rows) and not all(r["is_different"] for r in rows)
 
@@ -106,9 +110,16 @@ def test_published_schema_rows_load(tmp_path):
     path = tmp_path / "patch.jsonl"
     path.write_text(json.dumps(patch_row) + "\n")
     rows = read_task_rows(path, act_patch_task.check_row)
-    assert act_patch_task.target_text(rows[0]) == "The most likely output would change to <<< Rome>>>."
-    prompt = act_patch_task.explainer_prompt(rows[0], "<f>", __import__("random").Random(0))
-    assert "<<<TheĠEiffelĠTowerĠisĠin>>>" in prompt and "layer 3" in prompt and "<ĠTower>" in prompt
+    tok = tiny_model("llama")[1]
+    assert act_patch_task.target_text(rows[0], tok) == "The most likely output would change to <<< Rome>>>."
+    # continuations as raw tokens become text, as the reference's _format_causal_change writes them
+    raw = dict(rows[0], original_continuation=["ĠParis"], ablated_continuation=["ĠRome", "Ġcity"])
+    assert act_patch_task.target_text(raw, tok) == "The most likely output would change to <<< Rome city>>>."
+    same = dict(rows[0], original_continuation=["ĠParis"], ablated_continuation=" Paris")
+    assert act_patch_task.target_text(same, tok) == "The output would remain unchanged from <<< Paris>>>."
+    # the raw tokens reach the question as text, as the reference writes them (a literal Ġ did before)
+    prompt = act_patch_task.explainer_prompt(rows[0], "<f>", __import__("random").Random(0), tiny_model("llama")[1])
+    assert "<<<The Eiffel Tower is in>>>" in prompt and "layer 3" in prompt and "< Tower>" in prompt and "Ġ" not in prompt
     pd = pytest.importorskip("pandas")
     pd.DataFrame([patch_row]).to_parquet(tmp_path / "patch.parquet")
     back = read_task_rows(tmp_path / "patch.parquet", act_patch_task.check_row)[0]
@@ -138,3 +149,24 @@ def test_a_json_rows_file_is_read_like_every_json_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ArtifactError, match=message):
         read_task_rows(path, act_patch_task.check_row)
+
+
+def test_rows_continuing_with_eos_are_dropped_as_the_reference_drops_them():
+    """`dataloaders/act_patch.py` lines 99-103: a row whose original or ablated continuation holds the
+    explainer tokenizer's EOS token is skipped; `patching_examples` refuses one (it would be trained
+    on), `drop_eos_rows` drops them."""
+    from selfinterp_introspective.config import LoRAExplainerConfig
+    from selfinterp_introspective.explainer import LoRAExplainer
+    from selfinterp_introspective.tasks import patching_examples
+
+    model, tok = tiny_model("llama", seed=0)
+    row = {"layer": 1, "input_tokens": ["The", "Ġcat"], "original_continuation": [" on"], "ablated_continuation": [" in"],
+           "is_different": True, "patch_position": {"orig_pos": 1, "orig_text_token": "Ġcat",
+                                                    "intervention_vector": [0.1] * model.config.hidden_size}}
+    ends = dict(row, original_continuation=[tok.eos_token])
+    changes_to_end = dict(row, ablated_continuation=[tok.eos_token])
+    assert act_patch_task.drop_eos_rows([row, ends, changes_to_end, row], tok) == [row, row]
+    explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, dropout=0.0, prompt_format="raw"))
+    assert len(patching_examples(explainer, [row])) == 1
+    with pytest.raises(ArtifactError, match="row 1 continues with the EOS token.*drop_eos_rows"):
+        patching_examples(explainer, [row, changes_to_end])

@@ -10,7 +10,7 @@ pytest.importorskip("peft")
 
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 
-from cli_models import ok  # noqa: E402
+from cli_models import ok, run_cli  # noqa: E402
 
 
 def run(argv, capsys) -> str:
@@ -46,6 +46,20 @@ def test_lora_explainer_commands(tmp_path, capsys, task):
         run(["lora-explainer", "eval", str(tmp_path / "lx"), "--task", task, "--data", str(data), *m, "--max-new-tokens", "8",
              "--control", "shuffled-vectors", "--out", str(tmp_path / "control.json")], capsys)
         assert json.loads((tmp_path / "control.json").read_text())["control"] == "shuffled-vectors"
+        # rows continuing with EOS are dropped from training and evaluation, as the reference drops them
+        eos_data = tmp_path / "eos-data"
+        eos_data.mkdir()
+        for split in ("train", "test"):
+            rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
+            rows[1]["ablated_continuation"] = [tok.eos_token]
+            (eos_data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        code, out, err = run_cli(capsys, "lora-explainer", "train", "--task", task, "--data", str(eos_data), *m, "--rank", "4",
+                                 "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "lx-eos"))
+        assert code in (0, None) and "train: dropped 1 of 6 rows" in err and json.loads(out)["examples"] == 5
+        code, out, err = run_cli(capsys, "lora-explainer", "eval", str(tmp_path / "lx-eos"), "--task", task, "--data",
+                                 str(eos_data), *m, "--max-new-tokens", "4", "--out", str(tmp_path / "eos.json"))
+        assert code in (0, None) and "test: dropped 1 of 4 rows" in err
+        assert json.loads((tmp_path / "eos.json").read_text())["lora_explainer"]["n"] == 3
 
 
 def test_make_data_never_appends_to_a_leftover_and_resumes_only_the_same_settings(tmp_path, capsys):

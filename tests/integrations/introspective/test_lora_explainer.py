@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from selfinterp_introspective.config import LoRAExplainerConfig  # noqa: E402
+from selfinterp_introspective.config import FEATURE_PROMPTS_RAW, LoRAExplainerConfig  # noqa: E402
 from selfinterp_introspective.explainer import LoRAExplainer  # noqa: E402
 
 from selfinterp_plugins.errors import TemplateError, VectorError  # noqa: E402
@@ -207,3 +207,40 @@ def test_a_full_fine_tune_leaves_biases_and_norm_weights_undecayed(monkeypatch):
     by_hand = {name: 0.0 if name.endswith(("layernorm.weight", "model.norm.weight", ".bias")) else 0.01 for name in decay}
     assert decay == by_hand
     assert {"model.layers.0.self_attn.q_proj.bias", "model.norm.weight"} <= {n for n, d in by_hand.items() if d == 0.0}
+
+
+@pytest.mark.parametrize("paraphrases", ["per_pass", "per_example"])
+def test_each_epoch_draws_its_own_paraphrase_as_the_references_dataset(paraphrases, monkeypatch):
+    """The reference's dataset calls `random.choice(prompts)` each time it is iterated
+    (`dataloaders/features_explain.py` line 134), so every epoch sees a fresh paraphrase; with
+    `paraphrases="per_example"` training sees the prompt drawn when the example was built."""
+    explainer, model, tok = make(epochs=4, batch_size=10, paraphrases=paraphrases, prompt_format="raw")
+    examples = [explainer.feature_example(torch.ones(model.config.hidden_size) * i, "w", 1, random.Random(i))
+                for i in range(10)]
+    seen = []
+    real = LoRAExplainer.loss
+    monkeypatch.setattr(LoRAExplainer, "loss", lambda self, batch: seen.append([ex.prompt_ids for ex in batch]) or real(self, batch))
+    explainer.train(examples)
+    assert len(seen) == 4
+    texts = {tok.decode(ex.prompt_ids) for ex in examples}
+    for epoch in seen:
+        for ex, ids in zip(examples, epoch):
+            # one of the six raw prompts of the reference, the example's own vector slot kept
+            assert ids.count(explainer.feature_id) == 1 and len(ex.paraphrases) == 6
+            assert any(tok.decode(ids) == tok.decode(tok(p.replace("{layer}", "1").replace("{feature}", explainer.feature_text))
+                                                      ["input_ids"]) for p in FEATURE_PROMPTS_RAW)
+    per_example = [[tok.decode(ids) for ids in epoch] for epoch in seen]
+    if paraphrases == "per_example":
+        assert all(set(epoch) <= texts and epoch == [tok.decode(ex.prompt_ids) for ex in examples] for epoch in per_example)
+    else:  # 10 examples × 4 epochs of a 1-in-6 draw: the epochs differ
+        assert len({tuple(epoch) for epoch in per_example}) == 4
+
+
+def test_a_config_saved_before_the_chat_and_paraphrase_fields_loads_as_it_was_trained():
+    """An explainer saved before `chat_prompt` and `paraphrases` existed was trained on one written-out
+    user turn with one paraphrase per example: its file, lacking the keys, must not get today's defaults."""
+    old = LoRAExplainerConfig.from_dict({"finetune": "lora", "rank": 4})
+    assert (old.chat_prompt, old.paraphrases) == ("user_turn", "per_example")
+    new = LoRAExplainerConfig.from_dict({"chat_prompt": "template", "paraphrases": "per_pass"})
+    assert (new.chat_prompt, new.paraphrases) == ("template", "per_pass") == (LoRAExplainerConfig().chat_prompt,
+                                                                              LoRAExplainerConfig().paraphrases)

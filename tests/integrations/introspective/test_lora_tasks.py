@@ -13,6 +13,7 @@ from selfinterp_introspective.tasks import causal_baselines, metrics_by_layer, r
 
 from selfinterp_plugins import HFBackend  # noqa: E402
 from selfinterp_plugins.datasets import VectorLabelDataset  # noqa: E402
+from selfinterp_plugins.errors import ArtifactError, OptionError  # noqa: E402
 from selfinterp_plugins.models import tiny_model  # noqa: E402
 from selfinterp_plugins.plugins import get_task  # noqa: E402
 from selfinterp_plugins.topics import load_topics  # noqa: E402
@@ -33,7 +34,7 @@ def test_examples_of_each_task(setup):
     explainer, patch_rows, hint_rows = setup
     patch = get_task("activation_patching").examples(explainer, patch_rows)
     assert len(patch) == 8 and all(ex.vector is not None and ex.prompt_ids[ex.feature_pos] == explainer.feature_id for ex in patch)
-    assert all(ex.answer == act_patch_task.target_text(r) for ex, r in zip(patch, patch_rows))
+    assert all(ex.answer == act_patch_task.target_text(r, explainer.tokenizer) for ex, r in zip(patch, patch_rows))
     torch.testing.assert_close(patch[0].vector, torch.tensor(patch_rows[0]["patch_position"]["intervention_vector"]))
     hint = get_task("input_ablation").examples(explainer, hint_rows)
     assert all(ex.vector is None for ex in hint)
@@ -47,10 +48,14 @@ def test_examples_of_each_task(setup):
 def test_trivial_baselines(setup):
     explainer, patch_rows, _ = setup
     examples = get_task("activation_patching").examples(explainer, patch_rows)
-    base = causal_baselines(examples, patch_rows, "activation_patching")
+    base = causal_baselines(examples, patch_rows, "activation_patching", tokenizer=explainer.tokenizer)
     changed = sum(r["is_different"] for r in patch_rows) / len(patch_rows)
     assert base["always_unchanged"]["exact_match"] == pytest.approx(1 - changed)
     assert base["always_unchanged"]["changed_f1"] == 0.0
+    with pytest.raises(OptionError, match="tokenizer=explainer.tokenizer"):
+        causal_baselines(examples, patch_rows, "activation_patching")
+    with pytest.raises(ArtifactError, match="7 examples for 8 rows"):
+        causal_baselines(examples[:7], patch_rows, "activation_patching", tokenizer=explainer.tokenizer)
 
 
 def test_shuffled_vectors_moves_every_vector_within_its_layer(setup):
@@ -84,7 +89,7 @@ def test_rule_by_group_baseline(setup):
     rows = [dict(r, is_different=r["layer"] == 0, ablated_continuation=(["Ġzz"] if r["layer"] == 0 else r["original_continuation"]))
             for r in patch_rows]
     examples = get_task("activation_patching").examples(explainer, rows)
-    base = causal_baselines(examples, rows, "activation_patching")
+    base = causal_baselines(examples, rows, "activation_patching", tokenizer=explainer.tokenizer)
     assert base["rule_by_group"]["decision_accuracy"] == 1.0 and base["rule_by_group"]["exact_match"] == 1.0
     assert rule_group("input_ablation", {k: v for k, v in hint_rows[0].items() if k != "hint"}) == hint_rows[0]["hint"]
     hint_examples = get_task("input_ablation").examples(explainer, hint_rows)
