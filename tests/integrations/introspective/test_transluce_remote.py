@@ -43,7 +43,7 @@ def test_the_published_8b_lora_sizes_are_the_docs_table():
     assert lora_floats(**SHAPES["Llama-3.1-8B"]) == 335_544_320
     assert lora_floats(**SHAPES["Qwen3-8B"]) == 349_175_808
     assert (2 * 335_544_320, 2 * 349_175_808) == (671_088_640, 698_351_616)  # bf16 bytes
-    assert 2 * 6 * 4096 == 49_152  # six marker rows (three per matrix) in bf16
+    assert 2 * (6 + 1) * 4096 == 57_344  # six marker rows (three per matrix) and the vector, in bf16
 
 
 def _published_files(directory):
