@@ -47,8 +47,11 @@ def register(cli):
         from selfinterp_plugins import Explainer, Sampling, VectorLabelDataset
         from selfinterp_plugins.models import layer_count
 
+        from .oracles import read_oracle_files
+
         check_backend_options(backend, remote, dtype, device)
         check_layer(layer, layer_count(model_name))  # from the config, before the weights; again once loaded
+        read_oracle_files(oracle_dir)  # a broken oracle is refused before the base model loads
         data = VectorLabelDataset.load(dataset)
         data = data.split(split) if split else data
         runner = load_backend(model_name, backend, remote, dtype, device)

@@ -73,6 +73,20 @@ def load_oracle(source, model, tokenizer=None, *, layer: int | None = None, ques
         raise OptionError("An Activation Oracle needs layer= (the layer its vectors were read at; the reference reads "
                           "at 50% depth: selfinterp_plugins.oracles.oracle_layer(n_layers)) and question= (what to ask "
                           "about them).")
+    directory, config, shapes = read_oracle_files(source)
+    backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
+    check_fits(directory, config.base_model_name_or_path, shapes, backend, check_model)
+    explainer = activation_oracle(backend, layer=layer, question=question, positions=positions, coef=coef,
+                                  injection_layer=injection_layer)
+    explainer.model_patch = oracle_patch(directory, backend)
+    explainer.metadata.update(oracle=str(source), base_model=config.base_model_name_or_path)
+    return explainer
+
+
+def read_oracle_files(source):
+    """An oracle's directory (the folder, or the hub repository's two files downloaded), its PEFT
+    config and its factors' shapes, all checked without a model: so a command can refuse a bad
+    oracle before it spends minutes loading the base model."""
     directory = _local_copy(source)
     check_artifact_dir(directory)  # a pickled adapter_model.bin or a link out is refused before anything reads it
     config_path, weights_path = directory / PEFT_CONFIG, directory / PEFT_WEIGHTS
@@ -82,14 +96,7 @@ def load_oracle(source, model, tokenizer=None, *, layer: int | None = None, ques
     config = validate(PeftAdapterConfig, read_json(config_path), str(config_path), FIX, unknown="ignore")
     if config.peft_type != "LORA":
         raise ArtifactError(f"{config_path} is a {config.peft_type} adapter; an Activation Oracle is a LoRA.")
-    shapes = factor_shapes(weights_path)
-    backend = backend_for(model, tokenizer=tokenizer, **(backend_options or {}))
-    check_fits(directory, config.base_model_name_or_path, shapes, backend, check_model)
-    explainer = activation_oracle(backend, layer=layer, question=question, positions=positions, coef=coef,
-                                  injection_layer=injection_layer)
-    explainer.model_patch = oracle_patch(directory, backend)
-    explainer.metadata.update(oracle=str(source), base_model=config.base_model_name_or_path)
-    return explainer
+    return directory, config, factor_shapes(weights_path)
 
 
 def factor_shapes(weights: Path) -> dict[str, tuple[int, int, int]]:

@@ -314,3 +314,33 @@ def test_a_published_oracle_in_the_hub_cache_loads_by_its_hub_id(deep, oracle_di
     got = Explainer.from_pretrained(PUBLISHED[0], model=model, tokenizer=tok, layer=2, question=QUESTION, positions=3,
                                     check_model=False)
     assert [r["label"] for r in got.explain(v, progress=False)] == [r["label"] for r in want.explain(v, progress=False)]
+
+
+def test_the_ask_command_refuses_a_broken_oracle_before_loading_the_model(deep, oracle_dir, tmp_path, capsys, monkeypatch):
+    """A missing weights file, a pickle or a non-LoRA config is found without the base model, so
+    the command does not spend minutes loading an 8B model first."""
+    import shutil
+
+    import selfinterp_plugins.cli_options as cli_options
+    from selfinterp_plugins import VectorLabelDataset
+
+    from cli_models import one_line_error
+
+    model, tok = deep
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    data = VectorLabelDataset(vectors(2, 1)[:, 0], [{"label": "x"} for _ in range(2)]).save(tmp_path / "vecs")
+    capsys.readouterr()  # the saves' progress bars
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli_options, "load_backend", never)
+    monkeypatch.setattr("selfinterp_peft.oracle_cli.load_backend", never)
+    broken = tmp_path / "broken"
+    shutil.copytree(oracle_dir, broken)
+    (broken / "adapter_model.safetensors").unlink()
+    line = one_line_error(capsys, "oracle", "ask", str(broken), "--vectors", str(data), "--model", str(tmp_path / "base"),
+                          "--layer", "2", "--question", QUESTION, "--output", str(tmp_path / "a.jsonl"))
+    assert "Missing file" in line and "adapter_model.safetensors" in line
+    assert not (tmp_path / "a.jsonl").exists()
