@@ -19,15 +19,14 @@ first-token embeddings (the start that makes the frozen-model adapters work), th
 the LoRA. Loss on the answer tokens only (the soft position never has a label); greedy decoding.
 
 Three tasks feed it (`TaskExample`s): feature descriptions (a `VectorLabelDataset`, one of the
-paraphrased prompts per example), activation patching and input ablation (rows of
+paraphrased prompts per example, drawn anew per training epoch: `optimisation`), activation patching and input ablation (rows of
 `act_patch_task` / `input_ablation_task`, ours or the published ones).
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from .config import (
     pick_markers,
     stop_strings,
 )
+from .optimisation import decay_groups, paraphrases_of_epoch
 
 #: config fields a resumed training run may change: answer length, and epochs (a run may be
 #: lengthened; one with more epochs done than asked is refused: epoch_checkpoints.resume_epochs);
@@ -74,34 +74,6 @@ RUN_OPTIONS = {"finetune": "--finetune", "rank": "--rank", "lr": "--lr", "batch_
                "seed": "--seed", "projection": "--projection", "model_fingerprint": "--model", "markers": "--model",
                "target_modules": "--model", "subject_d_model": "--data", "subject_layers": "--data",
                "training_rows": "--limit or --data", "training_data_sha256": "--data"}
-
-
-#: the Hugging Face Trainer's exemptions from weight decay (`Trainer.get_decay_parameter_names`), which
-#: the reference's training runs with: biases and norm weights are not decayed
-NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-
-
-def decay_groups(named, modules, weight_decay: float) -> list[dict]:
-    """AdamW's two parameter groups as the reference's Trainer builds them: `weight_decay` for
-    every parameter but biases, norm weights (by name) and those of `nn.LayerNorm`s in `modules`."""
-    in_layer_norm = {id(p) for m in modules if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
-    exempt = [p for n, p in named if NO_DECAY.search(n) or id(p) in in_layer_norm]
-    exempt_ids = {id(p) for p in exempt}
-    decayed = [p for _, p in named if id(p) not in exempt_ids]
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
-
-
-def paraphrases_of_epoch(examples: list[TaskExample], seed: int, epoch: int) -> list[TaskExample]:
-    """The examples as one training pass sees them: each with paraphrases gets one drawn at random,
-    as the reference's dataset draws one (`random.choice`) each time it is iterated."""
-    rng = random.Random(f"paraphrases/{seed}/{epoch}")
-    out = []
-    for ex in examples:
-        if ex.paraphrases:
-            ids, pos = rng.choice(ex.paraphrases)
-            ex = replace(ex, prompt_ids=ids, feature_pos=pos)
-        out.append(ex)
-    return out
 
 
 def _load_full(directory: Path, model, committed: dict[str, Path]):
