@@ -208,7 +208,9 @@ def load_transluce(directory: str | Path, model, tokenizer, hub_id: str):
     from .tasks import TASK_DEFAULTS
 
     spec = published(hub_id)
-    directory = check_artifact_dir(directory)  # refuses a pickle-format file by name, a symlink out
+    # refuses a pickle-format file by name (the HF Trainer's training_args.bin too: delete it, or download
+    # without it), a symlink out
+    directory = check_artifact_dir(directory, pickle_fix=f"delete it, or {FIX}")
     _check_family(model, spec, hub_id)
     rows = marker_ids(tokenizer, spec.model_type)
     if spec.finetune == "full":

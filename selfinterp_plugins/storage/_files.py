@@ -182,17 +182,18 @@ def write_text_atomic(path: str | Path, text: str, encoding: str = "utf-8") -> N
     write_bytes_atomic(path, text.encode(encoding))
 
 
-def check_artifact_dir(directory: str | Path) -> Path:
+def check_artifact_dir(directory: str | Path, pickle_fix: str | None = None) -> Path:
     """Refuse an artifact directory a loader must not read: one holding a pickle-format file (a
     `weights_only` loader would refuse it too, but with a traceback that advises turning the check
-    off), or a symlink that leads outside the directory (its files would be read from anywhere)."""
+    off), or a symlink that leads outside the directory (its files would be read from anywhere).
+    `pickle_fix`: the fix the refusal of a pickle gives, where re-saving is not the user's (a download)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"No artifact directory at {directory}; pass the folder that was saved.")
     for path in sorted(directory.rglob("*")):
         if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
             raise ArtifactError(f"{path} is a pickle-format file, which is never read (it can run code); "
-                                "re-save the artifact as safetensors (save_pretrained(safe_serialization=True)).")
+                                + (pickle_fix or "re-save the artifact as safetensors (save_pretrained(safe_serialization=True))."))
         if path.is_symlink() and not link_stays_inside(path, directory):
             raise ArtifactError(f"{path} is a symlink to {path.resolve()}, outside the artifact; copy the file in instead.")
     return directory

@@ -196,7 +196,9 @@ def test_bad_inputs_are_one_line_each(tiny_llama31, tiny_qwen3, tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(3, 3, dtype=torch.int64)}, str(weights))
     assert "not floating point" in _refused(load_transluce, full, model, tok, FEATURES_BASE, kind=ArtifactError)
     (full / "training_args.bin").write_bytes(b"\x80\x04")
-    assert "pickle-format" in _refused(load_transluce, full, model, tok, FEATURES_BASE, kind=ArtifactError)
+    line = _refused(load_transluce, full, model, tok, FEATURES_BASE, kind=ArtifactError)
+    assert "training_args.bin is a pickle-format file" in line and "delete it, or download" in line and "--exclude" in line
+    assert "re-save" not in line  # a download is not the user's to re-save
 
 
 def test_the_cli_refuses_a_bad_published_explainer_in_one_line_and_writes_nothing(tiny_llama31, tmp_path, capsys):
