@@ -164,11 +164,6 @@ def explainer_prompts(row: dict, feature_text: str, tokenizer) -> list[str]:
     return [p.format(feature=feature_text, layer=layer, tokens=f"<{patched}>", input=text) for p in EXPLAINER_PROMPTS]
 
 
-def explainer_prompt(row: dict, feature_text: str, rng: random.Random, tokenizer) -> str:
-    """The question for one row: one of `explainer_prompts` at random."""
-    return rng.choice(explainer_prompts(row, feature_text, tokenizer))
-
-
 def holds_eos(row: dict, tokenizer) -> bool:
     """Whether the row's original or patched continuation holds the explainer's EOS token: the
     reference drops such rows from training and evaluation (`dataloaders/act_patch.py` lines 99-103,

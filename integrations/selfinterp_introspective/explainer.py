@@ -356,7 +356,11 @@ class LoRAExplainer:
         # difference names the option changed (--projection ridge also fills subject_layers)
         settings = {**{k: v for k, v in settings.items() if k not in DERIVED},
                     **{k: v for k, v in settings.items() if k in DERIVED}}
-        rows = ([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer, ex.paraphrases] for ex in examples)
+        # the paraphrases shape training only when each pass draws one; left out otherwise, so a
+        # checkpoint from before they were kept still resumes with --paraphrases per_example
+        drawn = self.config.paraphrases == "per_pass"
+        rows = ([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer, *([ex.paraphrases] if drawn else [])]
+                for ex in examples)
         return {**settings, "model_fingerprint": embedding_fingerprint(self.model), "training_rows": len(examples),
                 "training_data_sha256": rows_sha256(rows)}
 

@@ -118,8 +118,10 @@ def test_published_schema_rows_load(tmp_path):
     same = dict(rows[0], original_continuation=["ĠParis"], ablated_continuation=" Paris")
     assert act_patch_task.target_text(same, tok) == "The output would remain unchanged from <<< Paris>>>."
     # the raw tokens reach the question as text, as the reference writes them (a literal Ġ did before)
-    prompt = act_patch_task.explainer_prompt(rows[0], "<f>", __import__("random").Random(0), tiny_model("llama")[1])
-    assert "<<<The Eiffel Tower is in>>>" in prompt and "layer 3" in prompt and "< Tower>" in prompt and "Ġ" not in prompt
+    prompts = act_patch_task.explainer_prompts(rows[0], "<f>", tok)
+    assert len(prompts) == 5
+    for prompt in prompts:
+        assert "<<<The Eiffel Tower is in>>>" in prompt and "layer 3" in prompt and "< Tower>" in prompt and "Ġ" not in prompt
     pd = pytest.importorskip("pandas")
     pd.DataFrame([patch_row]).to_parquet(tmp_path / "patch.parquet")
     back = read_task_rows(tmp_path / "patch.parquet", act_patch_task.check_row)[0]

@@ -244,3 +244,16 @@ def test_a_config_saved_before_the_chat_and_paraphrase_fields_loads_as_it_was_tr
     new = LoRAExplainerConfig.from_dict({"chat_prompt": "template", "paraphrases": "per_pass"})
     assert (new.chat_prompt, new.paraphrases) == ("template", "per_pass") == (LoRAExplainerConfig().chat_prompt,
                                                                               LoRAExplainerConfig().paraphrases)
+
+
+@pytest.mark.parametrize("paraphrases", ["per_pass", "per_example"])
+def test_a_checkpoint_from_before_paraphrases_were_kept_resumes_with_per_example(paraphrases):
+    """The run manifest's data digest, as checkpoints written before 2026-12-07 hold it (prompt ids,
+    answer, vector, soft position, layer per example), is kept with `per_example`, so such a run
+    resumes with `--paraphrases per_example`; with `per_pass` the paraphrases shape training and count."""
+    from selfinterp_plugins.epoch_checkpoints import rows_sha256
+
+    explainer, model, tok = make(paraphrases=paraphrases)
+    examples = [explainer.feature_example(torch.ones(model.config.hidden_size) * i, "w", 1, random.Random(i)) for i in range(3)]
+    old = rows_sha256([ex.prompt_ids, ex.answer, ex.vector, ex.feature_pos, ex.subject_layer] for ex in examples)
+    assert (explainer.run_manifest(examples)["training_data_sha256"] == old) == (paraphrases == "per_example")
