@@ -28,7 +28,10 @@ def reference_chat_ids(tokenizer, user: str, system: str | None = None) -> list[
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}, {"role": "assistant", "content": ""}]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    closing = turn_closing(tokenizer)
+    # what the reference cuts: for Llama 3 templates the tokenizer's EOS (`<|eot_id|>` on an
+    # instruct tokenizer; a base one's `<|end_of_text|>` cuts nothing), else the turn's closing
+    llama = "<|start_header_id|>" in str(tokenizer.chat_template)
+    closing = tokenizer.eos_token if llama else turn_closing(tokenizer)
     if closing and text.endswith(closing):
         text = text[: -len(closing)]
     return tokenizer(text)["input_ids"]

@@ -244,12 +244,19 @@ def reference_format_messages(tok, messages):
     return chat
 
 
-@pytest.mark.parametrize("family", ["llama3.1", "qwen3", "gemma3", "smollm2"])
+@pytest.mark.parametrize("family", ["llama3.1", "llama3.1-base", "qwen3", "gemma3", "smollm2"])
 @pytest.mark.parametrize("system", [None, "Answer with one letter."])
 def test_chat_prompts_are_the_references_rendering(family, system, tiny_family):
     """The config prompts end in an empty assistant turn (`config/*/*.yaml`); the collator renders
-    them with `format_messages` and tokenises the text with the tokenizer's defaults (lines 310-316)."""
-    model, tok = tiny_model("llama", seed=0) if family == "smollm2" else tiny_family(family)
+    them with `format_messages` and tokenises the text with the tokenizer's defaults (lines 310-316).
+    `llama3.1-base`: a base model's tokenizer, whose EOS is `<|end_of_text|>`: the reference cuts
+    only that, so the prompt keeps the turn's `<|eot_id|>`."""
+    import copy
+
+    model, tok = tiny_model("llama", seed=0) if family == "smollm2" else tiny_family(family.removesuffix("-base"))
+    if family == "llama3.1-base":
+        tok = copy.deepcopy(tok)
+        tok.eos_token = "<|end_of_text|>"
     explainer = LoRAExplainer.create(model, tok, LoRAExplainerConfig(rank=2, dropout=0.0))
     user = "What does {feature} encode at layer 3?"
     ex = explainer.vector_example(user, torch.zeros(model.config.hidden_size), "x", 3, system)
@@ -265,6 +272,8 @@ def test_chat_prompts_are_the_references_rendering(family, system, tiny_family):
         assert ex.prompt_ids[:2] == [tok.bos_token_id] * 2
     if family == "llama3.1":
         assert "Cutting Knowledge Date: December 2023" in text and text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    if family == "llama3.1-base":
+        assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<|eot_id|>")
 
 
 def test_the_user_turn_chat_prompt_is_one_written_out_turn(tiny_qwen3):
